@@ -1,0 +1,38 @@
+# Paths and small helpers shared by scripts/setup-host, scripts/testbed and scripts/test.
+# Sourced, never run. Everything haul installs or keeps on a host lives under these paths.
+
+HAUL_ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
+
+HAUL_CRIU_VERSION=4.1.1
+HAUL_CRIU_ORIG_SHA256=f80a66cb3726bb2116266d4759ce3bcbfab7abdb6b6d430bf20dd41911717afe
+HAUL_CRIU_BIN=/usr/local/sbin/criu
+HAUL_WORKLOAD_BIN=/usr/local/bin/haul-workload
+
+HAUL_CACHE=/var/cache/haul                 # build trees and image tarballs, safe to delete
+HAUL_TESTBED=/var/lib/haul-testbed          # the two test hosts' INCUS_DIRs, logs and client config
+HAUL_INCUS_CONF=$HAUL_TESTBED/client        # INCUS_CONF of the client that knows remotes src and dst
+
+# incusd and liblxc find criu through PATH; Debian's /etc/default/incus would put /usr/sbin (criu 3.17,
+# which fails on this kernel) first, so every incusd we start gets /usr/local/sbin ahead of it.
+HAUL_INCUS_PATH=/usr/libexec/incus:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin
+
+say() { printf '%s %s\n' "[$(basename "$0")]" "$*" >&2; }
+die() { say "error: $*"; exit 1; }
+
+require_root() {
+  [ "$(id -u)" = 0 ] || die "must run as root (it installs packages and starts incusd)"
+}
+
+# Kernel settings that are lost on reboot, so both setup-host and `testbed up` apply them.
+# fs.pipe-max-size: criu's lazy page server grows a pipe to ~3.2 MiB with F_SETPIPE_SZ; without
+#   CAP_SYS_RESOURCE that fails above the limit (1 MiB by default), criu ignores the error and the first
+#   page request dies in splice() with EBADF.
+# vm.unprivileged_userfaultfd: a lazy restore of an unprivileged container opens userfaultfd inside the
+#   container's user namespace.
+apply_runtime_settings() {
+  [ "$(cat /proc/sys/fs/pipe-max-size)" -ge 4194304 ] || echo 4194304 > /proc/sys/fs/pipe-max-size
+  [ "$(cat /proc/sys/vm/unprivileged_userfaultfd)" = 1 ] || echo 1 > /proc/sys/vm/unprivileged_userfaultfd
+  if [ -d /etc/sysctl.d ] && [ ! -f /etc/sysctl.d/90-haul.conf ]; then
+    printf 'fs.pipe-max-size = 4194304\nvm.unprivileged_userfaultfd = 1\n' > /etc/sysctl.d/90-haul.conf
+  fi
+}
