@@ -1,0 +1,91 @@
+import { spawn } from 'node:child_process';
+import { copyFileSync, existsSync, mkdirSync, readdirSync, readFileSync } from 'node:fs';
+import { setTimeout as sleep } from 'node:timers/promises';
+import { afterEach, expect, it } from 'vitest';
+import { criuErrors, startCriu } from '../support/criu.js';
+import { CRIU, describeOnHost } from '../support/host.js';
+import { freePort, scratchDir } from '../support/scratch.js';
+import { LocalWorkload, expectedChecksum, monotonicNs, reportFrom, stopWorkload } from '../support/workload.js';
+
+/**
+ * The destination of a lazy migration on one machine: the frozen source keeps its pid until every page
+ * is served, so the restore runs in a fresh pid namespace (whose init is this small shell), where that
+ * pid is free. The shell starts `criu lazy-pages`, restores with --lazy-pages and records both results.
+ */
+const DESTINATION_SCRIPT = `
+cd "$DST"
+"$CRIU" lazy-pages --page-server --address 127.0.0.1 --port "$PORT" -D "$DST" -o "$DST/lazy-pages.log" -v4 &
+lazy=$!
+i=0; while [ ! -S "$DST/lazy-pages.socket" ] && [ $i -lt 100 ]; do sleep 0.1; i=$((i+1)); done
+"$CRIU" restore --lazy-pages -D "$DST" -d -o "$DST/restore.log" -v4
+echo $? > "$DST/restore.rc"
+wait $lazy; echo $? > "$DST/lazy-pages.rc"
+while :; do sleep 3600 & wait $!; done
+`;
+
+async function waitForFile(path: string, seconds: number): Promise<string> {
+  const deadline = Date.now() + seconds * 1000;
+  while (!existsSync(path)) {
+    if (Date.now() > deadline) throw new Error(`${path} did not appear within ${seconds} s`);
+    await sleep(50);
+  }
+  return readFileSync(path, 'utf8').trim();
+}
+
+describeOnHost('CRIU on both ends: lazy (post-copy) migration', ['root', 'criu', 'workload'], () => {
+  const cleanups: Array<() => void> = [];
+  afterEach(() => cleanups.splice(0).reverse().forEach((cleanup) => cleanup()));
+
+  it('restores a 64 MiB workload before its memory arrives, then pulls every page from the source', async () => {
+    const scratch = scratchDir('lazy');
+    cleanups.push(scratch.remove);
+    const source = `${scratch.path}/source`;
+    const destination = `${scratch.path}/destination`;
+    mkdirSync(source);
+    mkdirSync(destination);
+    const workload = await LocalWorkload.start(`${scratch.path}/workload`, 64);
+    cleanups.push(() => stopWorkload(workload.pid));
+    const before = await workload.report();
+    expect(before.checksum).toBe(await expectedChecksum(64));
+
+    const port = String(await freePort());
+    const frozenAt = monotonicNs();
+    const dump = startCriu(
+      'dump',
+      ['-t', String(workload.pid), '-D', source, '--lazy-pages', '--address', '127.0.0.1', '--port', port],
+      `${source}/dump.log`,
+      true,
+    );
+    cleanups.push(() => dump.child.kill('SIGKILL'));
+    await dump.ready; // images written, the source's page server is listening, the workload is frozen
+
+    // only the images cross before the restore: the private memory stays behind, served on demand
+    const imageBytes = readdirSync(source)
+      .filter((name) => name.endsWith('.img'))
+      .map((name) => {
+        copyFileSync(`${source}/${name}`, `${destination}/${name}`);
+        return readFileSync(`${source}/${name}`).length;
+      })
+      .reduce((a, b) => a + b, 0);
+    expect(imageBytes).toBeLessThan(16 * 1024 * 1024);
+
+    const holder = spawn('unshare', ['--pid', '--fork', '--kill-child', '--mount-proc', 'sh', '-c', DESTINATION_SCRIPT], {
+      env: { ...process.env, CRIU, DST: destination, PORT: port },
+      stdio: 'ignore',
+      detached: true,
+    });
+    cleanups.push(() => holder.kill('SIGKILL'));
+
+    const restoreRc = await waitForFile(`${destination}/restore.rc`, 30);
+    expect(restoreRc, criuErrors(`${destination}/restore.log`).join('\n')).toBe('0');
+    // every page is transferred, then the source dump ends and kills the frozen original
+    await dump.done;
+    await workload.exited;
+    expect(await waitForFile(`${destination}/lazy-pages.rc`, 30)).toBe('0');
+
+    const after = await reportFrom(workload.dir, frozenAt);
+    expect(after.pid).toBe(workload.pid); // its pid inside the destination's pid namespace
+    expect(after.checksum).toBe(before.checksum);
+    expect(after.tick).toBeGreaterThan(before.tick);
+  });
+});

@@ -1,0 +1,110 @@
+import { execFile, spawn, type ChildProcess } from 'node:child_process';
+import { existsSync, readFileSync } from 'node:fs';
+import { setTimeout as sleep } from 'node:timers/promises';
+import { promisify } from 'node:util';
+import { WORKLOAD } from './host.js';
+
+const execFileAsync = promisify(execFile);
+
+/** What haul-workload says about itself (test/workload/haul-workload.c documents the fields). */
+export interface WorkloadReport {
+  readonly pid: number;
+  readonly mib: number;
+  readonly checksum: string;
+  readonly tick: number;
+  readonly monoNs: bigint;
+  /** Beats since the `since` of the request, and the largest gap among them: the downtime it saw. */
+  readonly windowBeats: number;
+  readonly maxGapNs: bigint;
+  readonly maxGapEndTick: number;
+}
+
+export function parseReport(text: string): WorkloadReport {
+  const fields = new Map(
+    text
+      .trim()
+      .split('\n')
+      .map((line) => {
+        const space = line.indexOf(' ');
+        return [line.slice(0, space), line.slice(space + 1)] as const;
+      }),
+  );
+  const field = (name: string): string => {
+    const value = fields.get(name);
+    if (value === undefined) throw new Error(`workload report lacks "${name}":\n${text}`);
+    return value;
+  };
+  return {
+    pid: Number(field('pid')),
+    mib: Number(field('mib')),
+    checksum: field('checksum'),
+    tick: Number(field('tick')),
+    monoNs: BigInt(field('mono_ns')),
+    windowBeats: Number(field('window_beats')),
+    maxGapNs: BigInt(field('max_gap_ns')),
+    maxGapEndTick: Number(field('max_gap_end_tick')),
+  };
+}
+
+/** The arguments of `haul-workload report`, to run on this host or inside a container. */
+export function reportArgs(dir: string, sinceNs: bigint = 0n): string[] {
+  return ['report', '--dir', dir, '--since', sinceNs.toString(), '--timeout', '10'];
+}
+
+/** The checksum an intact workload of `mib` MiB reports, computed without one. */
+export async function expectedChecksum(mib: number): Promise<string> {
+  const { stdout } = await execFileAsync(WORKLOAD, ['checksum', '--mib', String(mib)]);
+  return stdout.trim();
+}
+
+/** CLOCK_MONOTONIC now, the clock the workload stamps its beats with. */
+export function monotonicNs(): bigint {
+  return process.hrtime.bigint();
+}
+
+/**
+ * A workload on this host, in its own session (CRIU dumps a session leader whole). It is this
+ * process's child, so Node reaps it the moment a dump kills it and its pid is free for the restore.
+ */
+export class LocalWorkload {
+  private constructor(
+    readonly dir: string,
+    readonly pid: number,
+    readonly exited: Promise<void>,
+  ) {}
+
+  static async start(dir: string, mib: number): Promise<LocalWorkload> {
+    const child: ChildProcess = spawn(WORKLOAD, ['run', '--dir', dir, '--mib', String(mib)], {
+      detached: true,
+      stdio: 'ignore',
+    });
+    const exited = new Promise<void>((resolve) => child.once('exit', () => resolve()));
+    const deadline = Date.now() + 30_000;
+    while (!existsSync(`${dir}/beat`)) {
+      if (child.exitCode !== null) throw new Error(`haul-workload exited with ${child.exitCode} before its first beat`);
+      if (Date.now() > deadline) throw new Error(`haul-workload wrote no beat in ${dir} within 30 s`);
+      await sleep(20);
+    }
+    if (child.pid === undefined) throw new Error('haul-workload did not start');
+    return new LocalWorkload(dir, child.pid, exited);
+  }
+
+  async report(sinceNs?: bigint): Promise<WorkloadReport> {
+    return reportFrom(this.dir, sinceNs);
+  }
+}
+
+/** Asks whichever workload beats in `dir` (restored ones included) for a report. */
+export async function reportFrom(dir: string, sinceNs?: bigint): Promise<WorkloadReport> {
+  const { stdout } = await execFileAsync(WORKLOAD, reportArgs(dir, sinceNs));
+  return parseReport(stdout);
+}
+
+/** Kills the workload with this pid, if that pid is still a haul-workload (pids get reused). */
+export function stopWorkload(pid: number): void {
+  try {
+    if (readFileSync(`/proc/${pid}/cmdline`, 'utf8').startsWith(WORKLOAD)) process.kill(pid, 'SIGKILL');
+  } catch {
+    // already gone
+  }
+}
