@@ -36,3 +36,16 @@ apply_runtime_settings() {
     printf 'fs.pipe-max-size = 4194304\nvm.unprivileged_userfaultfd = 1\n' > /etc/sysctl.d/90-haul.conf
   fi
 }
+
+# Node.js 20+ and the locked npm dependencies; npm ci runs only when the lock file changed.
+install_node_dependencies() {
+  local node_major lock_sum
+  node_major=$(node -p 'process.versions.node.split(".")[0]' 2>/dev/null || echo 0)
+  [ "$node_major" -ge 20 ] || die "haul needs Node.js 20 or later with npm (found: $(node --version 2>/dev/null || echo none))"
+  lock_sum=$(sha256sum "$HAUL_ROOT/package-lock.json" | cut -d' ' -f1)
+  if [ "$(cat "$HAUL_ROOT/node_modules/.haul-lock.sha256" 2>/dev/null)" != "$lock_sum" ]; then
+    say "npm ci"
+    (cd "$HAUL_ROOT" && npm ci --no-audit --no-fund --loglevel=error >/dev/null)
+    echo "$lock_sum" > "$HAUL_ROOT/node_modules/.haul-lock.sha256"
+  fi
+}

@@ -3,7 +3,7 @@ import { afterEach, expect, it } from 'vitest';
 import { runCriu } from '../support/criu.js';
 import { describeOnHost } from '../support/host.js';
 import { scratchDir } from '../support/scratch.js';
-import { LocalWorkload, expectedChecksum, monotonicNs, reportFrom, stopWorkload } from '../support/workload.js';
+import { LocalWorkload, expectedChecksum, realtimeNs, reportFrom, stopWorkload } from '../support/workload.js';
 
 describeOnHost('CRIU on this host: checkpoint and restore in place', ['root', 'criu', 'workload'], () => {
   const cleanups: Array<() => void> = [];
@@ -19,7 +19,7 @@ describeOnHost('CRIU on this host: checkpoint and restore in place', ['root', 'c
     const before = await workload.report();
     expect(before.checksum).toBe(await expectedChecksum(64));
 
-    const frozenAt = monotonicNs();
+    const frozenAt = realtimeNs();
     await runCriu('dump', ['-t', String(workload.pid), '-D', images], `${images}/dump.log`);
     await workload.exited;
     await runCriu('restore', ['-D', images, '-d'], `${images}/restore.log`);

@@ -3,9 +3,10 @@ import { copyFileSync, existsSync, mkdirSync, readdirSync, readFileSync } from '
 import { setTimeout as sleep } from 'node:timers/promises';
 import { afterEach, expect, it } from 'vitest';
 import { criuErrors, startCriu } from '../support/criu.js';
-import { CRIU, describeOnHost } from '../support/host.js';
+import { describeOnHost } from '../support/host.js';
+import { CRIU } from '../support/paths.js';
 import { freePort, scratchDir } from '../support/scratch.js';
-import { LocalWorkload, expectedChecksum, monotonicNs, reportFrom, stopWorkload } from '../support/workload.js';
+import { LocalWorkload, expectedChecksum, realtimeNs, reportFrom, stopWorkload } from '../support/workload.js';
 
 /**
  * The destination of a lazy migration on one machine: the frozen source keeps its pid until every page
@@ -49,7 +50,7 @@ describeOnHost('CRIU on both ends: lazy (post-copy) migration', ['root', 'criu',
     expect(before.checksum).toBe(await expectedChecksum(64));
 
     const port = String(await freePort());
-    const frozenAt = monotonicNs();
+    const frozenAt = realtimeNs();
     const dump = startCriu(
       'dump',
       ['-t', String(workload.pid), '-D', source, '--lazy-pages', '--address', '127.0.0.1', '--port', port],

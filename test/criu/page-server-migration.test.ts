@@ -3,7 +3,7 @@ import { afterEach, expect, it } from 'vitest';
 import { runCriu, startCriu } from '../support/criu.js';
 import { describeOnHost } from '../support/host.js';
 import { freePort, scratchDir } from '../support/scratch.js';
-import { LocalWorkload, expectedChecksum, monotonicNs, reportFrom, stopWorkload } from '../support/workload.js';
+import { LocalWorkload, expectedChecksum, realtimeNs, reportFrom, stopWorkload } from '../support/workload.js';
 
 describeOnHost('CRIU on both ends: page-server (pre-copy) migration', ['root', 'criu', 'workload'], () => {
   const cleanups: Array<() => void> = [];
@@ -30,7 +30,7 @@ describeOnHost('CRIU on both ends: page-server (pre-copy) migration', ['root', '
     );
     cleanups.push(() => pageServer.child.kill('SIGKILL'));
     await pageServer.ready;
-    const frozenAt = monotonicNs();
+    const frozenAt = realtimeNs();
     await runCriu(
       'dump',
       ['-t', String(workload.pid), '-D', source, '--page-server', '--address', '127.0.0.1', '--port', port],

@@ -1,6 +1,6 @@
 import { spawn, type ChildProcess } from 'node:child_process';
 import { readFileSync } from 'node:fs';
-import { CRIU } from './host.js';
+import { CRIU } from './paths.js';
 
 /** The `Error (file:line): …` lines of a CRIU log, less the one every run here logs harmlessly. */
 export function criuErrors(logFile: string): string[] {

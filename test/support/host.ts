@@ -1,12 +1,7 @@
 import { spawnSync } from 'node:child_process';
 import { accessSync, constants } from 'node:fs';
-import { fileURLToPath } from 'node:url';
 import { describe, it } from 'vitest';
-
-export const CRIU = '/usr/local/sbin/criu';
-export const CRIU_VERSION = '4.1.1';
-export const WORKLOAD = '/usr/local/bin/haul-workload';
-export const REPO = fileURLToPath(new URL('../..', import.meta.url));
+import { CRIU, CRIU_VERSION, REPO, WORKLOAD } from './paths.js';
 
 /** What a test needs of the machine; each check says what is missing, or nothing. */
 export type Need = 'root' | 'criu' | 'workload' | 'testbed';

@@ -40,10 +40,10 @@ export class TestContainer {
     return `${this.host}:${this.name}`;
   }
 
-  /** Launches IMAGE on HOST under a fresh name and waits until FILE exists inside it. */
-  static async launch(image: string, host: TestHost, readyFile: string): Promise<TestContainer> {
+  /** Launches IMAGE on HOST under a fresh name and waits until READYFILE exists inside it. */
+  static async launch(image: string, host: TestHost, readyFile: string, launchArgs: readonly string[] = []): Promise<TestContainer> {
     const container = new TestContainer(`haul-${image}-${randomBytes(3).toString('hex')}`, host);
-    await incus(['launch', image, container.ref, '--quiet']);
+    await incus(['launch', image, container.ref, '--quiet', ...launchArgs]);
     const deadline = Date.now() + 30_000;
     for (;;) {
       try {

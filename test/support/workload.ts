@@ -2,7 +2,7 @@ import { execFile, spawn, type ChildProcess } from 'node:child_process';
 import { existsSync, readFileSync } from 'node:fs';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { promisify } from 'node:util';
-import { WORKLOAD } from './host.js';
+import { WORKLOAD } from './paths.js';
 
 const execFileAsync = promisify(execFile);
 
@@ -13,7 +13,11 @@ export interface WorkloadReport {
   readonly checksum: string;
   readonly tick: number;
   readonly monoNs: bigint;
-  /** Beats since the `since` of the request, and the largest gap among them: the downtime it saw. */
+  readonly realNs: bigint;
+  /**
+   * Beats since the `since` (CLOCK_REALTIME) of the request, and the largest gap among them: the
+   * downtime it saw. Realtime, because a restored container's monotonic clock hides the freeze.
+   */
   readonly windowBeats: number;
   readonly maxGapNs: bigint;
   readonly maxGapEndTick: number;
@@ -40,6 +44,7 @@ export function parseReport(text: string): WorkloadReport {
     checksum: field('checksum'),
     tick: Number(field('tick')),
     monoNs: BigInt(field('mono_ns')),
+    realNs: BigInt(field('real_ns')),
     windowBeats: Number(field('window_beats')),
     maxGapNs: BigInt(field('max_gap_ns')),
     maxGapEndTick: Number(field('max_gap_end_tick')),
@@ -57,9 +62,9 @@ export async function expectedChecksum(mib: number): Promise<string> {
   return stdout.trim();
 }
 
-/** CLOCK_MONOTONIC now, the clock the workload stamps its beats with. */
-export function monotonicNs(): bigint {
-  return process.hrtime.bigint();
+/** CLOCK_REALTIME now, the clock the workload measures gaps between its beats on. */
+export function realtimeNs(): bigint {
+  return BigInt(Date.now()) * 1_000_000n;
 }
 
 /**

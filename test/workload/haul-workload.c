@@ -4,18 +4,19 @@
  *   haul-workload run    --dir DIR [--mib N]   hold N MiB of patterned memory, beat every 10 ms
  *   haul-workload start  --dir DIR [--mib N]   the same, detached into its own session; returns
  *                                              once the memory is filled, printing the pid
- *   haul-workload report --dir DIR [--since MONO_NS] [--timeout S]
+ *   haul-workload report --dir DIR [--since REALTIME_NS] [--timeout S]
  *                                              ask the running workload for a report (below)
  *   haul-workload checksum [--mib N]           the checksum an intact N MiB workload reports
  *
  * Every 10 ms it writes DIR/beat = "<tick> <CLOCK_MONOTONIC ns> <CLOCK_REALTIME ns>" (atomically, by
  * rename) and keeps the beat in an in-memory ring. The ring travels with the process through a
  * checkpoint, so the largest gap between beats is the downtime the process itself saw, whatever
- * happened to files on the way.
+ * happened to files on the way. Gaps are measured on CLOCK_REALTIME: CRIU restores a container
+ * into a new time namespace whose CLOCK_MONOTONIC offset hides most of the time it was frozen.
  *
  * A report is requested through DIR/request (no signals, no pids: the workload may live in another
  * pid namespace than the asker). It answers in DIR/report:
- *   nonce, pid, mib, checksum (of the patterned memory), tick, mono_ns,
+ *   nonce, pid, mib, checksum (of the patterned memory), tick, mono_ns, real_ns,
  *   window_beats, max_gap_ns, max_gap_end_tick  (over the beats since --since, default all kept).
  * The memory is written once, page by page from a generator seeded by the page number, and never
  * changed, so its checksum depends on N alone and proves every page came back intact.
@@ -38,7 +39,7 @@
 #define BEAT_NS 10000000ULL
 #define RING (1u << 17) /* beats kept: about 21 minutes */
 
-struct beat { uint64_t tick, mono_ns; };
+struct beat { uint64_t tick, real_ns; };
 
 static uint64_t now_ns(clockid_t clock) {
     struct timespec ts;
@@ -76,7 +77,7 @@ static void die(const char *what) {
 static void usage(void) {
     fprintf(stderr,
             "usage: haul-workload run|start --dir DIR [--mib N]\n"
-            "       haul-workload report --dir DIR [--since MONO_NS] [--timeout SECONDS]\n"
+            "       haul-workload report --dir DIR [--since REALTIME_NS] [--timeout SECONDS]\n"
             "       haul-workload checksum [--mib N]\n");
     exit(2);
 }
@@ -144,18 +145,18 @@ static void answer_request(const char *dir, const struct options *o, const uint6
     uint64_t kept = ticks < RING ? ticks : RING, window = 0, max_gap = 0, gap_end = 0, prev = 0;
     for (uint64_t t = ticks - kept + 1; t <= ticks; t++) {
         const struct beat *b = &ring[t % RING];
-        if (b->mono_ns >= since) {
+        if (b->real_ns >= since) {
             window++;
-            if (prev && b->mono_ns - prev > max_gap) { max_gap = b->mono_ns - prev; gap_end = b->tick; }
+            if (prev && b->real_ns > prev && b->real_ns - prev > max_gap) { max_gap = b->real_ns - prev; gap_end = b->tick; }
         }
-        prev = b->mono_ns;
+        prev = b->real_ns;
     }
     char text[1024];
     snprintf(text, sizeof text,
              "nonce %s\npid %d\nmib %ld\nchecksum %016" PRIx64 "\ntick %" PRIu64 "\nmono_ns %" PRIu64
-             "\nwindow_beats %" PRIu64 "\nmax_gap_ns %" PRIu64 "\nmax_gap_end_tick %" PRIu64 "\n",
-             nonce, getpid(), o->mib, memory_checksum(mem, pages), ticks, now_ns(CLOCK_MONOTONIC), window,
-             max_gap, gap_end);
+             "\nreal_ns %" PRIu64 "\nwindow_beats %" PRIu64 "\nmax_gap_ns %" PRIu64 "\nmax_gap_end_tick %" PRIu64 "\n",
+             nonce, getpid(), o->mib, memory_checksum(mem, pages), ticks, now_ns(CLOCK_MONOTONIC),
+             now_ns(CLOCK_REALTIME), window, max_gap, gap_end);
     write_atomically(dir, "report", text);
 }
 
@@ -176,9 +177,9 @@ static _Noreturn void run(const struct options *o, int ready_fd) {
 
     uint64_t next = now_ns(CLOCK_MONOTONIC);
     for (uint64_t tick = 1;; tick++) {
-        uint64_t mono = now_ns(CLOCK_MONOTONIC);
-        ring[tick % RING] = (struct beat){ tick, mono };
-        snprintf(text, sizeof text, "%" PRIu64 " %" PRIu64 " %" PRIu64 "\n", tick, mono, now_ns(CLOCK_REALTIME));
+        uint64_t mono = now_ns(CLOCK_MONOTONIC), real = now_ns(CLOCK_REALTIME);
+        ring[tick % RING] = (struct beat){ tick, real };
+        snprintf(text, sizeof text, "%" PRIu64 " %" PRIu64 " %" PRIu64 "\n", tick, mono, real);
         if (write_atomically(o->dir, "beat", text) < 0) die("write beat");
         if (ready_fd >= 0) {
             /* the starter only waits for this; the pipe must not be open at checkpoint time */
