@@ -36,7 +36,7 @@ function spread(values: number[]): Spread {
   const sorted = [...values].sort((a, b) => a - b);
   const mid = Math.floor(sorted.length / 2);
   const median = sorted.length % 2 ? sorted[mid]! : (sorted[mid - 1]! + sorted[mid]!) / 2;
-  return { min: sorted[0]!, median, max: sorted[sorted.length - 1]! };
+  return { min: round(sorted[0]!), median: round(median), max: round(sorted[sorted.length - 1]!) };
 }
 
 const round = (value: number): number => Math.round(value * 1000) / 1000;

@@ -1,23 +1,14 @@
-import { mkdirSync } from 'node:fs';
-import { afterEach, expect, it } from 'vitest';
+import { expect, it } from 'vitest';
 import { runCriu } from '../support/criu.js';
 import { describeOnHost } from '../support/host.js';
-import { scratchDir } from '../support/scratch.js';
-import { LocalWorkload, expectedChecksum, realtimeNs, reportFrom, stopWorkload } from '../support/workload.js';
+import { useMigrationScenes } from '../support/migration-scene.js';
+import { realtimeNs, reportFrom } from '../support/workload.js';
 
 describeOnHost('CRIU on this host: checkpoint and restore in place', ['root', 'criu', 'workload'], () => {
-  const cleanups: Array<() => void> = [];
-  afterEach(() => cleanups.splice(0).reverse().forEach((cleanup) => cleanup()));
+  const scenes = useMigrationScenes();
 
   it('restores a 64 MiB workload with the same pid, every page intact, and its counter continuing', async () => {
-    const scratch = scratchDir('cr');
-    cleanups.push(scratch.remove);
-    const images = `${scratch.path}/images`;
-    mkdirSync(images);
-    const workload = await LocalWorkload.start(`${scratch.path}/workload`, 64);
-    cleanups.push(() => stopWorkload(workload.pid));
-    const before = await workload.report();
-    expect(before.checksum).toBe(await expectedChecksum(64));
+    const { source: images, workload, before } = await scenes.start('cr', 64);
 
     const frozenAt = realtimeNs();
     await runCriu('dump', ['-t', String(workload.pid), '-D', images], `${images}/dump.log`);

@@ -1,12 +1,13 @@
 import { spawn } from 'node:child_process';
-import { copyFileSync, existsSync, mkdirSync, readdirSync, readFileSync } from 'node:fs';
+import { copyFileSync, existsSync, readdirSync, readFileSync } from 'node:fs';
 import { setTimeout as sleep } from 'node:timers/promises';
-import { afterEach, expect, it } from 'vitest';
+import { expect, it } from 'vitest';
 import { criuErrors, startCriu } from '../support/criu.js';
 import { describeOnHost } from '../support/host.js';
 import { CRIU } from '../support/paths.js';
-import { freePort, scratchDir } from '../support/scratch.js';
-import { LocalWorkload, expectedChecksum, realtimeNs, reportFrom, stopWorkload } from '../support/workload.js';
+import { useMigrationScenes } from '../support/migration-scene.js';
+import { freePort } from '../support/scratch.js';
+import { realtimeNs, reportFrom } from '../support/workload.js';
 
 /**
  * The destination of a lazy migration on one machine: the frozen source keeps its pid until every page
@@ -34,20 +35,10 @@ async function waitForFile(path: string, seconds: number): Promise<string> {
 }
 
 describeOnHost('CRIU on both ends: lazy (post-copy) migration', ['root', 'criu', 'workload'], () => {
-  const cleanups: Array<() => void> = [];
-  afterEach(() => cleanups.splice(0).reverse().forEach((cleanup) => cleanup()));
+  const scenes = useMigrationScenes();
 
   it('restores a 64 MiB workload before its memory arrives, then pulls every page from the source', async () => {
-    const scratch = scratchDir('lazy');
-    cleanups.push(scratch.remove);
-    const source = `${scratch.path}/source`;
-    const destination = `${scratch.path}/destination`;
-    mkdirSync(source);
-    mkdirSync(destination);
-    const workload = await LocalWorkload.start(`${scratch.path}/workload`, 64);
-    cleanups.push(() => stopWorkload(workload.pid));
-    const before = await workload.report();
-    expect(before.checksum).toBe(await expectedChecksum(64));
+    const { source, destination, workload, before, defer } = await scenes.start('lazy', 64);
 
     const port = String(await freePort());
     const frozenAt = realtimeNs();
@@ -57,7 +48,7 @@ describeOnHost('CRIU on both ends: lazy (post-copy) migration', ['root', 'criu',
       `${source}/dump.log`,
       true,
     );
-    cleanups.push(() => dump.child.kill('SIGKILL'));
+    defer(() => dump.child.kill('SIGKILL'));
     await dump.ready; // images written, the source's page server is listening, the workload is frozen
 
     // only the images cross before the restore: the private memory stays behind, served on demand
@@ -75,7 +66,7 @@ describeOnHost('CRIU on both ends: lazy (post-copy) migration', ['root', 'criu',
       stdio: 'ignore',
       detached: true,
     });
-    cleanups.push(() => holder.kill('SIGKILL'));
+    defer(() => holder.kill('SIGKILL'));
 
     const restoreRc = await waitForFile(`${destination}/restore.rc`, 30);
     expect(restoreRc, criuErrors(`${destination}/restore.log`).join('\n')).toBe('0');

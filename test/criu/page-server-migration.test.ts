@@ -1,25 +1,16 @@
-import { cpSync, mkdirSync, readdirSync } from 'node:fs';
-import { afterEach, expect, it } from 'vitest';
+import { cpSync, readdirSync } from 'node:fs';
+import { expect, it } from 'vitest';
 import { runCriu, startCriu } from '../support/criu.js';
 import { describeOnHost } from '../support/host.js';
-import { freePort, scratchDir } from '../support/scratch.js';
-import { LocalWorkload, expectedChecksum, realtimeNs, reportFrom, stopWorkload } from '../support/workload.js';
+import { useMigrationScenes } from '../support/migration-scene.js';
+import { freePort } from '../support/scratch.js';
+import { realtimeNs, reportFrom } from '../support/workload.js';
 
 describeOnHost('CRIU on both ends: page-server (pre-copy) migration', ['root', 'criu', 'workload'], () => {
-  const cleanups: Array<() => void> = [];
-  afterEach(() => cleanups.splice(0).reverse().forEach((cleanup) => cleanup()));
+  const scenes = useMigrationScenes();
 
   it('streams a 64 MiB workload into `criu page-server` and restores it there intact', async () => {
-    const scratch = scratchDir('ps');
-    cleanups.push(scratch.remove);
-    const source = `${scratch.path}/source`;
-    const destination = `${scratch.path}/destination`;
-    mkdirSync(source);
-    mkdirSync(destination);
-    const workload = await LocalWorkload.start(`${scratch.path}/workload`, 64);
-    cleanups.push(() => stopWorkload(workload.pid));
-    const before = await workload.report();
-    expect(before.checksum).toBe(await expectedChecksum(64));
+    const { source, destination, workload, before, defer } = await scenes.start('ps', 64);
 
     const port = String(await freePort());
     const pageServer = startCriu(
@@ -28,7 +19,7 @@ describeOnHost('CRIU on both ends: page-server (pre-copy) migration', ['root', '
       `${destination}/page-server.log`,
       true,
     );
-    cleanups.push(() => pageServer.child.kill('SIGKILL'));
+    defer(() => pageServer.child.kill('SIGKILL'));
     await pageServer.ready;
     const frozenAt = realtimeNs();
     await runCriu(

@@ -1,0 +1,37 @@
+import { mkdirSync } from 'node:fs';
+import { afterEach, expect } from 'vitest';
+import { scratchDir } from './scratch.js';
+import { LocalWorkload, expectedChecksum, stopWorkload, type WorkloadReport } from './workload.js';
+
+/** What every CRIU migration test starts from: a running, verified workload and two empty image dirs. */
+export interface MigrationScene {
+  readonly source: string;
+  readonly destination: string;
+  readonly workload: LocalWorkload;
+  /** The workload's report before anything happened to it; its checksum is the intact one. */
+  readonly before: WorkloadReport;
+  /** Registers something to undo after the test (run in reverse order, before the scene is removed). */
+  defer(cleanup: () => void): void;
+}
+
+/** Call inside a describe block; each started scene is torn down after its test. */
+export function useMigrationScenes(): { start(label: string, mib: number): Promise<MigrationScene> } {
+  const cleanups: Array<() => void> = [];
+  afterEach(() => cleanups.splice(0).reverse().forEach((cleanup) => cleanup()));
+  const defer = (cleanup: () => void): void => void cleanups.push(cleanup);
+  return {
+    async start(label, mib) {
+      const scratch = scratchDir(label);
+      defer(scratch.remove);
+      const source = `${scratch.path}/source`;
+      const destination = `${scratch.path}/destination`;
+      mkdirSync(source);
+      mkdirSync(destination);
+      const workload = await LocalWorkload.start(`${scratch.path}/workload`, mib);
+      defer(() => stopWorkload(workload.pid));
+      const before = await workload.report();
+      expect(before.checksum).toBe(await expectedChecksum(mib));
+      return { source, destination, workload, before, defer };
+    },
+  };
+}
