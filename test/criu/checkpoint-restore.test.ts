@@ -1,5 +1,5 @@
 import { expect, it } from 'vitest';
-import { runCriu } from '../support/criu.js';
+import { runCriu } from '../../src/criu/run/criu-process.js';
 import { describeOnHost } from '../support/host.js';
 import { useMigrationScenes } from '../support/migration-scene.js';
 import { realtimeNs, reportFrom } from '../support/workload.js';
@@ -11,9 +11,9 @@ describeOnHost('CRIU on this host: checkpoint and restore in place', ['root', 'c
     const { source: images, workload, before } = await scenes.start('cr', 64);
 
     const frozenAt = realtimeNs();
-    await runCriu('dump', ['-t', String(workload.pid), '-D', images], `${images}/dump.log`);
+    await runCriu('dump', ['-t', String(workload.pid), '-D', images], { logFile: `${images}/dump.log` });
     await workload.exited;
-    await runCriu('restore', ['-D', images, '-d'], `${images}/restore.log`);
+    await runCriu('restore', ['-D', images, '-d'], { logFile: `${images}/restore.log` });
 
     const after = await reportFrom(workload.dir, frozenAt);
     expect(after.pid).toBe(workload.pid);

@@ -2,7 +2,7 @@ import { spawn } from 'node:child_process';
 import { copyFileSync, existsSync, readdirSync, readFileSync } from 'node:fs';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { expect, it } from 'vitest';
-import { criuErrors, startCriu } from '../support/criu.js';
+import { criuLogErrors, startCriu } from '../../src/criu/run/criu-process.js';
 import { describeOnHost } from '../support/host.js';
 import { CRIU } from '../support/paths.js';
 import { useMigrationScenes } from '../support/migration-scene.js';
@@ -45,8 +45,7 @@ describeOnHost('CRIU on both ends: lazy (post-copy) migration', ['root', 'criu',
     const dump = startCriu(
       'dump',
       ['-t', String(workload.pid), '-D', source, '--lazy-pages', '--address', '127.0.0.1', '--port', port],
-      `${source}/dump.log`,
-      true,
+      { logFile: `${source}/dump.log`, statusFd: true },
     );
     defer(() => dump.child.kill('SIGKILL'));
     await dump.ready; // images written, the source's page server is listening, the workload is frozen
@@ -69,9 +68,9 @@ describeOnHost('CRIU on both ends: lazy (post-copy) migration', ['root', 'criu',
     defer(() => holder.kill('SIGKILL'));
 
     const restoreRc = await waitForFile(`${destination}/restore.rc`, 30);
-    expect(restoreRc, criuErrors(`${destination}/restore.log`).join('\n')).toBe('0');
+    expect(restoreRc, (await criuLogErrors(`${destination}/restore.log`)).join('\n')).toBe('0');
     // every page is transferred, then the source dump ends and kills the frozen original
-    await dump.done;
+    await dump.exited;
     await workload.exited;
     expect(await waitForFile(`${destination}/lazy-pages.rc`, 30)).toBe('0');
 

@@ -1,6 +1,6 @@
 import { cpSync, readdirSync } from 'node:fs';
 import { expect, it } from 'vitest';
-import { runCriu, startCriu } from '../support/criu.js';
+import { runCriu, startCriu } from '../../src/criu/run/criu-process.js';
 import { describeOnHost } from '../support/host.js';
 import { useMigrationScenes } from '../support/migration-scene.js';
 import { freePort } from '../support/scratch.js';
@@ -16,8 +16,7 @@ describeOnHost('CRIU on both ends: page-server (pre-copy) migration', ['root', '
     const pageServer = startCriu(
       'page-server',
       ['--images-dir', destination, '--address', '127.0.0.1', '--port', port],
-      `${destination}/page-server.log`,
-      true,
+      { logFile: `${destination}/page-server.log`, statusFd: true },
     );
     defer(() => pageServer.child.kill('SIGKILL'));
     await pageServer.ready;
@@ -25,16 +24,16 @@ describeOnHost('CRIU on both ends: page-server (pre-copy) migration', ['root', '
     await runCriu(
       'dump',
       ['-t', String(workload.pid), '-D', source, '--page-server', '--address', '127.0.0.1', '--port', port],
-      `${source}/dump.log`,
+      { logFile: `${source}/dump.log` },
     );
-    await pageServer.done;
+    await pageServer.exited;
     await workload.exited;
 
     // the pages went over the wire, not into the source's image directory
     expect(readdirSync(source).filter((name) => name.startsWith('pages-'))).toEqual([]);
     expect(readdirSync(destination).filter((name) => name.startsWith('pages-')).length).toBeGreaterThan(0);
     cpSync(source, destination, { recursive: true, force: false });
-    await runCriu('restore', ['-D', destination, '-d'], `${destination}/restore.log`);
+    await runCriu('restore', ['-D', destination, '-d'], { logFile: `${destination}/restore.log` });
 
     const after = await reportFrom(workload.dir, frozenAt);
     expect(after.pid).toBe(workload.pid);

@@ -1,0 +1,144 @@
+import { createWriteStream, type WriteStream } from 'node:fs';
+import { open, type FileHandle } from 'node:fs/promises';
+import { join } from 'node:path';
+import { once } from 'node:events';
+import { PAGE_SIZE, PageFlag, type PagemapTarget } from '../page-server/protocol.js';
+import { ImageReader, lengthPrefix } from './image-file.js';
+import { TypeMagic, headerBytes, type ImageHeader } from './magic.js';
+import { Entries, ImageFormatError, type PagemapEntryMessage } from './schemas.js';
+
+export const PAGEMAP_HEADER: ImageHeader = { kind: 'common', typeMagic: TypeMagic.PAGEMAP };
+
+/** One run of pages in a pagemap, with CRIU's compatibility rules already applied. */
+export interface PagemapEntry {
+  readonly vaddr: bigint;
+  readonly nrPages: number;
+  /** PageFlag bits: PRESENT (data in the pages image), LAZY, PARENT. */
+  readonly flags: number;
+}
+
+export function pagemapFileName(target: PagemapTarget): string {
+  return target.type === 'pid' ? `pagemap-${target.id}.img` : `pagemap-shmem-${target.id}.img`;
+}
+
+export function pagesFileName(pagesId: number): string {
+  return `pages-${pagesId}.img`;
+}
+
+// criu/pagemap.c init_compat_pagemap_entry: an entry without flags is PARENT if in_parent, else
+// PRESENT; CRIU 4.2 moved the page count to field 5 and writes 0 in field 2.
+export function entryFromMessage(message: PagemapEntryMessage): PagemapEntry {
+  const nrPages = message.nr_pages !== undefined ? message.nr_pages : BigInt(message.compat_nr_pages);
+  if (nrPages > BigInt(Number.MAX_SAFE_INTEGER)) throw new ImageFormatError(`pagemap entry of ${nrPages} pages`);
+  const flags = message.flags ?? (message.in_parent ? PageFlag.PARENT : PageFlag.PRESENT);
+  return { vaddr: message.vaddr, nrPages: Number(nrPages), flags };
+}
+
+/** The entry as CRIU ≤ 4.1 writes it (field 2 for the count), which every CRIU since reads. */
+export function entryToMessage(entry: PagemapEntry): PagemapEntryMessage {
+  return { vaddr: entry.vaddr, compat_nr_pages: entry.nrPages, flags: entry.flags };
+}
+
+/** A pagemap read from disk: its entries, and where each PRESENT entry's pages start in its pages image. */
+export interface Pagemap {
+  readonly pagesId: number;
+  readonly entries: ReadonlyArray<PagemapEntry & { readonly pagesOffset: number }>;
+}
+
+export async function readPagemap(dir: string, target: PagemapTarget): Promise<Pagemap> {
+  const image = await ImageReader.openFile(join(dir, pagemapFileName(target)), PAGEMAP_HEADER);
+  const head = await image.next();
+  if (head === null) throw new ImageFormatError(`${pagemapFileName(target)} has no pagemap head`);
+  const { pages_id: pagesId } = Entries.pagemapHead.decode(head);
+  const entries: Array<PagemapEntry & { pagesOffset: number }> = [];
+  let offset = 0;
+  for await (const bytes of image.entries()) {
+    const entry = entryFromMessage(Entries.pagemapEntry.decode(bytes));
+    entries.push({ ...entry, pagesOffset: offset });
+    if (entry.flags & PageFlag.PRESENT) offset += entry.nrPages * PAGE_SIZE;
+  }
+  return { pagesId, entries };
+}
+
+async function write(stream: WriteStream, bytes: Buffer): Promise<void> {
+  if (!stream.write(bytes)) await once(stream, 'drain');
+}
+
+async function finish(stream: WriteStream): Promise<void> {
+  stream.end();
+  await once(stream, 'close');
+}
+
+/**
+ * Writes one pagemap and its pages image into an image directory, as CRIU's own page server does
+ * (criu/page-xfer.c): the head names the pages image, then one entry per run, and the pages of
+ * PRESENT runs are appended to the pages image in the same order. Page data is streamed through.
+ */
+export class PagemapWriter {
+  private pagesWritten = 0;
+
+  private constructor(
+    readonly target: PagemapTarget,
+    private readonly pagemap: WriteStream,
+    private readonly pages: WriteStream,
+  ) {}
+
+  static async create(dir: string, target: PagemapTarget, pagesId: number): Promise<PagemapWriter> {
+    const pagemap = createWriteStream(join(dir, pagemapFileName(target)), { mode: 0o644 });
+    const pages = createWriteStream(join(dir, pagesFileName(pagesId)), { mode: 0o644 });
+    await Promise.all([once(pagemap, 'open'), once(pages, 'open')]);
+    const writer = new PagemapWriter(target, pagemap, pages);
+    const head = Entries.pagemapHead.encode({ pages_id: pagesId });
+    await write(pagemap, Buffer.concat([headerBytes(PAGEMAP_HEADER), lengthPrefix(head.length), head]));
+    return writer;
+  }
+
+  /** Appends an entry; a PRESENT entry's pages must follow as exactly nrPages pages of bytes. */
+  async add(entry: PagemapEntry, pages?: AsyncIterable<Buffer>): Promise<void> {
+    const bytes = Entries.pagemapEntry.encode(entryToMessage(entry));
+    await write(this.pagemap, Buffer.concat([lengthPrefix(bytes.length), bytes]));
+    const expected = entry.flags & PageFlag.PRESENT ? entry.nrPages * PAGE_SIZE : 0;
+    let received = 0;
+    for await (const chunk of pages ?? []) {
+      received += chunk.length;
+      if (received > expected) throw new ImageFormatError(`more page data than the ${entry.nrPages} pages announced`);
+      await write(this.pages, chunk);
+    }
+    if (received !== expected) throw new ImageFormatError(`${received} bytes of pages for an entry of ${expected}`);
+    this.pagesWritten += entry.flags & PageFlag.PRESENT ? entry.nrPages : 0;
+  }
+
+  async close(): Promise<number> {
+    await Promise.all([finish(this.pagemap), finish(this.pages)]);
+    return this.pagesWritten;
+  }
+
+  destroy(): void {
+    this.pagemap.destroy();
+    this.pages.destroy();
+  }
+}
+
+/** Reads page data of a pages image by offset, in bounded chunks. */
+export class PagesFile {
+  private constructor(private readonly handle: FileHandle) {}
+
+  static async open(dir: string, pagesId: number): Promise<PagesFile> {
+    return new PagesFile(await open(join(dir, pagesFileName(pagesId)), 'r'));
+  }
+
+  async *read(offset: number, length: number, chunkSize = 256 * 1024): AsyncGenerator<Buffer, void, undefined> {
+    for (let done = 0; done < length; ) {
+      const size = Math.min(chunkSize, length - done);
+      const chunk = Buffer.allocUnsafe(size);
+      const { bytesRead } = await this.handle.read(chunk, 0, size, offset + done);
+      if (bytesRead !== size) throw new ImageFormatError(`pages image ends before offset ${offset + done + size}`);
+      done += size;
+      yield chunk;
+    }
+  }
+
+  async close(): Promise<void> {
+    await this.handle.close();
+  }
+}

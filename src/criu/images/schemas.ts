@@ -1,0 +1,157 @@
+import { existsSync } from 'node:fs';
+import { dirname, join } from 'node:path';
+import { fileURLToPath } from 'node:url';
+import protobuf from 'protobufjs';
+
+/** An image entry that does not decode as its schema says, or cannot be encoded. */
+export class ImageFormatError extends Error {
+  override readonly name = 'ImageFormatError';
+}
+
+const SCHEMA_FILES = ['inventory.proto', 'pstree.proto', 'pagemap.proto', 'stats.proto'];
+
+// The .proto files live beside this module's source; from dist/ they are found by walking up to the
+// package root, since the compiler does not copy them.
+function protoDirectory(): string {
+  let dir = dirname(fileURLToPath(import.meta.url));
+  const beside = join(dir, 'proto');
+  if (existsSync(join(beside, SCHEMA_FILES[0]!))) return beside;
+  for (; dirname(dir) !== dir; dir = dirname(dir)) {
+    const candidate = join(dir, 'src', 'criu', 'images', 'proto');
+    if (existsSync(join(dir, 'package.json')) && existsSync(candidate)) return candidate;
+  }
+  throw new Error('the CRIU image schemas (src/criu/images/proto) were not found');
+}
+
+const root = new protobuf.Root();
+root.loadSync(SCHEMA_FILES.map((file) => join(protoDirectory(), file)), { keepCase: true });
+
+const SIXTY_FOUR_BIT = new Set(['uint64', 'int64', 'sint64', 'fixed64', 'sfixed64']);
+
+type Plain = Record<string, unknown>;
+
+// protobufjs gives 64-bit fields as Long (or strings with longs: String); haul's typed messages use
+// bigint, so values above 2^53 survive a decode and re-encode byte for byte.
+function mapLongs(type: protobuf.Type, value: Plain, convert: (v: unknown) => unknown): Plain {
+  const out: Plain = {};
+  for (const [key, fieldValue] of Object.entries(value)) {
+    const field = type.fields[key];
+    if (field === undefined) continue;
+    const one = (v: unknown): unknown =>
+      field.resolvedType instanceof protobuf.Type ? mapLongs(field.resolvedType, v as Plain, convert) : SIXTY_FOUR_BIT.has(field.type) ? convert(v) : v;
+    out[key] = Array.isArray(fieldValue) ? fieldValue.map(one) : one(fieldValue);
+  }
+  return out;
+}
+
+/** Decodes and encodes one kind of entry; T is the message with 64-bit fields as bigint. */
+export interface EntryCodec<T> {
+  readonly name: string;
+  decode(bytes: Uint8Array): T;
+  encode(message: T): Buffer;
+}
+
+function codec<T>(name: string): EntryCodec<T> {
+  const type = root.lookupType(name);
+  return {
+    name,
+    decode(bytes) {
+      let message: protobuf.Message;
+      try {
+        message = type.decode(bytes);
+      } catch (error) {
+        throw new ImageFormatError(`${name}: ${error instanceof Error ? error.message : String(error)}`);
+      }
+      const plain = type.toObject(message, { longs: String, defaults: false, arrays: false });
+      return mapLongs(type, plain, (v) => BigInt(v as string)) as T;
+    },
+    encode(message) {
+      const plain = mapLongs(type, message as Plain, (v) => (typeof v === 'bigint' ? v.toString() : v));
+      const problem = type.verify(type.fromObject(plain));
+      if (problem) throw new ImageFormatError(`${name}: ${problem}`);
+      return Buffer.from(type.encode(type.fromObject(plain)).finish());
+    },
+  };
+}
+
+export interface PagemapHeadMessage {
+  pages_id: number;
+}
+export interface PagemapEntryMessage {
+  vaddr: bigint;
+  compat_nr_pages: number;
+  in_parent?: boolean;
+  flags?: number;
+  nr_pages?: bigint;
+}
+export interface PstreeEntryMessage {
+  pid: number;
+  ppid: number;
+  pgid: number;
+  sid: number;
+  threads?: number[];
+}
+export interface TaskKobjIds {
+  vm_id: number;
+  files_id: number;
+  fs_id: number;
+  sighand_id: number;
+  pid_ns_id?: number;
+  net_ns_id?: number;
+  ipc_ns_id?: number;
+  uts_ns_id?: number;
+  mnt_ns_id?: number;
+  user_ns_id?: number;
+  cgroup_ns_id?: number;
+  time_ns_id?: number;
+}
+export interface InventoryEntryMessage {
+  img_version: number;
+  fdinfo_per_id?: boolean;
+  root_ids?: TaskKobjIds;
+  ns_per_id?: boolean;
+  root_cg_set?: number;
+  lsmtype?: number;
+  dump_uptime?: bigint;
+  pre_dump_mode?: number;
+  tcp_close?: boolean;
+  network_lock_method?: number;
+  plugins_entry?: { plugins?: string[] };
+  dump_criu_run_id?: string;
+  allow_uprobes?: boolean;
+}
+export interface DumpStatsMessage {
+  freezing_time: number;
+  frozen_time: number;
+  memdump_time: number;
+  memwrite_time: number;
+  pages_scanned: bigint;
+  pages_skipped_parent: bigint;
+  pages_written: bigint;
+  irmap_resolve?: number;
+  pages_lazy: bigint;
+  page_pipes?: bigint;
+  page_pipe_bufs?: bigint;
+  shpages_scanned?: bigint;
+  shpages_skipped_parent?: bigint;
+  shpages_written?: bigint;
+}
+export interface RestoreStatsMessage {
+  pages_compared: bigint;
+  pages_skipped_cow: bigint;
+  forking_time: number;
+  restore_time: number;
+  pages_restored?: bigint;
+}
+export interface StatsEntryMessage {
+  dump?: DumpStatsMessage;
+  restore?: RestoreStatsMessage;
+}
+
+export const Entries = {
+  pagemapHead: codec<PagemapHeadMessage>('pagemap_head'),
+  pagemapEntry: codec<PagemapEntryMessage>('pagemap_entry'),
+  pstreeEntry: codec<PstreeEntryMessage>('pstree_entry'),
+  inventoryEntry: codec<InventoryEntryMessage>('inventory_entry'),
+  statsEntry: codec<StatsEntryMessage>('stats_entry'),
+};

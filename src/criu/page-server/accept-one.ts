@@ -1,0 +1,54 @@
+import { createServer, type Socket } from 'node:net';
+
+/** A listening socket that takes exactly one connection, as CRIU's page server does. */
+export interface OneConnectionListener {
+  readonly port: number;
+  readonly connection: Promise<Socket>;
+  /** Stops listening; a connection not yet accepted fails with an error. */
+  close(): void;
+}
+
+export async function acceptOne(host: string, port: number): Promise<OneConnectionListener> {
+  const server = createServer({ pauseOnConnect: true });
+  let settle: { resolve(socket: Socket): void; reject(error: Error): void } | undefined;
+  const connection = new Promise<Socket>((resolve, reject) => (settle = { resolve, reject }));
+  connection.catch(() => {});
+  server.once('connection', (socket) => {
+    server.close();
+    socket.setNoDelay(true);
+    settle?.resolve(socket);
+  });
+  server.once('error', (error) => settle?.reject(error));
+  await new Promise<void>((resolve, reject) => {
+    server.once('listening', resolve);
+    server.once('error', reject);
+    server.listen(port, host);
+  });
+  const address = server.address();
+  if (address === null || typeof address === 'string') throw new Error('listening socket has no TCP port');
+  return {
+    port: address.port,
+    connection,
+    close: () => {
+      server.close();
+      settle?.reject(new Error(`stopped listening on ${host}:${address.port} before a connection came`));
+    },
+  };
+}
+
+/** Writes with backpressure: resolves once the socket can take more. */
+export async function writeTo(socket: Socket, bytes: Buffer): Promise<void> {
+  if (socket.write(bytes)) return;
+  await new Promise<void>((resolve, reject) => {
+    const onDrain = (): void => {
+      socket.off('close', onClose);
+      resolve();
+    };
+    const onClose = (): void => {
+      socket.off('drain', onDrain);
+      reject(new Error('connection closed while writing'));
+    };
+    socket.once('drain', onDrain);
+    socket.once('close', onClose);
+  });
+}

@@ -1,0 +1,84 @@
+import { spawn, type ChildProcess } from 'node:child_process';
+import { readFile } from 'node:fs/promises';
+import type { Readable } from 'node:stream';
+
+export const DEFAULT_CRIU = '/usr/local/sbin/criu';
+
+/** CRIU failed; the message quotes the `Error (file:line): …` lines of its log. */
+export class CriuError extends Error {
+  override readonly name = 'CriuError';
+  constructor(
+    readonly action: string,
+    readonly exit: number | string,
+    readonly errors: readonly string[],
+    readonly logFile: string,
+  ) {
+    super(`criu ${action} failed (${exit}); ${logFile} says:\n${errors.length ? errors.join('\n') : '(no Error lines)'}`);
+  }
+}
+
+/**
+ * The `Error (file:line): …` lines of a CRIU log. Every run on a host whose root lacks
+ * CAP_SYS_RESOURCE logs a harmless RLIMIT_NOFILE error, which is left out.
+ */
+export async function criuLogErrors(logFile: string): Promise<string[]> {
+  let log: string;
+  try {
+    log = await readFile(logFile, 'utf8');
+  } catch {
+    return [];
+  }
+  return log.split('\n').filter((line) => /Error \(/.test(line) && !/RLIMIT_NOFILE/.test(line));
+}
+
+export interface CriuOptions {
+  /** Where CRIU writes its log (-o); kept after the run. */
+  readonly logFile: string;
+  readonly binary?: string;
+  /** -v level; 4 (debug) by default, since a failed migration is diagnosed from this log. */
+  readonly verbosity?: 0 | 1 | 2 | 3 | 4;
+  /** Pass --status-fd and resolve `ready` when CRIU reports it is serving (page-server, lazy-pages, lazy dump, restore). */
+  readonly statusFd?: boolean;
+  readonly cwd?: string;
+}
+
+export interface CriuProcess {
+  readonly child: ChildProcess;
+  /** Resolves when CRIU says it is ready on --status-fd; rejects if it exits first. */
+  readonly ready: Promise<void>;
+  /** Resolves when CRIU exits 0; rejects with a CriuError otherwise. */
+  readonly exited: Promise<void>;
+}
+
+export function startCriu(action: string, args: readonly string[], options: CriuOptions): CriuProcess {
+  const statusArgs = options.statusFd ? ['--status-fd', '3'] : [];
+  const child = spawn(
+    options.binary ?? DEFAULT_CRIU,
+    [action, ...args, '-o', options.logFile, `-v${options.verbosity ?? 4}`, ...statusArgs],
+    { stdio: ['ignore', 'ignore', 'pipe', 'pipe'], cwd: options.cwd },
+  );
+  let stderr = '';
+  child.stderr?.on('data', (chunk: Buffer) => void (stderr = (stderr + chunk.toString()).slice(-4096)));
+  const exited = new Promise<void>((resolve, reject) => {
+    child.once('error', reject);
+    child.once('exit', (code, signal) => {
+      if (code === 0) return resolve();
+      void criuLogErrors(options.logFile).then((errors) =>
+        reject(new CriuError(action, code ?? signal ?? 'unknown', errors.length ? errors : stderr.trim().split('\n'), options.logFile)),
+      );
+    });
+  });
+  const status = child.stdio[3] as Readable | null;
+  const ready = new Promise<void>((resolve, reject) => {
+    if (!options.statusFd || !status) return resolve();
+    status.once('data', () => resolve());
+    exited.then(() => reject(new Error(`criu ${action} exited before it was ready`)), reject);
+  });
+  ready.catch(() => {});
+  exited.catch(() => {});
+  return { child, ready, exited };
+}
+
+export async function runCriu(action: string, args: readonly string[], options: CriuOptions): Promise<void> {
+  await startCriu(action, args, options).exited;
+}
