@@ -1,7 +1,7 @@
 import { expect, it } from 'vitest';
 import { ImageDirPageSource } from '../../src/criu/images/image-dir-page-source.js';
 import { splitForLazyRestore } from '../../src/criu/images/lazy-split.js';
-import { acceptOne } from '../../src/criu/page-server/accept-one.js';
+import { acceptOne } from '../../src/criu/page-server/connection.js';
 import { serveLazyPages } from '../../src/criu/page-server/lazy-pages-server.js';
 import { runCriu, startCriu } from '../../src/criu/run/criu-process.js';
 import { criuVersion, headerLayoutFor } from '../../src/criu/run/criu-version.js';

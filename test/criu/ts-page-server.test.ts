@@ -2,7 +2,7 @@ import { cpSync, readdirSync } from 'node:fs';
 import { expect, it } from 'vitest';
 import { ImageDirPagemapSink } from '../../src/criu/images/image-dir-sink.js';
 import { readPagemap } from '../../src/criu/images/pagemap.js';
-import { acceptOne } from '../../src/criu/page-server/accept-one.js';
+import { acceptOne } from '../../src/criu/page-server/connection.js';
 import { receiveDump } from '../../src/criu/page-server/dump-receiver.js';
 import { PageFlag } from '../../src/criu/page-server/protocol.js';
 import { runCriu } from '../../src/criu/run/criu-process.js';

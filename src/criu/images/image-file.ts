@@ -1,6 +1,6 @@
 import { createReadStream } from 'node:fs';
 import type { Readable } from 'node:stream';
-import { StreamReader } from '../page-server/stream-reader.js';
+import { StreamReader, TruncatedStreamError } from '../page-server/stream-reader.js';
 import { IMG_COMMON_MAGIC, IMG_SERVICE_MAGIC, INVENTORY_MAGIC, headerBytes, type ImageHeader } from './magic.js';
 import { ImageFormatError } from './schemas.js';
 
@@ -26,7 +26,15 @@ export class ImageReader {
   ) {}
 
   static async open(stream: Readable, source: string, expected?: ImageHeader): Promise<ImageReader> {
-    const reader = new StreamReader(stream);
+    try {
+      return await ImageReader.readHeader(new StreamReader(stream), source, expected);
+    } catch (error) {
+      if (error instanceof TruncatedStreamError) throw new ImageFormatError(`${source}: truncated image header`);
+      throw error;
+    }
+  }
+
+  private static async readHeader(reader: StreamReader, source: string, expected?: ImageHeader): Promise<ImageReader> {
     const first = await reader.readExactly(4, 'image magic');
     if (first === null) throw new ImageFormatError(`${source}: empty file, not a CRIU image`);
     const magic = first.readUInt32LE(0);
@@ -51,17 +59,21 @@ export class ImageReader {
 
   /** The next entry's bytes, or null at the end of the file. */
   async next(): Promise<Buffer | null> {
-    const length = await this.reader.readExactly(4, 'entry length');
+    const length = await this.read(4, 'a truncated entry length');
     if (length === null) return null;
     const size = length.readUInt32LE(0);
     if (size > MAX_ENTRY_SIZE) throw new ImageFormatError(`${this.source}: entry of ${size} bytes is larger than ${MAX_ENTRY_SIZE}`);
+    const entry = await this.read(size, `entry length ${size} runs past the end of the file`);
+    if (entry === null) throw new ImageFormatError(`${this.source}: entry length ${size} runs past the end of the file`);
+    return entry;
+  }
+
+  private async read(size: number, problem: string): Promise<Buffer | null> {
     try {
-      const entry = await this.reader.readExactly(size, 'entry');
-      if (entry === null) throw new ImageFormatError(`${this.source}: entry length ${size} runs past the end of the file`);
-      return entry;
+      return await this.reader.readExactly(size, 'image entry');
     } catch (error) {
-      if (error instanceof ImageFormatError) throw error;
-      throw new ImageFormatError(`${this.source}: entry length ${size} runs past the end of the file`);
+      if (error instanceof TruncatedStreamError) throw new ImageFormatError(`${this.source}: ${problem}`);
+      throw error;
     }
   }
 

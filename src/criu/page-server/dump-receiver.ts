@@ -1,6 +1,6 @@
-import type { Socket } from 'node:net';
+import type { Duplex } from 'node:stream';
 import type { PagemapEntry } from '../images/pagemap.js';
-import { writeTo } from './accept-one.js';
+import { writeTo } from './connection.js';
 import { PAGE_SIZE, PageFlag, PageServerProtocolError, decodeHeader, int32Reply, parseCommand, type HeaderLayout, type PagemapTarget } from './protocol.js';
 import { HeaderReader } from './header-reader.js';
 import { StreamReader } from './stream-reader.js';
@@ -30,7 +30,7 @@ export interface DumpSummary {
  * OPEN2, PARENT and CLOSE. Any protocol or sink error ends the connection without the CLOSE answer,
  * so the dump fails and CRIU resumes the source instead of killing it.
  */
-export async function receiveDump(socket: Socket, layout: HeaderLayout | 'detect', sink: PagemapSink): Promise<DumpSummary> {
+export async function receiveDump(socket: Duplex, layout: HeaderLayout | 'detect', sink: PagemapSink): Promise<DumpSummary> {
   const reader = new StreamReader(socket);
   const headers = new HeaderReader(reader, layout);
   let open: PagemapTarget | undefined;

@@ -1,5 +1,5 @@
-import type { Socket } from 'node:net';
-import { writeTo } from './accept-one.js';
+import type { Duplex } from 'node:stream';
+import { writeTo } from './connection.js';
 import { PAGE_SIZE, PageServerProtocolError, decodeHeader, encodeHeader, int32Reply, pagesAnswerHeader, parseCommand, type HeaderLayout } from './protocol.js';
 import { HeaderReader } from './header-reader.js';
 import { StreamReader } from './stream-reader.js';
@@ -24,7 +24,7 @@ export interface LazySummary {
  * matches answers to requests by order alone, so requests are answered strictly one after another,
  * each in full before the next is read.
  */
-export async function serveLazyPages(socket: Socket, layout: HeaderLayout | 'detect', source: PageSource): Promise<LazySummary> {
+export async function serveLazyPages(socket: Duplex, layout: HeaderLayout | 'detect', source: PageSource): Promise<LazySummary> {
   const reader = new StreamReader(socket);
   const headers = new HeaderReader(reader, layout);
   let requests = 0;

@@ -1,4 +1,6 @@
+/** One TCP connection at a time, as CRIU's page server takes them, and writes that respect backpressure. */
 import { createServer, type Socket } from 'node:net';
+import type { Duplex } from 'node:stream';
 
 /** A listening socket that takes exactly one connection, as CRIU's page server does. */
 export interface OneConnectionListener {
@@ -37,7 +39,7 @@ export async function acceptOne(host: string, port: number): Promise<OneConnecti
 }
 
 /** Writes with backpressure: resolves once the socket can take more. */
-export async function writeTo(socket: Socket, bytes: Buffer): Promise<void> {
+export async function writeTo(socket: Duplex, bytes: Buffer): Promise<void> {
   if (socket.write(bytes)) return;
   await new Promise<void>((resolve, reject) => {
     const onDrain = (): void => {
