@@ -1,7 +1,7 @@
 import { mkdirSync } from 'node:fs';
 import { afterEach, expect } from 'vitest';
 import { scratchDir } from './scratch.js';
-import { LocalWorkload, expectedChecksum, stopWorkload, type WorkloadReport } from './workload.js';
+import { LocalWorkload, expectedChecksum, reportFrom, stopWorkload, type WorkloadReport } from './workload.js';
 
 /** What every CRIU migration test starts from: a running, verified workload and two empty image dirs. */
 export interface MigrationScene {
@@ -12,6 +12,11 @@ export interface MigrationScene {
   readonly before: WorkloadReport;
   /** Registers something to undo after the test (run in reverse order, before the scene is removed). */
   defer(cleanup: () => void): void;
+  /**
+   * Asserts the workload came back as itself: same pid, every page intact, still beating since
+   * `frozenAt`; returns its report for further checks.
+   */
+  expectContinued(frozenAt: bigint): Promise<WorkloadReport>;
 }
 
 /** Call inside a describe block; each started scene is torn down after its test. */
@@ -31,7 +36,14 @@ export function useMigrationScenes(): { start(label: string, mib: number): Promi
       defer(() => stopWorkload(workload.pid));
       const before = await workload.report();
       expect(before.checksum).toBe(await expectedChecksum(mib));
-      return { source, destination, workload, before, defer };
+      const expectContinued = async (frozenAt: bigint): Promise<WorkloadReport> => {
+        const after = await reportFrom(workload.dir, frozenAt);
+        expect(after.pid).toBe(workload.pid);
+        expect(after.checksum).toBe(before.checksum);
+        expect(after.tick).toBeGreaterThan(before.tick);
+        return after;
+      };
+      return { source, destination, workload, before, defer, expectContinued };
     },
   };
 }
