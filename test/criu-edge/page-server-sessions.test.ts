@@ -1,5 +1,6 @@
 import { describe, expect, it } from 'vitest';
 import { receiveDump } from '../../src/criu/page-server/dump-receiver.js';
+import { LazyPagesClient } from '../../src/criu/page-server/lazy-pages-client.js';
 import { serveLazyPages } from '../../src/criu/page-server/lazy-pages-server.js';
 import { Command, HEADER_SIZE, PAGE_SIZE, PageFlag, PageServerProtocolError, decodeHeader, encodeHeader, parseCommand, type HeaderLayout } from '../../src/criu/page-server/protocol.js';
 import { TruncatedStreamError } from '../../src/criu/page-server/stream-reader.js';
@@ -119,5 +120,39 @@ describe('serving a lazy restore', () => {
     const partial = get('criu-4.2', 5, 0x10000n, 1).subarray(0, 20);
     await expect(serveLazyPages(memoryConnection(partial).connection, 'criu-4.2', new SyntheticPageSource(new Map()))).rejects.toThrow(TruncatedStreamError);
     expect(() => parseCommand(decodeHeader(Buffer.alloc(24), 'criu-4.1'))).toThrow(/unknown page-server command 0x0/);
+  });
+});
+
+describe('asking a lazy page server for pages', () => {
+  const answer = (layout: HeaderLayout, pid: number, vaddr: bigint, nrPages: number): Buffer =>
+    Buffer.concat([encodeHeader({ cmd: (PageFlag.PRESENT << 16) | Command.ADD_F, nrPages: BigInt(nrPages), vaddr, dstId: BigInt(pid) }, layout), pagesOf(vaddr, nrPages)]);
+
+  for (const layout of LAYOUTS) {
+    it(`matches pipelined answers to GETs by order, accepts short ones, and closes with status 0 (${layout})`, async () => {
+      const { connection, written } = memoryConnection([answer(layout, 5, 0x10000n, 2), answer(layout, 5, 0x20000n, 1), Buffer.alloc(4)]);
+      const client = new LazyPagesClient(connection, layout);
+      const first = client.get(5, 0x10000n, 2);
+      const second = client.get(5, 0x20000n, 8);
+      const a = await first;
+      const chunks: Buffer[] = [];
+      for await (const chunk of a.pages) chunks.push(chunk);
+      expect(Buffer.concat(chunks)).toEqual(pagesOf(0x10000n, 2));
+      const b = await second;
+      expect(b.nrPages).toBe(1);
+      for await (const chunk of b.pages) expect(chunk).toEqual(pagesOf(0x20000n, 1));
+      await client.close();
+      const requests = written();
+      const size = HEADER_SIZE[layout];
+      expect(parseCommand(decodeHeader(requests.subarray(0, size), layout))).toEqual({ kind: 'get', pid: 5, vaddr: 0x10000n, nrPages: 2 });
+      expect(parseCommand(decodeHeader(requests.subarray(size, 2 * size), layout))).toEqual({ kind: 'get', pid: 5, vaddr: 0x20000n, nrPages: 8 });
+      expect(parseCommand(decodeHeader(requests.subarray(2 * size), layout))).toEqual({ kind: 'close', force: false });
+    });
+  }
+
+  it('refuses an answer that is not for the request it answers, or longer than asked', async () => {
+    const wrongPlace = new LazyPagesClient(memoryConnection(answer('criu-4.1', 5, 0x30000n, 1)).connection, 'criu-4.1');
+    await expect(wrongPlace.get(5, 0x10000n, 1)).rejects.toThrow(/does not match GET 5\/0x10000/);
+    const tooLong = new LazyPagesClient(memoryConnection(answer('criu-4.1', 5, 0x10000n, 4)).connection, 'criu-4.1');
+    await expect(tooLong.get(5, 0x10000n, 2)).rejects.toThrow(/answer of 4 pages to a GET of 2/);
   });
 });
