@@ -1,7 +1,6 @@
-import { existsSync } from 'node:fs';
-import { dirname, join } from 'node:path';
-import { fileURLToPath } from 'node:url';
+import { join } from 'node:path';
 import protobuf from 'protobufjs';
+import { schemaDirectory } from '../../schema-files.js';
 
 /** An image entry that does not decode as its schema says, or cannot be encoded. */
 export class ImageFormatError extends Error {
@@ -10,21 +9,9 @@ export class ImageFormatError extends Error {
 
 const SCHEMA_FILES = ['inventory.proto', 'pstree.proto', 'pagemap.proto', 'stats.proto'];
 
-// The .proto files live beside this module's source; from dist/ they are found by walking up to the
-// package root, since the compiler does not copy them.
-function protoDirectory(): string {
-  let dir = dirname(fileURLToPath(import.meta.url));
-  const beside = join(dir, 'proto');
-  if (existsSync(join(beside, SCHEMA_FILES[0]!))) return beside;
-  for (; dirname(dir) !== dir; dir = dirname(dir)) {
-    const candidate = join(dir, 'src', 'criu', 'images', 'proto');
-    if (existsSync(join(dir, 'package.json')) && existsSync(candidate)) return candidate;
-  }
-  throw new Error('the CRIU image schemas (src/criu/images/proto) were not found');
-}
-
 const root = new protobuf.Root();
-root.loadSync(SCHEMA_FILES.map((file) => join(protoDirectory(), file)), { keepCase: true });
+const directory = schemaDirectory('criu/images/proto', import.meta.url, SCHEMA_FILES[0]!);
+root.loadSync(SCHEMA_FILES.map((file) => join(directory, file)), { keepCase: true });
 
 const SIXTY_FOUR_BIT = new Set(['uint64', 'int64', 'sint64', 'fixed64', 'sfixed64']);
 

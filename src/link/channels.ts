@@ -1,0 +1,270 @@
+import { createHash, type Hash } from 'node:crypto';
+import { Readable, Writable } from 'node:stream';
+import { ChannelKind, FrameType, LinkProtocolError, type ChannelKindCode, type Frame } from './frame.js';
+import type { ChannelProgress } from './messages.js';
+
+/** A channel's bytes did not arrive as they were sent: the sha256 at its end does not match. */
+export class LinkIntegrityError extends Error {
+  override readonly name = 'LinkIntegrityError';
+}
+
+/** The largest DATA payload: small enough that a waiting lazy-page answer overtakes bulk soon. */
+export const DATA_CHUNK = 64 * 1024;
+
+/** Lower runs first. Lazy-page traffic and control overtake images, which overtake bulk pages. */
+export function priorityOf(kind: ChannelKindCode): number {
+  switch (kind) {
+    case ChannelKind.LAZY_ANSWERS:
+    case ChannelKind.LAZY_REQUESTS:
+    case ChannelKind.CONTROL:
+      return 0;
+    case ChannelKind.IMAGE_FILE:
+      return 1;
+    default:
+      return 2;
+  }
+}
+
+/**
+ * The sending half of a channel. Its writable takes bytes from the application and holds them
+ * until the peer has credit for them; sent bytes stay in a replay buffer until the peer
+ * acknowledges them, so a dropped connection loses nothing. Memory is bounded by the credit window.
+ */
+export class OutgoingChannel {
+  readonly writable: Writable;
+  private readonly pending: Array<{ bytes: Buffer; done: () => void }> = [];
+  private readonly replay: Buffer[] = [];
+  private replayStart = 0n; // stream offset of replay[0]
+  private framedEnd = 0n; // bytes moved from pending into the stream (digest covers them)
+  private sent = 0n; // bytes framed on the current connection
+  private limit: bigint;
+  private acked = 0n;
+  private readonly digest: Hash = createHash('sha256');
+  private finalDigest: Buffer | undefined;
+  private ending: (() => void) | undefined;
+  openSent = false;
+  endSent = false;
+  peerEnded = false;
+  reset: string | undefined;
+
+  constructor(
+    readonly id: number,
+    readonly kind: ChannelKindCode,
+    readonly name: string,
+    window: number,
+    private readonly wake: () => void,
+  ) {
+    this.limit = BigInt(window);
+    this.writable = new Writable({
+      highWaterMark: DATA_CHUNK,
+      write: (chunk: Buffer, _encoding, done) => {
+        if (chunk.length === 0) return done();
+        this.pending.push({ bytes: chunk, done: () => done() });
+        this.wake();
+      },
+      final: (done) => {
+        this.ending = () => done();
+        this.wake();
+      },
+      destroy: (error, done) => {
+        if (error && !this.endSent) {
+          this.reset = error.message;
+          this.wake();
+        }
+        done(error);
+      },
+    });
+  }
+
+  get priority(): number {
+    return priorityOf(this.kind);
+  }
+
+  /** Bytes sent and not yet acknowledged: what a reconnect would resend. */
+  get unacknowledged(): number {
+    return Number(this.sent - this.acked);
+  }
+
+  /** The next frame this channel may send now, or undefined. */
+  nextFrame(): Frame | undefined {
+    if (this.reset !== undefined) {
+      const reason = this.reset;
+      this.reset = undefined;
+      this.endSent = true;
+      return { type: FrameType.RESET, kind: this.kind, channel: this.id, offset: this.sent, payload: Buffer.from(reason) };
+    }
+    if (!this.openSent) {
+      this.openSent = true;
+      return { type: FrameType.OPEN, kind: this.kind, channel: this.id, offset: 0n, payload: Buffer.from(this.name) };
+    }
+    if (this.sent < this.framedEnd || this.pending.length > 0) {
+      const room = this.limit - this.sent;
+      if (room <= 0n) return undefined;
+      if (this.sent === this.framedEnd) this.frameFromPending();
+      const payload = this.slice(this.sent, Math.min(DATA_CHUNK, Number(room)));
+      const frame: Frame = { type: FrameType.DATA, kind: this.kind, channel: this.id, offset: this.sent, payload };
+      this.sent += BigInt(payload.length);
+      return frame;
+    }
+    if (this.ending && !this.endSent) {
+      this.finalDigest ??= this.digest.digest();
+      this.endSent = true;
+      const ended = this.ending;
+      queueMicrotask(ended);
+      return { type: FrameType.END, kind: this.kind, channel: this.id, offset: this.framedEnd, payload: this.finalDigest };
+    }
+    return undefined;
+  }
+
+  // Moves the next written chunk into the stream: it is hashed once, kept for replay, and the
+  // writer is told it may write more.
+  private frameFromPending(): void {
+    const next = this.pending.shift();
+    if (!next) return;
+    this.digest.update(next.bytes);
+    this.replay.push(next.bytes);
+    this.framedEnd += BigInt(next.bytes.length);
+    next.done();
+  }
+
+  private slice(from: bigint, max: number): Buffer {
+    let skip = Number(from - this.replayStart);
+    for (const chunk of this.replay) {
+      if (skip < chunk.length) return chunk.subarray(skip, skip + Math.min(max, chunk.length - skip));
+      skip -= chunk.length;
+    }
+    throw new Error(`channel ${this.id}: offset ${from} is not in the replay buffer`);
+  }
+
+  /** The peer has `acked` bytes and takes up to `limit`. */
+  credit(acked: bigint, limit: bigint): void {
+    if (acked > this.sent || acked < this.acked) return; // stale or from before a rewind
+    this.acked = acked;
+    if (limit > this.limit) this.limit = limit;
+    while (this.replay.length > 0 && this.replayStart + BigInt(this.replay[0]!.length) <= acked) {
+      this.replayStart += BigInt(this.replay.shift()!.length);
+    }
+  }
+
+  /** After a reconnect: resend whatever the peer does not have (no progress: not even the OPEN). */
+  rewind(progress: ChannelProgress | undefined): void {
+    if (!progress) {
+      this.openSent = false;
+      this.rewindTo(0n);
+    } else {
+      this.rewindTo(progress.received);
+    }
+    if (!progress?.ended && this.endSent && this.finalDigest) {
+      this.endSent = false;
+      this.ending = () => {};
+    }
+  }
+
+  private rewindTo(received: bigint): void {
+    if (received < this.replayStart) throw new LinkProtocolError(`channel ${this.id}: the peer lost bytes it had acknowledged`);
+    this.credit(received, this.limit);
+    this.sent = received;
+  }
+}
+
+/**
+ * The receiving half of a channel. Bytes go to the readable in order, exactly once; its end comes
+ * only after the sha256 the sender sent matches what arrived, so nothing is used as complete
+ * before it is proven whole.
+ */
+export class IncomingChannel {
+  readonly readable: Readable;
+  private readonly queue: Buffer[] = [];
+  private received = 0n;
+  private delivered = 0n;
+  private lastCredit = 0n;
+  private readonly digest: Hash = createHash('sha256');
+  private wanted = false;
+  private end: { offset: bigint; digest: Buffer } | undefined;
+  ended = false;
+
+  constructor(
+    readonly id: number,
+    readonly kind: ChannelKindCode,
+    readonly name: string,
+    private readonly window: bigint,
+    private readonly sendCredit: (acked: bigint, limit: bigint) => void,
+    private readonly onIntegrityFailure: (error: Error) => void,
+  ) {
+    this.readable = new Readable({
+      highWaterMark: DATA_CHUNK,
+      read: () => {
+        this.wanted = true;
+        this.flush();
+      },
+    });
+  }
+
+  progress(): ChannelProgress {
+    return { channel: this.id, received: this.received, ended: this.ended };
+  }
+
+  data(offset: bigint, payload: Buffer): void {
+    if (this.end) throw new LinkProtocolError(`channel ${this.id}: data after its end`);
+    const end = offset + BigInt(payload.length);
+    if (offset > this.received) throw new LinkProtocolError(`channel ${this.id}: bytes from ${offset} missing (have ${this.received})`);
+    if (end <= this.received) return; // replayed after a reconnect, already here
+    const fresh = payload.subarray(Number(this.received - offset));
+    if (this.received + BigInt(fresh.length) > this.delivered + this.window) {
+      throw new LinkProtocolError(`channel ${this.id}: the sender overran its credit`);
+    }
+    this.digest.update(fresh);
+    this.queue.push(fresh);
+    this.received = end;
+    this.flush();
+    this.maybeCredit();
+  }
+
+  finish(offset: bigint, digest: Buffer): void {
+    if (this.end) return; // END replayed after a reconnect
+    if (offset !== this.received) throw new LinkProtocolError(`channel ${this.id}: ends at ${offset} but ${this.received} bytes arrived`);
+    this.end = { offset, digest };
+    this.flush();
+  }
+
+  fail(reason: string): void {
+    this.ended = true;
+    this.readable.destroy(new Error(`the sender reset channel ${this.name}: ${reason}`));
+  }
+
+  private flush(): void {
+    while (this.wanted && this.queue.length > 0) {
+      const chunk = this.queue.shift()!;
+      this.delivered += BigInt(chunk.length);
+      this.wanted = this.readable.push(chunk);
+    }
+    if (this.queue.length === 0 && this.end && !this.ended) {
+      this.ended = true;
+      const actual = this.digest.digest();
+      if (!actual.equals(this.end.digest)) {
+        const error = new LinkIntegrityError(`channel ${this.name}: sha256 ${actual.toString('hex')} of the bytes received differs from the sender's ${this.end.digest.toString('hex')}`);
+        this.readable.destroy(error);
+        this.onIntegrityFailure(error);
+        return;
+      }
+      this.readable.push(null);
+    }
+    this.maybeCredit();
+  }
+
+  private lastAcked = 0n;
+
+  private maybeCredit(force = false): void {
+    const limit = this.delivered + this.window;
+    if (force || limit - this.lastCredit >= this.window / 4n || this.received - this.lastAcked >= this.window / 4n) {
+      this.lastCredit = limit;
+      this.lastAcked = this.received;
+      this.sendCredit(this.received, limit);
+    }
+  }
+
+  /** After a reconnect: a credit frame may have been lost with the old connection. */
+  resendCredit(): void {
+    this.maybeCredit(true);
+  }
+}

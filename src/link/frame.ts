@@ -1,0 +1,92 @@
+import { crc32 } from 'node:zlib';
+
+/**
+ * The haul link's frame: every message on the connection is one frame, a fixed header and a payload.
+ *
+ *   0  u8  type          4  u32 channel       16 u32 payload length
+ *   1  u8  channel kind  8  u64 offset        20 u32 crc32 of bytes 0..19 and the payload
+ *   2  u16 zero
+ *
+ * Each frame is one WebSocket message, so frames can never run into each other; the length and the
+ * CRC still make a damaged or mis-sliced frame an error instead of data.
+ */
+export const FRAME_HEADER_SIZE = 24;
+export const MAX_FRAME_PAYLOAD = 1024 * 1024;
+
+export const FrameType = {
+  /** Handshake, first frame each way on every connection (payload: Hello / HelloReply). */
+  HELLO: 1,
+  HELLO_REPLY: 2,
+  /** A channel begins (payload: ChannelOpen). */
+  OPEN: 0x10,
+  /** Channel bytes starting at `offset`. */
+  DATA: 0x11,
+  /** The channel's bytes end at `offset`; payload: their sha256. */
+  END: 0x12,
+  /** The receiver has `offset` bytes and takes more up to the u64 limit in the payload. */
+  CREDIT: 0x13,
+  /** The channel failed on its sender's side (payload: reason, utf8). */
+  RESET: 0x14,
+  /** The whole session ends with an error (payload: Abort). */
+  ABORT: 0x20,
+  /** The whole session ends because its work is done; no resumption follows. */
+  CLOSE: 0x21,
+} as const;
+export type FrameTypeCode = (typeof FrameType)[keyof typeof FrameType];
+const TYPES = new Set<number>(Object.values(FrameType));
+
+/** What a channel carries; it sets the channel's priority when frames compete for the connection. */
+export const ChannelKind = {
+  CONTROL: 1,
+  IMAGE_FILE: 2,
+  PAGES: 3,
+  LAZY_REQUESTS: 4,
+  LAZY_ANSWERS: 5,
+  FILESYSTEM_TAR: 6,
+} as const;
+export type ChannelKindCode = (typeof ChannelKind)[keyof typeof ChannelKind];
+const KINDS = new Set<number>(Object.values(ChannelKind));
+
+export interface Frame {
+  readonly type: FrameTypeCode;
+  readonly kind: ChannelKindCode | 0;
+  readonly channel: number;
+  readonly offset: bigint;
+  readonly payload: Buffer;
+}
+
+export class LinkProtocolError extends Error {
+  override readonly name = 'LinkProtocolError';
+}
+
+export function encodeFrame(frame: Frame): Buffer {
+  if (frame.payload.length > MAX_FRAME_PAYLOAD) throw new LinkProtocolError(`frame payload of ${frame.payload.length} bytes`);
+  const bytes = Buffer.allocUnsafe(FRAME_HEADER_SIZE + frame.payload.length);
+  bytes.writeUInt8(frame.type, 0);
+  bytes.writeUInt8(frame.kind, 1);
+  bytes.writeUInt16LE(0, 2);
+  bytes.writeUInt32LE(frame.channel, 4);
+  bytes.writeBigUInt64LE(frame.offset, 8);
+  bytes.writeUInt32LE(frame.payload.length, 16);
+  frame.payload.copy(bytes, FRAME_HEADER_SIZE);
+  bytes.writeUInt32LE(crc32(frame.payload, crc32(bytes.subarray(0, 20))), 20);
+  return bytes;
+}
+
+/** Decodes one whole frame (one WebSocket message), or says exactly what is wrong with it. */
+export function decodeFrame(bytes: Buffer): Frame {
+  if (bytes.length < FRAME_HEADER_SIZE) throw new LinkProtocolError(`truncated frame: ${bytes.length} bytes, the header alone is ${FRAME_HEADER_SIZE}`);
+  const length = bytes.readUInt32LE(16);
+  if (length > MAX_FRAME_PAYLOAD) throw new LinkProtocolError(`oversize frame: ${length} bytes of payload, at most ${MAX_FRAME_PAYLOAD}`);
+  if (bytes.length !== FRAME_HEADER_SIZE + length) {
+    throw new LinkProtocolError(`${bytes.length < FRAME_HEADER_SIZE + length ? 'truncated' : 'overlong'} frame: ${bytes.length} bytes for a ${length}-byte payload`);
+  }
+  const payload = bytes.subarray(FRAME_HEADER_SIZE);
+  if (bytes.readUInt32LE(20) !== crc32(payload, crc32(bytes.subarray(0, 20)))) throw new LinkProtocolError('corrupted frame: CRC mismatch');
+  const type = bytes.readUInt8(0);
+  const kind = bytes.readUInt8(1);
+  if (!TYPES.has(type)) throw new LinkProtocolError(`unknown frame type 0x${type.toString(16)}`);
+  if (kind !== 0 && !KINDS.has(kind)) throw new LinkProtocolError(`unknown channel kind ${kind}`);
+  if (bytes.readUInt16LE(2) !== 0) throw new LinkProtocolError('reserved frame bits set');
+  return { type: type as FrameTypeCode, kind: kind as ChannelKindCode | 0, channel: bytes.readUInt32LE(4), offset: bytes.readBigUInt64LE(8), payload };
+}

@@ -1,0 +1,256 @@
+import { EventEmitter } from 'node:events';
+import { ChannelKind, FrameType, LinkProtocolError, decodeFrame, encodeFrame, type ChannelKindCode, type Frame } from './frame.js';
+import { IncomingChannel, OutgoingChannel } from './channels.js';
+import { Messages, type ChannelProgress } from './messages.js';
+
+/** Bytes a receiver takes on one channel before the sender must wait for credit. */
+export const CHANNEL_WINDOW = 4 * 1024 * 1024;
+/** Bytes handed to the connection and not yet written out, over all channels. */
+const MAX_IN_FLIGHT = 2 * 1024 * 1024;
+
+/** One connection's worth of frame exchange; the session outlives it when the link resumes. */
+export interface FrameTransport {
+  send(frame: Buffer, done: (error?: Error) => void): void;
+  /** Frames and the end of the connection go to these once the session attaches. */
+  deliverTo(handlers: { frame(bytes: Buffer): void; closed(reason: string): void }): void;
+  close(reason: string): void;
+}
+
+/** The session ended with an error, on this side or the peer's (origin says which). */
+export class LinkAbortedError extends Error {
+  override readonly name = 'LinkAbortedError';
+  constructor(
+    readonly reason: string,
+    readonly origin: 'local' | 'peer',
+  ) {
+    super(origin === 'peer' ? `the peer aborted: ${reason}` : reason);
+  }
+}
+
+interface SessionEvents {
+  channel: [IncomingChannel];
+  aborted: [LinkAbortedError];
+  closed: [];
+  detached: [string];
+}
+
+/**
+ * The multiplexer: any number of channels over one connection at a time. Each outgoing frame is
+ * chosen by priority (round robin among equals), each channel sends only within its peer's credit,
+ * and everything sent stays replayable until acknowledged, so the session can move to a new
+ * connection (resume) without losing or repeating a byte.
+ */
+export class LinkSession extends EventEmitter<SessionEvents> {
+  private transport: FrameTransport | undefined;
+  private readonly outgoing = new Map<number, OutgoingChannel>();
+  private readonly incoming = new Map<number, IncomingChannel>();
+  private readonly control: Frame[] = [];
+  private nextChannelId: number;
+  private inFlight = 0;
+  private pumpScheduled = false;
+  private rotation = 0;
+  private state: 'open' | 'aborted' | 'closed' = 'open';
+
+  constructor(
+    readonly role: 'dialer' | 'listener',
+    readonly sessionId: Buffer,
+  ) {
+    super();
+    this.nextChannelId = role === 'dialer' ? 1 : 2; // odd ids are the dialler's, even ones the listener's
+  }
+
+  get isOpen(): boolean {
+    return this.state === 'open';
+  }
+
+  get attached(): boolean {
+    return this.transport !== undefined;
+  }
+
+  openChannel(kind: ChannelKindCode, name: string): OutgoingChannel {
+    if (this.state !== 'open') throw new LinkAbortedError(`cannot open ${name}: the session has ended`, 'local');
+    const id = this.nextChannelId;
+    this.nextChannelId += 2;
+    const channel = new OutgoingChannel(id, kind, name, CHANNEL_WINDOW, () => this.schedulePump());
+    this.outgoing.set(id, channel);
+    this.schedulePump();
+    return channel;
+  }
+
+  /** How far each of the peer's channels has arrived here, for the resume handshake. */
+  progress(): ChannelProgress[] {
+    return [...this.incoming.values()].map((channel) => channel.progress());
+  }
+
+  /** Continues on a new connection; `peerProgress` is the peer's progress from the handshake. */
+  attach(transport: FrameTransport, peerProgress?: ChannelProgress[]): void {
+    if (this.state !== 'open') {
+      transport.close('session ended');
+      return;
+    }
+    if (peerProgress) {
+      const byId = new Map(peerProgress.map((p) => [p.channel, p]));
+      for (const channel of this.outgoing.values()) channel.rewind(byId.get(channel.id));
+      for (const channel of this.incoming.values()) channel.resendCredit();
+    }
+    this.transport = transport;
+    this.inFlight = 0;
+    transport.deliverTo({
+      frame: (bytes) => this.receive(bytes, transport),
+      closed: (reason) => {
+        if (this.transport !== transport) return;
+        this.transport = undefined;
+        if (this.state === 'open') this.emit('detached', reason);
+      },
+    });
+    this.schedulePump();
+  }
+
+  /** Ends the session with an error that reaches the peer, and fails every channel. */
+  abort(reason: string): void {
+    if (this.state !== 'open') return;
+    this.finishWith('aborted', new LinkAbortedError(reason, 'local'), { type: FrameType.ABORT, kind: 0, channel: 0, offset: 0n, payload: Messages.abort.encode({ reason, origin: this.role }) });
+  }
+
+  /** Ends the session because its work is done. */
+  close(): void {
+    if (this.state !== 'open') return;
+    this.finishWith('closed', undefined, { type: FrameType.CLOSE, kind: 0, channel: 0, offset: 0n, payload: Buffer.alloc(0) });
+  }
+
+  private finishWith(state: 'aborted' | 'closed', error: LinkAbortedError | undefined, frame: Frame): void {
+    this.state = state;
+    const transport = this.transport;
+    this.transport = undefined;
+    if (transport) transport.send(encodeFrame(frame), () => transport.close(state === 'closed' ? 'session closed' : 'session aborted'));
+    this.failChannels(error);
+    if (error) this.emit('aborted', error);
+    else this.emit('closed');
+  }
+
+  private failChannels(error: Error | undefined): void {
+    for (const channel of this.incoming.values()) if (!channel.ended) channel.fail(error?.message ?? 'the session closed before this channel ended');
+    for (const channel of this.outgoing.values()) if (!channel.endSent) channel.writable.destroy(error ?? new Error('the session closed'));
+  }
+
+  private receive(bytes: Buffer, from: FrameTransport): void {
+    if (from !== this.transport || this.state !== 'open') return;
+    try {
+      this.handle(decodeFrame(bytes));
+    } catch (error) {
+      this.abort(error instanceof Error ? error.message : String(error));
+    }
+  }
+
+  private handle(frame: Frame): void {
+    switch (frame.type) {
+      case FrameType.OPEN: {
+        if ((frame.channel % 2 === 1) !== (this.role === 'listener') || frame.channel === 0) {
+          throw new LinkProtocolError(`the peer opened channel ${frame.channel}, which is not one of its ids`);
+        }
+        if (this.incoming.has(frame.channel)) return; // replayed after a reconnect
+        if (frame.kind === 0) throw new LinkProtocolError(`channel ${frame.channel} opened without a kind`);
+        const channel = new IncomingChannel(
+          frame.channel,
+          frame.kind,
+          frame.payload.toString('utf8'),
+          BigInt(CHANNEL_WINDOW),
+          (acked, limit) => this.sendControl(creditFrame(frame.channel, acked, limit)),
+          (error) => this.abort(error.message),
+        );
+        this.incoming.set(frame.channel, channel);
+        this.emit('channel', channel);
+        return;
+      }
+      case FrameType.DATA:
+        return this.incomingChannel(frame).data(frame.offset, frame.payload);
+      case FrameType.END:
+        if (frame.payload.length !== 32) throw new LinkProtocolError(`channel ${frame.channel} ended with a ${frame.payload.length}-byte digest`);
+        return this.incomingChannel(frame).finish(frame.offset, frame.payload);
+      case FrameType.RESET:
+        return this.incomingChannel(frame).fail(frame.payload.toString('utf8'));
+      case FrameType.CREDIT: {
+        const channel = this.outgoing.get(frame.channel);
+        if (!channel || frame.payload.length !== 8) throw new LinkProtocolError(`credit for unknown channel ${frame.channel}`);
+        channel.credit(frame.offset, frame.payload.readBigUInt64LE(0));
+        return this.schedulePump();
+      }
+      case FrameType.ABORT: {
+        const { reason } = Messages.abort.decode(frame.payload);
+        this.state = 'aborted';
+        const error = new LinkAbortedError(reason, 'peer');
+        this.transport?.close('peer aborted');
+        this.transport = undefined;
+        this.failChannels(error);
+        this.emit('aborted', error);
+        return;
+      }
+      case FrameType.CLOSE:
+        this.state = 'closed';
+        this.transport?.close('peer closed');
+        this.transport = undefined;
+        this.failChannels(undefined);
+        this.emit('closed');
+        return;
+      default:
+        throw new LinkProtocolError(`unexpected frame type 0x${frame.type.toString(16)} in a running session`);
+    }
+  }
+
+  private incomingChannel(frame: Frame): IncomingChannel {
+    const channel = this.incoming.get(frame.channel);
+    if (!channel) throw new LinkProtocolError(`frame for unknown channel ${frame.channel}`);
+    return channel;
+  }
+
+  private sendControl(frame: Frame): void {
+    this.control.push(frame);
+    this.schedulePump();
+  }
+
+  private schedulePump(): void {
+    if (this.pumpScheduled) return;
+    this.pumpScheduled = true;
+    setImmediate(() => {
+      this.pumpScheduled = false;
+      this.pump();
+    });
+  }
+
+  private pump(): void {
+    const transport = this.transport;
+    while (transport && this.transport === transport && this.inFlight < MAX_IN_FLIGHT) {
+      const frame = this.control.shift() ?? this.nextChannelFrame();
+      if (!frame) return;
+      const bytes = encodeFrame(frame);
+      this.inFlight += bytes.length;
+      transport.send(bytes, () => {
+        if (this.transport !== transport) return;
+        this.inFlight -= bytes.length;
+        this.schedulePump();
+      });
+    }
+  }
+
+  // Highest priority first; among channels of one priority, take turns.
+  private nextChannelFrame(): Frame | undefined {
+    const channels = [...this.outgoing.values()];
+    if (channels.length === 0) return undefined;
+    this.rotation = (this.rotation + 1) % channels.length;
+    for (let priority = 0; priority <= 2; priority++) {
+      for (let i = 0; i < channels.length; i++) {
+        const channel = channels[(this.rotation + i) % channels.length]!;
+        if (channel.priority !== priority) continue;
+        const frame = channel.nextFrame();
+        if (frame) return frame;
+      }
+    }
+    return undefined;
+  }
+}
+
+function creditFrame(channel: number, acked: bigint, limit: bigint): Frame {
+  const payload = Buffer.alloc(8);
+  payload.writeBigUInt64LE(limit, 0);
+  return { type: FrameType.CREDIT, kind: ChannelKind.CONTROL, channel, offset: acked, payload };
+}

@@ -1,0 +1,128 @@
+import { randomBytes } from 'node:crypto';
+import { setTimeout as sleep } from 'node:timers/promises';
+import { describe, expect, it } from 'vitest';
+import { ChannelKind, FrameType, decodeFrame, type ChannelKindCode } from '../../src/link/frame.js';
+import type { IncomingChannel } from '../../src/link/channels.js';
+import { LinkSession } from '../../src/link/session.js';
+import { memoryTransportPair } from '../support/memory-link.js';
+
+function random(seed: number): () => number {
+  let state = seed >>> 0 || 1;
+  return () => {
+    state ^= state << 13;
+    state >>>= 0;
+    state ^= state >>> 17;
+    state ^= state << 5;
+    state >>>= 0;
+    return state / 0x100000000;
+  };
+}
+
+async function writeAll(channel: { writable: NodeJS.WritableStream & { writableNeedDrain?: boolean } }, data: Buffer, next: () => number): Promise<void> {
+  const writable = channel.writable;
+  for (let at = 0; at < data.length; ) {
+    const size = 1 + Math.floor(next() * 70_000);
+    const ok = writable.write(data.subarray(at, at + size));
+    at += size;
+    if (!ok) await new Promise((resolve) => writable.once('drain', resolve));
+    if (next() < 0.05) await sleep(1);
+  }
+  await new Promise<void>((resolve, reject) => {
+    writable.once('error', reject);
+    writable.end(resolve);
+  });
+}
+
+async function readAll(channel: IncomingChannel, next: () => number): Promise<Buffer> {
+  const chunks: Buffer[] = [];
+  for await (const chunk of channel.readable) {
+    chunks.push(chunk as Buffer);
+    if (next() < 0.05) await sleep(1 + Math.floor(next() * 3)); // a slow consumer now and then
+  }
+  return Buffer.concat(chunks);
+}
+
+const ROUNDS = Number(process.env['LINK_ROUNDS'] ?? 1000);
+const KINDS: ChannelKindCode[] = [ChannelKind.CONTROL, ChannelKind.IMAGE_FILE, ChannelKind.PAGES, ChannelKind.LAZY_ANSWERS, ChannelKind.FILESYSTEM_TAR];
+
+/** Pairs two sessions over an in-memory connection. */
+function sessionPair(delayMs?: () => number) {
+  const id = randomBytes(16);
+  const dialer = new LinkSession('dialer', id);
+  const listener = new LinkSession('listener', id);
+  const pair = memoryTransportPair(delayMs);
+  dialer.attach(pair.a);
+  listener.attach(pair.b);
+  return { dialer, listener, pair };
+}
+
+describe('the link session', () => {
+  it('carries many channels at once, every byte in order per channel, whatever the chunking and pace (1000 random cases)', async () => {
+    for (let round = 0; round < ROUNDS; round++) {
+      const next = random(round + 1);
+      const { dialer, listener } = sessionPair(() => (next() < 0.1 ? Math.floor(next() * 3) : 0));
+      const sent = new Map<string, Buffer>();
+      const received = new Map<string, Promise<Buffer>>();
+      listener.on('channel', (channel) => received.set(channel.name, readAll(channel, next)));
+      const writers = [];
+      const channels = 1 + Math.floor(next() * 5);
+      for (let c = 0; c < channels; c++) {
+        const name = `r${round}c${c}`;
+        const size = next() < 0.1 ? 0 : Math.floor(next() * (next() < 0.2 ? 600_000 : 40_000));
+        const data = randomBytes(size);
+        sent.set(name, data);
+        writers.push(writeAll(dialer.openChannel(KINDS[Math.floor(next() * KINDS.length)]!, name), data, next));
+      }
+      await Promise.all(writers);
+      while (received.size < channels) await sleep(1);
+      for (const [name, data] of sent) expect((await received.get(name)!).equals(data), `${name}`).toBe(true);
+    }
+  }, 120_000);
+
+  it('sends a lazy-page answer ahead of bulk pages that are waiting for the connection', async () => {
+    const { dialer, listener, pair } = sessionPair();
+    listener.on('channel', (channel) => channel.readable.resume());
+    const wire: Array<{ channel: number; type: number }> = [];
+    const send = pair.a.send.bind(pair.a);
+    pair.a.send = (bytes, done) => {
+      const frame = decodeFrame(bytes);
+      wire.push({ channel: frame.channel, type: frame.type });
+      send(bytes, done);
+    };
+    // eight bulk channels keep the connection busy
+    for (let i = 0; i < 8; i++) dialer.openChannel(ChannelKind.PAGES, `bulk${i}`).writable.write(randomBytes(2 * 1024 * 1024));
+    while (wire.length < 50) await sleep(1);
+    const answer = dialer.openChannel(ChannelKind.LAZY_ANSWERS, 'answer');
+    answer.writable.write(randomBytes(4096));
+    const mark = wire.length;
+    while (!wire.some((f) => f.channel === answer.id && f.type === FrameType.DATA)) await sleep(1);
+    // nothing else was sent between the answer's write and its open and data frames
+    expect(wire.slice(mark, mark + 2)).toEqual([
+      { channel: answer.id, type: FrameType.OPEN },
+      { channel: answer.id, type: FrameType.DATA },
+    ]);
+  });
+
+  it('never lets a stalled consumer on one channel hold up another', async () => {
+    const { dialer, listener } = sessionPair();
+    const done = new Map<string, Promise<Buffer>>();
+    listener.on('channel', (channel) => {
+      if (channel.name === 'fast') done.set('fast', readAll(channel, () => 1));
+      // 'stalled' is never read
+    });
+    dialer.openChannel(ChannelKind.PAGES, 'stalled').writable.write(randomBytes(16 * 1024 * 1024));
+    const data = randomBytes(8 * 1024 * 1024);
+    await writeAll(dialer.openChannel(ChannelKind.PAGES, 'fast'), data, () => 0.5);
+    while (!done.has('fast')) await sleep(1);
+    expect((await done.get('fast')!).equals(data)).toBe(true);
+  });
+
+  it('carries an abort and its reason to the other side', async () => {
+    const { dialer, listener } = sessionPair();
+    const aborted = new Promise<Error>((resolve) => listener.once('aborted', resolve));
+    dialer.abort('restore failed on dst: Unable to open timens-13.img');
+    const error = await aborted;
+    expect(error.message).toBe('the peer aborted: restore failed on dst: Unable to open timens-13.img');
+    expect(listener.isOpen).toBe(false);
+  });
+});
