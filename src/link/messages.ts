@@ -12,6 +12,7 @@ export interface HostInfo {
   architecture: string;
   capabilities: string[];
   haul_version: string;
+  role: string;
 }
 export interface ChannelProgress {
   channel: number;

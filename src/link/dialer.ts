@@ -1,0 +1,111 @@
+import { randomBytes } from 'node:crypto';
+import type { IncomingMessage } from 'node:http';
+import type { TLSSocket } from 'node:tls';
+import { setTimeout as sleep } from 'node:timers/promises';
+import WebSocket from 'ws';
+import { DEFAULT_KEEPALIVE_MS, DEFAULT_RESUME_WINDOW_MS, HANDSHAKE_TIMEOUT_MS, requireSecurity, type EndpointOptions } from './endpoint-options.js';
+import { FRAME_HEADER_SIZE, MAX_FRAME_PAYLOAD } from './frame.js';
+import { PROTOCOL_VERSION, compatibilityProblem, helloFrame, parseHelloReply } from './handshake.js';
+import { fingerprintOf, type Identity } from './identity.js';
+import type { HelloReply, HostInfo } from './messages.js';
+import { LinkSession } from './session.js';
+import type { TrustStore } from './trust-store.js';
+import { firstMessage, webSocketTransport } from './ws-transport.js';
+
+export interface DialedLink {
+  readonly session: LinkSession;
+  readonly peer: HostInfo;
+}
+
+/** Why a connection attempt failed, in words an operator can act on. */
+function explain(error: Error, secure: boolean): Error {
+  const message = error.message;
+  if (/wrong version number|packet length too long|EPROTO/.test(message)) {
+    return new Error(`TLS handshake failed: the peer does not speak TLS (is it listening with --insecure?) [${message}]`);
+  }
+  if (!secure && /socket hang up|ECONNRESET|Unexpected server response: 400/.test(message)) {
+    return new Error(`the peer closed the connection: it expects TLS, and this side was started with --insecure [${message}]`);
+  }
+  return error;
+}
+
+async function connectOnce(url: string, secure: { identity?: Identity; trust?: TrustStore }): Promise<WebSocket> {
+  const ws = new WebSocket(url, {
+    maxPayload: FRAME_HEADER_SIZE + MAX_FRAME_PAYLOAD,
+    handshakeTimeout: HANDSHAKE_TIMEOUT_MS,
+    ...(secure.identity ? { key: secure.identity.key, cert: secure.identity.cert, rejectUnauthorized: false } : {}),
+  });
+  return new Promise((resolve, reject) => {
+    let pinningError: Error | undefined;
+    ws.once('upgrade', (response: IncomingMessage) => {
+      if (!secure.trust) return;
+      const cert = (response.socket as TLSSocket).getPeerCertificate(true);
+      const fingerprint = cert?.raw ? fingerprintOf(`-----BEGIN CERTIFICATE-----\n${cert.raw.toString('base64')}\n-----END CERTIFICATE-----\n`) : 'none';
+      if (!secure.trust.trusts(fingerprint)) {
+        pinningError = new Error(`untrusted certificate: the peer at ${url} presented ${fingerprint}, which is not in this host's trust store (haul trust add NAME ${fingerprint})`);
+        ws.terminate();
+      }
+    });
+    ws.once('unexpected-response', (_request, response: IncomingMessage) => {
+      ws.terminate();
+      reject(new Error(`the peer refused the connection: ${response.statusCode} ${response.statusMessage ?? ''}`.trim() + (response.statusCode === 403 ? ' (it does not trust this host\'s certificate: haul trust add there)' : '')));
+    });
+    ws.once('open', () => (pinningError ? reject(pinningError) : resolve(ws)));
+    ws.once('error', (error) => reject(pinningError ?? explain(error, Boolean(secure.identity))));
+    ws.once('close', () => reject(pinningError ?? new Error(`the connection to ${url} closed during the handshake`)));
+  });
+}
+
+async function handshake(ws: WebSocket, session: LinkSession, options: EndpointOptions, resume: boolean): Promise<HelloReply> {
+  ws.send(helloFrame({ protocol_version: PROTOCOL_VERSION, session_id: session.sessionId, resume, host: options.host, received: resume ? session.progress() : [] }));
+  try {
+    return parseHelloReply(await firstMessage(ws, HANDSHAKE_TIMEOUT_MS));
+  } catch (error) {
+    ws.terminate();
+    throw error;
+  }
+}
+
+/**
+ * Dials a link listener and opens a session. If the connection drops, it re-dials (backing off up
+ * to a second between tries) and resumes the session where every channel stopped; after the resume
+ * window the session is aborted with the reason.
+ */
+export async function dialLink(url: string, options: EndpointOptions): Promise<DialedLink> {
+  const { hostname } = new URL(url);
+  const secure = requireSecurity(options, hostname);
+  if (url.startsWith('ws:') && !options.insecure) throw new Error(`${url} is plain WebSocket: use wss://, or --insecure on loopback`);
+  const session = new LinkSession('dialer', randomBytes(16));
+  const keepaliveMs = options.keepaliveMs ?? DEFAULT_KEEPALIVE_MS;
+  const ws = await connectOnce(url, secure);
+  const reply = await handshake(ws, session, options, false);
+  const problem = compatibilityProblem(options.host, reply.host);
+  if (problem) {
+    ws.close(1008, 'incompatible');
+    throw new Error(`cannot migrate to ${url}: ${problem}`);
+  }
+  session.attach(webSocketTransport(ws, keepaliveMs));
+
+  const window = options.resumeWindowMs ?? DEFAULT_RESUME_WINDOW_MS;
+  session.on('detached', (reason) => {
+    void (async () => {
+      const deadline = Date.now() + window;
+      let lastError: Error | undefined;
+      for (let delay = 50; session.isOpen && Date.now() < deadline; delay = Math.min(delay * 2, 1000)) {
+        try {
+          const next = await connectOnce(url, secure);
+          const resumed = await handshake(next, session, options, true);
+          if (!session.isOpen) return next.close(1000, 'session ended');
+          session.attach(webSocketTransport(next, keepaliveMs), resumed.received);
+          return;
+        } catch (error) {
+          lastError = error instanceof Error ? error : new Error(String(error));
+          if (/refused the link/.test(lastError.message)) break;
+          await sleep(Math.min(delay, Math.max(0, deadline - Date.now())));
+        }
+      }
+      session.abort(`lost the connection to ${url} (${reason}) and could not resume within ${window / 1000} s${lastError ? `: ${lastError.message}` : ''}`);
+    })();
+  });
+  return { session, peer: reply.host };
+}

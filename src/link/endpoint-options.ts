@@ -1,0 +1,36 @@
+import type { Identity } from './identity.js';
+import type { HostInfo } from './messages.js';
+import type { TrustStore } from './trust-store.js';
+
+/** What both ends of a link are configured with. */
+export interface EndpointOptions {
+  /** This host's key and certificate; required unless insecure. */
+  readonly identity?: Identity;
+  /** The peers this host accepts, by certificate fingerprint; required unless insecure. */
+  readonly trust?: TrustStore;
+  /** Plain WebSocket without TLS or authentication: only on loopback, only when asked for. */
+  readonly insecure?: boolean;
+  readonly host: HostInfo;
+  /** How long a session waits for a dropped connection to come back (default 30 s). */
+  readonly resumeWindowMs?: number;
+  /** Keepalive ping interval; a peer silent for three of them is dead (default 5 s). */
+  readonly keepaliveMs?: number;
+}
+
+export const DEFAULT_RESUME_WINDOW_MS = 30_000;
+export const DEFAULT_KEEPALIVE_MS = 5_000;
+const HANDSHAKE_TIMEOUT_MS = 10_000;
+export { HANDSHAKE_TIMEOUT_MS };
+
+export function isLoopback(address: string): boolean {
+  return address === 'localhost' || address === '::1' || address === '[::1]' || /^127\.\d+\.\d+\.\d+$/.test(address);
+}
+
+export function requireSecurity(options: EndpointOptions, address: string): { identity?: Identity; trust?: TrustStore } {
+  if (options.insecure) {
+    if (!isLoopback(address)) throw new Error(`--insecure (no TLS, no authentication) is refused on ${address}: only loopback addresses may go without TLS`);
+    return {};
+  }
+  if (!options.identity || !options.trust) throw new Error('a TLS link needs this host\'s identity and trust store');
+  return { identity: options.identity, trust: options.trust };
+}

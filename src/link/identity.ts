@@ -1,0 +1,43 @@
+import { execFile } from 'node:child_process';
+import { X509Certificate } from 'node:crypto';
+import { mkdir, readFile, rename } from 'node:fs/promises';
+import { hostname } from 'node:os';
+import { join } from 'node:path';
+import { promisify } from 'node:util';
+
+/** This host's key pair and self-signed certificate, by which peers recognise it. */
+export interface Identity {
+  readonly key: string;
+  readonly cert: string;
+  /** sha256 of the certificate (DER), lowercase hex: what a peer pins. */
+  readonly fingerprint: string;
+}
+
+export function fingerprintOf(certPem: string): string {
+  return new X509Certificate(certPem).fingerprint256.replaceAll(':', '').toLowerCase();
+}
+
+/**
+ * Loads the identity kept in `stateDir`, or creates it on first use (an EC P-256 key and a ten-year
+ * self-signed certificate, made with openssl; the key file is readable by its owner only).
+ */
+export async function loadOrCreateIdentity(stateDir: string): Promise<Identity> {
+  const keyPath = join(stateDir, 'link.key');
+  const certPath = join(stateDir, 'link.crt');
+  try {
+    const [key, cert] = await Promise.all([readFile(keyPath, 'utf8'), readFile(certPath, 'utf8')]);
+    return { key, cert, fingerprint: fingerprintOf(cert) };
+  } catch (error) {
+    if ((error as NodeJS.ErrnoException).code !== 'ENOENT') throw error;
+  }
+  await mkdir(stateDir, { recursive: true, mode: 0o700 });
+  const tmpKey = `${keyPath}.new`;
+  const tmpCert = `${certPath}.new`;
+  await promisify(execFile)('openssl', [
+    'req', '-x509', '-newkey', 'ec', '-pkeyopt', 'ec_paramgen_curve:prime256v1', '-nodes', '-days', '3650',
+    '-subj', `/CN=haul@${hostname()}`, '-keyout', tmpKey, '-out', tmpCert,
+  ]);
+  await rename(tmpKey, keyPath);
+  await rename(tmpCert, certPath);
+  return loadOrCreateIdentity(stateDir);
+}

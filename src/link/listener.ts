@@ -1,0 +1,118 @@
+import { EventEmitter } from 'node:events';
+import { createServer as createHttpServer, type IncomingMessage, type Server } from 'node:http';
+import { createServer as createHttpsServer } from 'node:https';
+import type { TLSSocket } from 'node:tls';
+import { WebSocketServer, type WebSocket } from 'ws';
+import { DEFAULT_KEEPALIVE_MS, DEFAULT_RESUME_WINDOW_MS, HANDSHAKE_TIMEOUT_MS, requireSecurity, type EndpointOptions } from './endpoint-options.js';
+import { FRAME_HEADER_SIZE, MAX_FRAME_PAYLOAD } from './frame.js';
+import { PROTOCOL_VERSION, compatibilityProblem, helloReplyFrame, parseHello } from './handshake.js';
+import { fingerprintOf } from './identity.js';
+import type { HostInfo } from './messages.js';
+import { LinkSession } from './session.js';
+import { firstMessage, webSocketTransport } from './ws-transport.js';
+
+interface ListenerEvents {
+  /** A new session from a dialler, with what it said about its host. */
+  session: [LinkSession, HostInfo];
+  /** A connection that was refused, and why (it never becomes a session). */
+  refused: [Error];
+}
+
+/**
+ * Accepts links: TLS with both certificates pinned by fingerprint (or, on loopback only, insecure),
+ * a versioned handshake, and resumption of a known session on a new connection within its window.
+ */
+export class LinkListener extends EventEmitter<ListenerEvents> {
+  private readonly sessions = new Map<string, { session: LinkSession; peer: HostInfo }>();
+
+  private constructor(
+    private readonly server: Server,
+    private readonly options: EndpointOptions,
+    readonly port: number,
+  ) {
+    super();
+  }
+
+  static async listen(address: string, port: number, options: EndpointOptions): Promise<LinkListener> {
+    const { identity, trust } = requireSecurity(options, address);
+    const server = identity
+      ? createHttpsServer({ key: identity.key, cert: identity.cert, requestCert: true, rejectUnauthorized: false })
+      : createHttpServer();
+    const wss = new WebSocketServer({
+      server,
+      maxPayload: FRAME_HEADER_SIZE + MAX_FRAME_PAYLOAD,
+      verifyClient: (info: { req: IncomingMessage }, done: (ok: boolean, code?: number, message?: string) => void) => {
+        if (!trust) return done(true);
+        const cert = (info.req.socket as TLSSocket).getPeerCertificate?.(true);
+        if (!cert?.raw) return done(false, 401, 'a client certificate is required');
+        const fingerprint = fingerprintOf(`-----BEGIN CERTIFICATE-----\n${cert.raw.toString('base64')}\n-----END CERTIFICATE-----\n`);
+        if (!trust.trusts(fingerprint)) {
+          listener.emit('refused', new Error(`refused a peer with untrusted certificate ${fingerprint}`));
+          return done(false, 403, `untrusted certificate ${fingerprint}`);
+        }
+        done(true);
+      },
+    });
+    await new Promise<void>((resolve, reject) => {
+      server.once('error', reject);
+      server.listen(port, address, () => resolve());
+    });
+    const bound = server.address();
+    if (bound === null || typeof bound === 'string') throw new Error('the link listener has no TCP port');
+    const listener = new LinkListener(server, options, bound.port);
+    wss.on('connection', (ws) => void listener.accept(ws));
+    return listener;
+  }
+
+  private async accept(ws: WebSocket): Promise<void> {
+    const refuse = (reason: string): void => {
+      ws.send(helloReplyFrame({ protocol_version: PROTOCOL_VERSION, resumed: false, host: this.options.host, received: [], refusal: reason }), () => ws.close(1008, 'refused'));
+      this.emit('refused', new Error(reason));
+    };
+    let hello;
+    try {
+      hello = parseHello(await firstMessage(ws, HANDSHAKE_TIMEOUT_MS));
+    } catch (error) {
+      return refuse(error instanceof Error ? error.message : String(error));
+    }
+    const problem = compatibilityProblem(hello.host, this.options.host);
+    if (problem) return refuse(problem);
+    const key = hello.session_id.toString('hex');
+    const known = this.sessions.get(key);
+    if (hello.resume && !known) return refuse('no such session here to resume (it ended, or its resume window passed)');
+    if (!hello.resume && known) return refuse('that session id is already in use');
+
+    const entry = known ?? { session: new LinkSession('listener', hello.session_id), peer: hello.host };
+    if (!known) this.track(key, entry);
+    const transport = webSocketTransport(ws, this.options.keepaliveMs ?? DEFAULT_KEEPALIVE_MS);
+    const reply = { protocol_version: PROTOCOL_VERSION, resumed: Boolean(known), host: this.options.host, received: entry.session.progress(), refusal: '' };
+    ws.send(helloReplyFrame(reply));
+    entry.session.attach(transport, known ? hello.received : undefined);
+    if (!known) this.emit('session', entry.session, hello.host);
+  }
+
+  // Keeps a session for resumption while it is detached, for at most the resume window.
+  private track(key: string, entry: { session: LinkSession; peer: HostInfo }): void {
+    const { session } = entry;
+    this.sessions.set(key, entry);
+    let timer: NodeJS.Timeout | undefined;
+    const window = this.options.resumeWindowMs ?? DEFAULT_RESUME_WINDOW_MS;
+    session.on('detached', (reason) => {
+      timer = setTimeout(() => {
+        if (!session.attached) session.abort(`the connection was lost (${reason}) and not resumed within ${window / 1000} s`);
+      }, window);
+      timer.unref();
+    });
+    const forget = (): void => {
+      clearTimeout(timer);
+      this.sessions.delete(key);
+    };
+    session.once('aborted', forget);
+    session.once('closed', forget);
+  }
+
+  async close(): Promise<void> {
+    for (const { session } of this.sessions.values()) session.abort('the listener is shutting down');
+    await new Promise<void>((resolve) => this.server.close(() => resolve()));
+  }
+}

@@ -1,0 +1,75 @@
+import type WebSocket from 'ws';
+import type { FrameTransport } from './session.js';
+
+/**
+ * A WebSocket as the link's frame transport: one frame per binary message. A keepalive ping goes
+ * out every `keepaliveMs`; a peer that answers nothing for three of them is taken for dead and the
+ * connection dropped, which lets the session resume on a new one.
+ */
+export function webSocketTransport(ws: WebSocket, keepaliveMs: number): FrameTransport {
+  let handlers: { frame(bytes: Buffer): void; closed(reason: string): void } | undefined;
+  const early: Buffer[] = [];
+  let closedReason: string | undefined;
+  let lastHeard = Date.now();
+  const heard = (): void => void (lastHeard = Date.now());
+  const keepalive = setInterval(() => {
+    if (Date.now() - lastHeard > 3 * keepaliveMs) return ws.terminate();
+    ws.ping();
+  }, keepaliveMs);
+  keepalive.unref();
+  ws.on('pong', heard);
+  ws.on('message', (data: Buffer, isBinary: boolean) => {
+    heard();
+    // a text message is not a frame: passing it on makes the session refuse it as malformed
+    const bytes = isBinary ? data : Buffer.concat([Buffer.from([0]), Buffer.from(data)]);
+    if (handlers) handlers.frame(bytes);
+    else early.push(bytes);
+  });
+  ws.on('close', (code, reason) => {
+    clearInterval(keepalive);
+    closedReason = `connection closed (${code}${reason.length ? `: ${reason.toString()}` : ''})`;
+    handlers?.closed(closedReason);
+  });
+  ws.on('error', () => {}); // 'close' follows and carries the news
+  return {
+    send(frame, done) {
+      if (ws.readyState !== ws.OPEN) return done(new Error('connection closed'));
+      ws.send(frame, { binary: true }, (error) => done(error ?? undefined));
+    },
+    deliverTo(h) {
+      handlers = h;
+      for (const bytes of early.splice(0)) h.frame(bytes);
+      if (closedReason !== undefined) h.closed(closedReason);
+    },
+    close(reason) {
+      clearInterval(keepalive);
+      ws.close(1000, reason.slice(0, 120));
+    },
+  };
+}
+
+/** The first binary message on a fresh connection: the handshake frame. */
+export function firstMessage(ws: WebSocket, timeoutMs: number): Promise<Buffer> {
+  return new Promise((resolve, reject) => {
+    const timer = setTimeout(() => {
+      cleanup();
+      ws.terminate();
+      reject(new Error(`no handshake from the peer within ${timeoutMs / 1000} s`));
+    }, timeoutMs);
+    const onMessage = (data: Buffer): void => {
+      cleanup();
+      resolve(data);
+    };
+    const onClose = (code: number, reason: Buffer): void => {
+      cleanup();
+      reject(new Error(`the peer closed the connection during the handshake (${code}${reason.length ? `: ${reason.toString()}` : ''})`));
+    };
+    const cleanup = (): void => {
+      clearTimeout(timer);
+      ws.off('message', onMessage);
+      ws.off('close', onClose);
+    };
+    ws.on('message', onMessage);
+    ws.on('close', onClose);
+  });
+}

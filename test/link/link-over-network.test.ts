@@ -1,0 +1,186 @@
+import { createHash, randomBytes } from 'node:crypto';
+import { setTimeout as sleep } from 'node:timers/promises';
+import { afterEach, describe, expect, it } from 'vitest';
+import WebSocket from 'ws';
+import type { IncomingChannel } from '../../src/link/channels.js';
+import { dialLink } from '../../src/link/dialer.js';
+import { ChannelKind, FrameType, encodeFrame } from '../../src/link/frame.js';
+import { helloFrame, parseHelloReply, PROTOCOL_VERSION } from '../../src/link/handshake.js';
+import { LinkListener } from '../../src/link/listener.js';
+import type { LinkSession } from '../../src/link/session.js';
+import { cuttingProxy } from '../support/cutting-proxy.js';
+import { hostInfo, linkHost, trustingPair } from '../support/link-hosts.js';
+
+const cleanups: Array<() => unknown> = [];
+afterEach(async () => {
+  for (const cleanup of cleanups.splice(0).reverse()) await cleanup();
+});
+
+async function collect(channel: IncomingChannel): Promise<Buffer> {
+  const chunks: Buffer[] = [];
+  for await (const chunk of channel.readable) chunks.push(chunk as Buffer);
+  return Buffer.concat(chunks);
+}
+
+function nextSession(listener: LinkListener): Promise<LinkSession> {
+  return new Promise((resolve) => listener.once('session', (session) => resolve(session)));
+}
+
+describe('the link over TLS with pinned certificates', () => {
+  it('carries several channels between two hosts that trust each other', async () => {
+    const hosts = await trustingPair();
+    cleanups.push(hosts.remove);
+    const listener = await LinkListener.listen('127.0.0.1', 0, { ...hosts.destination, host: hostInfo('destination') });
+    cleanups.push(() => listener.close());
+    const accepted = nextSession(listener);
+    const { session, peer } = await dialLink(`wss://127.0.0.1:${listener.port}`, { ...hosts.source, host: hostInfo('source') });
+    expect(peer.role).toBe('destination');
+    const remote = await accepted;
+    const received = new Map<string, Promise<Buffer>>();
+    remote.on('channel', (channel) => received.set(channel.name, collect(channel)));
+    const sent = new Map([['pages-1', randomBytes(5_000_000)], ['inventory.img', randomBytes(300)], ['control', Buffer.from('{"restore":"go"}')]]);
+    for (const [name, data] of sent) {
+      const kind = name === 'control' ? ChannelKind.CONTROL : name.startsWith('pages') ? ChannelKind.PAGES : ChannelKind.IMAGE_FILE;
+      session.openChannel(kind, name).writable.end(data);
+    }
+    while (received.size < sent.size) await sleep(5);
+    for (const [name, data] of sent) expect((await received.get(name)!).equals(data)).toBe(true);
+    session.close();
+  });
+
+  it('refuses a peer whose certificate is not trusted, on either side', async () => {
+    const [source, destination, stranger] = await Promise.all([linkHost('s'), linkHost('d'), linkHost('x')]);
+    cleanups.push(() => [source, destination, stranger].forEach((h) => h.remove()));
+    await destination.trust.add('source', source.identity.fingerprint);
+    await source.trust.add('destination', destination.identity.fingerprint);
+    const listener = await LinkListener.listen('127.0.0.1', 0, { ...destination, host: hostInfo('destination') });
+    cleanups.push(() => listener.close());
+    const url = `wss://127.0.0.1:${listener.port}`;
+    // the stranger trusts the listener, but the listener does not trust it
+    await stranger.trust.add('destination', destination.identity.fingerprint);
+    await expect(dialLink(url, { ...stranger, host: hostInfo('source') })).rejects.toThrow(/refused the connection: 403.*does not trust this host's certificate/);
+    // the source does not trust the stranger's listener
+    const impostor = await LinkListener.listen('127.0.0.1', 0, { ...stranger, host: hostInfo('destination') });
+    cleanups.push(() => impostor.close());
+    await stranger.trust.add('source', source.identity.fingerprint);
+    await expect(dialLink(`wss://127.0.0.1:${impostor.port}`, { ...source, host: hostInfo('source') })).rejects.toThrow(
+      new RegExp(`untrusted certificate: .* presented ${stranger.identity.fingerprint}`),
+    );
+  });
+
+  it('refuses plain TCP where TLS is required, and --insecure anywhere but loopback', async () => {
+    const hosts = await trustingPair();
+    cleanups.push(hosts.remove);
+    const listener = await LinkListener.listen('127.0.0.1', 0, { ...hosts.destination, host: hostInfo('destination') });
+    cleanups.push(() => listener.close());
+    await expect(dialLink(`ws://127.0.0.1:${listener.port}`, { insecure: true, host: hostInfo('source') })).rejects.toThrow(/expects TLS|closed/);
+    await expect(LinkListener.listen('0.0.0.0', 0, { insecure: true, host: hostInfo('destination') })).rejects.toThrow(/--insecure .* refused on 0\.0\.0\.0/);
+    await expect(dialLink('ws://192.0.2.1:8443', { insecure: true, host: hostInfo('source') })).rejects.toThrow(/refused on 192\.0\.2\.1/);
+  });
+
+  it('refuses a CRIU pairing that cannot be bridged, saying what to install', async () => {
+    const listener = await LinkListener.listen('127.0.0.1', 0, { insecure: true, host: hostInfo('destination', '4.1.1') });
+    cleanups.push(() => listener.close());
+    await expect(dialLink(`ws://127.0.0.1:${listener.port}`, { insecure: true, host: hostInfo('source', '4.2') })).rejects.toThrow(
+      /refused the link: CRIU 4\.2 on the source writes pagemaps that CRIU 4\.1\.1 on the destination reads as empty; install CRIU 4\.2 or later there/,
+    );
+  });
+});
+
+describe('the link when the connection drops', () => {
+  it('resumes every channel where it stopped after the TCP connection is cut at random moments', async () => {
+    const hosts = await trustingPair();
+    cleanups.push(hosts.remove);
+    const listener = await LinkListener.listen('127.0.0.1', 0, { ...hosts.destination, host: hostInfo('destination') });
+    cleanups.push(() => listener.close());
+    const proxy = await cuttingProxy(listener.port);
+    cleanups.push(() => proxy.close());
+    const accepted = nextSession(listener);
+    const { session } = await dialLink(`wss://127.0.0.1:${proxy.port}`, { ...hosts.source, host: hostInfo('source'), keepaliveMs: 500 });
+    const remote = await accepted;
+    const received = new Map<string, Promise<Buffer>>();
+    remote.on('channel', (channel) => received.set(channel.name, collect(channel)));
+    const sent = new Map([...Array(3).keys()].map((i) => [`pages-${i}`, randomBytes(12_000_000)] as const));
+    const writes = [...sent].map(([name, data]) => new Promise<void>((resolve) => session.openChannel(ChannelKind.PAGES, name).writable.end(data, resolve)));
+    let cuts = 0;
+    while (cuts < 4) {
+      await sleep(20 + Math.floor(Math.random() * 120));
+      if (proxy.cut() > 0) cuts++;
+    }
+    await Promise.all(writes);
+    while (received.size < sent.size) await sleep(5);
+    for (const [name, data] of sent) {
+      const got = await received.get(name)!;
+      expect(createHash('sha256').update(got).digest('hex'), name).toBe(createHash('sha256').update(data).digest('hex'));
+    }
+    expect(proxy.connections).toBeGreaterThan(cuts);
+    session.close();
+  }, 60_000);
+
+  it('gives up with a clear error when the peer stays away longer than the resume window', async () => {
+    const listener = await LinkListener.listen('127.0.0.1', 0, { insecure: true, host: hostInfo('destination'), resumeWindowMs: 500 });
+    cleanups.push(() => listener.close());
+    const proxy = await cuttingProxy(listener.port);
+    const accepted = nextSession(listener);
+    const { session } = await dialLink(`ws://127.0.0.1:${proxy.port}`, { insecure: true, host: hostInfo('source'), resumeWindowMs: 500 });
+    const remote = await accepted;
+    const sourceAborted = new Promise<Error>((resolve) => session.once('aborted', resolve));
+    const destinationAborted = new Promise<Error>((resolve) => remote.once('aborted', resolve));
+    // the network between them goes away for good
+    proxy.cut();
+    await proxy.close();
+    expect((await sourceAborted).message).toMatch(/could not resume within 0\.5 s/);
+    expect((await destinationAborted).message).toMatch(/not resumed within 0\.5 s/);
+  });
+});
+
+describe('bad frames on a link', () => {
+  /** A raw client that does the handshake by hand, then sends whatever the test wants. */
+  async function rawSession(): Promise<{ ws: WebSocket; remote: LinkSession }> {
+    const listener = await LinkListener.listen('127.0.0.1', 0, { insecure: true, host: hostInfo('destination') });
+    cleanups.push(() => listener.close());
+    const accepted = nextSession(listener);
+    const ws = new WebSocket(`ws://127.0.0.1:${listener.port}`);
+    await new Promise((resolve) => ws.once('open', resolve));
+    const reply = new Promise<Buffer>((resolve) => ws.once('message', resolve));
+    ws.send(helloFrame({ protocol_version: PROTOCOL_VERSION, session_id: randomBytes(16), resume: false, host: hostInfo('source'), received: [] }));
+    parseHelloReply(await reply);
+    return { ws, remote: await accepted };
+  }
+
+  const open = encodeFrame({ type: FrameType.OPEN, kind: ChannelKind.PAGES, channel: 1, offset: 0n, payload: Buffer.from('pages-1') });
+  const data = encodeFrame({ type: FrameType.DATA, kind: ChannelKind.PAGES, channel: 1, offset: 0n, payload: Buffer.from('page bytes') });
+  const cases: Array<[string, Buffer[], RegExp]> = [
+    ['a corrupted frame', [open, Buffer.from(data).fill(0x55, 30, 31)], /corrupted frame: CRC mismatch/],
+    ['a truncated frame', [open, data.subarray(0, data.length - 3)], /truncated frame/],
+    ['an oversize frame', [open, Buffer.concat([data.subarray(0, 16), Buffer.from([0xff, 0xff, 0xff, 0x7f]), data.subarray(20)])], /oversize frame/],
+    ['a frame for an unknown channel', [encodeFrame({ type: FrameType.DATA, kind: ChannelKind.PAGES, channel: 7, offset: 0n, payload: Buffer.from('x') })], /unknown channel 7/],
+    ['data beyond what was sent', [open, encodeFrame({ type: FrameType.DATA, kind: ChannelKind.PAGES, channel: 1, offset: 100n, payload: Buffer.from('x') })], /bytes from 100 missing/],
+  ];
+  for (const [what, frames, reason] of cases) {
+    it(`ends the session on ${what}, with a clear error and nothing delivered`, async () => {
+      const { ws, remote } = await rawSession();
+      const delivered: Buffer[] = [];
+      remote.on('channel', (channel) => channel.readable.on('data', (chunk: Buffer) => delivered.push(chunk)).on('error', () => {}));
+      const aborted = new Promise<Error>((resolve) => remote.once('aborted', resolve));
+      const peerTold = new Promise<Buffer>((resolve) => ws.on('message', (m: Buffer) => m[0] === FrameType.ABORT && resolve(m)));
+      const closed = new Promise((resolve) => ws.once('close', resolve));
+      for (const frame of frames) ws.send(frame);
+      expect((await aborted).message).toMatch(reason);
+      expect((await peerTold).toString()).toMatch(reason);
+      await closed;
+      expect(delivered).toEqual([]);
+    });
+  }
+
+  it('refuses a handshake in another protocol version', async () => {
+    const listener = await LinkListener.listen('127.0.0.1', 0, { insecure: true, host: hostInfo('destination') });
+    cleanups.push(() => listener.close());
+    const ws = new WebSocket(`ws://127.0.0.1:${listener.port}`);
+    await new Promise((resolve) => ws.once('open', resolve));
+    const reply = new Promise<Buffer>((resolve) => ws.once('message', resolve));
+    ws.send(helloFrame({ protocol_version: 99, session_id: randomBytes(16), resume: false, host: hostInfo('source'), received: [] }));
+    expect(() => parseHelloReply(Buffer.from([]))).toThrow();
+    await expect(Promise.resolve().then(async () => parseHelloReply(await reply))).rejects.toThrow(/refused the link: haul link protocol 99 from the peer, this side speaks 1/);
+  });
+});
