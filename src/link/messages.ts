@@ -41,6 +41,33 @@ export interface Abort {
   origin: string;
 }
 
+export interface MigrationStart {
+  mode: string;
+  pid: number;
+  criu_version: string;
+}
+export interface ImagesComplete {
+  files: number;
+  page_streams: number;
+  bytes: bigint;
+}
+export interface RestoreResult {
+  ok: boolean;
+  error: string;
+  pid: number;
+}
+export interface Progress {
+  pages: bigint;
+  bytes: bigint;
+}
+/** One control message: exactly one of these is set. */
+export interface Control {
+  migration_start?: MigrationStart;
+  images_complete?: ImagesComplete;
+  restore_result?: RestoreResult;
+  progress?: Progress;
+}
+
 interface MessageCodec<T> {
   encode(message: T): Buffer;
   decode(bytes: Buffer): T;
@@ -77,4 +104,26 @@ export const Messages = {
   helloReply: codec<HelloReply>('HelloReply'),
   channelOpen: codec<ChannelOpen>('ChannelOpen'),
   abort: codec<Abort>('Abort'),
+  control: controlCodec(),
 };
+
+// Control messages carry 64-bit counters; they travel as strings through protobufjs.
+function controlCodec(): MessageCodec<Control> {
+  const type = root.lookupType('haul.link.Control');
+  const SIXTY_FOUR = new Set(['bytes', 'pages']);
+  const convert = (value: unknown, to: (v: unknown) => unknown): unknown =>
+    value && typeof value === 'object' && !Buffer.isBuffer(value)
+      ? Object.fromEntries(Object.entries(value).map(([k, v]) => [k, SIXTY_FOUR.has(k) ? to(v) : convert(v, to)]))
+      : value;
+  return {
+    encode: (message) => Buffer.from(type.encode(type.fromObject(convert(message, (v) => String(v)) as Plain)).finish()),
+    decode: (bytes) => {
+      try {
+        const plain = type.toObject(type.decode(bytes), { longs: String, defaults: true, oneofs: false });
+        return convert(plain, (v) => BigInt(v as string)) as Control;
+      } catch (error) {
+        throw new LinkProtocolError(`malformed Control: ${error instanceof Error ? error.message : String(error)}`);
+      }
+    },
+  };
+}

@@ -7,22 +7,11 @@ import { Entries, ImageFormatError, type EntryCodec } from '../../src/criu/image
 import { receiveDump } from '../../src/criu/page-server/dump-receiver.js';
 import { serveLazyPages } from '../../src/criu/page-server/lazy-pages-server.js';
 import { Command, PageFlag, PageServerProtocolError, encodeHeader, type HeaderLayout } from '../../src/criu/page-server/protocol.js';
-import { TruncatedStreamError } from '../../src/criu/page-server/stream-reader.js';
+import { TruncatedStreamError } from '../../src/streams/stream-reader.js';
 import { memoryConnection } from '../support/memory-connection.js';
 import { CountingSink, SyntheticPageSource, dumpStream } from '../support/page-server-streams.js';
+import { seededRandom } from '../support/seeded-random.js';
 
-/** A seeded generator, so a failing input can be found again from the seed in the test's message. */
-function random(seed: number): () => number {
-  let state = seed >>> 0 || 1;
-  return () => {
-    state ^= state << 13;
-    state >>>= 0;
-    state ^= state >>> 17;
-    state ^= state << 5;
-    state >>>= 0;
-    return state / 0x100000000;
-  };
-}
 
 function mutate(valid: Buffer, next: () => number): Buffer {
   const pick = (n: number): number => Math.floor(next() * n);
@@ -70,7 +59,7 @@ const LAYOUTS: HeaderLayout[] = ['criu-4.1', 'criu-4.2'];
 
 describe('fuzzing: bad input ends in a clear error, never a crash, a hang or an unbounded allocation', () => {
   it(`page-server dump streams (${ROUNDS} inputs)`, async () => {
-    const next = random(0x5eed1);
+    const next = seededRandom(0x5eed1);
     const outcomes = { accepted: 0, rejected: 0 };
     for (let round = 0; round < ROUNDS; round++) {
       const layout = LAYOUTS[round % 2]!;
@@ -92,7 +81,7 @@ describe('fuzzing: bad input ends in a clear error, never a crash, a hang or an 
   });
 
   it(`lazy-pages request streams (${ROUNDS} inputs)`, async () => {
-    const next = random(0x5eed2);
+    const next = seededRandom(0x5eed2);
     const source = new SyntheticPageSource(new Map([[7, { vaddr: 0x10000n, nrPages: 64 }]]));
     class NoSuchPage extends Error {}
     const strictSource = {
@@ -110,7 +99,7 @@ describe('fuzzing: bad input ends in a clear error, never a crash, a hang or an 
   });
 
   it(`image files and their entries (${ROUNDS} inputs)`, async () => {
-    const next = random(0x5eed3);
+    const next = seededRandom(0x5eed3);
     const samples: Array<{ bytes: Buffer; codecs: EntryCodec<unknown>[] }> = [
       { bytes: encodeImage({ kind: 'common', typeMagic: TypeMagic.PSTREE }, [Entries.pstreeEntry.encode({ pid: 1, ppid: 0, pgid: 1, sid: 1, threads: [1, 2] })]), codecs: [Entries.pstreeEntry] },
       { bytes: encodeImage(PAGEMAP_HEADER, [Entries.pagemapHead.encode({ pages_id: 1 }), Entries.pagemapEntry.encode({ vaddr: 0x400000n, compat_nr_pages: 4, flags: 4 })]), codecs: [Entries.pagemapHead, Entries.pagemapEntry] },

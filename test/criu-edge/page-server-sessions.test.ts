@@ -3,7 +3,7 @@ import { receiveDump } from '../../src/criu/page-server/dump-receiver.js';
 import { LazyPagesClient } from '../../src/criu/page-server/lazy-pages-client.js';
 import { serveLazyPages } from '../../src/criu/page-server/lazy-pages-server.js';
 import { Command, HEADER_SIZE, PAGE_SIZE, PageFlag, PageServerProtocolError, decodeHeader, encodeHeader, parseCommand, type HeaderLayout } from '../../src/criu/page-server/protocol.js';
-import { TruncatedStreamError } from '../../src/criu/page-server/stream-reader.js';
+import { TruncatedStreamError } from '../../src/streams/stream-reader.js';
 import { memoryConnection } from '../support/memory-connection.js';
 import { MemorySink, SyntheticPageSource, dumpStream, pagesOf } from '../support/page-server-streams.js';
 

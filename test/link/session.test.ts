@@ -2,64 +2,19 @@ import { randomBytes } from 'node:crypto';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { describe, expect, it } from 'vitest';
 import { ChannelKind, FrameType, decodeFrame, type ChannelKindCode } from '../../src/link/frame.js';
-import type { IncomingChannel } from '../../src/link/channels.js';
 import { LinkSession } from '../../src/link/session.js';
 import { memoryTransportPair } from '../support/memory-link.js';
+import { seededRandom } from '../support/seeded-random.js';
+import { readAll, sessionPair, writeAll } from '../support/link-traffic.js';
 
-function random(seed: number): () => number {
-  let state = seed >>> 0 || 1;
-  return () => {
-    state ^= state << 13;
-    state >>>= 0;
-    state ^= state >>> 17;
-    state ^= state << 5;
-    state >>>= 0;
-    return state / 0x100000000;
-  };
-}
-
-async function writeAll(channel: { writable: NodeJS.WritableStream & { writableNeedDrain?: boolean } }, data: Buffer, next: () => number): Promise<void> {
-  const writable = channel.writable;
-  for (let at = 0; at < data.length; ) {
-    const size = 1 + Math.floor(next() * 70_000);
-    const ok = writable.write(data.subarray(at, at + size));
-    at += size;
-    if (!ok) await new Promise((resolve) => writable.once('drain', resolve));
-    if (next() < 0.05) await sleep(1);
-  }
-  await new Promise<void>((resolve, reject) => {
-    writable.once('error', reject);
-    writable.end(resolve);
-  });
-}
-
-async function readAll(channel: IncomingChannel, next: () => number): Promise<Buffer> {
-  const chunks: Buffer[] = [];
-  for await (const chunk of channel.readable) {
-    chunks.push(chunk as Buffer);
-    if (next() < 0.05) await sleep(1 + Math.floor(next() * 3)); // a slow consumer now and then
-  }
-  return Buffer.concat(chunks);
-}
 
 const ROUNDS = Number(process.env['LINK_ROUNDS'] ?? 1000);
 const KINDS: ChannelKindCode[] = [ChannelKind.CONTROL, ChannelKind.IMAGE_FILE, ChannelKind.PAGES, ChannelKind.LAZY_ANSWERS, ChannelKind.FILESYSTEM_TAR];
 
-/** Pairs two sessions over an in-memory connection. */
-function sessionPair(delayMs?: () => number) {
-  const id = randomBytes(16);
-  const dialer = new LinkSession('dialer', id);
-  const listener = new LinkSession('listener', id);
-  const pair = memoryTransportPair(delayMs);
-  dialer.attach(pair.a);
-  listener.attach(pair.b);
-  return { dialer, listener, pair };
-}
-
 describe('the link session', () => {
   it('carries many channels at once, every byte in order per channel, whatever the chunking and pace (1000 random cases)', async () => {
     for (let round = 0; round < ROUNDS; round++) {
-      const next = random(round + 1);
+      const next = seededRandom(round + 1);
       const { dialer, listener } = sessionPair(() => (next() < 0.1 ? Math.floor(next() * 3) : 0));
       const sent = new Map<string, Buffer>();
       const received = new Map<string, Promise<Buffer>>();
@@ -130,7 +85,7 @@ describe('the link session', () => {
 describe('resuming a session on a new connection', () => {
   it('loses and repeats nothing when the connection drops mid-transfer, again and again (200 random cases)', async () => {
     for (let round = 0; round < 200; round++) {
-      const next = random(10_000 + round);
+      const next = seededRandom(10_000 + round);
       const id = randomBytes(16);
       const dialer = new LinkSession('dialer', id);
       const listener = new LinkSession('listener', id);

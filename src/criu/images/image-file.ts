@@ -1,6 +1,6 @@
 import { createReadStream } from 'node:fs';
 import type { Readable } from 'node:stream';
-import { StreamReader, TruncatedStreamError } from '../page-server/stream-reader.js';
+import { StreamReader, TruncatedStreamError } from '../../streams/stream-reader.js';
 import { IMG_COMMON_MAGIC, IMG_SERVICE_MAGIC, INVENTORY_MAGIC, headerBytes, type ImageHeader } from './magic.js';
 import { ImageFormatError } from './schemas.js';
 

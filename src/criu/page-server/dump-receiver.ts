@@ -3,7 +3,7 @@ import type { PagemapEntry } from '../images/pagemap.js';
 import { writeTo } from './connection.js';
 import { PAGE_SIZE, PageFlag, PageServerProtocolError, decodeHeader, int32Reply, parseCommand, type HeaderLayout, type PagemapTarget } from './protocol.js';
 import { HeaderReader } from './header-reader.js';
-import { StreamReader } from './stream-reader.js';
+import { StreamReader } from '../../streams/stream-reader.js';
 
 /**
  * Where the pages of a `criu dump --page-server` go. Calls come in the order CRIU sends: a pagemap

@@ -1,5 +1,5 @@
 import { HEADER_SIZE, detectHeaderLayout, type HeaderLayout } from './protocol.js';
-import type { StreamReader } from './stream-reader.js';
+import type { StreamReader } from '../../streams/stream-reader.js';
 
 /**
  * Reads page-server headers of a known layout, or of one detected from the first header when the

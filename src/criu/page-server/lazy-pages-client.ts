@@ -10,7 +10,7 @@ import {
   encodeHeader,
   type HeaderLayout,
 } from './protocol.js';
-import { StreamReader } from './stream-reader.js';
+import { StreamReader } from '../../streams/stream-reader.js';
 
 export interface PagesAnswer {
   readonly nrPages: number;

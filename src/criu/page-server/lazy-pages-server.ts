@@ -2,7 +2,7 @@ import type { Duplex } from 'node:stream';
 import { writeTo } from './connection.js';
 import { PAGE_SIZE, PageServerProtocolError, decodeHeader, encodeHeader, int32Reply, pagesAnswerHeader, parseCommand, type HeaderLayout } from './protocol.js';
 import { HeaderReader } from './header-reader.js';
-import { StreamReader } from './stream-reader.js';
+import { StreamReader } from '../../streams/stream-reader.js';
 
 /** Where the pages a lazy restore asks for come from. */
 export interface PageSource {

@@ -1,0 +1,29 @@
+import type { Readable, Writable } from 'node:stream';
+import { StreamReader } from '../streams/stream-reader.js';
+import { LinkProtocolError } from './frame.js';
+import { Messages, type Control } from './messages.js';
+
+/** Control messages above this size are refused: they carry counters and reasons, never data. */
+const MAX_CONTROL_MESSAGE = 64 * 1024;
+
+/** Writes one control message to a control channel, length-prefixed, with backpressure. */
+export async function sendControl(channel: Writable, message: Control): Promise<void> {
+  const body = Messages.control.encode(message);
+  const length = Buffer.alloc(4);
+  length.writeUInt32LE(body.length, 0);
+  if (!channel.write(Buffer.concat([length, body]))) await new Promise((resolve) => channel.once('drain', resolve));
+}
+
+/** The control messages arriving on a channel, in order, until it ends. */
+export async function* receiveControl(channel: Readable): AsyncGenerator<Control, void, undefined> {
+  const reader = new StreamReader(channel);
+  for (;;) {
+    const length = await reader.readExactly(4, 'control message length');
+    if (length === null) return;
+    const size = length.readUInt32LE(0);
+    if (size > MAX_CONTROL_MESSAGE) throw new LinkProtocolError(`control message of ${size} bytes`);
+    const body = await reader.readExactly(size, 'control message');
+    if (body === null) throw new LinkProtocolError('control channel ended inside a message');
+    yield Messages.control.decode(body);
+  }
+}
