@@ -1,15 +1,19 @@
 import { Command } from 'commander';
 import { readPackageInfo } from './package-info.js';
+import { DEFAULT_STATE_DIR, addTrustCommands } from './trust-commands.js';
 
 /** The `haul` command line; subcommands join it as the parts they drive are built. */
-export function buildProgram(): Command {
+export function buildProgram(out: (line: string) => void = (line) => void process.stdout.write(`${line}\n`)): Command {
   const info = readPackageInfo();
-  return new Command('haul')
+  const program = new Command('haul')
     .description('Live-migrate Linux containers with CRIU: image-proxy on the source, image-cache on the destination, one framed link between them.')
     .version(info.version, '-V, --version', 'print the haul version')
+    .option('--state-dir <dir>', "where this host keeps its link identity and trust store (or $HAUL_STATE_DIR)", DEFAULT_STATE_DIR)
     .showHelpAfterError()
     .addHelpText(
       'after',
       '\nThe test bed and benchmarks live in the repository: scripts/setup-host, scripts/testbed, scripts/bench/.',
     );
+  addTrustCommands(program, out);
+  return program;
 }

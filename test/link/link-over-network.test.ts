@@ -117,6 +117,25 @@ describe('the link when the connection drops', () => {
     session.close();
   }, 60_000);
 
+  it('finds a connection that went silent by its keepalive, and resumes on a new one', async () => {
+    const listener = await LinkListener.listen('127.0.0.1', 0, { insecure: true, host: hostInfo('destination'), keepaliveMs: 200 });
+    cleanups.push(() => listener.close());
+    const proxy = await cuttingProxy(listener.port);
+    cleanups.push(() => proxy.close());
+    const accepted = nextSession(listener);
+    const { session } = await dialLink(`ws://127.0.0.1:${proxy.port}`, { insecure: true, host: hostInfo('source'), keepaliveMs: 200 });
+    const remote = await accepted;
+    const received = new Promise<Buffer>((resolve) => remote.once('channel', (channel) => resolve(collect(channel))));
+    const data = randomBytes(20_000_000);
+    const written = new Promise<void>((resolve) => session.openChannel(ChannelKind.PAGES, 'pages').writable.end(data, resolve));
+    await sleep(30);
+    expect(proxy.freeze()).toBeGreaterThan(0);
+    await written;
+    expect((await received).equals(data)).toBe(true);
+    expect(proxy.connections).toBe(2);
+    session.close();
+  }, 30_000);
+
   it('gives up with a clear error when the peer stays away longer than the resume window', async () => {
     const listener = await LinkListener.listen('127.0.0.1', 0, { insecure: true, host: hostInfo('destination'), resumeWindowMs: 500 });
     cleanups.push(() => listener.close());

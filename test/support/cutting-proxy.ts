@@ -2,23 +2,29 @@ import { createServer, connect, type Server, type Socket } from 'node:net';
 
 /**
  * A loopback TCP proxy that forwards to `target` and, when told, cuts every open connection at once
- * (both directions, no goodbye), as a network outage would. New connections go through again.
+ * (both directions, no goodbye), as a network outage would, or freezes them (open, but silent).
+ * New connections go through again.
  */
-export async function cuttingProxy(target: number): Promise<{ port: number; cut(): number; close(): Promise<void>; connections: number }> {
+export async function cuttingProxy(target: number): Promise<{ port: number; cut(): number; freeze(): number; close(): Promise<void>; connections: number }> {
   const open = new Set<Socket>();
+  const all = new Set<Socket>();
   let connections = 0;
   const server: Server = createServer((client) => {
     connections++;
     const upstream = connect(target, '127.0.0.1');
-    open.add(client);
-    open.add(upstream);
+    for (const socket of [client, upstream]) {
+      open.add(socket);
+      all.add(socket);
+    }
     client.pipe(upstream);
     upstream.pipe(client);
     const drop = (): void => {
       client.destroy();
       upstream.destroy();
-      open.delete(client);
-      open.delete(upstream);
+      for (const socket of [client, upstream]) {
+        open.delete(socket);
+        all.delete(socket);
+      }
     };
     client.on('error', drop).on('close', drop);
     upstream.on('error', drop).on('close', drop);
@@ -28,6 +34,16 @@ export async function cuttingProxy(target: number): Promise<{ port: number; cut(
   if (address === null || typeof address === 'string') throw new Error('proxy has no port');
   return {
     port: address.port,
+    // the connections stay open but carry nothing more: a peer that went silent
+    freeze: () => {
+      for (const socket of open) {
+        socket.unpipe();
+        socket.pause();
+      }
+      const count = open.size;
+      open.clear();
+      return count;
+    },
     cut: () => {
       const count = open.size;
       for (const socket of open) socket.resetAndDestroy();
@@ -35,7 +51,7 @@ export async function cuttingProxy(target: number): Promise<{ port: number; cut(
       return count;
     },
     close: () => new Promise((resolve) => {
-      for (const socket of open) socket.destroy();
+      for (const socket of all) socket.destroy();
       server.close(() => resolve());
     }),
     get connections() {

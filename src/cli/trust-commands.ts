@@ -1,0 +1,62 @@
+import { readFile } from 'node:fs/promises';
+import { join } from 'node:path';
+import { Command } from 'commander';
+import { fingerprintOf, loadOrCreateIdentity } from '../link/identity.js';
+import { TrustStore } from '../link/trust-store.js';
+
+/** Where a host keeps its link identity and trust store, unless --state-dir says otherwise. */
+export const DEFAULT_STATE_DIR = process.env['HAUL_STATE_DIR'] ?? '/var/lib/haul';
+
+const stateDirOf = (command: Command): string => (command.optsWithGlobals() as { stateDir: string }).stateDir;
+
+async function fingerprintFrom(argument: string): Promise<string> {
+  if (/^[0-9a-fA-F:]{64,95}$/.test(argument)) return argument;
+  let pem: string;
+  try {
+    pem = await readFile(argument, 'utf8');
+  } catch {
+    throw new Error(`"${argument}" is neither a sha256 fingerprint nor a readable certificate file`);
+  }
+  return fingerprintOf(pem);
+}
+
+/** `haul identity` and `haul trust add|list|remove`: which peers this host will link with. */
+export function addTrustCommands(program: Command, out: (line: string) => void): void {
+  program
+    .command('identity')
+    .description("print this host's certificate fingerprint (created on first use), for the peer's `haul trust add`")
+    .action(async (_options, command: Command) => {
+      const identity = await loadOrCreateIdentity(stateDirOf(command));
+      out(identity.fingerprint);
+    });
+
+  const trust = program.command('trust').description('the peers this host links with, pinned by certificate fingerprint');
+  trust
+    .command('add')
+    .description('trust a peer: its fingerprint (from its `haul identity`) or its certificate file')
+    .argument('<name>', 'a name for the peer')
+    .argument('<fingerprint-or-certificate>')
+    .action(async (name: string, what: string, _options, command: Command) => {
+      const store = await TrustStore.open(join(stateDirOf(command), 'trust.json'));
+      const peer = await store.add(name, await fingerprintFrom(what));
+      out(`trusted ${peer.name} ${peer.fingerprint}`);
+    });
+  trust
+    .command('list')
+    .description('list trusted peers')
+    .action(async (_options, command: Command) => {
+      const store = await TrustStore.open(join(stateDirOf(command), 'trust.json'));
+      const peers = store.list();
+      if (peers.length === 0) out('no trusted peers');
+      for (const peer of peers) out(`${peer.name}\t${peer.fingerprint}\t${peer.added}`);
+    });
+  trust
+    .command('remove')
+    .description('stop trusting a peer, by name or fingerprint')
+    .argument('<name-or-fingerprint>')
+    .action(async (which: string, _options, command: Command) => {
+      const store = await TrustStore.open(join(stateDirOf(command), 'trust.json'));
+      if (!(await store.remove(which))) throw new Error(`no trusted peer named ${which}`);
+      out(`removed ${which}`);
+    });
+}
