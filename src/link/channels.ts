@@ -8,8 +8,14 @@ export class LinkIntegrityError extends Error {
   override readonly name = 'LinkIntegrityError';
 }
 
-/** The largest DATA payload: small enough that a waiting lazy-page answer overtakes bulk soon. */
-export const DATA_CHUNK = 64 * 1024;
+/**
+ * The largest DATA payload. Larger frames cost less per byte; a lazy-page answer still waits behind
+ * at most what is already handed to the connection (MAX_IN_FLIGHT), not behind queued bulk frames.
+ */
+export const DATA_CHUNK = 256 * 1024;
+
+/** Bytes a channel's writer may hand over ahead of what the connection has taken. */
+const PENDING_LIMIT = 4 * 1024 * 1024;
 
 /** Lower runs first. Lazy-page traffic and control overtake images, which overtake bulk pages. */
 export function priorityOf(kind: ChannelKindCode): number {
@@ -33,6 +39,7 @@ export function priorityOf(kind: ChannelKindCode): number {
 export class OutgoingChannel {
   readonly writable: Writable;
   private readonly pending: Array<{ bytes: Buffer; done: () => void }> = [];
+  private pendingBytes = 0;
   private readonly replay: Buffer[] = [];
   private replayStart = 0n; // stream offset of replay[0]
   private framedEnd = 0n; // bytes moved from pending into the stream (digest covers them)
@@ -59,7 +66,12 @@ export class OutgoingChannel {
       highWaterMark: DATA_CHUNK,
       write: (chunk: Buffer, _encoding, done) => {
         if (chunk.length === 0) return done();
-        this.pending.push({ bytes: chunk, done: () => done() });
+        // the writer may run ahead of the connection by up to PENDING_LIMIT bytes, so framing never
+        // waits for it to come back with the next chunk
+        this.pendingBytes += chunk.length;
+        const ahead = this.pendingBytes <= PENDING_LIMIT;
+        this.pending.push({ bytes: chunk, done: ahead ? () => {} : () => done() });
+        if (ahead) done();
         this.wake();
       },
       final: (done) => {
@@ -121,6 +133,7 @@ export class OutgoingChannel {
   private frameFromPending(): void {
     const next = this.pending.shift();
     if (!next) return;
+    this.pendingBytes -= next.bytes.length;
     this.digest.update(next.bytes);
     this.replay.push(next.bytes);
     this.framedEnd += BigInt(next.bytes.length);

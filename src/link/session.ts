@@ -4,9 +4,9 @@ import { IncomingChannel, OutgoingChannel } from './channels.js';
 import { Messages, type ChannelProgress } from './messages.js';
 
 /** Bytes a receiver takes on one channel before the sender must wait for credit. */
-export const CHANNEL_WINDOW = 4 * 1024 * 1024;
+export const CHANNEL_WINDOW = 8 * 1024 * 1024;
 /** Bytes handed to the connection and not yet written out, over all channels. */
-const MAX_IN_FLIGHT = 2 * 1024 * 1024;
+const MAX_IN_FLIGHT = 4 * 1024 * 1024;
 
 /** One connection's worth of frame exchange; the session outlives it when the link resumes. */
 export interface FrameTransport {

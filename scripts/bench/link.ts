@@ -1,0 +1,122 @@
+/**
+ * The link's throughput on loopback: 1 GiB over one channel, plain and with TLS, against a raw TCP
+ * copy of the same bytes in the same run (the anchor). The receiving side runs in a child process,
+ * as it would on another host, so each side has its own event loop. Prints one JSON document.
+ */
+import { spawn } from 'node:child_process';
+import { randomBytes } from 'node:crypto';
+import { mkdtempSync, rmSync } from 'node:fs';
+import { createServer, connect } from 'node:net';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { createInterface } from 'node:readline';
+import type { Writable } from 'node:stream';
+import { fileURLToPath } from 'node:url';
+import { Command } from 'commander';
+import { dialLink } from '../../src/link/dialer.js';
+import type { EndpointOptions } from '../../src/link/endpoint-options.js';
+import { ChannelKind } from '../../src/link/frame.js';
+import { loadOrCreateIdentity } from '../../src/link/identity.js';
+import { LinkListener } from '../../src/link/listener.js';
+import type { HostInfo } from '../../src/link/messages.js';
+import { TrustStore } from '../../src/link/trust-store.js';
+
+type Mode = 'raw' | 'plain' | 'tls';
+const BLOCK = randomBytes(4 * 1024 * 1024);
+const CHUNK = 1024 * 1024;
+const host = (role: string): HostInfo => ({ criu_version: '4.1.1', page_size: 4096, architecture: process.arch, capabilities: [], haul_version: '0.1.0', role });
+
+async function security(mode: Mode, own: string, peer: string): Promise<Partial<EndpointOptions>> {
+  if (mode !== 'tls') return { insecure: true };
+  const identity = await loadOrCreateIdentity(own);
+  const trust = await TrustStore.open(join(own, 'trust.json'));
+  if (trust.list().length === 0) await trust.add('peer', (await loadOrCreateIdentity(peer)).fingerprint);
+  return { identity, trust };
+}
+
+/** The child: listens, prints its port, counts what arrives, prints the count when the stream ends. */
+async function receive(mode: Mode, own: string, peer: string): Promise<void> {
+  let received = 0;
+  const report = (): void => void process.stdout.write(`done ${received}\n`, () => process.exit(0));
+  if (mode === 'raw') {
+    const server = createServer((socket) => socket.on('data', (chunk: Buffer) => (received += chunk.length)).on('end', () => (report(), server.close())));
+    server.listen(0, '127.0.0.1', () => process.stdout.write(`port ${(server.address() as { port: number }).port}\n`));
+    return;
+  }
+  const listener = await LinkListener.listen('127.0.0.1', 0, { ...(await security(mode, own, peer)), host: host('destination') });
+  listener.once('session', (session) =>
+    session.once('channel', (channel) =>
+      channel.readable.on('data', (chunk: Buffer) => (received += chunk.length)).on('end', () => (report(), void listener.close())),
+    ),
+  );
+  process.stdout.write(`port ${listener.port}\n`);
+}
+
+async function writeBytes(writable: Writable, total: number): Promise<void> {
+  for (let sent = 0; sent < total; sent += CHUNK) {
+    const offset = sent % BLOCK.length;
+    if (!writable.write(BLOCK.subarray(offset, offset + CHUNK))) await new Promise((resolve) => writable.once('drain', resolve));
+  }
+  writable.end();
+}
+
+/** Sends `total` bytes to a receiver child; seconds from the first byte to the receiver's last. */
+async function measure(mode: Mode, total: number, dirs: [string, string]): Promise<number> {
+  const child = spawn(process.execPath, [fileURLToPath(import.meta.url), '--receive', mode, '--own', dirs[1], '--peer', dirs[0]], { stdio: ['ignore', 'pipe', 'inherit'] });
+  const lines = createInterface({ input: child.stdout })[Symbol.asyncIterator]();
+  const port = Number(/^port (\d+)$/.exec(String((await lines.next()).value))?.[1]);
+  const started = process.hrtime.bigint();
+  if (mode === 'raw') {
+    const socket = connect(port, '127.0.0.1');
+    await new Promise((resolve) => socket.once('connect', resolve));
+    await writeBytes(socket, total);
+  } else {
+    const { session } = await dialLink(`${mode === 'tls' ? 'wss' : 'ws'}://127.0.0.1:${port}`, { ...(await security(mode, dirs[0], dirs[1])), host: host('source') });
+    await writeBytes(session.openChannel(ChannelKind.PAGES, 'pages').writable, total);
+  }
+  const done = String((await lines.next()).value);
+  const seconds = Number(process.hrtime.bigint() - started) / 1e9;
+  await new Promise((resolve) => child.once('exit', resolve));
+  if (done !== `done ${total}`) throw new Error(`${mode}: the receiver said "${done}" for ${total} bytes`);
+  return seconds;
+}
+
+async function main(): Promise<void> {
+  const options = new Command('link')
+    .option('--mib <n>', 'bytes to send, in MiB', (v) => Number.parseInt(v, 10), 1024)
+    .option('--receive <mode>')
+    .option('--own <dir>')
+    .option('--peer <dir>')
+    .parse()
+    .opts<{ mib: number; receive?: Mode; own?: string; peer?: string }>();
+  if (options.receive) return receive(options.receive, options.own!, options.peer!);
+
+  const total = options.mib * 1024 * 1024;
+  const dirs: [string, string] = [mkdtempSync(join(tmpdir(), 'haul-bench-src-')), mkdtempSync(join(tmpdir(), 'haul-bench-dst-'))];
+  try {
+    const raw = Math.min(await measure('raw', total, dirs), await measure('raw', total, dirs));
+    const plain = await measure('plain', total, dirs);
+    const tls = await measure('tls', total, dirs);
+    const mbps = (seconds: number): number => Math.round((total / seconds / 1e6) * 10) / 10;
+    const ratio = (seconds: number): number => Math.round((raw / seconds) * 1000) / 1000;
+    const result = {
+      benchmark: 'link',
+      description: 'one channel over the haul link on loopback vs a raw TCP copy of the same bytes, same run, receiver in a second process',
+      date: new Date().toISOString(),
+      bytes: total,
+      rawTcp: { seconds: raw, MBps: mbps(raw) },
+      linkPlain: { seconds: plain, MBps: mbps(plain), ratioToRaw: ratio(plain) },
+      linkTls: { seconds: tls, MBps: mbps(tls), ratioToRaw: ratio(tls) },
+      targets: { linkPlainRatio: 0.8, linkTlsRatio: 0.5 },
+      targetsMet: ratio(plain) >= 0.8 && ratio(tls) >= 0.5,
+    };
+    process.stdout.write(`${JSON.stringify(result, null, 2)}\n`);
+  } finally {
+    for (const dir of dirs) rmSync(dir, { recursive: true, force: true });
+  }
+}
+
+main().catch((error: unknown) => {
+  process.stderr.write(`link benchmark failed: ${error instanceof Error ? error.message : String(error)}\n`);
+  process.exitCode = 1;
+});
