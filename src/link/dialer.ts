@@ -75,7 +75,7 @@ export async function dialLink(url: string, options: EndpointOptions): Promise<D
   const { hostname } = new URL(url);
   const secure = requireSecurity(options, hostname);
   if (url.startsWith('ws:') && !options.insecure) throw new Error(`${url} is plain WebSocket: use wss://, or --insecure on loopback`);
-  const session = new LinkSession('dialer', randomBytes(16));
+  const session = new LinkSession('dialer', randomBytes(16), !secure.identity);
   const keepaliveMs = options.keepaliveMs ?? DEFAULT_KEEPALIVE_MS;
   const ws = await connectOnce(url, secure);
   const reply = await handshake(ws, session, options, false);

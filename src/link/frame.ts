@@ -4,11 +4,13 @@ import { crc32 } from 'node:zlib';
  * The haul link's frame: every message on the connection is one frame, a fixed header and a payload.
  *
  *   0  u8  type          4  u32 channel       16 u32 payload length
- *   1  u8  channel kind  8  u64 offset        20 u32 crc32 of bytes 0..19 and the payload
- *   2  u16 zero
+ *   1  u8  channel kind  8  u64 offset        20 u32 crc32 of bytes 0..19 and the payload (or 0)
+ *   2  u16 flags: bit 0 = the CRC is present
  *
- * Each frame is one WebSocket message, so frames can never run into each other; the length and the
- * CRC still make a damaged or mis-sliced frame an error instead of data.
+ * Each frame is one WebSocket message, so frames can never run into each other; the length still
+ * makes a mis-sliced frame an error instead of data. The CRC guards frames on plain links; over TLS
+ * every record is already authenticated, and computing it would cost as much as the sha256 of the
+ * stream, so TLS links leave it out.
  */
 export const FRAME_HEADER_SIZE = 24;
 export const MAX_FRAME_PAYLOAD = 1024 * 1024;
@@ -59,22 +61,27 @@ export class LinkProtocolError extends Error {
   override readonly name = 'LinkProtocolError';
 }
 
-export function encodeFrame(frame: Frame): Buffer {
+const CRC_PRESENT = 1;
+
+export function encodeFrame(frame: Frame, withCrc = true): Buffer {
   if (frame.payload.length > MAX_FRAME_PAYLOAD) throw new LinkProtocolError(`frame payload of ${frame.payload.length} bytes`);
   const bytes = Buffer.allocUnsafe(FRAME_HEADER_SIZE + frame.payload.length);
   bytes.writeUInt8(frame.type, 0);
   bytes.writeUInt8(frame.kind, 1);
-  bytes.writeUInt16LE(0, 2);
+  bytes.writeUInt16LE(withCrc ? CRC_PRESENT : 0, 2);
   bytes.writeUInt32LE(frame.channel, 4);
   bytes.writeBigUInt64LE(frame.offset, 8);
   bytes.writeUInt32LE(frame.payload.length, 16);
   frame.payload.copy(bytes, FRAME_HEADER_SIZE);
-  bytes.writeUInt32LE(crc32(frame.payload, crc32(bytes.subarray(0, 20))), 20);
+  bytes.writeUInt32LE(withCrc ? crc32(frame.payload, crc32(bytes.subarray(0, 20))) : 0, 20);
   return bytes;
 }
 
-/** Decodes one whole frame (one WebSocket message), or says exactly what is wrong with it. */
-export function decodeFrame(bytes: Buffer): Frame {
+/**
+ * Decodes one whole frame (one WebSocket message), or says exactly what is wrong with it. A link
+ * that requires CRCs (a plain one) refuses a frame without.
+ */
+export function decodeFrame(bytes: Buffer, requireCrc = true): Frame {
   if (bytes.length < FRAME_HEADER_SIZE) throw new LinkProtocolError(`truncated frame: ${bytes.length} bytes, the header alone is ${FRAME_HEADER_SIZE}`);
   const length = bytes.readUInt32LE(16);
   if (length > MAX_FRAME_PAYLOAD) throw new LinkProtocolError(`oversize frame: ${length} bytes of payload, at most ${MAX_FRAME_PAYLOAD}`);
@@ -82,11 +89,16 @@ export function decodeFrame(bytes: Buffer): Frame {
     throw new LinkProtocolError(`${bytes.length < FRAME_HEADER_SIZE + length ? 'truncated' : 'overlong'} frame: ${bytes.length} bytes for a ${length}-byte payload`);
   }
   const payload = bytes.subarray(FRAME_HEADER_SIZE);
-  if (bytes.readUInt32LE(20) !== crc32(payload, crc32(bytes.subarray(0, 20)))) throw new LinkProtocolError('corrupted frame: CRC mismatch');
+  const flags = bytes.readUInt16LE(2);
+  if (flags & ~CRC_PRESENT) throw new LinkProtocolError('reserved frame bits set');
+  if (flags & CRC_PRESENT) {
+    if (bytes.readUInt32LE(20) !== crc32(payload, crc32(bytes.subarray(0, 20)))) throw new LinkProtocolError('corrupted frame: CRC mismatch');
+  } else if (requireCrc) {
+    throw new LinkProtocolError('frame without a CRC on a link that needs one (a plain link)');
+  }
   const type = bytes.readUInt8(0);
   const kind = bytes.readUInt8(1);
   if (!TYPES.has(type)) throw new LinkProtocolError(`unknown frame type 0x${type.toString(16)}`);
   if (kind !== 0 && !KINDS.has(kind)) throw new LinkProtocolError(`unknown channel kind ${kind}`);
-  if (bytes.readUInt16LE(2) !== 0) throw new LinkProtocolError('reserved frame bits set');
   return { type: type as FrameTypeCode, kind: kind as ChannelKindCode | 0, channel: bytes.readUInt32LE(4), offset: bytes.readBigUInt64LE(8), payload };
 }

@@ -82,7 +82,7 @@ export class LinkListener extends EventEmitter<ListenerEvents> {
     if (hello.resume && !known) return refuse('no such session here to resume (it ended, or its resume window passed)');
     if (!hello.resume && known) return refuse('that session id is already in use');
 
-    const entry = known ?? { session: new LinkSession('listener', hello.session_id), peer: hello.host };
+    const entry = known ?? { session: new LinkSession('listener', hello.session_id, !this.options.identity || Boolean(this.options.insecure)), peer: hello.host };
     if (!known) this.track(key, entry);
     const transport = webSocketTransport(ws, this.options.keepaliveMs ?? DEFAULT_KEEPALIVE_MS);
     const reply = { protocol_version: PROTOCOL_VERSION, resumed: Boolean(known), host: this.options.host, received: entry.session.progress(), refusal: '' };

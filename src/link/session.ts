@@ -51,9 +51,14 @@ export class LinkSession extends EventEmitter<SessionEvents> {
   private rotation = 0;
   private state: 'open' | 'aborted' | 'closed' = 'open';
 
+  /**
+   * `frameCrc`: guard every frame with a CRC. Plain links need it; over TLS each record is already
+   * authenticated, so a TLS link turns it off (both ends decide alike from the same URL scheme).
+   */
   constructor(
     readonly role: 'dialer' | 'listener',
     readonly sessionId: Buffer,
+    private readonly frameCrc = true,
   ) {
     super();
     this.nextChannelId = role === 'dialer' ? 1 : 2; // odd ids are the dialler's, even ones the listener's
@@ -122,7 +127,7 @@ export class LinkSession extends EventEmitter<SessionEvents> {
     this.state = state;
     const transport = this.transport;
     this.transport = undefined;
-    if (transport) transport.send(encodeFrame(frame), () => transport.close(state === 'closed' ? 'session closed' : 'session aborted'));
+    if (transport) transport.send(encodeFrame(frame, this.frameCrc), () => transport.close(state === 'closed' ? 'session closed' : 'session aborted'));
     this.failChannels(error);
     if (error) this.emit('aborted', error);
     else this.emit('closed');
@@ -136,7 +141,7 @@ export class LinkSession extends EventEmitter<SessionEvents> {
   private receive(bytes: Buffer, from: FrameTransport): void {
     if (from !== this.transport || this.state !== 'open') return;
     try {
-      this.handle(decodeFrame(bytes));
+      this.handle(decodeFrame(bytes, this.frameCrc));
     } catch (error) {
       this.abort(error instanceof Error ? error.message : String(error));
     }
@@ -222,7 +227,7 @@ export class LinkSession extends EventEmitter<SessionEvents> {
     while (transport && this.transport === transport && this.inFlight < MAX_IN_FLIGHT) {
       const frame = this.control.shift() ?? this.nextChannelFrame();
       if (!frame) return;
-      const bytes = encodeFrame(frame);
+      const bytes = encodeFrame(frame, this.frameCrc);
       this.inFlight += bytes.length;
       transport.send(bytes, () => {
         if (this.transport !== transport) return;

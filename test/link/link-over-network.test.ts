@@ -113,7 +113,8 @@ describe('the link when the connection drops', () => {
       const got = await received.get(name)!;
       expect(createHash('sha256').update(got).digest('hex'), name).toBe(createHash('sha256').update(data).digest('hex'));
     }
-    expect(proxy.connections).toBeGreaterThan(cuts);
+    // a new connection after every cut but perhaps the last, which may come after the transfer ended
+    expect(proxy.connections).toBeGreaterThanOrEqual(cuts);
     session.close();
   }, 60_000);
 
