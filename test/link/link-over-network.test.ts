@@ -193,6 +193,19 @@ describe('bad frames on a link', () => {
     });
   }
 
+  it('fails a stream whose bytes do not match the digest at its end, and aborts the session with the reason', async () => {
+    const { ws, remote } = await rawSession();
+    const outcome = new Promise<string>((resolve) =>
+      remote.once('channel', (channel) => channel.readable.on('data', () => {}).once('end', () => resolve('ended')).once('error', (error) => resolve(`${error.name}: ${error.message}`))),
+    );
+    const aborted = new Promise<Error>((resolve) => remote.once('aborted', resolve));
+    const forged = encodeFrame({ type: FrameType.END, kind: ChannelKind.PAGES, channel: 1, offset: 10n, payload: Buffer.alloc(32) });
+    for (const frame of [open, data, forged]) ws.send(frame);
+    // the consumer never sees the stream end: it cannot take the pages for whole
+    expect(await outcome).toMatch(/^LinkIntegrityError: channel pages-1: sha256 [0-9a-f]{64} of the bytes received differs from the sender's 0{64}$/);
+    expect((await aborted).message).toMatch(/sha256 .* differs/);
+  });
+
   it('refuses a handshake in another protocol version', async () => {
     const listener = await LinkListener.listen('127.0.0.1', 0, { insecure: true, host: hostInfo('destination') });
     cleanups.push(() => listener.close());

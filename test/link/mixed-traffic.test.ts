@@ -51,8 +51,8 @@ function randomControl(next: () => number): Control[] {
 }
 
 describe('one link carrying everything a migration sends at once', () => {
-  it('delivers an image archive, page streams and control messages intact, in order, per channel (1000 random cases)', async () => {
-    for (let round = 0; round < 1000; round++) {
+  it('delivers an image archive, page streams and control messages intact, in order, per channel (2000 random cases)', async () => {
+    for (let round = 0; round < 2000; round++) {
       const next = seededRandom(0xa11 + round);
       const { dialer, listener } = sessionPair(() => (next() < 0.1 ? Math.floor(next() * 3) : 0));
       const arrived = new Map<string, Promise<unknown>>();
