@@ -92,11 +92,6 @@ export class OutgoingChannel {
     return priorityOf(this.kind);
   }
 
-  /** Bytes sent and not yet acknowledged: what a reconnect would resend. */
-  get unacknowledged(): number {
-    return Number(this.sent - this.acked);
-  }
-
   /** The next frame this channel may send now, or undefined. */
   nextFrame(): Frame | undefined {
     if (this.reset !== undefined) {

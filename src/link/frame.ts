@@ -19,7 +19,7 @@ export const FrameType = {
   /** Handshake, first frame each way on every connection (payload: Hello / HelloReply). */
   HELLO: 1,
   HELLO_REPLY: 2,
-  /** A channel begins (payload: ChannelOpen). */
+  /** A channel begins (payload: its name, utf8). */
   OPEN: 0x10,
   /** Channel bytes starting at `offset`. */
   DATA: 0x11,

@@ -1,5 +1,6 @@
 import { join } from 'node:path';
 import protobuf from 'protobufjs';
+import { bigintsFromWire, bigintsToWire } from '../protobuf-bigint.js';
 import { schemaDirectory } from '../schema-files.js';
 import { LinkProtocolError } from './frame.js';
 
@@ -32,9 +33,6 @@ export interface HelloReply {
   host: HostInfo;
   received: ChannelProgress[];
   refusal: string;
-}
-export interface ChannelOpen {
-  name: string;
 }
 export interface Abort {
   reason: string;
@@ -73,25 +71,13 @@ interface MessageCodec<T> {
   decode(bytes: Buffer): T;
 }
 
-type Plain = Record<string, unknown>;
-
-// protobufjs hands 64-bit fields over as strings (longs: String); the messages use bigint.
-const progressToWire = (message: Plain): Plain =>
-  Array.isArray(message['received'])
-    ? { ...message, received: (message['received'] as ChannelProgress[]).map((p) => ({ ...p, received: p.received.toString() })) }
-    : message;
-const progressFromWire = (message: Plain): Plain =>
-  Array.isArray(message['received'])
-    ? { ...message, received: (message['received'] as Array<Plain>).map((p) => ({ ...p, received: BigInt(p['received'] as string) })) }
-    : message;
-
 function codec<T>(name: string): MessageCodec<T> {
   const type = root.lookupType(`haul.link.${name}`);
   return {
-    encode: (message) => Buffer.from(type.encode(type.fromObject(progressToWire(message as Plain))).finish()),
+    encode: (message) => Buffer.from(type.encode(type.fromObject(bigintsToWire(type, message as object))).finish()),
     decode: (bytes) => {
       try {
-        return progressFromWire(type.toObject(type.decode(bytes), { longs: String, bytes: Buffer, defaults: true, arrays: true })) as T;
+        return bigintsFromWire(type, type.toObject(type.decode(bytes), { longs: String, bytes: Buffer, defaults: true, arrays: true, oneofs: false })) as T;
       } catch (error) {
         throw new LinkProtocolError(`malformed ${name}: ${error instanceof Error ? error.message : String(error)}`);
       }
@@ -102,28 +88,6 @@ function codec<T>(name: string): MessageCodec<T> {
 export const Messages = {
   hello: codec<Hello>('Hello'),
   helloReply: codec<HelloReply>('HelloReply'),
-  channelOpen: codec<ChannelOpen>('ChannelOpen'),
   abort: codec<Abort>('Abort'),
-  control: controlCodec(),
+  control: codec<Control>('Control'),
 };
-
-// Control messages carry 64-bit counters; they travel as strings through protobufjs.
-function controlCodec(): MessageCodec<Control> {
-  const type = root.lookupType('haul.link.Control');
-  const SIXTY_FOUR = new Set(['bytes', 'pages']);
-  const convert = (value: unknown, to: (v: unknown) => unknown): unknown =>
-    value && typeof value === 'object' && !Buffer.isBuffer(value)
-      ? Object.fromEntries(Object.entries(value).map(([k, v]) => [k, SIXTY_FOUR.has(k) ? to(v) : convert(v, to)]))
-      : value;
-  return {
-    encode: (message) => Buffer.from(type.encode(type.fromObject(convert(message, (v) => String(v)) as Plain)).finish()),
-    decode: (bytes) => {
-      try {
-        const plain = type.toObject(type.decode(bytes), { longs: String, defaults: true, oneofs: false });
-        return convert(plain, (v) => BigInt(v as string)) as Control;
-      } catch (error) {
-        throw new LinkProtocolError(`malformed Control: ${error instanceof Error ? error.message : String(error)}`);
-      }
-    },
-  };
-}

@@ -1,5 +1,6 @@
 import { join } from 'node:path';
 import protobuf from 'protobufjs';
+import { bigintsFromWire, bigintsToWire } from '../../protobuf-bigint.js';
 import { schemaDirectory } from '../../schema-files.js';
 
 /** An image entry that does not decode as its schema says, or cannot be encoded. */
@@ -12,24 +13,6 @@ const SCHEMA_FILES = ['inventory.proto', 'pstree.proto', 'pagemap.proto', 'stats
 const root = new protobuf.Root();
 const directory = schemaDirectory('criu/images/proto', import.meta.url, SCHEMA_FILES[0]!);
 root.loadSync(SCHEMA_FILES.map((file) => join(directory, file)), { keepCase: true });
-
-const SIXTY_FOUR_BIT = new Set(['uint64', 'int64', 'sint64', 'fixed64', 'sfixed64']);
-
-type Plain = Record<string, unknown>;
-
-// protobufjs gives 64-bit fields as Long (or strings with longs: String); haul's typed messages use
-// bigint, so values above 2^53 survive a decode and re-encode byte for byte.
-function mapLongs(type: protobuf.Type, value: Plain, convert: (v: unknown) => unknown): Plain {
-  const out: Plain = {};
-  for (const [key, fieldValue] of Object.entries(value)) {
-    const field = type.fields[key];
-    if (field === undefined) continue;
-    const one = (v: unknown): unknown =>
-      field.resolvedType instanceof protobuf.Type ? mapLongs(field.resolvedType, v as Plain, convert) : SIXTY_FOUR_BIT.has(field.type) ? convert(v) : v;
-    out[key] = Array.isArray(fieldValue) ? fieldValue.map(one) : one(fieldValue);
-  }
-  return out;
-}
 
 /** Decodes and encodes one kind of entry; T is the message with 64-bit fields as bigint. */
 export interface EntryCodec<T> {
@@ -50,10 +33,10 @@ function codec<T>(name: string): EntryCodec<T> {
         throw new ImageFormatError(`${name}: ${error instanceof Error ? error.message : String(error)}`);
       }
       const plain = type.toObject(message, { longs: String, defaults: false, arrays: false });
-      return mapLongs(type, plain, (v) => BigInt(v as string)) as T;
+      return bigintsFromWire(type, plain) as T;
     },
     encode(message) {
-      const plain = mapLongs(type, message as Plain, (v) => (typeof v === 'bigint' ? v.toString() : v));
+      const plain = bigintsToWire(type, message as object);
       const problem = type.verify(type.fromObject(plain));
       if (problem) throw new ImageFormatError(`${name}: ${problem}`);
       return Buffer.from(type.encode(type.fromObject(plain)).finish());

@@ -1,0 +1,36 @@
+import protobuf from 'protobufjs';
+
+/**
+ * haul's typed protobuf messages hold 64-bit fields as bigint; protobufjs takes and gives them as
+ * strings (with `longs: String`). These convert a plain message object between the two, walking the
+ * schema, so a value above 2^53 survives a decode and re-encode exactly.
+ */
+const SIXTY_FOUR_BIT = new Set(['uint64', 'int64', 'sint64', 'fixed64', 'sfixed64']);
+
+type Plain = Record<string, unknown>;
+
+function mapSixtyFourBit(type: protobuf.Type, value: Plain, convert: (v: unknown) => unknown): Plain {
+  const out: Plain = {};
+  for (const [key, fieldValue] of Object.entries(value)) {
+    const field = type.fields[key];
+    if (field === undefined) continue;
+    const one = (v: unknown): unknown =>
+      field.resolvedType instanceof protobuf.Type
+        ? mapSixtyFourBit(field.resolvedType, v as Plain, convert)
+        : SIXTY_FOUR_BIT.has(field.type)
+          ? convert(v)
+          : v;
+    out[key] = Array.isArray(fieldValue) ? fieldValue.map(one) : one(fieldValue);
+  }
+  return out;
+}
+
+/** For `type.fromObject`: bigint fields become decimal strings. */
+export function bigintsToWire(type: protobuf.Type, message: object): Plain {
+  return mapSixtyFourBit(type, message as Plain, (v) => (typeof v === 'bigint' ? v.toString() : v));
+}
+
+/** After `type.toObject(…, { longs: String })`: 64-bit fields become bigint. */
+export function bigintsFromWire(type: protobuf.Type, plain: object): Plain {
+  return mapSixtyFourBit(type, plain as Plain, (v) => BigInt(v as string));
+}
