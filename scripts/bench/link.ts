@@ -1,18 +1,22 @@
 /**
  * The link's throughput on loopback: 1 GiB over one channel, plain and with TLS, against a raw TCP
- * copy of the same bytes in the same run (the anchor). The receiving side runs in a child process,
- * as it would on another host, so each side has its own event loop. Prints one JSON document.
+ * copy of the same bytes in the same run (the anchor). Two more copies show the ceilings the link
+ * is built on: the bare ws library (plain WebSocket messages) and a bare Node TLS socket. The
+ * receiving side runs in a child process, as it would on another host, so each side has its own
+ * event loop. Prints one JSON document.
  */
 import { spawn } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
 import { mkdtempSync, rmSync } from 'node:fs';
 import { createServer, connect } from 'node:net';
+import { connect as tlsConnect, createServer as createTlsServer } from 'node:tls';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { createInterface } from 'node:readline';
 import type { Writable } from 'node:stream';
 import { fileURLToPath } from 'node:url';
 import { Command } from 'commander';
+import WebSocket, { WebSocketServer } from 'ws';
 import { dialLink } from '../../src/link/dialer.js';
 import type { EndpointOptions } from '../../src/link/endpoint-options.js';
 import { ChannelKind } from '../../src/link/frame.js';
@@ -21,7 +25,7 @@ import { LinkListener } from '../../src/link/listener.js';
 import type { HostInfo } from '../../src/link/messages.js';
 import { TrustStore } from '../../src/link/trust-store.js';
 
-type Mode = 'raw' | 'plain' | 'tls';
+type Mode = 'raw' | 'raw-tls' | 'raw-ws' | 'plain' | 'tls';
 const BLOCK = randomBytes(4 * 1024 * 1024);
 const CHUNK = 1024 * 1024;
 const host = (role: string): HostInfo => ({ criu_version: '4.1.1', page_size: 4096, architecture: process.arch, capabilities: [], haul_version: '0.1.0', role });
@@ -38,9 +42,19 @@ async function security(mode: Mode, own: string, peer: string): Promise<Partial<
 async function receive(mode: Mode, own: string, peer: string): Promise<void> {
   let received = 0;
   const report = (): void => void process.stdout.write(`done ${received}\n`, () => process.exit(0));
-  if (mode === 'raw') {
-    const server = createServer((socket) => socket.on('data', (chunk: Buffer) => (received += chunk.length)).on('end', () => (report(), server.close())));
-    server.listen(0, '127.0.0.1', () => process.stdout.write(`port ${(server.address() as { port: number }).port}\n`));
+  const count = (chunk: Buffer): void => void (received += chunk.length);
+  const announce = (port: number): void => void process.stdout.write(`port ${port}\n`);
+  if (mode === 'raw' || mode === 'raw-tls') {
+    const onSocket = (socket: NodeJS.ReadableStream): void => void socket.on('data', count).on('end', report);
+    const identity = await loadOrCreateIdentity(own);
+    const server = mode === 'raw' ? createServer(onSocket) : createTlsServer({ key: identity.key, cert: identity.cert }, onSocket);
+    server.listen(0, '127.0.0.1', () => announce((server.address() as { port: number }).port));
+    return;
+  }
+  if (mode === 'raw-ws') {
+    const wss = new WebSocketServer({ host: '127.0.0.1', port: 0, maxPayload: 2 * CHUNK });
+    wss.on('listening', () => announce((wss.address() as { port: number }).port));
+    wss.on('connection', (ws) => ws.on('message', count).on('close', report));
     return;
   }
   const listener = await LinkListener.listen('127.0.0.1', 0, { ...(await security(mode, own, peer)), host: host('destination') });
@@ -66,10 +80,20 @@ async function measure(mode: Mode, total: number, dirs: [string, string]): Promi
   const lines = createInterface({ input: child.stdout })[Symbol.asyncIterator]();
   const port = Number(/^port (\d+)$/.exec(String((await lines.next()).value))?.[1]);
   const started = process.hrtime.bigint();
-  if (mode === 'raw') {
-    const socket = connect(port, '127.0.0.1');
-    await new Promise((resolve) => socket.once('connect', resolve));
+  if (mode === 'raw' || mode === 'raw-tls') {
+    const socket = mode === 'raw' ? connect(port, '127.0.0.1') : tlsConnect({ port, host: '127.0.0.1', rejectUnauthorized: false });
+    await new Promise((resolve) => socket.once(mode === 'raw' ? 'connect' : 'secureConnect', resolve));
     await writeBytes(socket, total);
+  } else if (mode === 'raw-ws') {
+    const ws = new WebSocket(`ws://127.0.0.1:${port}`, { generateMask: (mask: Buffer) => void mask.fill(0) });
+    await new Promise((resolve) => ws.once('open', resolve));
+    let inFlight = 0;
+    for (let sent = 0; sent < total; sent += CHUNK) {
+      while (inFlight >= 8 * CHUNK) await new Promise((resolve) => setImmediate(resolve));
+      inFlight += CHUNK;
+      ws.send(BLOCK.subarray(sent % BLOCK.length, (sent % BLOCK.length) + CHUNK), { binary: true }, () => (inFlight -= CHUNK));
+    }
+    ws.close();
   } else {
     const { session } = await dialLink(`${mode === 'tls' ? 'wss' : 'ws'}://127.0.0.1:${port}`, { ...(await security(mode, dirs[0], dirs[1])), host: host('source') });
     await writeBytes(session.openChannel(ChannelKind.PAGES, 'pages').writable, total);
@@ -95,6 +119,8 @@ async function main(): Promise<void> {
   const dirs: [string, string] = [mkdtempSync(join(tmpdir(), 'haul-bench-src-')), mkdtempSync(join(tmpdir(), 'haul-bench-dst-'))];
   try {
     const raw = Math.min(await measure('raw', total, dirs), await measure('raw', total, dirs));
+    const rawWs = await measure('raw-ws', total, dirs);
+    const rawTls = await measure('raw-tls', total, dirs);
     const plain = await measure('plain', total, dirs);
     const tls = await measure('tls', total, dirs);
     const mbps = (seconds: number): number => Math.round((total / seconds / 1e6) * 10) / 10;
@@ -105,8 +131,11 @@ async function main(): Promise<void> {
       date: new Date().toISOString(),
       bytes: total,
       rawTcp: { seconds: raw, MBps: mbps(raw) },
-      linkPlain: { seconds: plain, MBps: mbps(plain), ratioToRaw: ratio(plain) },
-      linkTls: { seconds: tls, MBps: mbps(tls), ratioToRaw: ratio(tls) },
+      // the ceilings under the link: bare ws messages, and a bare Node TLS socket
+      bareWebSocket: { seconds: rawWs, MBps: mbps(rawWs), ratioToRaw: ratio(rawWs) },
+      bareTls: { seconds: rawTls, MBps: mbps(rawTls), ratioToRaw: ratio(rawTls) },
+      linkPlain: { seconds: plain, MBps: mbps(plain), ratioToRaw: ratio(plain), ratioToBareWebSocket: Math.round((rawWs / plain) * 1000) / 1000 },
+      linkTls: { seconds: tls, MBps: mbps(tls), ratioToRaw: ratio(tls), ratioToBareTls: Math.round((rawTls / tls) * 1000) / 1000 },
       targets: { linkPlainRatio: 0.8, linkTlsRatio: 0.5 },
       targetsMet: ratio(plain) >= 0.8 && ratio(tls) >= 0.5,
     };

@@ -1,9 +1,9 @@
-import { createHash, type Hash } from 'node:crypto';
 import { Readable, Writable } from 'node:stream';
 import { ChannelKind, FrameType, LinkProtocolError, type ChannelKindCode, type Frame } from './frame.js';
 import type { ChannelProgress } from './messages.js';
+import { STREAM_DIGEST, streamDigest, type StreamDigest } from './stream-digest.js';
 
-/** A channel's bytes did not arrive as they were sent: the sha256 at its end does not match. */
+/** A channel's bytes did not arrive as they were sent: the digest at its end does not match. */
 export class LinkIntegrityError extends Error {
   override readonly name = 'LinkIntegrityError';
 }
@@ -46,7 +46,7 @@ export class OutgoingChannel {
   private sent = 0n; // bytes framed on the current connection
   private limit: bigint;
   private acked = 0n;
-  private readonly digest: Hash = createHash('sha256');
+  private readonly digest: StreamDigest = streamDigest();
   private finalDigest: Buffer | undefined;
   private ending: (() => void) | undefined;
   openSent = false;
@@ -177,7 +177,7 @@ export class OutgoingChannel {
 
 /**
  * The receiving half of a channel. Bytes go to the readable in order, exactly once; its end comes
- * only after the sha256 the sender sent matches what arrived, so nothing is used as complete
+ * only after the digest the sender sent matches what arrived, so nothing is used as complete
  * before it is proven whole.
  */
 export class IncomingChannel {
@@ -186,7 +186,7 @@ export class IncomingChannel {
   private received = 0n;
   private delivered = 0n;
   private lastCredit = 0n;
-  private readonly digest: Hash = createHash('sha256');
+  private readonly digest: StreamDigest = streamDigest();
   private wanted = false;
   private end: { offset: bigint; digest: Buffer } | undefined;
   ended = false;
@@ -250,7 +250,7 @@ export class IncomingChannel {
       this.ended = true;
       const actual = this.digest.digest();
       if (!actual.equals(this.end.digest)) {
-        const error = new LinkIntegrityError(`channel ${this.name}: sha256 ${actual.toString('hex')} of the bytes received differs from the sender's ${this.end.digest.toString('hex')}`);
+        const error = new LinkIntegrityError(`channel ${this.name}: ${STREAM_DIGEST} ${actual.toString('hex')} of the bytes received differs from the sender's ${this.end.digest.toString('hex')}`);
         this.readable.destroy(error);
         this.onIntegrityFailure(error);
         return;

@@ -33,6 +33,10 @@ async function connectOnce(url: string, secure: { identity?: Identity; trust?: T
   const ws = new WebSocket(url, {
     maxPayload: FRAME_HEADER_SIZE + MAX_FRAME_PAYLOAD,
     handshakeTimeout: HANDSHAKE_TIMEOUT_MS,
+    // WebSocket masking protects HTTP caches from what browser scripts send; both ends here are
+    // haul, over TLS or on loopback, and masking every page costs a copy and a pass over it. An
+    // all-zero mask is a valid key that ws recognises and skips.
+    generateMask: (mask: Buffer) => void mask.fill(0),
     ...(secure.identity ? { key: secure.identity.key, cert: secure.identity.cert, rejectUnauthorized: false } : {}),
   });
   return new Promise((resolve, reject) => {

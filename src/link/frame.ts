@@ -23,7 +23,7 @@ export const FrameType = {
   OPEN: 0x10,
   /** Channel bytes starting at `offset`. */
   DATA: 0x11,
-  /** The channel's bytes end at `offset`; payload: their sha256. */
+  /** The channel's bytes end at `offset`; payload: their digest (stream-digest.ts). */
   END: 0x12,
   /** The receiver has `offset` bytes and takes more up to the u64 limit in the payload. */
   CREDIT: 0x13,

@@ -2,6 +2,7 @@ import { EventEmitter } from 'node:events';
 import { ChannelKind, FrameType, LinkProtocolError, decodeFrame, encodeFrame, type ChannelKindCode, type Frame } from './frame.js';
 import { IncomingChannel, OutgoingChannel } from './channels.js';
 import { Messages, type ChannelProgress } from './messages.js';
+import { STREAM_DIGEST_SIZE } from './stream-digest.js';
 
 /** Bytes a receiver takes on one channel before the sender must wait for credit. */
 export const CHANNEL_WINDOW = 8 * 1024 * 1024;
@@ -170,7 +171,7 @@ export class LinkSession extends EventEmitter<SessionEvents> {
       case FrameType.DATA:
         return this.incomingChannel(frame).data(frame.offset, frame.payload);
       case FrameType.END:
-        if (frame.payload.length !== 32) throw new LinkProtocolError(`channel ${frame.channel} ended with a ${frame.payload.length}-byte digest`);
+        if (frame.payload.length !== STREAM_DIGEST_SIZE) throw new LinkProtocolError(`channel ${frame.channel} ended with a ${frame.payload.length}-byte digest`);
         return this.incomingChannel(frame).finish(frame.offset, frame.payload);
       case FrameType.RESET:
         return this.incomingChannel(frame).fail(frame.payload.toString('utf8'));

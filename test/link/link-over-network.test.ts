@@ -202,8 +202,8 @@ describe('bad frames on a link', () => {
     const forged = encodeFrame({ type: FrameType.END, kind: ChannelKind.PAGES, channel: 1, offset: 10n, payload: Buffer.alloc(32) });
     for (const frame of [open, data, forged]) ws.send(frame);
     // the consumer never sees the stream end: it cannot take the pages for whole
-    expect(await outcome).toMatch(/^LinkIntegrityError: channel pages-1: sha256 [0-9a-f]{64} of the bytes received differs from the sender's 0{64}$/);
-    expect((await aborted).message).toMatch(/sha256 .* differs/);
+    expect(await outcome).toMatch(/^LinkIntegrityError: channel pages-1: BLAKE3 [0-9a-f]{64} of the bytes received differs from the sender's 0{64}$/);
+    expect((await aborted).message).toMatch(/BLAKE3 .* differs/);
   });
 
   it('refuses a handshake in another protocol version', async () => {
