@@ -9,7 +9,7 @@ import { crc32 } from 'node:zlib';
  *
  * Each frame is one WebSocket message, so frames can never run into each other; the length still
  * makes a mis-sliced frame an error instead of data. The CRC guards frames on plain links; over TLS
- * every record is already authenticated, and computing it would cost as much as the sha256 of the
+ * every record is already authenticated, and computing it would cost nearly as much as hashing the
  * stream, so TLS links leave it out.
  */
 export const FRAME_HEADER_SIZE = 24;
