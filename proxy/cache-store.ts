@@ -1,0 +1,77 @@
+import { createWriteStream } from 'node:fs';
+import { basename, join } from 'node:path';
+import { pipeline } from 'node:stream/promises';
+import { PagemapWriter } from '../src/criu/images/pagemap.js';
+import type { IncomingChannel } from '../src/link/channels.js';
+import { receiveControl } from '../src/link/control-channel.js';
+import { ChannelKind } from '../src/link/frame.js';
+import type { Control, ImagesComplete } from '../src/link/messages.js';
+import type { LinkSession } from '../src/link/session.js';
+import { readPageRecords, targetOfPageChannel } from './page-stream.js';
+
+/**
+ * The image-cache's store: writes what arrives on a session into an image directory, restore-ready
+ * (pagemaps and pages in CRIU's format, other images as files), as it arrives. It knows the image
+ * set is complete only when the source has said how many files and page streams it sent and every
+ * one of them has ended with a good digest; before that, nothing here may be restored.
+ */
+export class CacheStore {
+  private nextPagesId = 0x10001;
+  private endedFiles = 0;
+  private endedPageStreams = 0;
+  private announced: ImagesComplete | undefined;
+  private settle!: { resolve(): void; reject(error: Error): void };
+  /** Resolves when the image set is complete; rejects on the first stream that failed. */
+  readonly complete: Promise<void>;
+  readonly control: Control[] = [];
+
+  constructor(
+    session: LinkSession,
+    private readonly dir: string,
+  ) {
+    this.complete = new Promise((resolve, reject) => (this.settle = { resolve, reject }));
+    this.complete.catch(() => {});
+    session.on('channel', (channel) => void this.take(channel).catch((error: Error) => this.settle.reject(error)));
+    session.once('aborted', (error) => this.settle.reject(error));
+  }
+
+  private async take(channel: IncomingChannel): Promise<void> {
+    switch (channel.kind) {
+      case ChannelKind.PAGES: {
+        const target = targetOfPageChannel(channel.name);
+        const writer = await PagemapWriter.create(this.dir, target, this.nextPagesId++);
+        try {
+          for await (const { entry, pages } of readPageRecords(channel.readable)) await writer.add(entry, pages);
+          await writer.close();
+        } catch (error) {
+          writer.destroy();
+          throw error;
+        }
+        this.endedPageStreams++;
+        break;
+      }
+      case ChannelKind.IMAGE_FILE:
+        // the name is the peer's word: take no path from it
+        await pipeline(channel.readable, createWriteStream(join(this.dir, basename(channel.name)), { mode: 0o644 }));
+        this.endedFiles++;
+        break;
+      case ChannelKind.CONTROL:
+        for await (const message of receiveControl(channel.readable)) {
+          this.control.push(message);
+          if (message.images_complete) {
+            this.announced = message.images_complete;
+            this.check();
+          }
+        }
+        break;
+      default:
+        throw new Error(`the cache does not take ${channel.name} (kind ${channel.kind})`);
+    }
+    this.check();
+  }
+
+  private check(): void {
+    const announced = this.announced;
+    if (announced && this.endedFiles === announced.files && this.endedPageStreams === announced.page_streams) this.settle.resolve();
+  }
+}

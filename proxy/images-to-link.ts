@@ -1,0 +1,31 @@
+import { createReadStream } from 'node:fs';
+import { readdir, stat } from 'node:fs/promises';
+import { join } from 'node:path';
+import { pipeline } from 'node:stream/promises';
+import { ChannelKind } from '../src/link/frame.js';
+import type { LinkSession } from '../src/link/session.js';
+
+export interface SentImages {
+  readonly files: number;
+  readonly bytes: number;
+}
+
+/**
+ * Sends a dump directory's image files to the cache, one channel each, streamed from disk. Logs
+ * are not images and stay behind.
+ */
+export async function sendImageFiles(session: LinkSession, dir: string): Promise<SentImages> {
+  const names = (await readdir(dir)).filter((name) => !name.endsWith('.log')).sort();
+  let bytes = 0;
+  let files = 0;
+  await Promise.all(
+    names.map(async (name) => {
+      const info = await stat(join(dir, name));
+      if (!info.isFile()) return;
+      files++;
+      bytes += info.size;
+      await pipeline(createReadStream(join(dir, name)), session.openChannel(ChannelKind.IMAGE_FILE, name).writable);
+    }),
+  );
+  return { files, bytes };
+}

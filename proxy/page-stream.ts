@@ -1,0 +1,47 @@
+import type { Readable, Writable } from 'node:stream';
+import { PAGE_SIZE, PageFlag, type PagemapTarget } from '../src/criu/page-server/protocol.js';
+import type { PagemapEntry } from '../src/criu/images/pagemap.js';
+import { StreamReader } from '../src/streams/stream-reader.js';
+
+/**
+ * One pagemap on one link channel: a 16-byte record per entry, `{u64 vaddr, u32 nr_pages, u32 flags}`
+ * little-endian, followed by the entry's pages when it is PRESENT. The channel is named after the
+ * pagemap's image file, so the cache knows what it is writing before the first record arrives.
+ */
+const RECORD_SIZE = 16;
+
+export function pageChannelName(target: PagemapTarget): string {
+  return target.type === 'pid' ? `pagemap-${target.id}` : `pagemap-shmem-${target.id}`;
+}
+
+export function targetOfPageChannel(name: string): PagemapTarget {
+  const match = /^pagemap-(shmem-)?(\d+)$/.exec(name);
+  if (!match) throw new Error(`"${name}" does not name a pagemap`);
+  return { type: match[1] ? 'shmem' : 'pid', id: Number(match[2]) };
+}
+
+async function write(channel: Writable, bytes: Buffer): Promise<void> {
+  if (!channel.write(bytes)) await new Promise((resolve) => channel.once('drain', resolve));
+}
+
+/** Writes one entry and its pages (exactly nrPages of them when PRESENT) to a page channel. */
+export async function writePageRecord(channel: Writable, entry: PagemapEntry, pages: AsyncIterable<Buffer> | undefined): Promise<void> {
+  const record = Buffer.alloc(RECORD_SIZE);
+  record.writeBigUInt64LE(entry.vaddr, 0);
+  record.writeUInt32LE(entry.nrPages, 8);
+  record.writeUInt32LE(entry.flags, 12);
+  await write(channel, record);
+  for await (const chunk of pages ?? []) await write(channel, chunk);
+}
+
+/** The entries of a page channel, each with its pages as they arrive (read them before the next). */
+export async function* readPageRecords(channel: Readable): AsyncGenerator<{ entry: PagemapEntry; pages: AsyncIterable<Buffer> | undefined }, void, undefined> {
+  const reader = new StreamReader(channel);
+  for (;;) {
+    const record = await reader.readExactly(RECORD_SIZE, 'page record');
+    if (record === null) return;
+    const entry = { vaddr: record.readBigUInt64LE(0), nrPages: record.readUInt32LE(8), flags: record.readUInt32LE(12) };
+    const present = (entry.flags & PageFlag.PRESENT) !== 0;
+    yield { entry, pages: present ? reader.readChunks(entry.nrPages * PAGE_SIZE, 'pages') : undefined };
+  }
+}
