@@ -86,6 +86,9 @@ export class OutgoingChannel {
         done(error);
       },
     });
+    // a session that ends fails its channels; whoever writes sees that in its callbacks, and a
+    // channel nobody listens to must not take the process down with it
+    this.writable.on('error', () => {});
   }
 
   get priority(): number {
@@ -206,6 +209,8 @@ export class IncomingChannel {
         this.flush();
       },
     });
+    // readers see a failed channel through their iterator or pipeline; an unread one must not crash
+    this.readable.on('error', () => {});
   }
 
   progress(): ChannelProgress {

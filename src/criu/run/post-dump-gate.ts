@@ -15,6 +15,7 @@ import { promisify } from 'node:util';
  */
 export class PostDumpGate {
   private answered = false;
+  private hasReached = false;
   private constructor(
     readonly scriptPath: string,
     private readonly toHaul: string,
@@ -50,12 +51,17 @@ export class PostDumpGate {
         .on('error', reject);
     });
     reached.catch(() => {});
-    return new PostDumpGate(scriptPath, toHaul, toCriu, reached);
+    const gate = new PostDumpGate(scriptPath, toHaul, toCriu, reached);
+    void reached.then(() => (gate.hasReached = true), () => {});
+    return gate;
   }
 
-  /** Answers CRIU's post-dump: true lets the dump succeed (the tasks die), false resumes them. */
+  /**
+   * Answers CRIU's post-dump: true lets the dump succeed (the tasks die), false resumes them. Before
+   * CRIU has reached post-dump there is no one to answer, and nothing happens.
+   */
   async release(ok: boolean): Promise<void> {
-    if (this.answered) return;
+    if (this.answered || !this.hasReached) return;
     this.answered = true;
     const fifo = await open(this.toCriu, constants.O_WRONLY);
     try {

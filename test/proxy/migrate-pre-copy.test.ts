@@ -1,0 +1,57 @@
+import { existsSync, readFileSync, writeFileSync } from 'node:fs';
+import { expect, it } from 'vitest';
+import { ImageCache, type CacheEvent } from '../../proxy/image-cache.js';
+import { migratePreCopy } from '../../proxy/image-proxy.js';
+import { describeOnHost } from '../support/host.js';
+import { hostInfo } from '../support/link-hosts.js';
+import { useMigrationScenes } from '../support/migration-scene.js';
+import { REPO } from '../support/paths.js';
+import { realtimeNs, reportFrom } from '../support/workload.js';
+
+const CRIU_ON_SECOND_HOST = `${REPO}/test/support/criu-in-pid-namespace.sh`;
+
+describeOnHost('haul pre-copy migration of a running process, source held until the destination confirms', ['root', 'criu', 'workload'], () => {
+  const scenes = useMigrationScenes();
+
+  it('restores it on the destination and only then ends the source', async () => {
+    const { destination, workload, defer, before } = await scenes.start('migrate', 64);
+    const holders = `${destination}/holders`;
+    writeFileSync(holders, '');
+    process.env['HAUL_TEST_HOLDERS'] = holders;
+    defer(() => {
+      for (const pid of readFileSync(holders, 'utf8').split('\n').filter(Boolean)) {
+        try {
+          process.kill(Number(pid), 'SIGKILL');
+        } catch {}
+      }
+    });
+    const events: CacheEvent[] = [];
+    const cache = await ImageCache.start({ address: '127.0.0.1', port: 0, dir: `${destination}/cache`, insecure: true, host: hostInfo('destination'), criuBinary: CRIU_ON_SECOND_HOST, onEvent: (e) => events.push(e) });
+    defer(() => void cache.close());
+
+    const frozenAt = realtimeNs();
+    const summary = await migratePreCopy({ pid: workload.pid, to: `ws://127.0.0.1:${cache.port}`, insecure: true, host: hostInfo('source') });
+    expect(summary.pages).toBeGreaterThanOrEqual((64 * 1024 * 1024) / 4096);
+    expect(events.map((e) => e.kind)).toEqual(['migration', 'restored']);
+    // the source copy is gone; the restored one beats on with the same memory
+    await workload.exited;
+    const after = await reportFrom(workload.dir, frozenAt);
+    expect(after.checksum).toBe(before.checksum);
+    expect(after.tick).toBeGreaterThan(before.tick);
+    expect(existsSync(`/proc/${workload.pid}`)).toBe(false);
+  }, 120_000);
+
+  it('leaves the source running, memory intact, when the destination cannot restore', async () => {
+    const { destination, workload, defer, expectContinued } = await scenes.start('migrate-fail', 16);
+    const failing = `${destination}/criu-that-fails.sh`;
+    writeFileSync(failing, '#!/bin/sh\necho "Error (criu/cr-restore.c:1): simulated restore failure" > "$(echo "$@" | sed -n "s/.*-o \\([^ ]*\\).*/\\1/p")"\nexit 1\n', { mode: 0o755 });
+    const cache = await ImageCache.start({ address: '127.0.0.1', port: 0, dir: `${destination}/cache`, insecure: true, host: hostInfo('destination'), criuBinary: failing });
+    defer(() => void cache.close());
+
+    const frozenAt = realtimeNs();
+    await expect(migratePreCopy({ pid: workload.pid, to: `ws://127.0.0.1:${cache.port}`, insecure: true, host: hostInfo('source') })).rejects.toThrow(
+      /the destination could not restore: criu restore failed \(1\).*simulated restore failure/s,
+    );
+    await expectContinued(frozenAt);
+  }, 120_000);
+});
