@@ -1,5 +1,6 @@
 import { Command } from 'commander';
 import { readPackageInfo } from './package-info.js';
+import { addMigrationCommands } from './migration-commands.js';
 import { DEFAULT_STATE_DIR, addTrustCommands } from './trust-commands.js';
 
 /** The `haul` command line; subcommands join it as the parts they drive are built. */
@@ -15,5 +16,6 @@ export function buildProgram(out: (line: string) => void = (line) => void proces
       '\nThe test bed and benchmarks live in the repository: scripts/setup-host, scripts/testbed, scripts/bench/.',
     );
   addTrustCommands(program, out);
+  addMigrationCommands(program, out);
   return program;
 }

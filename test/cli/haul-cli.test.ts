@@ -9,9 +9,13 @@ import packageJson from '../../package.json' with { type: 'json' };
 async function run(args: string[]): Promise<{ stdout: string; stderr: string; exitCode: number }> {
   let stdout = '';
   let stderr = '';
-  const program: Command = buildProgram((line) => (stdout += `${line}\n`))
-    .exitOverride()
-    .configureOutput({ writeOut: (s) => (stdout += s), writeErr: (s) => (stderr += s) });
+  const program: Command = buildProgram((line) => (stdout += `${line}\n`));
+  // subcommands take these settings only when made after them, so set them on every command
+  const capture = (command: Command): void => {
+    command.exitOverride().configureOutput({ writeOut: (s) => (stdout += s), writeErr: (s) => (stderr += s) });
+    command.commands.forEach(capture);
+  };
+  capture(program);
   try {
     await program.parseAsync(args, { from: 'user' });
     return { stdout, stderr, exitCode: 0 };
@@ -80,5 +84,23 @@ describe('haul identity and haul trust', () => {
     } finally {
       rmSync(dir, { recursive: true, force: true });
     }
+  });
+});
+
+describe('haul migrate and haul cache', () => {
+  it('refuse arguments that make no sense, before touching anything', async () => {
+    const badPid = await run(['migrate', 'abc', '--to', '127.0.0.1:1', '--insecure']);
+    expect(badPid.exitCode).not.toBe(0);
+    expect(badPid.stderr).toMatch(/a process id is a positive whole number/);
+    const noTarget = await run(['migrate', '123']);
+    expect(noTarget.stderr).toMatch(/required option '--to <host:port>' not specified/);
+    const badListen = await run(['cache', '--listen', 'nowhere', '--dir', '/tmp/x']);
+    expect(badListen.stderr).toMatch(/expected ADDRESS:PORT/);
+  });
+
+  it('say plainly when the destination cannot be reached, and leave the process alone', async () => {
+    const result = await run(['migrate', String(process.pid), '--to', '127.0.0.1:1', '--insecure']);
+    expect(result.exitCode).not.toBe(0);
+    expect(result.stderr).toMatch(/ECONNREFUSED|connect/);
   });
 });

@@ -1,0 +1,81 @@
+import { join } from 'node:path';
+import { Command, InvalidArgumentError } from 'commander';
+import { ImageCache } from '../../proxy/image-cache.js';
+import { migratePreCopy } from '../../proxy/image-proxy.js';
+import { criuVersion } from '../criu/run/criu-version.js';
+import type { EndpointOptions } from '../link/endpoint-options.js';
+import { loadOrCreateIdentity } from '../link/identity.js';
+import type { HostInfo } from '../link/messages.js';
+import { TrustStore } from '../link/trust-store.js';
+import { readPackageInfo } from './package-info.js';
+
+async function hostInfo(role: 'source' | 'destination'): Promise<HostInfo> {
+  const version = await criuVersion();
+  return {
+    criu_version: `${version.major}.${version.minor}.${version.patch}`,
+    page_size: 4096,
+    architecture: process.arch,
+    capabilities: ['pre-copy'],
+    haul_version: readPackageInfo().version,
+    role,
+  };
+}
+
+async function endpoint(stateDir: string, insecure: boolean, role: 'source' | 'destination'): Promise<EndpointOptions> {
+  const host = await hostInfo(role);
+  if (insecure) return { insecure: true, host };
+  return { identity: await loadOrCreateIdentity(stateDir), trust: await TrustStore.open(join(stateDir, 'trust.json')), host };
+}
+
+function parsePid(value: string): number {
+  const pid = Number(value);
+  if (!Number.isInteger(pid) || pid < 1) throw new InvalidArgumentError('a process id is a positive whole number');
+  return pid;
+}
+
+function parseListen(value: string): { address: string; port: number } {
+  const match = /^(.+):(\d+)$/.exec(value);
+  if (!match) throw new InvalidArgumentError('expected ADDRESS:PORT');
+  return { address: match[1]!.replace(/^\[(.*)\]$/, '$1'), port: Number(match[2]) };
+}
+
+/** `haul migrate` (source) and `haul cache` (destination): process migration without a manager. */
+export function addMigrationCommands(program: Command, out: (line: string) => void): void {
+  program
+    .command('migrate')
+    .description('live-migrate a running process tree to a host running `haul cache` (pre-copy); the source ends only once the destination has restored it')
+    .argument('<pid>', 'root of the process tree', parsePid)
+    .requiredOption('--to <host:port>', 'the destination cache')
+    .option('--insecure', 'plain WebSocket, no TLS or authentication (loopback only)', false)
+    .option('--json', 'print a JSON summary instead of progress', false)
+    .action(async (pid: number, options: { to: string; insecure: boolean; json: boolean }, command: Command) => {
+      const stateDir = (command.optsWithGlobals() as { stateDir: string }).stateDir;
+      const url = `${options.insecure ? 'ws' : 'wss'}://${options.to}`;
+      const say = options.json ? () => {} : (stage: string) => process.stderr.write(`haul: ${stage}\n`);
+      const summary = await migratePreCopy({ ...(await endpoint(stateDir, options.insecure, 'source')), pid, to: url, onProgress: say });
+      if (options.json) out(JSON.stringify({ ...summary, result: 'restored' }));
+      else out(`migrated ${pid}: ${summary.pages} pages, dump ${summary.dumpMs} ms, images ${summary.transferMs} ms, restore ${summary.restoreMs} ms; pid ${summary.restoredPid} on the destination`);
+    });
+
+  program
+    .command('cache')
+    .description('serve as the destination of `haul migrate`: receive images and pages, restore, report back')
+    .requiredOption('--listen <address:port>', 'where to listen', parseListen)
+    .requiredOption('--dir <dir>', 'where each migration\'s images are kept')
+    .option('--insecure', 'plain WebSocket, no TLS or authentication (loopback only)', false)
+    .action(async (options: { listen: { address: string; port: number }; dir: string; insecure: boolean }, command: Command) => {
+      const stateDir = (command.optsWithGlobals() as { stateDir: string }).stateDir;
+      const cache = await ImageCache.start({
+        ...(await endpoint(stateDir, options.insecure, 'destination')),
+        ...options.listen,
+        dir: options.dir,
+        onEvent: (event) => out(JSON.stringify(event)),
+      });
+      out(JSON.stringify({ kind: 'listening', address: options.listen.address, port: cache.port }));
+      await new Promise<void>((resolve) => {
+        process.once('SIGINT', resolve);
+        process.once('SIGTERM', resolve);
+      });
+      await cache.close();
+    });
+}
