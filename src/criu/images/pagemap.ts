@@ -85,7 +85,8 @@ export class PagemapWriter {
 
   static async create(dir: string, target: PagemapTarget, pagesId: number): Promise<PagemapWriter> {
     const pagemap = createWriteStream(join(dir, pagemapFileName(target)), { mode: 0o644 });
-    const pages = createWriteStream(join(dir, pagesFileName(pagesId)), { mode: 0o644 });
+    // page data arrives in socket-sized chunks; a large buffer lets them go to disk in big writes
+    const pages = createWriteStream(join(dir, pagesFileName(pagesId)), { mode: 0o644, highWaterMark: 4 * 1024 * 1024 });
     await Promise.all([once(pagemap, 'open'), once(pages, 'open')]);
     const writer = new PagemapWriter(target, pagemap, pages);
     const head = Entries.pagemapHead.encode({ pages_id: pagesId });
