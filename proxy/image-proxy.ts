@@ -63,6 +63,8 @@ export async function migratePreCopy(options: MigrateOptions): Promise<Migration
   const imagesDir = join(workDir, 'images');
   await mkdir(imagesDir, { recursive: true });
   const { session } = await dialLink(options.to, options);
+  let linkFailure: Error | undefined;
+  session.once('aborted', (error) => (linkFailure = error));
   const verdict = restoreResult(session);
   verdict.catch(() => {});
   const gate = await PostDumpGate.create(workDir);
@@ -103,7 +105,9 @@ export async function migratePreCopy(options: MigrateOptions): Promise<Migration
     await dump.exited.catch(() => {});
     pageServer.close();
     if (session.isOpen) session.abort(error instanceof Error ? error.message : String(error));
-    throw error;
+    // the link's reason is the cause when it failed first; CRIU's errors are then only its echo
+    const cause = linkFailure ?? error;
+    throw new Error(`migration of ${options.pid} failed, the source process keeps running: ${cause instanceof Error ? cause.message : String(cause)}`, { cause: error });
   } finally {
     if (!options.workDir) await rm(workDir, { recursive: true, force: true });
   }

@@ -50,7 +50,22 @@ describeOnHost('haul pre-copy migration of a running process, source held until 
 
     const frozenAt = realtimeNs();
     await expect(migratePreCopy({ pid: workload.pid, to: `ws://127.0.0.1:${cache.port}`, insecure: true, host: hostInfo('source') })).rejects.toThrow(
-      /the destination could not restore: criu restore failed \(1\).*simulated restore failure/s,
+      /failed, the source process keeps running: the destination could not restore: criu restore failed \(1\).*simulated restore failure/s,
+    );
+    await expectContinued(frozenAt);
+  }, 120_000);
+
+  it('leaves the source running when the destination goes away in the middle of the transfer', async () => {
+    const { destination, workload, defer, expectContinued } = await scenes.start('migrate-lost', 128);
+    const cache = await ImageCache.start({
+      address: '127.0.0.1', port: 0, dir: `${destination}/cache`, insecure: true, host: hostInfo('destination'), criuBinary: CRIU_ON_SECOND_HOST,
+      // the destination dies as soon as pages start to arrive
+      onEvent: (event) => void (event.kind === 'migration' && setTimeout(() => void cache.close(), 50)),
+    });
+    defer(() => void cache.close());
+    const frozenAt = realtimeNs();
+    await expect(migratePreCopy({ pid: workload.pid, to: `ws://127.0.0.1:${cache.port}`, insecure: true, host: hostInfo('source'), resumeWindowMs: 500 })).rejects.toThrow(
+      /failed, the source process keeps running: the peer aborted: the listener is shutting down/,
     );
     await expectContinued(frozenAt);
   }, 120_000);
