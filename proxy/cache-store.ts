@@ -64,6 +64,8 @@ export class CacheStore {
           }
         }
         break;
+      case ChannelKind.LAZY_ANSWERS:
+        return; // lazy pages are the image-cache's own business, not part of the image set
       default:
         throw new Error(`the cache does not take ${channel.name} (kind ${channel.kind})`);
     }

@@ -6,7 +6,13 @@ import type { EndpointOptions } from '../src/link/endpoint-options.js';
 import { ChannelKind } from '../src/link/frame.js';
 import { LinkListener } from '../src/link/listener.js';
 import type { LinkSession } from '../src/link/session.js';
+import { acceptOne } from '../src/criu/page-server/connection.js';
+import { serveLazyPages } from '../src/criu/page-server/lazy-pages-server.js';
+import { startCriu } from '../src/criu/run/criu-process.js';
+import { criuVersion, headerLayoutFor } from '../src/criu/run/criu-version.js';
 import { CacheStore } from './cache-store.js';
+import { LazyPageStore } from './lazy-page-store.js';
+import { readPages } from './lazy-wire.js';
 
 export interface CacheOptions extends EndpointOptions {
   readonly address: string;
@@ -53,14 +59,48 @@ export class ImageCache {
     this.options.onEvent?.({ kind: 'migration', id, dir });
     const store = new CacheStore(session, dir);
     const answer = session.openChannel(ChannelKind.CONTROL, 'restore-result');
+    const lazyPages = await LazyPageStore.create(join(dir, 'lazy-pages.bin'), session.openChannel(ChannelKind.LAZY_REQUESTS, 'lazy-requests').writable);
+    const pushed = new Promise<void>((resolve, reject) =>
+      session.on('channel', (channel) => {
+        if (channel.kind !== ChannelKind.LAZY_ANSWERS) return;
+        void (async () => {
+          for await (const { run, pages } of readPages(channel.readable)) await lazyPages.add(run, pages!);
+        })().then(resolve, reject);
+      }),
+    );
+    pushed.catch(() => {});
+    const restoreBinary = this.options.criuBinary ? { binary: this.options.criuBinary } : {};
     try {
       await store.complete;
+      const lazy = store.control.some((message) => message.migration_start?.mode === 'lazy');
       const pidFile = join(dir, 'restored.pid');
-      await runCriu('restore', ['-D', dir, '-d', '--pidfile', pidFile], { logFile: join(dir, 'restore.log'), ...(this.options.criuBinary ? { binary: this.options.criuBinary } : {}) });
+      let afterRestore: (() => Promise<void>) | undefined;
+      if (!lazy) {
+        await runCriu('restore', ['-D', dir, '-d', '--pidfile', pidFile], { logFile: join(dir, 'restore.log'), ...restoreBinary });
+      } else {
+        // the restore starts before the memory is here: criu lazy-pages asks haul, haul asks the source
+        const server = await acceptOne('127.0.0.1', 0);
+        const served = server.connection.then(async (socket) => serveLazyPages(socket, headerLayoutFor(await criuVersion()), lazyPages));
+        served.catch(() => {});
+        const daemon = startCriu('lazy-pages', ['--page-server', '--address', '127.0.0.1', '--port', String(server.port), '-D', dir], { logFile: join(dir, 'lazy-pages.log'), statusFd: true, cwd: dir });
+        await daemon.ready;
+        await runCriu('restore', ['--lazy-pages', '-D', dir, '-d', '--pidfile', pidFile], { logFile: join(dir, 'restore.log'), cwd: dir, ...restoreBinary });
+        afterRestore = async () => {
+          await daemon.exited;
+          await served;
+          await sendControl(answer.writable, { lazy_complete: { pages: BigInt(lazyPages.received) } });
+          answer.writable.end();
+          await lazyPages.close();
+        };
+      }
       const pid = Number((await readFile(pidFile, 'utf8')).trim());
       await sendControl(answer.writable, { restore_result: { ok: true, error: '', pid } });
-      answer.writable.end();
       this.options.onEvent?.({ kind: 'restored', id, pid });
+      if (afterRestore) {
+        await afterRestore().catch((error: Error) => session.isOpen && session.abort(`lazy pages could not all be delivered: ${error.message}`));
+      } else {
+        answer.writable.end();
+      }
     } catch (error) {
       const reason = error instanceof Error ? error.message : String(error);
       this.options.onEvent?.({ kind: 'failed', id, error: reason });

@@ -1,8 +1,12 @@
-import { mkdir, mkdtemp, rm } from 'node:fs/promises';
+import { mkdir, mkdtemp, readdir, rm } from 'node:fs/promises';
+import { connect, type Socket } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import type { Readable } from 'node:stream';
+import { readPagemap } from '../src/criu/images/pagemap.js';
 import { acceptOne } from '../src/criu/page-server/connection.js';
+import { LazyPagesClient } from '../src/criu/page-server/lazy-pages-client.js';
+import { PAGE_SIZE, PageFlag } from '../src/criu/page-server/protocol.js';
 import { receiveDump } from '../src/criu/page-server/dump-receiver.js';
 import { startCriu } from '../src/criu/run/criu-process.js';
 import { criuVersion, headerLayoutFor } from '../src/criu/run/criu-version.js';
@@ -14,6 +18,7 @@ import { ChannelKind } from '../src/link/frame.js';
 import type { RestoreResult } from '../src/link/messages.js';
 import type { LinkSession } from '../src/link/session.js';
 import { sendImageFiles } from './images-to-link.js';
+import { readPageRequests, writePages, type PageRun } from './lazy-wire.js';
 import { LinkPagemapSink } from './pages-to-link.js';
 
 export interface MigrateOptions extends EndpointOptions {
@@ -27,7 +32,7 @@ export interface MigrateOptions extends EndpointOptions {
 }
 
 export interface MigrationSummary {
-  readonly mode: 'pre-copy';
+  readonly mode: 'pre-copy' | 'lazy';
   readonly pages: number;
   readonly imageBytes: number;
   readonly dumpMs: number;
@@ -108,6 +113,163 @@ export async function migratePreCopy(options: MigrateOptions): Promise<Migration
     // the link's reason is the cause when it failed first; CRIU's errors are then only its echo
     const cause = linkFailure ?? error;
     throw new Error(`migration of ${options.pid} failed, the source process keeps running: ${cause instanceof Error ? cause.message : String(cause)}`, { cause: error });
+  } finally {
+    if (!options.workDir) await rm(workDir, { recursive: true, force: true });
+  }
+}
+
+/** What the destination reports on its control channel: the restore, and (lazy) the last page. */
+function destinationReports(session: LinkSession): { restore: Promise<RestoreResult>; lazyComplete: Promise<void> } {
+  let restoreSettle!: { resolve(r: RestoreResult): void; reject(e: Error): void };
+  let lazySettle!: { resolve(): void; reject(e: Error): void };
+  const restore = new Promise<RestoreResult>((resolve, reject) => (restoreSettle = { resolve, reject }));
+  const lazyComplete = new Promise<void>((resolve, reject) => (lazySettle = { resolve, reject }));
+  restore.catch(() => {});
+  lazyComplete.catch(() => {});
+  const fail = (error: Error): void => {
+    restoreSettle.reject(error);
+    lazySettle.reject(error);
+  };
+  session.once('aborted', fail);
+  session.on('channel', (channel) => {
+    if (channel.kind !== ChannelKind.CONTROL) return;
+    void (async () => {
+      for await (const message of receiveControl(channel.readable as Readable)) {
+        if (message.restore_result) restoreSettle.resolve(message.restore_result);
+        if (message.lazy_complete) lazySettle.resolve();
+      }
+      fail(new Error('the destination closed its control channel early'));
+    })().catch(fail);
+  });
+  return { restore, lazyComplete };
+}
+
+/** The runs of pages a lazy dump left behind, to be pulled from CRIU's page server. */
+async function lazyRuns(imagesDir: string): Promise<PageRun[]> {
+  const runs: PageRun[] = [];
+  for (const name of await readdir(imagesDir)) {
+    const task = /^pagemap-(\d+)\.img$/.exec(name);
+    if (!task) continue;
+    const pid = Number(task[1]);
+    for (const entry of (await readPagemap(imagesDir, { type: 'pid', id: pid })).entries) {
+      if (!(entry.flags & PageFlag.LAZY) || entry.flags & PageFlag.PRESENT) continue;
+      for (let at = 0; at < entry.nrPages; at += PUSH_PAGES) {
+        runs.push({ pid, vaddr: entry.vaddr + BigInt(at * PAGE_SIZE), nrPages: Math.min(PUSH_PAGES, entry.nrPages - at) });
+      }
+    }
+  }
+  return runs;
+}
+
+/** Pages pushed ahead per request to CRIU's page server. */
+const PUSH_PAGES = 256;
+
+/**
+ * Lazy (post-copy) migration: the destination restores from the small images at once, and the
+ * memory follows. haul is the one client of the page server `criu dump --lazy-pages` leaves running:
+ * it answers the destination's page faults first and pushes every other page behind them, then
+ * tells CRIU all pages moved, which ends the source. CRIU counts a plain end of that session as
+ * success, so on any failure haul ends it with a bad header instead, and CRIU resumes the source.
+ */
+export async function migrateLazy(options: MigrateOptions): Promise<MigrationSummary & { readonly lazyPages: number }> {
+  const progress = options.onProgress ?? (() => {});
+  const version = await criuVersion(options.criuBinary);
+  const layout = headerLayoutFor(version);
+  const workDir = options.workDir ?? (await mkdtemp(join(tmpdir(), 'haul-migrate-')));
+  const imagesDir = join(workDir, 'images');
+  await mkdir(imagesDir, { recursive: true });
+  const { session } = await dialLink(options.to, options);
+  let linkFailure: Error | undefined;
+  session.once('aborted', (error) => (linkFailure = error));
+  const reports = destinationReports(session);
+  const faults: PageRun[] = [];
+  let wakePump: (() => void) | undefined;
+  session.on('channel', (channel) => {
+    if (channel.kind !== ChannelKind.LAZY_REQUESTS) return;
+    void (async () => {
+      for await (const { run } of readPageRequests(channel.readable as Readable)) {
+        faults.push(run);
+        wakePump?.();
+      }
+    })().catch(() => {});
+  });
+  const gate = await PostDumpGate.create(workDir);
+  const probe = await acceptOne('127.0.0.1', 0);
+  const port = probe.port;
+  probe.close();
+  const control = session.openChannel(ChannelKind.CONTROL, 'migration');
+  await sendControl(control.writable, { migration_start: { mode: 'lazy', pid: options.pid, criu_version: `${version.major}.${version.minor}.${version.patch}` } });
+
+  const started = Date.now();
+  progress('dumping (lazy)');
+  const dump = startCriu(
+    'dump',
+    ['-t', String(options.pid), '-D', imagesDir, '--lazy-pages', '--address', '127.0.0.1', '--port', String(port), '--action-script', gate.scriptPath],
+    { logFile: join(workDir, 'dump.log'), statusFd: true, ...(options.criuBinary ? { binary: options.criuBinary } : {}) },
+  );
+  let pageServer: Socket | undefined;
+  let pulled = 0;
+  try {
+    await Promise.race([gate.reached, dump.exited.then(() => Promise.reject(new Error('criu dump ended before post-dump')))]);
+    const dumped = Date.now();
+    const runs = await lazyRuns(imagesDir);
+    progress('sending images');
+    const images = await sendImageFiles(session, imagesDir);
+    await sendControl(control.writable, { images_complete: { files: images.files, page_streams: 0, bytes: BigInt(images.bytes) } });
+    const sent = Date.now();
+    // CRIU starts its page server only once post-dump returns, and the restore needs pages before it
+    // can finish, so post-dump must succeed now; from here, failure is signalled on the page server
+    await gate.release(true);
+    await dump.ready;
+    pageServer = connect(port, '127.0.0.1');
+    await new Promise((resolve, reject) => pageServer!.once('connect', resolve).once('error', reject));
+    const client = new LazyPagesClient(pageServer, layout);
+    const answers = session.openChannel(ChannelKind.LAZY_ANSWERS, 'lazy-pages');
+    const fetched = new Set<string>();
+    const key = (pid: number, vaddr: bigint): string => `${pid}:${vaddr / BigInt(PAGE_SIZE)}`;
+    const total = runs.reduce((sum, run) => sum + run.nrPages, 0);
+    let background = 0;
+    progress(`restoring on the destination; ${total} pages to follow`);
+    while (pulled < total) {
+      let run = faults.shift();
+      while (run && fetched.has(key(run.pid, run.vaddr))) run = faults.shift();
+      if (!run) {
+        while (background < runs.length && fetched.has(key(runs[background]!.pid, runs[background]!.vaddr))) background++;
+        run = runs[background];
+      }
+      if (!run) {
+        await new Promise<void>((resolve) => (wakePump = resolve));
+        continue;
+      }
+      // ask only for the pages not asked for yet, from the first one on
+      let count = 0;
+      while (count < run.nrPages && !fetched.has(key(run.pid, run.vaddr + BigInt(count * PAGE_SIZE)))) count++;
+      const answer = await client.get(run.pid, run.vaddr, count);
+      for (let i = 0; i < answer.nrPages; i++) fetched.add(key(run.pid, run.vaddr + BigInt(i * PAGE_SIZE)));
+      pulled += answer.nrPages;
+      await writePages(answers.writable, { pid: run.pid, vaddr: run.vaddr, nrPages: answer.nrPages }, answer.pages);
+    }
+    answers.writable.end();
+    const result = await reports.restore;
+    if (!result.ok) throw new Error(`the destination could not restore: ${result.error}`);
+    await reports.lazyComplete;
+    await client.close(); // every page has moved: CRIU ends the source
+    await dump.exited;
+    control.writable.end();
+    session.close();
+    return { mode: 'lazy', pages: pulled, lazyPages: pulled, imageBytes: images.bytes, dumpMs: dumped - started, transferMs: sent - dumped, restoreMs: Date.now() - sent, restoredPid: result.pid };
+  } catch (error) {
+    if (pageServer) {
+      // a bad header fails CRIU's lazy page-server session, and CRIU resumes the source
+      pageServer.end(Buffer.from([0xff]));
+    } else {
+      await gate.release(false).catch(() => {});
+      await gate.close();
+    }
+    await dump.exited.catch(() => {});
+    if (session.isOpen) session.abort(error instanceof Error ? error.message : String(error));
+    const cause = linkFailure ?? error;
+    throw new Error(`lazy migration of ${options.pid} failed, the source process keeps running: ${cause instanceof Error ? cause.message : String(cause)}`, { cause: error });
   } finally {
     if (!options.workDir) await rm(workDir, { recursive: true, force: true });
   }

@@ -1,7 +1,7 @@
 import { join } from 'node:path';
 import { Command, InvalidArgumentError } from 'commander';
 import { ImageCache } from '../../proxy/image-cache.js';
-import { migratePreCopy } from '../../proxy/image-proxy.js';
+import { migrateLazy, migratePreCopy } from '../../proxy/image-proxy.js';
 import { criuVersion } from '../criu/run/criu-version.js';
 import type { EndpointOptions } from '../link/endpoint-options.js';
 import { loadOrCreateIdentity } from '../link/identity.js';
@@ -15,7 +15,7 @@ async function hostInfo(role: 'source' | 'destination'): Promise<HostInfo> {
     criu_version: `${version.major}.${version.minor}.${version.patch}`,
     page_size: 4096,
     architecture: process.arch,
-    capabilities: ['pre-copy'],
+    capabilities: ['pre-copy', 'lazy'],
     haul_version: readPackageInfo().version,
     role,
   };
@@ -43,16 +43,18 @@ function parseListen(value: string): { address: string; port: number } {
 export function addMigrationCommands(program: Command, out: (line: string) => void): void {
   program
     .command('migrate')
-    .description('live-migrate a running process tree to a host running `haul cache` (pre-copy); the source ends only once the destination has restored it')
+    .description('live-migrate a running process tree to a host running `haul cache`; the source ends only once the destination has restored it (and, with --lazy, has every page)')
     .argument('<pid>', 'root of the process tree', parsePid)
     .requiredOption('--to <host:port>', 'the destination cache')
+    .option('--lazy', 'post-copy: restore at once from the small images, move the memory after', false)
     .option('--insecure', 'plain WebSocket, no TLS or authentication (loopback only)', false)
     .option('--json', 'print a JSON summary instead of progress', false)
-    .action(async (pid: number, options: { to: string; insecure: boolean; json: boolean }, command: Command) => {
+    .action(async (pid: number, options: { to: string; lazy: boolean; insecure: boolean; json: boolean }, command: Command) => {
       const stateDir = (command.optsWithGlobals() as { stateDir: string }).stateDir;
       const url = `${options.insecure ? 'ws' : 'wss'}://${options.to}`;
       const say = options.json ? () => {} : (stage: string) => process.stderr.write(`haul: ${stage}\n`);
-      const summary = await migratePreCopy({ ...(await endpoint(stateDir, options.insecure, 'source')), pid, to: url, onProgress: say });
+      const migrate = options.lazy ? migrateLazy : migratePreCopy;
+      const summary = await migrate({ ...(await endpoint(stateDir, options.insecure, 'source')), pid, to: url, onProgress: say });
       if (options.json) out(JSON.stringify({ ...summary, result: 'restored' }));
       else out(`migrated ${pid}: ${summary.pages} pages, dump ${summary.dumpMs} ms, images ${summary.transferMs} ms, restore ${summary.restoreMs} ms; pid ${summary.restoredPid} on the destination`);
     });

@@ -58,8 +58,12 @@ export interface Progress {
   pages: bigint;
   bytes: bigint;
 }
+export interface LazyComplete {
+  pages: bigint;
+}
 /** One control message: exactly one of these is set. */
 export interface Control {
+  lazy_complete?: LazyComplete;
   migration_start?: MigrationStart;
   images_complete?: ImagesComplete;
   restore_result?: RestoreResult;

@@ -1,0 +1,58 @@
+import type { Readable, Writable } from 'node:stream';
+import { PAGE_SIZE } from '../src/criu/page-server/protocol.js';
+import { StreamReader } from '../src/streams/stream-reader.js';
+
+/**
+ * Lazy mode on the link. The cache asks for pages on a LAZY_REQUESTS channel and the proxy sends
+ * pages, asked for or pushed ahead, on a LAZY_ANSWERS channel. Both use the same 16-byte record,
+ * `{u32 pid, u32 nr_pages, u64 vaddr}` little-endian; on the answers channel the pages follow it.
+ */
+const RECORD_SIZE = 16;
+
+export interface PageRun {
+  readonly pid: number;
+  readonly vaddr: bigint;
+  readonly nrPages: number;
+}
+
+function record(run: PageRun): Buffer {
+  const bytes = Buffer.alloc(RECORD_SIZE);
+  bytes.writeUInt32LE(run.pid, 0);
+  bytes.writeUInt32LE(run.nrPages, 4);
+  bytes.writeBigUInt64LE(run.vaddr, 8);
+  return bytes;
+}
+
+async function write(channel: Writable, bytes: Buffer): Promise<void> {
+  if (!channel.write(bytes)) await new Promise((resolve) => channel.once('drain', resolve));
+}
+
+export async function writePageRequest(channel: Writable, run: PageRun): Promise<void> {
+  await write(channel, record(run));
+}
+
+export async function writePages(channel: Writable, run: PageRun, pages: AsyncIterable<Buffer>): Promise<void> {
+  await write(channel, record(run));
+  for await (const chunk of pages) await write(channel, chunk);
+}
+
+async function* records(channel: Readable, withPages: boolean): AsyncGenerator<{ run: PageRun; pages?: Buffer }, void, undefined> {
+  const reader = new StreamReader(channel);
+  for (;;) {
+    const bytes = await reader.readExactly(RECORD_SIZE, 'lazy page record');
+    if (bytes === null) return;
+    const run = { pid: bytes.readUInt32LE(0), nrPages: bytes.readUInt32LE(4), vaddr: bytes.readBigUInt64LE(8) };
+    // CRIU asks for at most 4 MiB at a time (criu/uffd.c MAX_XFER_LEN), and the proxy pushes less
+    if (run.nrPages === 0 || run.nrPages > 1024) throw new Error(`lazy page record of ${run.nrPages} pages`);
+    if (!withPages) {
+      yield { run };
+      continue;
+    }
+    const pages = await reader.readExactly(run.nrPages * PAGE_SIZE, 'lazy pages');
+    if (pages === null) throw new Error('lazy answers ended inside a run');
+    yield { run, pages };
+  }
+}
+
+export const readPageRequests = (channel: Readable): AsyncGenerator<{ run: PageRun }, void, undefined> => records(channel, false) as AsyncGenerator<{ run: PageRun }, void, undefined>;
+export const readPages = (channel: Readable): AsyncGenerator<{ run: PageRun; pages?: Buffer }, void, undefined> => records(channel, true);
