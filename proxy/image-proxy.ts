@@ -41,18 +41,41 @@ export interface MigrationSummary {
   readonly restoredPid: number;
 }
 
-/** The destination's verdict on this migration, from its control channel. */
-function restoreResult(session: LinkSession): Promise<RestoreResult> {
-  return new Promise((resolve, reject) => {
-    session.once('aborted', reject);
-    session.on('channel', (channel) => {
-      if (channel.kind !== ChannelKind.CONTROL) return;
-      void (async () => {
-        for await (const message of receiveControl(channel.readable as Readable)) if (message.restore_result) return resolve(message.restore_result);
-        reject(new Error('the destination closed its control channel without a restore result'));
-      })().catch(reject);
-    });
-  });
+/** Everything both modes set up before CRIU runs. */
+async function startMigration(options: MigrateOptions, mode: 'pre-copy' | 'lazy') {
+  const version = await criuVersion(options.criuBinary);
+  const ownWorkDir = !options.workDir;
+  const workDir = options.workDir ?? (await mkdtemp(join(tmpdir(), 'haul-migrate-')));
+  const imagesDir = join(workDir, 'images');
+  await mkdir(imagesDir, { recursive: true });
+  const { session } = await dialLink(options.to, options);
+  let linkFailure: Error | undefined;
+  session.once('aborted', (error) => (linkFailure = error));
+  const reports = destinationReports(session);
+  const gate = await PostDumpGate.create(workDir);
+  const control = session.openChannel(ChannelKind.CONTROL, 'migration');
+  await sendControl(control.writable, { migration_start: { mode, pid: options.pid, criu_version: `${version.major}.${version.minor}.${version.patch}` } });
+  return {
+    progress: options.onProgress ?? (() => {}),
+    version,
+    layout: headerLayoutFor(version),
+    workDir,
+    imagesDir,
+    session,
+    reports,
+    gate,
+    control,
+    criu: options.criuBinary ? { binary: options.criuBinary } : {},
+    /** The error to report: the link's reason when it failed first, CRIU's errors being only its echo. */
+    failure(error: unknown): Error {
+      if (session.isOpen) session.abort(error instanceof Error ? error.message : String(error));
+      const cause = linkFailure ?? error;
+      return new Error(`${mode} migration of ${options.pid} failed, the source process keeps running: ${cause instanceof Error ? cause.message : String(cause)}`, { cause: error });
+    },
+    async cleanUp(): Promise<void> {
+      if (ownWorkDir) await rm(workDir, { recursive: true, force: true });
+    },
+  };
 }
 
 /**
@@ -62,30 +85,18 @@ function restoreResult(session: LinkSession): Promise<RestoreResult> {
  * that succeeded. On any failure before, the source resumes.
  */
 export async function migratePreCopy(options: MigrateOptions): Promise<MigrationSummary> {
-  const progress = options.onProgress ?? (() => {});
-  const version = await criuVersion(options.criuBinary);
-  const workDir = options.workDir ?? (await mkdtemp(join(tmpdir(), 'haul-migrate-')));
-  const imagesDir = join(workDir, 'images');
-  await mkdir(imagesDir, { recursive: true });
-  const { session } = await dialLink(options.to, options);
-  let linkFailure: Error | undefined;
-  session.once('aborted', (error) => (linkFailure = error));
-  const verdict = restoreResult(session);
-  verdict.catch(() => {});
-  const gate = await PostDumpGate.create(workDir);
+  const { progress, layout, workDir, imagesDir, session, reports, gate, control, criu, failure, cleanUp } = await startMigration(options, 'pre-copy');
   const pageServer = await acceptOne('127.0.0.1', 0);
   const pages = new LinkPagemapSink(session);
-  const received = pageServer.connection.then((socket) => receiveDump(socket, headerLayoutFor(version), pages));
+  const received = pageServer.connection.then((socket) => receiveDump(socket, layout, pages));
   received.catch(() => {});
-  const control = session.openChannel(ChannelKind.CONTROL, 'migration');
-  await sendControl(control.writable, { migration_start: { mode: 'pre-copy', pid: options.pid, criu_version: `${version.major}.${version.minor}.${version.patch}` } });
 
   const started = Date.now();
   progress('dumping');
   const dump = startCriu(
     'dump',
     ['-t', String(options.pid), '-D', imagesDir, '--page-server', '--address', '127.0.0.1', '--port', String(pageServer.port), '--action-script', gate.scriptPath],
-    { logFile: join(workDir, 'dump.log'), ...(options.criuBinary ? { binary: options.criuBinary } : {}) },
+    { logFile: join(workDir, 'dump.log'), ...criu },
   );
   try {
     await Promise.race([gate.reached, dump.exited.then(() => Promise.reject(new Error('criu dump ended before post-dump')))]);
@@ -96,7 +107,7 @@ export async function migratePreCopy(options: MigrateOptions): Promise<Migration
     await sendControl(control.writable, { images_complete: { files: images.files, page_streams: pages.pageStreams, bytes: BigInt(images.bytes) } });
     const sent = Date.now();
     progress('restoring on the destination');
-    const result = await verdict;
+    const result = await reports.restore;
     if (!result.ok) throw new Error(`the destination could not restore: ${result.error}`);
     await gate.release(true);
     await dump.exited;
@@ -109,12 +120,9 @@ export async function migratePreCopy(options: MigrateOptions): Promise<Migration
     await gate.close();
     await dump.exited.catch(() => {});
     pageServer.close();
-    if (session.isOpen) session.abort(error instanceof Error ? error.message : String(error));
-    // the link's reason is the cause when it failed first; CRIU's errors are then only its echo
-    const cause = linkFailure ?? error;
-    throw new Error(`migration of ${options.pid} failed, the source process keeps running: ${cause instanceof Error ? cause.message : String(cause)}`, { cause: error });
+    throw failure(error);
   } finally {
-    if (!options.workDir) await rm(workDir, { recursive: true, force: true });
+    await cleanUp();
   }
 }
 
@@ -172,16 +180,7 @@ const PUSH_PAGES = 256;
  * success, so on any failure haul ends it with a bad header instead, and CRIU resumes the source.
  */
 export async function migrateLazy(options: MigrateOptions): Promise<MigrationSummary & { readonly lazyPages: number }> {
-  const progress = options.onProgress ?? (() => {});
-  const version = await criuVersion(options.criuBinary);
-  const layout = headerLayoutFor(version);
-  const workDir = options.workDir ?? (await mkdtemp(join(tmpdir(), 'haul-migrate-')));
-  const imagesDir = join(workDir, 'images');
-  await mkdir(imagesDir, { recursive: true });
-  const { session } = await dialLink(options.to, options);
-  let linkFailure: Error | undefined;
-  session.once('aborted', (error) => (linkFailure = error));
-  const reports = destinationReports(session);
+  const { progress, layout, workDir, imagesDir, session, reports, gate, control, criu, failure, cleanUp } = await startMigration(options, 'lazy');
   const faults: PageRun[] = [];
   let wakePump: (() => void) | undefined;
   session.on('channel', (channel) => {
@@ -193,19 +192,16 @@ export async function migrateLazy(options: MigrateOptions): Promise<MigrationSum
       }
     })().catch(() => {});
   });
-  const gate = await PostDumpGate.create(workDir);
   const probe = await acceptOne('127.0.0.1', 0);
-  const port = probe.port;
+  const port = probe.port; // CRIU's lazy page server takes it
   probe.close();
-  const control = session.openChannel(ChannelKind.CONTROL, 'migration');
-  await sendControl(control.writable, { migration_start: { mode: 'lazy', pid: options.pid, criu_version: `${version.major}.${version.minor}.${version.patch}` } });
 
   const started = Date.now();
   progress('dumping (lazy)');
   const dump = startCriu(
     'dump',
     ['-t', String(options.pid), '-D', imagesDir, '--lazy-pages', '--address', '127.0.0.1', '--port', String(port), '--action-script', gate.scriptPath],
-    { logFile: join(workDir, 'dump.log'), statusFd: true, ...(options.criuBinary ? { binary: options.criuBinary } : {}) },
+    { logFile: join(workDir, 'dump.log'), statusFd: true, ...criu },
   );
   let pageServer: Socket | undefined;
   let pulled = 0;
@@ -267,10 +263,8 @@ export async function migrateLazy(options: MigrateOptions): Promise<MigrationSum
       await gate.close();
     }
     await dump.exited.catch(() => {});
-    if (session.isOpen) session.abort(error instanceof Error ? error.message : String(error));
-    const cause = linkFailure ?? error;
-    throw new Error(`lazy migration of ${options.pid} failed, the source process keeps running: ${cause instanceof Error ? cause.message : String(cause)}`, { cause: error });
+    throw failure(error);
   } finally {
-    if (!options.workDir) await rm(workDir, { recursive: true, force: true });
+    await cleanUp();
   }
 }

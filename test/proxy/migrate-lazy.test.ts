@@ -1,30 +1,19 @@
-import { readFileSync, writeFileSync } from 'node:fs';
+import { writeFileSync } from 'node:fs';
 import { expect, it } from 'vitest';
 import { ImageCache } from '../../proxy/image-cache.js';
 import { migrateLazy } from '../../proxy/image-proxy.js';
 import { describeOnHost } from '../support/host.js';
 import { hostInfo } from '../support/link-hosts.js';
 import { useMigrationScenes } from '../support/migration-scene.js';
-import { REPO } from '../support/paths.js';
+import { CRIU_ON_SECOND_HOST, holdRestoredProcesses } from '../support/second-host.js';
 import { realtimeNs, reportFrom } from '../support/workload.js';
-
-const CRIU_ON_SECOND_HOST = `${REPO}/test/support/criu-in-pid-namespace.sh`;
 
 describeOnHost('haul lazy (post-copy) migration of a running process', ['root', 'criu', 'workload'], () => {
   const scenes = useMigrationScenes();
 
   it('restores before the memory arrives, moves every page, and only then ends the source', async () => {
     const { destination, workload, defer, before } = await scenes.start('lazymig', 64);
-    const holders = `${destination}/holders`;
-    writeFileSync(holders, '');
-    process.env['HAUL_TEST_HOLDERS'] = holders;
-    defer(() => {
-      for (const pid of readFileSync(holders, 'utf8').split('\n').filter(Boolean)) {
-        try {
-          process.kill(Number(pid), 'SIGKILL');
-        } catch {}
-      }
-    });
+    holdRestoredProcesses(destination, defer);
     const cache = await ImageCache.start({ address: '127.0.0.1', port: 0, dir: `${destination}/cache`, insecure: true, host: hostInfo('destination'), criuBinary: CRIU_ON_SECOND_HOST });
     defer(() => void cache.close());
 

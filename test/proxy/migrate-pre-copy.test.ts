@@ -1,30 +1,19 @@
-import { existsSync, readFileSync, writeFileSync } from 'node:fs';
+import { existsSync, writeFileSync } from 'node:fs';
 import { expect, it } from 'vitest';
 import { ImageCache, type CacheEvent } from '../../proxy/image-cache.js';
 import { migratePreCopy } from '../../proxy/image-proxy.js';
 import { describeOnHost } from '../support/host.js';
 import { hostInfo } from '../support/link-hosts.js';
 import { useMigrationScenes } from '../support/migration-scene.js';
-import { REPO } from '../support/paths.js';
+import { CRIU_ON_SECOND_HOST, holdRestoredProcesses } from '../support/second-host.js';
 import { realtimeNs, reportFrom } from '../support/workload.js';
-
-const CRIU_ON_SECOND_HOST = `${REPO}/test/support/criu-in-pid-namespace.sh`;
 
 describeOnHost('haul pre-copy migration of a running process, source held until the destination confirms', ['root', 'criu', 'workload'], () => {
   const scenes = useMigrationScenes();
 
   it('restores it on the destination and only then ends the source', async () => {
     const { destination, workload, defer, before } = await scenes.start('migrate', 64);
-    const holders = `${destination}/holders`;
-    writeFileSync(holders, '');
-    process.env['HAUL_TEST_HOLDERS'] = holders;
-    defer(() => {
-      for (const pid of readFileSync(holders, 'utf8').split('\n').filter(Boolean)) {
-        try {
-          process.kill(Number(pid), 'SIGKILL');
-        } catch {}
-      }
-    });
+    holdRestoredProcesses(destination, defer);
     const events: CacheEvent[] = [];
     const cache = await ImageCache.start({ address: '127.0.0.1', port: 0, dir: `${destination}/cache`, insecure: true, host: hostInfo('destination'), criuBinary: CRIU_ON_SECOND_HOST, onEvent: (e) => events.push(e) });
     defer(() => void cache.close());
@@ -50,7 +39,7 @@ describeOnHost('haul pre-copy migration of a running process, source held until 
 
     const frozenAt = realtimeNs();
     await expect(migratePreCopy({ pid: workload.pid, to: `ws://127.0.0.1:${cache.port}`, insecure: true, host: hostInfo('source') })).rejects.toThrow(
-      /failed, the source process keeps running: the destination could not restore: criu restore failed \(1\).*simulated restore failure/s,
+      /pre-copy migration of \d+ failed, the source process keeps running: the destination could not restore: criu restore failed \(1\).*simulated restore failure/s,
     );
     await expectContinued(frozenAt);
   }, 120_000);
@@ -65,7 +54,7 @@ describeOnHost('haul pre-copy migration of a running process, source held until 
     defer(() => void cache.close());
     const frozenAt = realtimeNs();
     await expect(migratePreCopy({ pid: workload.pid, to: `ws://127.0.0.1:${cache.port}`, insecure: true, host: hostInfo('source'), resumeWindowMs: 500 })).rejects.toThrow(
-      /failed, the source process keeps running: the peer aborted: the listener is shutting down/,
+      /pre-copy migration of \d+ failed, the source process keeps running: the peer aborted: the listener is shutting down/,
     );
     await expectContinued(frozenAt);
   }, 120_000);
