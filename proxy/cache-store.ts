@@ -7,6 +7,7 @@ import { receiveControl } from '../src/link/control-channel.js';
 import { ChannelKind } from '../src/link/frame.js';
 import type { Control, ImagesComplete } from '../src/link/messages.js';
 import type { LinkSession } from '../src/link/session.js';
+import { LAZY_PUSH_CHANNEL } from './lazy-wire.js';
 import { readPageRecords, targetOfPageChannel } from './page-stream.js';
 
 /**
@@ -38,6 +39,7 @@ export class CacheStore {
   private async take(channel: IncomingChannel): Promise<void> {
     switch (channel.kind) {
       case ChannelKind.PAGES: {
+        if (channel.name === LAZY_PUSH_CHANNEL) return; // lazy pages pushed ahead: the image-cache's
         const target = targetOfPageChannel(channel.name);
         const writer = await PagemapWriter.create(this.dir, target, this.nextPagesId++);
         try {

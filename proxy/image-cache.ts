@@ -12,7 +12,7 @@ import { startCriu } from '../src/criu/run/criu-process.js';
 import { criuVersion, headerLayoutFor } from '../src/criu/run/criu-version.js';
 import { CacheStore } from './cache-store.js';
 import { LazyPageStore } from './lazy-page-store.js';
-import { readPages } from './lazy-wire.js';
+import { LAZY_PUSH_CHANNEL, readPages } from './lazy-wire.js';
 
 export interface CacheOptions extends EndpointOptions {
   readonly address: string;
@@ -60,15 +60,14 @@ export class ImageCache {
     const store = new CacheStore(session, dir);
     const answer = session.openChannel(ChannelKind.CONTROL, 'restore-result');
     const lazyPages = await LazyPageStore.create(join(dir, 'lazy-pages.bin'), session.openChannel(ChannelKind.LAZY_REQUESTS, 'lazy-requests').writable);
-    const pushed = new Promise<void>((resolve, reject) =>
-      session.on('channel', (channel) => {
-        if (channel.kind !== ChannelKind.LAZY_ANSWERS) return;
-        void (async () => {
-          for await (const { run, pages } of readPages(channel.readable)) await lazyPages.add(run, pages!);
-        })().then(resolve, reject);
-      }),
-    );
-    pushed.catch(() => {});
+    // lazy pages arrive on two channels: answers to the destination's faults, and the rest pushed
+    session.on('channel', (channel) => {
+      const lazy = channel.kind === ChannelKind.LAZY_ANSWERS || (channel.kind === ChannelKind.PAGES && channel.name === LAZY_PUSH_CHANNEL);
+      if (!lazy) return;
+      void (async () => {
+        for await (const { run, pages } of readPages(channel.readable)) await lazyPages.add(run, pages!);
+      })().catch((error: Error) => session.isOpen && session.abort(`bad lazy pages from the source: ${error.message}`));
+    });
     const restoreBinary = this.options.criuBinary ? { binary: this.options.criuBinary } : {};
     try {
       await store.complete;

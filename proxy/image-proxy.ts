@@ -1,4 +1,5 @@
 import { mkdir, mkdtemp, readdir, rm } from 'node:fs/promises';
+import { once } from 'node:events';
 import { connect, type Socket } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -18,7 +19,7 @@ import { ChannelKind } from '../src/link/frame.js';
 import type { RestoreResult } from '../src/link/messages.js';
 import type { LinkSession } from '../src/link/session.js';
 import { sendImageFiles } from './images-to-link.js';
-import { readPageRequests, writePages, type PageRun } from './lazy-wire.js';
+import { LAZY_PUSH_CHANNEL, readPageRequests, writePages, type PageRun } from './lazy-wire.js';
 import { LinkPagemapSink } from './pages-to-link.js';
 
 export interface MigrateOptions extends EndpointOptions {
@@ -52,6 +53,18 @@ async function startMigration(options: MigrateOptions, mode: 'pre-copy' | 'lazy'
   let linkFailure: Error | undefined;
   session.once('aborted', (error) => (linkFailure = error));
   const reports = destinationReports(session);
+  // the destination opens its channels as soon as the session exists: listen before any await
+  const faults: PageRun[] = [];
+  let wakeForFault: (() => void) | undefined;
+  session.on('channel', (channel) => {
+    if (channel.kind !== ChannelKind.LAZY_REQUESTS) return;
+    void (async () => {
+      for await (const { run } of readPageRequests(channel.readable as Readable)) {
+        faults.push(run);
+        wakeForFault?.();
+      }
+    })().catch(() => {});
+  });
   const gate = await PostDumpGate.create(workDir);
   const control = session.openChannel(ChannelKind.CONTROL, 'migration');
   await sendControl(control.writable, { migration_start: { mode, pid: options.pid, criu_version: `${version.major}.${version.minor}.${version.patch}` } });
@@ -65,6 +78,10 @@ async function startMigration(options: MigrateOptions, mode: 'pre-copy' | 'lazy'
     reports,
     gate,
     control,
+    /** Page faults the destination asks the source to serve (lazy mode), oldest first. */
+    faults,
+    /** Resolves the next time a fault arrives. */
+    nextFault: (): Promise<void> => new Promise<void>((resolve) => (wakeForFault = resolve)),
     criu: options.criuBinary ? { binary: options.criuBinary } : {},
     /** The error to report: the link's reason when it failed first, CRIU's errors being only its echo. */
     failure(error: unknown): Error {
@@ -169,8 +186,9 @@ async function lazyRuns(imagesDir: string): Promise<PageRun[]> {
   return runs;
 }
 
-/** Pages pushed ahead per request to CRIU's page server. */
-const PUSH_PAGES = 256;
+/** Pages pushed ahead per request to CRIU's page server, and requests out at once. */
+const PUSH_PAGES = 128;
+const PIPELINE = 2;
 
 /**
  * Lazy (post-copy) migration: the destination restores from the small images at once, and the
@@ -180,18 +198,7 @@ const PUSH_PAGES = 256;
  * success, so on any failure haul ends it with a bad header instead, and CRIU resumes the source.
  */
 export async function migrateLazy(options: MigrateOptions): Promise<MigrationSummary & { readonly lazyPages: number }> {
-  const { progress, layout, workDir, imagesDir, session, reports, gate, control, criu, failure, cleanUp } = await startMigration(options, 'lazy');
-  const faults: PageRun[] = [];
-  let wakePump: (() => void) | undefined;
-  session.on('channel', (channel) => {
-    if (channel.kind !== ChannelKind.LAZY_REQUESTS) return;
-    void (async () => {
-      for await (const { run } of readPageRequests(channel.readable as Readable)) {
-        faults.push(run);
-        wakePump?.();
-      }
-    })().catch(() => {});
-  });
+  const { progress, layout, workDir, imagesDir, session, reports, gate, control, faults, nextFault, criu, failure, cleanUp } = await startMigration(options, 'lazy');
   const probe = await acceptOne('127.0.0.1', 0);
   const port = probe.port; // CRIU's lazy page server takes it
   probe.close();
@@ -220,31 +227,59 @@ export async function migrateLazy(options: MigrateOptions): Promise<MigrationSum
     pageServer = connect(port, '127.0.0.1');
     await new Promise((resolve, reject) => pageServer!.once('connect', resolve).once('error', reject));
     const client = new LazyPagesClient(pageServer, layout);
-    const answers = session.openChannel(ChannelKind.LAZY_ANSWERS, 'lazy-pages');
+    const answers = session.openChannel(ChannelKind.LAZY_ANSWERS, 'lazy-answers');
+    const pushes = session.openChannel(ChannelKind.PAGES, LAZY_PUSH_CHANNEL);
     const fetched = new Set<string>();
     const key = (pid: number, vaddr: bigint): string => `${pid}:${vaddr / BigInt(PAGE_SIZE)}`;
     const total = runs.reduce((sum, run) => sum + run.nrPages, 0);
     let background = 0;
     progress(`restoring on the destination; ${total} pages to follow`);
-    while (pulled < total) {
+    // Pipelined: up to PIPELINE requests are out at CRIU's page server at once; answers come back
+    // in order. A fault goes out ahead of every background request not yet sent.
+    const inFlight: Array<{ run: PageRun; fault: boolean; answer: Promise<{ nrPages: number; pages: AsyncIterable<Buffer> }> }> = [];
+    const asked = (pid: number, vaddr: bigint): boolean => fetched.has(key(pid, vaddr));
+    const nextRun = (): (PageRun & { fault: boolean }) | undefined => {
       let run = faults.shift();
-      while (run && fetched.has(key(run.pid, run.vaddr))) run = faults.shift();
+      while (run && asked(run.pid, run.vaddr)) run = faults.shift();
+      const fault = run !== undefined;
+      // background pages wait while the push channel is full, so faults never queue behind them
+      if (!run && pushes.writable.writableNeedDrain) return undefined;
       if (!run) {
-        while (background < runs.length && fetched.has(key(runs[background]!.pid, runs[background]!.vaddr))) background++;
+        while (background < runs.length && asked(runs[background]!.pid, runs[background]!.vaddr)) background++;
         run = runs[background];
       }
-      if (!run) {
-        await new Promise<void>((resolve) => (wakePump = resolve));
+      if (!run) return undefined;
+      // ask only for pages not asked for yet, from the first one on, and count them asked now
+      let count = 0;
+      while (count < run.nrPages && !asked(run.pid, run.vaddr + BigInt(count * PAGE_SIZE))) count++;
+      for (let i = 0; i < count; i++) fetched.add(key(run.pid, run.vaddr + BigInt(i * PAGE_SIZE)));
+      return { pid: run.pid, vaddr: run.vaddr, nrPages: count, fault };
+    };
+    while (pulled < total) {
+      while (inFlight.length < PIPELINE) {
+        const run = nextRun();
+        if (!run) break;
+        inFlight.push({ run, fault: run.fault, answer: client.get(run.pid, run.vaddr, run.nrPages) });
+      }
+      const oldest = inFlight.shift();
+      if (!oldest) {
+        await Promise.race([nextFault(), ...(pushes.writable.writableNeedDrain ? [once(pushes.writable, 'drain')] : [])]);
         continue;
       }
-      // ask only for the pages not asked for yet, from the first one on
-      let count = 0;
-      while (count < run.nrPages && !fetched.has(key(run.pid, run.vaddr + BigInt(count * PAGE_SIZE)))) count++;
-      const answer = await client.get(run.pid, run.vaddr, count);
-      for (let i = 0; i < answer.nrPages; i++) fetched.add(key(run.pid, run.vaddr + BigInt(i * PAGE_SIZE)));
+      const answer = await oldest.answer;
+      if (answer.nrPages !== oldest.run.nrPages) {
+        // a short answer: the rest of that run is asked for again later
+        for (let i = answer.nrPages; i < oldest.run.nrPages; i++) fetched.delete(key(oldest.run.pid, oldest.run.vaddr + BigInt(i * PAGE_SIZE)));
+        background = 0;
+      }
       pulled += answer.nrPages;
-      await writePages(answers.writable, { pid: run.pid, vaddr: run.vaddr, nrPages: answer.nrPages }, answer.pages);
+      const run = { pid: oldest.run.pid, vaddr: oldest.run.vaddr, nrPages: answer.nrPages };
+      if (oldest.fault) await writePages(answers.writable, run, answer.pages);
+      // pushed pages are taken off CRIU's socket at once (the next answer is behind them) and left
+      // to the link; no more are asked for until the push channel drains
+      else await writePages(pushes.writable, run, answer.pages, { waitForDrain: false });
     }
+    pushes.writable.end();
     answers.writable.end();
     const result = await reports.restore;
     if (!result.ok) throw new Error(`the destination could not restore: ${result.error}`);

@@ -64,11 +64,15 @@ export class LazyPageStore implements PageSource {
       offsets.push(offset);
     }
     const file = this.file;
+    // pages pushed in one run sit next to each other in the file: read each such stretch at once
     async function* pages(): AsyncGenerator<Buffer, void, undefined> {
-      for (const offset of offsets) {
-        const bytes = Buffer.allocUnsafe(PAGE_SIZE);
-        await file.read(bytes, 0, PAGE_SIZE, offset);
+      for (let i = 0; i < offsets.length; ) {
+        let run = 1;
+        while (i + run < offsets.length && offsets[i + run] === offsets[i]! + run * PAGE_SIZE) run++;
+        const bytes = Buffer.allocUnsafe(run * PAGE_SIZE);
+        await file.read(bytes, 0, bytes.length, offsets[i]!);
         yield bytes;
+        i += run;
       }
     }
     return { nrPages: offsets.length, pages: pages() };

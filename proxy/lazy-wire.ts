@@ -3,10 +3,12 @@ import { PAGE_SIZE } from '../src/criu/page-server/protocol.js';
 import { StreamReader } from '../src/streams/stream-reader.js';
 
 /**
- * Lazy mode on the link. The cache asks for pages on a LAZY_REQUESTS channel and the proxy sends
- * pages, asked for or pushed ahead, on a LAZY_ANSWERS channel. Both use the same 16-byte record,
- * `{u32 pid, u32 nr_pages, u64 vaddr}` little-endian; on the answers channel the pages follow it.
+ * Lazy mode on the link. The cache asks for pages on a LAZY_REQUESTS channel; the proxy sends the
+ * pages asked for on a LAZY_ANSWERS channel, which the link sends ahead of bulk traffic, and every
+ * other page on a PAGES channel named LAZY_PUSH_CHANNEL, behind them. All use the same 16-byte
+ * record, `{u32 pid, u32 nr_pages, u64 vaddr}` little-endian; where pages travel, they follow it.
  */
+export const LAZY_PUSH_CHANNEL = 'lazy-push';
 const RECORD_SIZE = 16;
 
 export interface PageRun {
@@ -31,9 +33,11 @@ export async function writePageRequest(channel: Writable, run: PageRun): Promise
   await write(channel, record(run));
 }
 
-export async function writePages(channel: Writable, run: PageRun, pages: AsyncIterable<Buffer>): Promise<void> {
-  await write(channel, record(run));
-  for await (const chunk of pages) await write(channel, chunk);
+/** Writes a run and its pages; with waitForDrain false the caller bounds what it buffers. */
+export async function writePages(channel: Writable, run: PageRun, pages: AsyncIterable<Buffer>, options = { waitForDrain: true }): Promise<void> {
+  const put = options.waitForDrain ? (bytes: Buffer) => write(channel, bytes) : (bytes: Buffer) => void channel.write(bytes);
+  await put(record(run));
+  for await (const chunk of pages) await put(chunk);
 }
 
 async function* records(channel: Readable, withPages: boolean): AsyncGenerator<{ run: PageRun; pages?: Buffer }, void, undefined> {
