@@ -29,6 +29,10 @@ export class LinkAbortedError extends Error {
 }
 
 interface SessionEvents {
+  /**
+   * A channel the peer opened. It is announced once, when its OPEN arrives, which can be right after
+   * the handshake: listen before awaiting anything once the session exists.
+   */
   channel: [IncomingChannel];
   aborted: [LinkAbortedError];
   closed: [];
