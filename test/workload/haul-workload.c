@@ -29,6 +29,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <linux/close_range.h>
 #include <sys/mman.h>
 #include <sys/stat.h>
 #include <sys/wait.h>
@@ -207,7 +208,12 @@ static int start(const struct options *o) {
         if (chdir("/") < 0) die("chdir");
         int null = open("/dev/null", O_RDWR);
         if (null >= 0) { dup2(null, 0); dup2(null, 1); dup2(null, 2); if (null > 2) close(null); }
-        run(o, ready[1]);
+        /* whatever else the starter had open (a shell's fds, files of another mount namespace)
+         * must not be checkpointed with the workload */
+        int keep = ready[1];
+        if (keep > 3) close_range(3, keep - 1, 0);
+        close_range(keep + 1, ~0U, 0);
+        run(o, keep);
     }
     close(ready[1]);
     char buf[8] = "";
