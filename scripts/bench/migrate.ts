@@ -13,6 +13,7 @@ import { migrateLazy, migratePreCopy } from '../../proxy/image-proxy.js';
 import { acceptOne } from '../../src/criu/page-server/connection.js';
 import { runCriu, startCriu } from '../../src/criu/run/criu-process.js';
 import type { HostInfo } from '../../src/link/messages.js';
+import { realtimeNs, reportFrom, type WorkloadReport } from '../../test/support/workload.js';
 
 const WORKLOAD = '/usr/local/bin/haul-workload';
 const REPO = fileURLToPath(new URL('../../..', import.meta.url));
@@ -20,13 +21,7 @@ const CRIU_ON_SECOND_HOST = join(REPO, 'test/support/criu-in-pid-namespace.sh');
 const host = (role: string): HostInfo => ({ criu_version: '4.1.1', page_size: 4096, architecture: process.arch, capabilities: [], haul_version: '0.1.0', role });
 const progress = (line: string): void => void process.stderr.write(`[migrate] ${line}\n`);
 
-interface Report { pid: number; checksum: string; maxGapNs: number }
-function report(dir: string, since: bigint): Report {
-  const text = execFileSync(WORKLOAD, ['report', '--dir', dir, '--since', since.toString()], { encoding: 'utf8' });
-  const field = (name: string): string => new RegExp(`^${name} (\\S+)$`, 'm').exec(text)?.[1] ?? '';
-  return { pid: Number(field('pid')), checksum: field('checksum'), maxGapNs: Number(field('max_gap_ns')) };
-}
-const realtimeNs = (): bigint => BigInt(Date.now()) * 1_000_000n;
+const gapMs = (report: WorkloadReport): number => Math.round(Number(report.maxGapNs) / 1e6);
 function killHolders(file: string): void {
   for (const pid of readFileSync(file, 'utf8').split('\n').filter(Boolean)) {
     try {
@@ -41,7 +36,7 @@ async function criuAlone(work: string, mib: number) {
   mkdirSync(source, { recursive: true });
   mkdirSync(destination, { recursive: true });
   const pid = Number(execFileSync(WORKLOAD, ['start', '--dir', join(work, 'w'), '--mib', String(mib)], { encoding: 'utf8' }));
-  const before = report(join(work, 'w'), 0n);
+  const before = await reportFrom(join(work, 'w'));
   const listener = await acceptOne('127.0.0.1', 0);
   const port = listener.port;
   listener.close(); // criu page-server takes the port
@@ -57,9 +52,9 @@ async function criuAlone(work: string, mib: number) {
   process.env['HAUL_TEST_HOLDERS'] = join(work, 'holders');
   execFileSync(CRIU_ON_SECOND_HOST, ['restore', '-D', destination, '-d', '-o', join(work, 'restore.log')]);
   const total = Date.now() - started;
-  const after = report(join(work, 'w'), since);
+  const after = await reportFrom(join(work, 'w'), since);
   killHolders(join(work, 'holders'));
-  return { totalMs: total, dumpMs: dumped - started, downtimeMs: Math.round(after.maxGapNs / 1e6), intact: after.checksum === before.checksum && after.pid === before.pid };
+  return { totalMs: total, dumpMs: dumped - started, downtimeMs: gapMs(after), intact: after.checksum === before.checksum && after.pid === before.pid };
 }
 
 function readdirFiles(dir: string): string[] {
@@ -72,16 +67,16 @@ async function haul(work: string, mib: number, lazy: boolean) {
   process.env['HAUL_TEST_HOLDERS'] = join(work, 'holders');
   const cache = await ImageCache.start({ address: '127.0.0.1', port: 0, dir: join(work, 'cache'), insecure: true, host: host('destination'), criuBinary: CRIU_ON_SECOND_HOST });
   const pid = Number(execFileSync(WORKLOAD, ['start', '--dir', join(work, 'w'), '--mib', String(mib)], { encoding: 'utf8' }));
-  const before = report(join(work, 'w'), 0n);
+  const before = await reportFrom(join(work, 'w'));
   const since = realtimeNs();
   const started = Date.now();
   const migrate = lazy ? migrateLazy : migratePreCopy;
   const summary = await migrate({ pid, to: `ws://127.0.0.1:${cache.port}`, insecure: true, host: host('source'), workDir: join(work, 'source') });
   const total = Date.now() - started;
-  const after = report(join(work, 'w'), since);
+  const after = await reportFrom(join(work, 'w'), since);
   await cache.close();
   killHolders(join(work, 'holders'));
-  return { totalMs: total, dumpMs: summary.dumpMs, downtimeMs: Math.round(after.maxGapNs / 1e6), intact: after.checksum === before.checksum };
+  return { totalMs: total, dumpMs: summary.dumpMs, downtimeMs: gapMs(after), intact: after.checksum === before.checksum };
 }
 
 async function main(): Promise<void> {
