@@ -89,7 +89,6 @@ export class ImageCache {
           await served;
           await sendControl(answer.writable, { lazy_complete: { pages: BigInt(lazyPages.received) } });
           answer.writable.end();
-          await lazyPages.close();
         };
       }
       const pid = Number((await readFile(pidFile, 'utf8')).trim());
@@ -107,6 +106,8 @@ export class ImageCache {
         await sendControl(answer.writable, { restore_result: { ok: false, error: reason, pid: 0 } }).catch(() => {});
         answer.writable.end();
       }
+    } finally {
+      await lazyPages.close().catch(() => {});
     }
   }
 

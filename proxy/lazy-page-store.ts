@@ -17,6 +17,7 @@ export class LazyPageStore implements PageSource {
   private readonly waiting = new Map<string, Array<() => void>>();
   private readonly asked = new Set<string>();
   private end = 0;
+  private closed = false;
   received = 0;
 
   private constructor(
@@ -32,11 +33,17 @@ export class LazyPageStore implements PageSource {
     return `${pid}:${vaddr / page}`;
   }
 
-  /** Pages from the proxy. */
+  /** Pages from the proxy; once the migration is over (closed), late ones are dropped. */
   async add(run: PageRun, pages: Buffer): Promise<void> {
+    if (this.closed) return;
     const offset = this.end;
     this.end += pages.length;
-    await this.file.write(pages, 0, pages.length, offset);
+    try {
+      await this.file.write(pages, 0, pages.length, offset);
+    } catch (error) {
+      if (this.closed) return; // closed while writing: the migration ended meanwhile
+      throw error;
+    }
     for (let i = 0; i < run.nrPages; i++) {
       const key = this.key(run.pid, run.vaddr + BigInt(i) * page);
       if (this.where.has(key)) continue;
@@ -79,6 +86,8 @@ export class LazyPageStore implements PageSource {
   }
 
   async close(): Promise<void> {
+    if (this.closed) return;
+    this.closed = true;
     await this.file.close();
   }
 }
