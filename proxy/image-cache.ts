@@ -82,8 +82,15 @@ export class ImageCache {
         const served = server.connection.then(async (socket) => serveLazyPages(socket, headerLayoutFor(await criuVersion()), lazyPages));
         served.catch(() => {});
         const daemon = startCriu('lazy-pages', ['--page-server', '--address', '127.0.0.1', '--port', String(server.port), '-D', dir], { logFile: join(dir, 'lazy-pages.log'), statusFd: true, cwd: dir });
-        await daemon.ready;
-        await runCriu('restore', ['--lazy-pages', '-D', dir, '-d', '--pidfile', pidFile], { logFile: join(dir, 'restore.log'), cwd: dir, ...restoreBinary });
+        try {
+          await daemon.ready;
+          await runCriu('restore', ['--lazy-pages', '-D', dir, '-d', '--pidfile', pidFile], { logFile: join(dir, 'restore.log'), cwd: dir, ...restoreBinary });
+        } catch (error) {
+          // no restore will ever connect to it: the lazy-pages daemon would wait forever
+          daemon.child.kill('SIGKILL');
+          server.close();
+          throw error;
+        }
         afterRestore = async () => {
           await daemon.exited;
           await served;
