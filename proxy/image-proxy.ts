@@ -42,6 +42,24 @@ export interface MigrationSummary {
   readonly restoredPid: number;
 }
 
+/**
+ * Reports a page count now and then while pages move: how many, how much, how fast. Returns the
+ * function that stops it.
+ */
+function reportPages(progress: (line: string) => void, what: string, count: () => number): () => void {
+  const started = Date.now();
+  const timer = setInterval(() => {
+    const pages = count();
+    const mib = (pages * PAGE_SIZE) / (1024 * 1024);
+    const seconds = (Date.now() - started) / 1000;
+    progress(`${what}: ${pages} pages, ${mib.toFixed(1)} MiB, ${(mib / Math.max(seconds, 0.001)).toFixed(1)} MiB/s`);
+  }, PROGRESS_INTERVAL_MS);
+  timer.unref();
+  return () => clearInterval(timer);
+}
+
+const PROGRESS_INTERVAL_MS = 500;
+
 /** Everything both modes set up before CRIU runs. */
 async function startMigration(options: MigrateOptions, mode: 'pre-copy' | 'lazy') {
   const version = await criuVersion(options.criuBinary);
@@ -115,8 +133,9 @@ export async function migratePreCopy(options: MigrateOptions): Promise<Migration
     ['-t', String(options.pid), '-D', imagesDir, '--page-server', '--address', '127.0.0.1', '--port', String(pageServer.port), '--action-script', gate.scriptPath],
     { logFile: join(workDir, 'dump.log'), ...criu },
   );
+  const stopReporting = reportPages(progress, 'pages sent', () => pages.pagesSent);
   try {
-    await Promise.race([gate.reached, dump.exited.then(() => Promise.reject(new Error('criu dump ended before post-dump')))]);
+    await Promise.race([gate.reached, dump.exited.then(() => Promise.reject(new Error('criu dump ended before post-dump')))]).finally(stopReporting);
     const summary = await received;
     const dumped = Date.now();
     progress('sending images');
@@ -212,6 +231,7 @@ export async function migrateLazy(options: MigrateOptions): Promise<MigrationSum
   );
   let pageServer: Socket | undefined;
   let pulled = 0;
+  let stopReporting = (): void => {};
   try {
     await Promise.race([gate.reached, dump.exited.then(() => Promise.reject(new Error('criu dump ended before post-dump')))]);
     const dumped = Date.now();
@@ -234,6 +254,7 @@ export async function migrateLazy(options: MigrateOptions): Promise<MigrationSum
     const total = runs.reduce((sum, run) => sum + run.nrPages, 0);
     let background = 0;
     progress(`restoring on the destination; ${total} pages to follow`);
+    stopReporting = reportPages(progress, 'pages moved', () => pulled);
     // Pipelined: up to PIPELINE requests are out at CRIU's page server at once; answers come back
     // in order. A fault goes out ahead of every background request not yet sent.
     const inFlight: Array<{ run: PageRun; fault: boolean; answer: Promise<{ nrPages: number; pages: AsyncIterable<Buffer> }> }> = [];
@@ -279,6 +300,7 @@ export async function migrateLazy(options: MigrateOptions): Promise<MigrationSum
       // to the link; no more are asked for until the push channel drains
       else await writePages(pushes.writable, run, answer.pages, { waitForDrain: false });
     }
+    stopReporting();
     pushes.writable.end();
     answers.writable.end();
     const result = await reports.restore;
@@ -290,6 +312,7 @@ export async function migrateLazy(options: MigrateOptions): Promise<MigrationSum
     session.close();
     return { mode: 'lazy', pages: pulled, lazyPages: pulled, imageBytes: images.bytes, dumpMs: dumped - started, transferMs: sent - dumped, restoreMs: Date.now() - sent, restoredPid: result.pid };
   } catch (error) {
+    stopReporting();
     if (pageServer) {
       // a bad header fails CRIU's lazy page-server session, and CRIU resumes the source
       pageServer.end(Buffer.from([0xff]));

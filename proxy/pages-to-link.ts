@@ -16,6 +16,8 @@ export class LinkPagemapSink implements PagemapSink {
   private current: OutgoingChannel | undefined;
   private readonly ended: Promise<void>[] = [];
   pageStreams = 0;
+  /** Pages put on the link so far (PRESENT ones: those with data). */
+  pagesSent = 0;
 
   constructor(private readonly session: LinkSession) {}
 
@@ -27,6 +29,7 @@ export class LinkPagemapSink implements PagemapSink {
   async addEntry(entry: PagemapEntry, pages: AsyncIterable<Buffer> | undefined): Promise<void> {
     if (!this.current) throw new Error('pages before any pagemap was opened');
     await writePageRecord(this.current.writable, entry, pages);
+    if (pages) this.pagesSent += entry.nrPages;
   }
 
   async endPagemap(): Promise<void> {

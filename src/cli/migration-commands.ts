@@ -52,9 +52,19 @@ export function addMigrationCommands(program: Command, out: (line: string) => vo
     .action(async (pid: number, options: { to: string; lazy: boolean; insecure: boolean; json: boolean }, command: Command) => {
       const stateDir = (command.optsWithGlobals() as { stateDir: string }).stateDir;
       const url = `${options.insecure ? 'ws' : 'wss'}://${options.to}`;
-      const say = options.json ? () => {} : (stage: string) => process.stderr.write(`haul: ${stage}\n`);
+      // on a terminal, page counts overwrite each other on one line; elsewhere only stages are logged
+      const tty = process.stderr.isTTY;
+      const say = options.json
+        ? () => {}
+        : (line: string) => {
+            const counting = line.startsWith('pages ');
+            if (counting && !tty) return;
+            process.stderr.write(tty ? `\r\x1b[2Khaul: ${line}${counting ? '' : '\n'}` : `haul: ${line}\n`);
+          };
       const migrate = options.lazy ? migrateLazy : migratePreCopy;
-      const summary = await migrate({ ...(await endpoint(stateDir, options.insecure, 'source')), pid, to: url, onProgress: say });
+      const summary = await migrate({ ...(await endpoint(stateDir, options.insecure, 'source')), pid, to: url, onProgress: say }).finally(() => {
+        if (tty && !options.json) process.stderr.write('\r\x1b[2K'); // clear the last page count
+      });
       if (options.json) out(JSON.stringify({ ...summary, result: 'restored' }));
       else out(`migrated ${pid}: ${summary.pages} pages, dump ${summary.dumpMs} ms, images ${summary.transferMs} ms, restore ${summary.restoreMs} ms; pid ${summary.restoredPid} on the destination`);
     });
