@@ -1,6 +1,7 @@
 import { createWriteStream } from 'node:fs';
 import { basename, join } from 'node:path';
 import { pipeline } from 'node:stream/promises';
+import { FIRST_PAGES_ID } from '../src/criu/images/image-dir-sink.js';
 import { PagemapWriter } from '../src/criu/images/pagemap.js';
 import type { IncomingChannel } from '../src/link/channels.js';
 import { receiveControl } from '../src/link/control-channel.js';
@@ -17,7 +18,7 @@ import { readPageRecords, targetOfPageChannel } from './page-stream.js';
  * one of them has ended with a good digest; before that, nothing here may be restored.
  */
 export class CacheStore {
-  private nextPagesId = 0x10001;
+  private nextPagesId = FIRST_PAGES_ID;
   private endedFiles = 0;
   private endedPageStreams = 0;
   private announced: ImagesComplete | undefined;

@@ -1,4 +1,3 @@
-import { join } from 'node:path';
 import { Command, InvalidArgumentError } from 'commander';
 import { ImageCache } from '../../proxy/image-cache.js';
 import { migrateLazy, migratePreCopy } from '../../proxy/image-proxy.js';
@@ -6,8 +5,8 @@ import { criuVersion } from '../criu/run/criu-version.js';
 import type { EndpointOptions } from '../link/endpoint-options.js';
 import { loadOrCreateIdentity } from '../link/identity.js';
 import type { HostInfo } from '../link/messages.js';
-import { TrustStore } from '../link/trust-store.js';
 import { readPackageInfo } from './package-info.js';
+import { openTrustStore, stateDirOf } from './trust-commands.js';
 
 async function hostInfo(role: 'source' | 'destination'): Promise<HostInfo> {
   const version = await criuVersion();
@@ -24,7 +23,7 @@ async function hostInfo(role: 'source' | 'destination'): Promise<HostInfo> {
 async function endpoint(stateDir: string, insecure: boolean, role: 'source' | 'destination'): Promise<EndpointOptions> {
   const host = await hostInfo(role);
   if (insecure) return { insecure: true, host };
-  return { identity: await loadOrCreateIdentity(stateDir), trust: await TrustStore.open(join(stateDir, 'trust.json')), host };
+  return { identity: await loadOrCreateIdentity(stateDir), trust: await openTrustStore(stateDir), host };
 }
 
 function parsePid(value: string): number {
@@ -50,7 +49,7 @@ export function addMigrationCommands(program: Command, out: (line: string) => vo
     .option('--insecure', 'plain WebSocket, no TLS or authentication (loopback only)', false)
     .option('--json', 'print a JSON summary instead of progress', false)
     .action(async (pid: number, options: { to: string; lazy: boolean; insecure: boolean; json: boolean }, command: Command) => {
-      const stateDir = (command.optsWithGlobals() as { stateDir: string }).stateDir;
+      const stateDir = stateDirOf(command);
       const url = `${options.insecure ? 'ws' : 'wss'}://${options.to}`;
       // on a terminal, page counts overwrite each other on one line; elsewhere only stages are logged
       const tty = process.stderr.isTTY;
@@ -76,7 +75,7 @@ export function addMigrationCommands(program: Command, out: (line: string) => vo
     .requiredOption('--dir <dir>', 'where each migration\'s images are kept')
     .option('--insecure', 'plain WebSocket, no TLS or authentication (loopback only)', false)
     .action(async (options: { listen: { address: string; port: number }; dir: string; insecure: boolean }, command: Command) => {
-      const stateDir = (command.optsWithGlobals() as { stateDir: string }).stateDir;
+      const stateDir = stateDirOf(command);
       const cache = await ImageCache.start({
         ...(await endpoint(stateDir, options.insecure, 'destination')),
         ...options.listen,

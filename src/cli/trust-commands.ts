@@ -7,7 +7,11 @@ import { TrustStore } from '../link/trust-store.js';
 /** Where a host keeps its link identity and trust store, unless --state-dir says otherwise. */
 export const DEFAULT_STATE_DIR = process.env['HAUL_STATE_DIR'] ?? '/var/lib/haul';
 
-const stateDirOf = (command: Command): string => (command.optsWithGlobals() as { stateDir: string }).stateDir;
+/** The --state-dir a (sub)command runs with. */
+export const stateDirOf = (command: Command): string => (command.optsWithGlobals() as { stateDir: string }).stateDir;
+
+/** This host's trust store, kept in its state folder. */
+export const openTrustStore = (stateDir: string): Promise<TrustStore> => TrustStore.open(join(stateDir, 'trust.json'));
 
 async function fingerprintFrom(argument: string): Promise<string> {
   if (/^[0-9a-fA-F:]{64,95}$/.test(argument)) return argument;
@@ -37,7 +41,7 @@ export function addTrustCommands(program: Command, out: (line: string) => void):
     .argument('<name>', 'a name for the peer')
     .argument('<fingerprint-or-certificate>')
     .action(async (name: string, what: string, _options, command: Command) => {
-      const store = await TrustStore.open(join(stateDirOf(command), 'trust.json'));
+      const store = await openTrustStore(stateDirOf(command));
       const peer = await store.add(name, await fingerprintFrom(what));
       out(`trusted ${peer.name} ${peer.fingerprint}`);
     });
@@ -45,7 +49,7 @@ export function addTrustCommands(program: Command, out: (line: string) => void):
     .command('list')
     .description('list trusted peers')
     .action(async (_options, command: Command) => {
-      const store = await TrustStore.open(join(stateDirOf(command), 'trust.json'));
+      const store = await openTrustStore(stateDirOf(command));
       const peers = store.list();
       if (peers.length === 0) out('no trusted peers');
       for (const peer of peers) out(`${peer.name}\t${peer.fingerprint}\t${peer.added}`);
@@ -55,7 +59,7 @@ export function addTrustCommands(program: Command, out: (line: string) => void):
     .description('stop trusting a peer, by name or fingerprint')
     .argument('<name-or-fingerprint>')
     .action(async (which: string, _options, command: Command) => {
-      const store = await TrustStore.open(join(stateDirOf(command), 'trust.json'));
+      const store = await openTrustStore(stateDirOf(command));
       if (!(await store.remove(which))) throw new Error(`no trusted peer named ${which}`);
       out(`removed ${which}`);
     });
