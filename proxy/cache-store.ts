@@ -26,6 +26,8 @@ export class CacheStore {
   /** Resolves when the image set is complete; rejects on the first stream that failed. */
   readonly complete: Promise<void>;
   readonly control: Control[] = [];
+  private readonly controlWaiters: Array<() => void> = [];
+  private failure: Error | undefined;
 
   constructor(
     session: LinkSession,
@@ -34,7 +36,25 @@ export class CacheStore {
     this.complete = new Promise((resolve, reject) => (this.settle = { resolve, reject }));
     this.complete.catch(() => {});
     session.on('channel', (channel) => void this.take(channel).catch((error: Error) => this.settle.reject(error)));
-    session.once('aborted', (error) => this.settle.reject(error));
+    session.once('aborted', (error) => {
+      this.failure = error;
+      this.settle.reject(error);
+      this.controlWaiters.splice(0).forEach((wake) => wake());
+    });
+    session.once('closed', () => {
+      this.failure ??= new Error('the source closed the link');
+      this.controlWaiters.splice(0).forEach((wake) => wake());
+    });
+  }
+
+  /** The first control message from the source that carries `field`; rejects if the link fails first. */
+  async controlWith<K extends keyof Control>(field: K): Promise<NonNullable<Control[K]>> {
+    for (;;) {
+      const found = this.control.find((message) => message[field]);
+      if (found) return found[field]!;
+      if (this.failure) throw this.failure;
+      await new Promise<void>((resolve) => this.controlWaiters.push(resolve));
+    }
   }
 
   private async take(channel: IncomingChannel): Promise<void> {
@@ -61,6 +81,7 @@ export class CacheStore {
       case ChannelKind.CONTROL:
         for await (const message of receiveControl(channel.readable)) {
           this.control.push(message);
+          this.controlWaiters.splice(0).forEach((wake) => wake());
           if (message.images_complete) {
             this.announced = message.images_complete;
             this.check();

@@ -1,4 +1,4 @@
-import { mkdir, readFile } from 'node:fs/promises';
+import { mkdir } from 'node:fs/promises';
 import { join } from 'node:path';
 import { runCriu } from '../src/criu/run/criu-process.js';
 import { sendControl } from '../src/link/control-channel.js';
@@ -9,6 +9,7 @@ import type { LinkSession } from '../src/link/session.js';
 import { acceptOne } from '../src/criu/page-server/connection.js';
 import { serveLazyPages } from '../src/criu/page-server/lazy-pages-server.js';
 import { startCriu } from '../src/criu/run/criu-process.js';
+import { RestoredTree } from '../src/criu/run/restored-tree.js';
 import { criuVersion, headerLayoutFor } from '../src/criu/run/criu-version.js';
 import { CacheStore } from './cache-store.js';
 import { LazyPageStore } from './lazy-page-store.js';
@@ -26,7 +27,9 @@ export interface CacheOptions extends EndpointOptions {
 export type CacheEvent =
   | { readonly kind: 'migration'; readonly id: string; readonly dir: string }
   | { readonly kind: 'restored'; readonly id: string; readonly pid: number }
-  | { readonly kind: 'failed'; readonly id: string; readonly error: string };
+  | { readonly kind: 'failed'; readonly id: string; readonly error: string }
+  /** The link failed between reporting the restore and the source's commit: the tree is kept stopped. */
+  | { readonly kind: 'in-doubt'; readonly id: string; readonly pid: number; readonly error: string };
 
 /**
  * The image-cache on the destination: takes each migration's images and pages as they arrive,
@@ -69,47 +72,73 @@ export class ImageCache {
       })().catch((error: Error) => session.isOpen && session.abort(`bad lazy pages from the source: ${error.message}`));
     });
     const restoreBinary = this.options.criuBinary ? { binary: this.options.criuBinary } : {};
+    const pidFile = join(dir, 'restored.pid');
+    let tree: RestoredTree | undefined;
+    let reported = false;
     try {
       await store.complete;
       const lazy = store.control.some((message) => message.migration_start?.mode === 'lazy');
-      const pidFile = join(dir, 'restored.pid');
-      let afterRestore: (() => Promise<void>) | undefined;
       if (!lazy) {
-        await runCriu('restore', ['-D', dir, '-d', '--pidfile', pidFile], { logFile: join(dir, 'restore.log'), ...restoreBinary });
-      } else {
-        // the restore starts before the memory is here: criu lazy-pages asks haul, haul asks the source
-        const server = await acceptOne('127.0.0.1', 0);
-        const served = server.connection.then(async (socket) => serveLazyPages(socket, headerLayoutFor(await criuVersion()), lazyPages));
-        served.catch(() => {});
-        const daemon = startCriu('lazy-pages', ['--page-server', '--address', '127.0.0.1', '--port', String(server.port), '-D', dir], { logFile: join(dir, 'lazy-pages.log'), statusFd: true, cwd: dir });
+        // held stopped until the source says its own copy has ended: never two running copies
+        await runCriu('restore', ['-D', dir, '-d', '--leave-stopped', '--pidfile', pidFile], { logFile: join(dir, 'restore.log'), ...restoreBinary });
+        tree = await RestoredTree.fromPidFile(pidFile);
+        if (!session.isOpen) throw new Error('the link to the source failed during the restore');
+        await sendControl(answer.writable, { restore_result: { ok: true, error: '', pid: tree.pid } });
         try {
-          await daemon.ready;
-          await runCriu('restore', ['--lazy-pages', '-D', dir, '-d', '--pidfile', pidFile], { logFile: join(dir, 'restore.log'), cwd: dir, ...restoreBinary });
+          await store.controlWith('commit');
         } catch (error) {
-          // no restore will ever connect to it: the lazy-pages daemon would wait forever
-          daemon.child.kill('SIGKILL');
-          server.close();
-          throw error;
+          // the source may have ended its copy on our report, or resumed without it: keep this one
+          // stopped, so that neither two copies run nor the last one is lost, and say so
+          const reason = `the link failed after the restore was reported, before the source confirmed it ended its copy (${error instanceof Error ? error.message : String(error)}); pid ${tree.pid} is kept stopped: if the source process is gone, run it with kill -CONT, else kill it`;
+          this.options.onEvent?.({ kind: 'in-doubt', id, pid: tree.pid, error: reason });
+          return;
         }
-        afterRestore = async () => {
-          await daemon.exited;
-          await served;
-          await sendControl(answer.writable, { lazy_complete: { pages: BigInt(lazyPages.received) } });
-          answer.writable.end();
-        };
-      }
-      const pid = Number((await readFile(pidFile, 'utf8')).trim());
-      await sendControl(answer.writable, { restore_result: { ok: true, error: '', pid } });
-      this.options.onEvent?.({ kind: 'restored', id, pid });
-      if (afterRestore) {
-        await afterRestore().catch((error: Error) => session.isOpen && session.abort(`lazy pages could not all be delivered: ${error.message}`));
-      } else {
+        await tree.resume();
+        this.options.onEvent?.({ kind: 'restored', id, pid: tree.pid });
         answer.writable.end();
+        return;
       }
+      // lazy: the restore starts before the memory is here; criu lazy-pages asks haul, haul asks the source
+      const server = await acceptOne('127.0.0.1', 0);
+      const served = server.connection.then(async (socket) => serveLazyPages(socket, headerLayoutFor(await criuVersion()), lazyPages));
+      served.catch(() => {});
+      const daemon = startCriu('lazy-pages', ['--page-server', '--address', '127.0.0.1', '--port', String(server.port), '-D', dir], { logFile: join(dir, 'lazy-pages.log'), statusFd: true, cwd: dir });
+      try {
+        await daemon.ready;
+        await runCriu('restore', ['--lazy-pages', '-D', dir, '-d', '--pidfile', pidFile], { logFile: join(dir, 'restore.log'), cwd: dir, ...restoreBinary });
+        tree = await RestoredTree.fromPidFile(pidFile);
+      } catch (error) {
+        // no restore will ever connect to it: the lazy-pages daemon would wait forever
+        daemon.child.kill('SIGKILL');
+        server.close();
+        throw error;
+      }
+      // the restored tree runs on pages still at the source: if the source is lost, so is it (the
+      // source resumes instead), and it must end before a missing page could read as zeroes
+      const restored = tree;
+      const lost = (error: Error): void => {
+        void restored.kill();
+        lazyPages.fail(error);
+        daemon.child.kill('SIGKILL');
+      };
+      session.once('aborted', lost);
+      if (!session.isOpen) throw new Error('the link to the source failed during the restore');
+      await sendControl(answer.writable, { restore_result: { ok: true, error: '', pid: tree.pid } });
+      reported = true;
+      this.options.onEvent?.({ kind: 'restored', id, pid: tree.pid });
+      await daemon.exited;
+      await served;
+      session.off('aborted', lost);
+      await sendControl(answer.writable, { lazy_complete: { pages: BigInt(lazyPages.received) } });
+      answer.writable.end();
     } catch (error) {
       const reason = error instanceof Error ? error.message : String(error);
+      // restored but not confirmed: the source resumes, so this copy must not live on
+      if (tree) await tree.kill().catch(() => {});
       this.options.onEvent?.({ kind: 'failed', id, error: reason });
-      if (session.isOpen) {
+      if (session.isOpen && reported) {
+        session.abort(`lazy pages could not all be delivered, the restored copy was ended: ${reason}`);
+      } else if (session.isOpen) {
         await sendControl(answer.writable, { restore_result: { ok: false, error: reason, pid: 0 } }).catch(() => {});
         answer.writable.end();
       }

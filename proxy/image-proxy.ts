@@ -32,6 +32,20 @@ export interface MigrateOptions extends EndpointOptions {
   readonly onProgress?: (stage: string) => void;
 }
 
+/**
+ * The source ended its copy on the destination's report of a restore, and then the link failed
+ * before the destination confirmed it let its copy run: the destination keeps that copy stopped.
+ */
+export class MigrationInDoubtError extends Error {
+  override readonly name = 'MigrationInDoubtError';
+  constructor(sourcePid: number, destinationPid: number, cause: unknown) {
+    super(
+      `pre-copy migration of ${sourcePid}: the source copy has ended, but the link failed before the destination confirmed it runs its copy (pid ${destinationPid} there, kept stopped until confirmed): check it on the destination and run it with kill -CONT; ${cause instanceof Error ? cause.message : String(cause)}`,
+      { cause },
+    );
+  }
+}
+
 export interface MigrationSummary {
   readonly mode: 'pre-copy' | 'lazy';
   readonly pages: number;
@@ -39,6 +53,13 @@ export interface MigrationSummary {
   readonly dumpMs: number;
   readonly transferMs: number;
   readonly restoreMs: number;
+  /**
+   * From the start of the dump (CRIU freezes the tree first) until the copy on the destination
+   * runs: after the commit in pre-copy, at the restore in lazy mode.
+   */
+  readonly downtimeMs: number;
+  /** Page bytes plus image-file bytes carried over the link. */
+  readonly bytes: number;
   readonly restoredPid: number;
 }
 
@@ -134,6 +155,7 @@ export async function migratePreCopy(options: MigrateOptions): Promise<Migration
     { logFile: join(workDir, 'dump.log'), ...criu },
   );
   const stopReporting = reportPages(progress, 'pages sent', () => pages.pagesSent);
+  let restored = 0;
   try {
     await Promise.race([gate.reached, dump.exited.then(() => Promise.reject(new Error('criu dump ended before post-dump')))]).finally(stopReporting);
     const summary = await received;
@@ -145,12 +167,26 @@ export async function migratePreCopy(options: MigrateOptions): Promise<Migration
     progress('restoring on the destination');
     const result = await reports.restore;
     if (!result.ok) throw new Error(`the destination could not restore: ${result.error}`);
+    restored = Date.now();
+    // the destination holds its copy stopped; end this one, then let that one run
     await gate.release(true);
     await dump.exited;
+    try {
+      await sendControl(control.writable, { commit: { source_pid: options.pid } });
+      await reports.finished;
+    } catch (error) {
+      throw new MigrationInDoubtError(options.pid, result.pid, error);
+    }
+    const running = Date.now();
     control.writable.end();
     session.close();
-    return { mode: 'pre-copy', pages: summary.pagesReceived, imageBytes: images.bytes, dumpMs: dumped - started, transferMs: sent - dumped, restoreMs: Date.now() - sent, restoredPid: result.pid };
+    const pageCount = summary.pagesReceived;
+    return {
+      mode: 'pre-copy', pages: pageCount, imageBytes: images.bytes, bytes: pageCount * PAGE_SIZE + images.bytes,
+      dumpMs: dumped - started, transferMs: sent - dumped, restoreMs: restored - sent, downtimeMs: running - started, restoredPid: result.pid,
+    };
   } catch (error) {
+    if (error instanceof MigrationInDoubtError) throw error;
     // the source must keep running: resume it, then say why
     await gate.release(false).catch(() => {});
     await gate.close();
@@ -162,17 +198,22 @@ export async function migratePreCopy(options: MigrateOptions): Promise<Migration
   }
 }
 
-/** What the destination reports on its control channel: the restore, and (lazy) the last page. */
-function destinationReports(session: LinkSession): { restore: Promise<RestoreResult>; lazyComplete: Promise<void> } {
+/**
+ * What the destination reports on its control channel: the restore, (lazy) the last page, and the
+ * channel's end, which comes once the destination has nothing more to do for this migration.
+ */
+function destinationReports(session: LinkSession): { restore: Promise<RestoreResult>; lazyComplete: Promise<void>; finished: Promise<void> } {
   let restoreSettle!: { resolve(r: RestoreResult): void; reject(e: Error): void };
   let lazySettle!: { resolve(): void; reject(e: Error): void };
+  let finishedSettle!: { resolve(): void; reject(e: Error): void };
   const restore = new Promise<RestoreResult>((resolve, reject) => (restoreSettle = { resolve, reject }));
   const lazyComplete = new Promise<void>((resolve, reject) => (lazySettle = { resolve, reject }));
-  restore.catch(() => {});
-  lazyComplete.catch(() => {});
+  const finished = new Promise<void>((resolve, reject) => (finishedSettle = { resolve, reject }));
+  for (const promise of [restore, lazyComplete, finished]) promise.catch(() => {});
   const fail = (error: Error): void => {
     restoreSettle.reject(error);
     lazySettle.reject(error);
+    finishedSettle.reject(error);
   };
   session.once('aborted', fail);
   session.on('channel', (channel) => {
@@ -182,10 +223,11 @@ function destinationReports(session: LinkSession): { restore: Promise<RestoreRes
         if (message.restore_result) restoreSettle.resolve(message.restore_result);
         if (message.lazy_complete) lazySettle.resolve();
       }
+      finishedSettle.resolve();
       fail(new Error('the destination closed its control channel early'));
     })().catch(fail);
   });
-  return { restore, lazyComplete };
+  return { restore, lazyComplete, finished };
 }
 
 /** The runs of pages a lazy dump left behind, to be pulled from CRIU's page server. */
@@ -240,6 +282,13 @@ export async function migrateLazy(options: MigrateOptions): Promise<MigrationSum
     const images = await sendImageFiles(session, imagesDir);
     await sendControl(control.writable, { images_complete: { files: images.files, page_streams: 0, bytes: BigInt(images.bytes) } });
     const sent = Date.now();
+    // the restored copy runs from the moment the destination reports it; a failed restore stops the pulling
+    let restoredAt = 0;
+    let restoreFailure: string | undefined;
+    void reports.restore.then(
+      (result) => (result.ok ? (restoredAt = Date.now()) : (restoreFailure = result.error)),
+      () => {},
+    );
     // CRIU starts its page server only once post-dump returns, and the restore needs pages before it
     // can finish, so post-dump must succeed now; from here, failure is signalled on the page server
     await gate.release(true);
@@ -277,6 +326,7 @@ export async function migrateLazy(options: MigrateOptions): Promise<MigrationSum
       return { pid: run.pid, vaddr: run.vaddr, nrPages: count, fault };
     };
     while (pulled < total) {
+      if (restoreFailure !== undefined) throw new Error(`the destination could not restore: ${restoreFailure}`);
       while (inFlight.length < PIPELINE) {
         const run = nextRun();
         if (!run) break;
@@ -310,7 +360,10 @@ export async function migrateLazy(options: MigrateOptions): Promise<MigrationSum
     await dump.exited;
     control.writable.end();
     session.close();
-    return { mode: 'lazy', pages: pulled, lazyPages: pulled, imageBytes: images.bytes, dumpMs: dumped - started, transferMs: sent - dumped, restoreMs: Date.now() - sent, restoredPid: result.pid };
+    return {
+      mode: 'lazy', pages: pulled, lazyPages: pulled, imageBytes: images.bytes, bytes: pulled * PAGE_SIZE + images.bytes,
+      dumpMs: dumped - started, transferMs: sent - dumped, restoreMs: restoredAt - sent, downtimeMs: restoredAt - started, restoredPid: result.pid,
+    };
   } catch (error) {
     stopReporting();
     if (pageServer) {

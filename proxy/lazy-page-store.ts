@@ -18,6 +18,7 @@ export class LazyPageStore implements PageSource {
   private readonly asked = new Set<string>();
   private end = 0;
   private closed = false;
+  private failure: Error | undefined;
   received = 0;
 
   private constructor(
@@ -56,6 +57,7 @@ export class LazyPageStore implements PageSource {
 
   async read(pid: number, vaddr: bigint, nrPages: number): Promise<{ nrPages: number; pages: AsyncIterable<Buffer> }> {
     const first = this.key(pid, vaddr);
+    if (this.failure) throw this.failure;
     if (!this.where.has(first)) {
       const arrived = new Promise<void>((resolve) => this.waiting.set(first, [...(this.waiting.get(first) ?? []), resolve]));
       if (!this.asked.has(first)) {
@@ -63,6 +65,7 @@ export class LazyPageStore implements PageSource {
         await writePageRequest(this.requests, { pid, vaddr, nrPages });
       }
       await arrived;
+      if (this.failure) throw this.failure;
     }
     const offsets: number[] = [];
     for (let i = 0; i < nrPages; i++) {
@@ -83,6 +86,13 @@ export class LazyPageStore implements PageSource {
       }
     }
     return { nrPages: offsets.length, pages: pages() };
+  }
+
+  /** The source can no longer send pages: every read waiting for one fails now, and later ones at once. */
+  fail(error: Error): void {
+    this.failure ??= error;
+    for (const wakes of this.waiting.values()) wakes.forEach((wake) => wake());
+    this.waiting.clear();
   }
 
   async close(): Promise<void> {

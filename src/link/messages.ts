@@ -61,6 +61,9 @@ export interface Progress {
 export interface LazyComplete {
   pages: bigint;
 }
+export interface Commit {
+  source_pid: number;
+}
 /** One control message: exactly one of these is set. */
 export interface Control {
   lazy_complete?: LazyComplete;
@@ -68,6 +71,7 @@ export interface Control {
   images_complete?: ImagesComplete;
   restore_result?: RestoreResult;
   progress?: Progress;
+  commit?: Commit;
 }
 
 interface MessageCodec<T> {

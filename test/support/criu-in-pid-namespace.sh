@@ -2,13 +2,31 @@
 # Stands in for criu on a second "host" on this machine: runs `criu ARGS` in a fresh pid and mount
 # namespace whose init (a small reaping shell) stays behind to hold whatever was restored, since the
 # frozen source still holds its pids here. Exits with criu's status. The init's pid is appended to
-# $HAUL_TEST_HOLDERS so the test can end the namespace.
+# $HAUL_TEST_HOLDERS so the test can end the namespace. A --pidfile CRIU writes names the restored
+# root inside that namespace; it is rewritten to the pid this machine's root namespace knows it by,
+# which is what the caller (the image-cache, outside the namespace) signals.
 set -u
 state=$(mktemp -d)
 setsid unshare --pid --fork --kill-child --mount-proc /bin/sh -c '
   "$@"; echo $? > "'"$state"'/rc"
   while :; do sleep 3600 & wait $!; done' sh /usr/local/sbin/criu "$@" </dev/null >/dev/null 2>&1 &
-echo $! >> "${HAUL_TEST_HOLDERS:-/dev/null}"
+holder=$!
+echo $holder >> "${HAUL_TEST_HOLDERS:-/dev/null}"
 while [ ! -s "$state/rc" ]; do sleep 0.05; done
 rc=$(cat "$state/rc"); rm -rf "$state"
+
+pidfile=
+while [ $# -gt 0 ]; do [ "$1" = --pidfile ] && pidfile=${2:-}; shift; done
+if [ "$rc" = 0 ] && [ -n "$pidfile" ] && [ -s "$pidfile" ]; then
+  inner=$(cat "$pidfile")
+  init=$(pgrep -P "$holder" | head -n1)
+  ns=$(readlink "/proc/$init/ns/pid")
+  for dir in /proc/[0-9]*; do
+    [ "$(readlink "$dir/ns/pid" 2>/dev/null)" = "$ns" ] || continue
+    if [ "$(awk '/^NSpid:/ { print $NF }' "$dir/status" 2>/dev/null)" = "$inner" ]; then
+      echo "${dir#/proc/}" > "$pidfile"
+      break
+    fi
+  done
+fi
 exit "$rc"
