@@ -1,6 +1,6 @@
 import { Command, InvalidArgumentError } from 'commander';
 import { ImageCache } from '../../proxy/image-cache.js';
-import { migrateLazy, migratePreCopy } from '../../proxy/image-proxy.js';
+import { MigrationInDoubtError, migrateLazy, migratePreCopy } from '../../proxy/image-proxy.js';
 import { criuVersion } from '../criu/run/criu-version.js';
 import type { EndpointOptions } from '../link/endpoint-options.js';
 import { loadOrCreateIdentity } from '../link/identity.js';
@@ -26,6 +26,11 @@ async function endpoint(stateDir: string, insecure: boolean, role: 'source' | 'd
   return { identity: await loadOrCreateIdentity(stateDir), trust: await openTrustStore(stateDir), host };
 }
 
+/** This process's peak resident memory so far, in MiB. */
+function peakRssMib(): number {
+  return Math.round(process.resourceUsage().maxRSS / 1024);
+}
+
 function parsePid(value: string): number {
   const pid = Number(value);
   if (!Number.isInteger(pid) || pid < 1) throw new InvalidArgumentError('a process id is a positive whole number');
@@ -47,8 +52,9 @@ export function addMigrationCommands(program: Command, out: (line: string) => vo
     .requiredOption('--to <host:port>', 'the destination cache')
     .option('--lazy', 'post-copy: restore at once from the small images, move the memory after', false)
     .option('--insecure', 'plain WebSocket, no TLS or authentication (loopback only)', false)
-    .option('--json', 'print a JSON summary instead of progress', false)
-    .action(async (pid: number, options: { to: string; lazy: boolean; insecure: boolean; json: boolean }, command: Command) => {
+    .option('--json', 'print a JSON summary instead of progress (also when it fails)', false)
+    .option('--work-dir <dir>', 'keep CRIU\'s dump log and the small images here (never the pages); by default a temporary directory, removed after')
+    .action(async (pid: number, options: { to: string; lazy: boolean; insecure: boolean; json: boolean; workDir?: string }, command: Command) => {
       const stateDir = stateDirOf(command);
       const url = `${options.insecure ? 'ws' : 'wss'}://${options.to}`;
       // on a terminal, page counts overwrite each other on one line; elsewhere only stages are logged
@@ -61,11 +67,21 @@ export function addMigrationCommands(program: Command, out: (line: string) => vo
             process.stderr.write(tty ? `\r\x1b[2Khaul: ${line}${counting ? '' : '\n'}` : `haul: ${line}\n`);
           };
       const migrate = options.lazy ? migrateLazy : migratePreCopy;
-      const summary = await migrate({ ...(await endpoint(stateDir, options.insecure, 'source')), pid, to: url, onProgress: say }).finally(() => {
+      const mode = options.lazy ? 'lazy' : 'pre-copy';
+      let summary;
+      try {
+        summary = await migrate({ ...(await endpoint(stateDir, options.insecure, 'source')), pid, to: url, onProgress: say, ...(options.workDir ? { workDir: options.workDir } : {}) });
+      } catch (error) {
+        if (options.json) {
+          const result = error instanceof MigrationInDoubtError ? 'in-doubt' : 'failed';
+          out(JSON.stringify({ mode, result, error: error instanceof Error ? error.message : String(error), peakRssMib: peakRssMib() }));
+        }
+        throw error;
+      } finally {
         if (tty && !options.json) process.stderr.write('\r\x1b[2K'); // clear the last page count
-      });
-      if (options.json) out(JSON.stringify({ ...summary, result: 'restored' }));
-      else out(`migrated ${pid}: ${summary.pages} pages, dump ${summary.dumpMs} ms, images ${summary.transferMs} ms, restore ${summary.restoreMs} ms; pid ${summary.restoredPid} on the destination`);
+      }
+      if (options.json) out(JSON.stringify({ ...summary, result: 'restored', peakRssMib: peakRssMib() }));
+      else out(`migrated ${pid} (${mode}): ${summary.pages} pages, ${(summary.bytes / 2 ** 20).toFixed(1)} MiB; dump ${summary.dumpMs} ms, images ${summary.transferMs} ms, restore ${summary.restoreMs} ms, downtime ${summary.downtimeMs} ms; pid ${summary.restoredPid} on the destination`);
     });
 
   program
@@ -80,7 +96,8 @@ export function addMigrationCommands(program: Command, out: (line: string) => vo
         ...(await endpoint(stateDir, options.insecure, 'destination')),
         ...options.listen,
         dir: options.dir,
-        onEvent: (event) => out(JSON.stringify(event)),
+        // the peak so far, so that the cost of each migration can be seen as it ends
+        onEvent: (event) => out(JSON.stringify(event.kind === 'migration' ? event : { ...event, peakRssMib: peakRssMib() })),
       });
       out(JSON.stringify({ kind: 'listening', address: options.listen.address, port: cache.port }));
       await new Promise<void>((resolve) => {
