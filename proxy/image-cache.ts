@@ -83,10 +83,15 @@ export class ImageCache {
         await runCriu('restore', ['-D', dir, '-d', '--leave-stopped', '--pidfile', pidFile], { logFile: join(dir, 'restore.log'), ...restoreBinary });
         tree = await RestoredTree.fromPidFile(pidFile);
         if (!session.isOpen) throw new Error('the link to the source failed during the restore');
+        // written with no connection, and none came before the session ended: it never left here
+        const unsent = { detached: !session.attached, attachments: session.attachments };
         await sendControl(answer.writable, { restore_result: { ok: true, error: '', pid: tree.pid } });
         try {
           await store.controlWith('commit');
         } catch (error) {
+          if (unsent.detached && session.attachments === unsent.attachments) {
+            throw new Error(`the link to the source failed before the restore could be reported (${error instanceof Error ? error.message : String(error)})`);
+          }
           // the source may have ended its copy on our report, or resumed without it: keep this one
           // stopped, so that neither two copies run nor the last one is lost, and say so
           const reason = `the link failed after the restore was reported, before the source confirmed it ended its copy (${error instanceof Error ? error.message : String(error)}); pid ${tree.pid} is kept stopped: if the source process is gone, run it with kill -CONT, else kill it`;

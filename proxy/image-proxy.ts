@@ -144,8 +144,11 @@ export async function migratePreCopy(options: MigrateOptions): Promise<Migration
   const { progress, layout, workDir, imagesDir, session, reports, gate, control, criu, failure, cleanUp } = await startMigration(options, 'pre-copy');
   const pageServer = await acceptOne('127.0.0.1', 0);
   const pages = new LinkPagemapSink(session);
-  const received = pageServer.connection.then((socket) => receiveDump(socket, layout, pages));
+  let criuSocket: Socket | undefined;
+  const received = pageServer.connection.then((socket) => receiveDump((criuSocket = socket), layout, pages));
   received.catch(() => {});
+  const linkLost = new Promise<never>((_, reject) => session.once('aborted', reject));
+  linkLost.catch(() => {});
 
   const started = Date.now();
   progress('dumping');
@@ -157,7 +160,8 @@ export async function migratePreCopy(options: MigrateOptions): Promise<Migration
   const stopReporting = reportPages(progress, 'pages sent', () => pages.pagesSent);
   let restored = 0;
   try {
-    await Promise.race([gate.reached, dump.exited.then(() => Promise.reject(new Error('criu dump ended before post-dump')))]).finally(stopReporting);
+    // pages stop flowing when the link fails, so CRIU would wait forever to reach post-dump
+    await Promise.race([gate.reached, dump.exited.then(() => Promise.reject(new Error('criu dump ended before post-dump'))), received.then(() => new Promise<never>(() => {})), linkLost]).finally(stopReporting);
     const summary = await received;
     const dumped = Date.now();
     progress('sending images');
@@ -187,11 +191,13 @@ export async function migratePreCopy(options: MigrateOptions): Promise<Migration
     };
   } catch (error) {
     if (error instanceof MigrationInDoubtError) throw error;
-    // the source must keep running: resume it, then say why
+    // the source must keep running: fail the dump (a page server gone mid-dump, or a failed
+    // post-dump) so that CRIU resumes it, then say why
+    criuSocket?.destroy();
+    pageServer.close();
     await gate.release(false).catch(() => {});
     await gate.close();
     await dump.exited.catch(() => {});
-    pageServer.close();
     throw failure(error);
   } finally {
     await cleanUp();

@@ -77,6 +77,15 @@ export class LinkSession extends EventEmitter<SessionEvents> {
     return this.transport !== undefined;
   }
 
+  /**
+   * How many connections this session has had. Unchanged and never attached since a write means
+   * that write cannot have reached the peer: the session had no connection to carry it.
+   */
+  get attachments(): number {
+    return this.attachCount;
+  }
+  private attachCount = 0;
+
   openChannel(kind: ChannelKindCode, name: string): OutgoingChannel {
     if (this.state !== 'open') throw new LinkAbortedError(`cannot open ${name}: the session has ended`, 'local');
     const id = this.nextChannelId;
@@ -104,6 +113,7 @@ export class LinkSession extends EventEmitter<SessionEvents> {
       for (const channel of this.incoming.values()) channel.resendCredit();
     }
     this.transport = transport;
+    this.attachCount++;
     this.inFlight = 0;
     transport.deliverTo({
       frame: (bytes) => this.receive(bytes, transport),
