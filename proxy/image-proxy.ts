@@ -1,13 +1,12 @@
-import { mkdir, mkdtemp, readdir, rm } from 'node:fs/promises';
+import { mkdir, mkdtemp, rm } from 'node:fs/promises';
 import { once } from 'node:events';
 import { connect, type Socket } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import type { Readable } from 'node:stream';
-import { readPagemap } from '../src/criu/images/pagemap.js';
 import { acceptOne } from '../src/criu/page-server/connection.js';
 import { LazyPagesClient } from '../src/criu/page-server/lazy-pages-client.js';
-import { PAGE_SIZE, PageFlag } from '../src/criu/page-server/protocol.js';
+import { PAGE_SIZE } from '../src/criu/page-server/protocol.js';
 import { receiveDump } from '../src/criu/page-server/dump-receiver.js';
 import { startCriu } from '../src/criu/run/criu-process.js';
 import { criuVersion, headerLayoutFor } from '../src/criu/run/criu-version.js';
@@ -20,6 +19,7 @@ import type { RestoreResult } from '../src/link/messages.js';
 import type { LinkSession } from '../src/link/session.js';
 import { sendImageFiles } from './images-to-link.js';
 import { LAZY_PUSH_CHANNEL, readPageRequests, writePages, type PageRun } from './lazy-wire.js';
+import { PageTable } from './page-table.js';
 import { LinkPagemapSink } from './pages-to-link.js';
 
 export interface MigrateOptions extends EndpointOptions {
@@ -236,18 +236,12 @@ function destinationReports(session: LinkSession): { restore: Promise<RestoreRes
   return { restore, lazyComplete, finished };
 }
 
-/** The runs of pages a lazy dump left behind, to be pulled from CRIU's page server. */
-async function lazyRuns(imagesDir: string): Promise<PageRun[]> {
+/** The lazy runs cut into requests of at most PUSH_PAGES pages, for CRIU's lazy page server. */
+function pushRequests(lazyRuns: readonly PageRun[]): PageRun[] {
   const runs: PageRun[] = [];
-  for (const name of await readdir(imagesDir)) {
-    const task = /^pagemap-(\d+)\.img$/.exec(name);
-    if (!task) continue;
-    const pid = Number(task[1]);
-    for (const entry of (await readPagemap(imagesDir, { type: 'pid', id: pid })).entries) {
-      if (!(entry.flags & PageFlag.LAZY) || entry.flags & PageFlag.PRESENT) continue;
-      for (let at = 0; at < entry.nrPages; at += PUSH_PAGES) {
-        runs.push({ pid, vaddr: entry.vaddr + BigInt(at * PAGE_SIZE), nrPages: Math.min(PUSH_PAGES, entry.nrPages - at) });
-      }
+  for (const run of lazyRuns) {
+    for (let at = 0; at < run.nrPages; at += PUSH_PAGES) {
+      runs.push({ pid: run.pid, vaddr: run.vaddr + BigInt(at * PAGE_SIZE), nrPages: Math.min(PUSH_PAGES, run.nrPages - at) });
     }
   }
   return runs;
@@ -266,27 +260,35 @@ const PIPELINE = 2;
  */
 export async function migrateLazy(options: MigrateOptions): Promise<MigrationSummary & { readonly lazyPages: number }> {
   const { progress, layout, workDir, imagesDir, session, reports, gate, control, faults, nextFault, criu, failure, cleanUp } = await startMigration(options, 'lazy');
-  const probe = await acceptOne('127.0.0.1', 0);
-  const port = probe.port; // CRIU's lazy page server takes it
-  probe.close();
+  // CRIU sends the pagemaps and the pages that cannot be lazy to haul's page server first, as in
+  // pre-copy, then serves the lazy ones itself on the same port once post-dump returns
+  const pageServer = await acceptOne('127.0.0.1', 0);
+  const port = pageServer.port;
+  const dumped = new LinkPagemapSink(session);
+  let criuSocket: Socket | undefined;
+  const received = pageServer.connection.then((socket) => receiveDump((criuSocket = socket), layout, dumped));
+  received.catch(() => {});
+  const linkLost = new Promise<never>((_, reject) => session.once('aborted', reject));
+  linkLost.catch(() => {});
 
   const started = Date.now();
   progress('dumping (lazy)');
   const dump = startCriu(
     'dump',
-    ['-t', String(options.pid), '-D', imagesDir, '--lazy-pages', '--address', '127.0.0.1', '--port', String(port), '--action-script', gate.scriptPath],
+    ['-t', String(options.pid), '-D', imagesDir, '--lazy-pages', '--page-server', '--address', '127.0.0.1', '--port', String(port), '--action-script', gate.scriptPath],
     { logFile: join(workDir, 'dump.log'), statusFd: true, ...criu },
   );
-  let pageServer: Socket | undefined;
+  let lazyServer: Socket | undefined;
   let pulled = 0;
   let stopReporting = (): void => {};
   try {
-    await Promise.race([gate.reached, dump.exited.then(() => Promise.reject(new Error('criu dump ended before post-dump')))]);
-    const dumped = Date.now();
-    const runs = await lazyRuns(imagesDir);
+    await Promise.race([gate.reached, dump.exited.then(() => Promise.reject(new Error('criu dump ended before post-dump'))), received.then(() => new Promise<never>(() => {})), linkLost]);
+    const eager = await received;
+    const dumpedAt = Date.now();
+    const runs = pushRequests(dumped.lazyRuns);
     progress('sending images');
     const images = await sendImageFiles(session, imagesDir);
-    await sendControl(control.writable, { images_complete: { files: images.files, page_streams: 0, bytes: BigInt(images.bytes) } });
+    await sendControl(control.writable, { images_complete: { files: images.files, page_streams: dumped.pageStreams, bytes: BigInt(images.bytes) } });
     const sent = Date.now();
     // the restored copy runs from the moment the destination reports it; a failed restore stops the pulling
     let restoredAt = 0;
@@ -299,13 +301,12 @@ export async function migrateLazy(options: MigrateOptions): Promise<MigrationSum
     // can finish, so post-dump must succeed now; from here, failure is signalled on the page server
     await gate.release(true);
     await dump.ready;
-    pageServer = connect(port, '127.0.0.1');
-    await new Promise((resolve, reject) => pageServer!.once('connect', resolve).once('error', reject));
-    const client = new LazyPagesClient(pageServer, layout);
+    lazyServer = connect(port, '127.0.0.1');
+    await new Promise((resolve, reject) => lazyServer!.once('connect', resolve).once('error', reject));
+    const client = new LazyPagesClient(lazyServer, layout);
     const answers = session.openChannel(ChannelKind.LAZY_ANSWERS, 'lazy-answers');
     const pushes = session.openChannel(ChannelKind.PAGES, LAZY_PUSH_CHANNEL);
-    const fetched = new Set<string>();
-    const key = (pid: number, vaddr: bigint): string => `${pid}:${vaddr / BigInt(PAGE_SIZE)}`;
+    const fetched = new PageTable();
     const total = runs.reduce((sum, run) => sum + run.nrPages, 0);
     let background = 0;
     progress(`restoring on the destination; ${total} pages to follow`);
@@ -313,7 +314,7 @@ export async function migrateLazy(options: MigrateOptions): Promise<MigrationSum
     // Pipelined: up to PIPELINE requests are out at CRIU's page server at once; answers come back
     // in order. A fault goes out ahead of every background request not yet sent.
     const inFlight: Array<{ run: PageRun; fault: boolean; answer: Promise<{ nrPages: number; pages: AsyncIterable<Buffer> }> }> = [];
-    const asked = (pid: number, vaddr: bigint): boolean => fetched.has(key(pid, vaddr));
+    const asked = (pid: number, vaddr: bigint): boolean => fetched.has(pid, vaddr);
     const nextRun = (): (PageRun & { fault: boolean }) | undefined => {
       let run = faults.shift();
       while (run && asked(run.pid, run.vaddr)) run = faults.shift();
@@ -328,7 +329,7 @@ export async function migrateLazy(options: MigrateOptions): Promise<MigrationSum
       // ask only for pages not asked for yet, from the first one on, and count them asked now
       let count = 0;
       while (count < run.nrPages && !asked(run.pid, run.vaddr + BigInt(count * PAGE_SIZE))) count++;
-      for (let i = 0; i < count; i++) fetched.add(key(run.pid, run.vaddr + BigInt(i * PAGE_SIZE)));
+      for (let i = 0; i < count; i++) fetched.set(run.pid, run.vaddr + BigInt(i * PAGE_SIZE), 1);
       return { pid: run.pid, vaddr: run.vaddr, nrPages: count, fault };
     };
     while (pulled < total) {
@@ -346,7 +347,7 @@ export async function migrateLazy(options: MigrateOptions): Promise<MigrationSum
       const answer = await oldest.answer;
       if (answer.nrPages !== oldest.run.nrPages) {
         // a short answer: the rest of that run is asked for again later
-        for (let i = answer.nrPages; i < oldest.run.nrPages; i++) fetched.delete(key(oldest.run.pid, oldest.run.vaddr + BigInt(i * PAGE_SIZE)));
+        for (let i = answer.nrPages; i < oldest.run.nrPages; i++) fetched.delete(oldest.run.pid, oldest.run.vaddr + BigInt(i * PAGE_SIZE));
         background = 0;
       }
       pulled += answer.nrPages;
@@ -367,15 +368,17 @@ export async function migrateLazy(options: MigrateOptions): Promise<MigrationSum
     control.writable.end();
     session.close();
     return {
-      mode: 'lazy', pages: pulled, lazyPages: pulled, imageBytes: images.bytes, bytes: pulled * PAGE_SIZE + images.bytes,
-      dumpMs: dumped - started, transferMs: sent - dumped, restoreMs: restoredAt - sent, downtimeMs: restoredAt - started, restoredPid: result.pid,
+      mode: 'lazy', pages: eager.pagesReceived + pulled, lazyPages: pulled, imageBytes: images.bytes, bytes: (eager.pagesReceived + pulled) * PAGE_SIZE + images.bytes,
+      dumpMs: dumpedAt - started, transferMs: sent - dumpedAt, restoreMs: restoredAt - sent, downtimeMs: restoredAt - started, restoredPid: result.pid,
     };
   } catch (error) {
     stopReporting();
-    if (pageServer) {
+    if (lazyServer) {
       // a bad header fails CRIU's lazy page-server session, and CRIU resumes the source
-      pageServer.end(Buffer.from([0xff]));
+      lazyServer.end(Buffer.from([0xff]));
     } else {
+      criuSocket?.destroy();
+      pageServer.close();
       await gate.release(false).catch(() => {});
       await gate.close();
     }

@@ -1,7 +1,7 @@
 import { finished } from 'node:stream/promises';
 import type { PagemapEntry } from '../src/criu/images/pagemap.js';
 import type { PagemapSink } from '../src/criu/page-server/dump-receiver.js';
-import type { PagemapTarget } from '../src/criu/page-server/protocol.js';
+import { PageFlag, type PagemapTarget } from '../src/criu/page-server/protocol.js';
 import type { OutgoingChannel } from '../src/link/channels.js';
 import { ChannelKind } from '../src/link/frame.js';
 import type { LinkSession } from '../src/link/session.js';
@@ -14,15 +14,22 @@ import { pageChannelName, writePageRecord } from './page-stream.js';
  */
 export class LinkPagemapSink implements PagemapSink {
   private current: OutgoingChannel | undefined;
+  private currentTarget: PagemapTarget | undefined;
   private readonly ended: Promise<void>[] = [];
   pageStreams = 0;
   /** Pages put on the link so far (PRESENT ones: those with data). */
   pagesSent = 0;
+  /**
+   * The runs `criu dump --lazy-pages` left at the source (LAZY, no data here): what the lazy
+   * migration must pull from CRIU's lazy page server afterwards, in dump order.
+   */
+  readonly lazyRuns: Array<{ readonly pid: number; readonly vaddr: bigint; readonly nrPages: number }> = [];
 
   constructor(private readonly session: LinkSession) {}
 
   async beginPagemap(target: PagemapTarget): Promise<void> {
     this.current = this.session.openChannel(ChannelKind.PAGES, pageChannelName(target));
+    this.currentTarget = target;
     this.pageStreams++;
   }
 
@@ -30,6 +37,8 @@ export class LinkPagemapSink implements PagemapSink {
     if (!this.current) throw new Error('pages before any pagemap was opened');
     await writePageRecord(this.current.writable, entry, pages);
     if (pages) this.pagesSent += entry.nrPages;
+    const lazyOnly = entry.flags & PageFlag.LAZY && !(entry.flags & PageFlag.PRESENT);
+    if (lazyOnly && this.currentTarget?.type === 'pid') this.lazyRuns.push({ pid: this.currentTarget.id, vaddr: entry.vaddr, nrPages: entry.nrPages });
   }
 
   async endPagemap(): Promise<void> {
