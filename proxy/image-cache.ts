@@ -28,6 +28,8 @@ export type CacheEvent =
   | { readonly kind: 'migration'; readonly id: string; readonly dir: string }
   | { readonly kind: 'restored'; readonly id: string; readonly pid: number }
   | { readonly kind: 'failed'; readonly id: string; readonly error: string }
+  /** Lazy mode: every page has reached the restored copy; the migration is over. */
+  | { readonly kind: 'lazy-complete'; readonly id: string; readonly pages: number }
   /** The link failed between reporting the restore and the source's commit: the tree is kept stopped. */
   | { readonly kind: 'in-doubt'; readonly id: string; readonly pid: number; readonly error: string };
 
@@ -136,6 +138,7 @@ export class ImageCache {
       session.off('aborted', lost);
       await sendControl(answer.writable, { lazy_complete: { pages: BigInt(lazyPages.received) } });
       answer.writable.end();
+      this.options.onEvent?.({ kind: 'lazy-complete', id, pages: lazyPages.received });
     } catch (error) {
       const reason = error instanceof Error ? error.message : String(error);
       // restored but not confirmed: the source resumes, so this copy must not live on

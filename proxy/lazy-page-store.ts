@@ -3,6 +3,7 @@ import type { Writable } from 'node:stream';
 import type { PageSource } from '../src/criu/page-server/lazy-pages-server.js';
 import { PAGE_SIZE } from '../src/criu/page-server/protocol.js';
 import { writePageRequest, type PageRun } from './lazy-wire.js';
+import { PageTable } from './page-table.js';
 
 const page = BigInt(PAGE_SIZE);
 
@@ -13,12 +14,14 @@ const page = BigInt(PAGE_SIZE);
  * covers the run of pages present from the one asked for on.
  */
 export class LazyPageStore implements PageSource {
-  private readonly where = new Map<string, number>(); // "pid:page index" -> offset in the file
-  private readonly waiting = new Map<string, Array<() => void>>();
-  private readonly asked = new Set<string>();
+  private readonly where = new PageTable(); // offset in the file
+  private readonly waiting = new Map<string, Array<() => void>>(); // by "pid:vaddr": few, faults only
+  private readonly asked = new PageTable();
   private end = 0;
   private closed = false;
   private failure: Error | undefined;
+  private wakeOnFailure!: () => void;
+  private readonly failed = new Promise<void>((resolve) => (this.wakeOnFailure = resolve));
   received = 0;
 
   private constructor(
@@ -30,46 +33,51 @@ export class LazyPageStore implements PageSource {
     return new LazyPageStore(await open(path, 'w+', 0o600), requests);
   }
 
-  private key(pid: number, vaddr: bigint): string {
-    return `${pid}:${vaddr / page}`;
-  }
-
-  /** Pages from the proxy; once the migration is over (closed), late ones are dropped. */
-  async add(run: PageRun, pages: Buffer): Promise<void> {
-    if (this.closed) return;
+  /**
+   * A run of pages from the proxy, written to the file as its chunks arrive (never joined in
+   * memory); once the migration is over (closed), late ones are read and dropped.
+   */
+  async add(run: PageRun, pages: AsyncIterable<Buffer>): Promise<void> {
     const offset = this.end;
-    this.end += pages.length;
-    try {
-      await this.file.write(pages, 0, pages.length, offset);
-    } catch (error) {
-      if (this.closed) return; // closed while writing: the migration ended meanwhile
-      throw error;
+    this.end += run.nrPages * PAGE_SIZE;
+    let at = offset;
+    for await (const chunk of pages) {
+      if (this.closed) continue;
+      try {
+        await this.file.write(chunk, 0, chunk.length, at);
+      } catch (error) {
+        if (!this.closed) throw error; // closed while writing: the migration ended meanwhile
+      }
+      at += chunk.length;
     }
+    if (this.closed) return;
     for (let i = 0; i < run.nrPages; i++) {
-      const key = this.key(run.pid, run.vaddr + BigInt(i) * page);
-      if (this.where.has(key)) continue;
-      this.where.set(key, offset + i * PAGE_SIZE);
+      const vaddr = run.vaddr + BigInt(i) * page;
+      if (this.where.has(run.pid, vaddr)) continue;
+      this.where.set(run.pid, vaddr, offset + i * PAGE_SIZE);
       this.received++;
-      for (const wake of this.waiting.get(key) ?? []) wake();
+      if (this.waiting.size === 0) continue;
+      const key = `${run.pid}:${vaddr}`;
+      this.waiting.get(key)?.forEach((wake) => wake());
       this.waiting.delete(key);
     }
   }
 
   async read(pid: number, vaddr: bigint, nrPages: number): Promise<{ nrPages: number; pages: AsyncIterable<Buffer> }> {
-    const first = this.key(pid, vaddr);
     if (this.failure) throw this.failure;
-    if (!this.where.has(first)) {
-      const arrived = new Promise<void>((resolve) => this.waiting.set(first, [...(this.waiting.get(first) ?? []), resolve]));
-      if (!this.asked.has(first)) {
-        this.asked.add(first);
+    if (!this.where.has(pid, vaddr)) {
+      const key = `${pid}:${vaddr}`;
+      const arrived = new Promise<void>((resolve) => this.waiting.set(key, [...(this.waiting.get(key) ?? []), resolve]));
+      if (!this.asked.has(pid, vaddr)) {
+        this.asked.set(pid, vaddr, 1);
         await writePageRequest(this.requests, { pid, vaddr, nrPages });
       }
-      await arrived;
+      await Promise.race([arrived, this.failed]);
       if (this.failure) throw this.failure;
     }
     const offsets: number[] = [];
     for (let i = 0; i < nrPages; i++) {
-      const offset = this.where.get(this.key(pid, vaddr + BigInt(i) * page));
+      const offset = this.where.get(pid, vaddr + BigInt(i) * page);
       if (offset === undefined) break;
       offsets.push(offset);
     }
@@ -91,8 +99,7 @@ export class LazyPageStore implements PageSource {
   /** The source can no longer send pages: every read waiting for one fails now, and later ones at once. */
   fail(error: Error): void {
     this.failure ??= error;
-    for (const wakes of this.waiting.values()) wakes.forEach((wake) => wake());
-    this.waiting.clear();
+    this.wakeOnFailure();
   }
 
   async close(): Promise<void> {

@@ -40,7 +40,11 @@ export async function writePages(channel: Writable, run: PageRun, pages: AsyncIt
   for await (const chunk of pages) await put(chunk);
 }
 
-async function* records(channel: Readable, withPages: boolean): AsyncGenerator<{ run: PageRun; pages?: Buffer }, void, undefined> {
+/**
+ * The records on a channel; with pages, each comes with its pages as they arrive, which the caller
+ * must consume before asking for the next record.
+ */
+async function* records(channel: Readable, withPages: boolean): AsyncGenerator<{ run: PageRun; pages?: AsyncIterable<Buffer> }, void, undefined> {
   const reader = new StreamReader(channel);
   for (;;) {
     const bytes = await reader.readExactly(RECORD_SIZE, 'lazy page record');
@@ -52,11 +56,9 @@ async function* records(channel: Readable, withPages: boolean): AsyncGenerator<{
       yield { run };
       continue;
     }
-    const pages = await reader.readExactly(run.nrPages * PAGE_SIZE, 'lazy pages');
-    if (pages === null) throw new Error('lazy answers ended inside a run');
-    yield { run, pages };
+    yield { run, pages: reader.readChunks(run.nrPages * PAGE_SIZE, 'lazy pages') };
   }
 }
 
 export const readPageRequests = (channel: Readable): AsyncGenerator<{ run: PageRun }, void, undefined> => records(channel, false) as AsyncGenerator<{ run: PageRun }, void, undefined>;
-export const readPages = (channel: Readable): AsyncGenerator<{ run: PageRun; pages?: Buffer }, void, undefined> => records(channel, true);
+export const readPages = (channel: Readable): AsyncGenerator<{ run: PageRun; pages?: AsyncIterable<Buffer> }, void, undefined> => records(channel, true);
