@@ -9,7 +9,8 @@ export function scratchDir(label: string): { path: string; remove(): void } {
   return {
     path,
     remove: () => {
-      if (!process.env['KEEP_SCRATCH']) rmSync(path, { recursive: true, force: true });
+      // a process ended just before may still be writing its last file here: retry a little
+      if (!process.env['KEEP_SCRATCH']) rmSync(path, { recursive: true, force: true, maxRetries: 20, retryDelay: 50 });
     },
   };
 }
