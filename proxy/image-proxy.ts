@@ -4,10 +4,8 @@ import { connect, type Socket } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import type { Readable } from 'node:stream';
-import { acceptOne } from '../src/criu/page-server/connection.js';
 import { LazyPagesClient } from '../src/criu/page-server/lazy-pages-client.js';
 import { PAGE_SIZE } from '../src/criu/page-server/protocol.js';
-import { receiveDump } from '../src/criu/page-server/dump-receiver.js';
 import { startCriu } from '../src/criu/run/criu-process.js';
 import { criuVersion, headerLayoutFor } from '../src/criu/run/criu-version.js';
 import { PostDumpGate } from '../src/criu/run/post-dump-gate.js';
@@ -20,7 +18,7 @@ import type { LinkSession } from '../src/link/session.js';
 import { sendImageFiles } from './images-to-link.js';
 import { LAZY_PUSH_CHANNEL, readPageRequests, writePages, type PageRun } from './lazy-wire.js';
 import { PageTable } from './page-table.js';
-import { LinkPagemapSink } from './pages-to-link.js';
+import { dumpToLink } from './dump-to-link.js';
 
 export interface MigrateOptions extends EndpointOptions {
   readonly pid: number;
@@ -142,27 +140,22 @@ async function startMigration(options: MigrateOptions, mode: 'pre-copy' | 'lazy'
  */
 export async function migratePreCopy(options: MigrateOptions): Promise<MigrationSummary> {
   const { progress, layout, workDir, imagesDir, session, reports, gate, control, criu, failure, cleanUp } = await startMigration(options, 'pre-copy');
-  const pageServer = await acceptOne('127.0.0.1', 0);
-  const pages = new LinkPagemapSink(session);
-  let criuSocket: Socket | undefined;
-  const received = pageServer.connection.then((socket) => receiveDump((criuSocket = socket), layout, pages));
-  received.catch(() => {});
-  const linkLost = new Promise<never>((_, reject) => session.once('aborted', reject));
-  linkLost.catch(() => {});
+  const forward = await dumpToLink(session, layout);
+  const { pages } = forward;
 
   const started = Date.now();
   progress('dumping');
   const dump = startCriu(
     'dump',
-    ['-t', String(options.pid), '-D', imagesDir, '--page-server', '--address', '127.0.0.1', '--port', String(pageServer.port), '--action-script', gate.scriptPath],
+    ['-t', String(options.pid), '-D', imagesDir, '--page-server', '--address', '127.0.0.1', '--port', String(forward.port), '--action-script', gate.scriptPath],
     { logFile: join(workDir, 'dump.log'), ...criu },
   );
   const stopReporting = reportPages(progress, 'pages sent', () => pages.pagesSent);
   let restored = 0;
   try {
     // pages stop flowing when the link fails, so CRIU would wait forever to reach post-dump
-    await Promise.race([gate.reached, dump.exited.then(() => Promise.reject(new Error('criu dump ended before post-dump'))), received.then(() => new Promise<never>(() => {})), linkLost]).finally(stopReporting);
-    const summary = await received;
+    await Promise.race([gate.reached, dump.exited.then(() => Promise.reject(new Error('criu dump ended before post-dump'))), forward.failed]).finally(stopReporting);
+    const summary = await forward.received;
     const dumped = Date.now();
     progress('sending images');
     const images = await sendImageFiles(session, imagesDir);
@@ -193,8 +186,7 @@ export async function migratePreCopy(options: MigrateOptions): Promise<Migration
     if (error instanceof MigrationInDoubtError) throw error;
     // the source must keep running: fail the dump (a page server gone mid-dump, or a failed
     // post-dump) so that CRIU resumes it, then say why
-    criuSocket?.destroy();
-    pageServer.close();
+    forward.abandon();
     await gate.release(false).catch(() => {});
     await gate.close();
     await dump.exited.catch(() => {});
@@ -262,14 +254,9 @@ export async function migrateLazy(options: MigrateOptions): Promise<MigrationSum
   const { progress, layout, workDir, imagesDir, session, reports, gate, control, faults, nextFault, criu, failure, cleanUp } = await startMigration(options, 'lazy');
   // CRIU sends the pagemaps and the pages that cannot be lazy to haul's page server first, as in
   // pre-copy, then serves the lazy ones itself on the same port once post-dump returns
-  const pageServer = await acceptOne('127.0.0.1', 0);
-  const port = pageServer.port;
-  const dumped = new LinkPagemapSink(session);
-  let criuSocket: Socket | undefined;
-  const received = pageServer.connection.then((socket) => receiveDump((criuSocket = socket), layout, dumped));
-  received.catch(() => {});
-  const linkLost = new Promise<never>((_, reject) => session.once('aborted', reject));
-  linkLost.catch(() => {});
+  const forward = await dumpToLink(session, layout);
+  const port = forward.port;
+  const dumped = forward.pages;
 
   const started = Date.now();
   progress('dumping (lazy)');
@@ -282,8 +269,8 @@ export async function migrateLazy(options: MigrateOptions): Promise<MigrationSum
   let pulled = 0;
   let stopReporting = (): void => {};
   try {
-    await Promise.race([gate.reached, dump.exited.then(() => Promise.reject(new Error('criu dump ended before post-dump'))), received.then(() => new Promise<never>(() => {})), linkLost]);
-    const eager = await received;
+    await Promise.race([gate.reached, dump.exited.then(() => Promise.reject(new Error('criu dump ended before post-dump'))), forward.failed]);
+    const eager = await forward.received;
     const dumpedAt = Date.now();
     const runs = pushRequests(dumped.lazyRuns);
     progress('sending images');
@@ -377,8 +364,7 @@ export async function migrateLazy(options: MigrateOptions): Promise<MigrationSum
       // a bad header fails CRIU's lazy page-server session, and CRIU resumes the source
       lazyServer.end(Buffer.from([0xff]));
     } else {
-      criuSocket?.destroy();
-      pageServer.close();
+      forward.abandon();
       await gate.release(false).catch(() => {});
       await gate.close();
     }

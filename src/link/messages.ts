@@ -43,6 +43,8 @@ export interface MigrationStart {
   mode: string;
   pid: number;
   criu_version: string;
+  instance?: string;
+  migration_id?: string;
 }
 export interface ImagesComplete {
   files: number;
@@ -64,6 +66,10 @@ export interface LazyComplete {
 export interface Commit {
   source_pid: number;
 }
+export interface ImagesStored {
+  ok: boolean;
+  error: string;
+}
 /** One control message: exactly one of these is set. */
 export interface Control {
   lazy_complete?: LazyComplete;
@@ -72,6 +78,7 @@ export interface Control {
   restore_result?: RestoreResult;
   progress?: Progress;
   commit?: Commit;
+  images_stored?: ImagesStored;
 }
 
 interface MessageCodec<T> {
