@@ -17,7 +17,7 @@ import { realtimeNs, reportFrom, type WorkloadReport } from '../../test/support/
 const WORKLOAD = '/usr/local/bin/haul-workload';
 const REPO = fileURLToPath(new URL('../../..', import.meta.url));
 const CRIU_ON_SECOND_HOST = join(REPO, 'test/support/criu-in-pid-namespace.sh');
-const HAUL_CLI = join(REPO, 'dist/src/cli/haul.js');
+const HAUL_CLI = join(REPO, 'dist/plugin/haul.js');
 const progress = (line: string): void => void process.stderr.write(`[migrate] ${line}\n`);
 
 const gapMs = (report: WorkloadReport): number => Math.round(Number(report.maxGapNs) / 1e6);

@@ -13,8 +13,10 @@ HAUL_TESTBED=/var/lib/haul-testbed          # the two test hosts' INCUS_DIRs, lo
 HAUL_INCUS_CONF=$HAUL_TESTBED/client        # INCUS_CONF of the client that knows remotes src and dst
 
 # incusd and liblxc find criu through PATH; Debian's /etc/default/incus would put /usr/sbin (criu 3.17,
-# which fails on this kernel) first, so every incusd we start gets /usr/local/sbin ahead of it.
-HAUL_INCUS_PATH=/usr/libexec/incus:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin
+# which fails on this kernel) first, so every incusd we start gets /usr/local/sbin ahead of it, and
+# haul's CRIU hook (`haul agent install`) ahead of everything.
+HAUL_HOOK_DIR=/usr/local/lib/haul/hook
+HAUL_INCUS_PATH=$HAUL_HOOK_DIR:/usr/libexec/incus:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin
 
 say() { printf '%s %s\n' "[$(basename "$0")]" "$*" >&2; }
 die() { say "error: $*"; exit 1; }

@@ -66,6 +66,10 @@ export interface LazyComplete {
 export interface Commit {
   source_pid: number;
 }
+export interface MigrationAccepted {
+  ok: boolean;
+  error: string;
+}
 export interface ImagesStored {
   ok: boolean;
   error: string;
@@ -79,6 +83,7 @@ export interface Control {
   progress?: Progress;
   commit?: Commit;
   images_stored?: ImagesStored;
+  migration_accepted?: MigrationAccepted;
 }
 
 interface MessageCodec<T> {

@@ -1,0 +1,119 @@
+import { realpathSync } from 'node:fs';
+import { join } from 'node:path';
+import { Command, InvalidArgumentError, Option } from 'commander';
+import { DEFAULT_CRIU } from '../src/criu/run/criu-process.js';
+import { loadOrCreateIdentity } from '../src/link/identity.js';
+import { openTrustStore, stateDirOf } from '../src/cli/trust-commands.js';
+import { Agent } from './agent.js';
+import { installHook, shellWords, uninstallHook } from './criu-hook.js';
+import { askAgent } from './hook-protocol.js';
+import { MigrationRecords, type MigrationRecord } from './migration-records.js';
+import type { HaulMode, Peer } from './source-role.js';
+
+const DEFAULT_HOOK_DIR = '/usr/local/lib/haul/hook';
+const HOOK_TIMEOUT_MS: Record<string, number> = { dump: 30_000, restore: 6 * 60_000 };
+
+function parseListen(value: string): { address: string; port: number } {
+  const match = /^(.+):(\d+)$/.exec(value);
+  if (!match) throw new InvalidArgumentError('expected ADDRESS:PORT');
+  return { address: match[1]!.replace(/^\[(.*)\]$/, '$1'), port: Number(match[2]) };
+}
+
+function parsePeer(value: string, previous: Peer[]): Peer[] {
+  const match = /^([^=]+)=(.+:\d+)$/.exec(value);
+  if (!match) throw new InvalidArgumentError('expected NAME=HOST:PORT');
+  return [...previous, { name: match[1]!, url: match[2]! }];
+}
+
+const recordsOf = (command: Command): MigrationRecords => new MigrationRecords(join(stateDirOf(command), 'agent', 'migrations.jsonl'));
+
+/** `haul agent …` and `haul status`: the Incus plugin's commands. */
+export function addAgentCommands(program: Command, out: (line: string) => void): void {
+  const agent = program.command('agent').description('the Incus plugin: an agent beside incusd that routes native `incus move` through haul');
+
+  agent
+    .command('run')
+    .description('run the agent (in the foreground) beside one incusd')
+    .option('--incus-dir <dir>', "incusd's INCUS_DIR", process.env['INCUS_DIR'] ?? '/var/lib/incus')
+    .requiredOption('--listen <address:port>', 'where peers reach this agent', parseListen)
+    .option('--peer <name=host:port>', 'another host\'s agent (repeat for each)', parsePeer, [])
+    .addOption(new Option('--default-mode <mode>', 'for instances without user.haul.mode').choices(['precopy', 'lazy', 'off']).default('precopy'))
+    .option('--insecure', 'plain WebSocket between agents, no TLS (loopback only)', false)
+    .option('--criu <path>', 'the real CRIU', DEFAULT_CRIU)
+    .action(async (options: { incusDir: string; listen: { address: string; port: number }; peer: Peer[]; defaultMode: HaulMode; insecure: boolean; criu: string }, command: Command) => {
+      const stateDir = stateDirOf(command);
+      const security = options.insecure ? { insecure: true } : { identity: await loadOrCreateIdentity(stateDir), trust: await openTrustStore(stateDir) };
+      const scheme = options.insecure ? 'ws' : 'wss';
+      const running = await Agent.start({
+        ...security,
+        host: { criu_version: '', page_size: 4096, architecture: process.arch, capabilities: ['pre-copy'], haul_version: '', role: 'agent' },
+        incusDir: options.incusDir,
+        stateDir: join(stateDir, 'agent'),
+        listen: options.listen,
+        peers: options.peer.map((peer) => ({ name: peer.name, url: `${scheme}://${peer.url}` })),
+        defaultMode: options.defaultMode,
+        criuBinary: options.criu,
+        log: (line) => out(`${new Date().toISOString()} ${line}`),
+      });
+      out(`${new Date().toISOString()} haul agent for ${options.incusDir}: peers on ${options.listen.address}:${running.port}, hook socket ${running.hookSocket}`);
+      await new Promise<void>((resolve) => {
+        process.once('SIGINT', resolve);
+        process.once('SIGTERM', resolve);
+      });
+      await running.close();
+    });
+
+  agent
+    .command('hook')
+    .description('(run by the CRIU hook) ask the agent how to run this CRIU call; prints the arguments as shell words')
+    .requiredOption('--socket <path>', "the agent's hook socket")
+    .argument('<criu-args...>')
+    .action(async (args: string[], options: { socket: string }) => {
+      const call = args[0] === 'dump' || args[0] === 'restore' ? args[0] : undefined;
+      if (!call) return out(shellWords(args));
+      let reply;
+      try {
+        reply = await askAgent(options.socket, { call, args }, HOOK_TIMEOUT_MS[call]!);
+      } catch (error) {
+        // no agent: the move goes on natively
+        process.stderr.write(`haul hook: ${error instanceof Error ? error.message : String(error)}; running criu ${call} unchanged\n`);
+        return out(shellWords(args));
+      }
+      if ('error' in reply) throw new Error(reply.error);
+      out(shellWords(reply.args));
+    });
+
+  agent
+    .command('install')
+    .description('install the CRIU hook; put its directory first on incusd\'s PATH (and restart incusd)')
+    .option('--hook-dir <dir>', 'where the hook goes', DEFAULT_HOOK_DIR)
+    .option('--criu <path>', 'the real CRIU the hook runs', DEFAULT_CRIU)
+    .action(async (options: { hookDir: string; criu: string }) => {
+      const path = await installHook(options.hookDir, options.criu, process.execPath, realpathSync(process.argv[1]!));
+      out(`installed ${path} (runs ${options.criu}); incusd must have ${options.hookDir} first on its PATH`);
+    });
+
+  agent
+    .command('uninstall')
+    .description('remove the CRIU hook (moves are native again)')
+    .option('--hook-dir <dir>', 'where the hook is', DEFAULT_HOOK_DIR)
+    .action(async (options: { hookDir: string }) => {
+      out((await uninstallHook(options.hookDir)) ? `removed ${options.hookDir}/criu` : `no hook in ${options.hookDir}`);
+    });
+
+  program
+    .command('status')
+    .description('the migrations this host\'s agent recorded, newest last')
+    .option('--json', 'one JSON array', false)
+    .action(async (options: { json: boolean }, command: Command) => {
+      const records = await recordsOf(command).all();
+      if (options.json) return out(JSON.stringify(records));
+      if (records.length === 0) return out('no migrations recorded');
+      for (const r of records) out(describe(r));
+    });
+}
+
+function describe(r: MigrationRecord): string {
+  const mib = (r.bytes / 2 ** 20).toFixed(1);
+  return `${r.startedAt} ${r.instance} ${r.role === 'source' ? 'to' : 'from'} ${r.peer || '-'} ${r.mode}: ${r.result}, ${r.pages} pages, ${mib} MiB, ${r.totalMs} ms${r.error ? ` (${r.error})` : ''}`;
+}

@@ -1,0 +1,56 @@
+import { chmod, mkdir, readFile, rm, writeFile } from 'node:fs/promises';
+import { join } from 'node:path';
+
+/** Marks a file as haul's hook, so that uninstall removes only what install wrote. */
+const MARK = '# haul-criu-hook';
+
+/**
+ * The hook liblxc runs as `criu`: a few lines of POSIX sh (liblxc needs the real CRIU to replace
+ * it, and Node cannot exec). It prints nothing on stdout (liblxc parses `criu --version` there),
+ * passes every call but the final dump and the restore straight to the real CRIU, asks the haul
+ * agent about those two, and ends in an exec of CRIU with the agent's arguments. With no agent
+ * socket, or no agent answering, the call runs unchanged and the move stays native.
+ */
+export function hookScript(realCriu: string, node: string, haul: string): string {
+  const quote = (value: string): string => `'${value.replace(/'/g, `'\\''`)}'`;
+  return `#!/bin/sh
+${MARK}: installed by \`haul agent install\`; remove with \`haul agent uninstall\`.
+real_criu=${quote(realCriu)}
+case "\${1:-}" in
+  dump|restore) ;;
+  *) exec "$real_criu" "$@" ;;
+esac
+socket="\${INCUS_DIR:-/var/lib/incus}/haul-agent.sock"
+[ -S "$socket" ] || exec "$real_criu" "$@"
+if args=$(${quote(node)} ${quote(haul)} agent hook --socket "$socket" -- "$@" </dev/null); then
+  eval "set -- $args"
+  exec "$real_criu" "$@"
+fi
+exit 1
+`;
+}
+
+/** Shell words for `eval "set -- …"`: each argument single-quoted. */
+export function shellWords(args: readonly string[]): string {
+  return args.map((arg) => `'${arg.replace(/'/g, `'\\''`)}'`).join(' ');
+}
+
+export async function installHook(hookDir: string, realCriu: string, node: string, haul: string): Promise<string> {
+  const path = join(hookDir, 'criu');
+  if (path === realCriu) throw new Error(`the hook would replace the real CRIU at ${realCriu}: install it into another directory`);
+  const existing = await readFile(path, 'utf8').catch(() => undefined);
+  if (existing !== undefined && !existing.includes(MARK)) throw new Error(`${path} exists and is not haul's hook; not replacing it`);
+  await mkdir(hookDir, { recursive: true });
+  await writeFile(path, hookScript(realCriu, node, haul));
+  await chmod(path, 0o755);
+  return path;
+}
+
+export async function uninstallHook(hookDir: string): Promise<boolean> {
+  const path = join(hookDir, 'criu');
+  const existing = await readFile(path, 'utf8').catch(() => undefined);
+  if (existing === undefined) return false;
+  if (!existing.includes(MARK)) throw new Error(`${path} is not haul's hook; not removing it`);
+  await rm(path);
+  return true;
+}

@@ -1,0 +1,38 @@
+import { appendFile, readFile } from 'node:fs/promises';
+
+/** One migration as the agent saw it, appended to its record file when it ends (or is skipped). */
+export interface MigrationRecord {
+  readonly id: string;
+  readonly instance: string;
+  /** source: this host dumped; destination: this host restored. */
+  readonly role: 'source' | 'destination';
+  readonly peer: string;
+  readonly mode: 'precopy' | 'lazy' | 'off';
+  /** Pages and bytes that went through haul's link. */
+  readonly pages: number;
+  readonly bytes: number;
+  /** pages-*.img files found in Incus' checkpoint directory once the dump sent its pages (source). */
+  readonly checkpointPageFiles?: number;
+  readonly startedAt: string;
+  readonly totalMs: number;
+  readonly result: 'moved' | 'stored' | 'placed' | 'passed-through' | 'failed';
+  readonly error?: string;
+}
+
+export class MigrationRecords {
+  constructor(readonly path: string) {}
+
+  async add(record: MigrationRecord): Promise<void> {
+    await appendFile(this.path, `${JSON.stringify(record)}\n`, { mode: 0o600 });
+  }
+
+  async all(): Promise<MigrationRecord[]> {
+    let text: string;
+    try {
+      text = await readFile(this.path, 'utf8');
+    } catch {
+      return [];
+    }
+    return text.split('\n').filter(Boolean).map((line) => JSON.parse(line) as MigrationRecord);
+  }
+}
