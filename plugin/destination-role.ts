@@ -106,6 +106,11 @@ export class DestinationRole {
     } catch {
       return { args }; // a native move: nothing of haul's in it
     }
+    // Incus made the restore dir 0700 for the container's root; CRIU 4.1.1's restored init may open
+    // timens-N.img before its uid map is written (criu/cr-restore.c: prepare_timens() runs before
+    // the PREPARE_NAMESPACES stage) and then cannot search it: about one native move in six fails
+    // so here. Searchable by all, the dir lists nothing to others; its files are 0644 already.
+    await chmod(dir, 0o711);
     const started = Date.now();
     const deadline = started + PAGES_WAIT_MS;
     let entry = this.incoming.get(id);

@@ -44,7 +44,7 @@ const progress = (line: string): void => void process.stderr.write(`[native-move
 
 /** A container running the scenario's workload, ready to move, and what an intact report looks like. */
 async function launchScenario(workload: { dir: string; mib: number }, options: Options) {
-  const container = await TestContainer.launch('busybox', 'src', '/tmp/counter', ['--storage', options.pool]);
+  const container = await TestContainer.launch('busybox', 'src', '/tmp/counter', ['--storage', options.pool, '--config', 'user.haul.mode=off']);
   if (workload.dir !== COUNTER.dir) {
     await container.exec(['haul-workload', 'start', '--dir', workload.dir, '--mib', String(workload.mib)]);
   }

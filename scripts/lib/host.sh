@@ -51,3 +51,16 @@ install_node_dependencies() {
     echo "$lock_sum" > "$HAUL_ROOT/node_modules/.haul-lock.sha256"
   fi
 }
+
+# Compiles haul into dist/ when a source is newer than the last build (dist/.built, which the test
+# suite's global setup also writes); a running agent is restarted only when this rebuilt it.
+build_haul() {
+  local stamp=$HAUL_ROOT/dist/.built
+  if [ -f "$stamp" ] && [ -z "$(find "$HAUL_ROOT/src" "$HAUL_ROOT/proxy" "$HAUL_ROOT/plugin" "$HAUL_ROOT/scripts" "$HAUL_ROOT/test/support" "$HAUL_ROOT/package.json" \
+      \( -name '*.ts' -o -name '*.proto' -o -name '*.json' \) -newer "$stamp" -print -quit)" ]; then
+    return 0
+  fi
+  say "building haul (dist/)"
+  (cd "$HAUL_ROOT" && npm run --silent build >&2)
+  touch "$stamp"
+}

@@ -18,7 +18,8 @@ describeOnHost('native incus move between the test hosts (the baseline haul impr
    */
   async function onFreshContainers(image: string, scenario: (container: TestContainer) => Promise<void>): Promise<void> {
     for (let attempt = 1; attempt <= ATTEMPTS; attempt++) {
-      const container = await TestContainer.launch(image, 'src', '/tmp/counter');
+      // the baseline: haul's agent stays out of this instance's moves
+      const container = await TestContainer.launch(image, 'src', '/tmp/counter', ['--config', 'user.haul.mode=off']);
       containers.push(container);
       try {
         return await scenario(container);
