@@ -1,5 +1,4 @@
 import { mkdir, mkdtemp, rm } from 'node:fs/promises';
-import { once } from 'node:events';
 import { connect, type Socket } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -16,8 +15,7 @@ import { ChannelKind } from '../src/link/frame.js';
 import type { RestoreResult } from '../src/link/messages.js';
 import type { LinkSession } from '../src/link/session.js';
 import { sendImageFiles } from './images-to-link.js';
-import { LAZY_PUSH_CHANNEL, readPageRequests, writePages, type PageRun } from './lazy-wire.js';
-import { PageTable } from './page-table.js';
+import { FaultQueue, moveLazyPages } from './lazy-source.js';
 import { dumpToLink } from './dump-to-link.js';
 
 export interface MigrateOptions extends EndpointOptions {
@@ -91,17 +89,7 @@ async function startMigration(options: MigrateOptions, mode: 'pre-copy' | 'lazy'
   session.once('aborted', (error) => (linkFailure = error));
   const reports = destinationReports(session);
   // the destination opens its channels as soon as the session exists: listen before any await
-  const faults: PageRun[] = [];
-  let wakeForFault: (() => void) | undefined;
-  session.on('channel', (channel) => {
-    if (channel.kind !== ChannelKind.LAZY_REQUESTS) return;
-    void (async () => {
-      for await (const { run } of readPageRequests(channel.readable as Readable)) {
-        faults.push(run);
-        wakeForFault?.();
-      }
-    })().catch(() => {});
-  });
+  const faults = new FaultQueue(session);
   const gate = await PostDumpGate.create(workDir);
   const control = session.openChannel(ChannelKind.CONTROL, 'migration');
   await sendControl(control.writable, { migration_start: { mode, pid: options.pid, criu_version: `${version.major}.${version.minor}.${version.patch}` } });
@@ -115,10 +103,8 @@ async function startMigration(options: MigrateOptions, mode: 'pre-copy' | 'lazy'
     reports,
     gate,
     control,
-    /** Page faults the destination asks the source to serve (lazy mode), oldest first. */
+    /** Page faults the destination asks the source to serve (lazy mode). */
     faults,
-    /** Resolves the next time a fault arrives. */
-    nextFault: (): Promise<void> => new Promise<void>((resolve) => (wakeForFault = resolve)),
     criu: options.criuBinary ? { binary: options.criuBinary } : {},
     /** The error to report: the link's reason when it failed first, CRIU's errors being only its echo. */
     failure(error: unknown): Error {
@@ -228,21 +214,6 @@ function destinationReports(session: LinkSession): { restore: Promise<RestoreRes
   return { restore, lazyComplete, finished };
 }
 
-/** The lazy runs cut into requests of at most PUSH_PAGES pages, for CRIU's lazy page server. */
-function pushRequests(lazyRuns: readonly PageRun[]): PageRun[] {
-  const runs: PageRun[] = [];
-  for (const run of lazyRuns) {
-    for (let at = 0; at < run.nrPages; at += PUSH_PAGES) {
-      runs.push({ pid: run.pid, vaddr: run.vaddr + BigInt(at * PAGE_SIZE), nrPages: Math.min(PUSH_PAGES, run.nrPages - at) });
-    }
-  }
-  return runs;
-}
-
-/** Pages pushed ahead per request to CRIU's page server, and requests out at once. */
-const PUSH_PAGES = 128;
-const PIPELINE = 2;
-
 /**
  * Lazy (post-copy) migration: the destination restores from the small images at once, and the
  * memory follows. haul is the one client of the page server `criu dump --lazy-pages` leaves running:
@@ -251,7 +222,7 @@ const PIPELINE = 2;
  * success, so on any failure haul ends it with a bad header instead, and CRIU resumes the source.
  */
 export async function migrateLazy(options: MigrateOptions): Promise<MigrationSummary & { readonly lazyPages: number }> {
-  const { progress, layout, workDir, imagesDir, session, reports, gate, control, faults, nextFault, criu, failure, cleanUp } = await startMigration(options, 'lazy');
+  const { progress, layout, workDir, imagesDir, session, reports, gate, control, faults, criu, failure, cleanUp } = await startMigration(options, 'lazy');
   // CRIU sends the pagemaps and the pages that cannot be lazy to haul's page server first, as in
   // pre-copy, then serves the lazy ones itself on the same port once post-dump returns
   const forward = await dumpToLink(session, layout);
@@ -272,7 +243,6 @@ export async function migrateLazy(options: MigrateOptions): Promise<MigrationSum
     await Promise.race([gate.reached, dump.exited.then(() => Promise.reject(new Error('criu dump ended before post-dump'))), forward.failed]);
     const eager = await forward.received;
     const dumpedAt = Date.now();
-    const runs = pushRequests(dumped.lazyRuns);
     progress('sending images');
     const images = await sendImageFiles(session, imagesDir);
     await sendControl(control.writable, { images_complete: { files: images.files, page_streams: dumped.pageStreams, bytes: BigInt(images.bytes) } });
@@ -291,62 +261,14 @@ export async function migrateLazy(options: MigrateOptions): Promise<MigrationSum
     lazyServer = connect(port, '127.0.0.1');
     await new Promise((resolve, reject) => lazyServer!.once('connect', resolve).once('error', reject));
     const client = new LazyPagesClient(lazyServer, layout);
-    const answers = session.openChannel(ChannelKind.LAZY_ANSWERS, 'lazy-answers');
-    const pushes = session.openChannel(ChannelKind.PAGES, LAZY_PUSH_CHANNEL);
-    const fetched = new PageTable();
-    const total = runs.reduce((sum, run) => sum + run.nrPages, 0);
-    let background = 0;
+    const total = dumped.lazyRuns.reduce((sum, run) => sum + run.nrPages, 0);
     progress(`restoring on the destination; ${total} pages to follow`);
     stopReporting = reportPages(progress, 'pages moved', () => pulled);
-    // Pipelined: up to PIPELINE requests are out at CRIU's page server at once; answers come back
-    // in order. A fault goes out ahead of every background request not yet sent.
-    const inFlight: Array<{ run: PageRun; fault: boolean; answer: Promise<{ nrPages: number; pages: AsyncIterable<Buffer> }> }> = [];
-    const asked = (pid: number, vaddr: bigint): boolean => fetched.has(pid, vaddr);
-    const nextRun = (): (PageRun & { fault: boolean }) | undefined => {
-      let run = faults.shift();
-      while (run && asked(run.pid, run.vaddr)) run = faults.shift();
-      const fault = run !== undefined;
-      // background pages wait while the push channel is full, so faults never queue behind them
-      if (!run && pushes.writable.writableNeedDrain) return undefined;
-      if (!run) {
-        while (background < runs.length && asked(runs[background]!.pid, runs[background]!.vaddr)) background++;
-        run = runs[background];
-      }
-      if (!run) return undefined;
-      // ask only for pages not asked for yet, from the first one on, and count them asked now
-      let count = 0;
-      while (count < run.nrPages && !asked(run.pid, run.vaddr + BigInt(count * PAGE_SIZE))) count++;
-      for (let i = 0; i < count; i++) fetched.set(run.pid, run.vaddr + BigInt(i * PAGE_SIZE), 1);
-      return { pid: run.pid, vaddr: run.vaddr, nrPages: count, fault };
-    };
-    while (pulled < total) {
-      if (restoreFailure !== undefined) throw new Error(`the destination could not restore: ${restoreFailure}`);
-      while (inFlight.length < PIPELINE) {
-        const run = nextRun();
-        if (!run) break;
-        inFlight.push({ run, fault: run.fault, answer: client.get(run.pid, run.vaddr, run.nrPages) });
-      }
-      const oldest = inFlight.shift();
-      if (!oldest) {
-        await Promise.race([nextFault(), ...(pushes.writable.writableNeedDrain ? [once(pushes.writable, 'drain')] : [])]);
-        continue;
-      }
-      const answer = await oldest.answer;
-      if (answer.nrPages !== oldest.run.nrPages) {
-        // a short answer: the rest of that run is asked for again later
-        for (let i = answer.nrPages; i < oldest.run.nrPages; i++) fetched.delete(oldest.run.pid, oldest.run.vaddr + BigInt(i * PAGE_SIZE));
-        background = 0;
-      }
-      pulled += answer.nrPages;
-      const run = { pid: oldest.run.pid, vaddr: oldest.run.vaddr, nrPages: answer.nrPages };
-      if (oldest.fault) await writePages(answers.writable, run, answer.pages);
-      // pushed pages are taken off CRIU's socket at once (the next answer is behind them) and left
-      // to the link; no more are asked for until the push channel drains
-      else await writePages(pushes.writable, run, answer.pages, { waitForDrain: false });
-    }
+    await moveLazyPages(session, client, dumped.lazyRuns, faults, {
+      onPages: (moved) => (pulled = moved),
+      stop: () => (restoreFailure === undefined ? undefined : `the destination could not restore: ${restoreFailure}`),
+    });
     stopReporting();
-    pushes.writable.end();
-    answers.writable.end();
     const result = await reports.restore;
     if (!result.ok) throw new Error(`the destination could not restore: ${result.error}`);
     await reports.lazyComplete;

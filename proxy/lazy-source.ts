@@ -1,0 +1,126 @@
+import { once } from 'node:events';
+import type { Readable } from 'node:stream';
+import type { LazyPagesClient } from '../src/criu/page-server/lazy-pages-client.js';
+import { PAGE_SIZE } from '../src/criu/page-server/protocol.js';
+import { ChannelKind } from '../src/link/frame.js';
+import type { LinkSession } from '../src/link/session.js';
+import { LAZY_PUSH_CHANNEL, readPageRequests, writePages, type PageRun } from './lazy-wire.js';
+import { PageTable } from './page-table.js';
+
+/** Pages pushed ahead per request to CRIU's page server, and requests out at once. */
+const PUSH_PAGES = 128;
+const PIPELINE = 2;
+
+/**
+ * The page faults the destination asks the source to serve, oldest first. The destination opens its
+ * request channel as soon as the session exists: create this before awaiting anything.
+ */
+export class FaultQueue {
+  private readonly faults: PageRun[] = [];
+  private wake: (() => void) | undefined;
+
+  constructor(session: LinkSession) {
+    session.on('channel', (channel) => {
+      if (channel.kind !== ChannelKind.LAZY_REQUESTS) return;
+      void (async () => {
+        for await (const { run } of readPageRequests(channel.readable as Readable)) {
+          this.faults.push(run);
+          this.wake?.();
+        }
+      })().catch(() => {});
+    });
+  }
+
+  shift(): PageRun | undefined {
+    return this.faults.shift();
+  }
+
+  /** Resolves the next time a fault arrives. */
+  next(): Promise<void> {
+    return new Promise<void>((resolve) => (this.wake = resolve));
+  }
+}
+
+/** The lazy runs cut into requests of at most PUSH_PAGES pages, for CRIU's lazy page server. */
+function pushRequests(lazyRuns: readonly PageRun[]): PageRun[] {
+  const runs: PageRun[] = [];
+  for (const run of lazyRuns) {
+    for (let at = 0; at < run.nrPages; at += PUSH_PAGES) {
+      runs.push({ pid: run.pid, vaddr: run.vaddr + BigInt(at * PAGE_SIZE), nrPages: Math.min(PUSH_PAGES, run.nrPages - at) });
+    }
+  }
+  return runs;
+}
+
+/**
+ * Moves every lazy page from CRIU's lazy page server (`client`, haul its only client) to the
+ * destination: faults first, on the LAZY_ANSWERS channel the link sends ahead of bulk traffic, and
+ * every other page behind them on a push channel, never asking CRIU for a page twice. Resolves with
+ * the number of pages moved once all `lazyRuns` have; `stop()` returning a reason ends it early.
+ */
+export async function moveLazyPages(
+  session: LinkSession,
+  client: LazyPagesClient,
+  lazyRuns: readonly PageRun[],
+  faults: FaultQueue,
+  options: { onPages?: (moved: number) => void; stop?: () => string | undefined } = {},
+): Promise<number> {
+  const runs = pushRequests(lazyRuns);
+  const total = runs.reduce((sum, run) => sum + run.nrPages, 0);
+  const answers = session.openChannel(ChannelKind.LAZY_ANSWERS, 'lazy-answers');
+  const pushes = session.openChannel(ChannelKind.PAGES, LAZY_PUSH_CHANNEL);
+  const fetched = new PageTable();
+  let background = 0;
+  let pulled = 0;
+  // Pipelined: up to PIPELINE requests are out at CRIU's page server at once; answers come back
+  // in order. A fault goes out ahead of every background request not yet sent.
+  const inFlight: Array<{ run: PageRun; fault: boolean; answer: Promise<{ nrPages: number; pages: AsyncIterable<Buffer> }> }> = [];
+  const asked = (pid: number, vaddr: bigint): boolean => fetched.has(pid, vaddr);
+  const nextRun = (): (PageRun & { fault: boolean }) | undefined => {
+    let run = faults.shift();
+    while (run && asked(run.pid, run.vaddr)) run = faults.shift();
+    const fault = run !== undefined;
+    // background pages wait while the push channel is full, so faults never queue behind them
+    if (!run && pushes.writable.writableNeedDrain) return undefined;
+    if (!run) {
+      while (background < runs.length && asked(runs[background]!.pid, runs[background]!.vaddr)) background++;
+      run = runs[background];
+    }
+    if (!run) return undefined;
+    // ask only for pages not asked for yet, from the first one on, and count them asked now
+    let count = 0;
+    while (count < run.nrPages && !asked(run.pid, run.vaddr + BigInt(count * PAGE_SIZE))) count++;
+    for (let i = 0; i < count; i++) fetched.set(run.pid, run.vaddr + BigInt(i * PAGE_SIZE), 1);
+    return { pid: run.pid, vaddr: run.vaddr, nrPages: count, fault };
+  };
+  while (pulled < total) {
+    const stopped = options.stop?.();
+    if (stopped !== undefined) throw new Error(stopped);
+    while (inFlight.length < PIPELINE) {
+      const run = nextRun();
+      if (!run) break;
+      inFlight.push({ run, fault: run.fault, answer: client.get(run.pid, run.vaddr, run.nrPages) });
+    }
+    const oldest = inFlight.shift();
+    if (!oldest) {
+      await Promise.race([faults.next(), ...(pushes.writable.writableNeedDrain ? [once(pushes.writable, 'drain')] : [])]);
+      continue;
+    }
+    const answer = await oldest.answer;
+    if (answer.nrPages !== oldest.run.nrPages) {
+      // a short answer: the rest of that run is asked for again later
+      for (let i = answer.nrPages; i < oldest.run.nrPages; i++) fetched.delete(oldest.run.pid, oldest.run.vaddr + BigInt(i * PAGE_SIZE));
+      background = 0;
+    }
+    pulled += answer.nrPages;
+    options.onPages?.(pulled);
+    const run = { pid: oldest.run.pid, vaddr: oldest.run.vaddr, nrPages: answer.nrPages };
+    if (oldest.fault) await writePages(answers.writable, run, answer.pages);
+    // pushed pages are taken off CRIU's socket at once (the next answer is behind them) and left
+    // to the link; no more are asked for until the push channel drains
+    else await writePages(pushes.writable, run, answer.pages, { waitForDrain: false });
+  }
+  pushes.writable.end();
+  answers.writable.end();
+  return pulled;
+}
