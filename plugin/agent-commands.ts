@@ -1,4 +1,5 @@
 import { realpathSync } from 'node:fs';
+import { hostname } from 'node:os';
 import { join } from 'node:path';
 import { Command, InvalidArgumentError, Option } from 'commander';
 import { DEFAULT_CRIU } from '../src/criu/run/criu-process.js';
@@ -37,10 +38,11 @@ export function addAgentCommands(program: Command, out: (line: string) => void):
     .option('--incus-dir <dir>', "incusd's INCUS_DIR", process.env['INCUS_DIR'] ?? '/var/lib/incus')
     .requiredOption('--listen <address:port>', 'where peers reach this agent', parseListen)
     .option('--peer <name=host:port>', 'another host\'s agent (repeat for each)', parsePeer, [])
+    .option('--name <name>', 'this host\'s name, as its peers call it', hostname())
     .addOption(new Option('--default-mode <mode>', 'for instances without user.haul.mode').choices(['precopy', 'lazy', 'off']).default('precopy'))
     .option('--insecure', 'plain WebSocket between agents, no TLS (loopback only)', false)
     .option('--criu <path>', 'the real CRIU', DEFAULT_CRIU)
-    .action(async (options: { incusDir: string; listen: { address: string; port: number }; peer: Peer[]; defaultMode: HaulMode; insecure: boolean; criu: string }, command: Command) => {
+    .action(async (options: { incusDir: string; listen: { address: string; port: number }; peer: Peer[]; name: string; defaultMode: HaulMode; insecure: boolean; criu: string }, command: Command) => {
       const stateDir = stateDirOf(command);
       const security = options.insecure ? { insecure: true } : { identity: await loadOrCreateIdentity(stateDir), trust: await openTrustStore(stateDir) };
       const scheme = options.insecure ? 'ws' : 'wss';
@@ -51,6 +53,7 @@ export function addAgentCommands(program: Command, out: (line: string) => void):
         stateDir: join(stateDir, 'agent'),
         listen: options.listen,
         peers: options.peer.map((peer) => ({ name: peer.name, url: `${scheme}://${peer.url}` })),
+        name: options.name,
         defaultMode: options.defaultMode,
         criuBinary: options.criu,
         log: (line) => out(`${new Date().toISOString()} ${line}`),
@@ -60,7 +63,9 @@ export function addAgentCommands(program: Command, out: (line: string) => void):
         process.once('SIGINT', resolve);
         process.once('SIGTERM', resolve);
       });
-      await running.close();
+      // migrations in flight end with the process (CRIU then resumes their sources): do not hang on them
+      await Promise.race([running.close(), new Promise((resolve) => setTimeout(resolve, 3000).unref())]);
+      process.exit(0);
     });
 
   agent

@@ -1,5 +1,5 @@
 import { chmod, mkdir, rm } from 'node:fs/promises';
-import { createServer, type Server } from 'node:net';
+import { createConnection, createServer, type Server } from 'node:net';
 import { join } from 'node:path';
 import { createInterface } from 'node:readline';
 import { criuVersion, type CriuVersion } from '../src/criu/run/criu-version.js';
@@ -19,6 +19,8 @@ export interface AgentOptions extends EndpointOptions {
   readonly stateDir: string;
   readonly listen: { readonly address: string; readonly port: number };
   readonly peers: readonly Peer[];
+  /** This host's name, as its peers know it (their --peer NAME=…). */
+  readonly name: string;
   readonly defaultMode: HaulMode;
   /** The real CRIU (for its version). */
   readonly criuBinary?: string;
@@ -48,16 +50,17 @@ export class Agent {
     const records = new MigrationRecords(join(options.stateDir, 'migrations.jsonl'));
     let version: Promise<CriuVersion> | undefined;
     const criu = (): Promise<CriuVersion> => (version ??= criuVersion(options.criuBinary));
-    const source = new SourceRole(incus, options.peers, options, records, options.defaultMode, criu, log);
-    const destination = new DestinationRole(incus, join(options.stateDir, 'incoming'), records, log);
+    const source = new SourceRole(incus, options.peers, options, records, options.defaultMode, criu, log, join(options.stateDir, 'outgoing'), options.name);
+    const destination = new DestinationRole(incus, join(options.stateDir, 'incoming'), records, log, criu, options.criuBinary);
     const events = new IncusEvents(join(options.incusDir, 'unix.socket'));
     events.on('event', (event) => destination.onEvent(event));
-    events.on('disconnected', (error) => log(`incusd events lost${error ? `: ${error.message}` : ''}; reconnecting`));
+    events.on('disconnected', (error) => log(`incusd's event stream ended${error ? ` (${error.message})` : ''}; reconnecting, and asking for operations meanwhile`));
     const listener = await LinkListener.listen(options.listen.address, options.listen.port, options);
-    listener.on('session', (session) => destination.serve(session, 'peer'));
+    listener.on('session', (session) => destination.serve(session));
     listener.on('refused', (error) => log(error.message));
 
     const hookSocket = hookSocketPath(options.incusDir);
+    if (await answers(hookSocket)) throw new Error(`another haul agent already serves ${options.incusDir} (${hookSocket})`);
     await rm(hookSocket, { force: true });
     const hookServer = createServer((socket) => {
       socket.on('error', () => {});
@@ -92,4 +95,13 @@ export class Agent {
     await this.listener.close();
     await this.incus.close();
   }
+}
+
+/** Whether something listens on the unix socket at `path`. */
+function answers(path: string): Promise<boolean> {
+  return new Promise((resolve) => {
+    const socket = createConnection(path);
+    socket.once('connect', () => (socket.destroy(), resolve(true)));
+    socket.once('error', () => resolve(false));
+  });
 }

@@ -5,7 +5,14 @@ import { setTimeout as sleep } from 'node:timers/promises';
 import { sendControl } from '../src/link/control-channel.js';
 import { ChannelKind } from '../src/link/frame.js';
 import type { LinkSession } from '../src/link/session.js';
+import type { Writable } from 'node:stream';
+import { acceptOne } from '../src/criu/page-server/connection.js';
+import { serveLazyPages } from '../src/criu/page-server/lazy-pages-server.js';
+import { startCriu } from '../src/criu/run/criu-process.js';
+import { headerLayoutFor, type CriuVersion } from '../src/criu/run/criu-version.js';
 import { CacheStore } from '../proxy/cache-store.js';
+import { LazyPageStore } from '../proxy/lazy-page-store.js';
+import { LAZY_PUSH_CHANNEL, readPages } from '../proxy/lazy-wire.js';
 import { argumentOf, type HookReply } from './hook-protocol.js';
 import type { IncusClient } from './incus-client.js';
 import type { IncusEvent } from './incus-events.js';
@@ -18,6 +25,10 @@ const EXPECT_WAIT_MS = 5_000;
 const PAGES_WAIT_MS = 5 * 60_000;
 
 interface Incoming {
+  readonly mode: 'precopy' | 'lazy';
+  readonly session: LinkSession;
+  readonly answers: Writable;
+  readonly lazyPages: Promise<LazyPageStore>;
   readonly instance: string;
   readonly peer: string;
   readonly dir: string;
@@ -42,6 +53,8 @@ export class DestinationRole {
     private readonly cacheDir: string,
     private readonly records: MigrationRecords,
     private readonly log: (line: string) => void,
+    private readonly criuVersion: () => Promise<CriuVersion>,
+    private readonly criuBinary: string | undefined,
   ) {
     mkdirSync(cacheDir, { recursive: true, mode: 0o700 });
   }
@@ -67,34 +80,50 @@ export class DestinationRole {
   }
 
   /** A session from a peer's source role. */
-  serve(session: LinkSession, peer: string): void {
+  serve(session: LinkSession): void {
     const dir = join(this.cacheDir, `${Date.now()}-${++this.sessions}`);
     mkdirSync(dir, { mode: 0o700 });
     const store = new CacheStore(session, dir); // before any await: channels are announced at once
     const answers = session.openChannel(ChannelKind.CONTROL, 'answers');
+    // lazy mode: pages the restore faults on are asked for on one channel, and come (with all the
+    // others, pushed) on two more
+    const lazyPages = LazyPageStore.create(join(dir, 'lazy-pages.bin'), session.openChannel(ChannelKind.LAZY_REQUESTS, 'lazy-requests').writable);
+    lazyPages.catch(() => {});
+    session.on('channel', (channel) => {
+      const lazy = channel.kind === ChannelKind.LAZY_ANSWERS || (channel.kind === ChannelKind.PAGES && channel.name === LAZY_PUSH_CHANNEL);
+      if (!lazy) return;
+      void (async () => {
+        const pages = await lazyPages;
+        for await (const { run, pages: data } of readPages(channel.readable)) await pages.add(run, data!);
+      })().catch((error: Error) => session.isOpen && session.abort(`bad lazy pages from the source: ${error.message}`));
+    });
+    session.once('aborted', (error) => void lazyPages.then((pages) => (pages.fail(error), pages.close())));
     void (async () => {
       const start = await store.controlWith('migration_start');
       const instance = start.instance ?? '';
+      const peer = start.source_host || 'unnamed peer';
       const id = start.migration_id ?? '';
       if (!instance || !id || !(await this.isReceiving(instance))) {
         await sendControl(answers.writable, { migration_accepted: { ok: false, error: `this host is not receiving an instance named ${JSON.stringify(instance)}` } });
         answers.writable.end();
+        await (await lazyPages).close();
         return;
       }
-      this.incoming.set(id, { instance, peer, dir, startedAt: new Date(), complete: store.complete });
+      const mode = start.mode === 'lazy' ? 'lazy' : 'precopy';
+      this.incoming.set(id, { mode, session, answers: answers.writable, lazyPages, instance, peer, dir, startedAt: new Date(), complete: store.complete });
       this.arrivals.splice(0).forEach((wake) => wake());
       await sendControl(answers.writable, { migration_accepted: { ok: true, error: '' } });
       try {
         await store.complete;
         await sendControl(answers.writable, { images_stored: { ok: true, error: '' } });
-        answers.writable.end();
+        if (mode === 'precopy') answers.writable.end();
         this.log(`${instance}: pages of migration ${id} stored, waiting for the restore`);
       } catch (error) {
         const reason = error instanceof Error ? error.message : String(error);
         if (session.isOpen) await sendControl(answers.writable, { images_stored: { ok: false, error: reason } }).catch(() => {});
         throw error;
       }
-    })().catch((error: Error) => this.log(`a migration from ${peer} failed: ${error.message}`));
+    })().catch((error: Error) => this.log(`an incoming migration failed: ${error.message}`));
   }
 
   async restore(args: readonly string[]): Promise<HookReply> {
@@ -129,14 +158,76 @@ export class DestinationRole {
       }
     } catch (error) {
       const reason = `haul: the pages of migration ${id} are not usable: ${error instanceof Error ? error.message : String(error)}`;
-      await this.records.add({ id, instance: entry.instance, role: 'destination', peer: entry.peer, mode: 'precopy', pages: 0, bytes: 0, startedAt: entry.startedAt.toISOString(), totalMs: Date.now() - entry.startedAt.getTime(), result: 'failed', error: reason });
+      await this.records.add({ id, instance: entry.instance, role: 'destination', peer: entry.peer, mode: entry.mode, pages: 0, bytes: 0, startedAt: entry.startedAt.toISOString(), totalMs: Date.now() - entry.startedAt.getTime(), result: 'failed', error: reason });
       return { error: reason };
     }
-    const pages = await countPages(entry.dir);
-    await this.records.add({ id, instance: entry.instance, role: 'destination', peer: entry.peer, mode: 'precopy', pages, bytes: pages * 4096, startedAt: entry.startedAt.toISOString(), totalMs: Date.now() - entry.startedAt.getTime(), result: 'placed' });
     this.incoming.delete(id);
-    this.log(`${entry.instance}: pages of migration ${id} placed for the restore`);
-    return { args };
+    const eager = await countPages(entry.dir);
+    const record = { id, instance: entry.instance, role: 'destination' as const, peer: entry.peer, mode: entry.mode, startedAt: entry.startedAt.toISOString() };
+    if (entry.mode === 'precopy') {
+      await (await entry.lazyPages).close(); // unused in pre-copy
+      await this.records.add({ ...record, pages: eager, bytes: eager * 4096, totalMs: Date.now() - entry.startedAt.getTime(), result: 'placed' });
+      this.log(`${entry.instance}: pages of migration ${id} placed for the restore`);
+      return { args };
+    }
+    try {
+      const lazyArgs = await this.serveLazy(entry, dir, async (lazyPagesReceived) => {
+        const pages = eager + lazyPagesReceived;
+        await this.records.add({ ...record, pages, bytes: pages * 4096, totalMs: Date.now() - entry.startedAt.getTime(), result: 'placed' });
+      });
+      this.log(`${entry.instance}: restoring migration ${id} lazily; its memory follows through haul`);
+      return { args: [...args, ...lazyArgs] };
+    } catch (error) {
+      const reason = `haul: could not start the lazy restore of migration ${id}: ${error instanceof Error ? error.message : String(error)}`;
+      await this.records.add({ ...record, pages: 0, bytes: 0, totalMs: Date.now() - entry.startedAt.getTime(), result: 'failed', error: reason });
+      if (entry.session.isOpen) entry.session.abort(reason);
+      return { error: reason };
+    }
+  }
+
+  /**
+   * Starts `criu lazy-pages` for a lazy restore in `dir`, served by haul from the link, and returns
+   * the arguments the restore needs. When the daemon has every page it ends; then the source hears
+   * that the migration is complete. If the link fails first, the daemon is ended.
+   */
+  private async serveLazy(entry: Incoming, dir: string, onComplete: (lazyPages: number) => Promise<void>): Promise<string[]> {
+    const lazyPages = await entry.lazyPages;
+    const server = await acceptOne('127.0.0.1', 0);
+    const layout = headerLayoutFor(await this.criuVersion());
+    const served = server.connection.then((socket) => serveLazyPages(socket, layout, lazyPages));
+    served.catch(() => {});
+    // CRIU's unix socket between `criu restore --lazy-pages` and `criu lazy-pages` lives in the
+    // restore dir (criu#2808 when the two disagree): same -D, cwd there
+    const daemon = startCriu('lazy-pages', ['--page-server', '--address', '127.0.0.1', '--port', String(server.port), '-D', dir], {
+      logFile: join(entry.dir, 'lazy-pages.log'), statusFd: true, cwd: dir, ...(this.criuBinary ? { binary: this.criuBinary } : {}),
+    });
+    const lost = (): void => void daemon.child.kill('SIGKILL');
+    entry.session.once('aborted', lost);
+    try {
+      await daemon.ready;
+    } catch (error) {
+      daemon.child.kill('SIGKILL');
+      server.close();
+      throw error;
+    }
+    void (async () => {
+      try {
+        await daemon.exited;
+        await served;
+        entry.session.off('aborted', lost);
+        await sendControl(entry.answers, { lazy_complete: { pages: BigInt(lazyPages.received) } });
+        entry.answers.end();
+        await onComplete(lazyPages.received);
+        this.log(`${entry.instance}: every lazy page arrived (${lazyPages.received})`);
+      } catch (error) {
+        const reason = error instanceof Error ? error.message : String(error);
+        if (entry.session.isOpen) entry.session.abort(`lazy pages could not all be delivered: ${reason}`);
+        this.log(`${entry.instance}: lazy restore failed: ${reason}`);
+      } finally {
+        await lazyPages.close().catch(() => {});
+      }
+    })();
+    return ['--lazy-pages'];
   }
 }
 

@@ -60,8 +60,8 @@ export class IncusEvents extends EventEmitter<EventsEvents> {
     socket.on('close', () => {
       if (this.socket !== socket) return;
       this.socket = undefined;
-      this.emit('disconnected', failure);
       if (this.stopped) return;
+      this.emit('disconnected', failure);
       this.timer = setTimeout(() => this.connect(), this.retryMs);
       this.retryMs = Math.min(this.retryMs * 2, RETRY_MAX_MS);
     });

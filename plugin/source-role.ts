@@ -2,6 +2,10 @@ import { randomUUID } from 'node:crypto';
 import { readdir, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import type { Readable, Writable } from 'node:stream';
+import { connect, type Socket } from 'node:net';
+import { setTimeout as sleep } from 'node:timers/promises';
+import { LazyPagesClient } from '../src/criu/page-server/lazy-pages-client.js';
+import type { HeaderLayout } from '../src/criu/page-server/protocol.js';
 import { headerLayoutFor, type CriuVersion } from '../src/criu/run/criu-version.js';
 import { receiveControl, sendControl } from '../src/link/control-channel.js';
 import { dialLink } from '../src/link/dialer.js';
@@ -10,6 +14,8 @@ import { ChannelKind } from '../src/link/frame.js';
 import type { Control } from '../src/link/messages.js';
 import type { LinkSession } from '../src/link/session.js';
 import { dumpToLink } from '../proxy/dump-to-link.js';
+import { FaultQueue, moveLazyPages } from '../proxy/lazy-source.js';
+import { LazyEarlyActions } from './lazy-early-actions.js';
 import { argumentOf, type HookReply } from './hook-protocol.js';
 import type { IncusClient, IncusInstance } from './incus-client.js';
 import type { MigrationRecord, MigrationRecords } from './migration-records.js';
@@ -18,6 +24,7 @@ import type { MigrationRecord, MigrationRecords } from './migration-records.js';
 export const MIGRATION_ID_FILE = 'haul-migration.json';
 const PEER_ANSWER_MS = 10_000;
 const PAGES_STORED_MS = 10 * 60_000;
+const LAZY_SERVER_MS = 60_000;
 
 export type HaulMode = 'precopy' | 'lazy' | 'off';
 
@@ -80,6 +87,10 @@ export class SourceRole {
     private readonly defaultMode: HaulMode,
     private readonly criuVersion: () => Promise<CriuVersion>,
     private readonly log: (line: string) => void,
+    /** Where lazy migrations keep their action script. */
+    private readonly workDir: string,
+    /** This host's name, as its peers know it. */
+    private readonly hostName: string,
   ) {}
 
   async dump(args: readonly string[]): Promise<HookReply> {
@@ -103,23 +114,34 @@ export class SourceRole {
       let session: LinkSession | undefined;
       try {
         ({ session } = await dialLink(peer.url, this.endpoint));
-        const answers = answersOf(session); // before any await: the peer opens its channel at once
+        // before any await: the peer opens its channels as soon as the session exists
+        const answers = answersOf(session);
+        const faults = new FaultQueue(session);
         const control = session.openChannel(ChannelKind.CONTROL, 'migration');
         const version3 = `${version.major}.${version.minor}.${version.patch}`;
-        await sendControl(control.writable, { migration_start: { mode: 'pre-copy', pid, criu_version: version3, instance: instance.name, migration_id: id } });
+        const linkMode = mode === 'lazy' ? 'lazy' : 'pre-copy';
+        await sendControl(control.writable, { migration_start: { mode: linkMode, pid, criu_version: version3, instance: instance.name, migration_id: id, source_host: this.hostName } });
         const accepted = await answers.next('migration_accepted', PEER_ANSWER_MS);
         if (!accepted.ok) {
           refusals.push(`${peer.name}: ${accepted.error}`);
           session.close();
           continue;
         }
-        const forward = await dumpToLink(session, headerLayoutFor(version));
+        const layout = headerLayoutFor(version);
+        const forward = await dumpToLink(session, layout);
         await writeFile(join(dir, MIGRATION_ID_FILE), `${JSON.stringify({ id, source: peer.name, mode })}\n`, { mode: 0o644 });
-        const record = { ...base, id, peer: peer.name, mode: 'precopy' as const };
-        const reason = mode === 'lazy' ? 'lazy is not built yet; moved pre-copy' : undefined;
-        void this.follow(session, control.writable, answers, forward, dir, record, startedAt, reason);
-        this.log(`${instance.name}: dump pages go to ${peer.name} through haul (migration ${id})`);
-        return { args: [...args, '--page-server', '--address', '127.0.0.1', '--port', String(forward.port)] };
+        const record = { ...base, id, peer: peer.name };
+        const pageServer = ['--page-server', '--address', '127.0.0.1', '--port', String(forward.port)];
+        this.log(`${instance.name}: dump pages go to ${peer.name} through haul (${mode}, migration ${id})`);
+        if (mode === 'precopy') {
+          void this.follow(session, control.writable, answers, forward, dir, record, startedAt);
+          return { args: [...args, ...pageServer] };
+        }
+        const incusScript = argumentOf(args, '--action-script')!;
+        const actions = await LazyEarlyActions.create(join(this.workDir, id), incusScript);
+        void this.followLazy(session, control.writable, answers, faults, forward, actions, layout, dir, record, startedAt);
+        const lazyArgs = args.map((arg, at) => (args[at - 1] === '--action-script' ? actions.scriptPath : arg));
+        return { args: [...lazyArgs, '--lazy-pages', ...pageServer] };
       } catch (error) {
         refusals.push(`${peer.name}: ${error instanceof Error ? error.message : String(error)}`);
         if (session?.isOpen) session.abort('the source gave up on this peer');
@@ -139,7 +161,6 @@ export class SourceRole {
     dir: string,
     record: Omit<MigrationRecord, 'totalMs' | 'result'>,
     startedAt: Date,
-    note: string | undefined,
   ): Promise<void> {
     try {
       const summary = await forward.received;
@@ -149,7 +170,7 @@ export class SourceRole {
       if (!stored.ok) throw new Error(`the destination could not store the pages: ${stored.error}`);
       control.end();
       session.close();
-      await this.records.add({ ...record, pages: summary.pagesReceived, bytes: summary.pagesReceived * 4096, checkpointPageFiles, totalMs: Date.now() - startedAt.getTime(), result: 'moved', ...(note ? { error: note } : {}) });
+      await this.records.add({ ...record, pages: summary.pagesReceived, bytes: summary.pagesReceived * 4096, checkpointPageFiles, totalMs: Date.now() - startedAt.getTime(), result: 'moved' });
     } catch (error) {
       const reason = error instanceof Error ? error.message : String(error);
       // the dump (or the restore waiting for these pages) fails, and Incus resumes the container
@@ -157,6 +178,71 @@ export class SourceRole {
       if (session.isOpen) session.abort(reason);
       this.log(`${record.instance}: migration ${record.id} failed: ${reason}`);
       await this.records.add({ ...record, totalMs: Date.now() - startedAt.getTime(), result: 'failed', error: reason });
+    }
+  }
+
+  /**
+   * Lazy: the eager pages and pagemaps first (as pre-copy), then, once CRIU's lazy page server
+   * listens, every lazy page, faults first. The source ends (its page-server session closes) only
+   * when the destination has every page and Incus' own post-dump step reported the restore; on any
+   * failure a bad header makes CRIU resume it.
+   */
+  private async followLazy(
+    session: LinkSession,
+    control: Writable,
+    answers: ReturnType<typeof answersOf>,
+    faults: FaultQueue,
+    forward: Awaited<ReturnType<typeof dumpToLink>>,
+    actions: LazyEarlyActions,
+    layout: HeaderLayout,
+    dir: string,
+    record: Omit<MigrationRecord, 'totalMs' | 'result'>,
+    startedAt: Date,
+  ): Promise<void> {
+    let lazyServer: Socket | undefined;
+    let incusFailure: string | undefined;
+    void actions.incusPostDump.then((status) => status !== 0 && (incusFailure = `Incus' post-dump step failed (${status}): the destination did not restore`));
+    try {
+      const eager = await forward.received;
+      const checkpointPageFiles = (await readdir(dir)).filter((name) => /^pages-.*\.img$/.test(name)).length;
+      await sendControl(control, { images_complete: { files: 0, page_streams: forward.pages.pageStreams, bytes: 0n } });
+      const stored = await answers.next('images_stored', PAGES_STORED_MS);
+      if (!stored.ok) throw new Error(`the destination could not store the pages: ${stored.error}`);
+      await Promise.race([actions.statusReady, sleep(LAZY_SERVER_MS).then(() => Promise.reject(new Error(`CRIU's lazy page server did not start within ${LAZY_SERVER_MS / 1000} s`)))]);
+      lazyServer = connect(forward.port, '127.0.0.1');
+      await new Promise((resolve, reject) => lazyServer!.once('connect', resolve).once('error', reject));
+      const client = new LazyPagesClient(lazyServer, layout);
+      const total = forward.pages.lazyRuns.reduce((sum, run) => sum + run.nrPages, 0);
+      this.log(`${record.instance}: ${total} lazy pages to move`);
+      const pulled = await moveLazyPages(session, client, forward.pages.lazyRuns, faults, { stop: () => incusFailure });
+      this.log(`${record.instance}: all ${pulled} lazy pages sent; waiting for the destination and for Incus' restore report`);
+      await answers.next('lazy_complete', PAGES_STORED_MS);
+      const status = await actions.incusPostDump;
+      this.log(`${record.instance}: Incus' post-dump step ended with ${status}`);
+      if (status !== 0) throw new Error(incusFailure!);
+      await client.close(); // every page has moved and Incus restored it: CRIU ends the source
+      control.end();
+      session.close();
+      const pages = eager.pagesReceived + pulled;
+      await this.records.add({ ...record, mode: 'lazy', pages, bytes: pages * 4096, checkpointPageFiles, totalMs: Date.now() - startedAt.getTime(), result: 'moved' });
+    } catch (error) {
+      const reason = error instanceof Error ? error.message : String(error);
+      // a bad header fails CRIU's lazy session and it resumes the source; before that, a dropped
+      // page-server connection fails the dump itself
+      if (lazyServer) lazyServer.end(Buffer.from([0xff]));
+      else {
+        forward.abandon();
+        // past its page-server session CRIU goes on to post-dump (which haul's script passes) and
+        // would wait for a lazy client forever: be that client, with a bad header
+        void Promise.race([actions.statusReady.then(() => true), sleep(LAZY_SERVER_MS).then(() => false)]).then((listening) => {
+          if (listening) connect(forward.port, '127.0.0.1').on('error', () => {}).end(Buffer.from([0xff]));
+        });
+      }
+      if (session.isOpen) session.abort(reason);
+      this.log(`${record.instance}: lazy migration ${record.id} failed: ${reason}`);
+      await this.records.add({ ...record, mode: 'lazy', totalMs: Date.now() - startedAt.getTime(), result: 'failed', error: reason });
+    } finally {
+      await actions.close();
     }
   }
 }

@@ -56,7 +56,8 @@ function pushRequests(lazyRuns: readonly PageRun[]): PageRun[] {
  * Moves every lazy page from CRIU's lazy page server (`client`, haul its only client) to the
  * destination: faults first, on the LAZY_ANSWERS channel the link sends ahead of bulk traffic, and
  * every other page behind them on a push channel, never asking CRIU for a page twice. Resolves with
- * the number of pages moved once all `lazyRuns` have; `stop()` returning a reason ends it early.
+ * the number of pages moved once every page of `lazyRuns` has; `stop()` returning a reason ends it
+ * early.
  */
 export async function moveLazyPages(
   session: LinkSession,
@@ -66,7 +67,6 @@ export async function moveLazyPages(
   options: { onPages?: (moved: number) => void; stop?: () => string | undefined } = {},
 ): Promise<number> {
   const runs = pushRequests(lazyRuns);
-  const total = runs.reduce((sum, run) => sum + run.nrPages, 0);
   const answers = session.openChannel(ChannelKind.LAZY_ANSWERS, 'lazy-answers');
   const pushes = session.openChannel(ChannelKind.PAGES, LAZY_PUSH_CHANNEL);
   const fetched = new PageTable();
@@ -76,15 +76,23 @@ export async function moveLazyPages(
   // in order. A fault goes out ahead of every background request not yet sent.
   const inFlight: Array<{ run: PageRun; fault: boolean; answer: Promise<{ nrPages: number; pages: AsyncIterable<Buffer> }> }> = [];
   const asked = (pid: number, vaddr: bigint): boolean => fetched.has(pid, vaddr);
+  /** The first page of `run` not asked for yet, as an offset in pages; -1 when all were. */
+  const firstUnasked = (run: PageRun): number => {
+    for (let i = 0; i < run.nrPages; i++) if (!asked(run.pid, run.vaddr + BigInt(i * PAGE_SIZE))) return i;
+    return -1;
+  };
   const nextRun = (): (PageRun & { fault: boolean }) | undefined => {
     let run = faults.shift();
     while (run && asked(run.pid, run.vaddr)) run = faults.shift();
     const fault = run !== undefined;
     // background pages wait while the push channel is full, so faults never queue behind them
     if (!run && pushes.writable.writableNeedDrain) return undefined;
-    if (!run) {
-      while (background < runs.length && asked(runs[background]!.pid, runs[background]!.vaddr)) background++;
-      run = runs[background];
+    while (!run && background < runs.length) {
+      // a run may be partly asked for already (by a fault, or before a short answer)
+      const candidate = runs[background]!;
+      const from = firstUnasked(candidate);
+      if (from < 0) background++;
+      else run = { pid: candidate.pid, vaddr: candidate.vaddr + BigInt(from * PAGE_SIZE), nrPages: candidate.nrPages - from };
     }
     if (!run) return undefined;
     // ask only for pages not asked for yet, from the first one on, and count them asked now
@@ -93,7 +101,10 @@ export async function moveLazyPages(
     for (let i = 0; i < count; i++) fetched.set(run.pid, run.vaddr + BigInt(i * PAGE_SIZE), 1);
     return { pid: run.pid, vaddr: run.vaddr, nrPages: count, fault };
   };
-  while (pulled < total) {
+  // Done when every page of every run has been asked for and every answer consumed; counting pages
+  // would not do, since a fault can ask for pages outside the runs, and an answer left unread
+  // would hold up CRIU's session for good.
+  for (;;) {
     const stopped = options.stop?.();
     if (stopped !== undefined) throw new Error(stopped);
     while (inFlight.length < PIPELINE) {
@@ -103,6 +114,7 @@ export async function moveLazyPages(
     }
     const oldest = inFlight.shift();
     if (!oldest) {
+      if (background >= runs.length) break;
       await Promise.race([faults.next(), ...(pushes.writable.writableNeedDrain ? [once(pushes.writable, 'drain')] : [])]);
       continue;
     }

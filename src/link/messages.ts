@@ -45,6 +45,7 @@ export interface MigrationStart {
   criu_version: string;
   instance?: string;
   migration_id?: string;
+  source_host?: string;
 }
 export interface ImagesComplete {
   files: number;

@@ -1,0 +1,74 @@
+import { execFile } from 'node:child_process';
+import { constants } from 'node:fs';
+import { chmod, mkdir, open, writeFile, type FileHandle } from 'node:fs/promises';
+import { join } from 'node:path';
+import { createInterface } from 'node:readline';
+import { promisify } from 'node:util';
+
+/**
+ * The action script haul gives a lazy dump in place of Incus' own ("lazy-early",
+ * ../shared/research/HOOK-PROBE.md §3). Incus' post-dump step waits for the destination's restore,
+ * CRIU 4.1.1 starts its lazy page server only once post-dump returns, and the restore itself needs
+ * lazy pages: run in order they deadlock. So at post-dump this script starts Incus' step detached
+ * and returns at once; the step's exit status comes to haul, which then decides the source's fate
+ * on CRIU's page server (close: the source ends; a bad header: CRIU resumes it). CRIU's other
+ * actions run Incus' script as before; status-ready (the lazy page server listens) is reported too.
+ */
+export class LazyEarlyActions {
+  private constructor(
+    readonly scriptPath: string,
+    /** Resolves when CRIU's lazy page server listens. */
+    readonly statusReady: Promise<void>,
+    /** Resolves with the exit status of Incus' own post-dump step (0: Incus restored it). */
+    readonly incusPostDump: Promise<number>,
+    /** Held here: a FileHandle nobody references is closed on garbage collection, and the FIFO with it. */
+    private readonly events: FileHandle,
+  ) {}
+
+  static async create(dir: string, incusScript: string): Promise<LazyEarlyActions> {
+    await mkdir(dir, { recursive: true, mode: 0o700 });
+    const fifo = join(dir, 'actions.fifo');
+    await promisify(execFile)('mkfifo', ['-m', '0600', fifo]);
+    const scriptPath = join(dir, 'actions.sh');
+    const quote = (value: string): string => `'${value.replace(/'/g, `'\\''`)}'`;
+    await writeFile(
+      scriptPath,
+      `#!/bin/sh
+# written by haul for one lazy migration through Incus; see plugin/lazy-early-actions.ts
+incus_script=${quote(incusScript)}
+events=${quote(fifo)}
+case "$CRTOOLS_SCRIPT_ACTION" in
+  post-dump)
+    setsid -f /bin/sh -c '"$1"; echo "incus-post-dump $?" > "$2"' sh "$incus_script" "$events" </dev/null >/dev/null 2>&1
+    exit 0 ;;
+  status-ready)
+    echo status-ready > "$events"
+    exec "$incus_script" ;;
+  *)
+    exec "$incus_script" ;;
+esac
+`,
+    );
+    await chmod(scriptPath, 0o700);
+    // read-write, so the open does not wait for a writer and the FIFO never reports an end
+    const handle = await open(fifo, constants.O_RDWR);
+    let ready!: () => void;
+    let postDump!: (status: number) => void;
+    const statusReady = new Promise<void>((resolve) => (ready = resolve));
+    const incusPostDump = new Promise<number>((resolve) => (postDump = resolve));
+    const stream = handle.createReadStream({ autoClose: false });
+    const lines = createInterface({ input: stream });
+    lines.on('error', () => {});
+    lines.on('line', (line) => {
+      if (line === 'status-ready') ready();
+      const status = /^incus-post-dump (\d+)$/.exec(line);
+      if (status) postDump(Number(status[1]));
+    });
+    stream.on('error', () => {});
+    return new LazyEarlyActions(scriptPath, statusReady, incusPostDump, handle);
+  }
+
+  async close(): Promise<void> {
+    await this.events.close().catch(() => {});
+  }
+}
