@@ -1,6 +1,7 @@
 import { execFile } from 'node:child_process';
-import { constants } from 'node:fs';
-import { chmod, mkdir, open, writeFile, type FileHandle } from 'node:fs/promises';
+import { constants, openSync } from 'node:fs';
+import { chmod, mkdir, writeFile } from 'node:fs/promises';
+import { Socket } from 'node:net';
 import { join } from 'node:path';
 import { createInterface } from 'node:readline';
 import { promisify } from 'node:util';
@@ -21,8 +22,7 @@ export class LazyEarlyActions {
     readonly statusReady: Promise<void>,
     /** Resolves with the exit status of Incus' own post-dump step (0: Incus restored it). */
     readonly incusPostDump: Promise<number>,
-    /** Held here: a FileHandle nobody references is closed on garbage collection, and the FIFO with it. */
-    private readonly events: FileHandle,
+    private readonly events: Socket,
   ) {}
 
   static async create(dir: string, incusScript: string): Promise<LazyEarlyActions> {
@@ -50,25 +50,28 @@ esac
 `,
     );
     await chmod(scriptPath, 0o700);
-    // read-write, so the open does not wait for a writer and the FIFO never reports an end
-    const handle = await open(fifo, constants.O_RDWR);
+    // Read-write, so the open does not wait for a writer and the FIFO never reports an end; and
+    // non-blocking, read through the event loop: a blocking read would hold one of libuv's four
+    // file-system threads until the FIFO is written, and a few migrations would starve every
+    // file operation of the agent.
+    const fd = openSync(fifo, constants.O_RDWR | constants.O_NONBLOCK);
+    const stream = new Socket({ fd, readable: true, writable: false });
     let ready!: () => void;
     let postDump!: (status: number) => void;
     const statusReady = new Promise<void>((resolve) => (ready = resolve));
     const incusPostDump = new Promise<number>((resolve) => (postDump = resolve));
-    const stream = handle.createReadStream({ autoClose: false });
     const lines = createInterface({ input: stream });
     lines.on('error', () => {});
+    stream.on('error', () => {});
     lines.on('line', (line) => {
       if (line === 'status-ready') ready();
       const status = /^incus-post-dump (\d+)$/.exec(line);
       if (status) postDump(Number(status[1]));
     });
-    stream.on('error', () => {});
-    return new LazyEarlyActions(scriptPath, statusReady, incusPostDump, handle);
+    return new LazyEarlyActions(scriptPath, statusReady, incusPostDump, stream);
   }
 
   async close(): Promise<void> {
-    await this.events.close().catch(() => {});
+    this.events.destroy();
   }
 }
