@@ -3,10 +3,13 @@ import { hostname } from 'node:os';
 import { join } from 'node:path';
 import { Command, InvalidArgumentError, Option } from 'commander';
 import { DEFAULT_CRIU } from '../src/criu/run/criu-process.js';
+import { criuVersion } from '../src/criu/run/criu-version.js';
+import { readPackageInfo } from '../src/cli/package-info.js';
 import { loadOrCreateIdentity } from '../src/link/identity.js';
 import { openTrustStore, stateDirOf } from '../src/cli/trust-commands.js';
 import { Agent } from './agent.js';
-import { installHook, shellWords, uninstallHook } from './criu-hook.js';
+import { diagnose } from './doctor.js';
+import { REFUSED_EXIT, installHook, shellWords, uninstallHook } from './criu-hook.js';
 import { askAgent } from './hook-protocol.js';
 import { MigrationRecords, type MigrationRecord } from './migration-records.js';
 import type { HaulMode, Peer } from './source-role.js';
@@ -46,9 +49,14 @@ export function addAgentCommands(program: Command, out: (line: string) => void):
       const stateDir = stateDirOf(command);
       const security = options.insecure ? { insecure: true } : { identity: await loadOrCreateIdentity(stateDir), trust: await openTrustStore(stateDir) };
       const scheme = options.insecure ? 'ws' : 'wss';
+      const version = await criuVersion(options.criu);
       const running = await Agent.start({
         ...security,
-        host: { criu_version: '', page_size: 4096, architecture: process.arch, capabilities: ['pre-copy'], haul_version: '', role: 'agent' },
+        // peers compare these in the handshake: a CRIU pairing that cannot work is refused there
+        host: {
+          criu_version: `${version.major}.${version.minor}.${version.patch}`, page_size: 4096, architecture: process.arch,
+          capabilities: ['pre-copy', 'lazy'], haul_version: readPackageInfo().version, role: 'agent',
+        },
         incusDir: options.incusDir,
         stateDir: join(stateDir, 'agent'),
         listen: options.listen,
@@ -84,7 +92,10 @@ export function addAgentCommands(program: Command, out: (line: string) => void):
         process.stderr.write(`haul hook: ${error instanceof Error ? error.message : String(error)}; running criu ${call} unchanged\n`);
         return out(shellWords(args));
       }
-      if ('error' in reply) throw new Error(reply.error);
+      if ('error' in reply) {
+        process.stderr.write(`${reply.error}\n`);
+        process.exit(REFUSED_EXIT);
+      }
       out(shellWords(reply.args));
     });
 
@@ -104,6 +115,29 @@ export function addAgentCommands(program: Command, out: (line: string) => void):
     .option('--hook-dir <dir>', 'where the hook is', DEFAULT_HOOK_DIR)
     .action(async (options: { hookDir: string }) => {
       out((await uninstallHook(options.hookDir)) ? `removed ${options.hookDir}/criu` : `no hook in ${options.hookDir}`);
+    });
+
+  program
+    .command('doctor')
+    .description('check this host for what routing incus move through haul needs, with a fix for each failure')
+    .option('--incus-dir <dir>', "incusd's INCUS_DIR", process.env['INCUS_DIR'] ?? '/var/lib/incus')
+    .option('--peer <name=host:port>', 'a peer agent to reach (repeat for each)', parsePeer, [])
+    .option('--insecure', 'reach peers over plain WebSocket (loopback only)', false)
+    .option('--criu <path>', 'the real CRIU', DEFAULT_CRIU)
+    .option('--json', 'one JSON array of checks', false)
+    .action(async (options: { incusDir: string; peer: Peer[]; insecure: boolean; criu: string; json: boolean }, command: Command) => {
+      const stateDir = stateDirOf(command);
+      const version = await criuVersion(options.criu).catch(() => undefined);
+      const host = { criu_version: version ? `${version.major}.${version.minor}.${version.patch}` : '', page_size: 4096, architecture: process.arch, capabilities: [], haul_version: readPackageInfo().version, role: 'doctor' };
+      const security = options.insecure ? { insecure: true } : { identity: await loadOrCreateIdentity(stateDir), trust: await openTrustStore(stateDir) };
+      const scheme = options.insecure ? 'ws' : 'wss';
+      const checks = await diagnose({
+        incusDir: options.incusDir, criuBinary: options.criu, endpoint: { ...security, host, resumeWindowMs: 1000 },
+        peers: options.peer.map((peer) => ({ name: peer.name, url: `${scheme}://${peer.url}` })),
+      });
+      if (options.json) out(JSON.stringify(checks));
+      else for (const c of checks) out(`${c.ok ? 'ok  ' : 'FAIL'} ${c.check}: ${c.found}${c.fix ? `\n     fix: ${c.fix}` : ''}`);
+      if (checks.some((c) => !c.ok)) process.exitCode = 1;
     });
 
   program

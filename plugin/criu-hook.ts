@@ -1,6 +1,9 @@
 import { chmod, mkdir, readFile, rm, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 
+/** `haul agent hook` exits with this when the agent says the CRIU call must fail. */
+export const REFUSED_EXIT = 75;
+
 /** Marks a file as haul's hook, so that uninstall removes only what install wrote. */
 const MARK = '# haul-criu-hook';
 
@@ -9,7 +12,7 @@ const MARK = '# haul-criu-hook';
  * it, and Node cannot exec). It prints nothing on stdout (liblxc parses `criu --version` there),
  * passes every call but the final dump and the restore straight to the real CRIU, asks the haul
  * agent about those two, and ends in an exec of CRIU with the agent's arguments. With no agent
- * socket, or no agent answering, the call runs unchanged and the move stays native.
+ * socket, no agent answering, or haul itself gone, the call runs unchanged and the move stays native.
  */
 export function hookScript(realCriu: string, node: string, haul: string): string {
   const quote = (value: string): string => `'${value.replace(/'/g, `'\\''`)}'`;
@@ -22,11 +25,13 @@ case "\${1:-}" in
 esac
 socket="\${INCUS_DIR:-/var/lib/incus}/haul-agent.sock"
 [ -S "$socket" ] || exec "$real_criu" "$@"
-if args=$(${quote(node)} ${quote(haul)} agent hook --socket "$socket" -- "$@" </dev/null); then
-  eval "set -- $args"
-  exec "$real_criu" "$@"
-fi
-exit 1
+args=$(${quote(node)} ${quote(haul)} agent hook --socket "$socket" -- "$@" </dev/null)
+case $? in
+  0) eval "set -- $args" ;;
+  ${REFUSED_EXIT}) exit 1 ;;  # the agent says this call must fail (it said why on stderr)
+  *) ;;   # haul itself could not run: the call goes on unchanged
+esac
+exec "$real_criu" "$@"
 `;
 }
 

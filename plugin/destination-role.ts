@@ -1,5 +1,5 @@
 import { mkdirSync } from 'node:fs';
-import { chmod, copyFile, link, readdir, readFile, stat } from 'node:fs/promises';
+import { chmod, copyFile, link, readdir, readFile, rm, stat } from 'node:fs/promises';
 import { join } from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { sendControl } from '../src/link/control-channel.js';
@@ -99,7 +99,15 @@ export class DestinationRole {
     });
     session.once('aborted', (error) => void lazyPages.then((pages) => (pages.fail(error), pages.close())));
     void (async () => {
-      const start = await store.controlWith('migration_start');
+      let start;
+      try {
+        start = await store.controlWith('migration_start');
+      } catch {
+        // a peer that only checked it could link here (haul doctor), or went away before starting
+        await (await lazyPages).close();
+        await rm(dir, { recursive: true, force: true });
+        return;
+      }
       const instance = start.instance ?? '';
       const peer = start.source_host || 'unnamed peer';
       const id = start.migration_id ?? '';

@@ -1,0 +1,109 @@
+import { accessSync, constants, readFileSync } from 'node:fs';
+import { createConnection } from 'node:net';
+import { join } from 'node:path';
+import { criuVersion } from '../src/criu/run/criu-version.js';
+import { dialLink } from '../src/link/dialer.js';
+import type { EndpointOptions } from '../src/link/endpoint-options.js';
+import { hookSocketPath } from './hook-protocol.js';
+import { IncusClient } from './incus-client.js';
+import type { Peer } from './source-role.js';
+
+/** One finding of `haul doctor`: what was checked, what was found, and how to fix it if it failed. */
+export interface Check {
+  readonly check: string;
+  readonly ok: boolean;
+  readonly found: string;
+  readonly fix?: string;
+}
+
+export interface DoctorOptions {
+  readonly incusDir: string;
+  readonly criuBinary: string;
+  readonly peers: readonly Peer[];
+  /** How to reach peers: this host's identity and trust, as the agent uses them. */
+  readonly endpoint: EndpointOptions;
+}
+
+const MIN_PIPE_MAX = 4 * 1024 * 1024;
+
+function sysctl(name: string): string {
+  return readFileSync(`/proc/sys/${name.replace(/\./g, '/')}`, 'utf8').trim();
+}
+
+/** The first executable named `criu` on a PATH, and that PATH. */
+function firstCriu(path: string): string | undefined {
+  for (const dir of path.split(':').filter(Boolean)) {
+    try {
+      accessSync(join(dir, 'criu'), constants.X_OK);
+      return join(dir, 'criu');
+    } catch {
+      // not here
+    }
+  }
+  return undefined;
+}
+
+/**
+ * Checks one host for what haul needs to route `incus move` through itself, each finding with the
+ * fix for it. Reads only; changes nothing.
+ */
+export async function diagnose(options: DoctorOptions): Promise<Check[]> {
+  const checks: Check[] = [];
+  const add = (check: string, ok: boolean, found: string, fix?: string): void => void checks.push({ check, ok, found, ...(ok || !fix ? {} : { fix }) });
+
+  let localCriu: string | undefined;
+  try {
+    const v = await criuVersion(options.criuBinary);
+    localCriu = `${v.major}.${v.minor}.${v.patch}`;
+    add('CRIU', v.major > 4 || (v.major === 4 && v.minor >= 1), `${localCriu} at ${options.criuBinary}`, 'install CRIU 4.1 or later (scripts/setup-host builds 4.1.1)');
+  } catch (error) {
+    add('CRIU', false, `${options.criuBinary}: ${error instanceof Error ? error.message : String(error)}`, 'install CRIU 4.1 or later and pass its path with --criu');
+  }
+  const uffd = sysctl('vm.unprivileged_userfaultfd');
+  add('vm.unprivileged_userfaultfd', uffd === '1', uffd, 'sysctl -w vm.unprivileged_userfaultfd=1 (a lazy restore of an unprivileged container opens userfaultfd inside it)');
+  const pipeMax = Number(sysctl('fs.pipe-max-size'));
+  add('fs.pipe-max-size', pipeMax >= MIN_PIPE_MAX, String(pipeMax), `sysctl -w fs.pipe-max-size=${MIN_PIPE_MAX} (CRIU's lazy page server grows its pipes to ~3.2 MiB)`);
+  try {
+    accessSync('/dev/userfaultfd', constants.F_OK);
+    add('userfaultfd', true, '/dev/userfaultfd');
+  } catch {
+    add('userfaultfd', true, 'the userfaultfd() system call (no /dev/userfaultfd)');
+  }
+
+  const incus = new IncusClient(join(options.incusDir, 'unix.socket'));
+  try {
+    const server = await incus.get<{ environment?: { server_pid?: number; server_version?: string } }>('/1.0');
+    const pid = server.environment?.server_pid;
+    add('incusd', true, `Incus ${server.environment?.server_version ?? '?'}, pid ${pid ?? '?'}, at ${incus.socketPath}`);
+    if (pid) {
+      const path = readFileSync(`/proc/${pid}/environ`, 'utf8').split('\0').find((entry) => entry.startsWith('PATH='))?.slice(5) ?? '';
+      const criu = firstCriu(path);
+      const isHook = criu !== undefined && readFileSync(criu, 'utf8').includes('haul-criu-hook');
+      add('CRIU hook first on incusd\'s PATH', isHook, criu ? `${criu}${isHook ? '' : ' (not the hook)'}` : 'no criu on its PATH', 'haul agent install, then restart incusd with the hook\'s directory first on its PATH');
+    }
+  } catch (error) {
+    add('incusd', false, error instanceof Error ? error.message : String(error), `start incusd, or pass its INCUS_DIR with --incus-dir (looked at ${options.incusDir})`);
+  } finally {
+    await incus.close();
+  }
+
+  const hookSocket = hookSocketPath(options.incusDir);
+  const agentUp = await new Promise<boolean>((resolve) => {
+    const socket = createConnection(hookSocket);
+    socket.once('connect', () => (socket.destroy(), resolve(true)));
+    socket.once('error', () => resolve(false));
+  });
+  add('haul agent', agentUp, agentUp ? `answers on ${hookSocket}` : `nothing answers on ${hookSocket}`, 'haul agent run --incus-dir … --listen … --peer … (scripts/testbed up starts one per test host)');
+
+  for (const peer of options.peers) {
+    try {
+      const { session, peer: info } = await dialLink(peer.url, options.endpoint);
+      session.close();
+      const same = localCriu === undefined || info.criu_version === '' || info.criu_version === localCriu;
+      add(`peer ${peer.name}`, true, `${peer.url} trusted both ways, CRIU ${info.criu_version || '?'}${same ? '' : ` (this host: ${localCriu}; the handshake accepted the pairing)`}`);
+    } catch (error) {
+      add(`peer ${peer.name}`, false, `${peer.url}: ${error instanceof Error ? error.message : String(error)}`, `check it runs haul agent, and that each side trusts the other (haul identity there, haul trust add ${peer.name} <fingerprint> here, and the reverse)`);
+    }
+  }
+  return checks;
+}

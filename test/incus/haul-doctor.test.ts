@@ -1,0 +1,35 @@
+import { execFile } from 'node:child_process';
+import { promisify } from 'node:util';
+import { expect, it } from 'vitest';
+import type { Check } from '../../plugin/doctor.js';
+import { HAUL_CLI } from '../support/build-cli.js';
+import { describeOnHost } from '../support/host.js';
+import { freePort } from '../support/scratch.js';
+
+async function doctor(host: 'src' | 'dst', peer: string): Promise<{ code: number; checks: Check[] }> {
+  const args = [HAUL_CLI, '--state-dir', `/var/lib/haul-testbed/${host}/haul`, 'doctor', '--json', '--incus-dir', `/var/lib/haul-testbed/${host}/incus`, '--peer', peer];
+  try {
+    const { stdout } = await promisify(execFile)(process.execPath, args);
+    return { code: 0, checks: JSON.parse(stdout) as Check[] };
+  } catch (error) {
+    const failed = error as { code: number; stdout: string };
+    return { code: failed.code, checks: JSON.parse(failed.stdout) as Check[] };
+  }
+}
+
+describeOnHost('haul doctor on the test bed', ['root', 'criu', 'testbed'], () => {
+  it('finds everything in place on both hosts: CRIU, sysctls, incusd, the hook first on its PATH, the agent, the trusted peer', async () => {
+    for (const [host, peer] of [['src', 'dst=127.0.0.1:18454'], ['dst', 'src=127.0.0.1:18453']] as const) {
+      const { code, checks } = await doctor(host, peer);
+      expect(checks.filter((c) => !c.ok)).toEqual([]);
+      expect(checks.map((c) => c.check)).toEqual(expect.arrayContaining(['CRIU', 'vm.unprivileged_userfaultfd', 'fs.pipe-max-size', 'incusd', "CRIU hook first on incusd's PATH", 'haul agent', `peer ${peer.split('=')[0]}`]));
+      expect(code).toBe(0);
+    }
+  }, 60_000);
+
+  it('names an unreachable peer, with the fix, and exits non-zero', async () => {
+    const { code, checks } = await doctor('src', `nowhere=127.0.0.1:${await freePort()}`);
+    expect(code).toBe(1);
+    expect(checks.find((c) => c.check === 'peer nowhere')).toMatchObject({ ok: false, fix: expect.stringMatching(/haul trust add nowhere/) });
+  }, 60_000);
+});

@@ -1,0 +1,107 @@
+import { execFile } from 'node:child_process';
+import { mkdirSync, writeFileSync } from 'node:fs';
+import { createServer, type Server } from 'node:net';
+import { createInterface } from 'node:readline';
+import { promisify } from 'node:util';
+import { afterEach, describe, expect, it } from 'vitest';
+import { installHook, uninstallHook } from '../../plugin/criu-hook.js';
+import type { HookReply, HookRequest } from '../../plugin/hook-protocol.js';
+import { HAUL_CLI } from '../support/build-cli.js';
+import { scratchDir } from '../support/scratch.js';
+
+/**
+ * The hook liblxc runs as `criu`, against a stand-in for the real CRIU that prints its arguments (one
+ * per line) and a stand-in agent on the hook socket.
+ */
+function setUp(): { dir: string; incusDir: string; realCriu: string; remove(): void } {
+  const scratch = scratchDir('hook');
+  const incusDir = `${scratch.path}/incus`;
+  mkdirSync(incusDir);
+  const realCriu = `${scratch.path}/real-criu`;
+  writeFileSync(realCriu, '#!/bin/sh\nfor a in "$@"; do echo "$a"; done\n', { mode: 0o755 });
+  return { dir: scratch.path, incusDir, realCriu, remove: scratch.remove };
+}
+
+async function runHook(hook: string, incusDir: string, args: string[]): Promise<{ code: number; lines: string[]; stderr: string }> {
+  try {
+    const { stdout, stderr } = await promisify(execFile)(hook, args, { env: { PATH: '/usr/bin:/bin', INCUS_DIR: incusDir } });
+    return { code: 0, lines: stdout.split('\n').filter(Boolean), stderr };
+  } catch (error) {
+    const failed = error as { code: number; stdout: string; stderr: string };
+    return { code: failed.code, lines: failed.stdout.split('\n').filter(Boolean), stderr: failed.stderr };
+  }
+}
+
+function fakeAgent(incusDir: string, answer: (request: HookRequest) => HookReply): Promise<Server> {
+  const server = createServer((socket) => {
+    createInterface({ input: socket }).once('line', (line) => socket.end(`${JSON.stringify(answer(JSON.parse(line) as HookRequest))}\n`));
+  });
+  return new Promise((resolve) => server.listen(`${incusDir}/haul-agent.sock`, () => resolve(server)));
+}
+
+describe('the CRIU hook that haul agent install puts first on incusd\'s PATH', () => {
+  const cleanups: Array<() => void> = [];
+  afterEach(() => cleanups.splice(0).reverse().forEach((cleanup) => cleanup()));
+
+  it('passes every call but the final dump and the restore straight to the real CRIU, printing nothing of its own', async () => {
+    const { dir, incusDir, realCriu, remove } = setUp();
+    cleanups.push(remove);
+    const hook = await installHook(`${dir}/hook`, realCriu, process.execPath, HAUL_CLI);
+    const asked: HookRequest[] = [];
+    const agent = await fakeAgent(incusDir, (request) => (asked.push(request), { args: ['never'] }));
+    cleanups.push(() => agent.close());
+    expect(await runHook(hook, incusDir, ['--version'])).toMatchObject({ code: 0, lines: ['--version'] });
+    expect(await runHook(hook, incusDir, ['check', '--feature', 'mem_dirty_track'])).toMatchObject({ code: 0, lines: ['check', '--feature', 'mem_dirty_track'] });
+    expect(asked).toEqual([]);
+  });
+
+  it('runs CRIU with the arguments the agent gives for a dump, quoting included', async () => {
+    const { dir, incusDir, realCriu, remove } = setUp();
+    cleanups.push(remove);
+    const hook = await installHook(`${dir}/hook`, realCriu, process.execPath, HAUL_CLI);
+    const agent = await fakeAgent(incusDir, (request) => ({ args: [...request.args, '--page-server', "it's a \"port\" $HOME"] }));
+    cleanups.push(() => agent.close());
+    const run = await runHook(hook, incusDir, ['dump', '-t', '42', '-D', '/tmp/a dir']);
+    expect(run).toMatchObject({ code: 0, lines: ['dump', '-t', '42', '-D', '/tmp/a dir', '--page-server', "it's a \"port\" $HOME"] });
+  });
+
+  it('fails the call when the agent says so, and says why', async () => {
+    const { dir, incusDir, realCriu, remove } = setUp();
+    cleanups.push(remove);
+    const hook = await installHook(`${dir}/hook`, realCriu, process.execPath, HAUL_CLI);
+    const agent = await fakeAgent(incusDir, () => ({ error: 'haul: the pages of migration x never arrived on this host' }));
+    cleanups.push(() => agent.close());
+    const run = await runHook(hook, incusDir, ['restore', '-D', '/tmp/r']);
+    expect(run.code).toBe(1);
+    expect(run.lines).toEqual([]);
+    expect(run.stderr).toMatch(/never arrived/);
+  });
+
+  it('leaves the move native when no agent answers, or when haul itself is gone', async () => {
+    const { dir, incusDir, realCriu, remove } = setUp();
+    cleanups.push(remove);
+    const hook = await installHook(`${dir}/hook`, realCriu, process.execPath, HAUL_CLI);
+    expect(await runHook(hook, incusDir, ['dump', '-t', '42'])).toMatchObject({ code: 0, lines: ['dump', '-t', '42'] });
+    writeFileSync(`${incusDir}/haul-agent.sock`, ''); // a stale path that is not a socket
+    expect(await runHook(hook, incusDir, ['restore', '-D', '/x'])).toMatchObject({ code: 0, lines: ['restore', '-D', '/x'] });
+    // an agent answers, but the haul the hook was installed from has been removed
+    const live = `${dir}/incus-live`;
+    mkdirSync(live);
+    const agent = await fakeAgent(live, () => ({ args: ['never'] }));
+    cleanups.push(() => agent.close());
+    const orphan = await installHook(`${dir}/hook2`, realCriu, process.execPath, `${dir}/no-such-haul.js`);
+    expect(await runHook(orphan, live, ['dump', '-t', '7'])).toMatchObject({ code: 0, lines: ['dump', '-t', '7'] });
+  });
+
+  it('is removed by uninstall, which leaves a criu that is not haul\'s alone', async () => {
+    const { dir, realCriu, remove } = setUp();
+    cleanups.push(remove);
+    await installHook(`${dir}/hook`, realCriu, process.execPath, HAUL_CLI);
+    expect(await uninstallHook(`${dir}/hook`)).toBe(true);
+    expect(await uninstallHook(`${dir}/hook`)).toBe(false);
+    mkdirSync(`${dir}/other`);
+    writeFileSync(`${dir}/other/criu`, '#!/bin/sh\n', { mode: 0o755 });
+    await expect(uninstallHook(`${dir}/other`)).rejects.toThrow(/not haul's hook/);
+    await expect(installHook(`${dir}/other`, realCriu, process.execPath, HAUL_CLI)).rejects.toThrow(/not haul's hook/);
+  });
+});
