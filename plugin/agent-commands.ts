@@ -11,6 +11,7 @@ import { Agent } from './agent.js';
 import { diagnose } from './doctor.js';
 import { REFUSED_EXIT, installHook, shellWords, uninstallHook } from './criu-hook.js';
 import { askAgent } from './hook-protocol.js';
+import { IN_FLIGHT_FILE, readInFlight, type MigrationProgress } from './in-flight.js';
 import { MigrationRecords, type MigrationRecord } from './migration-records.js';
 import type { HaulMode, Peer } from './source-role.js';
 
@@ -29,7 +30,6 @@ function parsePeer(value: string, previous: Peer[]): Peer[] {
   return [...previous, { name: match[1]!, url: match[2]! }];
 }
 
-const recordsOf = (command: Command): MigrationRecords => new MigrationRecords(join(stateDirOf(command), 'agent', 'migrations.jsonl'));
 
 /** `haul agent …` and `haul status`: the Incus plugin's commands. */
 export function addAgentCommands(program: Command, out: (line: string) => void): void {
@@ -144,12 +144,27 @@ export function addAgentCommands(program: Command, out: (line: string) => void):
     .command('status')
     .description('the migrations this host\'s agent recorded, newest last')
     .option('--json', 'one JSON array', false)
-    .action(async (options: { json: boolean }, command: Command) => {
-      const records = await recordsOf(command).all();
-      if (options.json) return out(JSON.stringify(records));
-      if (records.length === 0) return out('no migrations recorded');
-      for (const r of records) out(describe(r));
+    .option('--recent <n>', 'how many ended migrations to list', (v) => Number.parseInt(v, 10), 20)
+    .action(async (options: { json: boolean; recent: number }, command: Command) => {
+      const stateDir = join(stateDirOf(command), 'agent');
+      const records = await new MigrationRecords(join(stateDir, 'migrations.jsonl')).all();
+      const moving = await readInFlight(join(stateDir, IN_FLIGHT_FILE));
+      if (options.json) return out(JSON.stringify({ inProgress: moving, recent: records.slice(-options.recent) }));
+      out(moving.length ? 'in progress:' : 'no migration in progress');
+      for (const m of moving) out(`  ${bar(m)}`);
+      out(records.length ? 'recent:' : 'no migrations recorded');
+      for (const r of records.slice(-options.recent)) out(`  ${describe(r)}`);
     });
+}
+
+/** One migration in progress: a bar when the total is known, else a count; MiB, rate and phase. */
+function bar(m: MigrationProgress): string {
+  const mib = (m.pages * 4096) / 2 ** 20;
+  const seconds = Math.max((Date.now() - Date.parse(m.startedAt)) / 1000, 0.001);
+  const width = 24;
+  const done = m.totalPages ? Math.min(1, m.pages / m.totalPages) : undefined;
+  const shown = done === undefined ? '' : `[${'#'.repeat(Math.round(done * width)).padEnd(width, '.')}] ${Math.round(done * 100)}% `;
+  return `${m.instance} ${m.role === 'source' ? 'to' : 'from'} ${m.peer} ${m.mode}: ${shown}${m.pages} pages, ${mib.toFixed(1)} MiB, ${(mib / seconds).toFixed(1)} MiB/s; ${m.phase}`;
 }
 
 function describe(r: MigrationRecord): string {

@@ -9,6 +9,7 @@ import { DestinationRole } from './destination-role.js';
 import { hookSocketPath, type HookReply, type HookRequest } from './hook-protocol.js';
 import { IncusClient } from './incus-client.js';
 import { IncusEvents } from './incus-events.js';
+import { IN_FLIGHT_FILE, InFlight } from './in-flight.js';
 import { MigrationRecords } from './migration-records.js';
 import { SourceRole, type HaulMode, type Peer } from './source-role.js';
 
@@ -40,6 +41,7 @@ export class Agent {
     private readonly incus: IncusClient,
     readonly records: MigrationRecords,
     readonly hookSocket: string,
+    private readonly inFlight: InFlight,
   ) {}
 
   static async start(options: AgentOptions): Promise<Agent> {
@@ -47,10 +49,11 @@ export class Agent {
     await mkdir(options.stateDir, { recursive: true, mode: 0o700 });
     const incus = new IncusClient(join(options.incusDir, 'unix.socket'));
     await incus.get('/1.0'); // fail now, clearly, if incusd is not there
-    const records = new MigrationRecords(join(options.stateDir, 'migrations.jsonl'));
+    const records = new MigrationRecords(join(options.stateDir, 'migrations.jsonl'), options.name);
+    const inFlight = new InFlight(join(options.stateDir, IN_FLIGHT_FILE));
     let version: Promise<CriuVersion> | undefined;
     const criu = (): Promise<CriuVersion> => (version ??= criuVersion(options.criuBinary));
-    const source = new SourceRole(incus, options.peers, options, records, options.defaultMode, criu, log, join(options.stateDir, 'outgoing'), options.name);
+    const source = new SourceRole(incus, options.peers, options, records, options.defaultMode, criu, log, join(options.stateDir, 'outgoing'), options.name, inFlight);
     const destination = new DestinationRole(incus, join(options.stateDir, 'incoming'), records, log, criu, options.criuBinary);
     const events = new IncusEvents(join(options.incusDir, 'unix.socket'));
     events.on('event', (event) => destination.onEvent(event));
@@ -81,7 +84,7 @@ export class Agent {
     });
     await new Promise<void>((resolve, reject) => hookServer.once('error', reject).listen(hookSocket, resolve));
     await chmod(hookSocket, 0o600);
-    return new Agent(hookServer, listener, events, incus, records, hookSocket);
+    return new Agent(hookServer, listener, events, incus, records, hookSocket, inFlight);
   }
 
   get port(): number {
@@ -94,6 +97,7 @@ export class Agent {
     await rm(this.hookSocket, { force: true });
     await this.listener.close();
     await this.incus.close();
+    await this.inFlight.close();
   }
 }
 

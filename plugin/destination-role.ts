@@ -108,9 +108,9 @@ export class DestinationRole {
         await rm(dir, { recursive: true, force: true });
         return;
       }
-      const instance = start.instance ?? '';
+      const instance = start.instance;
       const peer = start.source_host || 'unnamed peer';
-      const id = start.migration_id ?? '';
+      const id = start.migration_id;
       if (!instance || !id || !(await this.isReceiving(instance))) {
         await sendControl(answers.writable, { migration_accepted: { ok: false, error: `this host is not receiving an instance named ${JSON.stringify(instance)}` } });
         answers.writable.end();

@@ -7,6 +7,9 @@ export interface MigrationRecord {
   /** source: this host dumped; destination: this host restored. */
   readonly role: 'source' | 'destination';
   readonly peer: string;
+  /** The hosts by the names the agents go by (--name). */
+  readonly source?: string;
+  readonly target?: string;
   readonly mode: 'precopy' | 'lazy' | 'off';
   /** Pages and bytes that went through haul's link. */
   readonly pages: number;
@@ -20,9 +23,11 @@ export interface MigrationRecord {
 }
 
 export class MigrationRecords {
-  constructor(readonly path: string) {}
+  constructor(readonly path: string, private readonly hostName = '') {}
 
   async add(record: MigrationRecord): Promise<void> {
+    const ends = record.role === 'source' ? { source: this.hostName, target: record.peer } : { source: record.peer, target: this.hostName };
+    record = { ...ends, ...record };
     await appendFile(this.path, `${JSON.stringify(record)}\n`, { mode: 0o600 });
   }
 

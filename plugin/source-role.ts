@@ -15,6 +15,7 @@ import type { Control } from '../src/link/messages.js';
 import type { LinkSession } from '../src/link/session.js';
 import { dumpToLink } from '../proxy/dump-to-link.js';
 import { FaultQueue, moveLazyPages } from '../proxy/lazy-source.js';
+import type { InFlight, MigrationProgress } from './in-flight.js';
 import { LazyEarlyActions } from './lazy-early-actions.js';
 import { argumentOf, type HookReply } from './hook-protocol.js';
 import type { IncusClient, IncusInstance } from './incus-client.js';
@@ -91,6 +92,7 @@ export class SourceRole {
     private readonly workDir: string,
     /** This host's name, as its peers know it. */
     private readonly hostName: string,
+    private readonly inFlight: InFlight,
   ) {}
 
   async dump(args: readonly string[]): Promise<HookReply> {
@@ -131,15 +133,18 @@ export class SourceRole {
         const forward = await dumpToLink(session, layout);
         await writeFile(join(dir, MIGRATION_ID_FILE), `${JSON.stringify({ id, source: peer.name, mode })}\n`, { mode: 0o644 });
         const record = { ...base, id, peer: peer.name };
+        const progress = this.inFlight.start({ id, instance: instance.name, role: 'source', peer: peer.name, mode, phase: 'dumping', pages: 0, startedAt: startedAt.toISOString() });
+        const counting = setInterval(() => this.inFlight.update(progress, { pages: forward.pages.pagesSent }), 500);
+        void forward.received.finally(() => clearInterval(counting)).catch(() => {});
         const pageServer = ['--page-server', '--address', '127.0.0.1', '--port', String(forward.port)];
         this.log(`${instance.name}: dump pages go to ${peer.name} through haul (${mode}, migration ${id})`);
         if (mode === 'precopy') {
-          void this.follow(session, control.writable, answers, forward, dir, record, startedAt);
+          void this.follow(session, control.writable, answers, forward, dir, record, startedAt, progress);
           return { args: [...args, ...pageServer] };
         }
         const incusScript = argumentOf(args, '--action-script')!;
         const actions = await LazyEarlyActions.create(join(this.workDir, id), incusScript);
-        void this.followLazy(session, control.writable, answers, faults, forward, actions, layout, dir, record, startedAt);
+        void this.followLazy(session, control.writable, answers, faults, forward, actions, layout, dir, record, startedAt, progress);
         const lazyArgs = args.map((arg, at) => (args[at - 1] === '--action-script' ? actions.scriptPath : arg));
         return { args: [...lazyArgs, '--lazy-pages', ...pageServer] };
       } catch (error) {
@@ -161,9 +166,11 @@ export class SourceRole {
     dir: string,
     record: Omit<MigrationRecord, 'totalMs' | 'result'>,
     startedAt: Date,
+    progress: MigrationProgress,
   ): Promise<void> {
     try {
       const summary = await forward.received;
+      this.inFlight.update(progress, { pages: summary.pagesReceived, phase: 'waiting for the destination to store the pages and restore' });
       const checkpointPageFiles = (await readdir(dir)).filter((name) => /^pages-.*\.img$/.test(name)).length;
       await sendControl(control, { images_complete: { files: 0, page_streams: forward.pages.pageStreams, bytes: 0n } });
       const stored = await answers.next('images_stored', PAGES_STORED_MS);
@@ -178,6 +185,8 @@ export class SourceRole {
       if (session.isOpen) session.abort(reason);
       this.log(`${record.instance}: migration ${record.id} failed: ${reason}`);
       await this.records.add({ ...record, totalMs: Date.now() - startedAt.getTime(), result: 'failed', error: reason });
+    } finally {
+      this.inFlight.end(record.id);
     }
   }
 
@@ -198,12 +207,14 @@ export class SourceRole {
     dir: string,
     record: Omit<MigrationRecord, 'totalMs' | 'result'>,
     startedAt: Date,
+    progress: MigrationProgress,
   ): Promise<void> {
     let lazyServer: Socket | undefined;
     let incusFailure: string | undefined;
     void actions.incusPostDump.then((status) => status !== 0 && (incusFailure = `Incus' post-dump step failed (${status}): the destination did not restore`));
     try {
       const eager = await forward.received;
+      this.inFlight.update(progress, { pages: eager.pagesReceived, phase: 'waiting for the destination to restore' });
       const checkpointPageFiles = (await readdir(dir)).filter((name) => /^pages-.*\.img$/.test(name)).length;
       await sendControl(control, { images_complete: { files: 0, page_streams: forward.pages.pageStreams, bytes: 0n } });
       const stored = await answers.next('images_stored', PAGES_STORED_MS);
@@ -214,7 +225,12 @@ export class SourceRole {
       const client = new LazyPagesClient(lazyServer, layout);
       const total = forward.pages.lazyRuns.reduce((sum, run) => sum + run.nrPages, 0);
       this.log(`${record.instance}: ${total} lazy pages to move`);
-      const pulled = await moveLazyPages(session, client, forward.pages.lazyRuns, faults, { stop: () => incusFailure });
+      this.inFlight.update(progress, { phase: 'restored on the destination; moving its memory', pages: eager.pagesReceived, totalPages: eager.pagesReceived + total });
+      const pulled = await moveLazyPages(session, client, forward.pages.lazyRuns, faults, {
+        stop: () => incusFailure,
+        onPages: (moved) => this.inFlight.update(progress, { pages: eager.pagesReceived + moved }),
+      });
+      this.inFlight.update(progress, { phase: "waiting for the destination's last page and Incus' restore report" });
       this.log(`${record.instance}: all ${pulled} lazy pages sent; waiting for the destination and for Incus' restore report`);
       await answers.next('lazy_complete', PAGES_STORED_MS);
       const status = await actions.incusPostDump;
@@ -242,6 +258,7 @@ export class SourceRole {
       this.log(`${record.instance}: lazy migration ${record.id} failed: ${reason}`);
       await this.records.add({ ...record, mode: 'lazy', totalMs: Date.now() - startedAt.getTime(), result: 'failed', error: reason });
     } finally {
+      this.inFlight.end(record.id);
       await actions.close();
     }
   }

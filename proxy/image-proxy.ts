@@ -92,7 +92,8 @@ async function startMigration(options: MigrateOptions, mode: 'pre-copy' | 'lazy'
   const faults = new FaultQueue(session);
   const gate = await PostDumpGate.create(workDir);
   const control = session.openChannel(ChannelKind.CONTROL, 'migration');
-  await sendControl(control.writable, { migration_start: { mode, pid: options.pid, criu_version: `${version.major}.${version.minor}.${version.patch}` } });
+  const criuVersionText = `${version.major}.${version.minor}.${version.patch}`;
+  await sendControl(control.writable, { migration_start: { mode, pid: options.pid, criu_version: criuVersionText, instance: '', migration_id: '', source_host: '' } });
   return {
     progress: options.onProgress ?? (() => {}),
     version,

@@ -43,9 +43,10 @@ export interface MigrationStart {
   mode: string;
   pid: number;
   criu_version: string;
-  instance?: string;
-  migration_id?: string;
-  source_host?: string;
+  /** '' when no container manager is involved (haul migrate); proto3 reads an absent string as ''. */
+  instance: string;
+  migration_id: string;
+  source_host: string;
 }
 export interface ImagesComplete {
   files: number;

@@ -1,5 +1,8 @@
+import { execFile } from 'node:child_process';
+import { promisify } from 'node:util';
 import { afterAll, expect, it } from 'vitest';
 import { MigrationRecords, type MigrationRecord } from '../../plugin/migration-records.js';
+import { HAUL_CLI } from '../support/build-cli.js';
 import { describeOnHost } from '../support/host.js';
 import { NativeMoveDefect, TestContainer, type TestHost } from '../support/testbed.js';
 import { expectedChecksum, realtimeNs } from '../support/workload.js';
@@ -55,6 +58,13 @@ describeOnHost('incus move through haul (the test bed routes every move through 
           counter = counterAfter;
         }
         expect((await recordsOf('src', container.name)).filter((r) => r.role === 'source')).toHaveLength(1);
+        // what an operator sees: nothing in progress any more, and this move among the recent ones
+        const { stdout } = await promisify(execFile)(process.execPath, [HAUL_CLI, '--state-dir', '/var/lib/haul-testbed/src/haul', 'status', '--json']);
+        const status = JSON.parse(stdout) as { inProgress: unknown[]; recent: MigrationRecord[] };
+        expect(status.inProgress).toEqual([]);
+        expect(status.recent.filter((r) => r.instance === container.name)).toEqual(
+          expect.arrayContaining([expect.objectContaining({ source: 'src', target: 'dst', mode, result: 'moved' }), expect.objectContaining({ source: 'dst', target: 'src', mode, result: 'placed' })]),
+        );
       }, 600_000);
     }
   }
