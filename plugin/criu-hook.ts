@@ -1,5 +1,6 @@
 import { chmod, mkdir, readFile, rm, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
+import { MIGRATION_ID_FILE } from './hook-protocol.js';
 
 /** `haul agent hook` exits with this when the agent says the CRIU call must fail. */
 export const REFUSED_EXIT = 75;
@@ -24,12 +25,23 @@ case "\${1:-}" in
   *) exec "$real_criu" "$@" ;;
 esac
 socket="\${INCUS_DIR:-/var/lib/incus}/haul-agent.sock"
-[ -S "$socket" ] || exec "$real_criu" "$@"
+# a restore whose pages went through haul cannot run without haul: say so rather than let CRIU fail
+# on missing pages (the file is the one the source agent leaves in Incus' checkpoint directory)
+needs_haul() {
+  [ "$1" = restore ] || return 1
+  dir=; previous=
+  for arg in "$@"; do [ "$previous" = -D ] && dir=$arg; previous=$arg; done
+  [ -n "$dir" ] && [ -f "$dir/${MIGRATION_ID_FILE}" ]
+}
+if ! [ -S "$socket" ]; then
+  needs_haul "$@" && { echo "haul: this restore needs the pages haul moved, and no haul agent listens at $socket" >&2; exit 1; }
+  exec "$real_criu" "$@"
+fi
 args=$(${quote(node)} ${quote(haul)} agent hook --socket "$socket" -- "$@" </dev/null)
 case $? in
   0) eval "set -- $args" ;;
   ${REFUSED_EXIT}) exit 1 ;;  # the agent says this call must fail (it said why on stderr)
-  *) ;;   # haul itself could not run: the call goes on unchanged
+  *) needs_haul "$@" && { echo "haul: this restore needs the pages haul moved, and haul could not run" >&2; exit 1; } ;;
 esac
 exec "$real_criu" "$@"
 `;

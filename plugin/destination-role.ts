@@ -13,11 +13,10 @@ import { headerLayoutFor, type CriuVersion } from '../src/criu/run/criu-version.
 import { CacheStore } from '../proxy/cache-store.js';
 import { LazyPageStore } from '../proxy/lazy-page-store.js';
 import { LAZY_PUSH_CHANNEL, readPages } from '../proxy/lazy-wire.js';
-import { argumentOf, type HookReply } from './hook-protocol.js';
+import { MIGRATION_ID_FILE, argumentOf, type HookReply } from './hook-protocol.js';
 import type { IncusClient } from './incus-client.js';
 import type { IncusEvent } from './incus-events.js';
 import type { MigrationRecords } from './migration-records.js';
-import { MIGRATION_ID_FILE } from './source-role.js';
 
 /** How long an instance counts as being received after its "Creating instance" operation was seen. */
 const EXPECTED_FOR_MS = 10 * 60_000;

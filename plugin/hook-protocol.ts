@@ -13,6 +13,9 @@ export interface HookRequest {
 
 export type HookReply = { readonly args: readonly string[]; readonly note?: string } | { readonly error: string };
 
+/** Written into Incus' checkpoint directory: Incus carries it to the destination's restore directory. */
+export const MIGRATION_ID_FILE = 'haul-migration.json';
+
 /** The agent's hook socket beside incusd's own (the hook finds it from incusd's INCUS_DIR). */
 export function hookSocketPath(incusDir: string): string {
   return `${incusDir}/haul-agent.sock`;

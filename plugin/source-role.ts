@@ -17,12 +17,10 @@ import { dumpToLink } from '../proxy/dump-to-link.js';
 import { FaultQueue, moveLazyPages } from '../proxy/lazy-source.js';
 import type { InFlight, MigrationProgress } from './in-flight.js';
 import { LazyEarlyActions } from './lazy-early-actions.js';
-import { argumentOf, type HookReply } from './hook-protocol.js';
+import { MIGRATION_ID_FILE, argumentOf, type HookReply } from './hook-protocol.js';
 import type { IncusClient, IncusInstance } from './incus-client.js';
 import type { MigrationRecord, MigrationRecords } from './migration-records.js';
 
-/** Written into Incus' checkpoint directory: Incus carries it to the destination's restore directory. */
-export const MIGRATION_ID_FILE = 'haul-migration.json';
 const PEER_ANSWER_MS = 10_000;
 const PAGES_STORED_MS = 10 * 60_000;
 const LAZY_SERVER_MS = 60_000;

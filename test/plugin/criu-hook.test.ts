@@ -93,6 +93,19 @@ describe('the CRIU hook that haul agent install puts first on incusd\'s PATH', (
     expect(await runHook(orphan, live, ['dump', '-t', '7'])).toMatchObject({ code: 0, lines: ['dump', '-t', '7'] });
   });
 
+  it('fails a restore whose pages went through haul when no agent can place them, and says why', async () => {
+    const { dir, incusDir, realCriu, remove } = setUp();
+    cleanups.push(remove);
+    const hook = await installHook(`${dir}/hook`, realCriu, process.execPath, HAUL_CLI);
+    const restoreDir = `${dir}/restore`;
+    mkdirSync(restoreDir);
+    writeFileSync(`${restoreDir}/haul-migration.json`, '{"id":"m-1"}\n');
+    const run = await runHook(hook, incusDir, ['restore', '-D', restoreDir]);
+    expect(run.code).toBe(1);
+    expect(run.lines).toEqual([]);
+    expect(run.stderr).toMatch(/needs the pages haul moved, and no haul agent listens/);
+  });
+
   it('is removed by uninstall, which leaves a criu that is not haul\'s alone', async () => {
     const { dir, realCriu, remove } = setUp();
     cleanups.push(remove);
