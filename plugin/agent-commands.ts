@@ -1,6 +1,6 @@
 import { realpathSync } from 'node:fs';
 import { hostname } from 'node:os';
-import { join } from 'node:path';
+import { dirname, join } from 'node:path';
 import { Command, InvalidArgumentError, Option } from 'commander';
 import { DEFAULT_CRIU } from '../src/criu/run/criu-process.js';
 import { criuVersion } from '../src/criu/run/criu-version.js';
@@ -9,14 +9,12 @@ import { loadOrCreateIdentity } from '../src/link/identity.js';
 import { openTrustStore, stateDirOf } from '../src/cli/trust-commands.js';
 import { Agent } from './agent.js';
 import { diagnose } from './doctor.js';
-import { REFUSED_EXIT, installHook, shellWords, uninstallHook } from './criu-hook.js';
-import { askAgent } from './hook-protocol.js';
+import { installHook, uninstallHook } from './criu-hook.js';
 import { IN_FLIGHT_FILE, readInFlight, type MigrationProgress } from './in-flight.js';
 import { MigrationRecords, type MigrationRecord } from './migration-records.js';
 import type { HaulMode, Peer } from './source-role.js';
 
 const DEFAULT_HOOK_DIR = '/usr/local/lib/haul/hook';
-const HOOK_TIMEOUT_MS: Record<string, number> = { dump: 30_000, restore: 6 * 60_000 };
 
 function parseListen(value: string): { address: string; port: number } {
   const match = /^(.+):(\d+)$/.exec(value);
@@ -77,35 +75,14 @@ export function addAgentCommands(program: Command, out: (line: string) => void):
     });
 
   agent
-    .command('hook')
-    .description('(run by the CRIU hook) ask the agent how to run this CRIU call; prints the arguments as shell words')
-    .requiredOption('--socket <path>', "the agent's hook socket")
-    .argument('<criu-args...>')
-    .action(async (args: string[], options: { socket: string }) => {
-      const call = args[0] === 'dump' || args[0] === 'restore' ? args[0] : undefined;
-      if (!call) return out(shellWords(args));
-      let reply;
-      try {
-        reply = await askAgent(options.socket, { call, args }, HOOK_TIMEOUT_MS[call]!);
-      } catch (error) {
-        // no agent: the move goes on natively
-        process.stderr.write(`haul hook: ${error instanceof Error ? error.message : String(error)}; running criu ${call} unchanged\n`);
-        return out(shellWords(args));
-      }
-      if ('error' in reply) {
-        process.stderr.write(`${reply.error}\n`);
-        process.exit(REFUSED_EXIT);
-      }
-      out(shellWords(reply.args));
-    });
-
-  agent
     .command('install')
     .description('install the CRIU hook; put its directory first on incusd\'s PATH (and restart incusd)')
     .option('--hook-dir <dir>', 'where the hook goes', DEFAULT_HOOK_DIR)
     .option('--criu <path>', 'the real CRIU the hook runs', DEFAULT_CRIU)
     .action(async (options: { hookDir: string; criu: string }) => {
-      const path = await installHook(options.hookDir, options.criu, process.execPath, realpathSync(process.argv[1]!));
+      // beside this executable, compiled from plugin/hook-client.ts
+      const hookClient = join(dirname(realpathSync(process.argv[1]!)), 'hook-client.js');
+      const path = await installHook(options.hookDir, options.criu, process.execPath, hookClient);
       out(`installed ${path} (runs ${options.criu}); incusd must have ${options.hookDir} first on its PATH`);
     });
 

@@ -15,7 +15,7 @@ const MARK = '# haul-criu-hook';
  * agent about those two, and ends in an exec of CRIU with the agent's arguments. With no agent
  * socket, no agent answering, or haul itself gone, the call runs unchanged and the move stays native.
  */
-export function hookScript(realCriu: string, node: string, haul: string): string {
+export function hookScript(realCriu: string, node: string, hookClient: string): string {
   const quote = (value: string): string => `'${value.replace(/'/g, `'\\''`)}'`;
   return `#!/bin/sh
 ${MARK}: installed by \`haul agent install\`; remove with \`haul agent uninstall\`.
@@ -37,7 +37,7 @@ if ! [ -S "$socket" ]; then
   needs_haul "$@" && { echo "haul: this restore needs the pages haul moved, and no haul agent listens at $socket" >&2; exit 1; }
   exec "$real_criu" "$@"
 fi
-args=$(${quote(node)} ${quote(haul)} agent hook --socket "$socket" -- "$@" </dev/null)
+args=$(${quote(node)} ${quote(hookClient)} --socket "$socket" -- "$@" </dev/null)
 case $? in
   0) eval "set -- $args" ;;
   ${REFUSED_EXIT}) exit 1 ;;  # the agent says this call must fail (it said why on stderr)
@@ -52,13 +52,14 @@ export function shellWords(args: readonly string[]): string {
   return args.map((arg) => `'${arg.replace(/'/g, `'\\''`)}'`).join(' ');
 }
 
-export async function installHook(hookDir: string, realCriu: string, node: string, haul: string): Promise<string> {
+/** `hookClient`: the compiled plugin/hook-client.js the hook runs to ask the agent. */
+export async function installHook(hookDir: string, realCriu: string, node: string, hookClient: string): Promise<string> {
   const path = join(hookDir, 'criu');
   if (path === realCriu) throw new Error(`the hook would replace the real CRIU at ${realCriu}: install it into another directory`);
   const existing = await readFile(path, 'utf8').catch(() => undefined);
   if (existing !== undefined && !existing.includes(MARK)) throw new Error(`${path} exists and is not haul's hook; not replacing it`);
   await mkdir(hookDir, { recursive: true });
-  await writeFile(path, hookScript(realCriu, node, haul));
+  await writeFile(path, hookScript(realCriu, node, hookClient));
   await chmod(path, 0o755);
   return path;
 }

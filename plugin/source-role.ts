@@ -167,7 +167,8 @@ export class SourceRole {
     progress: MigrationProgress,
   ): Promise<void> {
     try {
-      const summary = await forward.received;
+      // pages stop flowing when the link fails, and CRIU would wait on its page-server session forever
+      const summary = await Promise.race([forward.received, forward.failed]);
       this.inFlight.update(progress, { pages: summary.pagesReceived, phase: 'waiting for the destination to store the pages and restore' });
       const checkpointPageFiles = (await readdir(dir)).filter((name) => /^pages-.*\.img$/.test(name)).length;
       await sendControl(control, { images_complete: { files: 0, page_streams: forward.pages.pageStreams, bytes: 0n } });
@@ -211,7 +212,7 @@ export class SourceRole {
     let incusFailure: string | undefined;
     void actions.incusPostDump.then((status) => status !== 0 && (incusFailure = `Incus' post-dump step failed (${status}): the destination did not restore`));
     try {
-      const eager = await forward.received;
+      const eager = await Promise.race([forward.received, forward.failed]);
       this.inFlight.update(progress, { pages: eager.pagesReceived, phase: 'waiting for the destination to restore' });
       const checkpointPageFiles = (await readdir(dir)).filter((name) => /^pages-.*\.img$/.test(name)).length;
       await sendControl(control, { images_complete: { files: 0, page_streams: forward.pages.pageStreams, bytes: 0n } });

@@ -7,6 +7,9 @@ import { afterEach, describe, expect, it } from 'vitest';
 import { installHook, uninstallHook } from '../../plugin/criu-hook.js';
 import type { HookReply, HookRequest } from '../../plugin/hook-protocol.js';
 import { HAUL_CLI } from '../support/build-cli.js';
+
+/** The compiled hook client, beside the haul executable. */
+const HOOK_CLIENT = HAUL_CLI.replace(/haul\.js$/, 'hook-client.js');
 import { scratchDir } from '../support/scratch.js';
 
 /**
@@ -46,7 +49,7 @@ describe('the CRIU hook that haul agent install puts first on incusd\'s PATH', (
   it('passes every call but the final dump and the restore straight to the real CRIU, printing nothing of its own', async () => {
     const { dir, incusDir, realCriu, remove } = setUp();
     cleanups.push(remove);
-    const hook = await installHook(`${dir}/hook`, realCriu, process.execPath, HAUL_CLI);
+    const hook = await installHook(`${dir}/hook`, realCriu, process.execPath, HOOK_CLIENT);
     const asked: HookRequest[] = [];
     const agent = await fakeAgent(incusDir, (request) => (asked.push(request), { args: ['never'] }));
     cleanups.push(() => agent.close());
@@ -58,7 +61,7 @@ describe('the CRIU hook that haul agent install puts first on incusd\'s PATH', (
   it('runs CRIU with the arguments the agent gives for a dump, quoting included', async () => {
     const { dir, incusDir, realCriu, remove } = setUp();
     cleanups.push(remove);
-    const hook = await installHook(`${dir}/hook`, realCriu, process.execPath, HAUL_CLI);
+    const hook = await installHook(`${dir}/hook`, realCriu, process.execPath, HOOK_CLIENT);
     const agent = await fakeAgent(incusDir, (request) => ({ args: [...request.args, '--page-server', "it's a \"port\" $HOME"] }));
     cleanups.push(() => agent.close());
     const run = await runHook(hook, incusDir, ['dump', '-t', '42', '-D', '/tmp/a dir']);
@@ -68,7 +71,7 @@ describe('the CRIU hook that haul agent install puts first on incusd\'s PATH', (
   it('fails the call when the agent says so, and says why', async () => {
     const { dir, incusDir, realCriu, remove } = setUp();
     cleanups.push(remove);
-    const hook = await installHook(`${dir}/hook`, realCriu, process.execPath, HAUL_CLI);
+    const hook = await installHook(`${dir}/hook`, realCriu, process.execPath, HOOK_CLIENT);
     const agent = await fakeAgent(incusDir, () => ({ error: 'haul: the pages of migration x never arrived on this host' }));
     cleanups.push(() => agent.close());
     const run = await runHook(hook, incusDir, ['restore', '-D', '/tmp/r']);
@@ -80,7 +83,7 @@ describe('the CRIU hook that haul agent install puts first on incusd\'s PATH', (
   it('leaves the move native when no agent answers, or when haul itself is gone', async () => {
     const { dir, incusDir, realCriu, remove } = setUp();
     cleanups.push(remove);
-    const hook = await installHook(`${dir}/hook`, realCriu, process.execPath, HAUL_CLI);
+    const hook = await installHook(`${dir}/hook`, realCriu, process.execPath, HOOK_CLIENT);
     expect(await runHook(hook, incusDir, ['dump', '-t', '42'])).toMatchObject({ code: 0, lines: ['dump', '-t', '42'] });
     writeFileSync(`${incusDir}/haul-agent.sock`, ''); // a stale path that is not a socket
     expect(await runHook(hook, incusDir, ['restore', '-D', '/x'])).toMatchObject({ code: 0, lines: ['restore', '-D', '/x'] });
@@ -96,7 +99,7 @@ describe('the CRIU hook that haul agent install puts first on incusd\'s PATH', (
   it('fails a restore whose pages went through haul when no agent can place them, and says why', async () => {
     const { dir, incusDir, realCriu, remove } = setUp();
     cleanups.push(remove);
-    const hook = await installHook(`${dir}/hook`, realCriu, process.execPath, HAUL_CLI);
+    const hook = await installHook(`${dir}/hook`, realCriu, process.execPath, HOOK_CLIENT);
     const restoreDir = `${dir}/restore`;
     mkdirSync(restoreDir);
     writeFileSync(`${restoreDir}/haul-migration.json`, '{"id":"m-1"}\n');
@@ -109,12 +112,12 @@ describe('the CRIU hook that haul agent install puts first on incusd\'s PATH', (
   it('is removed by uninstall, which leaves a criu that is not haul\'s alone', async () => {
     const { dir, realCriu, remove } = setUp();
     cleanups.push(remove);
-    await installHook(`${dir}/hook`, realCriu, process.execPath, HAUL_CLI);
+    await installHook(`${dir}/hook`, realCriu, process.execPath, HOOK_CLIENT);
     expect(await uninstallHook(`${dir}/hook`)).toBe(true);
     expect(await uninstallHook(`${dir}/hook`)).toBe(false);
     mkdirSync(`${dir}/other`);
     writeFileSync(`${dir}/other/criu`, '#!/bin/sh\n', { mode: 0o755 });
     await expect(uninstallHook(`${dir}/other`)).rejects.toThrow(/not haul's hook/);
-    await expect(installHook(`${dir}/other`, realCriu, process.execPath, HAUL_CLI)).rejects.toThrow(/not haul's hook/);
+    await expect(installHook(`${dir}/other`, realCriu, process.execPath, HOOK_CLIENT)).rejects.toThrow(/not haul's hook/);
   });
 });

@@ -1,6 +1,9 @@
-import { spawn } from 'node:child_process';
+import { execFile, spawn } from 'node:child_process';
+import { existsSync, readFileSync } from 'node:fs';
+import { promisify } from 'node:util';
 import { randomBytes } from 'node:crypto';
 import { setTimeout as sleep } from 'node:timers/promises';
+import { REPO } from './paths.js';
 import { parseReport, reportArgs, type WorkloadReport } from './workload.js';
 
 /** The incus client configuration that `scripts/testbed up` writes: remotes src and dst. */
@@ -133,4 +136,21 @@ export class TestContainer {
   async delete(): Promise<void> {
     await incus(['delete', '--force', this.ref]).catch(() => undefined);
   }
+}
+
+/** The pid of a test host's haul agent, from the file `scripts/testbed up` keeps. */
+export function agentPid(host: TestHost): number {
+  return Number(readFileSync(`/var/lib/haul-testbed/${host}/haul/agent.pid`, 'utf8').trim());
+}
+
+/** Ends a test host's haul agent the hard way (SIGKILL: no goodbye, its socket file left behind). */
+export async function killAgent(host: TestHost): Promise<void> {
+  const pid = agentPid(host);
+  process.kill(pid, 'SIGKILL');
+  while (existsSync(`/proc/${pid}`)) await sleep(50);
+}
+
+/** Starts whatever agent of the test bed is not running (scripts/testbed up is idempotent). */
+export async function startAgents(): Promise<void> {
+  await promisify(execFile)(`${REPO}/scripts/testbed`, ['up'], { maxBuffer: 16 * 1024 * 1024 });
 }

@@ -1,0 +1,73 @@
+import { readFileSync } from 'node:fs';
+import { setTimeout as sleep } from 'node:timers/promises';
+import { afterAll, afterEach, expect, it } from 'vitest';
+import type { MigrationProgress } from '../../plugin/in-flight.js';
+import { MigrationRecords } from '../../plugin/migration-records.js';
+import { describeOnHost } from '../support/host.js';
+import { NativeMoveDefect, TestContainer, killAgent, startAgents, type TestHost } from '../support/testbed.js';
+import { expectedChecksum, realtimeNs } from '../support/workload.js';
+
+const recordsOf = async (host: TestHost, instance: string) =>
+  (await new MigrationRecords(`/var/lib/haul-testbed/${host}/haul/agent/migrations.jsonl`).all()).filter((r) => r.instance === instance);
+
+function inFlight(host: TestHost): MigrationProgress[] {
+  try {
+    return JSON.parse(readFileSync(`/var/lib/haul-testbed/${host}/haul/agent/in-flight.json`, 'utf8')) as MigrationProgress[];
+  } catch {
+    return [];
+  }
+}
+
+describeOnHost('incus move when haul is missing or fails', ['root', 'criu', 'testbed'], () => {
+  const containers: TestContainer[] = [];
+  afterEach(async () => startAgents()); // whatever a test stopped comes back for the next
+  afterAll(async () => Promise.all(containers.map((c) => c.delete())));
+
+  it('moves natively from a host whose agent is not running', async () => {
+    await killAgent('src');
+    const container = await TestContainer.launch('busybox', 'src', '/tmp/counter', ['--config', 'user.haul.mode=precopy']);
+    containers.push(container);
+    const before = await container.readCounter();
+    // natively, the native path's known defects may show; either way haul stayed out
+    const moved = await container.moveTo('dst').then(() => true, (error: unknown) => {
+      if (!(error instanceof NativeMoveDefect)) throw error;
+      return false;
+    });
+    if (moved) {
+      expect(await container.whereabouts()).toEqual({ src: undefined, dst: 'RUNNING' });
+      await sleep(1100);
+      expect(await container.readCounter()).toBeGreaterThan(before);
+    }
+    expect(await recordsOf('src', container.name)).toEqual([]);
+    expect(await recordsOf('dst', container.name)).toEqual([]);
+  }, 600_000);
+
+  it("keeps the source running with its memory when the destination's agent dies in the middle of a move, and a later move succeeds", async () => {
+    const container = await TestContainer.launch('busybox', 'src', '/tmp/counter', ['--config', 'user.haul.mode=precopy']);
+    containers.push(container);
+    await container.exec(['haul-workload', 'start', '--dir', '/run/big', '--mib', '256']);
+    const intact = await expectedChecksum(256);
+    const before = await container.workloadReport('/run/big');
+    const since = realtimeNs();
+    const move = container.moveTo('dst');
+    move.catch(() => {});
+    // the middle: pages are on their way through haul
+    const deadline = Date.now() + 60_000;
+    while (!inFlight('src').some((m) => m.instance === container.name && m.pages > 1000) && Date.now() < deadline) await sleep(20);
+    await killAgent('dst');
+    await expect(move).rejects.toThrow();
+    expect((await container.whereabouts()).src).toBe('RUNNING');
+    const after = await container.workloadReport('/run/big', since);
+    expect(after.pid).toBe(before.pid);
+    expect(after.checksum).toBe(intact);
+    expect(after.tick).toBeGreaterThan(before.tick);
+    expect((await recordsOf('src', container.name)).at(-1)).toMatchObject({ result: 'failed' });
+
+    await startAgents();
+    await container.moveTo('dst');
+    expect(await container.whereabouts()).toEqual({ src: undefined, dst: 'RUNNING' });
+    const moved = await container.workloadReport('/run/big', since);
+    expect(moved.pid).toBe(before.pid);
+    expect(moved.checksum).toBe(intact);
+  }, 600_000);
+});
