@@ -88,7 +88,11 @@ export async function dialLink(url: string, options: EndpointOptions): Promise<D
     ws.close(1008, 'incompatible');
     throw new Error(`cannot migrate to ${url}: ${problem}`);
   }
-  session.attach(webSocketTransport(ws, keepaliveMs));
+  // The transport takes the socket over now (holding whatever came behind the reply), but attaches
+  // once the caller has had its turn: channels the peer opened at once are announced then, to
+  // 'channel' listeners the caller added right after dialLink resolved.
+  const transport = webSocketTransport(ws, keepaliveMs);
+  setImmediate(() => session.attach(transport));
 
   const window = options.resumeWindowMs ?? DEFAULT_RESUME_WINDOW_MS;
   session.on('detached', (reason) => {

@@ -18,13 +18,21 @@ export function webSocketTransport(ws: WebSocket, keepaliveMs: number): FrameTra
   }, keepaliveMs);
   keepalive.unref();
   ws.on('pong', heard);
-  ws.on('message', (data: Buffer, isBinary: boolean) => {
+  const onMessage = (data: Buffer, isBinary: boolean): void => {
     heard();
     // a text message is not a frame: passing it on makes the session refuse it as malformed
     const bytes = isBinary ? data : Buffer.concat([Buffer.from([0]), Buffer.from(data)]);
     if (handlers) handlers.frame(bytes);
     else early.push(bytes);
-  });
+  };
+  // first what came in behind the handshake, then the rest, in order
+  const held = heldBack.get(ws);
+  if (held) {
+    ws.off('message', held.listener);
+    heldBack.delete(ws);
+    for (const [data, isBinary] of held.messages) onMessage(data, isBinary);
+  }
+  ws.on('message', onMessage);
   ws.on('close', (code, reason) => {
     clearInterval(keepalive);
     closedReason = `connection closed (${code}${reason.length ? `: ${reason.toString()}` : ''})`;
@@ -49,6 +57,14 @@ export function webSocketTransport(ws: WebSocket, keepaliveMs: number): FrameTra
 }
 
 /** The first binary message on a fresh connection: the handshake frame. */
+/**
+ * Messages that arrived right behind the handshake, before the transport took the socket over. ws
+ * emits every message it parsed from one read at once, so frames the peer sends straight after its
+ * handshake message can come in the same turn as it; without a holder they would be lost (seen:
+ * a channel's OPEN dropped, then 'frame for unknown channel').
+ */
+const heldBack = new WeakMap<WebSocket, { messages: Array<[Buffer, boolean]>; listener: (data: Buffer, isBinary: boolean) => void }>();
+
 export function firstMessage(ws: WebSocket, timeoutMs: number): Promise<Buffer> {
   return new Promise((resolve, reject) => {
     const timer = setTimeout(() => {
@@ -58,6 +74,10 @@ export function firstMessage(ws: WebSocket, timeoutMs: number): Promise<Buffer> 
     }, timeoutMs);
     const onMessage = (data: Buffer): void => {
       cleanup();
+      const messages: Array<[Buffer, boolean]> = [];
+      const listener = (next: Buffer, isBinary: boolean): void => void messages.push([next, isBinary]);
+      ws.on('message', listener);
+      heldBack.set(ws, { messages, listener });
       resolve(data);
     };
     const onClose = (code: number, reason: Buffer): void => {
