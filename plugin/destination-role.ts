@@ -12,7 +12,6 @@ import { startCriu } from '../src/criu/run/criu-process.js';
 import { headerLayoutFor, type CriuVersion } from '../src/criu/run/criu-version.js';
 import { CacheStore } from '../proxy/cache-store.js';
 import { LazyPageStore } from '../proxy/lazy-page-store.js';
-import { LAZY_PUSH_CHANNEL, readPages } from '../proxy/lazy-wire.js';
 import { MIGRATION_ID_FILE, argumentOf, type HookReply } from './hook-protocol.js';
 import type { IncusClient } from './incus-client.js';
 import type { IncusEvent } from './incus-events.js';
@@ -84,18 +83,8 @@ export class DestinationRole {
     mkdirSync(dir, { mode: 0o700 });
     const store = new CacheStore(session, dir); // before any await: channels are announced at once
     const answers = session.openChannel(ChannelKind.CONTROL, 'answers');
-    // lazy mode: pages the restore faults on are asked for on one channel, and come (with all the
-    // others, pushed) on two more
-    const lazyPages = LazyPageStore.create(join(dir, 'lazy-pages.bin'), session.openChannel(ChannelKind.LAZY_REQUESTS, 'lazy-requests').writable);
-    lazyPages.catch(() => {});
-    session.on('channel', (channel) => {
-      const lazy = channel.kind === ChannelKind.LAZY_ANSWERS || (channel.kind === ChannelKind.PAGES && channel.name === LAZY_PUSH_CHANNEL);
-      if (!lazy) return;
-      void (async () => {
-        const pages = await lazyPages;
-        for await (const { run, pages: data } of readPages(channel.readable)) await pages.add(run, data!);
-      })().catch((error: Error) => session.isOpen && session.abort(`bad lazy pages from the source: ${error.message}`));
-    });
+    // lazy mode: pages the restore faults on are asked for, and come with all the others
+    const lazyPages = LazyPageStore.forSession(session, join(dir, 'lazy-pages.bin'));
     session.once('aborted', (error) => void lazyPages.then((pages) => (pages.fail(error), pages.close())));
     void (async () => {
       let start;

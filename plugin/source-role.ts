@@ -5,7 +5,7 @@ import type { Readable, Writable } from 'node:stream';
 import { connect, type Socket } from 'node:net';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { LazyPagesClient } from '../src/criu/page-server/lazy-pages-client.js';
-import type { HeaderLayout } from '../src/criu/page-server/protocol.js';
+import { PAGE_SIZE, type HeaderLayout } from '../src/criu/page-server/protocol.js';
 import { headerLayoutFor, type CriuVersion } from '../src/criu/run/criu-version.js';
 import { receiveControl, sendControl } from '../src/link/control-channel.js';
 import { dialLink } from '../src/link/dialer.js';
@@ -69,6 +69,19 @@ function answersOf(session: LinkSession): { next<K extends keyof Control>(field:
       }
     },
   };
+}
+
+/** One migration this agent sends, from the moment its peer accepted it. */
+interface Outgoing {
+  readonly session: LinkSession;
+  readonly control: Writable;
+  readonly answers: ReturnType<typeof answersOf>;
+  readonly forward: Awaited<ReturnType<typeof dumpToLink>>;
+  /** Incus' checkpoint directory, the dump's -D. */
+  readonly dir: string;
+  readonly record: Omit<MigrationRecord, 'totalMs' | 'result'>;
+  readonly startedAt: Date;
+  readonly progress: MigrationProgress;
 }
 
 /**
@@ -136,13 +149,14 @@ export class SourceRole {
         void forward.received.finally(() => clearInterval(counting)).catch(() => {});
         const pageServer = ['--page-server', '--address', '127.0.0.1', '--port', String(forward.port)];
         this.log(`${instance.name}: dump pages go to ${peer.name} through haul (${mode}, migration ${id})`);
+        const outgoing: Outgoing = { session, control: control.writable, answers, forward, dir, record, startedAt, progress };
         if (mode === 'precopy') {
-          void this.follow(session, control.writable, answers, forward, dir, record, startedAt, progress);
+          void this.follow(outgoing);
           return { args: [...args, ...pageServer] };
         }
         const incusScript = argumentOf(args, '--action-script')!;
         const actions = await LazyEarlyActions.create(join(this.workDir, id), incusScript);
-        void this.followLazy(session, control.writable, answers, faults, forward, actions, layout, dir, record, startedAt, progress);
+        void this.followLazy(outgoing, faults, actions, layout);
         const lazyArgs = args.map((arg, at) => (args[at - 1] === '--action-script' ? actions.scriptPath : arg));
         return { args: [...lazyArgs, '--lazy-pages', ...pageServer] };
       } catch (error) {
@@ -155,28 +169,30 @@ export class SourceRole {
     return { args, note: `native move: no peer takes ${instance.name} (${why})` };
   }
 
-  /** Until the destination holds every page: then the record; on failure, CRIU's dump fails with it. */
-  private async follow(
-    session: LinkSession,
-    control: Writable,
-    answers: ReturnType<typeof answersOf>,
-    forward: Awaited<ReturnType<typeof dumpToLink>>,
-    dir: string,
-    record: Omit<MigrationRecord, 'totalMs' | 'result'>,
-    startedAt: Date,
-    progress: MigrationProgress,
-  ): Promise<void> {
+  /**
+   * Both modes: waits for CRIU to hand over the pages it sends through the page server, then until
+   * the destination says it stored them all. Returns how many, and what Incus' checkpoint
+   * directory holds of page data (nothing, if all went through haul).
+   */
+  private async pagesStored({ control, answers, forward, dir, progress }: Outgoing): Promise<{ pages: number; checkpointPageFiles: number }> {
+    // pages stop flowing when the link fails, and CRIU would wait on its page-server session forever
+    const summary = await Promise.race([forward.received, forward.failed]);
+    this.inFlight.update(progress, { pages: summary.pagesReceived, phase: 'waiting for the destination to store the pages and restore' });
+    const checkpointPageFiles = (await readdir(dir)).filter((name) => /^pages-.*\.img$/.test(name)).length;
+    await sendControl(control, { images_complete: { files: 0, page_streams: forward.pages.pageStreams, bytes: 0n } });
+    const stored = await answers.next('images_stored', PAGES_STORED_MS);
+    if (!stored.ok) throw new Error(`the destination could not store the pages: ${stored.error}`);
+    return { pages: summary.pagesReceived, checkpointPageFiles };
+  }
+
+  /** Pre-copy, until the destination holds every page: then the record; on failure, CRIU's dump fails with it. */
+  private async follow(outgoing: Outgoing): Promise<void> {
+    const { session, control, forward, record, startedAt } = outgoing;
     try {
-      // pages stop flowing when the link fails, and CRIU would wait on its page-server session forever
-      const summary = await Promise.race([forward.received, forward.failed]);
-      this.inFlight.update(progress, { pages: summary.pagesReceived, phase: 'waiting for the destination to store the pages and restore' });
-      const checkpointPageFiles = (await readdir(dir)).filter((name) => /^pages-.*\.img$/.test(name)).length;
-      await sendControl(control, { images_complete: { files: 0, page_streams: forward.pages.pageStreams, bytes: 0n } });
-      const stored = await answers.next('images_stored', PAGES_STORED_MS);
-      if (!stored.ok) throw new Error(`the destination could not store the pages: ${stored.error}`);
+      const { pages, checkpointPageFiles } = await this.pagesStored(outgoing);
       control.end();
       session.close();
-      await this.records.add({ ...record, pages: summary.pagesReceived, bytes: summary.pagesReceived * 4096, checkpointPageFiles, totalMs: Date.now() - startedAt.getTime(), result: 'moved' });
+      await this.records.add({ ...record, pages, bytes: pages * PAGE_SIZE, checkpointPageFiles, totalMs: Date.now() - startedAt.getTime(), result: 'moved' });
     } catch (error) {
       const reason = error instanceof Error ? error.message : String(error);
       // the dump (or the restore waiting for these pages) fails, and Incus resumes the container
@@ -195,39 +211,23 @@ export class SourceRole {
    * when the destination has every page and Incus' own post-dump step reported the restore; on any
    * failure a bad header makes CRIU resume it.
    */
-  private async followLazy(
-    session: LinkSession,
-    control: Writable,
-    answers: ReturnType<typeof answersOf>,
-    faults: FaultQueue,
-    forward: Awaited<ReturnType<typeof dumpToLink>>,
-    actions: LazyEarlyActions,
-    layout: HeaderLayout,
-    dir: string,
-    record: Omit<MigrationRecord, 'totalMs' | 'result'>,
-    startedAt: Date,
-    progress: MigrationProgress,
-  ): Promise<void> {
+  private async followLazy(outgoing: Outgoing, faults: FaultQueue, actions: LazyEarlyActions, layout: HeaderLayout): Promise<void> {
+    const { session, control, answers, forward, record, startedAt, progress } = outgoing;
     let lazyServer: Socket | undefined;
     let incusFailure: string | undefined;
     void actions.incusPostDump.then((status) => status !== 0 && (incusFailure = `Incus' post-dump step failed (${status}): the destination did not restore`));
     try {
-      const eager = await Promise.race([forward.received, forward.failed]);
-      this.inFlight.update(progress, { pages: eager.pagesReceived, phase: 'waiting for the destination to restore' });
-      const checkpointPageFiles = (await readdir(dir)).filter((name) => /^pages-.*\.img$/.test(name)).length;
-      await sendControl(control, { images_complete: { files: 0, page_streams: forward.pages.pageStreams, bytes: 0n } });
-      const stored = await answers.next('images_stored', PAGES_STORED_MS);
-      if (!stored.ok) throw new Error(`the destination could not store the pages: ${stored.error}`);
+      const { pages: eager, checkpointPageFiles } = await this.pagesStored(outgoing);
       await Promise.race([actions.statusReady, sleep(LAZY_SERVER_MS).then(() => Promise.reject(new Error(`CRIU's lazy page server did not start within ${LAZY_SERVER_MS / 1000} s`)))]);
       lazyServer = connect(forward.port, '127.0.0.1');
       await new Promise((resolve, reject) => lazyServer!.once('connect', resolve).once('error', reject));
       const client = new LazyPagesClient(lazyServer, layout);
       const total = forward.pages.lazyRuns.reduce((sum, run) => sum + run.nrPages, 0);
       this.log(`${record.instance}: ${total} lazy pages to move`);
-      this.inFlight.update(progress, { phase: 'restored on the destination; moving its memory', pages: eager.pagesReceived, totalPages: eager.pagesReceived + total });
+      this.inFlight.update(progress, { phase: 'restored on the destination; moving its memory', pages: eager, totalPages: eager + total });
       const pulled = await moveLazyPages(session, client, forward.pages.lazyRuns, faults, {
         stop: () => incusFailure,
-        onPages: (moved) => this.inFlight.update(progress, { pages: eager.pagesReceived + moved }),
+        onPages: (moved) => this.inFlight.update(progress, { pages: eager + moved }),
       });
       this.inFlight.update(progress, { phase: "waiting for the destination's last page and Incus' restore report" });
       this.log(`${record.instance}: all ${pulled} lazy pages sent; waiting for the destination and for Incus' restore report`);
@@ -238,8 +238,8 @@ export class SourceRole {
       await client.close(); // every page has moved and Incus restored it: CRIU ends the source
       control.end();
       session.close();
-      const pages = eager.pagesReceived + pulled;
-      await this.records.add({ ...record, mode: 'lazy', pages, bytes: pages * 4096, checkpointPageFiles, totalMs: Date.now() - startedAt.getTime(), result: 'moved' });
+      const pages = eager + pulled;
+      await this.records.add({ ...record, pages, bytes: pages * PAGE_SIZE, checkpointPageFiles, totalMs: Date.now() - startedAt.getTime(), result: 'moved' });
     } catch (error) {
       const reason = error instanceof Error ? error.message : String(error);
       // a bad header fails CRIU's lazy session and it resumes the source; before that, a dropped
@@ -255,7 +255,7 @@ export class SourceRole {
       }
       if (session.isOpen) session.abort(reason);
       this.log(`${record.instance}: lazy migration ${record.id} failed: ${reason}`);
-      await this.records.add({ ...record, mode: 'lazy', totalMs: Date.now() - startedAt.getTime(), result: 'failed', error: reason });
+      await this.records.add({ ...record, totalMs: Date.now() - startedAt.getTime(), result: 'failed', error: reason });
     } finally {
       this.inFlight.end(record.id);
       await actions.close();

@@ -13,7 +13,6 @@ import { RestoredTree } from '../src/criu/run/restored-tree.js';
 import { criuVersion, headerLayoutFor } from '../src/criu/run/criu-version.js';
 import { CacheStore } from './cache-store.js';
 import { LazyPageStore } from './lazy-page-store.js';
-import { LAZY_PUSH_CHANNEL, readPages } from './lazy-wire.js';
 
 export interface CacheOptions extends EndpointOptions {
   readonly address: string;
@@ -64,15 +63,7 @@ export class ImageCache {
     this.options.onEvent?.({ kind: 'migration', id, dir });
     const store = new CacheStore(session, dir);
     const answer = session.openChannel(ChannelKind.CONTROL, 'restore-result');
-    const lazyPages = await LazyPageStore.create(join(dir, 'lazy-pages.bin'), session.openChannel(ChannelKind.LAZY_REQUESTS, 'lazy-requests').writable);
-    // lazy pages arrive on two channels: answers to the destination's faults, and the rest pushed
-    session.on('channel', (channel) => {
-      const lazy = channel.kind === ChannelKind.LAZY_ANSWERS || (channel.kind === ChannelKind.PAGES && channel.name === LAZY_PUSH_CHANNEL);
-      if (!lazy) return;
-      void (async () => {
-        for await (const { run, pages } of readPages(channel.readable)) await lazyPages.add(run, pages!);
-      })().catch((error: Error) => session.isOpen && session.abort(`bad lazy pages from the source: ${error.message}`));
-    });
+    const lazyPages = await LazyPageStore.forSession(session, join(dir, 'lazy-pages.bin'));
     const restoreBinary = this.options.criuBinary ? { binary: this.options.criuBinary } : {};
     const pidFile = join(dir, 'restored.pid');
     let tree: RestoredTree | undefined;

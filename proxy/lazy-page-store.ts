@@ -2,7 +2,9 @@ import { open, type FileHandle } from 'node:fs/promises';
 import type { Writable } from 'node:stream';
 import type { PageSource } from '../src/criu/page-server/lazy-pages-server.js';
 import { PAGE_SIZE } from '../src/criu/page-server/protocol.js';
-import { writePageRequest, type PageRun } from './lazy-wire.js';
+import { ChannelKind } from '../src/link/frame.js';
+import type { LinkSession } from '../src/link/session.js';
+import { LAZY_PUSH_CHANNEL, readPages, writePageRequest, type PageRun } from './lazy-wire.js';
 import { PageTable } from './page-table.js';
 
 const page = BigInt(PAGE_SIZE);
@@ -31,6 +33,25 @@ export class LazyPageStore implements PageSource {
 
   static async create(path: string, requests: Writable): Promise<LazyPageStore> {
     return new LazyPageStore(await open(path, 'w+', 0o600), requests);
+  }
+
+  /**
+   * The store of a destination's session: asks for faults on a LAZY_REQUESTS channel it opens, and
+   * takes the pages that arrive on the two lazy channels (answers, and the rest pushed). Call it as
+   * soon as the session exists: the channels are listened for before anything is awaited.
+   */
+  static forSession(session: LinkSession, path: string): Promise<LazyPageStore> {
+    const store = LazyPageStore.create(path, session.openChannel(ChannelKind.LAZY_REQUESTS, 'lazy-requests').writable);
+    store.catch(() => {});
+    session.on('channel', (channel) => {
+      const lazy = channel.kind === ChannelKind.LAZY_ANSWERS || (channel.kind === ChannelKind.PAGES && channel.name === LAZY_PUSH_CHANNEL);
+      if (!lazy) return;
+      void (async () => {
+        const pages = await store;
+        for await (const { run, pages: data } of readPages(channel.readable)) await pages.add(run, data!);
+      })().catch((error: Error) => session.isOpen && session.abort(`bad lazy pages from the source: ${error.message}`));
+    });
+    return store;
   }
 
   /**
