@@ -111,23 +111,52 @@ export class ImageCache {
         server.close();
         throw error;
       }
-      // the restored tree runs on pages still at the source: if the source is lost, so is it (the
-      // source resumes instead), and it must end before a missing page could read as zeroes
+      // the restored tree runs on pages still at the source, and the source resumes its own copy
+      // if the link does not come back: while the link is down the tree is held stopped, so the two
+      // never run at once. Lost for good, the tree ends before its lazy-pages daemon does: a fault
+      // with no daemon behind it would read a missing page as zeroes.
       const restored = tree;
+      let holding = Promise.resolve();
+      const hold = (action: () => Promise<void>): void => void (holding = holding.then(action).catch(() => {}));
+      const detached = (): void => hold(() => restored.pause());
+      const attached = (): void => hold(() => restored.resume());
       const lost = (error: Error): void => {
-        void restored.kill();
         lazyPages.fail(error);
-        daemon.child.kill('SIGKILL');
+        hold(async () => {
+          await restored.kill();
+          daemon.child.kill('SIGKILL');
+        });
       };
-      session.once('aborted', lost);
-      if (!session.isOpen) throw new Error('the link to the source failed during the restore');
-      await sendControl(answer.writable, { restore_result: { ok: true, error: '', pid: tree.pid } });
-      reported = true;
-      this.options.onEvent?.({ kind: 'restored', id, pid: tree.pid });
-      await daemon.exited;
-      await served;
-      session.off('aborted', lost);
-      await sendControl(answer.writable, { lazy_complete: { pages: BigInt(lazyPages.received) } });
+      session.on('detached', detached).on('attached', attached).once('aborted', lost);
+      const stopFollowingTheLink = (): void => void session.off('detached', detached).off('attached', attached);
+      try {
+        if (!session.isOpen) throw new Error('the link to the source failed during the restore');
+        if (!session.attached) detached();
+        await sendControl(answer.writable, { restore_result: { ok: true, error: '', pid: tree.pid } });
+        reported = true;
+        this.options.onEvent?.({ kind: 'restored', id, pid: tree.pid });
+        await daemon.exited;
+        await served;
+        session.off('aborted', lost);
+        // every page is here: the source ends its copy when it hears so, and commits
+        const unsent = { detached: !session.attached, attachments: session.attachments };
+        await sendControl(answer.writable, { lazy_complete: { pages: BigInt(lazyPages.received) } });
+        try {
+          await store.controlWith('commit');
+        } catch (error) {
+          if (unsent.detached && session.attachments === unsent.attachments) throw error;
+          const reason = `the link failed after every page arrived, before the source confirmed it ended its copy (${error instanceof Error ? error.message : String(error)}); pid ${tree.pid} is kept stopped: if the source process is gone, run it with kill -CONT, else kill it`;
+          stopFollowingTheLink();
+          await holding;
+          await restored.pause();
+          this.options.onEvent?.({ kind: 'in-doubt', id, pid: tree.pid, error: reason });
+          return;
+        }
+      } finally {
+        stopFollowingTheLink();
+        await holding;
+      }
+      await restored.resume();
       answer.writable.end();
       this.options.onEvent?.({ kind: 'lazy-complete', id, pages: lazyPages.received });
     } catch (error) {

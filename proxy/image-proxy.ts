@@ -34,9 +34,9 @@ export interface MigrateOptions extends EndpointOptions {
  */
 export class MigrationInDoubtError extends Error {
   override readonly name = 'MigrationInDoubtError';
-  constructor(sourcePid: number, destinationPid: number, cause: unknown) {
+  constructor(mode: 'pre-copy' | 'lazy', sourcePid: number, destinationPid: number, cause: unknown) {
     super(
-      `pre-copy migration of ${sourcePid}: the source copy has ended, but the link failed before the destination confirmed it runs its copy (pid ${destinationPid} there, kept stopped until confirmed): check it on the destination and run it with kill -CONT; ${cause instanceof Error ? cause.message : String(cause)}`,
+      `${mode} migration of ${sourcePid}: the source copy has ended, but the link failed before the destination confirmed it runs its copy (pid ${destinationPid} there, kept stopped until confirmed): check it on the destination and run it with kill -CONT; ${cause instanceof Error ? cause.message : String(cause)}`,
       { cause },
     );
   }
@@ -159,7 +159,7 @@ export async function migratePreCopy(options: MigrateOptions): Promise<Migration
       await sendControl(control.writable, { commit: { source_pid: options.pid } });
       await reports.finished;
     } catch (error) {
-      throw new MigrationInDoubtError(options.pid, result.pid, error);
+      throw new MigrationInDoubtError('pre-copy', options.pid, result.pid, error);
     }
     const running = Date.now();
     control.writable.end();
@@ -219,8 +219,10 @@ function destinationReports(session: LinkSession): { restore: Promise<RestoreRes
  * Lazy (post-copy) migration: the destination restores from the small images at once, and the
  * memory follows. haul is the one client of the page server `criu dump --lazy-pages` leaves running:
  * it answers the destination's page faults first and pushes every other page behind them, then
- * tells CRIU all pages moved, which ends the source. CRIU counts a plain end of that session as
- * success, so on any failure haul ends it with a bad header instead, and CRIU resumes the source.
+ * tells CRIU all pages moved, which ends the source, and commits (the destination held its copy
+ * stopped whenever the link was down meanwhile). CRIU counts a plain end of that session as
+ * success, so on any failure before the last page arrived haul ends it with a bad header instead,
+ * and CRIU resumes the source.
  */
 export async function migrateLazy(options: MigrateOptions): Promise<MigrationSummary & { readonly lazyPages: number }> {
   const { progress, layout, workDir, imagesDir, session, reports, gate, control, faults, criu, failure, cleanUp } = await startMigration(options, 'lazy');
@@ -240,6 +242,7 @@ export async function migrateLazy(options: MigrateOptions): Promise<MigrationSum
   let lazyServer: Socket | undefined;
   let pulled = 0;
   let stopReporting = (): void => {};
+  let pastReturn = false;
   try {
     await Promise.race([gate.reached, dump.exited.then(() => Promise.reject(new Error('criu dump ended before post-dump'))), forward.failed]);
     const eager = await forward.received;
@@ -273,8 +276,16 @@ export async function migrateLazy(options: MigrateOptions): Promise<MigrationSum
     const result = await reports.restore;
     if (!result.ok) throw new Error(`the destination could not restore: ${result.error}`);
     await reports.lazyComplete;
-    await client.close(); // every page has moved: CRIU ends the source
-    await dump.exited;
+    // the destination holds every page: from here the source ends whatever happens, never resumes
+    pastReturn = true;
+    await client.close().catch(() => lazyServer!.end()); // a plain end also counts as success to CRIU
+    await dump.exited.catch(() => {});
+    try {
+      await sendControl(control.writable, { commit: { source_pid: options.pid } });
+      await reports.finished;
+    } catch (error) {
+      throw new MigrationInDoubtError('lazy', options.pid, result.pid, error);
+    }
     control.writable.end();
     session.close();
     return {
@@ -283,6 +294,10 @@ export async function migrateLazy(options: MigrateOptions): Promise<MigrationSum
     };
   } catch (error) {
     stopReporting();
+    if (pastReturn) {
+      if (session.isOpen) session.abort(error instanceof Error ? error.message : String(error));
+      throw error;
+    }
     if (lazyServer) {
       // a bad header fails CRIU's lazy page-server session, and CRIU resumes the source
       lazyServer.end(Buffer.from([0xff]));

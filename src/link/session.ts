@@ -36,7 +36,10 @@ interface SessionEvents {
   channel: [IncomingChannel];
   aborted: [LinkAbortedError];
   closed: [];
+  /** The connection went away; the session waits for the peer to resume it (or gives up: aborted). */
   detached: [string];
+  /** A connection carries the session (again): its attachment count, 1 for the first. */
+  attached: [number];
 }
 
 /**
@@ -124,6 +127,7 @@ export class LinkSession extends EventEmitter<SessionEvents> {
       },
     });
     this.schedulePump();
+    this.emit('attached', this.attachCount);
   }
 
   /** Ends the session with an error that reaches the peer, and fails every channel. */

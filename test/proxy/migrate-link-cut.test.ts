@@ -51,6 +51,15 @@ async function destinationBehindOutage(scene: MigrationScene, criuBinary: string
   return { events, to: `ws://127.0.0.1:${proxy.port}`, outage };
 }
 
+/** The state letter of /proc/PID/stat (R, S, T for stopped...), or '' once the process is gone. */
+function processState(pid: number): string {
+  try {
+    return readFileSync(`/proc/${pid}/stat`, 'utf8').replace(/^.*\) /s, '').charAt(0);
+  } catch {
+    return '';
+  }
+}
+
 async function eventually<T>(what: () => T, accept: (value: T) => boolean, ms = 10_000): Promise<T> {
   const deadline = Date.now() + ms;
   let value = what();
@@ -99,9 +108,19 @@ describeOnHost('a link cut for longer than the resume window, before the destina
 
   it('lazy, after the restore while pages still move: the restored copy is ended and the source resumes intact', async () => {
     const scene = await scenes.start('cut-lazy', 128);
-    const { events, to } = await destinationBehindOutage(scene, CRIU_ON_SECOND_HOST, (event, outage) => void (event.kind === 'restored' && outage()));
+    let restoredPid = 0;
+    const { events, to } = await destinationBehindOutage(scene, CRIU_ON_SECOND_HOST, (event, outage) => {
+      if (event.kind !== 'restored') return;
+      restoredPid = event.pid;
+      outage();
+    });
     const frozenAt = realtimeNs();
-    await expect(migrateLazy({ ...link, pid: scene.workload.pid, to })).rejects.toThrow(/lazy migration of \d+ failed, the source process keeps running/);
+    const migration = migrateLazy({ ...link, pid: scene.workload.pid, to });
+    migration.catch(() => {});
+    // while the link is down, before either side gives up on it, the restored copy is held stopped
+    expect(await eventually(() => restoredPid, Boolean, 60_000)).toBeGreaterThan(0);
+    expect(await eventually(() => processState(restoredPid), (state) => state === 'T', RESUME_WINDOW_MS)).toBe('T');
+    await expect(migration).rejects.toThrow(/lazy migration of \d+ failed, the source process keeps running/);
     await scene.expectContinued(frozenAt);
     // it ran (lazily) on the destination, and then failed there with the link
     expect(await eventually(() => events.map((e) => e.kind), (kinds) => kinds.length >= 3)).toEqual(['migration', 'restored', 'failed']);

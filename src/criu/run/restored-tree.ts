@@ -36,7 +36,12 @@ export class RestoredTree {
     return found;
   }
 
-  /** Lets a tree restored with --leave-stopped run. */
+  /** Stops every process of the tree (SIGSTOP) until resume(). */
+  async pause(): Promise<void> {
+    for (const pid of await this.members()) signal(pid, 'SIGSTOP');
+  }
+
+  /** Lets a tree restored with --leave-stopped, or paused, run. */
   async resume(): Promise<void> {
     for (const pid of await this.members()) signal(pid, 'SIGCONT');
   }
