@@ -179,7 +179,7 @@ export class SourceRole {
     const summary = await Promise.race([forward.received, forward.failed]);
     this.inFlight.update(progress, { pages: summary.pagesReceived, phase: 'waiting for the destination to store the pages and restore' });
     const checkpointPageFiles = (await readdir(dir)).filter((name) => /^pages-.*\.img$/.test(name)).length;
-    await sendControl(control, { images_complete: { files: 0, page_streams: forward.pages.pageStreams, bytes: 0n } });
+    await sendControl(control, { images_complete: { files: 0, page_streams: forward.pages.pageStreams, bytes: 0n, filesystem_tars: 0 } });
     const stored = await answers.next('images_stored', PAGES_STORED_MS);
     if (!stored.ok) throw new Error(`the destination could not store the pages: ${stored.error}`);
     return { pages: summary.pagesReceived, checkpointPageFiles };

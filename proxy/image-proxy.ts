@@ -146,7 +146,7 @@ export async function migratePreCopy(options: MigrateOptions): Promise<Migration
     const dumped = Date.now();
     progress('sending images');
     const images = await sendImageFiles(session, imagesDir);
-    await sendControl(control.writable, { images_complete: { files: images.files, page_streams: pages.pageStreams, bytes: BigInt(images.bytes) } });
+    await sendControl(control.writable, { images_complete: { files: images.files, page_streams: pages.pageStreams, bytes: BigInt(images.bytes), filesystem_tars: 0 } });
     const sent = Date.now();
     progress('restoring on the destination');
     const result = await reports.restore;
@@ -249,7 +249,7 @@ export async function migrateLazy(options: MigrateOptions): Promise<MigrationSum
     const dumpedAt = Date.now();
     progress('sending images');
     const images = await sendImageFiles(session, imagesDir);
-    await sendControl(control.writable, { images_complete: { files: images.files, page_streams: dumped.pageStreams, bytes: BigInt(images.bytes) } });
+    await sendControl(control.writable, { images_complete: { files: images.files, page_streams: dumped.pageStreams, bytes: BigInt(images.bytes), filesystem_tars: 0 } });
     const sent = Date.now();
     // the restored copy runs from the moment the destination reports it; a failed restore stops the pulling
     let restoredAt = 0;

@@ -52,6 +52,7 @@ export interface ImagesComplete {
   files: number;
   page_streams: number;
   bytes: bigint;
+  filesystem_tars: number;
 }
 export interface RestoreResult {
   ok: boolean;

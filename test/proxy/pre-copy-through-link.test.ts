@@ -49,7 +49,7 @@ describeOnHost('pre-copy through haul: criu dump -> image-proxy -> link -> image
     // then the other images, and word that the set is complete
     const images = await sendImageFiles(session, source);
     const control = session.openChannel(ChannelKind.CONTROL, 'control');
-    await sendControl(control.writable, { images_complete: { files: images.files, page_streams: pages.pageStreams, bytes: BigInt(images.bytes) } });
+    await sendControl(control.writable, { images_complete: { files: images.files, page_streams: pages.pageStreams, bytes: BigInt(images.bytes), filesystem_tars: 0 } });
     control.writable.end();
 
     const store = await stored;
