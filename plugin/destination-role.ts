@@ -1,4 +1,4 @@
-import { mkdirSync } from 'node:fs';
+import { createReadStream, mkdirSync } from 'node:fs';
 import { chmod, copyFile, link, readdir, readFile, rm, stat } from 'node:fs/promises';
 import { join } from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
@@ -10,7 +10,8 @@ import { acceptOne } from '../src/criu/page-server/connection.js';
 import { serveLazyPages } from '../src/criu/page-server/lazy-pages-server.js';
 import { startCriu } from '../src/criu/run/criu-process.js';
 import { headerLayoutFor, type CriuVersion } from '../src/criu/run/criu-version.js';
-import { CacheStore } from '../proxy/cache-store.js';
+import { CacheStore, DISK_CHANGES_FILE } from '../proxy/cache-store.js';
+import { applyDiskChanges } from '../proxy/disk-changes-apply.js';
 import { LazyPageStore } from '../proxy/lazy-page-store.js';
 import { MIGRATION_ID_FILE, argumentOf, type HookReply } from './hook-protocol.js';
 import type { IncusClient } from './incus-client.js';
@@ -69,9 +70,8 @@ export class DestinationRole {
       const seen = this.expected.get(instance);
       if (seen !== undefined && Date.now() - seen < EXPECTED_FOR_MS) return true;
       // events can be missed (a listener that falls behind is dropped): ask for the operations too
-      const operations = await this.incus.get<Array<{ description: string; status_code: number; resources?: { instances?: string[] } | null }>>('/1.0/operations?recursion=1&all-projects=true').catch(() => []);
-      const running = Array.isArray(operations) ? operations : Object.values(operations as Record<string, typeof operations>).flat();
-      if (running.some((op) => op.description === 'Creating instance' && op.status_code < 200 && (op.resources?.instances ?? []).some((p) => instanceName(p) === instance))) return true;
+      const operations = await this.incus.operations().catch(() => []);
+      if (operations.some((op) => op.description === 'Creating instance' && op.status_code < 200 && (op.resources?.instances ?? []).some((p) => instanceName(p) === instance))) return true;
       if (Date.now() > deadline) return false;
       await sleep(200);
     }
@@ -122,7 +122,8 @@ export class DestinationRole {
     })().catch((error: Error) => this.log(`an incoming migration failed: ${error.message}`));
   }
 
-  async restore(args: readonly string[]): Promise<HookReply> {
+  /** `callerPid`: the hook's process, in the mount namespace the restore runs in (liblxc's own). */
+  async restore(args: readonly string[], callerPid?: number): Promise<HookReply> {
     const dir = argumentOf(args, '-D');
     if (!dir) return { args };
     let id: string;
@@ -152,8 +153,9 @@ export class DestinationRole {
         await link(join(entry.dir, name), target).catch(() => copyFile(join(entry!.dir, name), target));
         await chmod(target, 0o644);
       }
+      await this.bringDiskUpToDate(entry, args, callerPid);
     } catch (error) {
-      const reason = `haul: the pages of migration ${id} are not usable: ${error instanceof Error ? error.message : String(error)}`;
+      const reason = `haul: the pages or disk changes of migration ${id} are not usable: ${error instanceof Error ? error.message : String(error)}`;
       await this.records.add({ id, instance: entry.instance, role: 'destination', peer: entry.peer, mode: entry.mode, pages: 0, bytes: 0, startedAt: entry.startedAt.toISOString(), totalMs: Date.now() - entry.startedAt.getTime(), result: 'failed', error: reason });
       return { error: reason };
     }
@@ -179,6 +181,20 @@ export class DestinationRole {
       if (entry.session.isOpen) entry.session.abort(reason);
       return { error: reason };
     }
+  }
+
+  /**
+   * Where the source sent its root filesystem's changes since Incus' snapshot (btrfs and zfs
+   * pools), writes them into the root the restore is about to use, as liblxc mounted it for the
+   * restore (seen through the hook's own mount namespace).
+   */
+  private async bringDiskUpToDate(entry: Incoming, args: readonly string[], callerPid: number | undefined): Promise<void> {
+    const changes = join(entry.dir, DISK_CHANGES_FILE);
+    if (!(await stat(changes).catch(() => undefined))) return;
+    const root = argumentOf(args, '--root');
+    if (!root || !callerPid) throw new Error('the restore names no root filesystem to write the disk changes into');
+    const applied = await applyDiskChanges(createReadStream(changes), `/proc/${callerPid}/root${root}`);
+    this.log(`${entry.instance}: disk brought up to the frozen source: ${applied.files} files (${applied.bytes} bytes), ${applied.symlinks} symlinks, ${applied.directories} directories, ${applied.removed} removed`);
   }
 
   /**

@@ -20,7 +20,7 @@ async function main(argv: readonly string[]): Promise<void> {
   if (!call) return void process.stdout.write(`${shellWords(args)}\n`);
   let reply;
   try {
-    reply = await askAgent(socket, { call, args }, HOOK_TIMEOUT_MS[call]!);
+    reply = await askAgent(socket, { call, args, pid: process.pid }, HOOK_TIMEOUT_MS[call]!);
   } catch (error) {
     // no agent: the move goes on natively
     process.stderr.write(`haul hook: ${error instanceof Error ? error.message : String(error)}; running criu ${call} unchanged\n`);

@@ -9,6 +9,8 @@ import { createInterface } from 'node:readline';
 export interface HookRequest {
   readonly call: 'dump' | 'restore';
   readonly args: readonly string[];
+  /** The asking process: paths in `args` are in its mount namespace (/proc/PID/root reaches them). */
+  readonly pid?: number;
 }
 
 export type HookReply = { readonly args: readonly string[]; readonly note?: string } | { readonly error: string };

@@ -7,7 +7,16 @@ export interface IncusInstance {
   readonly project?: string;
   readonly config: Record<string, string>;
   readonly expanded_config: Record<string, string>;
+  readonly expanded_devices?: Record<string, Record<string, string>>;
   readonly state?: { readonly pid: number; readonly status: string } | null;
+}
+
+/** What the agent reads of an operation (GET /1.0/operations?recursion=1). */
+export interface IncusOperation {
+  readonly description: string;
+  readonly status_code: number;
+  readonly created_at: string;
+  readonly resources?: { readonly instances?: readonly string[] } | null;
 }
 
 /** Incus said no: its error text, with the request that got it. */
@@ -45,6 +54,18 @@ export class IncusClient {
   /** The running instance whose init has this (host) pid, if any. */
   async instanceWithInit(pid: number): Promise<IncusInstance | undefined> {
     return (await this.instances()).find((instance) => instance.state?.pid === pid);
+  }
+
+  /** The storage driver of a pool (dir, btrfs, zfs, lvm...). */
+  async poolDriver(pool: string): Promise<string> {
+    return (await this.get<{ driver: string }>(`/1.0/storage-pools/${encodeURIComponent(pool)}`)).driver;
+  }
+
+  /** Operations under way or recently ended, whichever list incusd files them in. */
+  async operations(): Promise<IncusOperation[]> {
+    const found = await this.get<IncusOperation[] | Record<string, IncusOperation[]> | null>('/1.0/operations?recursion=1&all-projects=true');
+    if (!found) return [];
+    return Array.isArray(found) ? found : Object.values(found).flat();
   }
 
   async close(): Promise<void> {

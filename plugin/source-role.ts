@@ -2,6 +2,7 @@ import { randomUUID } from 'node:crypto';
 import { readdir, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import type { Readable, Writable } from 'node:stream';
+import { pipeline } from 'node:stream/promises';
 import { connect, type Socket } from 'node:net';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { LazyPagesClient } from '../src/criu/page-server/lazy-pages-client.js';
@@ -15,6 +16,8 @@ import type { Control } from '../src/link/messages.js';
 import type { LinkSession } from '../src/link/session.js';
 import { dumpToLink } from '../proxy/dump-to-link.js';
 import { FaultQueue, moveLazyPages } from '../proxy/lazy-source.js';
+import { DISK_CHANGES_FILE } from '../proxy/cache-store.js';
+import { packDiskChanges } from '../proxy/disk-changes-pack.js';
 import type { InFlight, MigrationProgress } from './in-flight.js';
 import { LazyEarlyActions } from './lazy-early-actions.js';
 import { MIGRATION_ID_FILE, argumentOf, type HookReply } from './hook-protocol.js';
@@ -82,7 +85,23 @@ interface Outgoing {
   readonly record: Omit<MigrationRecord, 'totalMs' | 'result'>;
   readonly startedAt: Date;
   readonly progress: MigrationProgress;
+  /** Set where Incus' own transfer leaves the destination's disk older than the frozen source. */
+  readonly disk: DiskCatchUp | undefined;
 }
+
+/** The container's root as the agent reaches it, and the time of the snapshot Incus sent. */
+interface DiskCatchUp {
+  readonly root: string;
+  readonly sinceMs: number;
+}
+
+/**
+ * Pools whose migration sends the root filesystem once, from a snapshot taken before the dump,
+ * with no sync after the freeze (Incus 6.0.4 sets MultiSync only for rsync-based transfers).
+ */
+const SNAPSHOT_ONCE_DRIVERS = new Set(['btrfs', 'zfs']);
+/** Margin before the migration operation's start, for clock granularity: more is sent, never less. */
+const SNAPSHOT_MARGIN_MS = 2_000;
 
 /**
  * The agent's source side: when liblxc runs the final `criu dump` of an instance that haul moves,
@@ -122,6 +141,7 @@ export class SourceRole {
     }
     const id = randomUUID();
     const version = await this.criuVersion();
+    const disk = await this.diskCatchUp(instance, pid, startedAt);
     const refusals: string[] = [];
     for (const peer of this.peers) {
       let session: LinkSession | undefined;
@@ -149,7 +169,7 @@ export class SourceRole {
         void forward.received.finally(() => clearInterval(counting)).catch(() => {});
         const pageServer = ['--page-server', '--address', '127.0.0.1', '--port', String(forward.port)];
         this.log(`${instance.name}: dump pages go to ${peer.name} through haul (${mode}, migration ${id})`);
-        const outgoing: Outgoing = { session, control: control.writable, answers, forward, dir, record, startedAt, progress };
+        const outgoing: Outgoing = { session, control: control.writable, answers, forward, dir, record, startedAt, progress, disk };
         if (mode === 'precopy') {
           void this.follow(outgoing);
           return { args: [...args, ...pageServer] };
@@ -170,16 +190,44 @@ export class SourceRole {
   }
 
   /**
+   * Whether this move needs haul to carry the disk changes made after Incus' snapshot, and from
+   * when: the instance's root pool sends its volume once before the dump (btrfs, zfs); the
+   * snapshot comes after the move's "Migrating instance" operation began.
+   */
+  private async diskCatchUp(instance: IncusInstance, initPid: number, hookCalledAt: Date): Promise<DiskCatchUp | undefined> {
+    const pool = instance.expanded_devices?.['root']?.['pool'];
+    if (!pool || !SNAPSHOT_ONCE_DRIVERS.has(await this.incus.poolDriver(pool))) return undefined;
+    const migrating = (await this.incus.operations())
+      .filter((op) => op.description === 'Migrating instance' && (op.resources?.instances ?? []).some((path) => decodeURIComponent(path.replace(/\?.*$/, '').split('/').pop() ?? '') === instance.name))
+      .map((op) => Date.parse(op.created_at))
+      .filter((at) => Number.isFinite(at));
+    // none found (an older Incus, another client): a wide window sends more, never less
+    const began = migrating.length ? Math.max(...migrating) : hookCalledAt.getTime() - 60_000;
+    const sinceMs = began - SNAPSHOT_MARGIN_MS;
+    this.log(`${instance.name}: pool ${pool} sends its disk once before the dump; haul carries what changed since ${new Date(sinceMs).toISOString()}${migrating.length ? '' : " (no 'Migrating instance' operation found: a minute back)"}`);
+    return { root: `/proc/${initPid}/root`, sinceMs };
+  }
+
+  /**
    * Both modes: waits for CRIU to hand over the pages it sends through the page server, then until
    * the destination says it stored them all. Returns how many, and what Incus' checkpoint
    * directory holds of page data (nothing, if all went through haul).
    */
-  private async pagesStored({ control, answers, forward, dir, progress }: Outgoing): Promise<{ pages: number; checkpointPageFiles: number }> {
+  private async pagesStored({ session, control, answers, forward, dir, progress, disk, record }: Outgoing): Promise<{ pages: number; checkpointPageFiles: number }> {
     // pages stop flowing when the link fails, and CRIU would wait on its page-server session forever
     const summary = await Promise.race([forward.received, forward.failed]);
-    this.inFlight.update(progress, { pages: summary.pagesReceived, phase: 'waiting for the destination to store the pages and restore' });
     const checkpointPageFiles = (await readdir(dir)).filter((name) => /^pages-.*\.img$/.test(name)).length;
-    await sendControl(control, { images_complete: { files: 0, page_streams: forward.pages.pageStreams, bytes: 0n, filesystem_tars: 0 } });
+    if (disk) {
+      // the memory is dumped and the container still frozen: its disk holds still
+      this.inFlight.update(progress, { pages: summary.pagesReceived, phase: 'sending the disk changes since the snapshot' });
+      const packed = packDiskChanges(disk.root, disk.sinceMs);
+      await pipeline(packed.tar, session.openChannel(ChannelKind.FILESYSTEM_TAR, DISK_CHANGES_FILE).writable);
+      const sent = await packed.done;
+      const skipped = sent.skipped.length ? `; not carried (device nodes, fifos, sockets): ${sent.skipped.slice(0, 10).join(', ')}` : '';
+      this.log(`${record.instance}: disk changes since the snapshot sent: ${sent.files} files (${sent.bytes} bytes), ${sent.symlinks} symlinks, ${sent.directories} directories${skipped}`);
+    }
+    this.inFlight.update(progress, { pages: summary.pagesReceived, phase: 'waiting for the destination to store the pages and restore' });
+    await sendControl(control, { images_complete: { files: 0, page_streams: forward.pages.pageStreams, bytes: 0n, filesystem_tars: disk ? 1 : 0 } });
     const stored = await answers.next('images_stored', PAGES_STORED_MS);
     if (!stored.ok) throw new Error(`the destination could not store the pages: ${stored.error}`);
     return { pages: summary.pagesReceived, checkpointPageFiles };

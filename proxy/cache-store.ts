@@ -11,6 +11,9 @@ import type { LinkSession } from '../src/link/session.js';
 import { LAZY_PUSH_CHANNEL } from './lazy-wire.js';
 import { readPageRecords, targetOfPageChannel } from './page-stream.js';
 
+/** Where the store keeps the root filesystem's changes (one FILESYSTEM_TAR channel per migration). */
+export const DISK_CHANGES_FILE = 'disk-changes.tar';
+
 /**
  * The image-cache's store: writes what arrives on a session into an image directory, restore-ready
  * (pagemaps and pages in CRIU's format, other images as files), as it arrives. It knows the image
@@ -21,6 +24,8 @@ export class CacheStore {
   private nextPagesId = FIRST_PAGES_ID;
   private endedFiles = 0;
   private endedPageStreams = 0;
+  private endedTars = 0;
+  private tarsSeen = 0;
   private announced: ImagesComplete | undefined;
   private settle!: { resolve(): void; reject(error: Error): void };
   /** Resolves when the image set is complete; rejects on the first stream that failed. */
@@ -78,6 +83,12 @@ export class CacheStore {
         await pipeline(channel.readable, createWriteStream(join(this.dir, basename(channel.name)), { mode: 0o644 }));
         this.endedFiles++;
         break;
+      case ChannelKind.FILESYSTEM_TAR:
+        // kept as it came, applied onto the root filesystem just before the restore
+        if (this.tarsSeen++ > 0) throw new Error('the source sent a second disk-changes tar; one migration has one root filesystem');
+        await pipeline(channel.readable, createWriteStream(join(this.dir, DISK_CHANGES_FILE), { mode: 0o600 }));
+        this.endedTars++;
+        break;
       case ChannelKind.CONTROL:
         for await (const message of receiveControl(channel.readable)) {
           this.control.push(message);
@@ -98,6 +109,8 @@ export class CacheStore {
 
   private check(): void {
     const announced = this.announced;
-    if (announced && this.endedFiles === announced.files && this.endedPageStreams === announced.page_streams) this.settle.resolve();
+    if (announced && this.endedFiles === announced.files && this.endedPageStreams === announced.page_streams && this.endedTars === announced.filesystem_tars) {
+      this.settle.resolve();
+    }
   }
 }
