@@ -43,7 +43,8 @@ export function addAgentCommands(program: Command, out: (line: string) => void):
     .addOption(new Option('--default-mode <mode>', 'for instances without user.haul.mode').choices(['precopy', 'lazy', 'off']).default('precopy'))
     .option('--insecure', 'plain WebSocket between agents, no TLS (loopback only)', false)
     .option('--criu <path>', 'the real CRIU', DEFAULT_CRIU)
-    .action(async (options: { incusDir: string; listen: { address: string; port: number }; peer: Peer[]; name: string; defaultMode: HaulMode; insecure: boolean; criu: string }, command: Command) => {
+    .option('--restore-timeout <seconds>', 'kill a restore still running after this long, so the source resumes (per instance: user.haul.restore-timeout)', parsePositiveSeconds, 300)
+    .action(async (options: { incusDir: string; listen: { address: string; port: number }; peer: Peer[]; name: string; defaultMode: HaulMode; insecure: boolean; criu: string; restoreTimeout: number }, command: Command) => {
       const stateDir = stateDirOf(command);
       const security = options.insecure ? { insecure: true } : { identity: await loadOrCreateIdentity(stateDir), trust: await openTrustStore(stateDir) };
       const scheme = options.insecure ? 'ws' : 'wss';
@@ -62,6 +63,7 @@ export function addAgentCommands(program: Command, out: (line: string) => void):
         name: options.name,
         defaultMode: options.defaultMode,
         criuBinary: options.criu,
+        restoreTimeoutMs: options.restoreTimeout * 1000,
         log: (line) => out(`${new Date().toISOString()} ${line}`),
       });
       out(`${new Date().toISOString()} haul agent for ${options.incusDir}: peers on ${options.listen.address}:${running.port}, hook socket ${running.hookSocket}`);
@@ -147,4 +149,10 @@ function bar(m: MigrationProgress): string {
 function describe(r: MigrationRecord): string {
   const mib = (r.bytes / 2 ** 20).toFixed(1);
   return `${r.startedAt} ${r.instance} ${r.role === 'source' ? 'to' : 'from'} ${r.peer || '-'} ${r.mode}: ${r.result}, ${r.pages} pages, ${mib} MiB, ${r.totalMs} ms${r.error ? ` (${r.error})` : ''}`;
+}
+
+function parsePositiveSeconds(value: string): number {
+  const seconds = Number(value);
+  if (!Number.isFinite(seconds) || seconds <= 0) throw new InvalidArgumentError(`expected a number of seconds above 0, got ${JSON.stringify(value)}`);
+  return seconds;
 }

@@ -10,13 +10,15 @@ import { acceptOne } from '../src/criu/page-server/connection.js';
 import { serveLazyPages } from '../src/criu/page-server/lazy-pages-server.js';
 import { startCriu } from '../src/criu/run/criu-process.js';
 import { headerLayoutFor, type CriuVersion } from '../src/criu/run/criu-version.js';
+import { PAGE_SIZE } from '../src/criu/page-server/protocol.js';
 import { CacheStore, DISK_CHANGES_FILE } from '../proxy/cache-store.js';
 import { applyDiskChanges } from '../proxy/disk-changes-apply.js';
 import { LazyPageStore } from '../proxy/lazy-page-store.js';
 import { MIGRATION_ID_FILE, argumentOf, type HookReply } from './hook-protocol.js';
 import type { IncusClient } from './incus-client.js';
 import type { IncusEvent } from './incus-events.js';
-import type { MigrationRecords } from './migration-records.js';
+import type { MigrationRecord, MigrationRecords } from './migration-records.js';
+import { RestoreWatch, parentOf, type RestoreOutcome } from './restore-watch.js';
 
 /** How long an instance counts as being received after its "Creating instance" operation was seen. */
 const EXPECTED_FOR_MS = 10 * 60_000;
@@ -54,6 +56,8 @@ export class DestinationRole {
     private readonly log: (line: string) => void,
     private readonly criuVersion: () => Promise<CriuVersion>,
     private readonly criuBinary: string | undefined,
+    /** How long a restore may run before haul kills it (Incus has no limit); per instance: user.haul.restore-timeout. */
+    private readonly restoreTimeoutMs: number,
   ) {
     mkdirSync(cacheDir, { recursive: true, mode: 0o700 });
   }
@@ -112,7 +116,6 @@ export class DestinationRole {
       try {
         await store.complete;
         await sendControl(answers.writable, { images_stored: { ok: true, error: '' } });
-        if (mode === 'precopy') answers.writable.end();
         this.log(`${instance}: pages of migration ${id} stored, waiting for the restore`);
       } catch (error) {
         const reason = error instanceof Error ? error.message : String(error);
@@ -162,25 +165,61 @@ export class DestinationRole {
     this.incoming.delete(id);
     const eager = await countPages(entry.dir);
     const record = { id, instance: entry.instance, role: 'destination' as const, peer: entry.peer, mode: entry.mode, startedAt: entry.startedAt.toISOString() };
+    let lazy: Promise<number> | undefined;
     if (entry.mode === 'precopy') {
       await (await entry.lazyPages).close(); // unused in pre-copy
-      await this.records.add({ ...record, pages: eager, bytes: eager * 4096, totalMs: Date.now() - entry.startedAt.getTime(), result: 'placed' });
-      this.log(`${entry.instance}: pages of migration ${id} placed for the restore`);
-      return { args };
+    } else {
+      try {
+        lazy = (await this.serveLazy(entry, dir)).delivered;
+      } catch (error) {
+        const reason = `haul: could not start the lazy restore of migration ${id}: ${error instanceof Error ? error.message : String(error)}`;
+        await this.records.add({ ...record, pages: 0, bytes: 0, totalMs: Date.now() - entry.startedAt.getTime(), result: 'failed', error: reason });
+        if (entry.session.isOpen) entry.session.abort(reason);
+        return { error: reason };
+      }
     }
-    try {
-      const lazyArgs = await this.serveLazy(entry, dir, async (lazyPagesReceived) => {
-        const pages = eager + lazyPagesReceived;
-        await this.records.add({ ...record, pages, bytes: pages * 4096, totalMs: Date.now() - entry.startedAt.getTime(), result: 'placed' });
-      });
-      this.log(`${entry.instance}: restoring migration ${id} lazily; its memory follows through haul`);
-      return { args: [...args, ...lazyArgs] };
-    } catch (error) {
-      const reason = `haul: could not start the lazy restore of migration ${id}: ${error instanceof Error ? error.message : String(error)}`;
-      await this.records.add({ ...record, pages: 0, bytes: 0, totalMs: Date.now() - entry.startedAt.getTime(), result: 'failed', error: reason });
-      if (entry.session.isOpen) entry.session.abort(reason);
-      return { error: reason };
+    // the hook's parent is the hook itself, which becomes CRIU when it execs
+    const criuPid = callerPid === undefined ? undefined : parentOf(callerPid);
+    const watch = criuPid === undefined ? undefined : await RestoreWatch.create(join(this.cacheDir, `restore-${id}`));
+    void this.reportRestore(entry, record, eager, watch && criuPid ? { watch, criuPid } : undefined, lazy);
+    this.log(`${entry.instance}: pages of migration ${id} placed; restoring${lazy ? ' lazily, the memory following through haul' : ''}`);
+    return { args: [...args, ...(lazy ? ['--lazy-pages'] : []), ...(watch ? ['--action-script', watch.scriptPath] : [])] };
+  }
+
+  /**
+   * Follows the restore to its end and tells the source how it went, which is what the source ends
+   * or resumes its copy on (with Incus' own report). Records the migration.
+   */
+  private async reportRestore(entry: Incoming, record: Omit<MigrationRecord, 'pages' | 'bytes' | 'totalMs' | 'result'>, eager: number, watched: { watch: RestoreWatch; criuPid: number } | undefined, lazy: Promise<number> | undefined): Promise<void> {
+    const outcome: RestoreOutcome = watched ? await watched.watch.outcome(watched.criuPid, await this.restoreTimeoutFor(entry.instance)) : { ok: true, pid: 0 };
+    await sendControl(entry.answers, { restore_result: outcome.ok ? { ok: true, error: '', pid: outcome.pid } : { ok: false, error: outcome.error, pid: 0 } }).catch(() => {});
+    let pages = eager;
+    let failure = outcome.ok ? undefined : `the restore failed: ${outcome.error}`;
+    if (failure && lazy && entry.session.isOpen) entry.session.abort(failure); // ends the lazy-pages daemon too
+    if (!failure && lazy) {
+      try {
+        pages += await lazy;
+        this.log(`${entry.instance}: every lazy page arrived (${pages - eager})`);
+      } catch (error) {
+        failure = `lazy pages could not all be delivered: ${error instanceof Error ? error.message : String(error)}`;
+      }
     }
+    entry.answers.end();
+    const totalMs = Date.now() - entry.startedAt.getTime();
+    if (failure) {
+      this.log(`${entry.instance}: migration ${record.id} failed: ${failure}`);
+      await this.records.add({ ...record, pages, bytes: pages * PAGE_SIZE, totalMs, result: 'failed', error: failure });
+      return;
+    }
+    this.log(`${entry.instance}: migration ${record.id} restored (init pid ${outcome.ok ? outcome.pid : 0})`);
+    await this.records.add({ ...record, pages, bytes: pages * PAGE_SIZE, totalMs, result: 'restored' });
+  }
+
+  /** The instance's user.haul.restore-timeout (seconds), else the agent's. */
+  private async restoreTimeoutFor(instance: string): Promise<number> {
+    const found = (await this.incus.instances().catch(() => [])).find((candidate) => candidate.name === instance);
+    const seconds = Number(found?.expanded_config['user.haul.restore-timeout']);
+    return Number.isFinite(seconds) && seconds > 0 ? seconds * 1000 : this.restoreTimeoutMs;
   }
 
   /**
@@ -198,11 +237,12 @@ export class DestinationRole {
   }
 
   /**
-   * Starts `criu lazy-pages` for a lazy restore in `dir`, served by haul from the link, and returns
-   * the arguments the restore needs. When the daemon has every page it ends; then the source hears
-   * that the migration is complete. If the link fails first, the daemon is ended.
+   * Starts `criu lazy-pages` for a lazy restore in `dir`, served by haul from the link. Resolves
+   * once it listens; `delivered` settles when the daemon has delivered every page (their count: the
+   * source has then heard that the migration is complete). If the link fails first, the daemon is
+   * ended.
    */
-  private async serveLazy(entry: Incoming, dir: string, onComplete: (lazyPages: number) => Promise<void>): Promise<string[]> {
+  private async serveLazy(entry: Incoming, dir: string): Promise<{ readonly delivered: Promise<number> }> {
     const lazyPages = await entry.lazyPages;
     const server = await acceptOne('127.0.0.1', 0);
     const layout = headerLayoutFor(await this.criuVersion());
@@ -222,24 +262,23 @@ export class DestinationRole {
       server.close();
       throw error;
     }
-    void (async () => {
+    const delivered = (async () => {
       try {
         await daemon.exited;
         await served;
         entry.session.off('aborted', lost);
         await sendControl(entry.answers, { lazy_complete: { pages: BigInt(lazyPages.received) } });
-        entry.answers.end();
-        await onComplete(lazyPages.received);
-        this.log(`${entry.instance}: every lazy page arrived (${lazyPages.received})`);
+        return lazyPages.received;
       } catch (error) {
         const reason = error instanceof Error ? error.message : String(error);
         if (entry.session.isOpen) entry.session.abort(`lazy pages could not all be delivered: ${reason}`);
-        this.log(`${entry.instance}: lazy restore failed: ${reason}`);
+        throw error;
       } finally {
         await lazyPages.close().catch(() => {});
       }
     })();
-    return ['--lazy-pages'];
+    delivered.catch(() => {});
+    return { delivered }; // wrapped: a promise returned from an async function would be awaited
   }
 }
 

@@ -18,7 +18,13 @@ export interface MigrationRecord {
   readonly checkpointPageFiles?: number;
   readonly startedAt: string;
   readonly totalMs: number;
-  readonly result: 'moved' | 'stored' | 'placed' | 'passed-through' | 'failed';
+  /**
+   * source: moved (its copy ended, the destination runs it), failed, passed-through (native move);
+   * destination: restored, failed ('placed' in records written before restores were followed).
+   */
+  readonly result: 'moved' | 'restored' | 'placed' | 'passed-through' | 'failed';
+  /** Source: from the dump's start (the freeze) until the destination reported the restore. */
+  readonly downtimeMs?: number;
   readonly error?: string;
 }
 

@@ -19,6 +19,7 @@ import { FaultQueue, moveLazyPages } from '../proxy/lazy-source.js';
 import { DISK_CHANGES_FILE } from '../proxy/cache-store.js';
 import { packDiskChanges } from '../proxy/disk-changes-pack.js';
 import type { InFlight, MigrationProgress } from './in-flight.js';
+import { GuardedPostDump } from './guarded-post-dump.js';
 import { LazyEarlyActions } from './lazy-early-actions.js';
 import { MIGRATION_ID_FILE, argumentOf, type HookReply } from './hook-protocol.js';
 import type { IncusClient, IncusInstance } from './incus-client.js';
@@ -27,6 +28,8 @@ import type { MigrationRecord, MigrationRecords } from './migration-records.js';
 const PEER_ANSWER_MS = 10_000;
 const PAGES_STORED_MS = 10 * 60_000;
 const LAZY_SERVER_MS = 60_000;
+/** How long after Incus' post-dump step the destination's own report of the restore may take. */
+const RESTORE_REPORT_MS = 30_000;
 
 export type HaulMode = 'precopy' | 'lazy' | 'off';
 
@@ -170,15 +173,16 @@ export class SourceRole {
         const pageServer = ['--page-server', '--address', '127.0.0.1', '--port', String(forward.port)];
         this.log(`${instance.name}: dump pages go to ${peer.name} through haul (${mode}, migration ${id})`);
         const outgoing: Outgoing = { session, control: control.writable, answers, forward, dir, record, startedAt, progress, disk };
-        if (mode === 'precopy') {
-          void this.follow(outgoing);
-          return { args: [...args, ...pageServer] };
-        }
         const incusScript = argumentOf(args, '--action-script')!;
+        const ownScript = (script: string): string[] => args.map((arg, at) => (args[at - 1] === '--action-script' ? script : arg));
+        if (mode === 'precopy') {
+          const guard = await GuardedPostDump.create(join(this.workDir, id), incusScript);
+          void this.follow(outgoing, guard);
+          return { args: [...ownScript(guard.scriptPath), ...pageServer] };
+        }
         const actions = await LazyEarlyActions.create(join(this.workDir, id), incusScript);
         void this.followLazy(outgoing, faults, actions, layout);
-        const lazyArgs = args.map((arg, at) => (args[at - 1] === '--action-script' ? actions.scriptPath : arg));
-        return { args: [...lazyArgs, '--lazy-pages', ...pageServer] };
+        return { args: [...ownScript(actions.scriptPath), '--lazy-pages', ...pageServer] };
       } catch (error) {
         refusals.push(`${peer.name}: ${error instanceof Error ? error.message : String(error)}`);
         if (session?.isOpen) session.abort('the source gave up on this peer');
@@ -233,22 +237,44 @@ export class SourceRole {
     return { pages: summary.pagesReceived, checkpointPageFiles };
   }
 
-  /** Pre-copy, until the destination holds every page: then the record; on failure, CRIU's dump fails with it. */
-  private async follow(outgoing: Outgoing): Promise<void> {
-    const { session, control, forward, record, startedAt } = outgoing;
+  /**
+   * Pre-copy: until the destination holds every page, then until Incus' post-dump step and haul's
+   * destination both report the restore. On a failure before the pages are stored CRIU's dump
+   * fails with it; a restore Incus calls a success but haul's destination saw fail gets the
+   * verdict "fail", and CRIU resumes the source.
+   */
+  private async follow(outgoing: Outgoing, guard: GuardedPostDump): Promise<void> {
+    const { session, control, answers, forward, record, startedAt, progress } = outgoing;
+    let stored = false;
     try {
+      const restoreReport = answers.next('restore_result', PAGES_STORED_MS).then((result) => ({ result, at: Date.now() }));
+      restoreReport.catch(() => {});
       const { pages, checkpointPageFiles } = await this.pagesStored(outgoing);
+      stored = true;
+      this.inFlight.update(progress, { phase: 'restoring on the destination' });
+      const incusStatus = await guard.incusPostDump();
+      if (incusStatus !== 0) throw new Error(`Incus' post-dump step failed (${incusStatus}): the destination did not restore, and the source resumes`);
+      const late = sleep(RESTORE_REPORT_MS).then(() => new Error(`no report within ${RESTORE_REPORT_MS / 1000} s of Incus'`));
+      const report = await Promise.race([restoreReport.catch((error: Error) => error), late]);
+      if (!(report instanceof Error) && !report.result.ok) {
+        await guard.verdict('fail');
+        throw new Error(`Incus reported the restore as a success, but it failed on the destination (${report.result.error}): the source resumes`);
+      }
+      await guard.verdict('ok');
+      if (report instanceof Error) this.log(`${record.instance}: haul's destination did not confirm the restore (${report.message}); Incus says it succeeded`);
       control.end();
       session.close();
-      await this.records.add({ ...record, pages, bytes: pages * PAGE_SIZE, checkpointPageFiles, totalMs: Date.now() - startedAt.getTime(), result: 'moved' });
+      const downtimeMs = report instanceof Error ? undefined : report.at - startedAt.getTime();
+      await this.records.add({ ...record, pages, bytes: pages * PAGE_SIZE, checkpointPageFiles, totalMs: Date.now() - startedAt.getTime(), ...(downtimeMs === undefined ? {} : { downtimeMs }), result: 'moved' });
     } catch (error) {
       const reason = error instanceof Error ? error.message : String(error);
-      // the dump (or the restore waiting for these pages) fails, and Incus resumes the container
-      forward.abandon();
+      // before the pages were stored: the dump fails; after, post-dump has failed (or will)
+      if (!stored) forward.abandon();
       if (session.isOpen) session.abort(reason);
       this.log(`${record.instance}: migration ${record.id} failed: ${reason}`);
       await this.records.add({ ...record, totalMs: Date.now() - startedAt.getTime(), result: 'failed', error: reason });
     } finally {
+      guard.close();
       this.inFlight.end(record.id);
     }
   }
@@ -264,6 +290,13 @@ export class SourceRole {
     let lazyServer: Socket | undefined;
     let incusFailure: string | undefined;
     void actions.incusPostDump.then((status) => status !== 0 && (incusFailure = `Incus' post-dump step failed (${status}): the destination did not restore`));
+    // haul's destination reports the restore itself too: Incus' word alone can call a failure a success
+    let restoreFailure: string | undefined;
+    let restoredAt: number | undefined;
+    void answers.next('restore_result', PAGES_STORED_MS).then(
+      (result) => (result.ok ? (restoredAt = Date.now()) : (restoreFailure = `the restore failed on the destination: ${result.error}`)),
+      () => {},
+    );
     try {
       const { pages: eager, checkpointPageFiles } = await this.pagesStored(outgoing);
       await Promise.race([actions.statusReady, sleep(LAZY_SERVER_MS).then(() => Promise.reject(new Error(`CRIU's lazy page server did not start within ${LAZY_SERVER_MS / 1000} s`)))]);
@@ -274,7 +307,7 @@ export class SourceRole {
       this.log(`${record.instance}: ${total} lazy pages to move`);
       this.inFlight.update(progress, { phase: 'restored on the destination; moving its memory', pages: eager, totalPages: eager + total });
       const pulled = await moveLazyPages(session, client, forward.pages.lazyRuns, faults, {
-        stop: () => incusFailure,
+        stop: () => incusFailure ?? restoreFailure,
         onPages: (moved) => this.inFlight.update(progress, { pages: eager + moved }),
       });
       this.inFlight.update(progress, { phase: "waiting for the destination's last page and Incus' restore report" });
@@ -283,11 +316,13 @@ export class SourceRole {
       const status = await actions.incusPostDump;
       this.log(`${record.instance}: Incus' post-dump step ended with ${status}`);
       if (status !== 0) throw new Error(incusFailure!);
+      if (restoreFailure) throw new Error(restoreFailure);
       await client.close(); // every page has moved and Incus restored it: CRIU ends the source
       control.end();
       session.close();
       const pages = eager + pulled;
-      await this.records.add({ ...record, pages, bytes: pages * PAGE_SIZE, checkpointPageFiles, totalMs: Date.now() - startedAt.getTime(), result: 'moved' });
+      const downtimeMs = restoredAt === undefined ? undefined : restoredAt - startedAt.getTime();
+      await this.records.add({ ...record, pages, bytes: pages * PAGE_SIZE, checkpointPageFiles, totalMs: Date.now() - startedAt.getTime(), ...(downtimeMs === undefined ? {} : { downtimeMs }), result: 'moved' });
     } catch (error) {
       const reason = error instanceof Error ? error.message : String(error);
       // a bad header fails CRIU's lazy session and it resumes the source; before that, a dropped

@@ -51,9 +51,12 @@ describeOnHost('incus move through haul (the test bed routes every move through 
           await expect.poll(async () => (await recordsOf(from, container.name)).filter((r) => r.role === 'source').length, { timeout: 30_000 }).toBe(1);
           const sent = (await recordsOf(from, container.name)).filter((r) => r.role === 'source');
           expect(sent.at(-1)).toMatchObject({ result: 'moved', mode, peer: to, checkpointPageFiles: 0 });
+          // the downtime as the source saw it: from the freeze until the destination reported the restore
+          expect(sent.at(-1)!.downtimeMs).toBeGreaterThan(0);
+          expect(sent.at(-1)!.downtimeMs).toBeLessThanOrEqual(sent.at(-1)!.totalMs);
           expect(sent.at(-1)!.pages).toBeGreaterThanOrEqual((workload.mib * 1024 * 1024) / 4096);
           await expect.poll(async () => (await recordsOf(to, container.name)).filter((r) => r.role === 'destination').at(-1)?.id, { timeout: 30_000 }).toBe(sent.at(-1)!.id);
-          expect((await recordsOf(to, container.name)).filter((r) => r.role === 'destination').at(-1)).toMatchObject({ result: 'placed', mode, peer: from, pages: sent.at(-1)!.pages });
+          expect((await recordsOf(to, container.name)).filter((r) => r.role === 'destination').at(-1)).toMatchObject({ result: 'restored', mode, peer: from, pages: sent.at(-1)!.pages });
           before = after;
           counter = counterAfter;
         }
@@ -63,7 +66,7 @@ describeOnHost('incus move through haul (the test bed routes every move through 
         const status = JSON.parse(stdout) as { inProgress: unknown[]; recent: MigrationRecord[] };
         expect(status.inProgress).toEqual([]);
         expect(status.recent.filter((r) => r.instance === container.name)).toEqual(
-          expect.arrayContaining([expect.objectContaining({ source: 'src', target: 'dst', mode, result: 'moved' }), expect.objectContaining({ source: 'dst', target: 'src', mode, result: 'placed' })]),
+          expect.arrayContaining([expect.objectContaining({ source: 'src', target: 'dst', mode, result: 'moved' }), expect.objectContaining({ source: 'dst', target: 'src', mode, result: 'restored' })]),
         );
       }, 600_000);
     }
