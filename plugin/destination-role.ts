@@ -18,6 +18,7 @@ import { MIGRATION_ID_FILE, argumentOf, type HookReply } from './hook-protocol.j
 import type { IncusClient } from './incus-client.js';
 import type { IncusEvent } from './incus-events.js';
 import type { MigrationRecord, MigrationRecords } from './migration-records.js';
+import { repairFailedArrival } from './arrival-repair.js';
 import { RestoreWatch, parentOf, type RestoreOutcome } from './restore-watch.js';
 
 /** How long an instance counts as being received after its "Creating instance" operation was seen. */
@@ -160,6 +161,7 @@ export class DestinationRole {
     } catch (error) {
       const reason = `haul: the pages or disk changes of migration ${id} are not usable: ${error instanceof Error ? error.message : String(error)}`;
       await this.records.add({ id, instance: entry.instance, role: 'destination', peer: entry.peer, mode: entry.mode, pages: 0, bytes: 0, startedAt: entry.startedAt.toISOString(), totalMs: Date.now() - entry.startedAt.getTime(), result: 'failed', error: reason });
+      this.afterFailedArrival(entry.instance);
       return { error: reason };
     }
     this.incoming.delete(id);
@@ -175,13 +177,15 @@ export class DestinationRole {
         const reason = `haul: could not start the lazy restore of migration ${id}: ${error instanceof Error ? error.message : String(error)}`;
         await this.records.add({ ...record, pages: 0, bytes: 0, totalMs: Date.now() - entry.startedAt.getTime(), result: 'failed', error: reason });
         if (entry.session.isOpen) entry.session.abort(reason);
+        this.afterFailedArrival(entry.instance);
         return { error: reason };
       }
     }
     // the hook's parent is the hook itself, which becomes CRIU when it execs
     const criuPid = callerPid === undefined ? undefined : parentOf(callerPid);
     const watch = criuPid === undefined ? undefined : await RestoreWatch.create(join(this.cacheDir, `restore-${id}`));
-    void this.reportRestore(entry, record, eager, watch && criuPid ? { watch, criuPid } : undefined, lazy);
+    const timeoutMs = await this.restoreTimeoutFor(entry.instance);
+    void this.reportRestore(entry, record, eager, watch && criuPid ? { watch, criuPid, timeoutMs } : undefined, lazy);
     this.log(`${entry.instance}: pages of migration ${id} placed; restoring${lazy ? ' lazily, the memory following through haul' : ''}`);
     return { args: [...args, ...(lazy ? ['--lazy-pages'] : []), ...(watch ? ['--action-script', watch.scriptPath] : [])] };
   }
@@ -190,8 +194,8 @@ export class DestinationRole {
    * Follows the restore to its end and tells the source how it went, which is what the source ends
    * or resumes its copy on (with Incus' own report). Records the migration.
    */
-  private async reportRestore(entry: Incoming, record: Omit<MigrationRecord, 'pages' | 'bytes' | 'totalMs' | 'result'>, eager: number, watched: { watch: RestoreWatch; criuPid: number } | undefined, lazy: Promise<number> | undefined): Promise<void> {
-    const outcome: RestoreOutcome = watched ? await watched.watch.outcome(watched.criuPid, await this.restoreTimeoutFor(entry.instance)) : { ok: true, pid: 0 };
+  private async reportRestore(entry: Incoming, record: Omit<MigrationRecord, 'pages' | 'bytes' | 'totalMs' | 'result'>, eager: number, watched: { watch: RestoreWatch; criuPid: number; timeoutMs: number } | undefined, lazy: Promise<number> | undefined): Promise<void> {
+    const outcome: RestoreOutcome = watched ? await watched.watch.outcome(watched.criuPid, watched.timeoutMs) : { ok: true, pid: 0 };
     await sendControl(entry.answers, { restore_result: outcome.ok ? { ok: true, error: '', pid: outcome.pid } : { ok: false, error: outcome.error, pid: 0 } }).catch(() => {});
     let pages = eager;
     let failure = outcome.ok ? undefined : `the restore failed: ${outcome.error}`;
@@ -209,15 +213,24 @@ export class DestinationRole {
     if (failure) {
       this.log(`${entry.instance}: migration ${record.id} failed: ${failure}`);
       await this.records.add({ ...record, pages, bytes: pages * PAGE_SIZE, totalMs, result: 'failed', error: failure });
+      if (!outcome.ok) this.afterFailedArrival(entry.instance);
       return;
     }
     this.log(`${entry.instance}: migration ${record.id} restored (init pid ${outcome.ok ? outcome.pid : 0})`);
     await this.records.add({ ...record, pages, bytes: pages * PAGE_SIZE, totalMs, result: 'restored' });
   }
 
+  /** Once Incus is done failing the move, undoes what it left behind here (see repairFailedArrival). */
+  private afterFailedArrival(instance: string): void {
+    void repairFailedArrival(this.incus, instance).then(
+      (what) => this.log(`${instance}: after the failed move: ${what}`),
+      (error: Error) => this.log(`${instance}: after the failed move, could not repair what Incus left: ${error.message}`),
+    );
+  }
+
   /** The instance's user.haul.restore-timeout (seconds), else the agent's. */
   private async restoreTimeoutFor(instance: string): Promise<number> {
-    const found = (await this.incus.instances().catch(() => [])).find((candidate) => candidate.name === instance);
+    const found = await this.incus.instance(instance).catch(() => undefined);
     const seconds = Number(found?.expanded_config['user.haul.restore-timeout']);
     return Number.isFinite(seconds) && seconds > 0 ? seconds * 1000 : this.restoreTimeoutMs;
   }

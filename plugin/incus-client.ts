@@ -36,15 +36,33 @@ export class IncusClient {
   }
 
   async get<T>(path: string): Promise<T> {
+    return (await this.request<T>('GET', path)).metadata;
+  }
+
+  /**
+   * A request that changes something; when Incus answers with a background operation, waits for it
+   * and fails with its error.
+   */
+  async change(method: 'POST' | 'PUT' | 'DELETE', path: string, body?: unknown): Promise<void> {
+    const answer = await this.request<{ id?: string }>(method, path, body);
+    if (answer.type !== 'async' || !answer.metadata?.id) return;
+    const operation = await this.get<{ status: string; err?: string }>(`/1.0/operations/${encodeURIComponent(answer.metadata.id)}/wait?timeout=300`);
+    if (operation.status !== 'Success') throw new IncusError(`${method} ${path}: ${operation.err || operation.status}`);
+  }
+
+  private async request<T>(method: string, path: string, body?: unknown): Promise<{ type: string | undefined; metadata: T }> {
     let response;
     try {
-      response = await this.client.request({ method: 'GET', path });
+      response = await this.client.request({
+        method, path,
+        ...(body === undefined ? {} : { body: JSON.stringify(body), headers: { 'content-type': 'application/json' } }),
+      });
     } catch (error) {
-      throw new IncusError(`incusd at ${this.socketPath} did not answer GET ${path}: ${error instanceof Error ? error.message : String(error)}`);
+      throw new IncusError(`incusd at ${this.socketPath} did not answer ${method} ${path}: ${error instanceof Error ? error.message : String(error)}`);
     }
-    const body = (await response.body.json()) as { type?: string; error?: string; metadata?: T };
-    if (response.statusCode >= 400 || body.type === 'error') throw new IncusError(`GET ${path}: ${body.error ?? `HTTP ${response.statusCode}`}`);
-    return body.metadata as T;
+    const answer = (await response.body.json()) as { type?: string; error?: string; metadata?: T };
+    if (response.statusCode >= 400 || answer.type === 'error') throw new IncusError(`${method} ${path}: ${answer.error ?? `HTTP ${response.statusCode}`}`);
+    return { type: answer.type, metadata: answer.metadata as T };
   }
 
   instances(): Promise<IncusInstance[]> {
@@ -54,6 +72,16 @@ export class IncusClient {
   /** The running instance whose init has this (host) pid, if any. */
   async instanceWithInit(pid: number): Promise<IncusInstance | undefined> {
     return (await this.instances()).find((instance) => instance.state?.pid === pid);
+  }
+
+  /** One instance by name (default project), or undefined if there is none. */
+  async instance(name: string): Promise<IncusInstance | undefined> {
+    try {
+      return await this.get<IncusInstance>(`/1.0/instances/${encodeURIComponent(name)}`);
+    } catch (error) {
+      if (error instanceof IncusError && /not found/i.test(error.message)) return undefined;
+      throw error;
+    }
   }
 
   /** The storage driver of a pool (dir, btrfs, zfs, lvm...). */

@@ -10,7 +10,7 @@ import { promisify } from 'node:util';
 export type RestoreOutcome = { readonly ok: true; readonly pid: number } | { readonly ok: false; readonly error: string };
 
 /** How often the watch looks whether CRIU is still there. */
-const POLL_MS = 200;
+const POLL_MS = 50;
 
 /**
  * Watches one `criu restore` liblxc runs through the hook, which execs CRIU in its own process: the
@@ -73,9 +73,9 @@ exit 0
           if (resumedPid !== undefined) return { ok: true, pid: resumedPid };
           return { ok: false, error: 'criu restore ended without resuming the container (see its restore.log in the restore directory)' };
         }
-        if (Date.now() > deadline) {
+        if (Date.now() >= deadline) {
           killQuietly(pid);
-          return { ok: false, error: `criu restore did not finish within ${Math.round(timeoutMs / 1000)} s and was killed` };
+          return { ok: false, error: `criu restore did not finish within ${timeoutMs / 1000} s and was killed` };
         }
         await sleep(POLL_MS);
       }

@@ -4,7 +4,7 @@ import { afterAll, afterEach, expect, it } from 'vitest';
 import type { MigrationProgress } from '../../plugin/in-flight.js';
 import { MigrationRecords } from '../../plugin/migration-records.js';
 import { describeOnHost } from '../support/host.js';
-import { NativeMoveDefect, TestContainer, killAgent, startAgents, type TestHost } from '../support/testbed.js';
+import { NativeMoveDefect, TestContainer, incus, killAgent, startAgents, type TestHost } from '../support/testbed.js';
 import { expectedChecksum, realtimeNs } from '../support/workload.js';
 
 const recordsOf = async (host: TestHost, instance: string) =>
@@ -16,6 +16,10 @@ function inFlight(host: TestHost): MigrationProgress[] {
   } catch {
     return [];
   }
+}
+
+async function incusConfigUnset(container: TestContainer, key: string): Promise<void> {
+  await incus(['config', 'unset', container.ref, key]);
 }
 
 describeOnHost('incus move when haul is missing or fails', ['root', 'criu', 'testbed'], () => {
@@ -70,4 +74,45 @@ describeOnHost('incus move when haul is missing or fails', ['root', 'criu', 'tes
     expect(moved.pid).toBe(before.pid);
     expect(moved.checksum).toBe(intact);
   }, 600_000);
+
+  for (const mode of ['precopy', 'lazy'] as const) {
+    it(`keeps the source running with its memory when the destination's restore fails (${mode}), leaves nothing behind there, and a later move succeeds`, async () => {
+      // haul kills a restore that outlives user.haul.restore-timeout: a 256 MiB pre-copy restore
+      // outlives 0.2 s; a lazy restore is over sooner, and is killed before CRIU starts
+      const timeout = mode === 'precopy' ? '0.2' : '0.001';
+      const container = await TestContainer.launch('busybox', 'src', '/tmp/counter', ['--config', `user.haul.mode=${mode}`, '--config', `user.haul.restore-timeout=${timeout}`]);
+      containers.push(container);
+      await container.exec(['haul-workload', 'start', '--dir', '/run/big', '--mib', '256']);
+      const intact = await expectedChecksum(256);
+      const before = await container.workloadReport('/run/big');
+      const since = realtimeNs();
+      const failure = await container.moveTo('dst').then(() => undefined, (error: unknown) => error);
+      expect(failure).toBeInstanceOf(Error);
+      expect((await recordsOf('dst', container.name)).at(-1)).toMatchObject({ result: 'failed', error: expect.stringMatching(new RegExp(`did not finish within ${timeout} s and was killed`)) });
+      if (failure instanceof NativeMoveDefect && failure.kind === 'false-success') {
+        // Incus 6.0.4 told the source the failed restore succeeded, and incus move deleted the
+        // source: nothing on the source side can stop that. haul keeps what is left, the stopped
+        // copy here with the disk as of the freeze, and says so.
+        console.warn(`${container.name}: Incus reported the failed restore as a success; checking haul kept the stopped copy`);
+        await expect.poll(() => readFileSync('/var/lib/haul-testbed/dst/log/agent.log', 'utf8').includes(`${container.name}: after the failed move: Incus kept`), { timeout: 120_000, interval: 1000 }).toBe(true);
+        expect(await container.whereabouts()).toEqual({ src: undefined, dst: 'STOPPED' });
+        return;
+      }
+      expect(await container.whereabouts()).toEqual({ src: 'RUNNING', dst: undefined });
+      const after = await container.workloadReport('/run/big', since);
+      expect(after.pid).toBe(before.pid);
+      expect(after.checksum).toBe(intact);
+      expect(after.tick).toBeGreaterThan(before.tick);
+      await expect.poll(async () => (await recordsOf('src', container.name)).at(-1)?.result, { timeout: 30_000 }).toBe('failed');
+
+      // Incus 6.0.4 leaks a "stop" lock on the name after such a failure; the agent releases it
+      await expect.poll(() => readFileSync('/var/lib/haul-testbed/dst/log/agent.log', 'utf8').includes(`${container.name}: after the failed move:`), { timeout: 120_000, interval: 1000 }).toBe(true);
+      await incusConfigUnset(container, 'user.haul.restore-timeout');
+      await container.moveTo('dst');
+      expect(await container.whereabouts()).toEqual({ src: undefined, dst: 'RUNNING' });
+      const moved = await container.workloadReport('/run/big', since);
+      expect(moved.pid).toBe(before.pid);
+      expect(moved.checksum).toBe(intact);
+    }, 600_000);
+  }
 });
