@@ -19,7 +19,7 @@ import { FaultQueue, moveLazyPages } from '../proxy/lazy-source.js';
 import { DISK_CHANGES_FILE } from '../proxy/cache-store.js';
 import { packDiskChanges } from '../proxy/disk-changes-pack.js';
 import type { InFlight, MigrationProgress } from './in-flight.js';
-import { GuardedPostDump } from './guarded-post-dump.js';
+import { ObservedPostDump } from './observed-post-dump.js';
 import { LazyEarlyActions } from './lazy-early-actions.js';
 import { MIGRATION_ID_FILE, argumentOf, type HookReply } from './hook-protocol.js';
 import type { IncusClient, IncusInstance } from './incus-client.js';
@@ -176,9 +176,9 @@ export class SourceRole {
         const incusScript = argumentOf(args, '--action-script')!;
         const ownScript = (script: string): string[] => args.map((arg, at) => (args[at - 1] === '--action-script' ? script : arg));
         if (mode === 'precopy') {
-          const guard = await GuardedPostDump.create(join(this.workDir, id), incusScript);
-          void this.follow(outgoing, guard);
-          return { args: [...ownScript(guard.scriptPath), ...pageServer] };
+          const observed = await ObservedPostDump.create(join(this.workDir, id), incusScript);
+          void this.follow(outgoing, observed);
+          return { args: [...ownScript(observed.scriptPath), ...pageServer] };
         }
         const actions = await LazyEarlyActions.create(join(this.workDir, id), incusScript);
         void this.followLazy(outgoing, faults, actions, layout);
@@ -238,12 +238,12 @@ export class SourceRole {
   }
 
   /**
-   * Pre-copy: until the destination holds every page, then until Incus' post-dump step and haul's
-   * destination both report the restore. On a failure before the pages are stored CRIU's dump
-   * fails with it; a restore Incus calls a success but haul's destination saw fail gets the
-   * verdict "fail", and CRIU resumes the source.
+   * Pre-copy: until the destination holds every page (a failure before that fails CRIU's dump, and
+   * Incus resumes the container), then until Incus' post-dump step and haul's destination have
+   * both reported the restore, for the record. When they disagree, that is Incus 6.0.4 reporting
+   * a failed restore as a success: the record says so.
    */
-  private async follow(outgoing: Outgoing, guard: GuardedPostDump): Promise<void> {
+  private async follow(outgoing: Outgoing, observed: ObservedPostDump): Promise<void> {
     const { session, control, answers, forward, record, startedAt, progress } = outgoing;
     let stored = false;
     try {
@@ -252,15 +252,13 @@ export class SourceRole {
       const { pages, checkpointPageFiles } = await this.pagesStored(outgoing);
       stored = true;
       this.inFlight.update(progress, { phase: 'restoring on the destination' });
-      const incusStatus = await guard.incusPostDump();
+      const incusStatus = await observed.incusPostDump();
       if (incusStatus !== 0) throw new Error(`Incus' post-dump step failed (${incusStatus}): the destination did not restore, and the source resumes`);
       const late = sleep(RESTORE_REPORT_MS).then(() => new Error(`no report within ${RESTORE_REPORT_MS / 1000} s of Incus'`));
       const report = await Promise.race([restoreReport.catch((error: Error) => error), late]);
       if (!(report instanceof Error) && !report.result.ok) {
-        await guard.verdict('fail');
-        throw new Error(`Incus reported the restore as a success, but it failed on the destination (${report.result.error}): the source resumes`);
+        throw new Error(`Incus reported the restore as a success, but it failed on the destination (${report.result.error}); Incus 6.0.4 then lets incus move delete the source: the destination keeps a stopped copy with the disk`);
       }
-      await guard.verdict('ok');
       if (report instanceof Error) this.log(`${record.instance}: haul's destination did not confirm the restore (${report.message}); Incus says it succeeded`);
       control.end();
       session.close();
@@ -268,13 +266,12 @@ export class SourceRole {
       await this.records.add({ ...record, pages, bytes: pages * PAGE_SIZE, checkpointPageFiles, totalMs: Date.now() - startedAt.getTime(), ...(downtimeMs === undefined ? {} : { downtimeMs }), result: 'moved' });
     } catch (error) {
       const reason = error instanceof Error ? error.message : String(error);
-      // before the pages were stored: the dump fails; after, post-dump has failed (or will)
-      if (!stored) forward.abandon();
+      if (!stored) forward.abandon(); // CRIU's dump fails, and Incus resumes the container
       if (session.isOpen) session.abort(reason);
       this.log(`${record.instance}: migration ${record.id} failed: ${reason}`);
       await this.records.add({ ...record, totalMs: Date.now() - startedAt.getTime(), result: 'failed', error: reason });
     } finally {
-      guard.close();
+      observed.close();
       this.inFlight.end(record.id);
     }
   }

@@ -1,0 +1,62 @@
+import { chmod, mkdir, readFile, writeFile } from 'node:fs/promises';
+import { join } from 'node:path';
+import { setTimeout as sleep } from 'node:timers/promises';
+
+const POLL_MS = 50;
+
+/**
+ * The action script haul gives a pre-copy dump in place of Incus' own: every action runs Incus'
+ * script as before, and post-dump (which waits for the destination's restore) also leaves Incus'
+ * answer where haul reads it, so the source's record says what Incus concluded beside what haul's
+ * destination saw. The answer stands either way: Incus 6.0.4's source treats a dump that fails
+ * after a restore it was told succeeded as a success (driver_lxc.go logs "Dump failed after
+ * successful restore"), and incus move then deletes the source, so failing post-dump could not
+ * save it.
+ *
+ * A plain file, not a FIFO, carries the answer: a FIFO write blocks for good once the agent is
+ * gone, and this script runs while the container is frozen.
+ */
+export class ObservedPostDump {
+  private closed = false;
+
+  private constructor(
+    readonly scriptPath: string,
+    private readonly statusFile: string,
+  ) {}
+
+  static async create(dir: string, incusScript: string): Promise<ObservedPostDump> {
+    await mkdir(dir, { recursive: true, mode: 0o700 });
+    const statusFile = join(dir, 'incus-post-dump');
+    const scriptPath = join(dir, 'actions.sh');
+    const quote = (value: string): string => `'${value.replace(/'/g, `'\\''`)}'`;
+    await writeFile(
+      scriptPath,
+      `#!/bin/sh
+# written by haul for one pre-copy migration through Incus; see plugin/observed-post-dump.ts
+incus_script=${quote(incusScript)}
+[ "$CRTOOLS_SCRIPT_ACTION" = post-dump ] || exec "$incus_script"
+"$incus_script"
+status=$?
+echo "$status" > ${quote(`${statusFile}.tmp`)} && mv ${quote(`${statusFile}.tmp`)} ${quote(statusFile)}
+exit "$status"
+`,
+    );
+    await chmod(scriptPath, 0o700);
+    return new ObservedPostDump(scriptPath, statusFile);
+  }
+
+  /** The exit status of Incus' own post-dump step (0: Incus says it restored); waits for it. */
+  async incusPostDump(): Promise<number> {
+    while (!this.closed) {
+      const text = await readFile(this.statusFile, 'utf8').catch(() => '');
+      if (text.trim() !== '') return Number(text.trim());
+      await sleep(POLL_MS);
+    }
+    throw new Error('no longer following this dump');
+  }
+
+  /** Stops waiting; the files stay until the migration's directory is cleared. */
+  close(): void {
+    this.closed = true;
+  }
+}
