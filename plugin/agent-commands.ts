@@ -148,7 +148,8 @@ function bar(m: MigrationProgress): string {
 
 function describe(r: MigrationRecord): string {
   const mib = (r.bytes / 2 ** 20).toFixed(1);
-  return `${r.startedAt} ${r.instance} ${r.role === 'source' ? 'to' : 'from'} ${r.peer || '-'} ${r.mode}: ${r.result}, ${r.pages} pages, ${mib} MiB, ${r.totalMs} ms${r.error ? ` (${r.error})` : ''}`;
+  const downtime = r.downtimeMs === undefined ? '' : `, down ${r.downtimeMs} ms`;
+  return `${r.startedAt} ${r.instance} ${r.role === 'source' ? 'to' : 'from'} ${r.peer || '-'} ${r.mode}: ${r.result}, ${r.pages} pages, ${mib} MiB, ${r.totalMs} ms${downtime}${r.error ? ` (${r.error})` : ''}`;
 }
 
 function parsePositiveSeconds(value: string): number {

@@ -56,7 +56,7 @@ export class Agent {
     let version: Promise<CriuVersion> | undefined;
     const criu = (): Promise<CriuVersion> => (version ??= criuVersion(options.criuBinary));
     const source = new SourceRole(incus, options.peers, options, records, options.defaultMode, criu, log, join(options.stateDir, 'outgoing'), options.name, inFlight);
-    const destination = new DestinationRole(incus, join(options.stateDir, 'incoming'), records, log, criu, options.criuBinary, options.restoreTimeoutMs ?? 300_000);
+    const destination = new DestinationRole(incus, join(options.stateDir, 'incoming'), records, log, criu, options.criuBinary, options.restoreTimeoutMs ?? 300_000, inFlight);
     const events = new IncusEvents(join(options.incusDir, 'unix.socket'));
     events.on('event', (event) => destination.onEvent(event));
     events.on('disconnected', (error) => log(`incusd's event stream ended${error ? ` (${error.message})` : ''}; reconnecting, and asking for operations meanwhile`));

@@ -17,6 +17,7 @@ import { LazyPageStore } from '../proxy/lazy-page-store.js';
 import { MIGRATION_ID_FILE, argumentOf, type HookReply } from './hook-protocol.js';
 import type { IncusClient } from './incus-client.js';
 import type { IncusEvent } from './incus-events.js';
+import type { InFlight, MigrationProgress } from './in-flight.js';
 import type { MigrationRecord, MigrationRecords } from './migration-records.js';
 import { repairFailedArrival } from './arrival-repair.js';
 import { RestoreWatch, parentOf, type RestoreOutcome } from './restore-watch.js';
@@ -36,6 +37,7 @@ interface Incoming {
   readonly dir: string;
   readonly startedAt: Date;
   readonly complete: Promise<void>;
+  readonly progress: MigrationProgress;
 }
 
 /**
@@ -59,6 +61,7 @@ export class DestinationRole {
     private readonly criuBinary: string | undefined,
     /** How long a restore may run before haul kills it (Incus has no limit); per instance: user.haul.restore-timeout. */
     private readonly restoreTimeoutMs: number,
+    private readonly inFlight: InFlight,
   ) {
     mkdirSync(cacheDir, { recursive: true, mode: 0o700 });
   }
@@ -111,13 +114,27 @@ export class DestinationRole {
         return;
       }
       const mode = start.mode === 'lazy' ? 'lazy' : 'precopy';
-      this.incoming.set(id, { mode, session, answers: answers.writable, lazyPages, instance, peer, dir, startedAt: new Date(), complete: store.complete });
+      const startedAt = new Date();
+      const progress = this.inFlight.start({ id, instance, role: 'destination', peer, mode, phase: 'receiving pages', pages: 0, startedAt: startedAt.toISOString() });
+      const counting = setInterval(() => this.inFlight.update(progress, { pages: store.pagesStored }), 500);
+      const stopCounting = (): void => {
+        clearInterval(counting);
+        this.inFlight.update(progress, { pages: store.pagesStored });
+      };
+      void store.complete.then(stopCounting, () => {
+        stopCounting();
+        this.inFlight.end(id);
+      });
+      this.incoming.set(id, { mode, session, answers: answers.writable, lazyPages, instance, peer, dir, startedAt, complete: store.complete, progress });
+      // the source gave up before the restore came: nothing is in progress here any more
+      session.once('aborted', () => void (this.incoming.has(id) && this.inFlight.end(id)));
       this.arrivals.splice(0).forEach((wake) => wake());
       await sendControl(answers.writable, { migration_accepted: { ok: true, error: '' } });
       try {
         await store.complete;
         await sendControl(answers.writable, { images_stored: { ok: true, error: '' } });
         this.log(`${instance}: pages of migration ${id} stored, waiting for the restore`);
+        this.inFlight.update(progress, { phase: 'pages stored; waiting for Incus to restore' });
       } catch (error) {
         const reason = error instanceof Error ? error.message : String(error);
         if (session.isOpen) await sendControl(answers.writable, { images_stored: { ok: false, error: reason } }).catch(() => {});
@@ -162,6 +179,7 @@ export class DestinationRole {
       const reason = `haul: the pages or disk changes of migration ${id} are not usable: ${error instanceof Error ? error.message : String(error)}`;
       await this.records.add({ id, instance: entry.instance, role: 'destination', peer: entry.peer, mode: entry.mode, pages: 0, bytes: 0, startedAt: entry.startedAt.toISOString(), totalMs: Date.now() - entry.startedAt.getTime(), result: 'failed', error: reason });
       this.afterFailedArrival(entry.instance);
+      this.inFlight.end(id);
       return { error: reason };
     }
     this.incoming.delete(id);
@@ -178,6 +196,7 @@ export class DestinationRole {
         await this.records.add({ ...record, pages: 0, bytes: 0, totalMs: Date.now() - entry.startedAt.getTime(), result: 'failed', error: reason });
         if (entry.session.isOpen) entry.session.abort(reason);
         this.afterFailedArrival(entry.instance);
+        this.inFlight.end(id);
         return { error: reason };
       }
     }
@@ -195,12 +214,25 @@ export class DestinationRole {
    * or resumes its copy on (with Incus' own report). Records the migration.
    */
   private async reportRestore(entry: Incoming, record: Omit<MigrationRecord, 'pages' | 'bytes' | 'totalMs' | 'result'>, eager: number, watched: { watch: RestoreWatch; criuPid: number; timeoutMs: number } | undefined, lazy: Promise<number> | undefined): Promise<void> {
+    try {
+      await this.followRestore(entry, record, eager, watched, lazy);
+    } finally {
+      this.inFlight.end(record.id);
+    }
+  }
+
+  private async followRestore(entry: Incoming, record: Omit<MigrationRecord, 'pages' | 'bytes' | 'totalMs' | 'result'>, eager: number, watched: { watch: RestoreWatch; criuPid: number; timeoutMs: number } | undefined, lazy: Promise<number> | undefined): Promise<void> {
+    this.inFlight.update(entry.progress, { phase: 'restoring', pages: eager });
     const outcome: RestoreOutcome = watched ? await watched.watch.outcome(watched.criuPid, watched.timeoutMs) : { ok: true, pid: 0 };
     await sendControl(entry.answers, { restore_result: outcome.ok ? { ok: true, error: '', pid: outcome.pid } : { ok: false, error: outcome.error, pid: 0 } }).catch(() => {});
     let pages = eager;
     let failure = outcome.ok ? undefined : `the restore failed: ${outcome.error}`;
     if (failure && lazy && entry.session.isOpen) entry.session.abort(failure); // ends the lazy-pages daemon too
     if (!failure && lazy) {
+      const lazyPages = await entry.lazyPages;
+      this.inFlight.update(entry.progress, { phase: 'restored; its memory arriving' });
+      const counting = setInterval(() => this.inFlight.update(entry.progress, { pages: eager + lazyPages.received }), 500);
+      void lazy.finally(() => clearInterval(counting)).catch(() => {});
       try {
         pages += await lazy;
         this.log(`${entry.instance}: every lazy page arrived (${pages - eager})`);

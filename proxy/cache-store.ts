@@ -31,6 +31,8 @@ export class CacheStore {
   /** Resolves when the image set is complete; rejects on the first stream that failed. */
   readonly complete: Promise<void>;
   readonly control: Control[] = [];
+  /** Pages written so far (with their data: zero and lazy runs carry none). */
+  pagesStored = 0;
   private readonly controlWaiters: Array<() => void> = [];
   private failure: Error | undefined;
 
@@ -69,7 +71,10 @@ export class CacheStore {
         const target = targetOfPageChannel(channel.name);
         const writer = await PagemapWriter.create(this.dir, target, this.nextPagesId++);
         try {
-          for await (const { entry, pages } of readPageRecords(channel.readable)) await writer.add(entry, pages);
+          for await (const { entry, pages } of readPageRecords(channel.readable)) {
+            await writer.add(entry, pages);
+            if (pages) this.pagesStored += entry.nrPages;
+          }
           await writer.close();
         } catch (error) {
           writer.destroy();

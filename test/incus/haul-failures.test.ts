@@ -5,7 +5,7 @@ import type { MigrationProgress } from '../../plugin/in-flight.js';
 import { MigrationRecords } from '../../plugin/migration-records.js';
 import { describeOnHost } from '../support/host.js';
 import { NativeMoveDefect, TestContainer, incus, killAgent, startAgents, type TestHost } from '../support/testbed.js';
-import { expectedChecksum, realtimeNs } from '../support/workload.js';
+import { expectedChecksum, realtimeNs, type WorkloadReport } from '../support/workload.js';
 
 const recordsOf = async (host: TestHost, instance: string) =>
   (await new MigrationRecords(`/var/lib/haul-testbed/${host}/haul/agent/migrations.jsonl`).all()).filter((r) => r.instance === instance);
@@ -16,6 +16,14 @@ function inFlight(host: TestHost): MigrationProgress[] {
   } catch {
     return [];
   }
+}
+
+/** The 256 MiB workload in /run/big is the process `before` saw, its memory intact, beating since. */
+async function expectSameWorkload(container: TestContainer, before: WorkloadReport, since: bigint): Promise<void> {
+  const now = await container.workloadReport('/run/big', since);
+  expect(now.pid).toBe(before.pid);
+  expect(now.checksum).toBe(await expectedChecksum(256));
+  expect(now.tick).toBeGreaterThan(before.tick);
 }
 
 async function incusConfigUnset(container: TestContainer, key: string): Promise<void> {
@@ -50,7 +58,6 @@ describeOnHost('incus move when haul is missing or fails', ['root', 'criu', 'tes
     const container = await TestContainer.launch('busybox', 'src', '/tmp/counter', ['--config', 'user.haul.mode=precopy']);
     containers.push(container);
     await container.exec(['haul-workload', 'start', '--dir', '/run/big', '--mib', '256']);
-    const intact = await expectedChecksum(256);
     const before = await container.workloadReport('/run/big');
     const since = realtimeNs();
     const move = container.moveTo('dst');
@@ -61,18 +68,13 @@ describeOnHost('incus move when haul is missing or fails', ['root', 'criu', 'tes
     await killAgent('dst');
     await expect(move).rejects.toThrow();
     expect((await container.whereabouts()).src).toBe('RUNNING');
-    const after = await container.workloadReport('/run/big', since);
-    expect(after.pid).toBe(before.pid);
-    expect(after.checksum).toBe(intact);
-    expect(after.tick).toBeGreaterThan(before.tick);
+    await expectSameWorkload(container, before, since);
     expect((await recordsOf('src', container.name)).at(-1)).toMatchObject({ result: 'failed' });
 
     await startAgents();
     await container.moveTo('dst');
     expect(await container.whereabouts()).toEqual({ src: undefined, dst: 'RUNNING' });
-    const moved = await container.workloadReport('/run/big', since);
-    expect(moved.pid).toBe(before.pid);
-    expect(moved.checksum).toBe(intact);
+    await expectSameWorkload(container, before, since);
   }, 600_000);
 
   for (const mode of ['precopy', 'lazy'] as const) {
@@ -83,8 +85,7 @@ describeOnHost('incus move when haul is missing or fails', ['root', 'criu', 'tes
       const container = await TestContainer.launch('busybox', 'src', '/tmp/counter', ['--config', `user.haul.mode=${mode}`, '--config', `user.haul.restore-timeout=${timeout}`]);
       containers.push(container);
       await container.exec(['haul-workload', 'start', '--dir', '/run/big', '--mib', '256']);
-      const intact = await expectedChecksum(256);
-      const before = await container.workloadReport('/run/big');
+        const before = await container.workloadReport('/run/big');
       const since = realtimeNs();
       const failure = await container.moveTo('dst').then(() => undefined, (error: unknown) => error);
       expect(failure).toBeInstanceOf(Error);
@@ -99,10 +100,7 @@ describeOnHost('incus move when haul is missing or fails', ['root', 'criu', 'tes
         return;
       }
       expect(await container.whereabouts()).toEqual({ src: 'RUNNING', dst: undefined });
-      const after = await container.workloadReport('/run/big', since);
-      expect(after.pid).toBe(before.pid);
-      expect(after.checksum).toBe(intact);
-      expect(after.tick).toBeGreaterThan(before.tick);
+      await expectSameWorkload(container, before, since);
       await expect.poll(async () => (await recordsOf('src', container.name)).at(-1)?.result, { timeout: 30_000 }).toBe('failed');
 
       // Incus 6.0.4 leaks a "stop" lock on the name after such a failure; the agent releases it
@@ -110,9 +108,7 @@ describeOnHost('incus move when haul is missing or fails', ['root', 'criu', 'tes
       await incusConfigUnset(container, 'user.haul.restore-timeout');
       await container.moveTo('dst');
       expect(await container.whereabouts()).toEqual({ src: undefined, dst: 'RUNNING' });
-      const moved = await container.workloadReport('/run/big', since);
-      expect(moved.pid).toBe(before.pid);
-      expect(moved.checksum).toBe(intact);
+      await expectSameWorkload(container, before, since);
     }, 600_000);
   }
 });

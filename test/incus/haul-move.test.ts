@@ -1,6 +1,8 @@
 import { execFile } from 'node:child_process';
+import { readFileSync } from 'node:fs';
 import { promisify } from 'node:util';
 import { afterAll, expect, it } from 'vitest';
+import { IN_FLIGHT_FILE, type MigrationProgress } from '../../plugin/in-flight.js';
 import { MigrationRecords, type MigrationRecord } from '../../plugin/migration-records.js';
 import { HAUL_CLI } from '../support/build-cli.js';
 import { describeOnHost } from '../support/host.js';
@@ -12,6 +14,14 @@ const records = (host: TestHost): MigrationRecords => new MigrationRecords(`/var
 
 async function recordsOf(host: TestHost, instance: string): Promise<MigrationRecord[]> {
   return (await records(host).all()).filter((record) => record.instance === instance);
+}
+
+function readInFlight(host: TestHost): MigrationProgress[] {
+  try {
+    return JSON.parse(readFileSync(`/var/lib/haul-testbed/${host}/haul/agent/${IN_FLIGHT_FILE}`, 'utf8')) as MigrationProgress[];
+  } catch {
+    return [];
+  }
 }
 
 const COUNTER = { dir: '/run/haul', mib: 1 };
@@ -35,7 +45,13 @@ describeOnHost('incus move through haul (the test bed routes every move through 
 
         for (const [from, to] of [['src', 'dst'], ['dst', 'src']] satisfies Array<[TestHost, TestHost]>) {
           const movedAt = realtimeNs();
-          await container.moveTo(to);
+          // what `haul status` on the receiving host shows meanwhile
+          const seenThere = new Set<string>();
+          const watching = setInterval(() => {
+            for (const entry of readInFlight(to)) if (entry.instance === container.name) seenThere.add(`${entry.role} ${entry.pages > 0 ? 'with pages' : 'no pages yet'}`);
+          }, 100);
+          await container.moveTo(to).finally(() => clearInterval(watching));
+          if (workload === BIG) expect([...seenThere]).toContain('destination with pages');
           expect(await container.whereabouts()).toEqual(to === 'dst' ? { src: undefined, dst: 'RUNNING' } : { src: 'RUNNING', dst: undefined });
           const after = await container.workloadReport(workload.dir, movedAt);
           expect(after.pid).toBe(before.pid);
