@@ -38,6 +38,12 @@ interface Incoming {
   readonly startedAt: Date;
   readonly complete: Promise<void>;
   readonly progress: MigrationProgress;
+  /**
+   * The instance's user.haul.restore-timeout as the source read it, 0 for this agent's default.
+   * (Asking incusd here would cost 5 s: during an incoming move it answers for the instance only
+   * after its "monitor is unresponsive" timeout.)
+   */
+  readonly restoreTimeoutMs: number;
 }
 
 /**
@@ -125,7 +131,7 @@ export class DestinationRole {
         stopCounting();
         this.inFlight.end(id);
       });
-      this.incoming.set(id, { mode, session, answers: answers.writable, lazyPages, instance, peer, dir, startedAt, complete: store.complete, progress });
+      this.incoming.set(id, { mode, session, answers: answers.writable, lazyPages, instance, peer, dir, startedAt, complete: store.complete, progress, restoreTimeoutMs: start.restore_timeout_ms });
       // the source gave up before the restore came: nothing is in progress here any more
       session.once('aborted', () => void (this.incoming.has(id) && this.inFlight.end(id)));
       this.arrivals.splice(0).forEach((wake) => wake());
@@ -203,7 +209,7 @@ export class DestinationRole {
     // the hook's parent is the hook itself, which becomes CRIU when it execs
     const criuPid = callerPid === undefined ? undefined : parentOf(callerPid);
     const watch = criuPid === undefined ? undefined : await RestoreWatch.create(join(this.cacheDir, `restore-${id}`));
-    const timeoutMs = await this.restoreTimeoutFor(entry.instance);
+    const timeoutMs = entry.restoreTimeoutMs || this.restoreTimeoutMs;
     void this.reportRestore(entry, record, eager, watch && criuPid ? { watch, criuPid, timeoutMs } : undefined, lazy);
     this.log(`${entry.instance}: pages of migration ${id} placed; restoring${lazy ? ' lazily, the memory following through haul' : ''}`);
     return { args: [...args, ...(lazy ? ['--lazy-pages'] : []), ...(watch ? ['--action-script', watch.scriptPath] : [])] };
@@ -258,13 +264,6 @@ export class DestinationRole {
       (what) => this.log(`${instance}: after the failed move: ${what}`),
       (error: Error) => this.log(`${instance}: after the failed move, could not repair what Incus left: ${error.message}`),
     );
-  }
-
-  /** The instance's user.haul.restore-timeout (seconds), else the agent's. */
-  private async restoreTimeoutFor(instance: string): Promise<number> {
-    const found = await this.incus.instance(instance).catch(() => undefined);
-    const seconds = Number(found?.expanded_config['user.haul.restore-timeout']);
-    return Number.isFinite(seconds) && seconds > 0 ? seconds * 1000 : this.restoreTimeoutMs;
   }
 
   /**

@@ -45,6 +45,12 @@ export function modeOf(instance: IncusInstance, fallback: HaulMode): HaulMode {
   return value === 'precopy' || value === 'lazy' || value === 'off' ? value : fallback;
 }
 
+/** The instance's user.haul.restore-timeout (seconds) in ms, 0 when it sets none (or nonsense). */
+function restoreTimeoutMs(instance: IncusInstance): number {
+  const seconds = Number(instance.expanded_config['user.haul.restore-timeout']);
+  return Number.isFinite(seconds) && seconds > 0 ? Math.max(1, Math.round(seconds * 1000)) : 0;
+}
+
 /** The destination's answers on the control channel it opens. */
 function answersOf(session: LinkSession): { next<K extends keyof Control>(field: K, ms: number): Promise<NonNullable<Control[K]>> } {
   const seen: Control[] = [];
@@ -156,7 +162,7 @@ export class SourceRole {
         const control = session.openChannel(ChannelKind.CONTROL, 'migration');
         const version3 = `${version.major}.${version.minor}.${version.patch}`;
         const linkMode = mode === 'lazy' ? 'lazy' : 'pre-copy';
-        await sendControl(control.writable, { migration_start: { mode: linkMode, pid, criu_version: version3, instance: instance.name, migration_id: id, source_host: this.hostName } });
+        await sendControl(control.writable, { migration_start: { mode: linkMode, pid, criu_version: version3, instance: instance.name, migration_id: id, source_host: this.hostName, restore_timeout_ms: restoreTimeoutMs(instance) } });
         const accepted = await answers.next('migration_accepted', PEER_ANSWER_MS);
         if (!accepted.ok) {
           refusals.push(`${peer.name}: ${accepted.error}`);

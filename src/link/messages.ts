@@ -47,6 +47,8 @@ export interface MigrationStart {
   instance: string;
   migration_id: string;
   source_host: string;
+  /** 0 when not set. */
+  restore_timeout_ms: number;
 }
 export interface ImagesComplete {
   files: number;
