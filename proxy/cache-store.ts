@@ -4,9 +4,9 @@ import { pipeline } from 'node:stream/promises';
 import { FIRST_PAGES_ID } from '../src/criu/images/image-dir-sink.js';
 import { PagemapWriter } from '../src/criu/images/pagemap.js';
 import type { IncomingChannel } from '../src/link/channels.js';
-import { receiveControl } from '../src/link/control-channel.js';
+import { ControlInbox } from '../src/link/control-inbox.js';
 import { ChannelKind } from '../src/link/frame.js';
-import type { Control, ImagesComplete } from '../src/link/messages.js';
+import type { ImagesComplete } from '../src/link/messages.js';
 import type { LinkSession } from '../src/link/session.js';
 import { LAZY_PUSH_CHANNEL } from './lazy-wire.js';
 import { readPageRecords, targetOfPageChannel } from './page-stream.js';
@@ -30,11 +30,10 @@ export class CacheStore {
   private settle!: { resolve(): void; reject(error: Error): void };
   /** Resolves when the image set is complete; rejects on the first stream that failed. */
   readonly complete: Promise<void>;
-  readonly control: Control[] = [];
+  /** What the source says on its control channel (migration_start, images_complete, commit...). */
+  readonly control: ControlInbox;
   /** Pages written so far (with their data: zero and lazy runs carry none). */
   pagesStored = 0;
-  private readonly controlWaiters: Array<() => void> = [];
-  private failure: Error | undefined;
 
   constructor(
     session: LinkSession,
@@ -42,26 +41,13 @@ export class CacheStore {
   ) {
     this.complete = new Promise((resolve, reject) => (this.settle = { resolve, reject }));
     this.complete.catch(() => {});
+    this.control = new ControlInbox(session, (message) => {
+      if (!message.images_complete) return;
+      this.announced = message.images_complete;
+      this.check();
+    });
     session.on('channel', (channel) => void this.take(channel).catch((error: Error) => this.settle.reject(error)));
-    session.once('aborted', (error) => {
-      this.failure = error;
-      this.settle.reject(error);
-      this.controlWaiters.splice(0).forEach((wake) => wake());
-    });
-    session.once('closed', () => {
-      this.failure ??= new Error('the source closed the link');
-      this.controlWaiters.splice(0).forEach((wake) => wake());
-    });
-  }
-
-  /** The first control message from the source that carries `field`; rejects if the link fails first. */
-  async controlWith<K extends keyof Control>(field: K): Promise<NonNullable<Control[K]>> {
-    for (;;) {
-      const found = this.control.find((message) => message[field]);
-      if (found) return found[field]!;
-      if (this.failure) throw this.failure;
-      await new Promise<void>((resolve) => this.controlWaiters.push(resolve));
-    }
+    session.once('aborted', (error) => this.settle.reject(error));
   }
 
   private async take(channel: IncomingChannel): Promise<void> {
@@ -95,15 +81,7 @@ export class CacheStore {
         this.endedTars++;
         break;
       case ChannelKind.CONTROL:
-        for await (const message of receiveControl(channel.readable)) {
-          this.control.push(message);
-          this.controlWaiters.splice(0).forEach((wake) => wake());
-          if (message.images_complete) {
-            this.announced = message.images_complete;
-            this.check();
-          }
-        }
-        break;
+        return; // the control inbox reads it
       case ChannelKind.LAZY_ANSWERS:
         return; // lazy pages are the image-cache's own business, not part of the image set
       default:

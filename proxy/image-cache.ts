@@ -70,7 +70,7 @@ export class ImageCache {
     let reported = false;
     try {
       await store.complete;
-      const lazy = store.control.some((message) => message.migration_start?.mode === 'lazy');
+      const lazy = store.control.messages.some((message) => message.migration_start?.mode === 'lazy');
       if (!lazy) {
         // held stopped until the source says its own copy has ended: never two running copies
         await runCriu('restore', ['-D', dir, '-d', '--leave-stopped', '--pidfile', pidFile], { logFile: join(dir, 'restore.log'), ...restoreBinary });
@@ -80,7 +80,7 @@ export class ImageCache {
         const unsent = { detached: !session.attached, attachments: session.attachments };
         await sendControl(answer.writable, { restore_result: { ok: true, error: '', pid: tree.pid } });
         try {
-          await store.controlWith('commit');
+          await store.control.next('commit');
         } catch (error) {
           if (unsent.detached && session.attachments === unsent.attachments) {
             throw new Error(`the link to the source failed before the restore could be reported (${error instanceof Error ? error.message : String(error)})`);
@@ -142,7 +142,7 @@ export class ImageCache {
         const unsent = { detached: !session.attached, attachments: session.attachments };
         await sendControl(answer.writable, { lazy_complete: { pages: BigInt(lazyPages.received) } });
         try {
-          await store.controlWith('commit');
+          await store.control.next('commit');
         } catch (error) {
           if (unsent.detached && session.attachments === unsent.attachments) throw error;
           const reason = `the link failed after every page arrived, before the source confirmed it ended its copy (${error instanceof Error ? error.message : String(error)}); pid ${tree.pid} is kept stopped: if the source process is gone, run it with kill -CONT, else kill it`;

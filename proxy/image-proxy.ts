@@ -2,18 +2,16 @@ import { mkdir, mkdtemp, rm } from 'node:fs/promises';
 import { connect, type Socket } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import type { Readable } from 'node:stream';
 import { LazyPagesClient } from '../src/criu/page-server/lazy-pages-client.js';
 import { PAGE_SIZE } from '../src/criu/page-server/protocol.js';
 import { startCriu } from '../src/criu/run/criu-process.js';
 import { criuVersion, headerLayoutFor } from '../src/criu/run/criu-version.js';
 import { PostDumpGate } from '../src/criu/run/post-dump-gate.js';
-import { receiveControl, sendControl } from '../src/link/control-channel.js';
+import { sendControl } from '../src/link/control-channel.js';
+import { ControlInbox } from '../src/link/control-inbox.js';
 import { dialLink } from '../src/link/dialer.js';
 import type { EndpointOptions } from '../src/link/endpoint-options.js';
 import { ChannelKind } from '../src/link/frame.js';
-import type { RestoreResult } from '../src/link/messages.js';
-import type { LinkSession } from '../src/link/session.js';
 import { sendImageFiles } from './images-to-link.js';
 import { FaultQueue, moveLazyPages } from './lazy-source.js';
 import { dumpToLink } from './dump-to-link.js';
@@ -87,7 +85,8 @@ async function startMigration(options: MigrateOptions, mode: 'pre-copy' | 'lazy'
   const { session } = await dialLink(options.to, options);
   let linkFailure: Error | undefined;
   session.once('aborted', (error) => (linkFailure = error));
-  const reports = destinationReports(session);
+  // what the destination reports: the restore, (lazy) the last page, and the end of its channel
+  const reports = new ControlInbox(session);
   // the destination opens its channels as soon as the session exists: listen before any await
   const faults = new FaultQueue(session);
   const gate = await PostDumpGate.create(workDir);
@@ -149,7 +148,7 @@ export async function migratePreCopy(options: MigrateOptions): Promise<Migration
     await sendControl(control.writable, { images_complete: { files: images.files, page_streams: pages.pageStreams, bytes: BigInt(images.bytes), filesystem_tars: 0 } });
     const sent = Date.now();
     progress('restoring on the destination');
-    const result = await reports.restore;
+    const result = await reports.next('restore_result');
     if (!result.ok) throw new Error(`the destination could not restore: ${result.error}`);
     restored = Date.now();
     // the destination holds its copy stopped; end this one, then let that one run
@@ -157,7 +156,7 @@ export async function migratePreCopy(options: MigrateOptions): Promise<Migration
     await dump.exited;
     try {
       await sendControl(control.writable, { commit: { source_pid: options.pid } });
-      await reports.finished;
+      await reports.ended;
     } catch (error) {
       throw new MigrationInDoubtError('pre-copy', options.pid, result.pid, error);
     }
@@ -181,38 +180,6 @@ export async function migratePreCopy(options: MigrateOptions): Promise<Migration
   } finally {
     await cleanUp();
   }
-}
-
-/**
- * What the destination reports on its control channel: the restore, (lazy) the last page, and the
- * channel's end, which comes once the destination has nothing more to do for this migration.
- */
-function destinationReports(session: LinkSession): { restore: Promise<RestoreResult>; lazyComplete: Promise<void>; finished: Promise<void> } {
-  let restoreSettle!: { resolve(r: RestoreResult): void; reject(e: Error): void };
-  let lazySettle!: { resolve(): void; reject(e: Error): void };
-  let finishedSettle!: { resolve(): void; reject(e: Error): void };
-  const restore = new Promise<RestoreResult>((resolve, reject) => (restoreSettle = { resolve, reject }));
-  const lazyComplete = new Promise<void>((resolve, reject) => (lazySettle = { resolve, reject }));
-  const finished = new Promise<void>((resolve, reject) => (finishedSettle = { resolve, reject }));
-  for (const promise of [restore, lazyComplete, finished]) promise.catch(() => {});
-  const fail = (error: Error): void => {
-    restoreSettle.reject(error);
-    lazySettle.reject(error);
-    finishedSettle.reject(error);
-  };
-  session.once('aborted', fail);
-  session.on('channel', (channel) => {
-    if (channel.kind !== ChannelKind.CONTROL) return;
-    void (async () => {
-      for await (const message of receiveControl(channel.readable as Readable)) {
-        if (message.restore_result) restoreSettle.resolve(message.restore_result);
-        if (message.lazy_complete) lazySettle.resolve();
-      }
-      finishedSettle.resolve();
-      fail(new Error('the destination closed its control channel early'));
-    })().catch(fail);
-  });
-  return { restore, lazyComplete, finished };
 }
 
 /**
@@ -254,7 +221,7 @@ export async function migrateLazy(options: MigrateOptions): Promise<MigrationSum
     // the restored copy runs from the moment the destination reports it; a failed restore stops the pulling
     let restoredAt = 0;
     let restoreFailure: string | undefined;
-    void reports.restore.then(
+    void reports.next('restore_result').then(
       (result) => (result.ok ? (restoredAt = Date.now()) : (restoreFailure = result.error)),
       () => {},
     );
@@ -273,16 +240,16 @@ export async function migrateLazy(options: MigrateOptions): Promise<MigrationSum
       stop: () => (restoreFailure === undefined ? undefined : `the destination could not restore: ${restoreFailure}`),
     });
     stopReporting();
-    const result = await reports.restore;
+    const result = await reports.next('restore_result');
     if (!result.ok) throw new Error(`the destination could not restore: ${result.error}`);
-    await reports.lazyComplete;
+    await reports.next('lazy_complete');
     // the destination holds every page: from here the source ends whatever happens, never resumes
     pastReturn = true;
     await client.close().catch(() => lazyServer!.end()); // a plain end also counts as success to CRIU
     await dump.exited.catch(() => {});
     try {
       await sendControl(control.writable, { commit: { source_pid: options.pid } });
-      await reports.finished;
+      await reports.ended;
     } catch (error) {
       throw new MigrationInDoubtError('lazy', options.pid, result.pid, error);
     }

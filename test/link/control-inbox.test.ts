@@ -1,0 +1,51 @@
+import { randomBytes } from 'node:crypto';
+import { describe, expect, it } from 'vitest';
+import { sendControl } from '../../src/link/control-channel.js';
+import { ControlInbox } from '../../src/link/control-inbox.js';
+import { ChannelKind } from '../../src/link/frame.js';
+import { LinkSession } from '../../src/link/session.js';
+import { memoryTransportPair } from '../support/memory-link.js';
+
+function connectedSessions(): { sender: LinkSession; inbox: ControlInbox } {
+  const id = randomBytes(16);
+  const sender = new LinkSession('dialer', id);
+  const receiver = new LinkSession('listener', id);
+  const inbox = new ControlInbox(receiver); // before anything arrives, as its users do
+  const pair = memoryTransportPair();
+  sender.attach(pair.a);
+  receiver.attach(pair.b);
+  return { sender, inbox };
+}
+
+describe('ControlInbox: waiting for what the peer says on its control channel', () => {
+  it('gives each field whether it came before or after the wait, in order, and ends with the channel', async () => {
+    const { sender, inbox } = connectedSessions();
+    const control = sender.openChannel(ChannelKind.CONTROL, 'migration');
+    await sendControl(control.writable, { images_stored: { ok: true, error: '' } });
+    await expect(inbox.next('images_stored')).resolves.toEqual({ ok: true, error: '' });
+    const restore = inbox.next('restore_result');
+    await sendControl(control.writable, { restore_result: { ok: true, error: '', pid: 42 } });
+    await expect(restore).resolves.toMatchObject({ ok: true, pid: 42 });
+    control.writable.end();
+    await inbox.ended;
+    expect(inbox.messages.map((m) => Object.keys(m).find((k) => m[k as keyof typeof m]))).toEqual(['images_stored', 'restore_result']);
+  });
+
+  it('fails a wait for a message that can no longer come: channel ended, link aborted, or too late', async () => {
+    const ended = connectedSessions();
+    const control = ended.sender.openChannel(ChannelKind.CONTROL, 'migration');
+    const waiting = ended.inbox.next('commit');
+    control.writable.end();
+    await expect(waiting).rejects.toThrow(/the peer ended its control channel/);
+
+    const aborted = connectedSessions();
+    aborted.sender.openChannel(ChannelKind.CONTROL, 'migration');
+    const lost = aborted.inbox.next('commit');
+    aborted.sender.abort('the source gave up');
+    await expect(lost).rejects.toThrow(/the source gave up/);
+    await expect(aborted.inbox.ended).rejects.toThrow(/the source gave up/);
+
+    const slow = connectedSessions();
+    await expect(slow.inbox.next('lazy_complete', 50)).rejects.toThrow(/did not send lazy_complete within 50 ms/);
+  });
+});
