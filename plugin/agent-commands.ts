@@ -10,6 +10,7 @@ import { openTrustStore, stateDirOf } from '../src/cli/trust-commands.js';
 import { Agent } from './agent.js';
 import { diagnose } from './doctor.js';
 import { installHook, uninstallHook } from './criu-hook.js';
+import { PAGE_SIZE } from '../src/criu/page-server/protocol.js';
 import { IN_FLIGHT_FILE, readInFlight, type MigrationProgress } from './in-flight.js';
 import { MigrationRecords, type MigrationRecord } from './migration-records.js';
 import type { HaulMode, Peer } from './source-role.js';
@@ -53,7 +54,7 @@ export function addAgentCommands(program: Command, out: (line: string) => void):
         ...security,
         // peers compare these in the handshake: a CRIU pairing that cannot work is refused there
         host: {
-          criu_version: `${version.major}.${version.minor}.${version.patch}`, page_size: 4096, architecture: process.arch,
+          criu_version: `${version.major}.${version.minor}.${version.patch}`, page_size: PAGE_SIZE, architecture: process.arch,
           capabilities: ['pre-copy', 'lazy'], haul_version: readPackageInfo().version, role: 'agent',
         },
         incusDir: options.incusDir,
@@ -107,7 +108,7 @@ export function addAgentCommands(program: Command, out: (line: string) => void):
     .action(async (options: { incusDir: string; peer: Peer[]; insecure: boolean; criu: string; json: boolean }, command: Command) => {
       const stateDir = stateDirOf(command);
       const version = await criuVersion(options.criu).catch(() => undefined);
-      const host = { criu_version: version ? `${version.major}.${version.minor}.${version.patch}` : '', page_size: 4096, architecture: process.arch, capabilities: [], haul_version: readPackageInfo().version, role: 'doctor' };
+      const host = { criu_version: version ? `${version.major}.${version.minor}.${version.patch}` : '', page_size: PAGE_SIZE, architecture: process.arch, capabilities: [], haul_version: readPackageInfo().version, role: 'doctor' };
       const security = options.insecure ? { insecure: true } : { identity: await loadOrCreateIdentity(stateDir), trust: await openTrustStore(stateDir) };
       const scheme = options.insecure ? 'ws' : 'wss';
       const checks = await diagnose({
@@ -138,7 +139,7 @@ export function addAgentCommands(program: Command, out: (line: string) => void):
 
 /** One migration in progress: a bar when the total is known, else a count; MiB, rate and phase. */
 function bar(m: MigrationProgress): string {
-  const mib = (m.pages * 4096) / 2 ** 20;
+  const mib = (m.pages * PAGE_SIZE) / 2 ** 20;
   const seconds = Math.max((Date.now() - Date.parse(m.startedAt)) / 1000, 0.001);
   const width = 24;
   const done = m.totalPages ? Math.min(1, m.pages / m.totalPages) : undefined;

@@ -9,6 +9,7 @@ import type { Writable } from 'node:stream';
 import { acceptOne } from '../src/criu/page-server/connection.js';
 import { serveLazyPages } from '../src/criu/page-server/lazy-pages-server.js';
 import { startCriu } from '../src/criu/run/criu-process.js';
+import { RestoredTree } from '../src/criu/run/restored-tree.js';
 import { headerLayoutFor, type CriuVersion } from '../src/criu/run/criu-version.js';
 import { PAGE_SIZE } from '../src/criu/page-server/protocol.js';
 import { CacheStore, DISK_CHANGES_FILE } from '../proxy/cache-store.js';
@@ -44,6 +45,8 @@ interface Incoming {
    * after its "monitor is unresponsive" timeout.)
    */
   readonly restoreTimeoutMs: number;
+  /** Lazy: the restored container's processes, once CRIU reported them (they run on pages still arriving). */
+  restored?: RestoredTree;
 }
 
 /**
@@ -103,7 +106,7 @@ export class DestinationRole {
     void (async () => {
       let start;
       try {
-        start = await store.controlWith('migration_start');
+        start = await store.control.next('migration_start');
       } catch {
         // a peer that only checked it could link here (haul doctor), or went away before starting
         await (await lazyPages).close();
@@ -230,6 +233,10 @@ export class DestinationRole {
   private async followRestore(entry: Incoming, record: Omit<MigrationRecord, 'pages' | 'bytes' | 'totalMs' | 'result'>, eager: number, watched: { watch: RestoreWatch; criuPid: number; timeoutMs: number } | undefined, lazy: Promise<number> | undefined): Promise<void> {
     this.inFlight.update(entry.progress, { phase: 'restoring', pages: eager });
     const outcome: RestoreOutcome = watched ? await watched.watch.outcome(watched.criuPid, watched.timeoutMs) : { ok: true, pid: 0 };
+    if (outcome.ok && outcome.pid > 0) {
+      entry.restored = RestoredTree.ofRoot(outcome.pid);
+      if (!entry.session.attached && entry.session.isOpen) await entry.restored.pause(); // the link went down meanwhile
+    }
     await sendControl(entry.answers, { restore_result: outcome.ok ? { ok: true, error: '', pid: outcome.pid } : { ok: false, error: outcome.error, pid: 0 } }).catch(() => {});
     let pages = eager;
     let failure = outcome.ok ? undefined : `the restore failed: ${outcome.error}`;
@@ -297,8 +304,21 @@ export class DestinationRole {
     const daemon = startCriu('lazy-pages', ['--page-server', '--address', '127.0.0.1', '--port', String(server.port), '-D', dir], {
       logFile: join(entry.dir, 'lazy-pages.log'), statusFd: true, cwd: dir, ...(this.criuBinary ? { binary: this.criuBinary } : {}),
     });
-    const lost = (): void => void daemon.child.kill('SIGKILL');
-    entry.session.once('aborted', lost);
+    // the restored container runs on pages still at the source. While the link is down it is held
+    // stopped (SIGSTOP); lost for good, it is ended before its lazy-pages daemon, since a fault
+    // with no daemon behind it would read a missing page as zeroes (Incus then shows it stopped)
+    let holding = Promise.resolve();
+    const hold = (action: (tree: RestoredTree) => Promise<void>): void => {
+      holding = holding.then(() => (entry.restored ? action(entry.restored) : undefined)).catch(() => {});
+    };
+    const detached = (): void => hold((tree) => tree.pause());
+    const attached = (): void => hold((tree) => tree.resume());
+    const lost = (): void => {
+      hold((tree) => tree.kill());
+      void holding.then(() => daemon.child.kill('SIGKILL'));
+    };
+    entry.session.on('detached', detached).on('attached', attached).once('aborted', lost);
+    const stopFollowingTheLink = (): void => void entry.session.off('detached', detached).off('attached', attached).off('aborted', lost);
     try {
       await daemon.ready;
     } catch (error) {
@@ -310,7 +330,9 @@ export class DestinationRole {
       try {
         await daemon.exited;
         await served;
-        entry.session.off('aborted', lost);
+        stopFollowingTheLink();
+        await holding;
+        await entry.restored?.resume(); // every page is here: whatever the link does, it runs
         await sendControl(entry.answers, { lazy_complete: { pages: BigInt(lazyPages.received) } });
         return lazyPages.received;
       } catch (error) {
@@ -333,5 +355,5 @@ function instanceName(path: string): string {
 async function countPages(dir: string): Promise<number> {
   let bytes = 0;
   for (const name of (await readdir(dir)).filter((n) => /^pages-.*\.img$/.test(n))) bytes += (await stat(join(dir, name))).size;
-  return bytes / 4096;
+  return bytes / PAGE_SIZE;
 }

@@ -1,18 +1,18 @@
 import { randomUUID } from 'node:crypto';
 import { readdir, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
-import type { Readable, Writable } from 'node:stream';
+import type { Writable } from 'node:stream';
 import { pipeline } from 'node:stream/promises';
 import { connect, type Socket } from 'node:net';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { LazyPagesClient } from '../src/criu/page-server/lazy-pages-client.js';
 import { PAGE_SIZE, type HeaderLayout } from '../src/criu/page-server/protocol.js';
 import { headerLayoutFor, type CriuVersion } from '../src/criu/run/criu-version.js';
-import { receiveControl, sendControl } from '../src/link/control-channel.js';
+import { sendControl } from '../src/link/control-channel.js';
+import { ControlInbox } from '../src/link/control-inbox.js';
 import { dialLink } from '../src/link/dialer.js';
 import type { EndpointOptions } from '../src/link/endpoint-options.js';
 import { ChannelKind } from '../src/link/frame.js';
-import type { Control } from '../src/link/messages.js';
 import type { LinkSession } from '../src/link/session.js';
 import { dumpToLink } from '../proxy/dump-to-link.js';
 import { FaultQueue, moveLazyPages } from '../proxy/lazy-source.js';
@@ -51,43 +51,12 @@ function restoreTimeoutMs(instance: IncusInstance): number {
   return Number.isFinite(seconds) && seconds > 0 ? Math.max(1, Math.round(seconds * 1000)) : 0;
 }
 
-/** The destination's answers on the control channel it opens. */
-function answersOf(session: LinkSession): { next<K extends keyof Control>(field: K, ms: number): Promise<NonNullable<Control[K]>> } {
-  const seen: Control[] = [];
-  const waiters: Array<() => void> = [];
-  let failure: Error | undefined;
-  const wake = (): void => waiters.splice(0).forEach((w) => w());
-  session.once('aborted', (error) => ((failure = error), wake()));
-  session.on('channel', (channel) => {
-    if (channel.kind !== ChannelKind.CONTROL) return;
-    void (async () => {
-      for await (const message of receiveControl(channel.readable as Readable)) (seen.push(message), wake());
-      failure ??= new Error('the destination ended its control channel');
-      wake();
-    })().catch((error: Error) => ((failure ??= error), wake()));
-  });
-  return {
-    async next(field, ms) {
-      const deadline = Date.now() + ms;
-      for (;;) {
-        const found = seen.find((message) => message[field]);
-        if (found) return found[field]!;
-        if (failure) throw failure;
-        if (Date.now() > deadline) throw new Error(`the destination did not answer (${field}) within ${ms} ms`);
-        await new Promise<void>((resolve) => {
-          waiters.push(resolve);
-          setTimeout(resolve, Math.max(0, deadline - Date.now()) + 1).unref();
-        });
-      }
-    },
-  };
-}
-
 /** One migration this agent sends, from the moment its peer accepted it. */
 interface Outgoing {
   readonly session: LinkSession;
   readonly control: Writable;
-  readonly answers: ReturnType<typeof answersOf>;
+  /** The destination's answers, on the control channel it opens. */
+  readonly answers: ControlInbox;
   readonly forward: Awaited<ReturnType<typeof dumpToLink>>;
   /** Incus' checkpoint directory, the dump's -D. */
   readonly dir: string;
@@ -109,8 +78,8 @@ interface DiskCatchUp {
  * with no sync after the freeze (Incus 6.0.4 sets MultiSync only for rsync-based transfers).
  */
 const SNAPSHOT_ONCE_DRIVERS = new Set(['btrfs', 'zfs']);
-/** Margin before the migration operation's start, for clock granularity: more is sent, never less. */
-const SNAPSHOT_MARGIN_MS = 2_000;
+/** Margin before the migration operation's start, for the kernel's coarse ctime clock: more is sent, never less. */
+const SNAPSHOT_MARGIN_MS = 250;
 
 /**
  * The agent's source side: when liblxc runs the final `criu dump` of an instance that haul moves,
@@ -157,7 +126,7 @@ export class SourceRole {
       try {
         ({ session } = await dialLink(peer.url, this.endpoint));
         // before any await: the peer opens its channels as soon as the session exists
-        const answers = answersOf(session);
+        const answers = new ControlInbox(session);
         const faults = new FaultQueue(session);
         const control = session.openChannel(ChannelKind.CONTROL, 'migration');
         const version3 = `${version.major}.${version.minor}.${version.patch}`;

@@ -8,6 +8,12 @@ import { readdir, readFile } from 'node:fs/promises';
 export class RestoredTree {
   private constructor(readonly pid: number) {}
 
+  /** The tree under `pid`, as CRIU reported its root (CRTOOLS_INIT_PID). */
+  static ofRoot(pid: number): RestoredTree {
+    if (!Number.isInteger(pid) || pid < 1) throw new Error(`not a process id: ${pid}`);
+    return new RestoredTree(pid);
+  }
+
   static async fromPidFile(path: string): Promise<RestoredTree> {
     const text = (await readFile(path, 'utf8')).trim();
     const pid = Number(text);
