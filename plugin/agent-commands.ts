@@ -1,6 +1,5 @@
-import { realpathSync } from 'node:fs';
 import { hostname } from 'node:os';
-import { dirname, join } from 'node:path';
+import { join } from 'node:path';
 import { Command, InvalidArgumentError, Option } from 'commander';
 import { DEFAULT_CRIU } from '../src/criu/run/criu-process.js';
 import { criuVersion } from '../src/criu/run/criu-version.js';
@@ -83,9 +82,7 @@ export function addAgentCommands(program: Command, out: (line: string) => void):
     .option('--hook-dir <dir>', 'where the hook goes', DEFAULT_HOOK_DIR)
     .option('--criu <path>', 'the real CRIU the hook runs', DEFAULT_CRIU)
     .action(async (options: { hookDir: string; criu: string }) => {
-      // beside this executable, compiled from plugin/hook-client.ts
-      const hookClient = join(dirname(realpathSync(process.argv[1]!)), 'hook-client.js');
-      const path = await installHook(options.hookDir, options.criu, process.execPath, hookClient);
+      const path = await installHook(options.hookDir, options.criu);
       out(`installed ${path} (runs ${options.criu}); incusd must have ${options.hookDir} first on its PATH`);
     });
 

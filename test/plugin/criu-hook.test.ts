@@ -5,11 +5,8 @@ import { createInterface } from 'node:readline';
 import { promisify } from 'node:util';
 import { afterEach, describe, expect, it } from 'vitest';
 import { installHook, uninstallHook } from '../../plugin/criu-hook.js';
-import type { HookReply, HookRequest } from '../../plugin/hook-protocol.js';
-import { HAUL_CLI } from '../support/build-cli.js';
+import { hookReplyLine, type HookReply, type HookRequest } from '../../plugin/hook-protocol.js';
 
-/** The compiled hook client, beside the haul executable. */
-const HOOK_CLIENT = HAUL_CLI.replace(/haul\.js$/, 'hook-client.js');
 import { scratchDir } from '../support/scratch.js';
 
 /**
@@ -37,7 +34,7 @@ async function runHook(hook: string, incusDir: string, args: string[]): Promise<
 
 function fakeAgent(incusDir: string, answer: (request: HookRequest) => HookReply): Promise<Server> {
   const server = createServer((socket) => {
-    createInterface({ input: socket }).once('line', (line) => socket.end(`${JSON.stringify(answer(JSON.parse(line) as HookRequest))}\n`));
+    createInterface({ input: socket }).once('line', (line) => socket.end(hookReplyLine(answer(JSON.parse(line) as HookRequest))));
   });
   return new Promise((resolve) => server.listen(`${incusDir}/haul-agent.sock`, () => resolve(server)));
 }
@@ -49,7 +46,7 @@ describe('the CRIU hook that haul agent install puts first on incusd\'s PATH', (
   it('passes every call but the final dump and the restore straight to the real CRIU, printing nothing of its own', async () => {
     const { dir, incusDir, realCriu, remove } = setUp();
     cleanups.push(remove);
-    const hook = await installHook(`${dir}/hook`, realCriu, process.execPath, HOOK_CLIENT);
+    const hook = await installHook(`${dir}/hook`, realCriu);
     const asked: HookRequest[] = [];
     const agent = await fakeAgent(incusDir, (request) => (asked.push(request), { args: ['never'] }));
     cleanups.push(() => agent.close());
@@ -61,7 +58,7 @@ describe('the CRIU hook that haul agent install puts first on incusd\'s PATH', (
   it('runs CRIU with the arguments the agent gives for a dump, quoting included', async () => {
     const { dir, incusDir, realCriu, remove } = setUp();
     cleanups.push(remove);
-    const hook = await installHook(`${dir}/hook`, realCriu, process.execPath, HOOK_CLIENT);
+    const hook = await installHook(`${dir}/hook`, realCriu);
     const agent = await fakeAgent(incusDir, (request) => ({ args: [...request.args, '--page-server', "it's a \"port\" $HOME"] }));
     cleanups.push(() => agent.close());
     const run = await runHook(hook, incusDir, ['dump', '-t', '42', '-D', '/tmp/a dir']);
@@ -71,7 +68,7 @@ describe('the CRIU hook that haul agent install puts first on incusd\'s PATH', (
   it('fails the call when the agent says so, and says why', async () => {
     const { dir, incusDir, realCriu, remove } = setUp();
     cleanups.push(remove);
-    const hook = await installHook(`${dir}/hook`, realCriu, process.execPath, HOOK_CLIENT);
+    const hook = await installHook(`${dir}/hook`, realCriu);
     const agent = await fakeAgent(incusDir, () => ({ error: 'haul: the pages of migration x never arrived on this host' }));
     cleanups.push(() => agent.close());
     const run = await runHook(hook, incusDir, ['restore', '-D', '/tmp/r']);
@@ -80,26 +77,40 @@ describe('the CRIU hook that haul agent install puts first on incusd\'s PATH', (
     expect(run.stderr).toMatch(/never arrived/);
   });
 
-  it('leaves the move native when no agent answers, or when haul itself is gone', async () => {
+  it('leaves the move native when no agent listens, or the agent goes away without answering', async () => {
     const { dir, incusDir, realCriu, remove } = setUp();
     cleanups.push(remove);
-    const hook = await installHook(`${dir}/hook`, realCriu, process.execPath, HOOK_CLIENT);
+    const hook = await installHook(`${dir}/hook`, realCriu);
     expect(await runHook(hook, incusDir, ['dump', '-t', '42'])).toMatchObject({ code: 0, lines: ['dump', '-t', '42'] });
     writeFileSync(`${incusDir}/haul-agent.sock`, ''); // a stale path that is not a socket
     expect(await runHook(hook, incusDir, ['restore', '-D', '/x'])).toMatchObject({ code: 0, lines: ['restore', '-D', '/x'] });
-    // an agent answers, but the haul the hook was installed from has been removed
+    // an agent that takes the question and hangs up
     const live = `${dir}/incus-live`;
     mkdirSync(live);
-    const agent = await fakeAgent(live, () => ({ args: ['never'] }));
+    const rude = createServer((socket) => socket.destroy());
+    await new Promise<void>((resolve) => rude.listen(`${live}/haul-agent.sock`, resolve));
+    cleanups.push(() => rude.close());
+    const run = await runHook(hook, live, ['dump', '-t', '7']);
+    expect(run).toMatchObject({ code: 0, lines: ['dump', '-t', '7'] });
+    expect(run.stderr).toMatch(/haul hook: the haul agent at .* (closed without answering|went away); running criu dump unchanged/);
+  });
+
+  it('tells the agent its pid and every argument exactly, whatever characters they hold', async () => {
+    const { dir, incusDir, realCriu, remove } = setUp();
+    cleanups.push(remove);
+    const hook = await installHook(`${dir}/hook`, realCriu);
+    const asked: HookRequest[] = [];
+    const agent = await fakeAgent(incusDir, (request) => (asked.push(request), { args: request.args }));
     cleanups.push(() => agent.close());
-    const orphan = await installHook(`${dir}/hook2`, realCriu, process.execPath, `${dir}/no-such-haul.js`);
-    expect(await runHook(orphan, live, ['dump', '-t', '7'])).toMatchObject({ code: 0, lines: ['dump', '-t', '7'] });
+    const odd = ['dump', '-D', 'a "quoted" \\ back\\slash', "it's", 'tab\there', 'ünï', '$(touch /tmp/no)'];
+    expect(await runHook(hook, incusDir, odd)).toMatchObject({ code: 0, lines: odd });
+    expect(asked).toEqual([{ call: 'dump', pid: expect.any(Number), args: odd }]);
   });
 
   it('fails a restore whose pages went through haul when no agent can place them, and says why', async () => {
     const { dir, incusDir, realCriu, remove } = setUp();
     cleanups.push(remove);
-    const hook = await installHook(`${dir}/hook`, realCriu, process.execPath, HOOK_CLIENT);
+    const hook = await installHook(`${dir}/hook`, realCriu);
     const restoreDir = `${dir}/restore`;
     mkdirSync(restoreDir);
     writeFileSync(`${restoreDir}/haul-migration.json`, '{"id":"m-1"}\n');
@@ -112,12 +123,12 @@ describe('the CRIU hook that haul agent install puts first on incusd\'s PATH', (
   it('is removed by uninstall, which leaves a criu that is not haul\'s alone', async () => {
     const { dir, realCriu, remove } = setUp();
     cleanups.push(remove);
-    await installHook(`${dir}/hook`, realCriu, process.execPath, HOOK_CLIENT);
+    await installHook(`${dir}/hook`, realCriu);
     expect(await uninstallHook(`${dir}/hook`)).toBe(true);
     expect(await uninstallHook(`${dir}/hook`)).toBe(false);
     mkdirSync(`${dir}/other`);
     writeFileSync(`${dir}/other/criu`, '#!/bin/sh\n', { mode: 0o755 });
     await expect(uninstallHook(`${dir}/other`)).rejects.toThrow(/not haul's hook/);
-    await expect(installHook(`${dir}/other`, realCriu, process.execPath, HOOK_CLIENT)).rejects.toThrow(/not haul's hook/);
+    await expect(installHook(`${dir}/other`, realCriu)).rejects.toThrow(/not haul's hook/);
   });
 });
