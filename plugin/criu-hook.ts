@@ -26,6 +26,7 @@ my @args = @ARGV;
 sub js { my $v = shift; $v =~ s/(["\\])/\\$1/g; $v =~ s/([\x00-\x1f])/sprintf("\\u%04x", ord $1)/ge; return "\"$v\""; }
 sub native { print STDERR "haul hook: $_[0]; running criu $args[0] unchanged\n"; exit 3; }
 use Socket;
+$SIG{PIPE} = "IGNORE"; # an agent gone mid-request: a failed write, said on stderr, not a silent death
 socket(my $s, PF_UNIX, SOCK_STREAM, 0) or native("no socket: $!");
 connect($s, pack_sockaddr_un($path)) or native("the haul agent at $path does not answer: $!");
 $SIG{ALRM} = sub { native("the haul agent at $path did not answer in time") };

@@ -233,7 +233,8 @@ export class DestinationRole {
   private async followRestore(entry: Incoming, record: Omit<MigrationRecord, 'pages' | 'bytes' | 'totalMs' | 'result'>, eager: number, watched: { watch: RestoreWatch; criuPid: number; timeoutMs: number } | undefined, lazy: Promise<number> | undefined): Promise<void> {
     this.inFlight.update(entry.progress, { phase: 'restoring', pages: eager });
     const outcome: RestoreOutcome = watched ? await watched.watch.outcome(watched.criuPid, watched.timeoutMs) : { ok: true, pid: 0 };
-    if (outcome.ok && outcome.pid > 0) {
+    if (lazy && outcome.ok && outcome.pid > 0) {
+      // it runs on pages still at the source (pre-copy has them all here, and is left to Incus)
       entry.restored = RestoredTree.ofRoot(outcome.pid);
       if (!entry.session.attached && entry.session.isOpen) await entry.restored.pause(); // the link went down meanwhile
     }

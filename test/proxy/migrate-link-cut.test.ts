@@ -99,7 +99,8 @@ describeOnHost('a link cut for longer than the resume window, before the destina
     await expect(migration).rejects.toThrow(/pre-copy migration of \d+ failed, the source process keeps running/);
     await scene.expectContinued(frozenAt);
     const failed = await eventually(() => events.find((e) => e.kind === 'failed'), Boolean);
-    expect(failed).toMatchObject({ error: expect.stringMatching(/before the restore could be reported/) });
+    // the link is given up on either while CRIU still restores or just after (a loaded machine)
+    expect(failed).toMatchObject({ error: expect.stringMatching(/before the restore could be reported|failed during the restore/) });
     expect(events.map((e) => e.kind)).not.toContain('restored');
     // CRIU did restore it (held stopped), and the cache ended it
     expect(existsSync(`${scene.destination}/cache`) && readdirSync(`${scene.destination}/cache`).some((id) => existsSync(`${scene.destination}/cache/${id}/restored.pid`))).toBe(true);
