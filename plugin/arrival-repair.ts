@@ -24,7 +24,7 @@ const HOOKS_RACE_MS = 3_000;
  */
 export async function repairFailedArrival(incus: IncusClient, instance: string): Promise<string> {
   const deadline = Date.now() + INCUS_SETTLES_MS;
-  while (await isBeingCreated(incus, instance)) {
+  while (await incus.isCreating(instance)) {
     if (Date.now() > deadline) return `left as is: Incus was still creating ${instance} after ${INCUS_SETTLES_MS / 60_000} min`;
     await sleep(1000);
   }
@@ -48,15 +48,6 @@ export async function repairFailedArrival(incus: IncusClient, instance: string):
   return `released any "stop" lock Incus leaked on ${instance}`;
 }
 
-async function isBeingCreated(incus: IncusClient, instance: string): Promise<boolean> {
-  const operations = await incus.operations().catch(() => []);
-  return operations.some((op) => op.description === 'Creating instance' && op.status_code < 200 && (op.resources?.instances ?? []).some((path) => nameOf(path) === instance));
-}
-
 function instancePath(name: string): string {
   return `/1.0/instances/${encodeURIComponent(name)}`;
-}
-
-function nameOf(path: string): string {
-  return decodeURIComponent(path.replace(/\?.*$/, '').split('/').pop() ?? '');
 }

@@ -19,6 +19,11 @@ export interface IncusOperation {
   readonly resources?: { readonly instances?: readonly string[] } | null;
 }
 
+/** The instance name at the end of a resource path such as /1.0/instances/c1?project=default. */
+export function instanceNameOf(path: string): string {
+  return decodeURIComponent(path.replace(/\?.*$/, '').split('/').pop() ?? '');
+}
+
 /** Incus said no: its error text, with the request that got it. */
 export class IncusError extends Error {
   override readonly name = 'IncusError';
@@ -94,6 +99,16 @@ export class IncusClient {
     const found = await this.get<IncusOperation[] | Record<string, IncusOperation[]> | null>('/1.0/operations?recursion=1&all-projects=true');
     if (!found) return [];
     return Array.isArray(found) ? found : Object.values(found).flat();
+  }
+
+  /** Operations with this description that concern `instance`, running or recently ended. */
+  async operationsOn(instance: string, description: string): Promise<IncusOperation[]> {
+    return (await this.operations()).filter((op) => op.description === description && (op.resources?.instances ?? []).some((path) => instanceNameOf(path) === instance));
+  }
+
+  /** Whether incusd is creating `instance` right now (an incoming migration, or a create). */
+  async isCreating(instance: string): Promise<boolean> {
+    return (await this.operationsOn(instance, 'Creating instance').catch(() => [])).some((op) => op.status_code < 200);
   }
 
   async close(): Promise<void> {

@@ -176,8 +176,7 @@ export class SourceRole {
   private async diskCatchUp(instance: IncusInstance, initPid: number, hookCalledAt: Date): Promise<DiskCatchUp | undefined> {
     const pool = instance.expanded_devices?.['root']?.['pool'];
     if (!pool || !SNAPSHOT_ONCE_DRIVERS.has(await this.incus.poolDriver(pool))) return undefined;
-    const migrating = (await this.incus.operations())
-      .filter((op) => op.description === 'Migrating instance' && (op.resources?.instances ?? []).some((path) => decodeURIComponent(path.replace(/\?.*$/, '').split('/').pop() ?? '') === instance.name))
+    const migrating = (await this.incus.operationsOn(instance.name, 'Migrating instance'))
       .map((op) => Date.parse(op.created_at))
       .filter((at) => Number.isFinite(at));
     // none found (an older Incus, another client): a wide window sends more, never less
