@@ -14,9 +14,10 @@ import { headerLayoutFor, type CriuVersion } from '../src/criu/run/criu-version.
 import { PAGE_SIZE } from '../src/criu/page-server/protocol.js';
 import { CacheStore, DISK_CHANGES_FILE } from '../proxy/cache-store.js';
 import { applyDiskChanges } from '../proxy/disk-changes-apply.js';
+import { LazyCopyGuard } from '../proxy/lazy-copy-guard.js';
 import { LazyPageStore } from '../proxy/lazy-page-store.js';
 import { MIGRATION_ID_FILE, argumentOf, type HookReply } from './hook-protocol.js';
-import type { IncusClient } from './incus-client.js';
+import { instanceNameOf, type IncusClient } from './incus-client.js';
 import type { IncusEvent } from './incus-events.js';
 import type { InFlight, MigrationProgress } from './in-flight.js';
 import type { MigrationRecord, MigrationRecords } from './migration-records.js';
@@ -47,6 +48,8 @@ interface Incoming {
   readonly restoreTimeoutMs: number;
   /** Lazy: the restored container's processes, once CRIU reported them (they run on pages still arriving). */
   restored?: RestoredTree;
+  /** Lazy: holds `restored` in step with the link until every page is here. */
+  guard?: LazyCopyGuard;
 }
 
 /**
@@ -78,7 +81,7 @@ export class DestinationRole {
   /** Incus operation events: a "Creating instance" operation is an incoming migration (or a create). */
   onEvent(event: IncusEvent): void {
     if (event.type !== 'operation' || event.metadata.description !== 'Creating instance') return;
-    for (const path of event.metadata.resources?.instances ?? []) this.expected.set(instanceName(path), Date.now());
+    for (const path of event.metadata.resources?.instances ?? []) this.expected.set(instanceNameOf(path), Date.now());
   }
 
   private async isReceiving(instance: string): Promise<boolean> {
@@ -87,8 +90,7 @@ export class DestinationRole {
       const seen = this.expected.get(instance);
       if (seen !== undefined && Date.now() - seen < EXPECTED_FOR_MS) return true;
       // events can be missed (a listener that falls behind is dropped): ask for the operations too
-      const operations = await this.incus.operations().catch(() => []);
-      if (operations.some((op) => op.description === 'Creating instance' && op.status_code < 200 && (op.resources?.instances ?? []).some((p) => instanceName(p) === instance))) return true;
+      if (await this.incus.isCreating(instance)) return true;
       if (Date.now() > deadline) return false;
       await sleep(200);
     }
@@ -236,7 +238,7 @@ export class DestinationRole {
     if (lazy && outcome.ok && outcome.pid > 0) {
       // it runs on pages still at the source (pre-copy has them all here, and is left to Incus)
       entry.restored = RestoredTree.ofRoot(outcome.pid);
-      if (!entry.session.attached && entry.session.isOpen) await entry.restored.pause(); // the link went down meanwhile
+      entry.guard?.matchLink(); // the link may have gone down meanwhile
     }
     await sendControl(entry.answers, { restore_result: outcome.ok ? { ok: true, error: '', pid: outcome.pid } : { ok: false, error: outcome.error, pid: 0 } }).catch(() => {});
     let pages = eager;
@@ -305,21 +307,10 @@ export class DestinationRole {
     const daemon = startCriu('lazy-pages', ['--page-server', '--address', '127.0.0.1', '--port', String(server.port), '-D', dir], {
       logFile: join(entry.dir, 'lazy-pages.log'), statusFd: true, cwd: dir, ...(this.criuBinary ? { binary: this.criuBinary } : {}),
     });
-    // the restored container runs on pages still at the source. While the link is down it is held
-    // stopped (SIGSTOP); lost for good, it is ended before its lazy-pages daemon, since a fault
-    // with no daemon behind it would read a missing page as zeroes (Incus then shows it stopped)
-    let holding = Promise.resolve();
-    const hold = (action: (tree: RestoredTree) => Promise<void>): void => {
-      holding = holding.then(() => (entry.restored ? action(entry.restored) : undefined)).catch(() => {});
-    };
-    const detached = (): void => hold((tree) => tree.pause());
-    const attached = (): void => hold((tree) => tree.resume());
-    const lost = (): void => {
-      hold((tree) => tree.kill());
-      void holding.then(() => daemon.child.kill('SIGKILL'));
-    };
-    entry.session.on('detached', detached).on('attached', attached).once('aborted', lost);
-    const stopFollowingTheLink = (): void => void entry.session.off('detached', detached).off('attached', attached).off('aborted', lost);
+    // the restored container runs on pages still at the source: see LazyCopyGuard (Incus then
+    // shows a container it ended as stopped)
+    const guard = new LazyCopyGuard(entry.session, () => entry.restored, () => daemon.child.kill('SIGKILL'));
+    entry.guard = guard;
     try {
       await daemon.ready;
     } catch (error) {
@@ -331,8 +322,7 @@ export class DestinationRole {
       try {
         await daemon.exited;
         await served;
-        stopFollowingTheLink();
-        await holding;
+        await guard.release();
         await entry.restored?.resume(); // every page is here: whatever the link does, it runs
         await sendControl(entry.answers, { lazy_complete: { pages: BigInt(lazyPages.received) } });
         return lazyPages.received;
@@ -347,10 +337,6 @@ export class DestinationRole {
     delivered.catch(() => {});
     return { delivered }; // wrapped: a promise returned from an async function would be awaited
   }
-}
-
-function instanceName(path: string): string {
-  return decodeURIComponent(path.replace(/\?.*$/, '').split('/').pop() ?? '');
 }
 
 async function countPages(dir: string): Promise<number> {

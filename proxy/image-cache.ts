@@ -12,6 +12,7 @@ import { startCriu } from '../src/criu/run/criu-process.js';
 import { RestoredTree } from '../src/criu/run/restored-tree.js';
 import { criuVersion, headerLayoutFor } from '../src/criu/run/criu-version.js';
 import { CacheStore } from './cache-store.js';
+import { LazyCopyGuard } from './lazy-copy-guard.js';
 import { LazyPageStore } from './lazy-page-store.js';
 
 export interface CacheOptions extends EndpointOptions {
@@ -111,33 +112,19 @@ export class ImageCache {
         server.close();
         throw error;
       }
-      // the restored tree runs on pages still at the source, and the source resumes its own copy
-      // if the link does not come back: while the link is down the tree is held stopped, so the two
-      // never run at once. Lost for good, the tree ends before its lazy-pages daemon does: a fault
-      // with no daemon behind it would read a missing page as zeroes.
+      // the restored tree runs on pages still at the source: see LazyCopyGuard
       const restored = tree;
-      let holding = Promise.resolve();
-      const hold = (action: () => Promise<void>): void => void (holding = holding.then(action).catch(() => {}));
-      const detached = (): void => hold(() => restored.pause());
-      const attached = (): void => hold(() => restored.resume());
-      const lost = (error: Error): void => {
-        lazyPages.fail(error);
-        hold(async () => {
-          await restored.kill();
-          daemon.child.kill('SIGKILL');
-        });
-      };
-      session.on('detached', detached).on('attached', attached).once('aborted', lost);
-      const stopFollowingTheLink = (): void => void session.off('detached', detached).off('attached', attached);
+      const guard = new LazyCopyGuard(session, () => restored, () => daemon.child.kill('SIGKILL'));
+      session.once('aborted', (error) => lazyPages.fail(error));
       try {
         if (!session.isOpen) throw new Error('the link to the source failed during the restore');
-        if (!session.attached) detached();
+        guard.matchLink();
         await sendControl(answer.writable, { restore_result: { ok: true, error: '', pid: tree.pid } });
         reported = true;
         this.options.onEvent?.({ kind: 'restored', id, pid: tree.pid });
         await daemon.exited;
         await served;
-        session.off('aborted', lost);
+        guard.pagesComplete();
         // every page is here: the source ends its copy when it hears so, and commits
         const unsent = { detached: !session.attached, attachments: session.attachments };
         await sendControl(answer.writable, { lazy_complete: { pages: BigInt(lazyPages.received) } });
@@ -146,15 +133,13 @@ export class ImageCache {
         } catch (error) {
           if (unsent.detached && session.attachments === unsent.attachments) throw error;
           const reason = `the link failed after every page arrived, before the source confirmed it ended its copy (${error instanceof Error ? error.message : String(error)}); pid ${tree.pid} is kept stopped: if the source process is gone, run it with kill -CONT, else kill it`;
-          stopFollowingTheLink();
-          await holding;
+          await guard.release();
           await restored.pause();
           this.options.onEvent?.({ kind: 'in-doubt', id, pid: tree.pid, error: reason });
           return;
         }
       } finally {
-        stopFollowingTheLink();
-        await holding;
+        await guard.release();
       }
       await restored.resume();
       answer.writable.end();
