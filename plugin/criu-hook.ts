@@ -1,6 +1,7 @@
 import { chmod, mkdir, readFile, rm, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { MIGRATION_ID_FILE } from './hook-protocol.js';
+import { shellWord } from './shell-words.js';
 
 /** The hook's agent client exits with this when the agent says the CRIU call must fail. */
 export const REFUSED_EXIT = 75;
@@ -54,10 +55,9 @@ native("the haul agent at $path answered something else");
  * stays native; a restore whose pages went through haul then fails, saying why.
  */
 export function hookScript(realCriu: string): string {
-  const quote = (value: string): string => `'${value.replace(/'/g, `'\\''`)}'`;
   return `#!/bin/sh
 ${MARK}: installed by \`haul agent install\`; remove with \`haul agent uninstall\`.
-real_criu=${quote(realCriu)}
+real_criu=${shellWord(realCriu)}
 case "\${1:-}" in
   dump|restore) ;;
   *) exec "$real_criu" "$@" ;;
@@ -75,7 +75,7 @@ if ! [ -S "$socket" ]; then
   needs_haul "$@" && { echo "haul: this restore needs the pages haul moved, and no haul agent listens at $socket" >&2; exit 1; }
   exec "$real_criu" "$@"
 fi
-ask_agent=${quote(ASK_AGENT)}
+ask_agent=${shellWord(ASK_AGENT)}
 args=$(${PERL} -e "$ask_agent" "$socket" "$@" </dev/null)
 case $? in
   0) eval "set -- $args" ;;

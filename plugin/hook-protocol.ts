@@ -1,3 +1,4 @@
+import { shellWords } from './shell-words.js';
 
 /**
  * What the CRIU hook asks the local agent over the agent's unix socket, one JSON line:
@@ -22,11 +23,6 @@ export type HookReply = { readonly args: readonly string[]; readonly note?: stri
 export function hookReplyLine(reply: HookReply): string {
   if ('error' in reply) return `error ${reply.error.replace(/\s*\n\s*/g, ' ')}\n`;
   return `args ${shellWords(reply.args)}\n`;
-}
-
-/** Shell words for `eval "set -- …"`: each argument single-quoted. */
-export function shellWords(args: readonly string[]): string {
-  return args.map((arg) => `'${arg.replace(/'/g, `'\\''`)}'`).join(' ');
 }
 
 /** Written into Incus' checkpoint directory: Incus carries it to the destination's restore directory. */

@@ -5,6 +5,7 @@ import { Socket } from 'node:net';
 import { join } from 'node:path';
 import { createInterface } from 'node:readline';
 import { promisify } from 'node:util';
+import { shellWord } from './shell-words.js';
 
 /**
  * The action script haul gives a lazy dump in place of Incus' own ("lazy-early",
@@ -30,19 +31,20 @@ export class LazyEarlyActions {
     const fifo = join(dir, 'actions.fifo');
     await promisify(execFile)('mkfifo', ['-m', '0600', fifo]);
     const scriptPath = join(dir, 'actions.sh');
-    const quote = (value: string): string => `'${value.replace(/'/g, `'\\''`)}'`;
     await writeFile(
       scriptPath,
       `#!/bin/sh
 # written by haul for one lazy migration through Incus; see plugin/lazy-early-actions.ts
-incus_script=${quote(incusScript)}
-events=${quote(fifo)}
+incus_script=${shellWord(incusScript)}
+events=${shellWord(fifo)}
+# the FIFO is opened read-write (1<>): a write never waits for a reader, so an agent that is gone
+# cannot hold CRIU, and the frozen container, here
 case "$CRTOOLS_SCRIPT_ACTION" in
   post-dump)
-    setsid -f /bin/sh -c '"$1"; echo "incus-post-dump $?" > "$2"' sh "$incus_script" "$events" </dev/null >/dev/null 2>&1
+    setsid -f /bin/sh -c '"$1"; echo "incus-post-dump $?" 1<> "$2"' sh "$incus_script" "$events" </dev/null >/dev/null 2>&1
     exit 0 ;;
   status-ready)
-    echo status-ready > "$events"
+    echo status-ready 1<> "$events"
     exec "$incus_script" ;;
   *)
     exec "$incus_script" ;;

@@ -1,6 +1,7 @@
 import { chmod, mkdir, readFile, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
+import { shellWord } from './shell-words.js';
 
 const POLL_MS = 50;
 
@@ -13,8 +14,8 @@ const POLL_MS = 50;
  * successful restore"), and incus move then deletes the source, so failing post-dump could not
  * save it.
  *
- * A plain file, not a FIFO, carries the answer: a FIFO write blocks for good once the agent is
- * gone, and this script runs while the container is frozen.
+ * A plain file carries the answer: the agent reads it whenever it comes, and nothing has to hold
+ * a FIFO open meanwhile.
  */
 export class ObservedPostDump {
   private closed = false;
@@ -28,16 +29,15 @@ export class ObservedPostDump {
     await mkdir(dir, { recursive: true, mode: 0o700 });
     const statusFile = join(dir, 'incus-post-dump');
     const scriptPath = join(dir, 'actions.sh');
-    const quote = (value: string): string => `'${value.replace(/'/g, `'\\''`)}'`;
     await writeFile(
       scriptPath,
       `#!/bin/sh
 # written by haul for one pre-copy migration through Incus; see plugin/observed-post-dump.ts
-incus_script=${quote(incusScript)}
+incus_script=${shellWord(incusScript)}
 [ "$CRTOOLS_SCRIPT_ACTION" = post-dump ] || exec "$incus_script"
 "$incus_script"
 status=$?
-echo "$status" > ${quote(`${statusFile}.tmp`)} && mv ${quote(`${statusFile}.tmp`)} ${quote(statusFile)}
+echo "$status" > ${shellWord(`${statusFile}.tmp`)} && mv ${shellWord(`${statusFile}.tmp`)} ${shellWord(statusFile)}
 exit "$status"
 `,
     );

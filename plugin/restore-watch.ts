@@ -6,6 +6,7 @@ import { join } from 'node:path';
 import { createInterface } from 'node:readline';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { promisify } from 'node:util';
+import { shellWord } from './shell-words.js';
 
 export type RestoreOutcome = { readonly ok: true; readonly pid: number } | { readonly ok: false; readonly error: string };
 
@@ -39,7 +40,8 @@ export class RestoreWatch {
       scriptPath,
       `#!/bin/sh
 # written by haul for one restore through Incus; see plugin/restore-watch.ts
-[ "$CRTOOLS_SCRIPT_ACTION" = post-resume ] && echo "post-resume \${CRTOOLS_INIT_PID:-0}" > '${fifo}'
+# (1<>: opened read-write, the FIFO write never waits for a reader that may be gone)
+[ "$CRTOOLS_SCRIPT_ACTION" = post-resume ] && echo "post-resume \${CRTOOLS_INIT_PID:-0}" 1<> ${shellWord(fifo)}
 exit 0
 `,
     );
