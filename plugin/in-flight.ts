@@ -55,7 +55,8 @@ export class InFlight {
 
   private changed(): void {
     this.dirty = true;
-    this.timer ??= setTimeout(() => void this.write(), WRITE_EVERY_MS);
+    // a full disk must not take the agent down with the moves it carries: the next change retries
+    this.timer ??= setTimeout(() => void this.write().catch(() => (this.dirty = true)), WRITE_EVERY_MS);
     this.timer.unref();
   }
 
