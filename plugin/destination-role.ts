@@ -12,7 +12,7 @@ import { startCriu } from '../src/criu/run/criu-process.js';
 import { RestoredTree } from '../src/criu/run/restored-tree.js';
 import { headerLayoutFor, type CriuVersion } from '../src/criu/run/criu-version.js';
 import { PAGE_SIZE } from '../src/criu/page-server/protocol.js';
-import { CacheStore, DISK_CHANGES_FILE } from '../proxy/cache-store.js';
+import { CacheStore, DISK_CHANGES_FILE, discardImages } from '../proxy/cache-store.js';
 import { applyDiskChanges } from '../proxy/disk-changes-apply.js';
 import { LazyCopyGuard } from '../proxy/lazy-copy-guard.js';
 import { LazyPageStore } from '../proxy/lazy-page-store.js';
@@ -122,6 +122,7 @@ export class DestinationRole {
         await sendControl(answers.writable, { migration_accepted: { ok: false, error: `this host is not receiving an instance named ${JSON.stringify(instance)}` } });
         answers.writable.end();
         await (await lazyPages).close();
+        await rm(dir, { recursive: true, force: true });
         return;
       }
       const mode = start.mode === 'lazy' ? 'lazy' : 'precopy';
@@ -138,7 +139,11 @@ export class DestinationRole {
       });
       this.incoming.set(id, { mode, session, answers: answers.writable, lazyPages, instance, peer, dir, startedAt, complete: store.complete, progress, restoreTimeoutMs: start.restore_timeout_ms });
       // the source gave up before the restore came: nothing is in progress here any more
-      session.once('aborted', () => void (this.incoming.has(id) && this.inFlight.end(id)));
+      session.once('aborted', () => {
+        if (!this.incoming.has(id)) return;
+        this.inFlight.end(id);
+        void discardImages(dir);
+      });
       this.arrivals.splice(0).forEach((wake) => wake());
       await sendControl(answers.writable, { migration_accepted: { ok: true, error: '' } });
       try {
@@ -191,6 +196,7 @@ export class DestinationRole {
       await this.records.add({ id, instance: entry.instance, role: 'destination', peer: entry.peer, mode: entry.mode, pages: 0, bytes: 0, startedAt: entry.startedAt.toISOString(), totalMs: Date.now() - entry.startedAt.getTime(), result: 'failed', error: reason });
       this.afterFailedArrival(entry.instance);
       this.inFlight.end(id);
+      await discardImages(entry.dir);
       return { error: reason };
     }
     this.incoming.delete(id);
@@ -208,6 +214,7 @@ export class DestinationRole {
         if (entry.session.isOpen) entry.session.abort(reason);
         this.afterFailedArrival(entry.instance);
         this.inFlight.end(id);
+        await discardImages(entry.dir);
         return { error: reason };
       }
     }
@@ -229,6 +236,7 @@ export class DestinationRole {
       await this.followRestore(entry, record, eager, watched, lazy);
     } finally {
       this.inFlight.end(record.id);
+      await discardImages(entry.dir);
     }
   }
 

@@ -55,7 +55,7 @@ exit "$status"
     throw new Error('no longer following this dump');
   }
 
-  /** Stops waiting; the files stay until the migration's directory is cleared. */
+  /** Stops waiting; the script stays for CRIU's later actions (the source role sweeps old ones). */
   close(): void {
     this.closed = true;
   }

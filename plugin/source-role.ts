@@ -1,5 +1,5 @@
 import { randomUUID } from 'node:crypto';
-import { readdir, writeFile } from 'node:fs/promises';
+import { readdir, rm, stat, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import type { Writable } from 'node:stream';
 import { pipeline } from 'node:stream/promises';
@@ -30,6 +30,8 @@ const PAGES_STORED_MS = 10 * 60_000;
 const LAZY_SERVER_MS = 60_000;
 /** How long after Incus' post-dump step the destination's own report of the restore may take. */
 const RESTORE_REPORT_MS = 30_000;
+/** A migration's action scripts are kept this long, then swept when the next one starts. */
+const WORK_DIR_KEPT_MS = 60 * 60_000;
 
 export type HaulMode = 'precopy' | 'lazy' | 'off';
 
@@ -118,6 +120,7 @@ export class SourceRole {
       return { args };
     }
     const id = randomUUID();
+    await this.sweepWorkDir();
     const version = await this.criuVersion();
     const disk = await this.diskCatchUp(instance, pid, startedAt);
     const refusals: string[] = [];
@@ -166,6 +169,19 @@ export class SourceRole {
     const why = refusals.length ? refusals.join('; ') : 'no peers configured';
     await this.records.add({ ...base, id, peer: '', totalMs: Date.now() - startedAt.getTime(), result: 'passed-through', error: `no peer takes ${instance.name}: ${why}` });
     return { args, note: `native move: no peer takes ${instance.name} (${why})` };
+  }
+
+  /**
+   * Removes the action scripts of migrations long over. Not at a migration's end: CRIU may still
+   * run its script then (network-unlock after a failure), and a missing script would fail that.
+   */
+  private async sweepWorkDir(): Promise<void> {
+    const cutoff = Date.now() - WORK_DIR_KEPT_MS;
+    for (const name of await readdir(this.workDir).catch(() => [])) {
+      const path = join(this.workDir, name);
+      const info = await stat(path).catch(() => undefined);
+      if (info && info.mtimeMs < cutoff) await rm(path, { recursive: true, force: true });
+    }
   }
 
   /**

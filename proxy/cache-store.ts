@@ -1,4 +1,5 @@
 import { createWriteStream } from 'node:fs';
+import { readdir, rm } from 'node:fs/promises';
 import { basename, join } from 'node:path';
 import { pipeline } from 'node:stream/promises';
 import { FIRST_PAGES_ID } from '../src/criu/images/image-dir-sink.js';
@@ -13,6 +14,17 @@ import { readPageRecords, targetOfPageChannel } from './page-stream.js';
 
 /** Where the store keeps the root filesystem's changes (one FILESYSTEM_TAR channel per migration). */
 export const DISK_CHANGES_FILE = 'disk-changes.tar';
+
+/**
+ * Once a migration is over (or can no longer happen), what was stored for it goes: images, pages,
+ * lazy pages, disk changes; the restore has read them, or never will. Logs and the restored pid
+ * stay for a post-mortem.
+ */
+export async function discardImages(dir: string): Promise<void> {
+  const names = await readdir(dir).catch(() => []);
+  const kept = (name: string): boolean => name.endsWith('.log') || name.endsWith('.pid');
+  await Promise.all(names.filter((name) => !kept(name)).map((name) => rm(join(dir, name), { recursive: true, force: true })));
+}
 
 /**
  * The image-cache's store: writes what arrives on a session into an image directory, restore-ready

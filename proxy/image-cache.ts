@@ -11,7 +11,7 @@ import { serveLazyPages } from '../src/criu/page-server/lazy-pages-server.js';
 import { startCriu } from '../src/criu/run/criu-process.js';
 import { RestoredTree } from '../src/criu/run/restored-tree.js';
 import { criuVersion, headerLayoutFor } from '../src/criu/run/criu-version.js';
-import { CacheStore } from './cache-store.js';
+import { CacheStore, discardImages } from './cache-store.js';
 import { LazyCopyGuard } from './lazy-copy-guard.js';
 import { LazyPageStore } from './lazy-page-store.js';
 
@@ -157,6 +157,7 @@ export class ImageCache {
       }
     } finally {
       await lazyPages.close().catch(() => {});
+      await discardImages(dir);
     }
   }
 

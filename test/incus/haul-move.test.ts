@@ -1,5 +1,5 @@
 import { execFile } from 'node:child_process';
-import { readFileSync } from 'node:fs';
+import { readdirSync, readFileSync } from 'node:fs';
 import { promisify } from 'node:util';
 import { afterAll, expect, it } from 'vitest';
 import { IN_FLIGHT_FILE, type MigrationProgress } from '../../plugin/in-flight.js';
@@ -22,6 +22,12 @@ function readInFlight(host: TestHost): MigrationProgress[] {
   } catch {
     return [];
   }
+}
+
+/** Files other than logs left in the agent's directories for incoming migrations. */
+function leftPageData(host: TestHost): string[] {
+  const incoming = `/var/lib/haul-testbed/${host}/haul/agent/incoming`;
+  return readdirSync(incoming, { recursive: true, encoding: 'utf8' }).filter((path) => /\.(img|bin|tar)$/.test(path));
 }
 
 const COUNTER = { dir: '/run/haul', mib: 1 };
@@ -73,6 +79,8 @@ describeOnHost('incus move through haul (the test bed routes every move through 
           expect(sent.at(-1)!.pages).toBeGreaterThanOrEqual((workload.mib * 1024 * 1024) / 4096);
           await expect.poll(async () => (await recordsOf(to, container.name)).filter((r) => r.role === 'destination').at(-1)?.id, { timeout: 30_000 }).toBe(sent.at(-1)!.id);
           expect((await recordsOf(to, container.name)).filter((r) => r.role === 'destination').at(-1)).toMatchObject({ result: 'restored', mode, peer: from, pages: sent.at(-1)!.pages });
+          // and once the move is over, neither agent keeps its pages (only logs)
+          await expect.poll(() => leftPageData(to), { timeout: 30_000 }).toEqual([]);
           before = after;
           counter = counterAfter;
         }
