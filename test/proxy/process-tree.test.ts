@@ -13,10 +13,11 @@ import { expectedChecksum, realtimeNs, reportFrom } from '../support/workload.js
 
 /**
  * A process tree: haul-workload as the parent of two shells joined by a pipe, the first counting
- * into it, the second writing what arrives to a file.
+ * into it, the second writing what arrives to a file (renamed into place: a reader never sees it
+ * half written).
  */
 function startTree(dir: string): number {
-  const script = `(i=0; while :; do i=$((i+1)); echo $i; sleep 0.05; done) | (while read n; do echo $n > '${dir}/piped'; done) & exec '${WORKLOAD}' run --dir '${dir}/w' --mib 16`;
+  const script = `(i=0; while :; do i=$((i+1)); echo $i; sleep 0.05; done) | (while read n; do echo $n > '${dir}/piped.tmp' && mv '${dir}/piped.tmp' '${dir}/piped'; done) & exec '${WORKLOAD}' run --dir '${dir}/w' --mib 16`;
   const root = spawn('/bin/sh', ['-c', script], { detached: true, stdio: 'ignore' });
   root.unref();
   return root.pid!;
