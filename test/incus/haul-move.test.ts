@@ -24,10 +24,16 @@ function readInFlight(host: TestHost): MigrationProgress[] {
   }
 }
 
-/** Files other than logs left in the agent's directories for incoming migrations. */
-function leftPageData(host: TestHost): string[] {
+/**
+ * Page data (not logs) left in the agent's directories for migrations that arrived since `sinceMs`
+ * (each directory is named after the time it was made: leftovers of earlier runs are not this test's).
+ */
+function leftPageData(host: TestHost, sinceMs: number): string[] {
   const incoming = `/var/lib/haul-testbed/${host}/haul/agent/incoming`;
-  return readdirSync(incoming, { recursive: true, encoding: 'utf8' }).filter((path) => /\.(img|bin|tar)$/.test(path));
+  return readdirSync(incoming)
+    .filter((dir) => Number(dir.split('-')[0]) >= sinceMs)
+    .flatMap((dir) => readdirSync(`${incoming}/${dir}`).map((name) => `${dir}/${name}`))
+    .filter((path) => /\.(img|bin|tar)$/.test(path));
 }
 
 const COUNTER = { dir: '/run/haul', mib: 1 };
@@ -51,6 +57,7 @@ describeOnHost('incus move through haul (the test bed routes every move through 
 
         for (const [from, to] of [['src', 'dst'], ['dst', 'src']] satisfies Array<[TestHost, TestHost]>) {
           const movedAt = realtimeNs();
+          const moveStartedMs = Date.now();
           // what `haul status` on the receiving host shows meanwhile
           const seenThere = new Set<string>();
           const watching = setInterval(() => {
@@ -80,7 +87,7 @@ describeOnHost('incus move through haul (the test bed routes every move through 
           await expect.poll(async () => (await recordsOf(to, container.name)).filter((r) => r.role === 'destination').at(-1)?.id, { timeout: 30_000 }).toBe(sent.at(-1)!.id);
           expect((await recordsOf(to, container.name)).filter((r) => r.role === 'destination').at(-1)).toMatchObject({ result: 'restored', mode, peer: from, pages: sent.at(-1)!.pages });
           // and once the move is over, neither agent keeps its pages (only logs)
-          await expect.poll(() => leftPageData(to), { timeout: 30_000 }).toEqual([]);
+          await expect.poll(() => leftPageData(to, moveStartedMs), { timeout: 30_000 }).toEqual([]);
           before = after;
           counter = counterAfter;
         }
