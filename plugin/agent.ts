@@ -6,7 +6,7 @@ import { criuVersion, type CriuVersion } from '../src/criu/run/criu-version.js';
 import type { EndpointOptions } from '../src/link/endpoint-options.js';
 import { LinkListener } from '../src/link/listener.js';
 import { DestinationRole } from './destination-role.js';
-import { hookReplyLine, hookSocketPath, type HookReply, type HookRequest } from './hook-protocol.js';
+import { hookReplyText, hookSocketPath, type HookReply, type HookRequest } from './hook-protocol.js';
 import { IncusClient } from './incus-client.js';
 import { IncusEvents } from './incus-events.js';
 import { IN_FLIGHT_FILE, InFlight } from './in-flight.js';
@@ -80,7 +80,7 @@ export class Agent {
           .then((reply) => {
             if ('error' in reply) log(reply.error);
             else if (reply.note) log(reply.note);
-            socket.end(hookReplyLine(reply));
+            socket.end(hookReplyText(reply));
           });
       });
     });

@@ -3,8 +3,6 @@ import { join } from 'node:path';
 import { MIGRATION_ID_FILE } from './hook-protocol.js';
 import { shellWord } from './shell-words.js';
 
-/** The hook's agent client exits with this when the agent says the CRIU call must fail. */
-export const REFUSED_EXIT = 75;
 /** How long the hook waits for the agent's answer, by call (the restore's waits for the pages). */
 const DUMP_ANSWER_S = 30;
 const RESTORE_ANSWER_S = 6 * 60;
@@ -15,18 +13,41 @@ const PERL = '/usr/bin/perl';
 const MARK = '# haul-criu-hook';
 
 /**
- * What the hook runs to ask the agent: perl (Debian's perl-base is Essential, and it starts in a few
- * milliseconds; Node takes 0.12 s here, and the restore's call is inside the container's downtime).
- * Arguments: the agent's socket, then CRIU's. It sends the request as one JSON line, prints the
- * agent's arguments as shell words, and exits 0; REFUSED_EXIT (saying why on stderr) when the agent
- * says the call must fail; 3 when no agent answers in time. No single quote may appear in it.
+ * What the hook becomes for a dump or a restore: perl (Debian's perl-base is Essential, and it
+ * starts in a few milliseconds; Node takes 0.12 s here, and the restore's call is inside the
+ * container's downtime). Arguments: the real CRIU, the agent's socket, then CRIU's. It sends the
+ * request as one JSON line, reads the reply (plugin/hook-protocol.ts), and execs CRIU with the
+ * agent's arguments, in this same process: liblxc looks for the restored init among its own
+ * children. A `ps-socket` in the reply is connected here and handed to CRIU as --ps-socket, the one
+ * descriptor left open across the exec. It exits 1 (saying why on stderr) when the agent says the
+ * call must fail, and runs CRIU unchanged when no agent answers in time, unless the restore needs
+ * the pages haul moved. No single quote may appear in it.
  */
-const ASK_AGENT = String.raw`
+const ASK_AGENT_THEN_EXEC = String.raw`
+use Socket;
+use Fcntl;
+my $criu = shift @ARGV;
 my $path = shift @ARGV;
 my @args = @ARGV;
 sub js { my $v = shift; $v =~ s/(["\\])/\\$1/g; $v =~ s/([\x00-\x1f])/sprintf("\\u%04x", ord $1)/ge; return "\"$v\""; }
-sub native { print STDERR "haul hook: $_[0]; running criu $args[0] unchanged\n"; exit 3; }
-use Socket;
+sub run_criu {
+  alarm 0; # a pending alarm and an ignored signal would outlive the exec
+  $SIG{PIPE} = "DEFAULT"; $SIG{ALRM} = "DEFAULT";
+  exec { $criu } $criu, @_;
+  print STDERR "haul hook: cannot run $criu: $!\n"; exit 1;
+}
+sub needs_haul {
+  return 0 unless $args[0] eq "restore";
+  my $dir; for my $i (0 .. $#args - 1) { $dir = $args[$i + 1] if $args[$i] eq "-D"; }
+  return defined $dir && -f "$dir/${MIGRATION_ID_FILE}";
+}
+sub native {
+  print STDERR "haul hook: $_[0]; running criu $args[0] unchanged\n";
+  # a restore whose pages went through haul cannot run without haul: say so rather than let CRIU
+  # fail on missing pages (the file is the one the source agent leaves in the checkpoint directory)
+  if (needs_haul()) { print STDERR "haul: this restore needs the pages haul moved, and no haul agent answered\n"; exit 1; }
+  run_criu(@args);
+}
 $SIG{PIPE} = "IGNORE"; # an agent gone mid-request: a failed write, said on stderr, not a silent death
 socket(my $s, PF_UNIX, SOCK_STREAM, 0) or native("no socket: $!");
 connect($s, pack_sockaddr_un($path)) or native("the haul agent at $path does not answer: $!");
@@ -41,18 +62,41 @@ for (my $sent = 0; $sent < length $request;) {
 my $line = <$s>;
 native("the haul agent at $path closed without answering") unless defined $line;
 chomp $line;
-if ($line =~ /^args (.*)$/s) { print "$1\n"; exit 0; }
-if ($line =~ /^error (.*)$/s) { print STDERR "$1\n"; exit ${REFUSED_EXIT}; }
-native("the haul agent at $path answered something else");
+if ($line =~ /^error (.*)$/s) { print STDERR "$1\n"; exit 1; }
+my $page_server;
+if ($line =~ /^ps-socket (.+)$/s) {
+  my $ps_path = $1;
+  socket($page_server, PF_UNIX, SOCK_STREAM, 0) or native("no socket: $!");
+  # no fallback past this point: the agent waits for this dump on its page server
+  connect($page_server, pack_sockaddr_un($ps_path)) or do { print STDERR "haul hook: cannot reach haul page server at $ps_path: $!\n"; exit 1; };
+  my $flags = fcntl($page_server, F_GETFD, 0);
+  fcntl($page_server, F_SETFD, $flags & ~FD_CLOEXEC);
+  $line = <$s>;
+  native("the haul agent at $path stopped in the middle of its answer") unless defined $line;
+  chomp $line;
+}
+native("the haul agent at $path answered something else") unless $line =~ /^args (\d+)$/;
+my @new;
+{
+  local $/ = "\0";
+  for (1 .. $1) {
+    my $arg = <$s>;
+    native("the haul agent at $path stopped in the middle of its answer") unless defined $arg && chomp($arg);
+    push @new, $arg;
+  }
+}
+close $s;
+push @new, "--ps-socket", fileno($page_server) if defined $page_server;
+run_criu(@new);
 `;
 
 /**
- * The hook liblxc runs as `criu`: POSIX sh with the perl above (liblxc needs the real CRIU to
- * replace it, so it must end in an exec). It prints nothing on stdout (liblxc parses `criu
- * --version` there), passes every call but the final dump and the restore straight to the real
- * CRIU, asks the haul agent about those two, and ends in an exec of CRIU with the agent's
- * arguments. With no agent socket, or no agent answering, the call runs unchanged and the move
- * stays native; a restore whose pages went through haul then fails, saying why.
+ * The hook liblxc runs as `criu`: POSIX sh, then the perl above (liblxc needs the real CRIU to
+ * replace it, so it ends in an exec). It prints nothing on stdout (liblxc parses `criu --version`
+ * there), passes every call but the final dump and the restore straight to the real CRIU, and
+ * becomes the perl for those two, which asks the haul agent and becomes CRIU. With no agent socket,
+ * or no agent answering, the call runs unchanged and the move stays native; a restore whose pages
+ * went through haul then fails, saying why.
  */
 export function hookScript(realCriu: string): string {
   return `#!/bin/sh
@@ -63,26 +107,18 @@ case "\${1:-}" in
   *) exec "$real_criu" "$@" ;;
 esac
 socket="\${INCUS_DIR:-/var/lib/incus}/haul-agent.sock"
-# a restore whose pages went through haul cannot run without haul: say so rather than let CRIU fail
-# on missing pages (the file is the one the source agent leaves in Incus' checkpoint directory)
-needs_haul() {
-  [ "$1" = restore ] || return 1
-  dir=; previous=
-  for arg in "$@"; do [ "$previous" = -D ] && dir=$arg; previous=$arg; done
-  [ -n "$dir" ] && [ -f "$dir/${MIGRATION_ID_FILE}" ]
-}
 if ! [ -S "$socket" ]; then
-  needs_haul "$@" && { echo "haul: this restore needs the pages haul moved, and no haul agent listens at $socket" >&2; exit 1; }
+  if [ "$1" = restore ]; then
+    dir=; previous=
+    for arg in "$@"; do [ "$previous" = -D ] && dir=$arg; previous=$arg; done
+    if [ -n "$dir" ] && [ -f "$dir/${MIGRATION_ID_FILE}" ]; then
+      echo "haul: this restore needs the pages haul moved, and no haul agent listens at $socket" >&2
+      exit 1
+    fi
+  fi
   exec "$real_criu" "$@"
 fi
-ask_agent=${shellWord(ASK_AGENT)}
-args=$(${PERL} -e "$ask_agent" "$socket" "$@" </dev/null)
-case $? in
-  0) eval "set -- $args" ;;
-  ${REFUSED_EXIT}) exit 1 ;;  # the agent says this call must fail (it said why on stderr)
-  *) needs_haul "$@" && { echo "haul: this restore needs the pages haul moved, and no haul agent answered" >&2; exit 1; } ;;
-esac
-exec "$real_criu" "$@"
+exec ${PERL} -e ${shellWord(ASK_AGENT_THEN_EXEC)} "$real_criu" "$socket" "$@"
 `;
 }
 

@@ -22,7 +22,7 @@ import type { IncusEvent } from './incus-events.js';
 import type { InFlight, MigrationProgress } from './in-flight.js';
 import type { MigrationRecord, MigrationRecords } from './migration-records.js';
 import { repairFailedArrival } from './arrival-repair.js';
-import { RestoreWatch, parentOf, type RestoreOutcome } from './restore-watch.js';
+import { RestoreWatch, type RestoreOutcome } from './restore-watch.js';
 
 /** How long an instance counts as being received after its "Creating instance" operation was seen. */
 const EXPECTED_FOR_MS = 10 * 60_000;
@@ -218,8 +218,8 @@ export class DestinationRole {
         return { error: reason };
       }
     }
-    // the hook's parent is the hook itself, which becomes CRIU when it execs
-    const criuPid = callerPid === undefined ? undefined : parentOf(callerPid);
+    // the hook asking is the process that becomes CRIU when it execs
+    const criuPid = callerPid;
     const watch = criuPid === undefined ? undefined : await RestoreWatch.create(join(this.cacheDir, `restore-${id}`));
     const timeoutMs = entry.restoreTimeoutMs || this.restoreTimeoutMs;
     void this.reportRestore(entry, record, eager, watch && criuPid ? { watch, criuPid, timeoutMs } : undefined, lazy);

@@ -1,5 +1,3 @@
-import { shellWords } from './shell-words.js';
-
 /**
  * What the CRIU hook asks the local agent over the agent's unix socket, one JSON line:
  * the CRIU call liblxc made (`dump` or `restore` and its arguments), and the arguments to exec
@@ -12,17 +10,29 @@ export interface HookRequest {
   readonly pid?: number;
 }
 
-export type HookReply = { readonly args: readonly string[]; readonly note?: string } | { readonly error: string };
+export type HookReply =
+  | {
+      readonly args: readonly string[];
+      /**
+       * A unix socket the hook connects to and hands CRIU as `--ps-socket FD` (after `args`, which
+       * then hold --page-server): haul's page server for the dump.
+       */
+      readonly pageServerSocket?: string;
+      readonly note?: string;
+    }
+  | { readonly error: string };
 
 /**
- * The reply as the hook reads it, one line: `args ` and the arguments as shell words for
- * `eval "set -- …"`, or `error ` and why the call must fail (on one line). The hook is sh and a few
- * lines of perl (Debian's perl-base is Essential): no JSON parser there, and no Node either, whose
- * start alone costs 0.12 s here, inside the restore's downtime.
+ * The reply as the hook reads it: `error ` and why the call must fail, on one line; or an optional
+ * `ps-socket PATH` line, then `args N` and the N arguments, each ended by a NUL (no argument of a
+ * program can hold one). The hook is sh and a few lines of perl (Debian's perl-base is Essential):
+ * no JSON parser there, and no Node either, whose start alone costs 0.12 s here, inside the
+ * restore's downtime.
  */
-export function hookReplyLine(reply: HookReply): string {
+export function hookReplyText(reply: HookReply): string {
   if ('error' in reply) return `error ${reply.error.replace(/\s*\n\s*/g, ' ')}\n`;
-  return `args ${shellWords(reply.args)}\n`;
+  const socket = reply.pageServerSocket === undefined ? '' : `ps-socket ${reply.pageServerSocket.replace(/\n/g, '')}\n`;
+  return `${socket}args ${reply.args.length}\n${reply.args.map((arg) => `${arg.replace(/\0/g, '')}\0`).join('')}`;
 }
 
 /** Written into Incus' checkpoint directory: Incus carries it to the destination's restore directory. */

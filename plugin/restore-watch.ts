@@ -88,12 +88,6 @@ exit 0
   }
 }
 
-/** The parent of a process, or undefined once it is gone. */
-export function parentOf(pid: number): number | undefined {
-  const stat = statFields(pid);
-  return stat ? Number(stat[1]) : undefined;
-}
-
 function startTimeOf(pid: number): string | undefined {
   return statFields(pid)?.[19];
 }

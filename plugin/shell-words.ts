@@ -2,8 +2,3 @@
 export function shellWord(value: string): string {
   return `'${value.replace(/'/g, `'\\''`)}'`;
 }
-
-/** Values as sh words for `eval "set -- …"`, or for a script haul writes. */
-export function shellWords(values: readonly string[]): string {
-  return values.map(shellWord).join(' ');
-}

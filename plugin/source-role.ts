@@ -1,5 +1,5 @@
 import { randomUUID } from 'node:crypto';
-import { readdir, rm, stat, writeFile } from 'node:fs/promises';
+import { mkdir, readdir, rm, stat, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import type { Writable } from 'node:stream';
 import { pipeline } from 'node:stream/promises';
@@ -14,7 +14,8 @@ import { dialLink } from '../src/link/dialer.js';
 import type { EndpointOptions } from '../src/link/endpoint-options.js';
 import { ChannelKind } from '../src/link/frame.js';
 import type { LinkSession } from '../src/link/session.js';
-import { dumpToLink } from '../proxy/dump-to-link.js';
+import { fitsUnixSocketPath } from '../src/criu/page-server/connection.js';
+import { dumpToLink, dumpToLinkLocal, type DumpToLink } from '../proxy/dump-to-link.js';
 import { FaultQueue, moveLazyPages } from '../proxy/lazy-source.js';
 import { DISK_CHANGES_FILE } from '../proxy/cache-store.js';
 import { packDiskChanges } from '../proxy/disk-changes-pack.js';
@@ -59,7 +60,7 @@ interface Outgoing {
   readonly control: Writable;
   /** The destination's answers, on the control channel it opens. */
   readonly answers: ControlInbox;
-  readonly forward: Awaited<ReturnType<typeof dumpToLink>>;
+  readonly forward: DumpToLink;
   /** Incus' checkpoint directory, the dump's -D. */
   readonly dir: string;
   readonly record: Omit<MigrationRecord, 'totalMs' | 'result'>;
@@ -142,24 +143,32 @@ export class SourceRole {
           continue;
         }
         const layout = headerLayoutFor(version);
-        const forward = await dumpToLink(session, layout);
+        const workDir = join(this.workDir, id);
+        await mkdir(workDir, { recursive: true, mode: 0o700 });
+        // pre-copy: a unix socket, which CRIU cannot cork (proxy/dump-to-link.ts); lazy: TCP, the
+        // only page server CRIU 4.1.1 can serve lazy pages from afterwards
+        const socketPath = join(workDir, 'page-server.sock');
+        const tcp = mode === 'lazy' || !fitsUnixSocketPath(socketPath) ? await dumpToLink(session, layout) : undefined;
+        const forward: DumpToLink = tcp ?? (await dumpToLinkLocal(session, layout, socketPath));
         await writeFile(join(dir, MIGRATION_ID_FILE), `${JSON.stringify({ id, source: peer.name, mode })}\n`, { mode: 0o644 });
         const record = { ...base, id, peer: peer.name };
         const progress = this.inFlight.start({ id, instance: instance.name, role: 'source', peer: peer.name, mode, phase: 'dumping', pages: 0, startedAt: startedAt.toISOString() });
         const counting = setInterval(() => this.inFlight.update(progress, { pages: forward.pages.pagesSent }), 500);
         void forward.received.finally(() => clearInterval(counting)).catch(() => {});
-        const pageServer = ['--page-server', '--address', '127.0.0.1', '--port', String(forward.port)];
+        const pageServer = tcp ? ['--page-server', '--address', '127.0.0.1', '--port', String(tcp.port)] : ['--page-server'];
+        const pageServerSocket = tcp ? {} : { pageServerSocket: socketPath };
         this.log(`${instance.name}: dump pages go to ${peer.name} through haul (${mode}, migration ${id})`);
         const outgoing: Outgoing = { session, control: control.writable, answers, forward, dir, record, startedAt, progress, disk };
         const incusScript = argumentOf(args, '--action-script')!;
         const ownScript = (script: string): string[] => args.map((arg, at) => (args[at - 1] === '--action-script' ? script : arg));
         if (mode === 'precopy') {
-          const observed = await ObservedPostDump.create(join(this.workDir, id), incusScript);
+          const observed = await ObservedPostDump.create(workDir, incusScript);
           void this.follow(outgoing, observed);
-          return { args: [...ownScript(observed.scriptPath), ...pageServer] };
+          return { args: [...ownScript(observed.scriptPath), ...pageServer], ...pageServerSocket };
         }
-        const actions = await LazyEarlyActions.create(join(this.workDir, id), incusScript);
-        void this.followLazy(outgoing, faults, actions, layout);
+        if (!tcp) throw new Error('a lazy dump needs a TCP page server');
+        const actions = await LazyEarlyActions.create(workDir, incusScript);
+        void this.followLazy(outgoing, faults, actions, layout, tcp.port);
         return { args: [...ownScript(actions.scriptPath), '--lazy-pages', ...pageServer] };
       } catch (error) {
         refusals.push(`${peer.name}: ${error instanceof Error ? error.message : String(error)}`);
@@ -272,7 +281,8 @@ export class SourceRole {
    * when the destination has every page and Incus' own post-dump step reported the restore; on any
    * failure a bad header makes CRIU resume it.
    */
-  private async followLazy(outgoing: Outgoing, faults: FaultQueue, actions: LazyEarlyActions, layout: HeaderLayout): Promise<void> {
+  /** `lazyPort`: where CRIU serves the lazy pages once post-dump returns (the dump's page-server port). */
+  private async followLazy(outgoing: Outgoing, faults: FaultQueue, actions: LazyEarlyActions, layout: HeaderLayout, lazyPort: number): Promise<void> {
     const { session, control, answers, forward, record, startedAt, progress } = outgoing;
     let lazyServer: Socket | undefined;
     let incusFailure: string | undefined;
@@ -287,7 +297,7 @@ export class SourceRole {
     try {
       const { pages: eager, checkpointPageFiles } = await this.pagesStored(outgoing);
       await Promise.race([actions.statusReady, sleep(LAZY_SERVER_MS).then(() => Promise.reject(new Error(`CRIU's lazy page server did not start within ${LAZY_SERVER_MS / 1000} s`)))]);
-      lazyServer = connect(forward.port, '127.0.0.1');
+      lazyServer = connect(lazyPort, '127.0.0.1');
       await new Promise((resolve, reject) => lazyServer!.once('connect', resolve).once('error', reject));
       const client = new LazyPagesClient(lazyServer, layout);
       const total = forward.pages.lazyRuns.reduce((sum, run) => sum + run.nrPages, 0);
@@ -320,7 +330,7 @@ export class SourceRole {
         // past its page-server session CRIU goes on to post-dump (which haul's script passes) and
         // would wait for a lazy client forever: be that client, with a bad header
         void Promise.race([actions.statusReady.then(() => true), sleep(LAZY_SERVER_MS).then(() => false)]).then((listening) => {
-          if (listening) connect(forward.port, '127.0.0.1').on('error', () => {}).end(Buffer.from([0xff]));
+          if (listening) connect(lazyPort, '127.0.0.1').on('error', () => {}).end(Buffer.from([0xff]));
         });
       }
       if (session.isOpen) session.abort(reason);

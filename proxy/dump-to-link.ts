@@ -1,18 +1,24 @@
 import type { Socket } from 'node:net';
-import { acceptOne } from '../src/criu/page-server/connection.js';
+import { acceptOne, acceptOneLocal } from '../src/criu/page-server/connection.js';
 import { receiveDump, type DumpSummary } from '../src/criu/page-server/dump-receiver.js';
 import type { HeaderLayout } from '../src/criu/page-server/protocol.js';
 import type { LinkSession } from '../src/link/session.js';
 import { LinkPagemapSink } from './pages-to-link.js';
 
 /**
- * haul's page server for one `criu dump --page-server` (with or without --lazy-pages) on
- * loopback: every pagemap and page CRIU sends goes straight onto the link. `received` settles when
- * CRIU has closed its page-server session (all pages are on the link) or the session failed.
+ * haul's page server for one `criu dump --page-server` (with or without --lazy-pages), on loopback
+ * TCP or on a unix socket: every pagemap and page CRIU sends goes straight onto the link.
+ * `received` settles when CRIU has closed its page-server session (all pages are on the link) or
+ * the session failed.
+ *
+ * Where CRIU can take it, the unix socket (`--ps-socket`) is the better one: CRIU corks its TCP
+ * connection to the page server (criu/page-xfer.c connect_to_page_server) and flushes it only when
+ * it waits for an answer, so the last pagemap's entries and the CLOSE sit in the cork until the
+ * kernel's 200 ms timer sends them, inside the container's freeze. A unix socket has no cork.
+ * CRIU 4.1.1 cannot use --ps-socket with --lazy-pages: it closes the socket at the end of the dump
+ * and then serves lazy pages on the same, closed, descriptor.
  */
 export interface DumpToLink {
-  /** The port to give CRIU (--page-server --address 127.0.0.1 --port). */
-  readonly port: number;
   readonly pages: LinkPagemapSink;
   readonly received: Promise<DumpSummary>;
   /**
@@ -24,8 +30,19 @@ export interface DumpToLink {
   abandon(): void;
 }
 
-export async function dumpToLink(session: LinkSession, layout: HeaderLayout): Promise<DumpToLink> {
+/** CRIU connects to `port` on 127.0.0.1 (--page-server --address 127.0.0.1 --port). */
+export async function dumpToLink(session: LinkSession, layout: HeaderLayout): Promise<DumpToLink & { readonly port: number }> {
   const server = await acceptOne('127.0.0.1', 0);
+  return { ...forwardDump(session, layout, server), port: server.port };
+}
+
+/** CRIU is handed a socket connected to `path` (--page-server --ps-socket FD). */
+export async function dumpToLinkLocal(session: LinkSession, layout: HeaderLayout, path: string): Promise<DumpToLink & { readonly path: string }> {
+  const server = await acceptOneLocal(path);
+  return { ...forwardDump(session, layout, server), path };
+}
+
+function forwardDump(session: LinkSession, layout: HeaderLayout, server: { readonly connection: Promise<Socket>; close(): void }): DumpToLink {
   const pages = new LinkPagemapSink(session);
   let criuSocket: Socket | undefined;
   const received = server.connection.then((socket) => receiveDump((criuSocket = socket), layout, pages));
@@ -36,7 +53,6 @@ export async function dumpToLink(session: LinkSession, layout: HeaderLayout): Pr
   });
   failed.catch(() => {});
   return {
-    port: server.port,
     pages,
     received,
     failed,

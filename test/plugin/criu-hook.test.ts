@@ -5,7 +5,7 @@ import { createInterface } from 'node:readline';
 import { promisify } from 'node:util';
 import { afterEach, describe, expect, it } from 'vitest';
 import { installHook, uninstallHook } from '../../plugin/criu-hook.js';
-import { hookReplyLine, type HookReply, type HookRequest } from '../../plugin/hook-protocol.js';
+import { hookReplyText, type HookReply, type HookRequest } from '../../plugin/hook-protocol.js';
 
 import { scratchDir } from '../support/scratch.js';
 
@@ -34,7 +34,7 @@ async function runHook(hook: string, incusDir: string, args: string[]): Promise<
 
 function fakeAgent(incusDir: string, answer: (request: HookRequest) => HookReply): Promise<Server> {
   const server = createServer((socket) => {
-    createInterface({ input: socket }).once('line', (line) => socket.end(hookReplyLine(answer(JSON.parse(line) as HookRequest))));
+    createInterface({ input: socket }).once('line', (line) => socket.end(hookReplyText(answer(JSON.parse(line) as HookRequest))));
   });
   return new Promise((resolve) => server.listen(`${incusDir}/haul-agent.sock`, () => resolve(server)));
 }
@@ -105,6 +105,44 @@ describe('the CRIU hook that haul agent install puts first on incusd\'s PATH', (
     const odd = ['dump', '-D', 'a "quoted" \\ back\\slash', "it's", 'tab\there', 'ünï', '$(touch /tmp/no)'];
     expect(await runHook(hook, incusDir, odd)).toMatchObject({ code: 0, lines: odd });
     expect(asked).toEqual([{ call: 'dump', pid: expect.any(Number), args: odd }]);
+  });
+
+  it('becomes CRIU in the process that asked, so liblxc finds the restore among its own children', async () => {
+    const { dir, incusDir, remove } = setUp();
+    cleanups.push(remove);
+    const realCriu = `${dir}/pid-criu`;
+    writeFileSync(realCriu, '#!/bin/sh\necho "pid $$"\n', { mode: 0o755 });
+    const hook = await installHook(`${dir}/hook`, realCriu);
+    const asked: HookRequest[] = [];
+    const agent = await fakeAgent(incusDir, (request) => (asked.push(request), { args: request.args }));
+    cleanups.push(() => agent.close());
+    const run = await runHook(hook, incusDir, ['restore', '-D', '/tmp/r']);
+    expect(run.lines).toEqual([`pid ${asked[0]?.pid}`]);
+  });
+
+  it('hands CRIU a connected page-server socket as --ps-socket', async () => {
+    const { dir, incusDir, remove } = setUp();
+    cleanups.push(remove);
+    // writes through the descriptor it is given
+    const realCriu = `${dir}/ps-criu`;
+    writeFileSync(realCriu, '#!/bin/sh\nfor a in "$@"; do echo "$a"; done\neval "fd=\\${$#}"\necho "through the socket" >&$fd\n', { mode: 0o755 });
+    const hook = await installHook(`${dir}/hook`, realCriu);
+    const pageServerPath = `${dir}/page-server.sock`;
+    const received = new Promise<string>((resolve) => {
+      const pageServer = createServer((socket) => {
+        let text = '';
+        socket.on('data', (chunk: Buffer) => (text += chunk.toString())).on('end', () => resolve(text));
+      });
+      pageServer.listen(pageServerPath);
+      cleanups.push(() => pageServer.close());
+    });
+    const agent = await fakeAgent(incusDir, (request) => ({ args: [...request.args, '--page-server'], pageServerSocket: pageServerPath }));
+    cleanups.push(() => agent.close());
+    const run = await runHook(hook, incusDir, ['dump', '-t', '42', '-D', '/tmp/d']);
+    expect(run.code).toBe(0);
+    expect(run.lines.slice(0, 6)).toEqual(['dump', '-t', '42', '-D', '/tmp/d', '--page-server']);
+    expect(run.lines.slice(5, 7)).toEqual(['--page-server', '--ps-socket']);
+    expect(await received).toBe('through the socket\n');
   });
 
   it('fails a restore whose pages went through haul when no agent can place them, and says why', async () => {

@@ -1,5 +1,6 @@
-/** One TCP connection at a time, as CRIU's page server takes them, and writes that respect backpressure. */
-import { createServer, type Socket } from 'node:net';
+/** One connection at a time (TCP, or a unix socket for --ps-socket), as CRIU's page server takes them, and writes that respect backpressure. */
+import { chmod } from 'node:fs/promises';
+import { createServer, type Server, type Socket } from 'node:net';
 import type { Duplex } from 'node:stream';
 
 /** A listening socket that takes exactly one connection, as CRIU's page server does. */
@@ -10,7 +11,36 @@ export interface OneConnectionListener {
   close(): void;
 }
 
+/** The same on a unix socket: for `criu dump --ps-socket`, whose process connects to `path`. */
+export interface OneLocalConnectionListener {
+  readonly path: string;
+  readonly connection: Promise<Socket>;
+  close(): void;
+}
+
 export async function acceptOne(host: string, port: number): Promise<OneConnectionListener> {
+  const listening = await listenOnce((server) => server.listen(port, host));
+  const address = listening.server.address();
+  if (address === null || typeof address === 'string') throw new Error('listening socket has no TCP port');
+  return { port: address.port, connection: listening.connection, close: () => listening.close(`${host}:${address.port}`) };
+}
+
+/**
+ * `path` must not exist (a stale socket is the caller's to remove) and must fit a sockaddr_un
+ * (see `fitsUnixSocketPath`).
+ */
+export async function acceptOneLocal(path: string): Promise<OneLocalConnectionListener> {
+  const listening = await listenOnce((server) => server.listen(path));
+  await chmod(path, 0o600);
+  return { path, connection: listening.connection, close: () => listening.close(path) };
+}
+
+/** sun_path holds 108 bytes with the terminating NUL. */
+export function fitsUnixSocketPath(path: string): boolean {
+  return Buffer.byteLength(path) < 108;
+}
+
+async function listenOnce(listen: (server: Server) => void): Promise<{ server: Server; connection: Promise<Socket>; close(where: string): void }> {
   // a deep read buffer lets Node drain CRIU's bursts in one turn of the event loop instead of one
   // 64 KiB read per turn, which held a dump to a third of CRIU's own page-server rate
   const server = createServer({ pauseOnConnect: true, highWaterMark: 4 * 1024 * 1024 });
@@ -19,23 +49,21 @@ export async function acceptOne(host: string, port: number): Promise<OneConnecti
   connection.catch(() => {});
   server.once('connection', (socket) => {
     server.close();
-    socket.setNoDelay(true);
+    socket.setNoDelay(true); // a no-op on unix sockets
     settle?.resolve(socket);
   });
   server.once('error', (error) => settle?.reject(error));
   await new Promise<void>((resolve, reject) => {
     server.once('listening', resolve);
     server.once('error', reject);
-    server.listen(port, host);
+    listen(server);
   });
-  const address = server.address();
-  if (address === null || typeof address === 'string') throw new Error('listening socket has no TCP port');
   return {
-    port: address.port,
+    server,
     connection,
-    close: () => {
+    close: (where) => {
       server.close();
-      settle?.reject(new Error(`stopped listening on ${host}:${address.port} before a connection came`));
+      settle?.reject(new Error(`stopped listening on ${where} before a connection came`));
     },
   };
 }
