@@ -74,7 +74,7 @@ export class Agent {
       lines.once('line', (line) => {
         void (async (): Promise<HookReply> => {
           const request = JSON.parse(line) as HookRequest;
-          return request.call === 'dump' ? source.dump(request.args) : destination.restore(request.args, request.pid);
+          return request.call === 'dump' ? source.dump(request.args, request.pid) : destination.restore(request.args, request.pid);
         })()
           .catch((error: Error): HookReply => ({ error: `haul agent: ${error.message}` }))
           .then((reply) => {

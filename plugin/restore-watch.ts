@@ -1,11 +1,12 @@
 import { execFile } from 'node:child_process';
-import { constants, openSync, readFileSync } from 'node:fs';
+import { constants, openSync } from 'node:fs';
 import { chmod, mkdir, rm, writeFile } from 'node:fs/promises';
 import { Socket } from 'node:net';
 import { join } from 'node:path';
 import { createInterface } from 'node:readline';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { promisify } from 'node:util';
+import { identify, isRunning } from './process-identity.js';
 import { shellWord } from './shell-words.js';
 
 export type RestoreOutcome = { readonly ok: true; readonly pid: number } | { readonly ok: false; readonly error: string };
@@ -62,15 +63,14 @@ exit 0
 
   /** Follows the restore running as process `pid` (the hook's, which becomes CRIU) to its end. */
   async outcome(pid: number, timeoutMs: number): Promise<RestoreOutcome> {
-    const started = startTimeOf(pid);
+    const criu = identify(pid);
     const deadline = Date.now() + timeoutMs;
     let resumedPid: number | undefined;
     void this.resumed.then((init) => (resumedPid = init));
     try {
       for (;;) {
         if (resumedPid !== undefined) return { ok: true, pid: resumedPid };
-        const now = statFields(pid);
-        if (started === undefined || !now || now[19] !== started || now[0] === 'Z') {
+        if (!criu || !isRunning(criu)) {
           await sleep(POLL_MS); // the action's line may still be on its way through the FIFO
           if (resumedPid !== undefined) return { ok: true, pid: resumedPid };
           return { ok: false, error: 'criu restore ended without resuming the container (see its restore.log in the restore directory)' };
@@ -85,20 +85,6 @@ exit 0
       this.events.destroy();
       await rm(this.dir, { recursive: true, force: true });
     }
-  }
-}
-
-function startTimeOf(pid: number): string | undefined {
-  return statFields(pid)?.[19];
-}
-
-/** /proc/PID/stat from field 3 on (after the command name, which may hold spaces). */
-function statFields(pid: number): string[] | undefined {
-  try {
-    const text = readFileSync(`/proc/${pid}/stat`, 'utf8');
-    return text.slice(text.lastIndexOf(')') + 2).split(' ');
-  } catch {
-    return undefined;
   }
 }
 

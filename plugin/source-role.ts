@@ -14,13 +14,16 @@ import { dialLink } from '../src/link/dialer.js';
 import type { EndpointOptions } from '../src/link/endpoint-options.js';
 import { ChannelKind } from '../src/link/frame.js';
 import type { LinkSession } from '../src/link/session.js';
-import { fitsUnixSocketPath } from '../src/criu/page-server/connection.js';
+import { fitsUnixSocketPath, freeLoopbackPort } from '../src/criu/page-server/connection.js';
+import { lazyRunsIn } from '../src/criu/images/pagemap.js';
 import { dumpToLink, dumpToLinkLocal, type DumpToLink } from '../proxy/dump-to-link.js';
+import { sendImageFiles } from '../proxy/images-to-link.js';
 import { FaultQueue, moveLazyPages } from '../proxy/lazy-source.js';
 import { DISK_CHANGES_FILE } from '../proxy/cache-store.js';
 import { packDiskChanges } from '../proxy/disk-changes-pack.js';
 import type { InFlight, MigrationProgress } from './in-flight.js';
 import { ObservedPostDump } from './observed-post-dump.js';
+import { identify, isRunning, type ProcessIdentity } from './process-identity.js';
 import { LazyEarlyActions } from './lazy-early-actions.js';
 import { MIGRATION_ID_FILE, argumentOf, type HookReply } from './hook-protocol.js';
 import type { IncusClient, IncusInstance } from './incus-client.js';
@@ -29,6 +32,8 @@ import type { MigrationRecord, MigrationRecords } from './migration-records.js';
 const PEER_ANSWER_MS = 10_000;
 const PAGES_STORED_MS = 10 * 60_000;
 const LAZY_SERVER_MS = 60_000;
+/** How often a lazy dump's CRIU is looked at until post-dump. */
+const DUMP_POLL_MS = 250;
 /** How long after Incus' post-dump step the destination's own report of the restore may take. */
 const RESTORE_REPORT_MS = 30_000;
 /** A migration's action scripts are kept this long, then swept when the next one starts. */
@@ -60,8 +65,7 @@ interface Outgoing {
   readonly control: Writable;
   /** The destination's answers, on the control channel it opens. */
   readonly answers: ControlInbox;
-  readonly forward: DumpToLink;
-  /** Incus' checkpoint directory, the dump's -D. */
+  /** Incus' checkpoint directory, the dump's -D as liblxc gives it. */
   readonly dir: string;
   readonly record: Omit<MigrationRecord, 'totalMs' | 'result'>;
   readonly startedAt: Date;
@@ -106,7 +110,8 @@ export class SourceRole {
     private readonly inFlight: InFlight,
   ) {}
 
-  async dump(args: readonly string[]): Promise<HookReply> {
+  /** `callerPid`: the hook's process, which becomes CRIU. */
+  async dump(args: readonly string[], callerPid?: number): Promise<HookReply> {
     const pid = Number(argumentOf(args, '-t'));
     const dir = argumentOf(args, '-D');
     // not the final dump of a live move, or someone else already chose where pages go
@@ -145,31 +150,38 @@ export class SourceRole {
         const layout = headerLayoutFor(version);
         const workDir = join(this.workDir, id);
         await mkdir(workDir, { recursive: true, mode: 0o700 });
-        // pre-copy: a unix socket, which CRIU cannot cork (proxy/dump-to-link.ts); lazy: TCP, the
-        // only page server CRIU 4.1.1 can serve lazy pages from afterwards
-        const socketPath = join(workDir, 'page-server.sock');
-        const tcp = mode === 'lazy' || !fitsUnixSocketPath(socketPath) ? await dumpToLink(session, layout) : undefined;
-        const forward: DumpToLink = tcp ?? (await dumpToLinkLocal(session, layout, socketPath));
         await writeFile(join(dir, MIGRATION_ID_FILE), `${JSON.stringify({ id, source: peer.name, mode })}\n`, { mode: 0o644 });
         const record = { ...base, id, peer: peer.name };
         const progress = this.inFlight.start({ id, instance: instance.name, role: 'source', peer: peer.name, mode, phase: 'dumping', pages: 0, startedAt: startedAt.toISOString() });
-        const counting = setInterval(() => this.inFlight.update(progress, { pages: forward.pages.pagesSent }), 500);
-        void forward.received.finally(() => clearInterval(counting)).catch(() => {});
-        const pageServer = tcp ? ['--page-server', '--address', '127.0.0.1', '--port', String(tcp.port)] : ['--page-server'];
-        const pageServerSocket = tcp ? {} : { pageServerSocket: socketPath };
         this.log(`${instance.name}: dump pages go to ${peer.name} through haul (${mode}, migration ${id})`);
-        const outgoing: Outgoing = { session, control: control.writable, answers, forward, dir, record, startedAt, progress, disk };
+        const outgoing: Outgoing = { session, control: control.writable, answers, dir, record, startedAt, progress, disk };
         const incusScript = argumentOf(args, '--action-script')!;
-        const ownScript = (script: string): string[] => args.map((arg, at) => (args[at - 1] === '--action-script' ? script : arg));
+        const replaced = (flag: string, value: string, from: readonly string[]): string[] => from.map((arg, at) => (from[at - 1] === flag ? value : arg));
         if (mode === 'precopy') {
+          // CRIU sends every page to haul's page server, on a unix socket CRIU cannot cork
+          // (proxy/dump-to-link.ts)
+          const socketPath = join(workDir, 'page-server.sock');
+          const local = fitsUnixSocketPath(socketPath);
+          const forward = local ? await dumpToLinkLocal(session, layout, socketPath) : await dumpToLink(session, layout);
+          const counting = setInterval(() => this.inFlight.update(progress, { pages: forward.pages.pagesSent }), 500);
+          void forward.received.finally(() => clearInterval(counting)).catch(() => {});
           const observed = await ObservedPostDump.create(workDir, incusScript);
-          void this.follow(outgoing, observed);
-          return { args: [...ownScript(observed.scriptPath), ...pageServer], ...pageServerSocket };
+          void this.follow(outgoing, forward, observed);
+          const pageServer = 'port' in forward ? ['--page-server', '--address', '127.0.0.1', '--port', String(forward.port)] : ['--page-server'];
+          return { args: [...replaced('--action-script', observed.scriptPath, args), ...pageServer], ...(local ? { pageServerSocket: socketPath } : {}) };
         }
-        if (!tcp) throw new Error('a lazy dump needs a TCP page server');
-        const actions = await LazyEarlyActions.create(workDir, incusScript);
-        void this.followLazy(outgoing, faults, actions, layout, tcp.port);
-        return { args: [...ownScript(actions.scriptPath), '--lazy-pages', ...pageServer] };
+        // Lazy: CRIU 4.1.1 cannot take a --ps-socket with --lazy-pages, and on TCP it corks its
+        // page-server connection (proxy/dump-to-link.ts) and the end of the dump would wait for the
+        // kernel's cork timer inside the freeze. So the dump writes to haul's own directory, and
+        // at post-dump its images but the page data move into Incus' (LazyEarlyActions); the few
+        // pages that cannot be lazy go over the link as files.
+        const dumpDir = join(workDir, 'images');
+        await mkdir(dumpDir, { mode: 0o700 });
+        const lazyPort = await freeLoopbackPort();
+        const actions = await LazyEarlyActions.create(workDir, incusScript, { dumpDir, checkpointDir: dir });
+        void this.followLazy(outgoing, faults, actions, layout, { dumpDir, lazyPort, criu: callerPid === undefined ? undefined : identify(callerPid) });
+        const lazyArgs = replaced('-D', dumpDir, replaced('--action-script', actions.scriptPath, args));
+        return { args: [...lazyArgs, '--lazy-pages', '--address', '127.0.0.1', '--port', String(lazyPort)] };
       } catch (error) {
         refusals.push(`${peer.name}: ${error instanceof Error ? error.message : String(error)}`);
         if (session?.isOpen) session.abort('the source gave up on this peer');
@@ -212,28 +224,49 @@ export class SourceRole {
   }
 
   /**
-   * Both modes: waits for CRIU to hand over the pages it sends through the page server, then until
-   * the destination says it stored them all. Returns how many, and what Incus' checkpoint
-   * directory holds of page data (nothing, if all went through haul).
+   * Both modes, once CRIU has handed over what haul sends (the container still frozen): the disk
+   * changes where the pool needs them, then the count of what was sent, then until the
+   * destination says it stored it all.
    */
-  private async pagesStored({ session, control, answers, forward, dir, progress, disk, record }: Outgoing): Promise<{ pages: number; checkpointPageFiles: number }> {
-    // pages stop flowing when the link fails, and CRIU would wait on its page-server session forever
-    const summary = await Promise.race([forward.received, forward.failed]);
-    const checkpointPageFiles = (await readdir(dir)).filter((name) => /^pages-.*\.img$/.test(name)).length;
+  private async imagesStored({ session, control, answers, progress, disk, record }: Outgoing, sent: { readonly pages: number; readonly files: number; readonly pageStreams: number }): Promise<void> {
     if (disk) {
       // the memory is dumped and the container still frozen: its disk holds still
-      this.inFlight.update(progress, { pages: summary.pagesReceived, phase: 'sending the disk changes since the snapshot' });
+      this.inFlight.update(progress, { pages: sent.pages, phase: 'sending the disk changes since the snapshot' });
       const packed = packDiskChanges(disk.root, disk.sinceMs);
       await pipeline(packed.tar, session.openChannel(ChannelKind.FILESYSTEM_TAR, DISK_CHANGES_FILE).writable);
-      const sent = await packed.done;
-      const skipped = sent.skipped.length ? `; not carried (device nodes, fifos, sockets): ${sent.skipped.slice(0, 10).join(', ')}` : '';
-      this.log(`${record.instance}: disk changes since the snapshot sent: ${sent.files} files (${sent.bytes} bytes), ${sent.symlinks} symlinks, ${sent.directories} directories${skipped}`);
+      const carried = await packed.done;
+      const skipped = carried.skipped.length ? `; not carried (device nodes, fifos, sockets): ${carried.skipped.slice(0, 10).join(', ')}` : '';
+      this.log(`${record.instance}: disk changes since the snapshot sent: ${carried.files} files (${carried.bytes} bytes), ${carried.symlinks} symlinks, ${carried.directories} directories${skipped}`);
     }
-    this.inFlight.update(progress, { pages: summary.pagesReceived, phase: 'waiting for the destination to store the pages and restore' });
-    await sendControl(control, { images_complete: { files: 0, page_streams: forward.pages.pageStreams, bytes: 0n, filesystem_tars: disk ? 1 : 0 } });
+    this.inFlight.update(progress, { pages: sent.pages, phase: 'waiting for the destination to store the pages and restore' });
+    await sendControl(control, { images_complete: { files: sent.files, page_streams: sent.pageStreams, bytes: 0n, filesystem_tars: disk ? 1 : 0 } });
     const stored = await answers.next('images_stored', PAGES_STORED_MS);
     if (!stored.ok) throw new Error(`the destination could not store the pages: ${stored.error}`);
-    return { pages: summary.pagesReceived, checkpointPageFiles };
+  }
+
+  /**
+   * Until the lazy dump is over and its images are in Incus' directory; fails when the link does,
+   * or when CRIU ends without getting there (it failed, and the source runs on).
+   */
+  private async dumpOver(actions: LazyEarlyActions, session: LinkSession, criu: ProcessIdentity | undefined): Promise<void> {
+    let over = false;
+    const aborted = new Promise<never>((_, reject) => session.once('aborted', (error: Error) => reject(error)));
+    aborted.catch(() => {});
+    const criuEnded = (async (): Promise<never> => {
+      while (!over && (!criu || isRunning(criu))) await sleep(DUMP_POLL_MS);
+      throw new Error('criu dump ended before its post-dump step: the dump failed (see its log in the instance\'s log directory)');
+    })();
+    criuEnded.catch(() => {});
+    try {
+      await Promise.race([actions.postDump, aborted, criuEnded]);
+    } finally {
+      over = true;
+    }
+  }
+
+  /** How many page-data files Incus' checkpoint directory holds (none, when every page went through haul). */
+  private async checkpointPageFiles(dir: string): Promise<number> {
+    return (await readdir(dir)).filter((name) => /^pages-.*\.img$/.test(name)).length;
   }
 
   /**
@@ -242,13 +275,17 @@ export class SourceRole {
    * both reported the restore, for the record. When they disagree, that is Incus 6.0.4 reporting
    * a failed restore as a success: the record says so.
    */
-  private async follow(outgoing: Outgoing, observed: ObservedPostDump): Promise<void> {
-    const { session, control, answers, forward, record, startedAt, progress } = outgoing;
+  private async follow(outgoing: Outgoing, forward: DumpToLink, observed: ObservedPostDump): Promise<void> {
+    const { session, control, answers, dir, record, startedAt, progress } = outgoing;
     let stored = false;
     try {
       const restoreReport = answers.next('restore_result', PAGES_STORED_MS).then((result) => ({ result, at: Date.now() }));
       restoreReport.catch(() => {});
-      const { pages, checkpointPageFiles } = await this.pagesStored(outgoing);
+      // pages stop flowing when the link fails, and CRIU would wait on its page-server session forever
+      const summary = await Promise.race([forward.received, forward.failed]);
+      const pages = summary.pagesReceived;
+      const checkpointPageFiles = await this.checkpointPageFiles(dir);
+      await this.imagesStored(outgoing, { pages, files: 0, pageStreams: forward.pages.pageStreams });
       stored = true;
       this.inFlight.update(progress, { phase: 'restoring on the destination' });
       const incusStatus = await observed.incusPostDump();
@@ -276,14 +313,15 @@ export class SourceRole {
   }
 
   /**
-   * Lazy: the eager pages and pagemaps first (as pre-copy), then, once CRIU's lazy page server
-   * listens, every lazy page, faults first. The source ends (its page-server session closes) only
-   * when the destination has every page and Incus' own post-dump step reported the restore; on any
-   * failure a bad header makes CRIU resume it.
+   * Lazy: once the dump is over, the pages that could not be lazy (as files) and the disk changes;
+   * then, once CRIU's lazy page server listens on `lazyPort`, every lazy page, faults first. The
+   * source ends (its page-server session closes) only when the destination has every page and
+   * Incus' own post-dump step reported the restore; on any failure a bad header makes CRIU resume
+   * it. `criu`: the dump's process, so that a dump that fails before post-dump is not waited for.
    */
-  /** `lazyPort`: where CRIU serves the lazy pages once post-dump returns (the dump's page-server port). */
-  private async followLazy(outgoing: Outgoing, faults: FaultQueue, actions: LazyEarlyActions, layout: HeaderLayout, lazyPort: number): Promise<void> {
-    const { session, control, answers, forward, record, startedAt, progress } = outgoing;
+  private async followLazy(outgoing: Outgoing, faults: FaultQueue, actions: LazyEarlyActions, layout: HeaderLayout, dump: { readonly dumpDir: string; readonly lazyPort: number; readonly criu: ProcessIdentity | undefined }): Promise<void> {
+    const { session, control, answers, dir, record, startedAt, progress } = outgoing;
+    const { dumpDir, lazyPort } = dump;
     let lazyServer: Socket | undefined;
     let incusFailure: string | undefined;
     void actions.incusPostDump.then((status) => status !== 0 && (incusFailure = `Incus' post-dump step failed (${status}): the destination did not restore`));
@@ -295,15 +333,22 @@ export class SourceRole {
       () => {},
     );
     try {
-      const { pages: eager, checkpointPageFiles } = await this.pagesStored(outgoing);
+      await this.dumpOver(actions, session, dump.criu);
+      const isPageData = (name: string): boolean => /^pages-\d+\.img$/.test(name);
+      const eagerBytes = await sumSizes(dumpDir, isPageData);
+      const eager = eagerBytes / PAGE_SIZE;
+      const checkpointPageFiles = await this.checkpointPageFiles(dir);
+      const lazyRuns = await lazyRunsIn(dir); // the pagemaps went with the other images
+      const { files } = await sendImageFiles(session, dumpDir, isPageData);
+      await this.imagesStored(outgoing, { pages: eager, files, pageStreams: 0 });
       await Promise.race([actions.statusReady, sleep(LAZY_SERVER_MS).then(() => Promise.reject(new Error(`CRIU's lazy page server did not start within ${LAZY_SERVER_MS / 1000} s`)))]);
       lazyServer = connect(lazyPort, '127.0.0.1');
       await new Promise((resolve, reject) => lazyServer!.once('connect', resolve).once('error', reject));
       const client = new LazyPagesClient(lazyServer, layout);
-      const total = forward.pages.lazyRuns.reduce((sum, run) => sum + run.nrPages, 0);
+      const total = lazyRuns.reduce((sum, run) => sum + run.nrPages, 0);
       this.log(`${record.instance}: ${total} lazy pages to move`);
       this.inFlight.update(progress, { phase: 'restored on the destination; moving its memory', pages: eager, totalPages: eager + total });
-      const pulled = await moveLazyPages(session, client, forward.pages.lazyRuns, faults, {
+      const pulled = await moveLazyPages(session, client, lazyRuns, faults, {
         stop: () => incusFailure ?? restoreFailure,
         onPages: (moved) => this.inFlight.update(progress, { pages: eager + moved }),
       });
@@ -326,9 +371,8 @@ export class SourceRole {
       // page-server connection fails the dump itself
       if (lazyServer) lazyServer.end(Buffer.from([0xff]));
       else {
-        forward.abandon();
-        // past its page-server session CRIU goes on to post-dump (which haul's script passes) and
-        // would wait for a lazy client forever: be that client, with a bad header
+        // past post-dump (which haul's script passes) CRIU would wait for a lazy client forever:
+        // be that client, with a bad header
         void Promise.race([actions.statusReady.then(() => true), sleep(LAZY_SERVER_MS).then(() => false)]).then((listening) => {
           if (listening) connect(lazyPort, '127.0.0.1').on('error', () => {}).end(Buffer.from([0xff]));
         });
@@ -339,6 +383,16 @@ export class SourceRole {
     } finally {
       this.inFlight.end(record.id);
       await actions.close();
+      // the page data haul sent; the rest of the directory is swept later (CRIU writes its stats
+      // there as it ends)
+      for (const name of await readdir(dumpDir).catch(() => [])) if (/^pages-\d+\.img$/.test(name)) await rm(join(dumpDir, name), { force: true });
     }
   }
+}
+
+/** The total size of the files in `dir` that `only` takes. */
+async function sumSizes(dir: string, only: (name: string) => boolean): Promise<number> {
+  let bytes = 0;
+  for (const name of (await readdir(dir)).filter(only)) bytes += (await stat(join(dir, name))).size;
+  return bytes;
 }

@@ -12,10 +12,10 @@ export interface SentImages {
 
 /**
  * Sends a dump directory's image files to the cache, one channel each, streamed from disk. Logs
- * are not images and stay behind.
+ * are not images and stay behind; so does every file `only` (when given) turns down.
  */
-export async function sendImageFiles(session: LinkSession, dir: string): Promise<SentImages> {
-  const names = (await readdir(dir)).filter((name) => !name.endsWith('.log')).sort();
+export async function sendImageFiles(session: LinkSession, dir: string, only: (name: string) => boolean = () => true): Promise<SentImages> {
+  const names = (await readdir(dir)).filter((name) => !name.endsWith('.log') && only(name)).sort();
   let bytes = 0;
   let files = 0;
   await Promise.all(

@@ -1,5 +1,5 @@
 import { createWriteStream, type WriteStream } from 'node:fs';
-import { open, type FileHandle } from 'node:fs/promises';
+import { open, readdir, type FileHandle } from 'node:fs/promises';
 import { join } from 'node:path';
 import { once } from 'node:events';
 import { PAGE_SIZE, PageFlag, type PagemapTarget } from '../page-server/protocol.js';
@@ -58,6 +58,28 @@ export async function readPagemap(dir: string, target: PagemapTarget): Promise<P
     if (entry.flags & PageFlag.PRESENT) offset += entry.nrPages * PAGE_SIZE;
   }
   return { pagesId, entries };
+}
+
+/** A run of pages `criu dump --lazy-pages` left in the dumped task's memory, for its lazy page server. */
+export interface LazyRun {
+  readonly pid: number;
+  readonly vaddr: bigint;
+  readonly nrPages: number;
+}
+
+/**
+ * The lazy runs of a `criu dump --lazy-pages` written to `dir`: entries of the task pagemaps that
+ * are LAZY and not PRESENT (their pages are not in the pages image; criu/page-xfer.c).
+ */
+export async function lazyRunsIn(dir: string): Promise<LazyRun[]> {
+  const runs: LazyRun[] = [];
+  const pids = (await readdir(dir)).map((name) => /^pagemap-(\d+)\.img$/.exec(name)?.[1]).filter((pid) => pid !== undefined).map(Number).sort((a, b) => a - b);
+  for (const pid of pids) {
+    for (const entry of (await readPagemap(dir, { type: 'pid', id: pid })).entries) {
+      if (entry.flags & PageFlag.LAZY && !(entry.flags & PageFlag.PRESENT)) runs.push({ pid, vaddr: entry.vaddr, nrPages: entry.nrPages });
+    }
+  }
+  return runs;
 }
 
 async function write(stream: WriteStream, bytes: Buffer): Promise<void> {
