@@ -143,6 +143,9 @@ export class DestinationRole {
         if (!this.incoming.has(id)) return;
         this.inFlight.end(id);
         void discardImages(dir);
+        // kept a while, so that a restore Incus still starts fails at once, saying why, instead of
+        // waiting for pages that will not come; then forgotten
+        setTimeout(() => this.incoming.get(id)?.session === session && this.incoming.delete(id), PAGES_WAIT_MS).unref();
       });
       this.arrivals.splice(0).forEach((wake) => wake());
       await sendControl(answers.writable, { migration_accepted: { ok: true, error: '' } });
