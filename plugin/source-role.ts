@@ -367,8 +367,7 @@ export class SourceRole {
       await this.records.add({ ...record, pages, bytes: pages * PAGE_SIZE, checkpointPageFiles, totalMs: Date.now() - startedAt.getTime(), ...(downtimeMs === undefined ? {} : { downtimeMs }), result: 'moved' });
     } catch (error) {
       const reason = error instanceof Error ? error.message : String(error);
-      // a bad header fails CRIU's lazy session and it resumes the source; before that, a dropped
-      // page-server connection fails the dump itself
+      // a bad header fails CRIU's lazy session and it resumes the source
       if (lazyServer) lazyServer.end(Buffer.from([0xff]));
       else {
         // past post-dump (which haul's script passes) CRIU would wait for a lazy client forever:

@@ -2,9 +2,10 @@ import { Readable } from 'node:stream';
 import { describe, expect, it } from 'vitest';
 import { encodeImage, ImageReader, MAX_ENTRY_SIZE } from '../../src/criu/images/image-file.js';
 import { TypeMagic, type ImageHeader } from '../../src/criu/images/magic.js';
-import { entryFromMessage, entryToMessage, PAGEMAP_HEADER } from '../../src/criu/images/pagemap.js';
+import { entryFromMessage, entryToMessage, lazyRunsIn, PAGEMAP_HEADER, PagemapWriter } from '../../src/criu/images/pagemap.js';
 import { Entries, ImageFormatError } from '../../src/criu/images/schemas.js';
-import { PageFlag } from '../../src/criu/page-server/protocol.js';
+import { PAGE_SIZE, PageFlag } from '../../src/criu/page-server/protocol.js';
+import { scratchDir } from '../support/scratch.js';
 
 const PSTREE: ImageHeader = { kind: 'common', typeMagic: TypeMagic.PSTREE };
 const open = (bytes: Buffer, expected?: ImageHeader): Promise<ImageReader> => ImageReader.open(Readable.from([bytes]), 'test.img', expected);
@@ -68,5 +69,29 @@ describe('pagemap entries', () => {
     const bytes = Entries.pagemapEntry.encode(entryToMessage(entry));
     expect(entryFromMessage(Entries.pagemapEntry.decode(bytes))).toEqual(entry);
     expect(Entries.pagemapEntry.decode(bytes)).not.toHaveProperty('nr_pages');
+  });
+
+  it('name the runs a lazy dump left at the source: task pagemaps\' LAZY runs without data, no shared memory', async () => {
+    const scratch = scratchDir('lazy-runs');
+    try {
+      const page = Buffer.alloc(PAGE_SIZE, 7);
+      const task = await PagemapWriter.create(scratch.path, { type: 'pid', id: 12 }, 1);
+      await task.add({ vaddr: 0x1000n, nrPages: 1, flags: PageFlag.PRESENT }, Readable.from([page]));
+      await task.add({ vaddr: 0x400000n, nrPages: 3, flags: PageFlag.LAZY });
+      await task.add({ vaddr: 0x7ff000n, nrPages: 1, flags: PageFlag.LAZY | PageFlag.PRESENT }, Readable.from([page]));
+      await task.close();
+      const other = await PagemapWriter.create(scratch.path, { type: 'pid', id: 3 }, 2);
+      await other.add({ vaddr: 0x9000n, nrPages: 2, flags: PageFlag.LAZY });
+      await other.close();
+      const shmem = await PagemapWriter.create(scratch.path, { type: 'shmem', id: 5 }, 3);
+      await shmem.add({ vaddr: 0n, nrPages: 4, flags: PageFlag.LAZY });
+      await shmem.close();
+      expect(await lazyRunsIn(scratch.path)).toEqual([
+        { pid: 3, vaddr: 0x9000n, nrPages: 2 },
+        { pid: 12, vaddr: 0x400000n, nrPages: 3 },
+      ]);
+    } finally {
+      scratch.remove();
+    }
   });
 });

@@ -1,0 +1,72 @@
+import { execFile } from 'node:child_process';
+import { mkdirSync, readdirSync, readFileSync, writeFileSync } from 'node:fs';
+import { setTimeout as sleep } from 'node:timers/promises';
+import { promisify } from 'node:util';
+import { afterEach, describe, expect, it } from 'vitest';
+import { LazyEarlyActions } from '../../plugin/lazy-early-actions.js';
+import { scratchDir } from '../support/scratch.js';
+
+const run = promisify(execFile);
+
+/** Runs the action script as CRIU does: CRTOOLS_SCRIPT_ACTION in the environment. */
+async function act(script: string, action: string): Promise<number> {
+  try {
+    await run(script, [], { env: { PATH: '/usr/bin:/bin', CRTOOLS_SCRIPT_ACTION: action } });
+    return 0;
+  } catch (error) {
+    return (error as { code: number }).code;
+  }
+}
+
+describe("the action script of a lazy Incus dump (haul's own image directory)", () => {
+  const cleanups: Array<() => void> = [];
+  afterEach(() => cleanups.splice(0).reverse().forEach((cleanup) => cleanup()));
+
+  function setUp(incusScriptBody: string) {
+    const scratch = scratchDir('lazy-actions');
+    cleanups.push(scratch.remove);
+    const dumpDir = `${scratch.path}/images`;
+    const checkpointDir = `${scratch.path}/checkpoint`;
+    mkdirSync(dumpDir);
+    mkdirSync(checkpointDir);
+    const incusScript = `${scratch.path}/incus-action.sh`;
+    writeFileSync(incusScript, `#!/bin/sh\necho "$CRTOOLS_SCRIPT_ACTION" >> ${scratch.path}/incus-ran\n${incusScriptBody}\n`, { mode: 0o755 });
+    return { dir: scratch.path, dumpDir, checkpointDir, incusScript };
+  }
+
+  it("at post-dump moves every image but the page data into Incus' directory, then starts Incus' step without waiting for it", async () => {
+    const { dir, dumpDir, checkpointDir, incusScript } = setUp('sleep 1; exit 3');
+    for (const name of ['inventory.img', 'pstree.img', 'pagemap-1.img', 'pagemap-shmem-9.img', 'pages-1.img', 'pages-2.img', 'name with space.img']) writeFileSync(`${dumpDir}/${name}`, name);
+    const actions = await LazyEarlyActions.create(`${dir}/work`, incusScript, { dumpDir, checkpointDir });
+    cleanups.push(() => void actions.close());
+    const started = Date.now();
+    expect(await act(actions.scriptPath, 'post-dump')).toBe(0);
+    expect(Date.now() - started).toBeLessThan(900); // Incus' step (1 s here) runs on, detached
+    await actions.postDump;
+    expect(readdirSync(dumpDir).sort()).toEqual(['pages-1.img', 'pages-2.img']);
+    expect(readdirSync(checkpointDir).sort()).toEqual(['inventory.img', 'name with space.img', 'pagemap-1.img', 'pagemap-shmem-9.img', 'pstree.img']);
+    expect(readFileSync(`${checkpointDir}/pstree.img`, 'utf8')).toBe('pstree.img');
+    expect(await actions.incusPostDump).toBe(3);
+    expect(readFileSync(`${dir}/incus-ran`, 'utf8')).toBe('post-dump\n');
+  });
+
+  it("fails post-dump, and starts nothing of Incus', when the images cannot be moved", async () => {
+    const { dir, dumpDir, incusScript } = setUp('exit 0');
+    writeFileSync(`${dumpDir}/pstree.img`, 'x');
+    const actions = await LazyEarlyActions.create(`${dir}/work`, incusScript, { dumpDir, checkpointDir: `${dir}/no-such-dir` });
+    cleanups.push(() => void actions.close());
+    expect(await act(actions.scriptPath, 'post-dump')).not.toBe(0);
+    await sleep(200);
+    expect(readdirSync(dir)).not.toContain('incus-ran');
+  });
+
+  it("passes CRIU's other actions to Incus' script and reports when the lazy page server listens", async () => {
+    const { dir, dumpDir, checkpointDir, incusScript } = setUp('exit 0');
+    const actions = await LazyEarlyActions.create(`${dir}/work`, incusScript, { dumpDir, checkpointDir });
+    cleanups.push(() => void actions.close());
+    expect(await act(actions.scriptPath, 'network-lock')).toBe(0);
+    expect(await act(actions.scriptPath, 'status-ready')).toBe(0);
+    await actions.statusReady;
+    expect(readFileSync(`${dir}/incus-ran`, 'utf8')).toBe('network-lock\nstatus-ready\n');
+  });
+});
