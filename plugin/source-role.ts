@@ -32,6 +32,8 @@ import type { MigrationRecord, MigrationRecords } from './migration-records.js';
 const PEER_ANSWER_MS = 10_000;
 const PAGES_STORED_MS = 10 * 60_000;
 const LAZY_SERVER_MS = 60_000;
+/** Lazy: how long the push of pages nobody faulted waits for the destination's restore report. */
+const PUSH_HOLD_MS = 10_000;
 /** How often a lazy dump's CRIU is looked at until post-dump. */
 const DUMP_POLL_MS = 250;
 /** How long after Incus' post-dump step the destination's own report of the restore may take. */
@@ -328,8 +330,8 @@ export class SourceRole {
     // haul's destination reports the restore itself too: Incus' word alone can call a failure a success
     let restoreFailure: string | undefined;
     let restoredAt: number | undefined;
-    void answers.next('restore_result', PAGES_STORED_MS).then(
-      (result) => (result.ok ? (restoredAt = Date.now()) : (restoreFailure = `the restore failed on the destination: ${result.error}`)),
+    const restoreReported = answers.next('restore_result', PAGES_STORED_MS).then(
+      (result) => void (result.ok ? (restoredAt = Date.now()) : (restoreFailure = `the restore failed on the destination: ${result.error}`)),
       () => {},
     );
     try {
@@ -350,6 +352,9 @@ export class SourceRole {
       this.inFlight.update(progress, { phase: 'restored on the destination; moving its memory', pages: eager, totalPages: eager + total });
       const pulled = await moveLazyPages(session, client, lazyRuns, faults, {
         stop: () => incusFailure ?? restoreFailure,
+        // while the destination restores, its faults alone: pushing the rest then (a whole
+        // container's memory at 1 GiB) slowed the restore and Incus' own steps on the way to it
+        pushFrom: Promise.race([restoreReported, actions.incusPostDump, sleep(PUSH_HOLD_MS)]),
         onPages: (moved) => this.inFlight.update(progress, { pages: eager + moved }),
       });
       this.inFlight.update(progress, { phase: "waiting for the destination's last page and Incus' restore report" });

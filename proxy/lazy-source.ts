@@ -57,15 +57,21 @@ function pushRequests(lazyRuns: readonly PageRun[]): PageRun[] {
  * destination: faults first, on the LAZY_ANSWERS channel the link sends ahead of bulk traffic, and
  * every other page behind them on a push channel, never asking CRIU for a page twice. Resolves with
  * the number of pages moved once every page of `lazyRuns` has; `stop()` returning a reason ends it
- * early.
+ * early. With `pushFrom`, only faults are answered until it settles: the pushing would take CPU
+ * and link from the restore it is meant to speed up, while the restore runs.
  */
 export async function moveLazyPages(
   session: LinkSession,
   client: LazyPagesClient,
   lazyRuns: readonly PageRun[],
   faults: FaultQueue,
-  options: { onPages?: (moved: number) => void; stop?: () => string | undefined } = {},
+  options: { onPages?: (moved: number) => void; stop?: () => string | undefined; pushFrom?: Promise<unknown> } = {},
 ): Promise<number> {
+  let pushing = options.pushFrom === undefined;
+  const pushStarts = (options.pushFrom ?? Promise.resolve()).then(
+    () => void (pushing = true),
+    () => void (pushing = true),
+  );
   const runs = pushRequests(lazyRuns);
   const answers = session.openChannel(ChannelKind.LAZY_ANSWERS, 'lazy-answers');
   const pushes = session.openChannel(ChannelKind.PAGES, LAZY_PUSH_CHANNEL);
@@ -86,7 +92,7 @@ export async function moveLazyPages(
     while (run && asked(run.pid, run.vaddr)) run = faults.shift();
     const fault = run !== undefined;
     // background pages wait while the push channel is full, so faults never queue behind them
-    if (!run && pushes.writable.writableNeedDrain) return undefined;
+    if (!run && (!pushing || pushes.writable.writableNeedDrain)) return undefined;
     while (!run && background < runs.length) {
       // a run may be partly asked for already (by a fault, or before a short answer)
       const candidate = runs[background]!;
@@ -115,7 +121,7 @@ export async function moveLazyPages(
     const oldest = inFlight.shift();
     if (!oldest) {
       if (background >= runs.length) break;
-      await Promise.race([faults.next(), ...(pushes.writable.writableNeedDrain ? [once(pushes.writable, 'drain')] : [])]);
+      await Promise.race([faults.next(), ...(pushing ? [] : [pushStarts]), ...(pushes.writable.writableNeedDrain ? [once(pushes.writable, 'drain')] : [])]);
       continue;
     }
     const answer = await oldest.answer;
