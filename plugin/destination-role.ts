@@ -7,6 +7,7 @@ import { ChannelKind } from '../src/link/frame.js';
 import type { LinkSession } from '../src/link/session.js';
 import type { Writable } from 'node:stream';
 import { acceptOne } from '../src/criu/page-server/connection.js';
+import { pagesStoredIn } from '../src/criu/images/pagemap.js';
 import { serveLazyPages } from '../src/criu/page-server/lazy-pages-server.js';
 import { startCriu } from '../src/criu/run/criu-process.js';
 import { RestoredTree } from '../src/criu/run/restored-tree.js';
@@ -203,7 +204,7 @@ export class DestinationRole {
       return { error: reason };
     }
     this.incoming.delete(id);
-    const eager = await countPages(entry.dir);
+    const eager = await pagesStoredIn(entry.dir);
     const record = { id, instance: entry.instance, role: 'destination' as const, peer: entry.peer, mode: entry.mode, startedAt: entry.startedAt.toISOString() };
     let lazy: Promise<number> | undefined;
     if (entry.mode === 'precopy') {
@@ -348,10 +349,4 @@ export class DestinationRole {
     delivered.catch(() => {});
     return { delivered }; // wrapped: a promise returned from an async function would be awaited
   }
-}
-
-async function countPages(dir: string): Promise<number> {
-  let bytes = 0;
-  for (const name of (await readdir(dir)).filter((n) => /^pages-.*\.img$/.test(n))) bytes += (await stat(join(dir, name))).size;
-  return bytes / PAGE_SIZE;
 }

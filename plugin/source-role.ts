@@ -15,7 +15,7 @@ import type { EndpointOptions } from '../src/link/endpoint-options.js';
 import { ChannelKind } from '../src/link/frame.js';
 import type { LinkSession } from '../src/link/session.js';
 import { fitsUnixSocketPath, freeLoopbackPort } from '../src/criu/page-server/connection.js';
-import { lazyRunsIn } from '../src/criu/images/pagemap.js';
+import { isPagesFileName, lazyRunsIn, pagesStoredIn } from '../src/criu/images/pagemap.js';
 import { dumpToLink, dumpToLinkLocal, type DumpToLink } from '../proxy/dump-to-link.js';
 import { sendImageFiles } from '../proxy/images-to-link.js';
 import { FaultQueue, moveLazyPages } from '../proxy/lazy-source.js';
@@ -268,7 +268,7 @@ export class SourceRole {
 
   /** How many page-data files Incus' checkpoint directory holds (none, when every page went through haul). */
   private async checkpointPageFiles(dir: string): Promise<number> {
-    return (await readdir(dir)).filter((name) => /^pages-.*\.img$/.test(name)).length;
+    return (await readdir(dir)).filter(isPagesFileName).length;
   }
 
   /**
@@ -336,12 +336,10 @@ export class SourceRole {
     );
     try {
       await this.dumpOver(actions, session, dump.criu);
-      const isPageData = (name: string): boolean => /^pages-\d+\.img$/.test(name);
-      const eagerBytes = await sumSizes(dumpDir, isPageData);
-      const eager = eagerBytes / PAGE_SIZE;
+      const eager = await pagesStoredIn(dumpDir);
       const checkpointPageFiles = await this.checkpointPageFiles(dir);
       const lazyRuns = await lazyRunsIn(dir); // the pagemaps went with the other images
-      const { files } = await sendImageFiles(session, dumpDir, isPageData);
+      const { files } = await sendImageFiles(session, dumpDir, isPagesFileName);
       await this.imagesStored(outgoing, { pages: eager, files, pageStreams: 0 });
       await Promise.race([actions.statusReady, sleep(LAZY_SERVER_MS).then(() => Promise.reject(new Error(`CRIU's lazy page server did not start within ${LAZY_SERVER_MS / 1000} s`)))]);
       lazyServer = connect(lazyPort, '127.0.0.1');
@@ -389,14 +387,7 @@ export class SourceRole {
       await actions.close();
       // the page data haul sent; the rest of the directory is swept later (CRIU writes its stats
       // there as it ends)
-      for (const name of await readdir(dumpDir).catch(() => [])) if (/^pages-\d+\.img$/.test(name)) await rm(join(dumpDir, name), { force: true });
+      for (const name of await readdir(dumpDir).catch(() => [])) if (isPagesFileName(name)) await rm(join(dumpDir, name), { force: true });
     }
   }
-}
-
-/** The total size of the files in `dir` that `only` takes. */
-async function sumSizes(dir: string, only: (name: string) => boolean): Promise<number> {
-  let bytes = 0;
-  for (const name of (await readdir(dir)).filter(only)) bytes += (await stat(join(dir, name))).size;
-  return bytes;
 }

@@ -2,10 +2,9 @@ import { copyFile, readdir } from 'node:fs/promises';
 import { join } from 'node:path';
 import { PAGE_SIZE, PageFlag } from '../page-server/protocol.js';
 import { FIRST_PAGES_ID } from './image-dir-sink.js';
-import { PagemapWriter, PagesFile, readPagemap } from './pagemap.js';
+import { PagemapWriter, PagesFile, isPagesFileName, readPagemap } from './pagemap.js';
 
 const TASK_PAGEMAP = /^pagemap-(\d+)\.img$/;
-const PAGES = /^pages-\d+\.img$/;
 
 export interface LazySplit {
   readonly eagerPages: number;
@@ -26,7 +25,7 @@ export async function splitForLazyRestore(dumpDir: string, restoreDir: string): 
   for (const name of await readdir(dumpDir)) {
     const task = TASK_PAGEMAP.exec(name);
     if (!task) {
-      if (!PAGES.test(name)) await copyFile(join(dumpDir, name), join(restoreDir, name));
+      if (!isPagesFileName(name)) await copyFile(join(dumpDir, name), join(restoreDir, name));
       continue;
     }
     const target = { type: 'pid', id: Number(task[1]) } as const;

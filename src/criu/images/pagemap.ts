@@ -1,5 +1,5 @@
 import { createWriteStream, type WriteStream } from 'node:fs';
-import { open, readdir, type FileHandle } from 'node:fs/promises';
+import { open, readdir, stat, type FileHandle } from 'node:fs/promises';
 import { join } from 'node:path';
 import { once } from 'node:events';
 import { PAGE_SIZE, PageFlag, type PagemapTarget } from '../page-server/protocol.js';
@@ -23,6 +23,18 @@ export function pagemapFileName(target: PagemapTarget): string {
 
 export function pagesFileName(pagesId: number): string {
   return `pages-${pagesId}.img`;
+}
+
+/** Whether `name` is a pages image (raw page data, as pagesFileName names them). */
+export function isPagesFileName(name: string): boolean {
+  return /^pages-\d+\.img$/.test(name);
+}
+
+/** How many pages of data the pages images in `dir` hold. */
+export async function pagesStoredIn(dir: string): Promise<number> {
+  let bytes = 0;
+  for (const name of (await readdir(dir)).filter(isPagesFileName)) bytes += (await stat(join(dir, name))).size;
+  return bytes / PAGE_SIZE;
 }
 
 // criu/pagemap.c init_compat_pagemap_entry: an entry without flags is PARENT if in_parent, else
