@@ -20,8 +20,8 @@ const MARK = '# haul-criu-hook';
  * agent's arguments, in this same process: liblxc looks for the restored init among its own
  * children. A `ps-socket` in the reply is connected here and handed to CRIU as --ps-socket, the one
  * descriptor left open across the exec. It exits 1 (saying why on stderr) when the agent says the
- * call must fail, and runs CRIU unchanged when no agent answers in time, unless the restore needs
- * the pages haul moved. No single quote may appear in it.
+ * call must fail, and runs CRIU unchanged when no agent listens or answers in time, unless the
+ * restore needs the pages haul moved. No single quote may appear in it.
  */
 const ASK_AGENT_THEN_EXEC = String.raw`
 use Socket;
@@ -41,13 +41,16 @@ sub needs_haul {
   my $dir; for my $i (0 .. $#args - 1) { $dir = $args[$i + 1] if $args[$i] eq "-D"; }
   return defined $dir && -f "$dir/${MIGRATION_ID_FILE}";
 }
+# runs CRIU unchanged, saying why ($why) unless no agent is installed here at all; but a restore
+# whose pages went through haul cannot run without haul: say so ($missing) rather than let CRIU fail
+# on missing pages (the file is the one the source agent leaves in the checkpoint directory)
 sub native {
-  print STDERR "haul hook: $_[0]; running criu $args[0] unchanged\n";
-  # a restore whose pages went through haul cannot run without haul: say so rather than let CRIU
-  # fail on missing pages (the file is the one the source agent leaves in the checkpoint directory)
-  if (needs_haul()) { print STDERR "haul: this restore needs the pages haul moved, and no haul agent answered\n"; exit 1; }
+  my ($why, $missing) = @_;
+  print STDERR "haul hook: $why; running criu $args[0] unchanged\n" if defined $why;
+  if (needs_haul()) { print STDERR "haul: this restore needs the pages haul moved, and " . ($missing // "no haul agent answered") . "\n"; exit 1; }
   run_criu(@args);
 }
+native(undef, "no haul agent listens at $path") unless -S $path;
 $SIG{PIPE} = "IGNORE"; # an agent gone mid-request: a failed write, said on stderr, not a silent death
 socket(my $s, PF_UNIX, SOCK_STREAM, 0) or native("no socket: $!");
 connect($s, pack_sockaddr_un($path)) or native("the haul agent at $path does not answer: $!");
@@ -96,7 +99,7 @@ run_criu(@new);
  * there), passes every call but the final dump and the restore straight to the real CRIU, and
  * becomes the perl for those two, which asks the haul agent and becomes CRIU. With no agent socket,
  * or no agent answering, the call runs unchanged and the move stays native; a restore whose pages
- * went through haul then fails, saying why.
+ * went through haul then fails, saying why (the perl decides both).
  */
 export function hookScript(realCriu: string): string {
   return `#!/bin/sh
@@ -107,17 +110,6 @@ case "\${1:-}" in
   *) exec "$real_criu" "$@" ;;
 esac
 socket="\${INCUS_DIR:-/var/lib/incus}/haul-agent.sock"
-if ! [ -S "$socket" ]; then
-  if [ "$1" = restore ]; then
-    dir=; previous=
-    for arg in "$@"; do [ "$previous" = -D ] && dir=$arg; previous=$arg; done
-    if [ -n "$dir" ] && [ -f "$dir/${MIGRATION_ID_FILE}" ]; then
-      echo "haul: this restore needs the pages haul moved, and no haul agent listens at $socket" >&2
-      exit 1
-    fi
-  fi
-  exec "$real_criu" "$@"
-fi
 exec ${PERL} -e ${shellWord(ASK_AGENT_THEN_EXEC)} "$real_criu" "$socket" "$@"
 `;
 }
