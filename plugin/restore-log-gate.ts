@@ -1,0 +1,101 @@
+import { spawn, type ChildProcess } from 'node:child_process';
+import { createInterface } from 'node:readline';
+
+/** Part of Debian's perl-base, which is Essential. */
+const PERL = '/usr/bin/perl';
+/** How long the gate waits for its word before the agent is taken to be gone. */
+const READY_MS = 10_000;
+
+/**
+ * The gatekeeper, a detached perl process (it must outlive the agent). Arguments: the gate's path
+ * (where incusd reads CRIU's restore log), the log CRIU really writes, and the longest wait in
+ * seconds. It makes the gate a FIFO it holds open, says `ready`, and waits for a line on stdin, or
+ * its end (the agent is gone), or the longest wait. Then it puts a copy of the log in the FIFO's
+ * place (later opens read the file) and writes the log into the FIFO for whoever opened it
+ * meanwhile, giving up after 30 s without a reader.
+ */
+const GATEKEEPER = String.raw`
+use POSIX ();
+use Fcntl;
+my ($gate, $log, $max_wait) = @ARGV;
+$SIG{PIPE} = "IGNORE"; $SIG{HUP} = "IGNORE"; $SIG{INT} = "IGNORE";
+$| = 1;
+unlink $gate;
+POSIX::mkfifo($gate, 0600) or do { print "error cannot make the FIFO $gate: $!\n"; exit 1; };
+sysopen(my $fifo, $gate, O_RDWR | O_NONBLOCK) or do { print "error cannot open $gate: $!\n"; unlink $gate; exit 1; };
+print "ready\n";
+eval {
+  local $SIG{ALRM} = sub { die "late\n" };
+  local $SIG{TERM} = sub { die "ended\n" };
+  alarm $max_wait;
+  my $word = <STDIN>;
+  alarm 0;
+};
+my $copy = "$gate.haul-copy";
+if (open(my $out, ">", $copy)) {
+  if (open(my $in, "<", $log)) { local $/ = \65536; while (my $chunk = <$in>) { print $out $chunk; } }
+  close $out;
+  rename $copy, $gate or unlink $copy;
+}
+open(my $in, "<", $log) or exit 0;
+my $progress = time;
+while (sysread($in, my $chunk, 65536)) {
+  my $at = 0;
+  while ($at < length $chunk) {
+    my $n = syswrite($fifo, $chunk, length($chunk) - $at, $at);
+    if (defined $n) { $at += $n; $progress = time; next; }
+    exit 0 unless $!{EAGAIN} && time - $progress < 30;
+    my $writable = ""; vec($writable, fileno($fifo), 1) = 1;
+    select(undef, $writable, undef, 1);
+  }
+}
+exit 0;
+`;
+
+/**
+ * Holds back incusd's reading of CRIU's restore log until haul lets it go. Incus 6.0.4 reads that
+ * log (collectCRIULogFile, then getCRIULogErrors in driver_lxc.go's migrate) after CRIU has ended
+ * and before it reports the restore; and its MigrateReceive can report a failed restore as a
+ * success when nothing has cancelled the migration by then (the state goroutine closes
+ * stateTransferDone before its errgroup cancels the context), after which `incus move` deletes the
+ * source. So CRIU writes its log into haul's directory, the name Incus reads is a FIFO, and what
+ * reads it waits until haul has had the migration cancelled. The gatekeeper is a process of its
+ * own: if the agent dies, it lets go at once, and no incusd waits on a dead agent.
+ */
+export class RestoreLogGate {
+  private released = false;
+
+  private constructor(private readonly keeper: ChildProcess) {}
+
+  /** Makes `gatePath` the gate for the log CRIU writes at `logPath`; lets go after `maxWaitMs` in any case. */
+  static async open(gatePath: string, logPath: string, maxWaitMs: number): Promise<RestoreLogGate> {
+    const keeper = spawn(PERL, ['-e', GATEKEEPER, gatePath, logPath, String(Math.ceil(maxWaitMs / 1000))], { detached: true, stdio: ['pipe', 'pipe', 'ignore'] });
+    keeper.stdin!.on('error', () => {});
+    const lines = createInterface({ input: keeper.stdout! });
+    try {
+      const first = await new Promise<string>((resolve, reject) => {
+        const late = setTimeout(() => reject(new Error(`the restore log's gatekeeper did not start within ${READY_MS / 1000} s`)), READY_MS);
+        lines.once('line', (line) => (clearTimeout(late), resolve(line)));
+        keeper.once('error', (error) => (clearTimeout(late), reject(error)));
+        keeper.once('exit', (code) => (clearTimeout(late), reject(new Error(`the restore log's gatekeeper ended (${code}) before it was ready`))));
+      });
+      if (first !== 'ready') throw new Error(`the restore log's gatekeeper: ${first.replace(/^error /, '')}`);
+    } catch (error) {
+      keeper.kill('SIGKILL');
+      throw error;
+    } finally {
+      lines.close();
+      keeper.stdout!.destroy();
+    }
+    keeper.unref();
+    (keeper.stdin as unknown as { unref(): void }).unref(); // the agent's end of it, open until release
+    return new RestoreLogGate(keeper);
+  }
+
+  /** Lets incusd read the log (idempotent). */
+  release(): void {
+    if (this.released) return;
+    this.released = true;
+    this.keeper.stdin!.end('release\n');
+  }
+}
