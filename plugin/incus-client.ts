@@ -70,6 +70,12 @@ export class IncusClient {
     return { type: answer.type, metadata: answer.metadata as T };
   }
 
+  /** incusd's own pid, and the addresses it listens on for other servers (host:port). */
+  async server(): Promise<{ readonly pid: number; readonly addresses: readonly string[] }> {
+    const { environment } = await this.get<{ environment: { server_pid: number; addresses?: string[] | null } }>('/1.0');
+    return { pid: environment.server_pid, addresses: environment.addresses ?? [] };
+  }
+
   instances(): Promise<IncusInstance[]> {
     return this.get<IncusInstance[]>('/1.0/instances?recursion=2&all-projects=true');
   }

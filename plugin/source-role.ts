@@ -128,6 +128,8 @@ export class SourceRole {
       return { args };
     }
     const id = randomUUID();
+    // where the destination's incusd reaches this one for Incus' own migration (see DestinationRole.cutIncusMigration)
+    const managerAddresses = this.incus.server().then((server) => [...server.addresses], () => []);
     await this.sweepWorkDir();
     const version = await this.criuVersion();
     const disk = await this.diskCatchUp(instance, pid, startedAt);
@@ -142,7 +144,7 @@ export class SourceRole {
         const control = session.openChannel(ChannelKind.CONTROL, 'migration');
         const version3 = `${version.major}.${version.minor}.${version.patch}`;
         const linkMode = mode === 'lazy' ? 'lazy' : 'pre-copy';
-        await sendControl(control.writable, { migration_start: { mode: linkMode, pid, criu_version: version3, instance: instance.name, migration_id: id, source_host: this.hostName, restore_timeout_ms: restoreTimeoutMs(instance) } });
+        await sendControl(control.writable, { migration_start: { mode: linkMode, pid, criu_version: version3, instance: instance.name, migration_id: id, source_host: this.hostName, restore_timeout_ms: restoreTimeoutMs(instance), manager_addresses: await managerAddresses } });
         const accepted = await answers.next('migration_accepted', PEER_ANSWER_MS);
         if (!accepted.ok) {
           refusals.push(`${peer.name}: ${accepted.error}`);

@@ -92,7 +92,7 @@ async function startMigration(options: MigrateOptions, mode: 'pre-copy' | 'lazy'
   const gate = await PostDumpGate.create(workDir);
   const control = session.openChannel(ChannelKind.CONTROL, 'migration');
   const criuVersionText = `${version.major}.${version.minor}.${version.patch}`;
-  await sendControl(control.writable, { migration_start: { mode, pid: options.pid, criu_version: criuVersionText, instance: '', migration_id: '', source_host: '', restore_timeout_ms: 0 } });
+  await sendControl(control.writable, { migration_start: { mode, pid: options.pid, criu_version: criuVersionText, instance: '', migration_id: '', source_host: '', restore_timeout_ms: 0, manager_addresses: [] } });
   return {
     progress: options.onProgress ?? (() => {}),
     version,

@@ -49,6 +49,7 @@ export interface MigrationStart {
   source_host: string;
   /** 0 when not set. */
   restore_timeout_ms: number;
+  manager_addresses: string[];
 }
 export interface ImagesComplete {
   files: number;

@@ -44,7 +44,7 @@ function randomImageDir(next: () => number): Files {
 }
 
 function randomControl(next: () => number): Control[] {
-  const messages: Control[] = [{ migration_start: { mode: next() < 0.5 ? 'pre-copy' : 'lazy', pid: 1 + Math.floor(next() * 30000), criu_version: '4.1.1', instance: next() < 0.5 ? '' : 'c1', migration_id: 'm-1', source_host: 'src', restore_timeout_ms: 90000 } }];
+  const messages: Control[] = [{ migration_start: { mode: next() < 0.5 ? 'pre-copy' : 'lazy', pid: 1 + Math.floor(next() * 30000), criu_version: '4.1.1', instance: next() < 0.5 ? '' : 'c1', migration_id: 'm-1', source_host: 'src', restore_timeout_ms: 90000, manager_addresses: ['127.0.0.1:8443', '[fd42::1]:8443'] } }];
   for (let i = 0, n = Math.floor(next() * 5); i < n; i++) messages.push({ progress: { pages: BigInt(i * 100), bytes: BigInt(i * 409600) } });
   messages.push({ images_complete: { files: 3, page_streams: 2, bytes: 123456789012n, filesystem_tars: 1 } });
   return messages;
