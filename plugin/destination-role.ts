@@ -9,7 +9,7 @@ import type { Writable } from 'node:stream';
 import { acceptOne } from '../src/criu/page-server/connection.js';
 import { pagesStoredIn } from '../src/criu/images/pagemap.js';
 import { serveLazyPages } from '../src/criu/page-server/lazy-pages-server.js';
-import { startCriu } from '../src/criu/run/criu-process.js';
+import { criuLogErrors, startCriu } from '../src/criu/run/criu-process.js';
 import { RestoredTree } from '../src/criu/run/restored-tree.js';
 import { headerLayoutFor, type CriuVersion } from '../src/criu/run/criu-version.js';
 import { PAGE_SIZE } from '../src/criu/page-server/protocol.js';
@@ -24,11 +24,28 @@ import type { InFlight, MigrationProgress } from './in-flight.js';
 import type { MigrationRecord, MigrationRecords } from './migration-records.js';
 import { repairFailedArrival } from './arrival-repair.js';
 import { RestoreWatch, type RestoreOutcome } from './restore-watch.js';
+import { RestoreLogGate } from './restore-log-gate.js';
+import { cutConnections } from './incus-connections.js';
+import { hasEnded, identify, type ProcessIdentity } from './process-identity.js';
 
 /** How long an instance counts as being received after its "Creating instance" operation was seen. */
 const EXPECTED_FOR_MS = 10 * 60_000;
 const EXPECT_WAIT_MS = 5_000;
 const PAGES_WAIT_MS = 5 * 60_000;
+/** After a failed restore: how long incusd here gets to see its cut connections fail. */
+const CUT_SETTLE_MS = 500;
+/** After a restore that worked: how long CRIU may take to end before Incus reads its log anyway. */
+const CRIU_END_MS = 30_000;
+
+/** A restore haul follows: CRIU's process (the hook's, which execs it) and the gate on its log. */
+interface WatchedRestore {
+  readonly watch: RestoreWatch;
+  readonly criuPid: number;
+  readonly criu: ProcessIdentity | undefined;
+  readonly timeoutMs: number;
+  /** Where CRIU writes its log, and what holds Incus back from it; unset when liblxc named no log. */
+  readonly log?: { readonly path: string; readonly gate: RestoreLogGate };
+}
 
 interface Incoming {
   readonly mode: 'precopy' | 'lazy';
@@ -47,6 +64,8 @@ interface Incoming {
    * after its "monitor is unresponsive" timeout.)
    */
   readonly restoreTimeoutMs: number;
+  /** Where the source's incusd listens for its peers (host:port): Incus' own migration connects there. */
+  readonly sourceManagerAddresses: readonly string[];
   /** Lazy: the restored container's processes, once CRIU reported them (they run on pages still arriving). */
   restored?: RestoredTree;
   /** Lazy: holds `restored` in step with the link until every page is here. */
@@ -138,7 +157,7 @@ export class DestinationRole {
         stopCounting();
         this.inFlight.end(id);
       });
-      this.incoming.set(id, { mode, session, answers: answers.writable, lazyPages, instance, peer, dir, startedAt, complete: store.complete, progress, restoreTimeoutMs: start.restore_timeout_ms });
+      this.incoming.set(id, { mode, session, answers: answers.writable, lazyPages, instance, peer, dir, startedAt, complete: store.complete, progress, restoreTimeoutMs: start.restore_timeout_ms, sourceManagerAddresses: start.manager_addresses });
       // the source gave up before the restore came: nothing is in progress here any more
       session.once('aborted', () => {
         if (!this.incoming.has(id)) return;
@@ -198,6 +217,7 @@ export class DestinationRole {
     } catch (error) {
       const reason = `haul: the pages or disk changes of migration ${id} are not usable: ${error instanceof Error ? error.message : String(error)}`;
       await this.records.add({ id, instance: entry.instance, role: 'destination', peer: entry.peer, mode: entry.mode, pages: 0, bytes: 0, startedAt: entry.startedAt.toISOString(), totalMs: Date.now() - entry.startedAt.getTime(), result: 'failed', error: reason });
+      await this.cutIncusMigration(entry); // the hook fails the restore once this returns
       this.afterFailedArrival(entry.instance);
       this.inFlight.end(id);
       await discardImages(entry.dir);
@@ -216,6 +236,7 @@ export class DestinationRole {
         const reason = `haul: could not start the lazy restore of migration ${id}: ${error instanceof Error ? error.message : String(error)}`;
         await this.records.add({ ...record, pages: 0, bytes: 0, totalMs: Date.now() - entry.startedAt.getTime(), result: 'failed', error: reason });
         if (entry.session.isOpen) entry.session.abort(reason);
+        await this.cutIncusMigration(entry);
         this.afterFailedArrival(entry.instance);
         this.inFlight.end(id);
         await discardImages(entry.dir);
@@ -226,33 +247,69 @@ export class DestinationRole {
     const criuPid = callerPid;
     const watch = criuPid === undefined ? undefined : await RestoreWatch.create(join(this.cacheDir, `restore-${id}`));
     const timeoutMs = entry.restoreTimeoutMs || this.restoreTimeoutMs;
-    void this.reportRestore(entry, record, eager, watch && criuPid ? { watch, criuPid, timeoutMs } : undefined, lazy);
+    const log = watch ? await this.gateRestoreLog(entry, args, timeoutMs) : undefined;
+    const restoreArgs = log ? args.map((arg, at) => (at > 0 && args[at - 1] === '-o' ? log.path : arg)) : args;
+    void this.reportRestore(entry, record, eager, watch && criuPid ? { watch, criuPid, criu: identify(criuPid), timeoutMs, ...(log ? { log } : {}) } : undefined, lazy);
     this.log(`${entry.instance}: pages of migration ${id} placed; restoring${lazy ? ' lazily, the memory following through haul' : ''}`);
-    return { args: [...args, ...(lazy ? ['--lazy-pages'] : []), ...(watch ? ['--action-script', watch.scriptPath] : [])] };
+    return { args: [...restoreArgs, ...(lazy ? ['--lazy-pages'] : []), ...(watch ? ['--action-script', watch.scriptPath] : [])] };
+  }
+
+  /**
+   * CRIU's log goes into the migration's directory here, and the name liblxc gave it becomes a gate
+   * that holds incusd until haul knows how the restore went (see RestoreLogGate). Without one (no
+   * `-o`, or the gate could not be made) the restore runs as it is, unguarded, and the log says so.
+   */
+  private async gateRestoreLog(entry: Incoming, args: readonly string[], timeoutMs: number): Promise<WatchedRestore['log']> {
+    const incusLog = argumentOf(args, '-o');
+    if (!incusLog?.startsWith('/')) {
+      this.log(`${entry.instance}: the restore names no log by its full path (-o ${incusLog ?? ''}): Incus is not held back on a failed restore`);
+      return undefined;
+    }
+    const path = join(entry.dir, 'restore.log');
+    try {
+      return { path, gate: await RestoreLogGate.open(incusLog, path, timeoutMs + 60_000) };
+    } catch (error) {
+      this.log(`${entry.instance}: Incus is not held back on a failed restore: ${error instanceof Error ? error.message : String(error)}`);
+      return undefined;
+    }
   }
 
   /**
    * Follows the restore to its end and tells the source how it went, which is what the source ends
    * or resumes its copy on (with Incus' own report). Records the migration.
    */
-  private async reportRestore(entry: Incoming, record: Omit<MigrationRecord, 'pages' | 'bytes' | 'totalMs' | 'result'>, eager: number, watched: { watch: RestoreWatch; criuPid: number; timeoutMs: number } | undefined, lazy: Promise<number> | undefined): Promise<void> {
+  private async reportRestore(entry: Incoming, record: Omit<MigrationRecord, 'pages' | 'bytes' | 'totalMs' | 'result'>, eager: number, watched: WatchedRestore | undefined, lazy: Promise<number> | undefined): Promise<void> {
     try {
       await this.followRestore(entry, record, eager, watched, lazy);
     } finally {
+      watched?.log?.gate.release();
       this.inFlight.end(record.id);
       await discardImages(entry.dir);
     }
   }
 
-  private async followRestore(entry: Incoming, record: Omit<MigrationRecord, 'pages' | 'bytes' | 'totalMs' | 'result'>, eager: number, watched: { watch: RestoreWatch; criuPid: number; timeoutMs: number } | undefined, lazy: Promise<number> | undefined): Promise<void> {
+  private async followRestore(entry: Incoming, record: Omit<MigrationRecord, 'pages' | 'bytes' | 'totalMs' | 'result'>, eager: number, watched: WatchedRestore | undefined, lazy: Promise<number> | undefined): Promise<void> {
     this.inFlight.update(entry.progress, { phase: 'restoring', pages: eager });
-    const outcome: RestoreOutcome = watched ? await watched.watch.outcome(watched.criuPid, watched.timeoutMs) : { ok: true, pid: 0 };
+    let outcome: RestoreOutcome = watched ? await watched.watch.outcome(watched.criuPid, watched.timeoutMs) : { ok: true, pid: 0 };
+    if (!outcome.ok && watched?.log) {
+      await hasEnded(watched.criu, 20, 2000); // the log is whole once CRIU is gone
+      const errors = (await criuLogErrors(watched.log.path)).slice(-3);
+      outcome = { ok: false, error: `${outcome.error}; ${watched.log.path}${errors.length ? ` says: ${errors.join(' | ')}` : ''}` };
+    }
     if (lazy && outcome.ok && outcome.pid > 0) {
       // it runs on pages still at the source (pre-copy has them all here, and is left to Incus)
       entry.restored = RestoredTree.ofRoot(outcome.pid);
       entry.guard?.matchLink(); // the link may have gone down meanwhile
     }
     await sendControl(entry.answers, { restore_result: outcome.ok ? { ok: true, error: '', pid: outcome.pid } : { ok: false, error: outcome.error, pid: 0 } }).catch(() => {});
+    if (watched?.log) {
+      const { gate } = watched.log;
+      if (outcome.ok) void hasEnded(watched.criu, 10, CRIU_END_MS).then(() => gate.release());
+      else {
+        await this.cutIncusMigration(entry);
+        gate.release();
+      }
+    }
     let pages = eager;
     let failure = outcome.ok ? undefined : `the restore failed: ${outcome.error}`;
     if (failure && lazy && entry.session.isOpen) entry.session.abort(failure); // ends the lazy-pages daemon too
@@ -278,6 +335,27 @@ export class DestinationRole {
     }
     this.log(`${entry.instance}: migration ${record.id} restored (init pid ${outcome.ok ? outcome.pid : 0})`);
     await this.records.add({ ...record, pages, bytes: pages * PAGE_SIZE, totalMs, result: 'restored' });
+  }
+
+  /**
+   * A failed restore, with incusd here held at CRIU's log: Incus' migration must fail before incusd
+   * goes on, or it may report the failure as a success (RestoreLogGate) and `incus move` delete the
+   * source. Its migration fails when its connections to the source's incusd do: both ends see the
+   * migration fail (Incus' source resumes the container), and the move reports the error.
+   * Cancelling the source's operation instead would not do: the client takes a cancelled source
+   * operation for a finished one, and deletes the source. Every migration between these two
+   * incusd is cut: any other one under way fails too, as a native move's would.
+   */
+  private async cutIncusMigration(entry: Incoming): Promise<void> {
+    try {
+      if (entry.sourceManagerAddresses.length === 0) throw new Error("the source did not say where its incusd listens");
+      const { pid } = await this.incus.server();
+      const cut = await cutConnections(pid, entry.sourceManagerAddresses);
+      this.log(`${entry.instance}: the restore failed; ${cut.length} connections of incusd here to the source's incusd (${entry.sourceManagerAddresses.join(', ')}) cut, so that Incus fails the move rather than report it as a success`);
+      await sleep(CUT_SETTLE_MS);
+    } catch (error) {
+      this.log(`${entry.instance}: the restore failed, and Incus' migration could not be cut short (${error instanceof Error ? error.message : String(error)}); Incus may report the failed restore as a success`);
+    }
   }
 
   /** Once Incus is done failing the move, undoes what it left behind here (see repairFailedArrival). */

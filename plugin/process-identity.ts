@@ -1,4 +1,5 @@
 import { readFileSync } from 'node:fs';
+import { setTimeout as sleep } from 'node:timers/promises';
 
 /**
  * A process as the agent follows it by pid: the pid and its start time (field 22 of
@@ -19,6 +20,12 @@ export function identify(pid: number): ProcessIdentity | undefined {
 export function isRunning(process: ProcessIdentity): boolean {
   const now = statFields(process.pid);
   return now !== undefined && now[19] === process.startTime && now[0] !== 'Z';
+}
+
+/** Resolves once that process has ended (looking every `pollMs`), or after `limitMs` at the latest. */
+export async function hasEnded(process: ProcessIdentity | undefined, pollMs: number, limitMs: number): Promise<void> {
+  const deadline = Date.now() + limitMs;
+  while (process && isRunning(process) && Date.now() < deadline) await sleep(pollMs);
 }
 
 /** /proc/PID/stat from field 3 on (after the command name, which may hold spaces). */

@@ -73,7 +73,7 @@ exit 0
         if (!criu || !isRunning(criu)) {
           await sleep(POLL_MS); // the action's line may still be on its way through the FIFO
           if (resumedPid !== undefined) return { ok: true, pid: resumedPid };
-          return { ok: false, error: 'criu restore ended without resuming the container (see its restore.log in the restore directory)' };
+          return { ok: false, error: 'criu restore ended without resuming the container' };
         }
         if (Date.now() >= deadline) {
           killQuietly(pid);
