@@ -1,5 +1,7 @@
+import { execFile } from 'node:child_process';
 import { accessSync, constants, readFileSync } from 'node:fs';
 import { createConnection } from 'node:net';
+import { promisify } from 'node:util';
 import { join } from 'node:path';
 import { criuVersion } from '../src/criu/run/criu-version.js';
 import { dialLink } from '../src/link/dialer.js';
@@ -68,6 +70,13 @@ export async function diagnose(options: DoctorOptions): Promise<Check[]> {
     add('userfaultfd', true, '/dev/userfaultfd');
   } catch {
     add('userfaultfd', true, 'the userfaultfd() system call (no /dev/userfaultfd)');
+  }
+
+  try {
+    const { stdout } = await promisify(execFile)('ss', ['-V']);
+    add('ss (failed-restore guard)', true, stdout.trim());
+  } catch (error) {
+    add('ss (failed-restore guard)', false, error instanceof Error ? error.message : String(error), "apt-get install iproute2: after a failed restore haul cuts Incus' migration connections with ss -K, so that Incus cannot report the failure as a success");
   }
 
   const incus = new IncusClient(join(options.incusDir, 'unix.socket'));
