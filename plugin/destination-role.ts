@@ -205,6 +205,20 @@ export class DestinationRole {
       entry = this.incoming.get(id);
     }
     if (!entry) return { error: `haul: the pages of migration ${id} never arrived on this host` };
+    const timeoutMs = entry.restoreTimeoutMs || this.restoreTimeoutMs;
+    // both start helper processes: while the pages are placed, not inside the downtime after that
+    const watching = callerPid === undefined ? Promise.resolve(undefined) : RestoreWatch.create(join(this.cacheDir, `restore-${id}`));
+    const gating = callerPid === undefined ? Promise.resolve(undefined) : this.gateRestoreLog(entry, args, timeoutMs);
+    watching.catch(() => {});
+    const refuse = async (failed: Incoming, reason: string): Promise<HookReply> => {
+      await this.cutIncusMigration(failed); // the hook fails the restore once this returns
+      (await gating)?.gate.release();
+      await (await watching.catch(() => undefined))?.discard();
+      this.afterFailedArrival(failed.instance);
+      this.inFlight.end(id);
+      await discardImages(failed.dir);
+      return { error: reason };
+    };
     try {
       await Promise.race([entry.complete, sleep(Math.max(0, deadline - Date.now())).then(() => Promise.reject(new Error(`not complete after ${PAGES_WAIT_MS / 1000} s`)))]);
       // the restored tasks read these themselves, as the container's root: world-readable
@@ -217,11 +231,7 @@ export class DestinationRole {
     } catch (error) {
       const reason = `haul: the pages or disk changes of migration ${id} are not usable: ${error instanceof Error ? error.message : String(error)}`;
       await this.records.add({ id, instance: entry.instance, role: 'destination', peer: entry.peer, mode: entry.mode, pages: 0, bytes: 0, startedAt: entry.startedAt.toISOString(), totalMs: Date.now() - entry.startedAt.getTime(), result: 'failed', error: reason });
-      await this.cutIncusMigration(entry); // the hook fails the restore once this returns
-      this.afterFailedArrival(entry.instance);
-      this.inFlight.end(id);
-      await discardImages(entry.dir);
-      return { error: reason };
+      return refuse(entry, reason);
     }
     this.incoming.delete(id);
     const eager = await pagesStoredIn(entry.dir);
@@ -236,18 +246,13 @@ export class DestinationRole {
         const reason = `haul: could not start the lazy restore of migration ${id}: ${error instanceof Error ? error.message : String(error)}`;
         await this.records.add({ ...record, pages: 0, bytes: 0, totalMs: Date.now() - entry.startedAt.getTime(), result: 'failed', error: reason });
         if (entry.session.isOpen) entry.session.abort(reason);
-        await this.cutIncusMigration(entry);
-        this.afterFailedArrival(entry.instance);
-        this.inFlight.end(id);
-        await discardImages(entry.dir);
-        return { error: reason };
+        return refuse(entry, reason);
       }
     }
     // the hook asking is the process that becomes CRIU when it execs
     const criuPid = callerPid;
-    const watch = criuPid === undefined ? undefined : await RestoreWatch.create(join(this.cacheDir, `restore-${id}`));
-    const timeoutMs = entry.restoreTimeoutMs || this.restoreTimeoutMs;
-    const log = watch ? await this.gateRestoreLog(entry, args, timeoutMs) : undefined;
+    const watch = await watching;
+    const log = await gating;
     const restoreArgs = log ? args.map((arg, at) => (at > 0 && args[at - 1] === '-o' ? log.path : arg)) : args;
     void this.reportRestore(entry, record, eager, watch && criuPid ? { watch, criuPid, criu: identify(criuPid), timeoutMs, ...(log ? { log } : {}) } : undefined, lazy);
     this.log(`${entry.instance}: pages of migration ${id} placed; restoring${lazy ? ' lazily, the memory following through haul' : ''}`);
@@ -267,7 +272,7 @@ export class DestinationRole {
     }
     const path = join(entry.dir, 'restore.log');
     try {
-      return { path, gate: await RestoreLogGate.open(incusLog, path, timeoutMs + 60_000) };
+      return { path, gate: await RestoreLogGate.open(incusLog, path, PAGES_WAIT_MS + timeoutMs + 60_000) };
     } catch (error) {
       this.log(`${entry.instance}: Incus is not held back on a failed restore: ${error instanceof Error ? error.message : String(error)}`);
       return undefined;

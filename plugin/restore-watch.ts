@@ -61,6 +61,12 @@ exit 0
     return new RestoreWatch(scriptPath, dir, stream, resumed);
   }
 
+  /** Ends the watch of a restore that will not run. */
+  async discard(): Promise<void> {
+    this.events.destroy();
+    await rm(this.dir, { recursive: true, force: true });
+  }
+
   /** Follows the restore running as process `pid` (the hook's, which becomes CRIU) to its end. */
   async outcome(pid: number, timeoutMs: number): Promise<RestoreOutcome> {
     const criu = identify(pid);
