@@ -293,7 +293,12 @@ export class SourceRole {
       stored = true;
       this.inFlight.update(progress, { phase: 'restoring on the destination' });
       const incusStatus = await observed.incusPostDump();
-      if (incusStatus !== 0) throw new Error(`Incus' post-dump step failed (${incusStatus}): the destination did not restore, and the source resumes`);
+      if (incusStatus !== 0) {
+        // haul's destination says why, when it got to the restore (its report comes first)
+        const reported = await Promise.race([restoreReport.then(({ result }) => result, () => undefined), sleep(1000)]);
+        const why = reported && !reported.ok ? `the restore failed on the destination: ${reported.error}` : 'the destination did not restore';
+        throw new Error(`Incus' post-dump step failed (${incusStatus}): ${why}, and the source resumes`);
+      }
       const late = sleep(RESTORE_REPORT_MS).then(() => new Error(`no report within ${RESTORE_REPORT_MS / 1000} s of Incus'`));
       const report = await Promise.race([restoreReport.catch((error: Error) => error), late]);
       if (!(report instanceof Error) && !report.result.ok) {
