@@ -1,4 +1,5 @@
 import { spawn, type ChildProcess } from 'node:child_process';
+import { closeSync, constants, lstatSync, openSync, unlinkSync, writeFileSync } from 'node:fs';
 import { createInterface } from 'node:readline';
 
 /** Part of Debian's perl-base, which is Essential. */
@@ -31,12 +32,15 @@ eval {
   my $word = <STDIN>;
   alarm 0;
 };
+alarm 0; $SIG{TERM} = "IGNORE"; # from here on it ends by itself, the FIFO gone
 my $copy = "$gate.haul-copy";
+my $placed = 0;
 if (open(my $out, ">", $copy)) {
   if (open(my $in, "<", $log)) { local $/ = \65536; while (my $chunk = <$in>) { print $out $chunk; } }
-  close $out;
-  rename $copy, $gate or unlink $copy;
+  $placed = close($out) && rename($copy, $gate);
+  unlink $copy unless $placed;
 }
+unlink $gate unless $placed; # a FIFO nobody writes to would hold its next reader for good
 open(my $in, "<", $log) or exit 0;
 my $progress = time;
 while (sysread($in, my $chunk, 65536)) {
@@ -64,6 +68,7 @@ exit 0;
  */
 export class RestoreLogGate {
   private released = false;
+  private pending = false;
 
   private constructor(private readonly keeper: ChildProcess) {}
 
@@ -82,11 +87,20 @@ export class RestoreLogGate {
       if (first !== 'ready') throw new Error(`the restore log's gatekeeper: ${first.replace(/^error /, '')}`);
     } catch (error) {
       keeper.kill('SIGKILL');
+      unblock(gatePath);
       throw error;
     } finally {
       lines.close();
       keeper.stdout!.destroy();
     }
+    // it must outlive a shortage of memory: killed, it would leave readers of the FIFO waiting
+    try {
+      writeFileSync(`/proc/${keeper.pid}/oom_score_adj`, '-1000');
+    } catch {
+      // not root: the kernel's default
+    }
+    // killed all the same (by hand): whoever waits at the gate must not wait for good
+    keeper.once('exit', (_code, signal) => signal !== null && unblock(gatePath));
     keeper.unref();
     (keeper.stdin as unknown as { unref(): void }).unref(); // the agent's end of it, open until release
     return new RestoreLogGate(keeper);
@@ -98,4 +112,38 @@ export class RestoreLogGate {
     this.released = true;
     this.keeper.stdin!.end('release\n');
   }
+
+  /** Lets incusd read the log once `done` settles; `releaseUnlessPending` then leaves it to that. */
+  releaseWhen(done: Promise<unknown>): void {
+    this.pending = true;
+    void done.finally(() => this.release()).catch(() => {});
+  }
+
+  releaseUnlessPending(): void {
+    if (!this.pending) this.release();
+  }
+}
+
+/**
+ * Takes away a gate whose keeper is gone: a reader waiting to open it gets an empty log (opening the
+ * write end lets it through, closing it ends its read), and the name goes, so no later open waits.
+ */
+function unblock(gatePath: string): void {
+  try {
+    if (!lstatSync(gatePath).isFIFO()) return;
+  } catch {
+    return;
+  }
+  let writer: number | undefined;
+  try {
+    writer = openSync(gatePath, constants.O_WRONLY | constants.O_NONBLOCK);
+  } catch {
+    // ENXIO: nobody is waiting to read
+  }
+  try {
+    unlinkSync(gatePath);
+  } catch {
+    // gone already
+  }
+  if (writer !== undefined) closeSync(writer);
 }

@@ -1,4 +1,4 @@
-import { lstatSync, readFileSync, writeFileSync } from 'node:fs';
+import { existsSync, lstatSync, readdirSync, readFileSync, writeFileSync } from 'node:fs';
 import { readFile } from 'node:fs/promises';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { afterEach, describe, expect, it } from 'vitest';
@@ -64,6 +64,25 @@ describe("the gate on CRIU's restore log (what incusd reads before it reports a 
     gate.release();
     expect(await reader).toBe('');
     await expect.poll(() => lstatSync(gatePath).isFile(), { timeout: 5000 }).toBe(true);
+  });
+
+  it('lets a waiting reader through with an empty log, and takes the FIFO away, when the keeper is killed', async () => {
+    const { gatePath, logPath } = setUp();
+    await RestoreLogGate.open(gatePath, logPath, 60_000);
+    writeLog(logPath);
+    const reader = readFile(gatePath, 'utf8');
+    expect(await settledWithin(reader, 300)).toBe(false);
+    const keeper = readdirSync('/proc').filter((pid) => /^\d+$/.test(pid)).find((pid) => {
+      try {
+        return readFileSync(`/proc/${pid}/cmdline`, 'utf8').split('\0').includes(gatePath);
+      } catch {
+        return false;
+      }
+    });
+    expect(keeper).toBeDefined();
+    process.kill(Number(keeper), 'SIGKILL');
+    expect(await Promise.race([reader, sleep(5000).then(() => 'still waiting')])).toBe('');
+    await expect.poll(() => existsSync(gatePath), { timeout: 5000 }).toBe(false);
   });
 
   it('says why when the gate cannot be made', async () => {
