@@ -1,7 +1,7 @@
 import { once } from 'node:events';
 import { createServer, connect, type Socket } from 'node:net';
 import { afterEach, describe, expect, it } from 'vitest';
-import { canonicalEndpoint, cutConnections, establishedConnections } from '../../plugin/incus-connections.js';
+import { canonicalEndpoint, cutConnections, establishedConnections, resolveEndpoint } from '../../plugin/incus-connections.js';
 import { describeOnHost } from '../support/host.js';
 
 const HEADER = '  sl  local_address rem_address   st tx_queue rx_queue tr tm->when retrnsmt   uid  timeout inode\n';
@@ -30,7 +30,13 @@ describe("reading the kernel's TCP tables", () => {
   it('spells addresses as Incus lists them the same way', () => {
     expect(canonicalEndpoint('[fd42:0:0::1]:8443')).toBe('[fd42::1]:8443');
     expect(canonicalEndpoint('127.0.0.1:18443')).toBe('127.0.0.1:18443');
+    expect(canonicalEndpoint('127.0.0.1:80')).toBe('127.0.0.1:80');
     expect(canonicalEndpoint('example')).toBeUndefined();
+  });
+
+  it('takes a host name for the addresses it resolves to', async () => {
+    expect(await resolveEndpoint('localhost:8443')).toContain('127.0.0.1:8443');
+    expect(await resolveEndpoint('[fd42::1]:8443')).toEqual(['[fd42::1]:8443']);
   });
 });
 
