@@ -220,43 +220,48 @@ export class DestinationRole {
       return { error: reason };
     };
     try {
-      await Promise.race([entry.complete, sleep(Math.max(0, deadline - Date.now())).then(() => Promise.reject(new Error(`not complete after ${PAGES_WAIT_MS / 1000} s`)))]);
-      // the restored tasks read these themselves, as the container's root: world-readable
-      for (const name of (await readdir(entry.dir)).filter((n) => /^(pagemap|pages)-.*\.img$/.test(n))) {
-        const target = join(dir, name);
-        await link(join(entry.dir, name), target).catch(() => copyFile(join(entry!.dir, name), target));
-        await chmod(target, 0o644);
-      }
-      await this.bringDiskUpToDate(entry, args, callerPid);
-    } catch (error) {
-      const reason = `haul: the pages or disk changes of migration ${id} are not usable: ${error instanceof Error ? error.message : String(error)}`;
-      await this.records.add({ id, instance: entry.instance, role: 'destination', peer: entry.peer, mode: entry.mode, pages: 0, bytes: 0, startedAt: entry.startedAt.toISOString(), totalMs: Date.now() - entry.startedAt.getTime(), result: 'failed', error: reason });
-      return refuse(entry, reason);
-    }
-    this.incoming.delete(id);
-    const eager = await pagesStoredIn(entry.dir);
-    const record = { id, instance: entry.instance, role: 'destination' as const, peer: entry.peer, mode: entry.mode, startedAt: entry.startedAt.toISOString() };
-    let lazy: Promise<number> | undefined;
-    if (entry.mode === 'precopy') {
-      await (await entry.lazyPages).close(); // unused in pre-copy
-    } else {
       try {
-        lazy = (await this.serveLazy(entry, dir)).delivered;
+        await Promise.race([entry.complete, sleep(Math.max(0, deadline - Date.now())).then(() => Promise.reject(new Error(`not complete after ${PAGES_WAIT_MS / 1000} s`)))]);
+        // the restored tasks read these themselves, as the container's root: world-readable
+        for (const name of (await readdir(entry.dir)).filter((n) => /^(pagemap|pages)-.*\.img$/.test(n))) {
+          const target = join(dir, name);
+          await link(join(entry.dir, name), target).catch(() => copyFile(join(entry!.dir, name), target));
+          await chmod(target, 0o644);
+        }
+        await this.bringDiskUpToDate(entry, args, callerPid);
       } catch (error) {
-        const reason = `haul: could not start the lazy restore of migration ${id}: ${error instanceof Error ? error.message : String(error)}`;
-        await this.records.add({ ...record, pages: 0, bytes: 0, totalMs: Date.now() - entry.startedAt.getTime(), result: 'failed', error: reason });
-        if (entry.session.isOpen) entry.session.abort(reason);
+        const reason = `haul: the pages or disk changes of migration ${id} are not usable: ${error instanceof Error ? error.message : String(error)}`;
+        await this.records.add({ id, instance: entry.instance, role: 'destination', peer: entry.peer, mode: entry.mode, pages: 0, bytes: 0, startedAt: entry.startedAt.toISOString(), totalMs: Date.now() - entry.startedAt.getTime(), result: 'failed', error: reason });
         return refuse(entry, reason);
       }
+      this.incoming.delete(id);
+      const eager = await pagesStoredIn(entry.dir);
+      const record = { id, instance: entry.instance, role: 'destination' as const, peer: entry.peer, mode: entry.mode, startedAt: entry.startedAt.toISOString() };
+      let lazy: Promise<number> | undefined;
+      if (entry.mode === 'precopy') {
+        await (await entry.lazyPages).close(); // unused in pre-copy
+      } else {
+        try {
+          lazy = (await this.serveLazy(entry, dir)).delivered;
+        } catch (error) {
+          const reason = `haul: could not start the lazy restore of migration ${id}: ${error instanceof Error ? error.message : String(error)}`;
+          await this.records.add({ ...record, pages: 0, bytes: 0, totalMs: Date.now() - entry.startedAt.getTime(), result: 'failed', error: reason });
+          if (entry.session.isOpen) entry.session.abort(reason);
+          return refuse(entry, reason);
+        }
+      }
+      // the hook asking is the process that becomes CRIU when it execs
+      const criuPid = callerPid;
+      const watch = await watching;
+      const log = await gating;
+      const restoreArgs = log ? args.map((arg, at) => (at > 0 && args[at - 1] === '-o' ? log.path : arg)) : args;
+      void this.reportRestore(entry, record, eager, watch && criuPid ? { watch, criuPid, criu: identify(criuPid), timeoutMs, ...(log ? { log } : {}) } : undefined, lazy);
+      this.log(`${entry.instance}: pages of migration ${id} placed; restoring${lazy ? ' lazily, the memory following through haul' : ''}`);
+      return { args: [...restoreArgs, ...(lazy ? ['--lazy-pages'] : []), ...(watch ? ['--action-script', watch.scriptPath] : [])] };
+    } catch (error) {
+      // whatever went wrong, Incus is held at the gate: it must see the move fail, and go on
+      return refuse(entry, `haul: the restore of migration ${id} could not be prepared: ${error instanceof Error ? error.message : String(error)}`);
     }
-    // the hook asking is the process that becomes CRIU when it execs
-    const criuPid = callerPid;
-    const watch = await watching;
-    const log = await gating;
-    const restoreArgs = log ? args.map((arg, at) => (at > 0 && args[at - 1] === '-o' ? log.path : arg)) : args;
-    void this.reportRestore(entry, record, eager, watch && criuPid ? { watch, criuPid, criu: identify(criuPid), timeoutMs, ...(log ? { log } : {}) } : undefined, lazy);
-    this.log(`${entry.instance}: pages of migration ${id} placed; restoring${lazy ? ' lazily, the memory following through haul' : ''}`);
-    return { args: [...restoreArgs, ...(lazy ? ['--lazy-pages'] : []), ...(watch ? ['--action-script', watch.scriptPath] : [])] };
   }
 
   /**
@@ -287,7 +292,7 @@ export class DestinationRole {
     try {
       await this.followRestore(entry, record, eager, watched, lazy);
     } finally {
-      watched?.log?.gate.release();
+      watched?.log?.gate.releaseUnlessPending(); // an error on the way: Incus must not wait for good
       this.inFlight.end(record.id);
       await discardImages(entry.dir);
     }
@@ -309,7 +314,7 @@ export class DestinationRole {
     await sendControl(entry.answers, { restore_result: outcome.ok ? { ok: true, error: '', pid: outcome.pid } : { ok: false, error: outcome.error, pid: 0 } }).catch(() => {});
     if (watched?.log) {
       const { gate } = watched.log;
-      if (outcome.ok) void hasEnded(watched.criu, 10, CRIU_END_MS).then(() => gate.release());
+      if (outcome.ok) gate.releaseWhen(hasEnded(watched.criu, 10, CRIU_END_MS)); // Incus copies the whole log
       else {
         await this.cutIncusMigration(entry);
         gate.release();
@@ -356,6 +361,7 @@ export class DestinationRole {
       if (entry.sourceManagerAddresses.length === 0) throw new Error("the source did not say where its incusd listens");
       const { pid } = await this.incus.server();
       const cut = await cutConnections(pid, entry.sourceManagerAddresses);
+      if (cut.length === 0) throw new Error(`incusd here holds no connection to the source's incusd at ${entry.sourceManagerAddresses.join(', ')}`);
       this.log(`${entry.instance}: the restore failed; ${cut.length} connections of incusd here to the source's incusd (${entry.sourceManagerAddresses.join(', ')}) cut, so that Incus fails the move rather than report it as a success`);
       await sleep(CUT_SETTLE_MS);
     } catch (error) {
