@@ -1,12 +1,13 @@
-import { execFile } from 'node:child_process';
+import { once } from 'node:events';
 import { accessSync, constants, readFileSync } from 'node:fs';
-import { createConnection } from 'node:net';
-import { promisify } from 'node:util';
+import { connect, createConnection, createServer } from 'node:net';
+import { setTimeout as sleep } from 'node:timers/promises';
 import { join } from 'node:path';
 import { criuVersion } from '../src/criu/run/criu-version.js';
 import { dialLink } from '../src/link/dialer.js';
 import type { EndpointOptions } from '../src/link/endpoint-options.js';
 import { hookSocketPath } from './hook-protocol.js';
+import { cutConnections } from './incus-connections.js';
 import { IncusClient } from './incus-client.js';
 import type { Peer } from './source-role.js';
 
@@ -45,6 +46,27 @@ function firstCriu(path: string): string | undefined {
   return undefined;
 }
 
+/** Cuts a loopback connection of this process's own, the way a failed restore's are cut. */
+async function canCutConnections(): Promise<{ ok: boolean; found: string }> {
+  const server = createServer((socket) => socket.on('error', () => {}));
+  server.listen(0, '127.0.0.1');
+  await once(server, 'listening');
+  const peer = `127.0.0.1:${(server.address() as { port: number }).port}`;
+  const client = connect((server.address() as { port: number }).port, '127.0.0.1');
+  try {
+    await once(client, 'connect');
+    const ended = once(client, 'error').then(() => true, () => true);
+    const cut = await cutConnections(process.pid, [peer]);
+    const seen = await Promise.race([ended, sleep(2000).then(() => false)]);
+    return cut.length === 1 && seen ? { ok: true, found: 'ss -K ends a connection' } : { ok: false, found: `ss -K ended ${cut.length} of 1 test connection${seen ? '' : ', and it stayed open'}` };
+  } catch (error) {
+    return { ok: false, found: error instanceof Error ? error.message : String(error) };
+  } finally {
+    client.destroy();
+    server.close();
+  }
+}
+
 /**
  * Checks one host for what haul needs to route `incus move` through itself, each finding with the
  * fix for it. Reads only; changes nothing.
@@ -72,12 +94,8 @@ export async function diagnose(options: DoctorOptions): Promise<Check[]> {
     add('userfaultfd', true, 'the userfaultfd() system call (no /dev/userfaultfd)');
   }
 
-  try {
-    const { stdout } = await promisify(execFile)('ss', ['-V']);
-    add('ss (failed-restore guard)', true, stdout.trim());
-  } catch (error) {
-    add('ss (failed-restore guard)', false, error instanceof Error ? error.message : String(error), "apt-get install iproute2: after a failed restore haul cuts Incus' migration connections with ss -K, so that Incus cannot report the failure as a success");
-  }
+  const guard = await canCutConnections();
+  add('failed-restore guard (ss -K)', guard.ok, guard.found, "as root, with iproute2 installed and a kernel built with CONFIG_INET_DIAG_DESTROY: after a failed restore haul cuts Incus' migration connections, so that Incus cannot report the failure as a success");
 
   const incus = new IncusClient(join(options.incusDir, 'unix.socket'));
   try {
