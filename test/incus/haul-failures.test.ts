@@ -104,6 +104,10 @@ describeOnHost('incus move when haul is missing or fails', ['root', 'criu', 'tes
       // then nothing of the move is left there
       await expect.poll(() => readFileSync('/var/lib/haul-testbed/dst/log/agent.log', 'utf8').includes(`${container.name}: after the failed move:`), { timeout: 120_000, interval: 1000 }).toBe(true);
       expect(await container.whereabouts()).toEqual({ src: 'RUNNING', dst: undefined });
+      // and Incus' destination failed the move because its migration was cut before it went on, not
+      // by the luck of its race (it would then name CRIU's failure)
+      const incusFailures = readFileSync('/var/lib/haul-testbed/dst/log/incusd.log', 'utf8').split('\n').filter((line) => line.includes('Failed migration on target') && line.includes(`instance=${container.name} `));
+      expect(incusFailures.at(-1)).toMatch(/Error reading migration control source/);
       await incusConfigUnset(container, 'user.haul.restore-timeout');
       await container.moveTo('dst');
       expect(await container.whereabouts()).toEqual({ src: undefined, dst: 'RUNNING' });
