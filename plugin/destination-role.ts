@@ -210,7 +210,9 @@ export class DestinationRole {
     const watching = callerPid === undefined ? Promise.resolve(undefined) : RestoreWatch.create(join(this.cacheDir, `restore-${id}`));
     const gating = callerPid === undefined ? Promise.resolve(undefined) : this.gateRestoreLog(entry, args, timeoutMs);
     watching.catch(() => {});
+    const record = { id, instance: entry.instance, role: 'destination' as const, peer: entry.peer, mode: entry.mode, startedAt: entry.startedAt.toISOString() };
     const refuse = async (failed: Incoming, reason: string): Promise<HookReply> => {
+      await this.records.add({ ...record, pages: 0, bytes: 0, totalMs: Date.now() - failed.startedAt.getTime(), result: 'failed', error: reason });
       await this.cutIncusMigration(failed); // the hook fails the restore once this returns
       (await gating)?.gate.release();
       await (await watching.catch(() => undefined))?.discard();
@@ -230,13 +232,10 @@ export class DestinationRole {
         }
         await this.bringDiskUpToDate(entry, args, callerPid);
       } catch (error) {
-        const reason = `haul: the pages or disk changes of migration ${id} are not usable: ${error instanceof Error ? error.message : String(error)}`;
-        await this.records.add({ id, instance: entry.instance, role: 'destination', peer: entry.peer, mode: entry.mode, pages: 0, bytes: 0, startedAt: entry.startedAt.toISOString(), totalMs: Date.now() - entry.startedAt.getTime(), result: 'failed', error: reason });
-        return refuse(entry, reason);
+        return refuse(entry, `haul: the pages or disk changes of migration ${id} are not usable: ${error instanceof Error ? error.message : String(error)}`);
       }
       this.incoming.delete(id);
       const eager = await pagesStoredIn(entry.dir);
-      const record = { id, instance: entry.instance, role: 'destination' as const, peer: entry.peer, mode: entry.mode, startedAt: entry.startedAt.toISOString() };
       let lazy: Promise<number> | undefined;
       if (entry.mode === 'precopy') {
         await (await entry.lazyPages).close(); // unused in pre-copy
@@ -245,7 +244,6 @@ export class DestinationRole {
           lazy = (await this.serveLazy(entry, dir)).delivered;
         } catch (error) {
           const reason = `haul: could not start the lazy restore of migration ${id}: ${error instanceof Error ? error.message : String(error)}`;
-          await this.records.add({ ...record, pages: 0, bytes: 0, totalMs: Date.now() - entry.startedAt.getTime(), result: 'failed', error: reason });
           if (entry.session.isOpen) entry.session.abort(reason);
           return refuse(entry, reason);
         }
