@@ -51,12 +51,12 @@ async function canCutConnections(): Promise<{ ok: boolean; found: string }> {
   const server = createServer((socket) => socket.on('error', () => {}));
   server.listen(0, '127.0.0.1');
   await once(server, 'listening');
-  const peer = `127.0.0.1:${(server.address() as { port: number }).port}`;
-  const client = connect((server.address() as { port: number }).port, '127.0.0.1');
+  const { port } = server.address() as { port: number };
+  const client = connect(port, '127.0.0.1');
   try {
     await once(client, 'connect');
     const ended = once(client, 'error').then(() => true, () => true);
-    const cut = await cutConnections(process.pid, [peer]);
+    const cut = await cutConnections(process.pid, [`127.0.0.1:${port}`]);
     const seen = await Promise.race([ended, sleep(2000).then(() => false)]);
     return cut.length === 1 && seen ? { ok: true, found: 'ss -K ends a connection' } : { ok: false, found: `ss -K ended ${cut.length} of 1 test connection${seen ? '' : ', and it stayed open'}` };
   } catch (error) {

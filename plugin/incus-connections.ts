@@ -1,6 +1,7 @@
 import { execFile } from 'node:child_process';
 import { lookup } from 'node:dns/promises';
 import { readFile, readdir, readlink } from 'node:fs/promises';
+import { isIP } from 'node:net';
 import { endianness } from 'node:os';
 import { promisify } from 'node:util';
 
@@ -64,13 +65,13 @@ export async function resolveEndpoint(endpoint: string): Promise<string[]> {
   const canonical = canonicalEndpoint(endpoint);
   if (!canonical) return [];
   const url = new URL(`tcp://${canonical}`);
-  if (url.hostname.startsWith('[') || /^[\d.]+$/.test(url.hostname)) return [canonical];
+  if (isIP(url.hostname.replace(/^\[(.*)\]$/, '$1'))) return [canonical];
   const addresses = await lookup(url.hostname, { all: true }).catch(() => []);
   return addresses.map(({ address, family }) => canonicalEndpoint(family === 6 ? `[${address}]:${url.port}` : `${address}:${url.port}`)).filter((found): found is string => found !== undefined);
 }
 
 /** The established TCP connections process `pid` holds to one of `peers` (canonical host:port). */
-export async function connectionsTo(pid: number, peers: ReadonlySet<string>): Promise<TcpConnection[]> {
+async function connectionsTo(pid: number, peers: ReadonlySet<string>): Promise<TcpConnection[]> {
   const inodes = new Set<number>();
   for (const fd of await readdir(`/proc/${pid}/fd`)) {
     const target = await readlink(`/proc/${pid}/fd/${fd}`).catch(() => '');
