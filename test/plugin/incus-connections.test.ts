@@ -1,7 +1,8 @@
 import { once } from 'node:events';
 import { createServer, connect, type Socket } from 'node:net';
 import { afterEach, describe, expect, it } from 'vitest';
-import { canonicalEndpoint, cutConnections, establishedConnections, resolveEndpoint } from '../../plugin/incus-connections.js';
+import { cutConnections, resolveEndpoint } from '../../plugin/incus-connections.js';
+import { canonicalEndpoint, establishedConnections } from '../../src/host/index.js';
 import { describeOnHost } from '../support/host.js';
 
 const HEADER = '  sl  local_address rem_address   st tx_queue rx_queue tr tm->when retrnsmt   uid  timeout inode\n';

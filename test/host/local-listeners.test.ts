@@ -1,0 +1,105 @@
+import { spawn } from 'node:child_process';
+import { once } from 'node:events';
+import { mkdtempSync, rmSync, chmodSync } from 'node:fs';
+import { connect, createServer, type Server, type Socket } from 'node:net';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { afterEach, expect, it } from 'vitest';
+import { acceptOne, acceptOneLocal } from '../../src/criu/page-server/connection.js';
+import { expectPeerProcess, guardLoopbackPort, UnexpectedPeerError } from '../../src/host/index.js';
+import { describeOnHost } from '../support/host.js';
+import { ATTACKER_UID } from '../support/local-attacker.js';
+
+/** Connects to 127.0.0.1:port from a process of its own, as `uid`; resolves with what it saw. */
+async function connectFromAnotherProcess(port: number, uid = 0): Promise<{ connected: boolean; pid: number; done: Promise<void> }> {
+  const script = `const s = require('node:net').connect(${port}, '127.0.0.1');
+s.on('connect', () => { process.stdout.write('connected\\n'); setTimeout(() => process.exit(0), 3000); });
+s.on('error', (e) => { process.stdout.write('refused ' + e.code + '\\n'); process.exit(0); });`;
+  const child = spawn('setpriv', [`--reuid=${uid}`, `--regid=${uid}`, '--clear-groups', process.execPath, '-e', script], { stdio: ['ignore', 'pipe', 'inherit'] });
+  const [line] = (await once(child.stdout!, 'data')) as [Buffer];
+  return { connected: line.toString().startsWith('connected'), pid: child.pid!, done: once(child, 'exit').then(() => {}) };
+}
+
+describeOnHost('who may connect to the loopback listeners of a migration', ['root'], () => {
+  const servers: Server[] = [];
+  const sockets: Socket[] = [];
+  afterEach(() => {
+    servers.splice(0).forEach((server) => server.close());
+    sockets.splice(0).forEach((socket) => socket.destroy());
+  });
+  const listening = async (): Promise<{ server: Server; port: number; accepted: Socket[] }> => {
+    const accepted: Socket[] = [];
+    const server = createServer((socket) => void accepted.push(socket));
+    servers.push(server);
+    await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
+    return { server, port: (server.address() as { port: number }).port, accepted };
+  };
+
+  it('a guarded port refuses every local user but root, until released', async () => {
+    const { port } = await listening();
+    const guard = await guardLoopbackPort(port);
+    try {
+      expect((await connectFromAnotherProcess(port, ATTACKER_UID)).connected).toBe(false);
+      expect((await connectFromAnotherProcess(port, 0)).connected).toBe(true);
+    } finally {
+      await guard.release();
+    }
+    expect((await connectFromAnotherProcess(port, ATTACKER_UID)).connected).toBe(true);
+  });
+
+  it('tells the process holding the other end of a connection from any other', async () => {
+    const { port, accepted } = await listening();
+    const peer = await connectFromAnotherProcess(port);
+    await new Promise((resolve) => setTimeout(resolve, 100));
+    const socket = accepted[0]!;
+    await expect(expectPeerProcess(socket, peer.pid)).resolves.toBeUndefined();
+    const refusal = await expectPeerProcess(socket, process.pid).catch((error: unknown) => error);
+    expect(refusal).toBeInstanceOf(UnexpectedPeerError);
+    expect((refusal as UnexpectedPeerError).code).toBe('HAUL_UNEXPECTED_PEER');
+  });
+
+  it('as a client, waits for the listener to accept, and refuses a port someone else listens on', async () => {
+    const { port } = await listening(); // "someone else": this process, not the one expected
+    const socket = connect(port, '127.0.0.1');
+    sockets.push(socket);
+    await once(socket, 'connect');
+    await expect(expectPeerProcess(socket, process.pid)).resolves.toBeUndefined();
+    await expect(expectPeerProcess(socket, 1)).rejects.toBeInstanceOf(UnexpectedPeerError);
+  });
+
+  it("a page server's listener drops connections that fail its check unread, and goes on to take the right one", async () => {
+    const impostor = connect; // this test's own connections stand for the impostor and for CRIU
+    let expected = -1;
+    const refused: unknown[] = [];
+    const listener = await acceptOne('127.0.0.1', 0, async () => {
+      if (expected !== 1) throw new Error('not the one');
+    }, (error) => refused.push(error));
+    const first = impostor(listener.port, '127.0.0.1');
+    sockets.push(first);
+    first.on('error', () => {});
+    await once(first, 'close');
+    expect(refused).toHaveLength(1);
+    expected = 1;
+    const second = connect(listener.port, '127.0.0.1');
+    sockets.push(second);
+    const taken = await listener.connection;
+    sockets.push(taken);
+    second.write('hello');
+    taken.resume(); // taken paused, as CRIU's page server needs it: its reader pulls
+    const [data] = (await once(taken, 'data')) as [Buffer];
+    expect(data.toString()).toBe('hello');
+  });
+
+  it('listens on a unix socket only in a directory no one else may enter', async () => {
+    const dir = mkdtempSync(join(tmpdir(), 'haul-local-'));
+    try {
+      chmodSync(dir, 0o755);
+      await expect(acceptOneLocal(join(dir, 'ps.sock'))).rejects.toThrow(/no one else may enter/);
+      chmodSync(dir, 0o700);
+      const listener = await acceptOneLocal(join(dir, 'ps.sock'));
+      listener.close();
+    } finally {
+      rmSync(dir, { recursive: true, force: true });
+    }
+  });
+});
