@@ -6,10 +6,9 @@ import { sendControl } from '../src/link/control-channel.js';
 import { ChannelKind } from '../src/link/frame.js';
 import type { LinkSession } from '../src/link/session.js';
 import type { Writable } from 'node:stream';
-import { acceptOne } from '../src/criu/page-server/connection.js';
 import { pagesStoredIn } from '../src/criu/images/pagemap.js';
-import { serveLazyPages } from '../src/criu/page-server/lazy-pages-server.js';
-import { criuLogErrors, startCriu } from '../src/criu/run/criu-process.js';
+import { criuLogErrors } from '../src/criu/run/criu-process.js';
+import { startLazyPagesDaemon } from '../src/criu/run/lazy-pages-daemon.js';
 import { RestoredTree } from '../src/criu/run/restored-tree.js';
 import { headerLayoutFor, type CriuVersion } from '../src/criu/run/criu-version.js';
 import { PAGE_SIZE } from '../src/criu/page-server/protocol.js';
@@ -397,15 +396,8 @@ export class DestinationRole {
    */
   private async serveLazy(entry: Incoming, dir: string): Promise<{ readonly delivered: Promise<number> }> {
     const lazyPages = await entry.lazyPages;
-    const server = await acceptOne('127.0.0.1', 0);
     const layout = headerLayoutFor(await this.criuVersion());
-    const served = server.connection.then((socket) => serveLazyPages(socket, layout, lazyPages));
-    served.catch(() => {});
-    // CRIU's unix socket between `criu restore --lazy-pages` and `criu lazy-pages` lives in the
-    // restore dir (criu#2808 when the two disagree): same -D, cwd there
-    const daemon = startCriu('lazy-pages', ['--page-server', '--address', '127.0.0.1', '--port', String(server.port), '-D', dir], {
-      logFile: join(entry.dir, 'lazy-pages.log'), statusFd: true, cwd: dir, ...(this.criuBinary ? { binary: this.criuBinary } : {}),
-    });
+    const { criu: daemon, served } = startLazyPagesDaemon(dir, lazyPages, { layout, logFile: join(entry.dir, 'lazy-pages.log'), ...(this.criuBinary ? { binary: this.criuBinary } : {}) });
     // the restored container runs on pages still at the source: see LazyCopyGuard (Incus then
     // shows a container it ended as stopped)
     const guard = new LazyCopyGuard(entry.session, () => entry.restored, () => daemon.child.kill('SIGKILL'));
@@ -414,7 +406,6 @@ export class DestinationRole {
       await daemon.ready;
     } catch (error) {
       daemon.child.kill('SIGKILL');
-      server.close();
       throw error;
     }
     const delivered = (async () => {

@@ -16,6 +16,7 @@ import { ChannelKind } from '../src/link/frame.js';
 import type { LinkSession } from '../src/link/session.js';
 import { fitsUnixSocketPath, freeLoopbackPort } from '../src/criu/page-server/connection.js';
 import { isPagesFileName, lazyRunsIn, pagesStoredIn } from '../src/criu/images/pagemap.js';
+import { expectPeerProcess, guardLoopbackPort, type LoopbackGuard } from '../src/host/index.js';
 import { dumpToLink, dumpToLinkLocal, type DumpToLink } from '../proxy/dump-to-link.js';
 import { sendImageFiles } from '../proxy/images-to-link.js';
 import { FaultQueue, moveLazyPages } from '../proxy/lazy-source.js';
@@ -166,7 +167,9 @@ export class SourceRole {
           // (proxy/dump-to-link.ts)
           const socketPath = join(workDir, 'page-server.sock');
           const local = fitsUnixSocketPath(socketPath);
-          const forward = local ? await dumpToLinkLocal(session, layout, socketPath) : await dumpToLink(session, layout);
+          const forward = local
+            ? await dumpToLinkLocal(session, layout, socketPath)
+            : await dumpToLink(session, layout, callerPid === undefined ? Promise.reject(new Error('the hook did not say which process becomes CRIU')) : Promise.resolve(callerPid), (refused) => this.log(`${instance.name}: refused a connection to the dump's page server: ${refused instanceof Error ? refused.message : String(refused)}`));
           const counting = setInterval(() => this.inFlight.update(progress, { pages: forward.pages.pagesSent }), 500);
           void forward.received.finally(() => clearInterval(counting)).catch(() => {});
           const observed = await ObservedPostDump.create(workDir, incusScript);
@@ -181,9 +184,17 @@ export class SourceRole {
         // pages that cannot be lazy go over the link as files.
         const dumpDir = join(workDir, 'images');
         await mkdir(dumpDir, { mode: 0o700 });
+        // CRIU serves lazy pages to whoever connects first and believes a CLOSE from anyone: only
+        // root may connect to its port (src/host/loopback-guard.ts), and haul checks it reached CRIU
+        const criu = callerPid === undefined ? undefined : identify(callerPid);
+        if (!criu) throw new Error("the hook did not say which process becomes CRIU, so haul could not tell CRIU's lazy page server from an impostor");
         const lazyPort = await freeLoopbackPort();
-        const actions = await LazyEarlyActions.create(workDir, incusScript, { dumpDir, checkpointDir: dir });
-        void this.followLazy(outgoing, faults, actions, layout, { dumpDir, lazyPort, criu: callerPid === undefined ? undefined : identify(callerPid) });
+        const guard = await guardLoopbackPort(lazyPort);
+        const actions = await LazyEarlyActions.create(workDir, incusScript, { dumpDir, checkpointDir: dir }).catch(async (error: unknown) => {
+          await guard.release();
+          throw error;
+        });
+        void this.followLazy(outgoing, faults, actions, layout, { dumpDir, lazyPort, guard, criu });
         const lazyArgs = replaced('-D', dumpDir, replaced('--action-script', actions.scriptPath, args));
         return { args: [...lazyArgs, '--lazy-pages', '--address', '127.0.0.1', '--port', String(lazyPort)] };
       } catch (error) {
@@ -328,7 +339,7 @@ export class SourceRole {
    * Incus' own post-dump step reported the restore; on any failure a bad header makes CRIU resume
    * it. `criu`: the dump's process, so that a dump that fails before post-dump is not waited for.
    */
-  private async followLazy(outgoing: Outgoing, faults: FaultQueue, actions: LazyEarlyActions, layout: HeaderLayout, dump: { readonly dumpDir: string; readonly lazyPort: number; readonly criu: ProcessIdentity | undefined }): Promise<void> {
+  private async followLazy(outgoing: Outgoing, faults: FaultQueue, actions: LazyEarlyActions, layout: HeaderLayout, dump: { readonly dumpDir: string; readonly lazyPort: number; readonly guard: LoopbackGuard; readonly criu: ProcessIdentity }): Promise<void> {
     const { session, control, answers, dir, record, startedAt, progress } = outgoing;
     const { dumpDir, lazyPort } = dump;
     let lazyServer: Socket | undefined;
@@ -351,6 +362,10 @@ export class SourceRole {
       await Promise.race([actions.statusReady, sleep(LAZY_SERVER_MS).then(() => Promise.reject(new Error(`CRIU's lazy page server did not start within ${LAZY_SERVER_MS / 1000} s`)))]);
       lazyServer = connect(lazyPort, '127.0.0.1');
       await new Promise((resolve, reject) => lazyServer!.once('connect', resolve).once('error', reject));
+      // someone may have taken the port before CRIU could: nothing is asked of it or believed
+      // until CRIU is seen to hold the other end (CRIU then stops listening: the guard can go)
+      await expectPeerProcess(lazyServer, dump.criu.pid);
+      await dump.guard.release();
       const client = new LazyPagesClient(lazyServer, layout);
       const total = lazyRuns.reduce((sum, run) => sum + run.nrPages, 0);
       this.log(`${record.instance}: ${total} lazy pages to move`);
@@ -391,6 +406,7 @@ export class SourceRole {
       await this.records.add({ ...record, totalMs: Date.now() - startedAt.getTime(), result: 'failed', error: reason });
     } finally {
       this.inFlight.end(record.id);
+      await dump.guard.release();
       await actions.close();
       // the page data haul sent; the rest of the directory is swept later (CRIU writes its stats
       // there as it ends)

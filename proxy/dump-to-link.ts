@@ -1,5 +1,6 @@
 import type { Socket } from 'node:net';
 import { acceptOne, acceptOneLocal } from '../src/criu/page-server/connection.js';
+import { expectPeerProcess } from '../src/host/index.js';
 import { receiveDump, type DumpSummary } from '../src/criu/page-server/dump-receiver.js';
 import type { HeaderLayout } from '../src/criu/page-server/protocol.js';
 import type { LinkSession } from '../src/link/session.js';
@@ -30,13 +31,24 @@ export interface DumpToLink {
   abandon(): void;
 }
 
-/** CRIU connects to `port` on 127.0.0.1 (--page-server --address 127.0.0.1 --port). */
-export async function dumpToLink(session: LinkSession, layout: HeaderLayout): Promise<DumpToLink & { readonly port: number }> {
-  const server = await acceptOne('127.0.0.1', 0);
+/**
+ * CRIU connects to `port` on 127.0.0.1 (--page-server --address 127.0.0.1 --port). Any local user
+ * can connect there too: only a connection held by the process `criu` names (once CRIU runs) is
+ * served; others are dropped unread and reported to `onRefused`.
+ */
+export async function dumpToLink(session: LinkSession, layout: HeaderLayout, criu: Promise<number>, onRefused?: (error: unknown) => void): Promise<DumpToLink & { readonly port: number }> {
+  criu.catch(() => {}); // a pid never known refuses every connection, below
+  const server = await acceptOne('127.0.0.1', 0, async (socket) => expectPeerProcess(socket, await criu), onRefused);
   return { ...forwardDump(session, layout, server), port: server.port };
 }
 
-/** CRIU is handed a socket connected to `path` (--page-server --ps-socket FD). */
+/** CRIU holds the other end of `socket` already (startCriu's pageServerSocket). */
+export function dumpToLinkOver(session: LinkSession, layout: HeaderLayout, socket: Socket | undefined): DumpToLink {
+  const connection = socket ? Promise.resolve(socket) : Promise.reject(new Error('criu was started without a page-server socket (did it start at all?)'));
+  return forwardDump(session, layout, { connection, close: () => {} });
+}
+
+/** CRIU is handed a socket connected to `path` (--page-server --ps-socket FD), in a directory only root may enter. */
 export async function dumpToLinkLocal(session: LinkSession, layout: HeaderLayout, path: string): Promise<DumpToLink & { readonly path: string }> {
   const server = await acceptOneLocal(path);
   return { ...forwardDump(session, layout, server), path };

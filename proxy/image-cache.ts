@@ -6,9 +6,7 @@ import type { EndpointOptions } from '../src/link/endpoint-options.js';
 import { ChannelKind } from '../src/link/frame.js';
 import { LinkListener } from '../src/link/listener.js';
 import type { LinkSession } from '../src/link/session.js';
-import { acceptOne } from '../src/criu/page-server/connection.js';
-import { serveLazyPages } from '../src/criu/page-server/lazy-pages-server.js';
-import { startCriu } from '../src/criu/run/criu-process.js';
+import { startLazyPagesDaemon } from '../src/criu/run/lazy-pages-daemon.js';
 import { RestoredTree } from '../src/criu/run/restored-tree.js';
 import { criuVersion, headerLayoutFor } from '../src/criu/run/criu-version.js';
 import { CacheStore, discardImages } from './cache-store.js';
@@ -98,10 +96,8 @@ export class ImageCache {
         return;
       }
       // lazy: the restore starts before the memory is here; criu lazy-pages asks haul, haul asks the source
-      const server = await acceptOne('127.0.0.1', 0);
-      const served = server.connection.then(async (socket) => serveLazyPages(socket, headerLayoutFor(await criuVersion()), lazyPages));
-      served.catch(() => {});
-      const daemon = startCriu('lazy-pages', ['--page-server', '--address', '127.0.0.1', '--port', String(server.port), '-D', dir], { logFile: join(dir, 'lazy-pages.log'), statusFd: true, cwd: dir });
+      const layout = headerLayoutFor(await criuVersion());
+      const { criu: daemon, served } = startLazyPagesDaemon(dir, lazyPages, { layout, logFile: join(dir, 'lazy-pages.log') });
       try {
         await daemon.ready;
         await runCriu('restore', ['--lazy-pages', '-D', dir, '-d', '--pidfile', pidFile], { logFile: join(dir, 'restore.log'), cwd: dir, ...restoreBinary });
@@ -109,7 +105,6 @@ export class ImageCache {
       } catch (error) {
         // no restore will ever connect to it: the lazy-pages daemon would wait forever
         daemon.child.kill('SIGKILL');
-        server.close();
         throw error;
       }
       // the restored tree runs on pages still at the source: see LazyCopyGuard

@@ -12,9 +12,10 @@ import { ControlInbox } from '../src/link/control-inbox.js';
 import { dialLink } from '../src/link/dialer.js';
 import type { EndpointOptions } from '../src/link/endpoint-options.js';
 import { ChannelKind } from '../src/link/frame.js';
+import { expectPeerProcess, guardLoopbackPort, type LoopbackGuard } from '../src/host/index.js';
 import { sendImageFiles } from './images-to-link.js';
 import { FaultQueue, moveLazyPages } from './lazy-source.js';
-import { dumpToLink } from './dump-to-link.js';
+import { dumpToLink, dumpToLinkOver } from './dump-to-link.js';
 
 export interface MigrateOptions extends EndpointOptions {
   readonly pid: number;
@@ -126,16 +127,18 @@ async function startMigration(options: MigrateOptions, mode: 'pre-copy' | 'lazy'
  */
 export async function migratePreCopy(options: MigrateOptions): Promise<MigrationSummary> {
   const { progress, layout, workDir, imagesDir, session, reports, gate, control, criu, failure, cleanUp } = await startMigration(options, 'pre-copy');
-  const forward = await dumpToLink(session, layout);
-  const { pages } = forward;
-
   const started = Date.now();
   progress('dumping');
+  // CRIU's page-server session is a socket pair: nothing listens, so no one else can join it, and
+  // a unix socket has no TCP cork to wait out at the end of the dump (dump-to-link.ts)
   const dump = startCriu(
     'dump',
-    ['-t', String(options.pid), '-D', imagesDir, '--page-server', '--address', '127.0.0.1', '--port', String(forward.port), '--action-script', gate.scriptPath],
-    { logFile: join(workDir, 'dump.log'), ...criu },
+    ['-t', String(options.pid), '-D', imagesDir, '--action-script', gate.scriptPath],
+    { logFile: join(workDir, 'dump.log'), pageServerSocket: true, ...criu },
   );
+  const forward = dumpToLinkOver(session, layout, dump.pageServer);
+  const { pages } = forward;
+
   const stopReporting = reportPages(progress, 'pages sent', () => pages.pagesSent);
   let restored = 0;
   try {
@@ -195,9 +198,22 @@ export async function migrateLazy(options: MigrateOptions): Promise<MigrationSum
   const { progress, layout, workDir, imagesDir, session, reports, gate, control, faults, criu, failure, cleanUp } = await startMigration(options, 'lazy');
   // CRIU sends the pagemaps and the pages that cannot be lazy to haul's page server first, as in
   // pre-copy, then serves the lazy ones itself on the same port once post-dump returns
-  const forward = await dumpToLink(session, layout);
+  // (CRIU 4.1.1 cannot take a socket pair here: dump-to-link.ts.) On that port, haul serves only
+  // the dump's own connection, and CRIU's lazy page server, which takes the first client and
+  // believes its CLOSE, is out of reach of every local user but root (src/host/loopback-guard.ts)
+  let criuPid: (pid: number) => void = () => {};
+  const forward = await dumpToLink(session, layout, new Promise<number>((resolve) => (criuPid = resolve)), (refused) => progress(`refused a connection to the dump's page server: ${refused instanceof Error ? refused.message : String(refused)}`));
   const port = forward.port;
   const dumped = forward.pages;
+  let guard: LoopbackGuard;
+  try {
+    guard = await guardLoopbackPort(port);
+  } catch (error) {
+    forward.abandon();
+    await gate.close();
+    await cleanUp();
+    throw failure(error);
+  }
 
   const started = Date.now();
   progress('dumping (lazy)');
@@ -206,6 +222,7 @@ export async function migrateLazy(options: MigrateOptions): Promise<MigrationSum
     ['-t', String(options.pid), '-D', imagesDir, '--lazy-pages', '--page-server', '--address', '127.0.0.1', '--port', String(port), '--action-script', gate.scriptPath],
     { logFile: join(workDir, 'dump.log'), statusFd: true, ...criu },
   );
+  if (dump.child.pid !== undefined) criuPid(dump.child.pid);
   let lazyServer: Socket | undefined;
   let pulled = 0;
   let stopReporting = (): void => {};
@@ -231,6 +248,10 @@ export async function migrateLazy(options: MigrateOptions): Promise<MigrationSum
     await dump.ready;
     lazyServer = connect(port, '127.0.0.1');
     await new Promise((resolve, reject) => lazyServer!.once('connect', resolve).once('error', reject));
+    // whoever listens there answers nothing haul believes until it is seen to be CRIU; CRIU then
+    // stops listening, and the guard can go
+    await expectPeerProcess(lazyServer, dump.child.pid!);
+    await guard.release();
     const client = new LazyPagesClient(lazyServer, layout);
     const total = dumped.lazyRuns.reduce((sum, run) => sum + run.nrPages, 0);
     progress(`restoring on the destination; ${total} pages to follow`);
@@ -276,6 +297,7 @@ export async function migrateLazy(options: MigrateOptions): Promise<MigrationSum
     await dump.exited.catch(() => {});
     throw failure(error);
   } finally {
+    await guard.release();
     await cleanUp();
   }
 }

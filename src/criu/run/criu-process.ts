@@ -1,6 +1,7 @@
 import { spawn, type ChildProcess } from 'node:child_process';
 import { readFile } from 'node:fs/promises';
-import type { Readable } from 'node:stream';
+import type { Socket } from 'node:net';
+import { getDefaultHighWaterMark, setDefaultHighWaterMark, type Readable } from 'node:stream';
 
 export const DEFAULT_CRIU = '/usr/local/sbin/criu';
 
@@ -40,6 +41,14 @@ export interface CriuOptions {
   /** Pass --status-fd and resolve `ready` when CRIU reports it is serving (page-server, lazy-pages, lazy dump, restore). */
   readonly statusFd?: boolean;
   readonly cwd?: string;
+  /**
+   * Hand CRIU one end of a socket pair as its page-server connection (`--page-server --ps-socket`)
+   * and keep the other as `pageServer`. No socket listens, so no other process can reach CRIU's
+   * page-server session or pose as it. Works for `dump` (without --lazy-pages: CRIU 4.1.1 closes
+   * the socket at the end of a lazy dump, then serves lazy pages on the closed descriptor) and for
+   * `lazy-pages` (criu/page-xfer.c connect_to_page_server takes opts.ps_socket for both).
+   */
+  readonly pageServerSocket?: boolean;
 }
 
 export interface CriuProcess {
@@ -48,15 +57,36 @@ export interface CriuProcess {
   readonly ready: Promise<void>;
   /** Resolves when CRIU exits 0; rejects with a CriuError otherwise. */
   readonly exited: Promise<void>;
+  /** haul's end of CRIU's page-server connection, with `pageServerSocket`. */
+  readonly pageServer?: Socket;
 }
+
+/** CRIU's end of the page-server socket pair, in the child. */
+const PAGE_SERVER_FD = 4;
+/**
+ * A deep read buffer on haul's end lets Node drain CRIU's bursts in one turn of the event loop
+ * instead of one 16 KiB buffer per turn, which held a dump to a third of CRIU's own page-server rate.
+ */
+const PAGE_SERVER_READ_BUFFER = 4 * 1024 * 1024;
 
 export function startCriu(action: string, args: readonly string[], options: CriuOptions): CriuProcess {
   const statusArgs = options.statusFd ? ['--status-fd', '3'] : [];
-  const child = spawn(
-    options.binary ?? DEFAULT_CRIU,
-    [action, ...args, '-o', options.logFile, `-v${options.verbosity ?? 4}`, ...statusArgs],
-    { stdio: ['ignore', 'ignore', 'pipe', 'pipe'], cwd: options.cwd },
-  );
+  const pageServerArgs = options.pageServerSocket ? ['--page-server', '--ps-socket', String(PAGE_SERVER_FD)] : [];
+  // libuv makes each 'pipe' a socketpair whose child end stays blocking, as CRIU expects of its
+  // page-server socket (src/unix/process.c); the stream on haul's end takes the default
+  // high-water mark of the moment it is made
+  const defaultHighWaterMark = getDefaultHighWaterMark(false);
+  if (options.pageServerSocket && action === 'dump') setDefaultHighWaterMark(false, PAGE_SERVER_READ_BUFFER);
+  let child: ChildProcess;
+  try {
+    child = spawn(
+      options.binary ?? DEFAULT_CRIU,
+      [action, ...args, ...pageServerArgs, '-o', options.logFile, `-v${options.verbosity ?? 4}`, ...statusArgs],
+      { stdio: ['ignore', 'ignore', 'pipe', 'pipe', options.pageServerSocket ? 'pipe' : 'ignore'], cwd: options.cwd },
+    );
+  } finally {
+    setDefaultHighWaterMark(false, defaultHighWaterMark);
+  }
   let stderr = '';
   child.stderr?.on('data', (chunk: Buffer) => void (stderr = (stderr + chunk.toString()).slice(-4096)));
   const exited = new Promise<void>((resolve, reject) => {
@@ -76,7 +106,10 @@ export function startCriu(action: string, args: readonly string[], options: Criu
   });
   ready.catch(() => {});
   exited.catch(() => {});
-  return { child, ready, exited };
+  const pageServer = options.pageServerSocket ? (child.stdio[PAGE_SERVER_FD] as Socket) : undefined;
+  // errors reach whoever reads the session; this keeps one with no reader yet from crashing haul
+  pageServer?.on('error', () => {});
+  return pageServer ? { child, ready, exited, pageServer } : { child, ready, exited };
 }
 
 export async function runCriu(action: string, args: readonly string[], options: CriuOptions): Promise<void> {
