@@ -4,6 +4,7 @@ import { connect, createConnection, createServer } from 'node:net';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { join } from 'node:path';
 import { criuVersion } from '../src/criu/run/criu-version.js';
+import { canGuardLoopbackPorts } from '../src/host/index.js';
 import { dialLink } from '../src/link/dialer.js';
 import type { EndpointOptions } from '../src/link/endpoint-options.js';
 import { hookSocketPath } from './hook-protocol.js';
@@ -94,6 +95,8 @@ export async function diagnose(options: DoctorOptions): Promise<Check[]> {
     add('userfaultfd', true, 'the userfaultfd() system call (no /dev/userfaultfd)');
   }
 
+  const loopbackGuard = await canGuardLoopbackPorts().then(() => undefined, (error: unknown) => (error instanceof Error ? error.message : String(error)));
+  add('loopback guard (nftables)', loopbackGuard === undefined, loopbackGuard ?? "nftables takes haul's guard table (checked with nft --check, nothing changed)", "apt install nftables, as root: in a lazy move only root may connect to CRIU's lazy page server, which haul guards with an nftables rule while it listens");
   const guard = await canCutConnections();
   add('failed-restore guard (ss -K)', guard.ok, guard.found, "as root, with iproute2 installed and a kernel built with CONFIG_INET_DIAG_DESTROY: after a failed restore haul cuts Incus' migration connections, so that Incus cannot report the failure as a success");
 

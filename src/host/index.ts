@@ -1,4 +1,4 @@
 /** What haul asks of the local kernel: its TCP tables, who holds a socket, loopback ports only root may reach. */
 export { canonicalEndpoint, connectionsSeenBy, establishedConnections, socketInodesOf, type TcpConnection } from './tcp-table.js';
 export { expectPeerProcess, UnexpectedPeerError } from './socket-peer.js';
-export { guardLoopbackPort, LoopbackGuardError, type LoopbackGuard, type LoopbackGuardOptions } from './loopback-guard.js';
+export { canGuardLoopbackPorts, guardLoopbackPort, LoopbackGuardError, type LoopbackGuard, type LoopbackGuardOptions } from './loopback-guard.js';

@@ -40,23 +40,32 @@ const DEFAULT_EXPIRY_S = 6 * 3600;
 export async function guardLoopbackPort(port: number, options: LoopbackGuardOptions = {}): Promise<LoopbackGuard> {
   if (!Number.isInteger(port) || port < 1 || port > 65535) throw new LoopbackGuardError(`no such TCP port: ${port}`);
   const nft = options.nft ?? 'nft';
-  const expiry = options.expireAfterSeconds ?? DEFAULT_EXPIRY_S;
-  // one transaction: the table, set and chain are made if missing, the chain's rules replaced by
-  // the same two (so concurrent set-ups agree), and the element added
-  const script = [
+  await runNft(nft, ['-f', '-'], guardScript(port, options.expireAfterSeconds ?? DEFAULT_EXPIRY_S));
+  return {
+    port,
+    release: () => runNft(nft, ['delete', 'element', ...TABLE.split(' '), PORTS, `{ ${port} }`], '').catch(() => {}),
+  };
+}
+
+/** Whether this host's nftables would take a guard, asked without changing anything (nft --check). */
+export async function canGuardLoopbackPorts(options: Pick<LoopbackGuardOptions, 'nft'> = {}): Promise<void> {
+  await runNft(options.nft ?? 'nft', ['--check', '-f', '-'], guardScript(1, DEFAULT_EXPIRY_S));
+}
+
+/**
+ * One transaction: the table, set and chain are made if missing, the chain's rules replaced by the
+ * same two (so set-ups running at once agree), and the port's element added.
+ */
+function guardScript(port: number, expirySeconds: number): string {
+  return [
     `add table ${TABLE}`,
     `add set ${TABLE} ${PORTS} { type inet_service; flags timeout; }`,
     `add chain ${TABLE} loopback_output { type filter hook output priority filter; policy accept; }`,
     `flush chain ${TABLE} loopback_output`,
     `add rule ${TABLE} loopback_output ip daddr 127.0.0.0/8 tcp dport @${PORTS} meta skuid != 0 reject with tcp reset`,
     `add rule ${TABLE} loopback_output ip6 daddr ::1 tcp dport @${PORTS} meta skuid != 0 reject with tcp reset`,
-    `add element ${TABLE} ${PORTS} { ${port} timeout ${expiry}s }`,
+    `add element ${TABLE} ${PORTS} { ${port} timeout ${expirySeconds}s }`,
   ].join('\n');
-  await runNft(nft, ['-f', '-'], script);
-  return {
-    port,
-    release: () => runNft(nft, ['delete', 'element', ...TABLE.split(' '), PORTS, `{ ${port} }`], '').catch(() => {}),
-  };
 }
 
 function runNft(nft: string, args: readonly string[], input: string): Promise<void> {

@@ -6,7 +6,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterEach, expect, it } from 'vitest';
 import { acceptOne, acceptOneLocal } from '../../src/criu/page-server/connection.js';
-import { expectPeerProcess, guardLoopbackPort, UnexpectedPeerError } from '../../src/host/index.js';
+import { canGuardLoopbackPorts, expectPeerProcess, guardLoopbackPort, LoopbackGuardError, UnexpectedPeerError } from '../../src/host/index.js';
 import { describeOnHost } from '../support/host.js';
 import { ATTACKER_UID } from '../support/local-attacker.js';
 
@@ -45,6 +45,13 @@ describeOnHost('who may connect to the loopback listeners of a migration', ['roo
       await guard.release();
     }
     expect((await connectFromAnotherProcess(port, ATTACKER_UID)).connected).toBe(true);
+  });
+
+  it('says with a stable code when nftables is missing, and checks without changing anything', async () => {
+    await expect(canGuardLoopbackPorts()).resolves.toBeUndefined();
+    const missing = await guardLoopbackPort(1234, { nft: '/nonexistent/nft' }).catch((error: unknown) => error);
+    expect(missing).toBeInstanceOf(LoopbackGuardError);
+    expect((missing as LoopbackGuardError).code).toBe('HAUL_LOOPBACK_GUARD');
   });
 
   it('tells the process holding the other end of a connection from any other', async () => {
