@@ -1,6 +1,7 @@
 import { EventEmitter } from 'node:events';
-import { ChannelKind, FrameType, LinkProtocolError, decodeFrame, encodeFrame, type ChannelKindCode, type Frame } from './frame.js';
+import { ChannelKind, FrameType, decodeFrame, encodeFrame, type ChannelKindCode, type Frame } from './frame.js';
 import { IncomingChannel, OutgoingChannel } from './channels.js';
+import { LinkAbortedError, LinkProtocolError, linkReasonCode } from './link-errors.js';
 import { Messages, type ChannelProgress } from './messages.js';
 import { STREAM_DIGEST_SIZE } from './stream-digest.js';
 
@@ -17,16 +18,7 @@ export interface FrameTransport {
   close(reason: string): void;
 }
 
-/** The session ended with an error, on this side or the peer's (origin says which). */
-export class LinkAbortedError extends Error {
-  override readonly name = 'LinkAbortedError';
-  constructor(
-    readonly reason: string,
-    readonly origin: 'local' | 'peer',
-  ) {
-    super(origin === 'peer' ? `the peer aborted: ${reason}` : reason);
-  }
-}
+export { LinkAbortedError };
 
 interface SessionEvents {
   /**
@@ -104,13 +96,17 @@ export class LinkSession extends EventEmitter<SessionEvents> {
     return [...this.incoming.values()].map((channel) => channel.progress());
   }
 
-  /** Continues on a new connection; `peerProgress` is the peer's progress from the handshake. */
+  /**
+   * Continues on a new connection; `peerProgress` is the peer's progress from the handshake. A
+   * peer whose account of it cannot be true (see OutgoingChannel.resumeProblem) ends the session.
+   */
   attach(transport: FrameTransport, peerProgress?: ChannelProgress[]): void {
     if (this.state !== 'open') {
       transport.close('session ended');
       return;
     }
-    if (peerProgress) {
+    const problem = peerProgress && this.resumeProblem(peerProgress);
+    if (!problem && peerProgress) {
       const byId = new Map(peerProgress.map((p) => [p.channel, p]));
       for (const channel of this.outgoing.values()) channel.rewind(byId.get(channel.id));
       for (const channel of this.incoming.values()) channel.resendCredit();
@@ -126,14 +122,36 @@ export class LinkSession extends EventEmitter<SessionEvents> {
         if (this.state === 'open') this.emit('detached', reason);
       },
     });
+    // the peer hears why on the connection it came with
+    if (problem) return this.fail(new LinkProtocolError(`refused the resume: ${problem}`));
     this.schedulePump();
     this.emit('attached', this.attachCount);
   }
 
-  /** Ends the session with an error that reaches the peer, and fails every channel. */
-  abort(reason: string): void {
+  private resumeProblem(peerProgress: ChannelProgress[]): string | undefined {
+    const byId = new Map<number, ChannelProgress>();
+    for (const progress of peerProgress) {
+      if (byId.has(progress.channel)) return `the peer gave its progress on channel ${progress.channel} twice`;
+      if (!this.outgoing.has(progress.channel)) return `the peer gave its progress on channel ${progress.channel}, which this side never opened`;
+      byId.set(progress.channel, progress);
+    }
+    for (const channel of this.outgoing.values()) {
+      const problem = channel.resumeProblem(byId.get(channel.id));
+      if (problem) return problem;
+    }
+    return undefined;
+  }
+
+  /**
+   * Ends the session with an error that reaches the peer, and fails every channel. `cause` is the
+   * error behind the reason, if any; a link error's code goes to the peer with the reason.
+   */
+  abort(reason: string, cause?: unknown): void {
     if (this.state !== 'open') return;
-    this.finishWith('aborted', new LinkAbortedError(reason, 'local'), { type: FrameType.ABORT, kind: 0, channel: 0, offset: 0n, payload: Messages.abort.encode({ reason, origin: this.role }) });
+    const code = linkReasonCode(cause);
+    this.finishWith('aborted', new LinkAbortedError(reason, 'local', code, cause), {
+      type: FrameType.ABORT, kind: 0, channel: 0, offset: 0n, payload: Messages.abort.encode({ reason, origin: this.role, code: code ?? '' }),
+    });
   }
 
   /** Ends the session because its work is done. */
@@ -142,11 +160,23 @@ export class LinkSession extends EventEmitter<SessionEvents> {
     this.finishWith('closed', undefined, { type: FrameType.CLOSE, kind: 0, channel: 0, offset: 0n, payload: Buffer.alloc(0) });
   }
 
+  /** Whatever goes wrong inside the session ends it, with the error as the cause: nothing escapes into an event handler. */
+  private fail(error: unknown): void {
+    this.abort(error instanceof Error ? error.message : String(error), error);
+  }
+
   private finishWith(state: 'aborted' | 'closed', error: LinkAbortedError | undefined, frame: Frame): void {
     this.state = state;
     const transport = this.transport;
     this.transport = undefined;
-    if (transport) transport.send(encodeFrame(frame, this.frameCrc), () => transport.close(state === 'closed' ? 'session closed' : 'session aborted'));
+    if (transport) {
+      const closeTransport = (): void => transport.close(state === 'closed' ? 'session closed' : 'session aborted');
+      try {
+        transport.send(encodeFrame(frame, this.frameCrc), closeTransport);
+      } catch {
+        closeTransport(); // a broken transport: the peer learns from the connection's end
+      }
+    }
     this.failChannels(error);
     if (error) this.emit('aborted', error);
     else this.emit('closed');
@@ -162,7 +192,7 @@ export class LinkSession extends EventEmitter<SessionEvents> {
     try {
       this.handle(decodeFrame(bytes, this.frameCrc));
     } catch (error) {
-      this.abort(error instanceof Error ? error.message : String(error));
+      this.fail(error);
     }
   }
 
@@ -180,7 +210,7 @@ export class LinkSession extends EventEmitter<SessionEvents> {
           frame.payload.toString('utf8'),
           BigInt(CHANNEL_WINDOW),
           (acked, limit) => this.sendControl(creditFrame(frame.channel, acked, limit)),
-          (error) => this.abort(error.message),
+          (error) => this.fail(error),
         );
         this.incoming.set(frame.channel, channel);
         this.emit('channel', channel);
@@ -200,9 +230,9 @@ export class LinkSession extends EventEmitter<SessionEvents> {
         return this.schedulePump();
       }
       case FrameType.ABORT: {
-        const { reason } = Messages.abort.decode(frame.payload);
+        const { reason, code } = Messages.abort.decode(frame.payload);
         this.state = 'aborted';
-        const error = new LinkAbortedError(reason, 'peer');
+        const error = new LinkAbortedError(reason, 'peer', linkReasonCode(code));
         this.transport?.close('peer aborted');
         this.transport = undefined;
         this.failChannels(error);
@@ -242,6 +272,14 @@ export class LinkSession extends EventEmitter<SessionEvents> {
   }
 
   private pump(): void {
+    try {
+      this.pumpFrames();
+    } catch (error) {
+      this.fail(error);
+    }
+  }
+
+  private pumpFrames(): void {
     const transport = this.transport;
     while (transport && this.transport === transport && this.inFlight < MAX_IN_FLIGHT) {
       const frame = this.control.shift() ?? this.nextChannelFrame();
