@@ -253,6 +253,12 @@ export class IncomingChannel {
     return { channel: this.id, received: this.received, ended: this.ended };
   }
 
+  /** Bytes that arrived and the application has not read: queued here, or in the stream's buffer. */
+  unread(): bigint {
+    if (this.readable.destroyed) return 0n;
+    return this.received - this.delivered + BigInt(this.readable.readableLength);
+  }
+
   data(offset: bigint, payload: Buffer): void {
     if (this.end) throw new LinkProtocolError(`channel ${this.id}: data after its end`);
     const end = offset + BigInt(payload.length);
@@ -278,6 +284,7 @@ export class IncomingChannel {
 
   fail(reason: string): void {
     this.ended = true;
+    this.queue.length = 0;
     this.readable.destroy(new Error(`the sender reset channel ${this.name}: ${reason}`));
   }
 
@@ -292,6 +299,7 @@ export class IncomingChannel {
       const actual = this.digest.digest();
       if (!actual.equals(this.end.digest)) {
         const error = new LinkIntegrityError(`channel ${this.name}: ${STREAM_DIGEST} ${actual.toString('hex')} of the bytes received differs from the sender's ${this.end.digest.toString('hex')}`);
+        this.queue.length = 0;
         this.readable.destroy(error);
         this.onIntegrityFailure(error);
         return;

@@ -1,7 +1,7 @@
 import { EventEmitter } from 'node:events';
 import { ChannelKind, FrameType, decodeFrame, encodeFrame, type ChannelKindCode, type Frame } from './frame.js';
 import { IncomingChannel, OutgoingChannel } from './channels.js';
-import { LinkAbortedError, LinkProtocolError, linkReasonCode } from './link-errors.js';
+import { LinkAbortedError, LinkLimitError, LinkProtocolError, linkReasonCode } from './link-errors.js';
 import { Messages, type ChannelProgress } from './messages.js';
 import { STREAM_DIGEST_SIZE } from './stream-digest.js';
 
@@ -9,6 +9,38 @@ import { STREAM_DIGEST_SIZE } from './stream-digest.js';
 export const CHANNEL_WINDOW = 8 * 1024 * 1024;
 /** Bytes handed to the connection and not yet written out, over all channels. */
 const MAX_IN_FLIGHT = 4 * 1024 * 1024;
+
+/**
+ * What a session lets its peer make it hold; going past any of them aborts the session with a
+ * LinkLimitError naming it (its code: link-errors.ts, LinkLimitCodes).
+ */
+export interface LinkLimits {
+  /** The peer's channels open at once (opened and not yet ended or reset). */
+  readonly maxOpenChannels: number;
+  /**
+   * Bytes the peer sent that the application has not read yet, over all channels: each channel
+   * may hold up to CHANNEL_WINDOW plus its stream's buffer, so without this a peer opening many
+   * channels nobody reads holds that much memory per channel.
+   */
+  readonly maxUnreadBytes: number;
+  /** Control messages a ControlInbox keeps (it keeps every one it was sent). */
+  readonly maxControlMessages: number;
+}
+
+/**
+ * Far above what a migration uses: sendImageFiles (proxy/images-to-link.ts) opens one channel per
+ * image file of a dump at once, a few per process, so a few hundred processes' dump is a few
+ * thousand channels, at about 5 KiB each while open; page streams (proxy/pages-to-link.ts) come
+ * one after another, lazy pages use three channels, control one or two per side. The unread cap
+ * is 64 full channel windows: the destination's readers write each channel to disk as it comes,
+ * so that many channels full and unread at once means its reader is stuck, not slow. A migration
+ * exchanges fewer than ten control messages each way.
+ */
+export const DEFAULT_LINK_LIMITS: LinkLimits = Object.freeze({
+  maxOpenChannels: 4096,
+  maxUnreadBytes: 64 * CHANNEL_WINDOW,
+  maxControlMessages: 256,
+});
 
 /** One connection's worth of frame exchange; the session outlives it when the link resumes. */
 export interface FrameTransport {
@@ -44,6 +76,11 @@ export class LinkSession extends EventEmitter<SessionEvents> {
   private transport: FrameTransport | undefined;
   private readonly outgoing = new Map<number, OutgoingChannel>();
   private readonly incoming = new Map<number, IncomingChannel>();
+  /** The peer's channels not known to have ended (pruned as the next one opens). */
+  private readonly openIncoming = new Set<IncomingChannel>();
+  /** The peer's channels that may hold bytes not yet read (pruned as they are counted). */
+  private readonly unreadIncoming = new Set<IncomingChannel>();
+  readonly limits: LinkLimits;
   private readonly control: Frame[] = [];
   private nextChannelId: number;
   private inFlight = 0;
@@ -59,8 +96,10 @@ export class LinkSession extends EventEmitter<SessionEvents> {
     readonly role: 'dialer' | 'listener',
     readonly sessionId: Buffer,
     private readonly frameCrc = true,
+    limits: Partial<LinkLimits> = {},
   ) {
     super();
+    this.limits = Object.freeze({ ...DEFAULT_LINK_LIMITS, ...limits });
     this.nextChannelId = role === 'dialer' ? 1 : 2; // odd ids are the dialler's, even ones the listener's
   }
 
@@ -204,6 +243,7 @@ export class LinkSession extends EventEmitter<SessionEvents> {
         }
         if (this.incoming.has(frame.channel)) return; // replayed after a reconnect
         if (frame.kind === 0) throw new LinkProtocolError(`channel ${frame.channel} opened without a kind`);
+        this.admitChannel(frame.channel);
         const channel = new IncomingChannel(
           frame.channel,
           frame.kind,
@@ -213,11 +253,16 @@ export class LinkSession extends EventEmitter<SessionEvents> {
           (error) => this.fail(error),
         );
         this.incoming.set(frame.channel, channel);
+        this.openIncoming.add(channel);
         this.emit('channel', channel);
         return;
       }
-      case FrameType.DATA:
-        return this.incomingChannel(frame).data(frame.offset, frame.payload);
+      case FrameType.DATA: {
+        const channel = this.incomingChannel(frame);
+        channel.data(frame.offset, frame.payload);
+        this.unreadIncoming.add(channel);
+        return this.checkUnread();
+      }
       case FrameType.END:
         if (frame.payload.length !== STREAM_DIGEST_SIZE) throw new LinkProtocolError(`channel ${frame.channel} ended with a ${frame.payload.length}-byte digest`);
         return this.incomingChannel(frame).finish(frame.offset, frame.payload);
@@ -249,6 +294,23 @@ export class LinkSession extends EventEmitter<SessionEvents> {
       default:
         throw new LinkProtocolError(`unexpected frame type 0x${frame.type.toString(16)} in a running session`);
     }
+  }
+
+  private admitChannel(id: number): void {
+    for (const channel of this.openIncoming) if (channel.ended) this.openIncoming.delete(channel);
+    const max = this.limits.maxOpenChannels;
+    if (this.openIncoming.size >= max) throw new LinkLimitError('openChannels', max, `the peer opened channel ${id} with ${this.openIncoming.size} of its channels open`);
+  }
+
+  private checkUnread(): void {
+    let unread = 0n;
+    for (const channel of this.unreadIncoming) {
+      const bytes = channel.unread();
+      if (bytes === 0n) this.unreadIncoming.delete(channel);
+      unread += bytes;
+    }
+    const max = this.limits.maxUnreadBytes;
+    if (unread > BigInt(max)) throw new LinkLimitError('unreadBytes', max, `the peer's channels hold ${unread} bytes not read yet`);
   }
 
   private incomingChannel(frame: Frame): IncomingChannel {
