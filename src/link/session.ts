@@ -32,13 +32,14 @@ export interface LinkLimits {
  * image file of a dump at once, a few per process, so a few hundred processes' dump is a few
  * thousand channels, at about 5 KiB each while open; page streams (proxy/pages-to-link.ts) come
  * one after another, lazy pages use three channels, control one or two per side. The unread cap
- * is 64 full channel windows: the destination's readers write each channel to disk as it comes,
- * so that many channels full and unread at once means its reader is stuck, not slow. A migration
- * exchanges fewer than ten control messages each way.
+ * is 128 full channel windows: every channel starts with a window of credit, and the plugin's
+ * lazy path sends each process's pages file at once, so a destination whose disk falls behind
+ * can legitimately hold one window per process for a while. A migration exchanges fewer than ten
+ * control messages each way.
  */
 export const DEFAULT_LINK_LIMITS: LinkLimits = Object.freeze({
   maxOpenChannels: 4096,
-  maxUnreadBytes: 64 * CHANNEL_WINDOW,
+  maxUnreadBytes: 128 * CHANNEL_WINDOW,
   maxControlMessages: 256,
 });
 
