@@ -227,6 +227,7 @@ export class IncomingChannel {
   private lastCredit = 0n;
   private readonly digest: StreamDigest = streamDigest();
   private wanted = false;
+  private failed = false;
   private end: { offset: bigint; digest: Buffer } | undefined;
   ended = false;
 
@@ -253,6 +254,11 @@ export class IncomingChannel {
     return { channel: this.id, received: this.received, ended: this.ended };
   }
 
+  /** Bytes held here that the stream has not taken yet. */
+  queuedBytes(): number {
+    return this.queue.reduce((sum, chunk) => sum + chunk.length, 0);
+  }
+
   /** Bytes that arrived and the application has not read: queued here, or in the stream's buffer. */
   unread(): bigint {
     if (this.readable.destroyed) return 0n;
@@ -268,9 +274,11 @@ export class IncomingChannel {
     if (this.received + BigInt(fresh.length) > this.delivered + this.window) {
       throw new LinkProtocolError(`channel ${this.id}: the sender overran its credit`);
     }
+    this.received = end;
+    // a reset channel has no reader any more: what its sender had on the way is dropped
+    if (this.failed) return;
     this.digest.update(fresh);
     this.queue.push(fresh);
-    this.received = end;
     this.flush();
     this.maybeCredit();
   }
@@ -284,6 +292,7 @@ export class IncomingChannel {
 
   fail(reason: string): void {
     this.ended = true;
+    this.failed = true;
     this.queue.length = 0;
     this.readable.destroy(new Error(`the sender reset channel ${this.name}: ${reason}`));
   }

@@ -7,6 +7,8 @@ import { STREAM_DIGEST_SIZE } from './stream-digest.js';
 
 /** Bytes a receiver takes on one channel before the sender must wait for credit. */
 export const CHANNEL_WINDOW = 8 * 1024 * 1024;
+/** A channel's name is a file name or a label; the longest path Linux takes (PATH_MAX) is plenty. */
+const MAX_CHANNEL_NAME = 4096;
 /** Bytes handed to the connection and not yet written out, over all channels. */
 const MAX_IN_FLIGHT = 4 * 1024 * 1024;
 
@@ -244,6 +246,7 @@ export class LinkSession extends EventEmitter<SessionEvents> {
         }
         if (this.incoming.has(frame.channel)) return; // replayed after a reconnect
         if (frame.kind === 0) throw new LinkProtocolError(`channel ${frame.channel} opened without a kind`);
+        if (frame.payload.length > MAX_CHANNEL_NAME) throw new LinkProtocolError(`channel ${frame.channel} opened with a ${frame.payload.length}-byte name, at most ${MAX_CHANNEL_NAME}`);
         this.admitChannel(frame.channel);
         const channel = new IncomingChannel(
           frame.channel,

@@ -96,6 +96,41 @@ describe('a session caps what its peer can make it hold', () => {
     expect(inbox.messages.length).toBeLessThanOrEqual(5);
   });
 
+  describe('a peer sending frames by hand', () => {
+    /** A listener session whose dialer is the test, frame by frame. */
+    function rawDialer(limits: Partial<LinkLimits>): { session: LinkSession; send(frame: Frame): void } {
+      const session = new LinkSession('listener', randomBytes(16), true, limits);
+      const pair = memoryTransportPair();
+      session.attach(pair.b);
+      pair.a.deliverTo({ frame: () => {}, closed: () => {} });
+      return { session, send: (frame) => pair.a.send(encodeFrame(frame), () => {}) };
+    }
+    const frame = (type: Frame['type'], channel: number, offset: bigint, payload: Buffer): Frame => ({ type, kind: ChannelKind.PAGES, channel, offset, payload });
+
+    it('cannot make a reset channel keep bytes outside the caps', async () => {
+      const { session, send } = rawDialer({ maxOpenChannels: 2 });
+      const channels: IncomingChannel[] = [];
+      session.on('channel', (channel) => channels.push(channel));
+      // each channel is reset at once, so none counts as open, then sent a window's worth of data
+      for (let id = 1; id < 40; id += 2) {
+        send(frame(FrameType.OPEN, id, 0n, Buffer.from(`pages-${id}`)));
+        send(frame(FrameType.RESET, id, 0n, Buffer.from('gave up')));
+        for (let at = 0; at < 4 * 256 * 1024; at += 256 * 1024) send(frame(FrameType.DATA, id, BigInt(at), randomBytes(256 * 1024)));
+      }
+      while (channels.length < 20) await sleep(1);
+      await sleep(20);
+      expect(session.isOpen).toBe(true);
+      expect(channels.reduce((sum, channel) => sum + channel.queuedBytes(), 0)).toBe(0);
+    });
+
+    it('refuses a channel name longer than any file name', async () => {
+      const { session, send } = rawDialer({});
+      const aborted = nextAbort(session);
+      send(frame(FrameType.OPEN, 1, 0n, Buffer.alloc(64 * 1024, 'a')));
+      expect((await aborted).reasonCode).toBe('HAUL_LINK_PROTOCOL');
+    });
+  });
+
   describe('credit', () => {
     /** A session whose peer is the test, frame by frame. */
     function rawPeer(): { session: LinkSession; frames: Frame[]; send(frame: Frame): void } {
