@@ -53,7 +53,7 @@ async function connectOnce(url: string, secure: { identity?: Identity; trust?: T
       if (!secure.trust) return;
       fingerprint = peerFingerprint(response.socket as TLSSocket) ?? 'none';
       if (!secure.trust.trusts(fingerprint)) {
-        pinningError = new Error(`untrusted certificate: the peer at ${url} presented ${fingerprint}, which is not in this host's trust store (haul trust add NAME ${fingerprint})`);
+        pinningError = new LinkProtocolError(`untrusted certificate: the peer at ${url} presented ${fingerprint}, which is not in this host's trust store (haul trust add NAME ${fingerprint})`, { code: 'HAUL_LINK_UNTRUSTED' });
         ws.terminate();
       }
     });

@@ -22,6 +22,8 @@ export type LinkProtocolCode =
   | 'HAUL_LINK_PROTOCOL'
   /** The peer refused the connection in its handshake (reason in the message). */
   | 'HAUL_LINK_REFUSED'
+  /** The peer's certificate is not in this host's trust store. */
+  | 'HAUL_LINK_UNTRUSTED'
   /** A resume reached, or came from, a peer with another certificate than the session's own peer. */
   | 'HAUL_LINK_FOREIGN_PEER'
   | LinkLimitCode;
@@ -56,7 +58,7 @@ export class LinkIntegrityError extends Error {
 
 /** What ended a session, when a link error did: its code (on the peer's side too, from the ABORT frame). */
 export type LinkAbortReasonCode = LinkProtocolCode | 'HAUL_LINK_INTEGRITY';
-const REASON_CODES = new Set<string>(['HAUL_LINK_PROTOCOL', 'HAUL_LINK_REFUSED', 'HAUL_LINK_FOREIGN_PEER', 'HAUL_LINK_INTEGRITY', ...Object.values(LinkLimitCodes)]);
+const REASON_CODES = new Set<string>(['HAUL_LINK_PROTOCOL', 'HAUL_LINK_REFUSED', 'HAUL_LINK_UNTRUSTED', 'HAUL_LINK_FOREIGN_PEER', 'HAUL_LINK_INTEGRITY', ...Object.values(LinkLimitCodes)]);
 
 /** The code of a link error, or of one that came over the wire as text; undefined for anything else. */
 export function linkReasonCode(value: unknown): LinkAbortReasonCode | undefined {

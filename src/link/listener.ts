@@ -55,10 +55,17 @@ export class LinkListener extends EventEmitter<ListenerEvents> {
       maxPayload: FRAME_HEADER_SIZE + MAX_FRAME_PAYLOAD,
       verifyClient: (info: { req: IncomingMessage }, done: (ok: boolean, code?: number, message?: string) => void) => {
         if (!trust) return done(true);
-        const fingerprint = peerFingerprint(info.req.socket as TLSSocket);
+        let fingerprint: string | undefined;
+        try {
+          fingerprint = peerFingerprint(info.req.socket as TLSSocket);
+        } catch (error) {
+          // a certificate node's X509 parser cannot read: nothing to pin it by
+          listener.emit('refused', new LinkProtocolError('refused a peer whose certificate cannot be read', { cause: error }));
+          return done(false, 401, 'unreadable client certificate');
+        }
         if (!fingerprint) return done(false, 401, 'a client certificate is required');
         if (!trust.trusts(fingerprint)) {
-          listener.emit('refused', new Error(`refused a peer with untrusted certificate ${fingerprint}`));
+          listener.emit('refused', new LinkProtocolError(`refused a peer with untrusted certificate ${fingerprint}`, { code: 'HAUL_LINK_UNTRUSTED' }));
           return done(false, 403, `untrusted certificate ${fingerprint}`);
         }
         done(true);

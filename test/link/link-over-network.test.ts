@@ -68,6 +68,7 @@ describe('the link over TLS with pinned certificates', () => {
     await expect(dialLink(`wss://127.0.0.1:${impostor.port}`, { ...source, host: hostInfo('source') })).rejects.toThrow(
       new RegExp(`untrusted certificate: .* presented ${stranger.identity.fingerprint}`),
     );
+    await expect(dialLink(`wss://127.0.0.1:${impostor.port}`, { ...source, host: hostInfo('source') })).rejects.toMatchObject({ code: 'HAUL_LINK_UNTRUSTED' });
   });
 
   it('refuses plain TCP where TLS is required, and --insecure anywhere but loopback', async () => {
