@@ -7,8 +7,9 @@ import type { LinkSession } from './session.js';
 
 /**
  * What the peer says on the control channel it opens on a session: every message kept in order
- * (up to the session's maxControlMessages; one more aborts it), waited for by the field it carries. Create it as soon as the session exists, before any await:
- * the peer's channels are announced once.
+ * (up to the session's maxControlMessages; one more aborts the session), waited for by the field
+ * it carries. Create it as soon as the session exists, before any await: the peer's channels are
+ * announced once.
  */
 export class ControlInbox {
   readonly messages: Control[] = [];

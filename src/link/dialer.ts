@@ -115,6 +115,10 @@ export async function dialLink(url: string, options: EndpointOptions): Promise<D
             throw new LinkProtocolError(`${url} now presents certificate ${fingerprint}, not ${pinned} that the session began with`, { code: 'HAUL_LINK_FOREIGN_PEER' });
           }
           const resumed = await handshake(next, session, options, true);
+          if (!resumed.resumed) {
+            next.terminate();
+            throw new LinkProtocolError(`${url} answered the resume as a new session`, { code: 'HAUL_LINK_REFUSED' });
+          }
           if (!session.isOpen) return next.close(1000, 'session ended');
           session.attach(webSocketTransport(next, keepaliveMs), resumed.received);
           return;
