@@ -1,12 +1,10 @@
 import { Readable, Writable } from 'node:stream';
-import { ChannelKind, FrameType, LinkProtocolError, type ChannelKindCode, type Frame } from './frame.js';
+import { ChannelKind, FrameType, type ChannelKindCode, type Frame } from './frame.js';
+import { LinkIntegrityError, LinkLimitError, LinkProtocolError } from './link-errors.js';
 import type { ChannelProgress } from './messages.js';
 import { STREAM_DIGEST, streamDigest, type StreamDigest } from './stream-digest.js';
 
-/** A channel's bytes did not arrive as they were sent: the digest at its end does not match. */
-export class LinkIntegrityError extends Error {
-  override readonly name = 'LinkIntegrityError';
-}
+export { LinkIntegrityError };
 
 /**
  * The largest DATA payload. Larger frames cost less per byte; a lazy-page answer still waits behind
@@ -44,11 +42,14 @@ export class OutgoingChannel {
   private replayStart = 0n; // stream offset of replay[0]
   private framedEnd = 0n; // bytes moved from pending into the stream (digest covers them)
   private sent = 0n; // bytes framed on the current connection
+  private sentEver = 0n; // the furthest any connection got: no peer can have more
+  private readonly window: bigint;
   private limit: bigint;
   private acked = 0n;
   private readonly digest: StreamDigest = streamDigest();
   private finalDigest: Buffer | undefined;
   private ending: (() => void) | undefined;
+  private wasReset = false;
   openSent = false;
   endSent = false;
   peerEnded = false;
@@ -61,7 +62,8 @@ export class OutgoingChannel {
     window: number,
     private readonly wake: () => void,
   ) {
-    this.limit = BigInt(window);
+    this.window = BigInt(window);
+    this.limit = this.window;
     this.writable = new Writable({
       highWaterMark: DATA_CHUNK,
       write: (chunk: Buffer, _encoding, done) => {
@@ -101,6 +103,7 @@ export class OutgoingChannel {
       const reason = this.reset;
       this.reset = undefined;
       this.endSent = true;
+      this.wasReset = true;
       return { type: FrameType.RESET, kind: this.kind, channel: this.id, offset: this.sent, payload: Buffer.from(reason) };
     }
     if (!this.openSent) {
@@ -114,6 +117,7 @@ export class OutgoingChannel {
       const payload = this.slice(this.sent, Math.min(DATA_CHUNK, Number(room)));
       const frame: Frame = { type: FrameType.DATA, kind: this.kind, channel: this.id, offset: this.sent, payload };
       this.sent += BigInt(payload.length);
+      if (this.sent > this.sentEver) this.sentEver = this.sent;
       return frame;
     }
     if (this.ending && !this.endSent) {
@@ -147,17 +151,50 @@ export class OutgoingChannel {
     throw new Error(`channel ${this.id}: offset ${from} is not in the replay buffer`);
   }
 
-  /** The peer has `acked` bytes and takes up to `limit`. */
+  /**
+   * The peer has `acked` bytes and takes up to `limit`. A receiver grants at most one window beyond
+   * what it has (channels.ts, IncomingChannel.maybeCredit); more would let the replay buffer, which
+   * holds everything not yet acknowledged, grow without bound.
+   */
   credit(acked: bigint, limit: bigint): void {
-    if (acked > this.sent || acked < this.acked) return; // stale or from before a rewind
-    this.acked = acked;
+    if (acked > this.sent) throw new LinkProtocolError(`channel ${this.id}: the peer acknowledged ${acked} bytes, but only ${this.sent} were sent`);
+    if (acked < this.acked) return; // queued before a resume, which acknowledged more
+    if (limit > acked + this.window) {
+      throw new LinkLimitError('credit', Number(this.window), `channel ${this.id}: the peer granted credit up to ${limit} with ${acked} bytes acknowledged`);
+    }
+    this.acknowledge(acked);
     if (limit > this.limit) this.limit = limit;
+  }
+
+  private acknowledge(acked: bigint): void {
+    this.acked = acked;
     while (this.replay.length > 0 && this.replayStart + BigInt(this.replay[0]!.length) <= acked) {
       this.replayStart += BigInt(this.replay.shift()!.length);
     }
   }
 
-  /** After a reconnect: resend whatever the peer does not have (no progress: not even the OPEN). */
+  /**
+   * What is wrong with the peer's account of this channel in a resume handshake, if anything: it
+   * cannot have more than was ever sent, less than it acknowledged, or an end that was never sent.
+   */
+  resumeProblem(progress: ChannelProgress | undefined): string | undefined {
+    const channel = `channel ${this.id} (${this.name})`;
+    if (!progress) {
+      return this.acked > 0n ? `the peer no longer knows ${channel}, of which it had acknowledged ${this.acked} bytes` : undefined;
+    }
+    if (progress.received > this.sentEver) return `the peer claims ${progress.received} bytes of ${channel}, but only ${this.sentEver} were ever sent`;
+    if (progress.received < this.acked) return `the peer claims ${progress.received} bytes of ${channel}, but had acknowledged ${this.acked}`;
+    if (progress.ended && !this.endSent) return `the peer claims ${channel} ended, but its end was never sent`;
+    if (progress.ended && !this.wasReset && progress.received !== this.framedEnd) {
+      return `the peer claims ${channel} ended after ${progress.received} bytes, but it ends after ${this.framedEnd}`;
+    }
+    return undefined;
+  }
+
+  /**
+   * After a reconnect: resend whatever the peer does not have (no progress: not even the OPEN).
+   * The progress must have passed resumeProblem.
+   */
   rewind(progress: ChannelProgress | undefined): void {
     if (!progress) {
       this.openSent = false;
@@ -172,8 +209,7 @@ export class OutgoingChannel {
   }
 
   private rewindTo(received: bigint): void {
-    if (received < this.replayStart) throw new LinkProtocolError(`channel ${this.id}: the peer lost bytes it had acknowledged`);
-    this.credit(received, this.limit);
+    this.acknowledge(received);
     this.sent = received;
   }
 }
@@ -191,6 +227,7 @@ export class IncomingChannel {
   private lastCredit = 0n;
   private readonly digest: StreamDigest = streamDigest();
   private wanted = false;
+  private failed = false;
   private end: { offset: bigint; digest: Buffer } | undefined;
   ended = false;
 
@@ -217,6 +254,17 @@ export class IncomingChannel {
     return { channel: this.id, received: this.received, ended: this.ended };
   }
 
+  /** Bytes held here that the stream has not taken yet. */
+  queuedBytes(): number {
+    return this.queue.reduce((sum, chunk) => sum + chunk.length, 0);
+  }
+
+  /** Bytes that arrived and the application has not read: queued here, or in the stream's buffer. */
+  unread(): bigint {
+    if (this.readable.destroyed) return 0n;
+    return this.received - this.delivered + BigInt(this.readable.readableLength);
+  }
+
   data(offset: bigint, payload: Buffer): void {
     if (this.end) throw new LinkProtocolError(`channel ${this.id}: data after its end`);
     const end = offset + BigInt(payload.length);
@@ -226,9 +274,11 @@ export class IncomingChannel {
     if (this.received + BigInt(fresh.length) > this.delivered + this.window) {
       throw new LinkProtocolError(`channel ${this.id}: the sender overran its credit`);
     }
+    this.received = end;
+    // a reset channel has no reader any more: what its sender had on the way is dropped
+    if (this.failed) return;
     this.digest.update(fresh);
     this.queue.push(fresh);
-    this.received = end;
     this.flush();
     this.maybeCredit();
   }
@@ -242,6 +292,8 @@ export class IncomingChannel {
 
   fail(reason: string): void {
     this.ended = true;
+    this.failed = true;
+    this.queue.length = 0;
     this.readable.destroy(new Error(`the sender reset channel ${this.name}: ${reason}`));
   }
 
@@ -256,6 +308,7 @@ export class IncomingChannel {
       const actual = this.digest.digest();
       if (!actual.equals(this.end.digest)) {
         const error = new LinkIntegrityError(`channel ${this.name}: ${STREAM_DIGEST} ${actual.toString('hex')} of the bytes received differs from the sender's ${this.end.digest.toString('hex')}`);
+        this.queue.length = 0;
         this.readable.destroy(error);
         this.onIntegrityFailure(error);
         return;

@@ -1,13 +1,15 @@
 import type { Readable } from 'node:stream';
 import { receiveControl } from './control-channel.js';
 import { ChannelKind } from './frame.js';
+import { LinkLimitError } from './link-errors.js';
 import type { Control } from './messages.js';
 import type { LinkSession } from './session.js';
 
 /**
- * What the peer says on the control channel it opens on a session: every message kept in order,
- * waited for by the field it carries. Create it as soon as the session exists, before any await:
- * the peer's channels are announced once.
+ * What the peer says on the control channel it opens on a session: every message kept in order
+ * (up to the session's maxControlMessages; one more aborts the session), waited for by the field
+ * it carries. Create it as soon as the session exists, before any await: the peer's channels are
+ * announced once.
  */
 export class ControlInbox {
   readonly messages: Control[] = [];
@@ -29,6 +31,12 @@ export class ControlInbox {
       if (channel.kind !== ChannelKind.CONTROL) return;
       void (async () => {
         for await (const message of receiveControl(channel.readable as Readable)) {
+          const max = session.limits.maxControlMessages;
+          if (this.messages.length >= max) {
+            const error = new LinkLimitError('controlMessages', max, `the peer sent more than ${max} control messages`);
+            session.abort(error.message, error);
+            return;
+          }
           this.messages.push(message);
           onMessage(message);
           this.wake();

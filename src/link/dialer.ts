@@ -6,7 +6,8 @@ import WebSocket from 'ws';
 import { DEFAULT_KEEPALIVE_MS, DEFAULT_RESUME_WINDOW_MS, HANDSHAKE_TIMEOUT_MS, requireSecurity, type EndpointOptions } from './endpoint-options.js';
 import { FRAME_HEADER_SIZE, MAX_FRAME_PAYLOAD } from './frame.js';
 import { PROTOCOL_VERSION, compatibilityProblem, helloFrame, parseHelloReply } from './handshake.js';
-import { fingerprintOf, type Identity } from './identity.js';
+import { peerFingerprint, type Identity } from './identity.js';
+import { LinkProtocolError } from './link-errors.js';
 import type { HelloReply, HostInfo } from './messages.js';
 import { LinkSession } from './session.js';
 import type { TrustStore } from './trust-store.js';
@@ -29,7 +30,13 @@ function explain(error: Error, secure: boolean): Error {
   return error;
 }
 
-async function connectOnce(url: string, secure: { identity?: Identity; trust?: TrustStore }): Promise<WebSocket> {
+/** A connection, and the fingerprint of the certificate its peer presented (undefined without TLS). */
+interface Connection {
+  readonly ws: WebSocket;
+  readonly fingerprint: string | undefined;
+}
+
+async function connectOnce(url: string, secure: { identity?: Identity; trust?: TrustStore }): Promise<Connection> {
   const ws = new WebSocket(url, {
     maxPayload: FRAME_HEADER_SIZE + MAX_FRAME_PAYLOAD,
     handshakeTimeout: HANDSHAKE_TIMEOUT_MS,
@@ -41,12 +48,12 @@ async function connectOnce(url: string, secure: { identity?: Identity; trust?: T
   });
   return new Promise((resolve, reject) => {
     let pinningError: Error | undefined;
+    let fingerprint: string | undefined;
     ws.once('upgrade', (response: IncomingMessage) => {
       if (!secure.trust) return;
-      const cert = (response.socket as TLSSocket).getPeerCertificate(true);
-      const fingerprint = cert?.raw ? fingerprintOf(`-----BEGIN CERTIFICATE-----\n${cert.raw.toString('base64')}\n-----END CERTIFICATE-----\n`) : 'none';
+      fingerprint = peerFingerprint(response.socket as TLSSocket) ?? 'none';
       if (!secure.trust.trusts(fingerprint)) {
-        pinningError = new Error(`untrusted certificate: the peer at ${url} presented ${fingerprint}, which is not in this host's trust store (haul trust add NAME ${fingerprint})`);
+        pinningError = new LinkProtocolError(`untrusted certificate: the peer at ${url} presented ${fingerprint}, which is not in this host's trust store (haul trust add NAME ${fingerprint})`, { code: 'HAUL_LINK_UNTRUSTED' });
         ws.terminate();
       }
     });
@@ -54,7 +61,7 @@ async function connectOnce(url: string, secure: { identity?: Identity; trust?: T
       ws.terminate();
       reject(new Error(`the peer refused the connection: ${response.statusCode} ${response.statusMessage ?? ''}`.trim() + (response.statusCode === 403 ? ' (it does not trust this host\'s certificate: haul trust add there)' : '')));
     });
-    ws.once('open', () => (pinningError ? reject(pinningError) : resolve(ws)));
+    ws.once('open', () => (pinningError ? reject(pinningError) : resolve({ ws, fingerprint })));
     ws.once('error', (error) => reject(pinningError ?? explain(error, Boolean(secure.identity))));
     ws.once('close', () => reject(pinningError ?? new Error(`the connection to ${url} closed during the handshake`)));
   });
@@ -79,9 +86,10 @@ export async function dialLink(url: string, options: EndpointOptions): Promise<D
   const { hostname } = new URL(url);
   const secure = requireSecurity(options, hostname);
   if (url.startsWith('ws:') && !options.insecure) throw new Error(`${url} is plain WebSocket: use wss://, or --insecure on loopback`);
-  const session = new LinkSession('dialer', randomBytes(16), !secure.identity);
+  const session = new LinkSession('dialer', randomBytes(16), !secure.identity, options.limits);
   const keepaliveMs = options.keepaliveMs ?? DEFAULT_KEEPALIVE_MS;
-  const ws = await connectOnce(url, secure);
+  // a resume must reach the same listener: the certificate this first connection presented
+  const { ws, fingerprint: pinned } = await connectOnce(url, secure);
   const reply = await handshake(ws, session, options, false);
   const problem = compatibilityProblem(options.host, reply.host);
   if (problem) {
@@ -101,19 +109,27 @@ export async function dialLink(url: string, options: EndpointOptions): Promise<D
       let lastError: Error | undefined;
       for (let delay = 50; session.isOpen && Date.now() < deadline; delay = Math.min(delay * 2, 1000)) {
         try {
-          const next = await connectOnce(url, secure);
+          const { ws: next, fingerprint } = await connectOnce(url, secure);
+          if (fingerprint !== pinned) {
+            next.terminate(); // before the handshake: the session id is not for another host's ears
+            throw new LinkProtocolError(`${url} now presents certificate ${fingerprint}, not ${pinned} that the session began with`, { code: 'HAUL_LINK_FOREIGN_PEER' });
+          }
           const resumed = await handshake(next, session, options, true);
+          if (!resumed.resumed) {
+            next.terminate();
+            throw new LinkProtocolError(`${url} answered the resume as a new session`, { code: 'HAUL_LINK_REFUSED' });
+          }
           if (!session.isOpen) return next.close(1000, 'session ended');
           session.attach(webSocketTransport(next, keepaliveMs), resumed.received);
           return;
         } catch (error) {
           lastError = error instanceof Error ? error : new Error(String(error));
-          if (/refused the link/.test(lastError.message)) break;
+          if (lastError instanceof LinkProtocolError && lastError.code === 'HAUL_LINK_REFUSED') break;
           await sleep(Math.min(delay, Math.max(0, deadline - Date.now())));
         }
       }
-      session.abort(`lost the connection to ${url} (${reason}) and could not resume within ${window / 1000} s${lastError ? `: ${lastError.message}` : ''}`);
-    })();
+      session.abort(`lost the connection to ${url} (${reason}) and could not resume within ${window / 1000} s${lastError ? `: ${lastError.message}` : ''}`, lastError);
+    })().catch((error: unknown) => session.abort(`the resume failed: ${error instanceof Error ? error.message : String(error)}`, error));
   });
   return { session, peer: reply.host };
 }

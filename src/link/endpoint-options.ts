@@ -1,5 +1,6 @@
 import type { Identity } from './identity.js';
 import type { HostInfo } from './messages.js';
+import type { LinkLimits } from './session.js';
 import type { TrustStore } from './trust-store.js';
 
 /** What both ends of a link are configured with. */
@@ -15,6 +16,8 @@ export interface EndpointOptions {
   readonly resumeWindowMs?: number;
   /** Keepalive ping interval; a peer silent for three of them is dead (default 5 s). */
   readonly keepaliveMs?: number;
+  /** What each session lets its peer make it hold (default DEFAULT_LINK_LIMITS, session.ts). */
+  readonly limits?: Partial<LinkLimits>;
 }
 
 export const DEFAULT_RESUME_WINDOW_MS = 30_000;

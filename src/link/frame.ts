@@ -1,4 +1,5 @@
 import { crc32 } from 'node:zlib';
+import { LinkProtocolError } from './link-errors.js';
 
 /**
  * The haul link's frame: every message on the connection is one frame, a fixed header and a payload.
@@ -57,9 +58,7 @@ export interface Frame {
   readonly payload: Buffer;
 }
 
-export class LinkProtocolError extends Error {
-  override readonly name = 'LinkProtocolError';
-}
+export { LinkProtocolError };
 
 const CRC_PRESENT = 1;
 

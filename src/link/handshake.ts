@@ -1,4 +1,5 @@
-import { FrameType, LinkProtocolError, decodeFrame, encodeFrame } from './frame.js';
+import { FrameType, decodeFrame, encodeFrame } from './frame.js';
+import { LinkProtocolError } from './link-errors.js';
 import { Messages, type Hello, type HelloReply, type HostInfo } from './messages.js';
 
 /** Bumped whenever the frames or the control messages change incompatibly. */
@@ -48,7 +49,7 @@ export function parseHelloReply(bytes: Buffer): HelloReply {
   const frame = decodeFrame(bytes);
   if (frame.type !== FrameType.HELLO_REPLY) throw new LinkProtocolError(`expected a handshake reply, got frame type 0x${frame.type.toString(16)}`);
   const reply = Messages.helloReply.decode(frame.payload);
-  if (reply.refusal) throw new LinkProtocolError(`the peer refused the link: ${reply.refusal}`);
+  if (reply.refusal) throw new LinkProtocolError(`the peer refused the link: ${reply.refusal}`, { code: 'HAUL_LINK_REFUSED' });
   if (reply.protocol_version !== PROTOCOL_VERSION) {
     throw new LinkProtocolError(`haul link protocol ${reply.protocol_version} from the peer, this side speaks ${PROTOCOL_VERSION}: run the same haul version on both hosts`);
   }

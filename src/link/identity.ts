@@ -3,6 +3,7 @@ import { X509Certificate } from 'node:crypto';
 import { mkdir, readFile, rename } from 'node:fs/promises';
 import { hostname } from 'node:os';
 import { join } from 'node:path';
+import type { TLSSocket } from 'node:tls';
 import { promisify } from 'node:util';
 
 /** This host's key pair and self-signed certificate, by which peers recognise it. */
@@ -15,6 +16,12 @@ export interface Identity {
 
 export function fingerprintOf(certPem: string): string {
   return new X509Certificate(certPem).fingerprint256.replaceAll(':', '').toLowerCase();
+}
+
+/** The fingerprint of the certificate the peer on `socket` presented, or undefined if it showed none. */
+export function peerFingerprint(socket: TLSSocket): string | undefined {
+  const cert = socket.getPeerCertificate?.(true);
+  return cert?.raw ? new X509Certificate(cert.raw).fingerprint256.replaceAll(':', '').toLowerCase() : undefined;
 }
 
 /**

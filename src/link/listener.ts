@@ -6,10 +6,22 @@ import { WebSocketServer, type WebSocket } from 'ws';
 import { DEFAULT_KEEPALIVE_MS, DEFAULT_RESUME_WINDOW_MS, HANDSHAKE_TIMEOUT_MS, requireSecurity, type EndpointOptions } from './endpoint-options.js';
 import { FRAME_HEADER_SIZE, MAX_FRAME_PAYLOAD } from './frame.js';
 import { PROTOCOL_VERSION, compatibilityProblem, helloReplyFrame, parseHello } from './handshake.js';
-import { fingerprintOf } from './identity.js';
+import { peerFingerprint } from './identity.js';
+import { LinkProtocolError, type LinkProtocolCode } from './link-errors.js';
 import type { HostInfo } from './messages.js';
 import { LinkSession } from './session.js';
 import { firstMessage, webSocketTransport } from './ws-transport.js';
+
+interface SessionEntry {
+  readonly session: LinkSession;
+  readonly peer: HostInfo;
+  /**
+   * The certificate of the connection that started the session: only it may resume the session.
+   * Undefined on an --insecure link, which has no certificates: there, knowing the session id (16
+   * random bytes that only ever cross loopback) is what makes a connection the session's peer.
+   */
+  readonly fingerprint: string | undefined;
+}
 
 interface ListenerEvents {
   /** A new session from a dialler, with what it said about its host. */
@@ -23,7 +35,7 @@ interface ListenerEvents {
  * a versioned handshake, and resumption of a known session on a new connection within its window.
  */
 export class LinkListener extends EventEmitter<ListenerEvents> {
-  private readonly sessions = new Map<string, { session: LinkSession; peer: HostInfo }>();
+  private readonly sessions = new Map<string, SessionEntry>();
 
   private constructor(
     private readonly server: Server,
@@ -43,11 +55,17 @@ export class LinkListener extends EventEmitter<ListenerEvents> {
       maxPayload: FRAME_HEADER_SIZE + MAX_FRAME_PAYLOAD,
       verifyClient: (info: { req: IncomingMessage }, done: (ok: boolean, code?: number, message?: string) => void) => {
         if (!trust) return done(true);
-        const cert = (info.req.socket as TLSSocket).getPeerCertificate?.(true);
-        if (!cert?.raw) return done(false, 401, 'a client certificate is required');
-        const fingerprint = fingerprintOf(`-----BEGIN CERTIFICATE-----\n${cert.raw.toString('base64')}\n-----END CERTIFICATE-----\n`);
+        let fingerprint: string | undefined;
+        try {
+          fingerprint = peerFingerprint(info.req.socket as TLSSocket);
+        } catch (error) {
+          // a certificate node's X509 parser cannot read: nothing to pin it by
+          listener.emit('refused', new LinkProtocolError('refused a peer whose certificate cannot be read', { cause: error }));
+          return done(false, 401, 'unreadable client certificate');
+        }
+        if (!fingerprint) return done(false, 401, 'a client certificate is required');
         if (!trust.trusts(fingerprint)) {
-          listener.emit('refused', new Error(`refused a peer with untrusted certificate ${fingerprint}`));
+          listener.emit('refused', new LinkProtocolError(`refused a peer with untrusted certificate ${fingerprint}`, { code: 'HAUL_LINK_UNTRUSTED' }));
           return done(false, 403, `untrusted certificate ${fingerprint}`);
         }
         done(true);
@@ -60,20 +78,27 @@ export class LinkListener extends EventEmitter<ListenerEvents> {
     const bound = server.address();
     if (bound === null || typeof bound === 'string') throw new Error('the link listener has no TCP port');
     const listener = new LinkListener(server, options, bound.port);
-    wss.on('connection', (ws) => void listener.accept(ws));
+    wss.on('connection', (ws, request) => {
+      const fingerprint = identity ? peerFingerprint(request.socket as TLSSocket) : undefined;
+      listener.accept(ws, fingerprint).catch((error: unknown) => {
+        ws.terminate();
+        listener.emit('refused', error instanceof Error ? error : new Error(String(error)));
+      });
+    });
     return listener;
   }
 
-  private async accept(ws: WebSocket): Promise<void> {
-    const refuse = (reason: string): void => {
+  private async accept(ws: WebSocket, fingerprint: string | undefined): Promise<void> {
+    const refuse = (reason: string, code: LinkProtocolCode = 'HAUL_LINK_PROTOCOL'): void => {
       ws.send(helloReplyFrame({ protocol_version: PROTOCOL_VERSION, resumed: false, host: this.options.host, received: [], refusal: reason }), () => ws.close(1008, 'refused'));
-      this.emit('refused', new Error(reason));
+      this.emit('refused', new LinkProtocolError(reason, { code }));
     };
     let hello;
     try {
       hello = parseHello(await firstMessage(ws, HANDSHAKE_TIMEOUT_MS));
     } catch (error) {
-      return refuse(error instanceof Error ? error.message : String(error));
+      if (error instanceof LinkProtocolError) return refuse(error.message, error.code);
+      throw error; // no handshake came (closed, or too late): nobody to answer
     }
     const problem = compatibilityProblem(hello.host, this.options.host);
     if (problem) return refuse(problem);
@@ -81,8 +106,10 @@ export class LinkListener extends EventEmitter<ListenerEvents> {
     const known = this.sessions.get(key);
     if (hello.resume && !known) return refuse('no such session here to resume (it ended, or its resume window passed)');
     if (!hello.resume && known) return refuse('that session id is already in use');
+    // the same pinned certificate as the connection that started it, or someone else's session
+    if (known && known.fingerprint !== fingerprint) return refuse('that session belongs to another peer', 'HAUL_LINK_FOREIGN_PEER');
 
-    const entry = known ?? { session: new LinkSession('listener', hello.session_id, !this.options.identity || Boolean(this.options.insecure)), peer: hello.host };
+    const entry = known ?? { session: new LinkSession('listener', hello.session_id, !this.options.identity || Boolean(this.options.insecure), this.options.limits), peer: hello.host, fingerprint };
     if (!known) this.track(key, entry);
     const transport = webSocketTransport(ws, this.options.keepaliveMs ?? DEFAULT_KEEPALIVE_MS);
     const reply = { protocol_version: PROTOCOL_VERSION, resumed: Boolean(known), host: this.options.host, received: entry.session.progress(), refusal: '' };
@@ -92,7 +119,7 @@ export class LinkListener extends EventEmitter<ListenerEvents> {
   }
 
   // Keeps a session for resumption while it is detached, for at most the resume window.
-  private track(key: string, entry: { session: LinkSession; peer: HostInfo }): void {
+  private track(key: string, entry: SessionEntry): void {
     const { session } = entry;
     this.sessions.set(key, entry);
     let timer: NodeJS.Timeout | undefined;

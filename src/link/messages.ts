@@ -37,6 +37,8 @@ export interface HelloReply {
 export interface Abort {
   reason: string;
   origin: string;
+  /** A link error's code (link-errors.ts), or '' when the application gave its own reason. */
+  code: string;
 }
 
 export interface MigrationStart {

@@ -1,13 +1,49 @@
 import { EventEmitter } from 'node:events';
-import { ChannelKind, FrameType, LinkProtocolError, decodeFrame, encodeFrame, type ChannelKindCode, type Frame } from './frame.js';
+import { ChannelKind, FrameType, decodeFrame, encodeFrame, type ChannelKindCode, type Frame } from './frame.js';
 import { IncomingChannel, OutgoingChannel } from './channels.js';
+import { LinkAbortedError, LinkLimitError, LinkProtocolError, linkReasonCode } from './link-errors.js';
 import { Messages, type ChannelProgress } from './messages.js';
 import { STREAM_DIGEST_SIZE } from './stream-digest.js';
 
 /** Bytes a receiver takes on one channel before the sender must wait for credit. */
 export const CHANNEL_WINDOW = 8 * 1024 * 1024;
+/** A channel's name is a file name or a label; the longest path Linux takes (PATH_MAX) is plenty. */
+const MAX_CHANNEL_NAME = 4096;
 /** Bytes handed to the connection and not yet written out, over all channels. */
 const MAX_IN_FLIGHT = 4 * 1024 * 1024;
+
+/**
+ * What a session lets its peer make it hold; going past any of them aborts the session with a
+ * LinkLimitError naming it (its code: link-errors.ts, LinkLimitCodes).
+ */
+export interface LinkLimits {
+  /** The peer's channels open at once (opened and not yet ended or reset). */
+  readonly maxOpenChannels: number;
+  /**
+   * Bytes the peer sent that the application has not read yet, over all channels: each channel
+   * may hold up to CHANNEL_WINDOW plus its stream's buffer, so without this a peer opening many
+   * channels nobody reads holds that much memory per channel.
+   */
+  readonly maxUnreadBytes: number;
+  /** Control messages a ControlInbox keeps (it keeps every one it was sent). */
+  readonly maxControlMessages: number;
+}
+
+/**
+ * Far above what a migration uses: sendImageFiles (proxy/images-to-link.ts) opens one channel per
+ * image file of a dump at once, a few per process, so a few hundred processes' dump is a few
+ * thousand channels, at about 5 KiB each while open; page streams (proxy/pages-to-link.ts) come
+ * one after another, lazy pages use three channels, control one or two per side. The unread cap
+ * is 128 full channel windows: every channel starts with a window of credit, and the plugin's
+ * lazy path sends each process's pages file at once, so a destination whose disk falls behind
+ * can legitimately hold one window per process for a while. A migration exchanges fewer than ten
+ * control messages each way.
+ */
+export const DEFAULT_LINK_LIMITS: LinkLimits = Object.freeze({
+  maxOpenChannels: 4096,
+  maxUnreadBytes: 128 * CHANNEL_WINDOW,
+  maxControlMessages: 256,
+});
 
 /** One connection's worth of frame exchange; the session outlives it when the link resumes. */
 export interface FrameTransport {
@@ -17,16 +53,7 @@ export interface FrameTransport {
   close(reason: string): void;
 }
 
-/** The session ended with an error, on this side or the peer's (origin says which). */
-export class LinkAbortedError extends Error {
-  override readonly name = 'LinkAbortedError';
-  constructor(
-    readonly reason: string,
-    readonly origin: 'local' | 'peer',
-  ) {
-    super(origin === 'peer' ? `the peer aborted: ${reason}` : reason);
-  }
-}
+export { LinkAbortedError };
 
 interface SessionEvents {
   /**
@@ -52,6 +79,11 @@ export class LinkSession extends EventEmitter<SessionEvents> {
   private transport: FrameTransport | undefined;
   private readonly outgoing = new Map<number, OutgoingChannel>();
   private readonly incoming = new Map<number, IncomingChannel>();
+  /** The peer's channels not known to have ended (pruned as the next one opens). */
+  private readonly openIncoming = new Set<IncomingChannel>();
+  /** The peer's channels that may hold bytes not yet read (pruned as they are counted). */
+  private readonly unreadIncoming = new Set<IncomingChannel>();
+  readonly limits: LinkLimits;
   private readonly control: Frame[] = [];
   private nextChannelId: number;
   private inFlight = 0;
@@ -67,8 +99,10 @@ export class LinkSession extends EventEmitter<SessionEvents> {
     readonly role: 'dialer' | 'listener',
     readonly sessionId: Buffer,
     private readonly frameCrc = true,
+    limits: Partial<LinkLimits> = {},
   ) {
     super();
+    this.limits = Object.freeze({ ...DEFAULT_LINK_LIMITS, ...limits });
     this.nextChannelId = role === 'dialer' ? 1 : 2; // odd ids are the dialler's, even ones the listener's
   }
 
@@ -104,13 +138,17 @@ export class LinkSession extends EventEmitter<SessionEvents> {
     return [...this.incoming.values()].map((channel) => channel.progress());
   }
 
-  /** Continues on a new connection; `peerProgress` is the peer's progress from the handshake. */
+  /**
+   * Continues on a new connection; `peerProgress` is the peer's progress from the handshake. A
+   * peer whose account of it cannot be true (see OutgoingChannel.resumeProblem) ends the session.
+   */
   attach(transport: FrameTransport, peerProgress?: ChannelProgress[]): void {
     if (this.state !== 'open') {
       transport.close('session ended');
       return;
     }
-    if (peerProgress) {
+    const problem = peerProgress && this.resumeProblem(peerProgress);
+    if (!problem && peerProgress) {
       const byId = new Map(peerProgress.map((p) => [p.channel, p]));
       for (const channel of this.outgoing.values()) channel.rewind(byId.get(channel.id));
       for (const channel of this.incoming.values()) channel.resendCredit();
@@ -126,14 +164,36 @@ export class LinkSession extends EventEmitter<SessionEvents> {
         if (this.state === 'open') this.emit('detached', reason);
       },
     });
+    // the peer hears why on the connection it came with
+    if (problem) return this.fail(new LinkProtocolError(`refused the resume: ${problem}`));
     this.schedulePump();
     this.emit('attached', this.attachCount);
   }
 
-  /** Ends the session with an error that reaches the peer, and fails every channel. */
-  abort(reason: string): void {
+  private resumeProblem(peerProgress: ChannelProgress[]): string | undefined {
+    const byId = new Map<number, ChannelProgress>();
+    for (const progress of peerProgress) {
+      if (byId.has(progress.channel)) return `the peer gave its progress on channel ${progress.channel} twice`;
+      if (!this.outgoing.has(progress.channel)) return `the peer gave its progress on channel ${progress.channel}, which this side never opened`;
+      byId.set(progress.channel, progress);
+    }
+    for (const channel of this.outgoing.values()) {
+      const problem = channel.resumeProblem(byId.get(channel.id));
+      if (problem) return problem;
+    }
+    return undefined;
+  }
+
+  /**
+   * Ends the session with an error that reaches the peer, and fails every channel. `cause` is the
+   * error behind the reason, if any; a link error's code goes to the peer with the reason.
+   */
+  abort(reason: string, cause?: unknown): void {
     if (this.state !== 'open') return;
-    this.finishWith('aborted', new LinkAbortedError(reason, 'local'), { type: FrameType.ABORT, kind: 0, channel: 0, offset: 0n, payload: Messages.abort.encode({ reason, origin: this.role }) });
+    const code = linkReasonCode(cause);
+    this.finishWith('aborted', new LinkAbortedError(reason, 'local', code, cause), {
+      type: FrameType.ABORT, kind: 0, channel: 0, offset: 0n, payload: Messages.abort.encode({ reason, origin: this.role, code: code ?? '' }),
+    });
   }
 
   /** Ends the session because its work is done. */
@@ -142,11 +202,23 @@ export class LinkSession extends EventEmitter<SessionEvents> {
     this.finishWith('closed', undefined, { type: FrameType.CLOSE, kind: 0, channel: 0, offset: 0n, payload: Buffer.alloc(0) });
   }
 
+  /** Whatever goes wrong inside the session ends it, with the error as the cause: nothing escapes into an event handler. */
+  private fail(error: unknown): void {
+    this.abort(error instanceof Error ? error.message : String(error), error);
+  }
+
   private finishWith(state: 'aborted' | 'closed', error: LinkAbortedError | undefined, frame: Frame): void {
     this.state = state;
     const transport = this.transport;
     this.transport = undefined;
-    if (transport) transport.send(encodeFrame(frame, this.frameCrc), () => transport.close(state === 'closed' ? 'session closed' : 'session aborted'));
+    if (transport) {
+      const closeTransport = (): void => transport.close(state === 'closed' ? 'session closed' : 'session aborted');
+      try {
+        transport.send(encodeFrame(frame, this.frameCrc), closeTransport);
+      } catch {
+        closeTransport(); // a broken transport: the peer learns from the connection's end
+      }
+    }
     this.failChannels(error);
     if (error) this.emit('aborted', error);
     else this.emit('closed');
@@ -162,7 +234,7 @@ export class LinkSession extends EventEmitter<SessionEvents> {
     try {
       this.handle(decodeFrame(bytes, this.frameCrc));
     } catch (error) {
-      this.abort(error instanceof Error ? error.message : String(error));
+      this.fail(error);
     }
   }
 
@@ -174,20 +246,27 @@ export class LinkSession extends EventEmitter<SessionEvents> {
         }
         if (this.incoming.has(frame.channel)) return; // replayed after a reconnect
         if (frame.kind === 0) throw new LinkProtocolError(`channel ${frame.channel} opened without a kind`);
+        if (frame.payload.length > MAX_CHANNEL_NAME) throw new LinkProtocolError(`channel ${frame.channel} opened with a ${frame.payload.length}-byte name, at most ${MAX_CHANNEL_NAME}`);
+        this.admitChannel(frame.channel);
         const channel = new IncomingChannel(
           frame.channel,
           frame.kind,
           frame.payload.toString('utf8'),
           BigInt(CHANNEL_WINDOW),
           (acked, limit) => this.sendControl(creditFrame(frame.channel, acked, limit)),
-          (error) => this.abort(error.message),
+          (error) => this.fail(error),
         );
         this.incoming.set(frame.channel, channel);
+        this.openIncoming.add(channel);
         this.emit('channel', channel);
         return;
       }
-      case FrameType.DATA:
-        return this.incomingChannel(frame).data(frame.offset, frame.payload);
+      case FrameType.DATA: {
+        const channel = this.incomingChannel(frame);
+        channel.data(frame.offset, frame.payload);
+        this.unreadIncoming.add(channel);
+        return this.checkUnread();
+      }
       case FrameType.END:
         if (frame.payload.length !== STREAM_DIGEST_SIZE) throw new LinkProtocolError(`channel ${frame.channel} ended with a ${frame.payload.length}-byte digest`);
         return this.incomingChannel(frame).finish(frame.offset, frame.payload);
@@ -200,9 +279,9 @@ export class LinkSession extends EventEmitter<SessionEvents> {
         return this.schedulePump();
       }
       case FrameType.ABORT: {
-        const { reason } = Messages.abort.decode(frame.payload);
+        const { reason, code } = Messages.abort.decode(frame.payload);
         this.state = 'aborted';
-        const error = new LinkAbortedError(reason, 'peer');
+        const error = new LinkAbortedError(reason, 'peer', linkReasonCode(code));
         this.transport?.close('peer aborted');
         this.transport = undefined;
         this.failChannels(error);
@@ -219,6 +298,23 @@ export class LinkSession extends EventEmitter<SessionEvents> {
       default:
         throw new LinkProtocolError(`unexpected frame type 0x${frame.type.toString(16)} in a running session`);
     }
+  }
+
+  private admitChannel(id: number): void {
+    for (const channel of this.openIncoming) if (channel.ended) this.openIncoming.delete(channel);
+    const max = this.limits.maxOpenChannels;
+    if (this.openIncoming.size >= max) throw new LinkLimitError('openChannels', max, `the peer opened channel ${id} with ${this.openIncoming.size} of its channels open`);
+  }
+
+  private checkUnread(): void {
+    let unread = 0n;
+    for (const channel of this.unreadIncoming) {
+      const bytes = channel.unread();
+      if (bytes === 0n) this.unreadIncoming.delete(channel);
+      unread += bytes;
+    }
+    const max = this.limits.maxUnreadBytes;
+    if (unread > BigInt(max)) throw new LinkLimitError('unreadBytes', max, `the peer's channels hold ${unread} bytes not read yet`);
   }
 
   private incomingChannel(frame: Frame): IncomingChannel {
@@ -242,6 +338,14 @@ export class LinkSession extends EventEmitter<SessionEvents> {
   }
 
   private pump(): void {
+    try {
+      this.pumpFrames();
+    } catch (error) {
+      this.fail(error);
+    }
+  }
+
+  private pumpFrames(): void {
     const transport = this.transport;
     while (transport && this.transport === transport && this.inFlight < MAX_IN_FLIGHT) {
       const frame = this.control.shift() ?? this.nextChannelFrame();

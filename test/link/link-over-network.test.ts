@@ -1,4 +1,5 @@
 import { createHash, randomBytes } from 'node:crypto';
+import { connect, createServer, type Socket } from 'node:net';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { afterEach, describe, expect, it } from 'vitest';
 import WebSocket from 'ws';
@@ -6,6 +7,7 @@ import type { IncomingChannel } from '../../src/link/channels.js';
 import { dialLink } from '../../src/link/dialer.js';
 import { ChannelKind, FrameType, encodeFrame } from '../../src/link/frame.js';
 import { helloFrame, parseHelloReply, PROTOCOL_VERSION } from '../../src/link/handshake.js';
+import { LinkProtocolError } from '../../src/link/link-errors.js';
 import { LinkListener } from '../../src/link/listener.js';
 import type { LinkSession } from '../../src/link/session.js';
 import { cuttingProxy } from '../support/cutting-proxy.js';
@@ -66,6 +68,7 @@ describe('the link over TLS with pinned certificates', () => {
     await expect(dialLink(`wss://127.0.0.1:${impostor.port}`, { ...source, host: hostInfo('source') })).rejects.toThrow(
       new RegExp(`untrusted certificate: .* presented ${stranger.identity.fingerprint}`),
     );
+    await expect(dialLink(`wss://127.0.0.1:${impostor.port}`, { ...source, host: hostInfo('source') })).rejects.toMatchObject({ code: 'HAUL_LINK_UNTRUSTED' });
   });
 
   it('refuses plain TCP where TLS is required, and --insecure anywhere but loopback', async () => {
@@ -151,6 +154,90 @@ describe('the link when the connection drops', () => {
     await proxy.close();
     expect((await sourceAborted).message).toMatch(/could not resume within 0\.5 s/);
     expect((await destinationAborted).message).toMatch(/not resumed within 0\.5 s/);
+  });
+});
+
+/** A loopback TCP proxy to whichever port `target` names when a connection comes; `cut()` drops them all. */
+async function switchingProxy(target: () => number): Promise<{ port: number; cut(): void; close(): Promise<void> }> {
+  const open = new Set<Socket>();
+  const server = createServer((client) => {
+    const upstream = connect(target(), '127.0.0.1');
+    for (const socket of [client, upstream]) open.add(socket.on('error', () => {}).on('close', () => open.delete(socket)));
+    client.pipe(upstream);
+    upstream.pipe(client);
+    client.on('close', () => upstream.destroy());
+    upstream.on('close', () => client.destroy());
+  });
+  await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
+  const address = server.address();
+  if (address === null || typeof address === 'string') throw new Error('proxy has no port');
+  return {
+    port: address.port,
+    cut: () => [...open].forEach((socket) => socket.resetAndDestroy()),
+    close: () => new Promise((resolve) => {
+      [...open].forEach((socket) => socket.destroy());
+      server.close(() => resolve());
+    }),
+  };
+}
+
+describe('resuming a session over TLS belongs to the certificates that began it', () => {
+  it('refuses a resume from another trusted host that knows the session id, and the session carries on', async () => {
+    const [source, destination, other] = await Promise.all([linkHost('s'), linkHost('d'), linkHost('o')]);
+    cleanups.push(() => [source, destination, other].forEach((h) => h.remove()));
+    await destination.trust.add('source', source.identity.fingerprint);
+    await destination.trust.add('other', other.identity.fingerprint);
+    await source.trust.add('destination', destination.identity.fingerprint);
+    const listener = await LinkListener.listen('127.0.0.1', 0, { ...destination, host: hostInfo('destination') });
+    cleanups.push(() => listener.close());
+    const url = `wss://127.0.0.1:${listener.port}`;
+    const accepted = nextSession(listener);
+    const { session } = await dialLink(url, { ...source, host: hostInfo('source') });
+    const remote = await accepted;
+    const refused = new Promise<Error>((resolve) => listener.once('refused', resolve));
+
+    const intruder = new WebSocket(url, { key: other.identity.key, cert: other.identity.cert, rejectUnauthorized: false });
+    cleanups.push(() => intruder.terminate());
+    await new Promise((resolve) => intruder.once('open', resolve));
+    const reply = new Promise<Buffer>((resolve) => intruder.once('message', resolve));
+    intruder.send(helloFrame({ protocol_version: PROTOCOL_VERSION, session_id: session.sessionId, resume: true, host: hostInfo('source'), received: [] }));
+    const answer = await reply;
+    expect(() => parseHelloReply(answer)).toThrow(LinkProtocolError);
+    expect(((): unknown => { try { parseHelloReply(answer); } catch (error) { return (error as LinkProtocolError).code; } })()).toBe('HAUL_LINK_REFUSED');
+    expect((await refused as LinkProtocolError).code).toBe('HAUL_LINK_FOREIGN_PEER');
+
+    // the session still runs between the hosts that began it
+    const received = new Promise<Buffer>((resolve) => remote.once('channel', (channel) => resolve(collect(channel))));
+    const data = randomBytes(100_000);
+    session.openChannel(ChannelKind.PAGES, 'pages-1').writable.end(data);
+    expect((await received).equals(data)).toBe(true);
+    expect(remote.attachments).toBe(1);
+    session.close();
+  });
+
+  it('does not resume with a listener that presents another trusted certificate at the same address', async () => {
+    const [source, destination, other] = await Promise.all([linkHost('s'), linkHost('d'), linkHost('o')]);
+    cleanups.push(() => [source, destination, other].forEach((h) => h.remove()));
+    await source.trust.add('destination', destination.identity.fingerprint);
+    await source.trust.add('other', other.identity.fingerprint);
+    await destination.trust.add('source', source.identity.fingerprint);
+    await other.trust.add('source', source.identity.fingerprint);
+    const real = await LinkListener.listen('127.0.0.1', 0, { ...destination, host: hostInfo('destination'), resumeWindowMs: 5_000 });
+    const impostor = await LinkListener.listen('127.0.0.1', 0, { ...other, host: hostInfo('destination') });
+    cleanups.push(() => real.close(), () => impostor.close());
+    let target = real.port;
+    const proxy = await switchingProxy(() => target);
+    cleanups.push(() => proxy.close());
+    const heardByImpostor: Error[] = [];
+    impostor.on('refused', (error) => heardByImpostor.push(error));
+    const { session } = await dialLink(`wss://127.0.0.1:${proxy.port}`, { ...source, host: hostInfo('source'), resumeWindowMs: 1_000 });
+    const aborted = new Promise<Error>((resolve) => session.once('aborted', resolve));
+    target = impostor.port;
+    proxy.cut();
+    const error = await aborted;
+    expect((error.cause as LinkProtocolError | undefined)?.code).toBe('HAUL_LINK_FOREIGN_PEER');
+    // the impostor never got a handshake: it never learnt the session id
+    expect(heardByImpostor.map((e) => (e as LinkProtocolError).code)).not.toContain('HAUL_LINK_PROTOCOL');
   });
 });
 
