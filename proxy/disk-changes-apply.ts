@@ -1,10 +1,13 @@
 import { randomBytes } from 'node:crypto';
-import { createWriteStream } from 'node:fs';
-import { chmod, chown, lchown, lstat, lutimes, mkdir, readdir, rename, rm, symlink, utimes } from 'node:fs/promises';
+import { constants } from 'node:fs';
+import { type FileHandle, lchown, lstat, lutimes, mkdir, open, readdir, rename, rm, symlink } from 'node:fs/promises';
 import type { Readable } from 'node:stream';
 import { pipeline } from 'node:stream/promises';
 import tar from 'tar-stream';
+import { bytesOfBase64, DEFAULT_MAX_DISK_CHANGES_BYTES, DISK_PAX, DiskChangesError, entryPathComponents, isComponent } from './disk-changes-format.js';
 import { DIRECTORY_NAMES_PAX } from './disk-changes-pack.js';
+
+export { DiskChangesError } from './disk-changes-format.js';
 
 export interface DiskChangesApplied {
   readonly files: number;
@@ -15,136 +18,242 @@ export interface DiskChangesApplied {
   readonly bytes: number;
 }
 
-export class DiskChangesError extends Error {
-  override readonly name = 'DiskChangesError';
+export interface ApplyDiskChangesOptions {
+  /** Bytes of tar past which the apply stops (DiskChangesError HAUL_DISK_CHANGES_TOO_LARGE). */
+  readonly maxBytes?: number;
 }
+
+const { O_RDONLY, O_WRONLY, O_CREAT, O_EXCL, O_DIRECTORY, O_NOFOLLOW } = constants;
+const OPEN_DIRECTORY = O_RDONLY | O_DIRECTORY | O_NOFOLLOW;
+const CREATE_FILE = O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW;
 
 /**
  * Applies a tar of disk changes (packDiskChanges) onto the filesystem at `root`: files and symlinks
  * replace what was there (written aside, then renamed in), directories get their owner, mode and
- * time, and lose the names their source no longer has. Names are the sender's word: none may leave
- * `root`, and no path is resolved through a symlink found under it (the container made those).
+ * time, and lose the names their source no longer has.
+ *
+ * The tar is the container's word. Its names must pass the grammar (entryPathComponents) and no
+ * link is ever followed: each entry walks from `root` again, one component at a time, opening each
+ * directory with O_NOFOLLOW | O_DIRECTORY relative to the one before (through /proc/self/fd, which
+ * resolves to the open directory itself). An entry that made a directory into a symlink thus fails
+ * every later entry below it, instead of redirecting it; nothing checked once is trusted later.
+ * Owners, modes and times are set on open descriptors or with the l- calls.
+ *
+ * The first refused entry (or the byte cap) ends the apply: entries before it stay applied, none
+ * after it is written, and no file is left half-written under its name (files are renamed in whole).
  */
-export async function applyDiskChanges(source: Readable, root: string): Promise<DiskChangesApplied> {
-  const counts = { files: 0, directories: 0, symlinks: 0, removed: 0, bytes: 0 };
-  const realDirectories = new Set<string>(['.']);
-  // set last, deepest first: writing into a directory changes its time
-  const directoryTimes: Array<{ path: string; mtime: Date }> = [];
-  const extract = tar.extract();
-  const entries = (async () => {
-    for await (const entry of extract) {
-      const header = entry.header;
-      const relative = checkedName(header.name);
-      await ensureParentsAreDirectories(root, relative, realDirectories);
-      const path = relative === '.' ? root : `${root}/${relative}`;
-      const pax = (header.pax ?? {}) as Record<string, string>;
-      const uid = ownerId(pax['uid'], header.uid);
-      const gid = ownerId(pax['gid'], header.gid);
-      const mode = (header.mode ?? 0o644) & 0o7777;
-      const mtime = header.mtime ?? new Date();
-      switch (header.type) {
-        case 'directory': {
-          const existing = await lstat(path).catch(() => undefined);
-          if (existing && !existing.isDirectory()) await rm(path, { recursive: true, force: true });
-          if (!existing?.isDirectory()) await mkdir(path);
-          realDirectories.add(relative);
-          const listed = pax[DIRECTORY_NAMES_PAX];
-          if (listed !== undefined) {
-            const keep = new Set(parseNames(listed, relative));
-            for (const name of await readdir(path)) {
-              if (keep.has(name)) continue;
-              await rm(`${path}/${name}`, { recursive: true, force: true });
-              counts.removed++;
-            }
-          }
-          await chown(path, uid, gid);
-          await chmod(path, mode);
-          directoryTimes.push({ path, mtime });
-          counts.directories++;
-          entry.resume();
-          break;
+export async function applyDiskChanges(source: Readable, root: string, options: ApplyDiskChangesOptions = {}): Promise<DiskChangesApplied> {
+  const maxBytes = options.maxBytes ?? DEFAULT_MAX_DISK_CHANGES_BYTES;
+  // `root` is ours (where liblxc mounted the container's root): the one path followed
+  const rootDirectory = await open(root, O_RDONLY | O_DIRECTORY);
+  try {
+    const applier = new Applier(rootDirectory);
+    const extract = tar.extract();
+    // its async iterator listens for entries from its creation on: no await between the two
+    const entries = extract[Symbol.asyncIterator]();
+    const feeding = pipeline(source, extract as unknown as NodeJS.WritableStream);
+    feeding.catch(() => {});
+    try {
+      for await (const entry of { [Symbol.asyncIterator]: () => entries }) {
+        if (entry.offset + 512 + entry.header.size > maxBytes) {
+          throw new DiskChangesError('HAUL_DISK_CHANGES_TOO_LARGE', `the changes pass the cap of ${maxBytes} bytes at ${JSON.stringify(entry.header.name)}`);
         }
-        case 'file': {
-          const aside = besideName(path);
-          try {
-            await pipeline(entry as unknown as AsyncIterable<Buffer>, createWriteStream(aside, { flags: 'wx', mode: 0o600 }));
-            await chown(aside, uid, gid);
-            await chmod(aside, mode); // after chown, which clears set-id bits
-            await utimes(aside, mtime, mtime);
-            await replaceWith(aside, path);
-          } catch (error) {
-            await rm(aside, { force: true });
-            throw error;
-          }
-          counts.files++;
-          counts.bytes += header.size ?? 0;
-          break;
-        }
-        case 'symlink': {
-          const aside = besideName(path);
-          await symlink(header.linkname ?? '', aside);
-          await lchown(aside, uid, gid);
-          await lutimes(aside, mtime, mtime);
-          await replaceWith(aside, path);
-          counts.symlinks++;
-          entry.resume();
-          break;
-        }
-        default:
-          entry.resume();
-          throw new DiskChangesError(`disk changes: cannot apply ${header.name} of type ${header.type}`);
+        await applier.apply(entry as unknown as Entry);
       }
+    } catch (error) {
+      extract.destroy();
+      source.destroy();
+      throw error;
     }
-  })();
-  await Promise.all([pipeline(source, extract as unknown as NodeJS.WritableStream), entries]);
-  for (const { path, mtime } of directoryTimes.reverse()) await utimes(path, mtime, mtime);
-  return counts;
+    await feeding;
+    await applier.setDirectoryTimes();
+    return applier.counts;
+  } finally {
+    await rootDirectory.close();
+  }
+}
+
+type Entry = AsyncIterable<Buffer> & { readonly header: tar.Header; resume(): unknown };
+
+class Applier {
+  readonly counts = { files: 0, directories: 0, symlinks: 0, removed: 0, bytes: 0 };
+  /** Set last, deepest first: writing into a directory changes its time. */
+  private readonly directoryTimes: Array<{ readonly components: readonly Buffer[]; readonly mtime: Date }> = [];
+
+  constructor(private readonly root: FileHandle) {}
+
+  async apply(entry: Entry): Promise<void> {
+    const { header } = entry;
+    const pax = (header.pax ?? {}) as Record<string, string>;
+    const encodedPath = pax[DISK_PAX.path];
+    const name = encodedPath === undefined ? Buffer.from(header.name, 'utf8') : bytesOfBase64(encodedPath, 'the path record');
+    const components = entryPathComponents(name, header.type === 'directory');
+    if (components.length === 0 && header.type !== 'directory') {
+      throw new DiskChangesError('HAUL_DISK_CHANGES_BAD_ENTRY', `the root \`.\` comes as a ${header.type}; it can only be a directory`);
+    }
+    const attributes = { uid: ownerId(pax['uid'], header.uid), gid: ownerId(pax['gid'], header.gid), mode: header.mode & 0o7777, mtime: header.mtime };
+    switch (header.type) {
+      case 'directory':
+        entry.resume();
+        await this.directory(components, attributes, pax[DIRECTORY_NAMES_PAX]);
+        return;
+      case 'file':
+        await this.file(components, attributes, entry);
+        return;
+      case 'symlink':
+        entry.resume();
+        await this.symlink(components, attributes, header.linkname);
+        return;
+      default:
+        entry.resume();
+        throw new DiskChangesError('HAUL_DISK_CHANGES_BAD_ENTRY', `cannot apply ${JSON.stringify(header.name)} of type ${header.type}`);
+    }
+  }
+
+  private async directory(components: readonly Buffer[], attributes: Attributes, listed: string | undefined): Promise<void> {
+    if (components.length > 0) await this.inParent(components, async (parent, leaf) => {
+      const path = inside(parent, leaf);
+      const existing = await lstat(path).catch(() => undefined);
+      if (existing && !existing.isDirectory()) await rm(path, { force: true });
+      if (!existing?.isDirectory()) await mkdir(path, { mode: 0o700 });
+    });
+    await this.inDirectory(components, async (directory) => {
+      if (listed !== undefined) this.counts.removed += await removeUnlisted(directory, parseNames(listed));
+      await directory.chown(attributes.uid, attributes.gid);
+      await directory.chmod(attributes.mode);
+    });
+    this.directoryTimes.push({ components, mtime: attributes.mtime });
+    this.counts.directories++;
+  }
+
+  private async file(components: readonly Buffer[], attributes: Attributes, entry: Entry): Promise<void> {
+    await this.inParent(components, async (parent, leaf) => {
+      const aside = inside(parent, asideName());
+      const file = await open(aside, CREATE_FILE, 0o600);
+      try {
+        let position = 0;
+        for await (const chunk of entry) {
+          await file.write(chunk, 0, chunk.length, position);
+          position += chunk.length;
+        }
+        await file.chown(attributes.uid, attributes.gid);
+        await file.chmod(attributes.mode); // after chown, which clears set-id bits
+        await file.utimes(attributes.mtime, attributes.mtime);
+        await file.close();
+        await replaceWith(aside, inside(parent, leaf));
+        this.counts.bytes += position;
+      } catch (error) {
+        await file.close().catch(() => {});
+        await rm(aside, { force: true });
+        throw error;
+      }
+    });
+    this.counts.files++;
+  }
+
+  private async symlink(components: readonly Buffer[], attributes: Attributes, target: string): Promise<void> {
+    await this.inParent(components, async (parent, leaf) => {
+      const aside = inside(parent, asideName());
+      await symlink(target, aside);
+      try {
+        await lchown(aside, attributes.uid, attributes.gid);
+        await lutimes(aside, attributes.mtime, attributes.mtime);
+        await replaceWith(aside, inside(parent, leaf));
+      } catch (error) {
+        await rm(aside, { force: true });
+        throw error;
+      }
+    });
+    this.counts.symlinks++;
+  }
+
+  /** Each directory an entry named gets its time, if a later entry left it a directory. */
+  async setDirectoryTimes(): Promise<void> {
+    for (const { components, mtime } of this.directoryTimes.reverse()) {
+      await this.inDirectory(components, (directory) => directory.utimes(mtime, mtime)).catch((error: unknown) => {
+        if (!(error instanceof DiskChangesError && error.code === 'HAUL_DISK_CHANGES_NOT_A_DIRECTORY')) throw error;
+      });
+    }
+  }
+
+  /** Runs `use` on the entry's parent directory, opened afresh from the root, and the entry's own name. */
+  private async inParent(components: readonly Buffer[], use: (parent: FileHandle, leaf: Buffer) => Promise<void>): Promise<void> {
+    const leaf = components.at(-1);
+    if (!leaf) throw new DiskChangesError('HAUL_DISK_CHANGES_BAD_ENTRY', 'the root has no parent here');
+    await this.inDirectory(components.slice(0, -1), (parent) => use(parent, leaf));
+  }
+
+  /** Runs `use` on the directory `components` name, opened one component at a time from the root, never through a link. */
+  private async inDirectory(components: readonly Buffer[], use: (directory: FileHandle) => Promise<void>): Promise<void> {
+    let current = this.root;
+    try {
+      for (let depth = 0; depth < components.length; depth++) {
+        const next = await open(inside(current, components[depth] as Buffer), OPEN_DIRECTORY).catch((error: NodeJS.ErrnoException) => {
+          if (error.code !== 'ELOOP' && error.code !== 'ENOTDIR' && error.code !== 'ENOENT') throw error;
+          const shown = JSON.stringify(Buffer.concat(components.slice(0, depth + 1).flatMap((c, i) => (i ? [SLASH, c] : [c]))).toString('utf8'));
+          throw new DiskChangesError('HAUL_DISK_CHANGES_NOT_A_DIRECTORY', `${shown} is not a directory here (${error.code}): nothing is placed below it`, { cause: error });
+        });
+        if (current !== this.root) await current.close();
+        current = next;
+      }
+      await use(current);
+    } finally {
+      if (current !== this.root) await current.close();
+    }
+  }
+}
+
+interface Attributes {
+  readonly uid: number;
+  readonly gid: number;
+  readonly mode: number;
+  readonly mtime: Date;
+}
+
+const SLASH = Buffer.from('/');
+
+/**
+ * A path for `name` in the directory open as `directory`: the kernel resolves /proc/self/fd/N to
+ * the open directory itself, not to whatever its path names by now (proc(5), "magic links"), so
+ * with `name` one component this is openat(N, name) for the calls Node has only in path form.
+ */
+function inside(directory: FileHandle, name: Buffer): Buffer {
+  return Buffer.concat([Buffer.from(`/proc/self/fd/${directory.fd}/`), name]);
+}
+
+/** Removes what `directory` holds beyond `keep` (nothing below is followed: rm unlinks links); how many. */
+async function removeUnlisted(directory: FileHandle, keep: readonly Buffer[]): Promise<number> {
+  const kept = new Set(keep.map((name) => name.toString('latin1')));
+  let removed = 0;
+  for (const name of await readdir(`/proc/self/fd/${directory.fd}`, { encoding: 'buffer' })) {
+    if (kept.has(name.toString('latin1'))) continue;
+    await rm(inside(directory, name), { recursive: true, force: true });
+    removed++;
+  }
+  return removed;
+}
+
+function parseNames(text: string): Buffer[] {
+  const names: unknown = JSON.parse(text);
+  if (!Array.isArray(names) || names.some((name) => typeof name !== 'string' || !isComponent(Buffer.from(name)))) {
+    throw new DiskChangesError('HAUL_DISK_CHANGES_BAD_NAME', 'a directory\'s list of names is malformed');
+  }
+  return names.map((name: string) => Buffer.from(name));
 }
 
 function ownerId(fromPax: string | undefined, fromHeader: number): number {
   if (fromPax === undefined) return fromHeader;
   const id = Number(fromPax);
-  if (!Number.isInteger(id) || id < 0 || id > 0xffffffff) throw new DiskChangesError(`disk changes: bad owner id ${JSON.stringify(fromPax)}`);
+  if (!/^\d{1,10}$/.test(fromPax) || id > 0xfffffffe) throw new DiskChangesError('HAUL_DISK_CHANGES_BAD_ENTRY', `bad owner id ${JSON.stringify(fromPax)}`);
   return id;
 }
 
-function checkedName(name: string): string {
-  const trimmed = name.replace(/\/+$/, '');
-  if (trimmed === '.' || trimmed === '') return '.';
-  const parts = trimmed.split('/');
-  if (trimmed.startsWith('/') || parts.some((part) => part === '' || part === '.' || part === '..')) {
-    throw new DiskChangesError(`disk changes: refusing the entry name ${JSON.stringify(name)}`);
-  }
-  return trimmed;
+function asideName(): Buffer {
+  return Buffer.from(`.haul-${randomBytes(6).toString('hex')}`);
 }
 
-function parseNames(text: string, directory: string): string[] {
-  const names: unknown = JSON.parse(text);
-  if (!Array.isArray(names) || names.some((name) => typeof name !== 'string' || name.includes('/') || name === '.' || name === '..')) {
-    throw new DiskChangesError(`disk changes: the list of names for ${directory} is malformed`);
-  }
-  return names as string[];
-}
-
-/** Every ancestor of `relative` must be a real directory (not a symlink) under root. */
-async function ensureParentsAreDirectories(root: string, relative: string, known: Set<string>): Promise<void> {
-  const parts = relative === '.' ? [] : relative.split('/').slice(0, -1);
-  let prefix = '';
-  for (const part of parts) {
-    prefix = prefix ? `${prefix}/${part}` : part;
-    if (known.has(prefix)) continue;
-    const info = await lstat(`${root}/${prefix}`).catch(() => undefined);
-    if (!info?.isDirectory()) throw new DiskChangesError(`disk changes: ${prefix} is not a directory here, so ${relative} cannot be placed`);
-    known.add(prefix);
-  }
-}
-
-function besideName(path: string): string {
-  const slash = path.lastIndexOf('/');
-  return `${path.slice(0, slash)}/.haul-${randomBytes(6).toString('hex')}`;
-}
-
-async function replaceWith(aside: string, path: string): Promise<void> {
+/** Renames `aside` over `path` (same directory), a directory there removed first. */
+async function replaceWith(aside: Buffer, path: Buffer): Promise<void> {
   const existing = await lstat(path).catch(() => undefined);
   if (existing?.isDirectory()) await rm(path, { recursive: true, force: true });
   await rename(aside, path);
