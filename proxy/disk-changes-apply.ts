@@ -4,8 +4,9 @@ import { type FileHandle, lchown, lstat, lutimes, mkdir, open, readdir, rename, 
 import type { Readable } from 'node:stream';
 import { pipeline } from 'node:stream/promises';
 import tar from 'tar-stream';
-import { bytesOfBase64, DEFAULT_MAX_DISK_CHANGES_BYTES, DISK_PAX, DiskChangesError, entryPathComponents, isComponent } from './disk-changes-format.js';
-import { DIRECTORY_NAMES_PAX } from './disk-changes-pack.js';
+import {
+  bytesOfBase64, type DataSegment, decodeNames, decodeSparseMap, DEFAULT_MAX_DISK_CHANGES_BYTES, DISK_PAX, DiskChangesError, entryPathComponents, MAX_NAMES_BYTES, parseSparseRecord,
+} from './disk-changes-format.js';
 
 export { DiskChangesError } from './disk-changes-format.js';
 
@@ -88,29 +89,37 @@ class Applier {
     const encodedPath = pax[DISK_PAX.path];
     const name = encodedPath === undefined ? Buffer.from(header.name, 'utf8') : bytesOfBase64(encodedPath, 'the path record');
     const components = entryPathComponents(name, header.type === 'directory');
-    if (components.length === 0 && header.type !== 'directory') {
+    const isNames = header.type === 'file' && pax[DISK_PAX.names] !== undefined;
+    if (components.length === 0 && header.type !== 'directory' && !isNames) {
       throw new DiskChangesError('HAUL_DISK_CHANGES_BAD_ENTRY', `the root \`.\` comes as a ${header.type}; it can only be a directory`);
     }
-    const attributes = { uid: ownerId(pax['uid'], header.uid), gid: ownerId(pax['gid'], header.gid), mode: header.mode & 0o7777, mtime: header.mtime };
+    const attributes = { uid: ownerId(pax['uid'], header.uid), gid: ownerId(pax['gid'], header.gid), mode: modeOf(pax[DISK_PAX.mode], header.mode), mtime: header.mtime };
     switch (header.type) {
       case 'directory':
         entry.resume();
-        await this.directory(components, attributes, pax[DIRECTORY_NAMES_PAX]);
+        await this.directory(components, attributes);
         return;
-      case 'file':
-        await this.file(components, attributes, entry);
+      case 'file': {
+        const names = pax[DISK_PAX.names];
+        if (isNames && names !== undefined) await this.removeUnlisted(components, names, entry, header.size);
+        else await this.file(components, attributes, entry, new FileLayout(pax[DISK_PAX.sparse], header.size));
         return;
-      case 'symlink':
+      }
+      case 'symlink': {
         entry.resume();
-        await this.symlink(components, attributes, header.linkname);
+        const encodedTarget = pax[DISK_PAX.linkpath];
+        const target = encodedTarget === undefined ? Buffer.from(header.linkname ?? '', 'utf8') : bytesOfBase64(encodedTarget, 'the link target record');
+        if (target.length === 0 || target.includes(0)) throw new DiskChangesError('HAUL_DISK_CHANGES_BAD_ENTRY', `the symlink ${JSON.stringify(header.name)} has an empty target or one with a NUL`);
+        await this.symlink(components, attributes, target);
         return;
+      }
       default:
         entry.resume();
         throw new DiskChangesError('HAUL_DISK_CHANGES_BAD_ENTRY', `cannot apply ${JSON.stringify(header.name)} of type ${header.type}`);
     }
   }
 
-  private async directory(components: readonly Buffer[], attributes: Attributes, listed: string | undefined): Promise<void> {
+  private async directory(components: readonly Buffer[], attributes: Attributes): Promise<void> {
     if (components.length > 0) await this.inParent(components, async (parent, leaf) => {
       const path = inside(parent, leaf);
       const existing = await lstat(path).catch(() => undefined);
@@ -118,7 +127,6 @@ class Applier {
       if (!existing?.isDirectory()) await mkdir(path, { mode: 0o700 });
     });
     await this.inDirectory(components, async (directory) => {
-      if (listed !== undefined) this.counts.removed += await removeUnlisted(directory, parseNames(listed));
       await directory.chown(attributes.uid, attributes.gid);
       await directory.chmod(attributes.mode);
     });
@@ -126,22 +134,35 @@ class Applier {
     this.counts.directories++;
   }
 
-  private async file(components: readonly Buffer[], attributes: Attributes, entry: Entry): Promise<void> {
+  /** A directory's list of names (DISK_PAX.names): what the directory holds beyond it goes. */
+  private async removeUnlisted(components: readonly Buffer[], count: string, entry: Entry, size: number): Promise<void> {
+    if (size > MAX_NAMES_BYTES) throw new DiskChangesError('HAUL_DISK_CHANGES_BAD_ENTRY', `a list of names of ${size} bytes is more than this side holds (${MAX_NAMES_BYTES})`);
+    const chunks: Buffer[] = [];
+    for await (const chunk of entry) chunks.push(chunk);
+    const keep = new Set(decodeNames(Buffer.concat(chunks), count).map((name) => name.toString('latin1')));
+    await this.inDirectory(components, async (directory) => {
+      for (const name of await readdir(`/proc/self/fd/${directory.fd}`, { encoding: 'buffer' })) {
+        if (keep.has(name.toString('latin1'))) continue;
+        // rm unlinks a symlink rather than follow it, and walks a directory by lstat
+        await rm(inside(directory, name), { recursive: true, force: true });
+        this.counts.removed++;
+      }
+    });
+  }
+
+  private async file(components: readonly Buffer[], attributes: Attributes, entry: Entry, layout: FileLayout): Promise<void> {
     await this.inParent(components, async (parent, leaf) => {
       const aside = inside(parent, asideName());
       const file = await open(aside, CREATE_FILE, 0o600);
       try {
-        let position = 0;
-        for await (const chunk of entry) {
-          await file.write(chunk, 0, chunk.length, position);
-          position += chunk.length;
-        }
+        for await (const chunk of entry) await layout.write(chunk, file);
+        await file.truncate(layout.size); // the holes at its end
         await file.chown(attributes.uid, attributes.gid);
         await file.chmod(attributes.mode); // after chown, which clears set-id bits
         await file.utimes(attributes.mtime, attributes.mtime);
         await file.close();
         await replaceWith(aside, inside(parent, leaf));
-        this.counts.bytes += position;
+        this.counts.bytes += layout.dataBytes;
       } catch (error) {
         await file.close().catch(() => {});
         await rm(aside, { force: true });
@@ -151,7 +172,7 @@ class Applier {
     this.counts.files++;
   }
 
-  private async symlink(components: readonly Buffer[], attributes: Attributes, target: string): Promise<void> {
+  private async symlink(components: readonly Buffer[], attributes: Attributes, target: Buffer): Promise<void> {
     await this.inParent(components, async (parent, leaf) => {
       const aside = inside(parent, asideName());
       await symlink(target, aside);
@@ -221,31 +242,69 @@ function inside(directory: FileHandle, name: Buffer): Buffer {
   return Buffer.concat([Buffer.from(`/proc/self/fd/${directory.fd}/`), name]);
 }
 
-/** Removes what `directory` holds beyond `keep` (nothing below is followed: rm unlinks links); how many. */
-async function removeUnlisted(directory: FileHandle, keep: readonly Buffer[]): Promise<number> {
-  const kept = new Set(keep.map((name) => name.toString('latin1')));
-  let removed = 0;
-  for (const name of await readdir(`/proc/self/fd/${directory.fd}`, { encoding: 'buffer' })) {
-    if (kept.has(name.toString('latin1'))) continue;
-    await rm(inside(directory, name), { recursive: true, force: true });
-    removed++;
-  }
-  return removed;
-}
-
-function parseNames(text: string): Buffer[] {
-  const names: unknown = JSON.parse(text);
-  if (!Array.isArray(names) || names.some((name) => typeof name !== 'string' || !isComponent(Buffer.from(name)))) {
-    throw new DiskChangesError('HAUL_DISK_CHANGES_BAD_NAME', 'a directory\'s list of names is malformed');
-  }
-  return names.map((name: string) => Buffer.from(name));
-}
-
 function ownerId(fromPax: string | undefined, fromHeader: number): number {
   if (fromPax === undefined) return fromHeader;
   const id = Number(fromPax);
   if (!/^\d{1,10}$/.test(fromPax) || id > 0xfffffffe) throw new DiskChangesError('HAUL_DISK_CHANGES_BAD_ENTRY', `bad owner id ${JSON.stringify(fromPax)}`);
   return id;
+}
+
+function modeOf(fromPax: string | undefined, fromHeader: number): number {
+  if (fromPax === undefined) return fromHeader & 0o7777;
+  if (!/^[0-7]{1,4}$/.test(fromPax)) throw new DiskChangesError('HAUL_DISK_CHANGES_BAD_ENTRY', `bad mode ${JSON.stringify(fromPax.slice(0, 80))}`);
+  return parseInt(fromPax, 8);
+}
+
+/**
+ * Where a file entry's content goes in the file: all of it from offset 0, or, for a sparse file
+ * (DISK_PAX.sparse), its map first and then each data segment at its offset, holes left unwritten.
+ */
+class FileLayout {
+  readonly size: number;
+  private readonly map: Buffer;
+  private mapFilled = 0;
+  private segments: DataSegment[] = [];
+  private segment = 0;
+  private inSegment = 0;
+  dataBytes = 0;
+
+  constructor(sparse: string | undefined, private readonly contentBytes: number) {
+    if (sparse === undefined) {
+      this.size = contentBytes;
+      this.map = Buffer.alloc(0);
+      if (contentBytes > 0) this.segments = [{ offset: 0, length: contentBytes }];
+    } else {
+      const { size, mapBytes } = parseSparseRecord(sparse, contentBytes);
+      this.size = size;
+      this.map = Buffer.alloc(mapBytes);
+      if (mapBytes === 0) this.segments = decodeSparseMap(this.map, size, contentBytes);
+    }
+  }
+
+  async write(chunk: Buffer, file: FileHandle): Promise<void> {
+    let at = 0;
+    while (at < chunk.length) {
+      if (this.mapFilled < this.map.length) {
+        const copied = chunk.copy(this.map, this.mapFilled, at);
+        this.mapFilled += copied;
+        at += copied;
+        if (this.mapFilled === this.map.length) this.segments = decodeSparseMap(this.map, this.size, this.contentBytes - this.map.length);
+        continue;
+      }
+      const segment = this.segments[this.segment];
+      if (!segment) throw new DiskChangesError('HAUL_DISK_CHANGES_BAD_ENTRY', 'a file entry holds more than its map');
+      const length = Math.min(segment.length - this.inSegment, chunk.length - at);
+      // a write to a regular file may still be short (a signal, a full disk that then errors)
+      const { bytesWritten } = await file.write(chunk, at, length, segment.offset + this.inSegment);
+      at += bytesWritten;
+      this.dataBytes += bytesWritten;
+      this.inSegment += bytesWritten;
+      if (this.inSegment === segment.length) {
+        this.segment++;
+        this.inSegment = 0;
+      }
+    }
+  }
 }
 
 function asideName(): Buffer {

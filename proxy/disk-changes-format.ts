@@ -12,7 +12,98 @@ export const DISK_PAX = {
   linkpath: 'HAUL.linkpath',
   /** The permission bits in octal: tar-stream's pack turns a mode of 0 into its default 0644. */
   mode: 'HAUL.mode',
+  /**
+   * On a file entry named after a directory: how many names that directory holds. The entry's
+   * content is their bytes, NUL-separated (a directory's list can pass any one pax record's bound:
+   * tar-stream refuses pax headers over 4 MiB), so that the other side removes what it lacks.
+   */
+  names: 'HAUL.names',
+  /**
+   * On a file entry: "<size> <segments>". The file is sparse: its content starts with a map of
+   * its data segments (SPARSE_SEGMENT_BYTES each), followed by their bytes; the rest are holes.
+   */
+  sparse: 'HAUL.sparse',
 } as const;
+
+/** A map segment: offset and length, each an unsigned 64-bit big-endian integer. */
+export const SPARSE_SEGMENT_BYTES = 16;
+
+/** Bound on one directory's list of names, which the applier holds in memory. */
+export const MAX_NAMES_BYTES = 512 * 1024 ** 2;
+
+export interface DataSegment {
+  readonly offset: number;
+  readonly length: number;
+}
+
+export function encodeSparseMap(segments: readonly DataSegment[]): Buffer {
+  const map = Buffer.alloc(segments.length * SPARSE_SEGMENT_BYTES);
+  segments.forEach(({ offset, length }, i) => {
+    map.writeBigUInt64BE(BigInt(offset), i * SPARSE_SEGMENT_BYTES);
+    map.writeBigUInt64BE(BigInt(length), i * SPARSE_SEGMENT_BYTES + 8);
+  });
+  return map;
+}
+
+/**
+ * The segments a map holds, refused unless they are in order, apart, non-empty, within `size`, and
+ * their lengths add up to `dataBytes` (what the entry holds after the map).
+ */
+export function decodeSparseMap(map: Buffer, size: number, dataBytes: number): DataSegment[] {
+  const refuse = (why: string): never => {
+    throw new DiskChangesError('HAUL_DISK_CHANGES_BAD_ENTRY', `a sparse file's map is malformed: ${why}`);
+  };
+  const segments: DataSegment[] = [];
+  let end = 0;
+  let total = 0;
+  for (let at = 0; at < map.length; at += SPARSE_SEGMENT_BYTES) {
+    const offset = Number(map.readBigUInt64BE(at));
+    const length = Number(map.readBigUInt64BE(at + 8));
+    if (offset < end) refuse('its segments overlap or are out of order');
+    if (length === 0) refuse('it has an empty segment');
+    if (offset + length > size) refuse('a segment passes the end of the file');
+    segments.push({ offset, length });
+    end = offset + length;
+    total += length;
+  }
+  if (total !== dataBytes) refuse(`its segments hold ${total} bytes, the entry ${dataBytes}`);
+  return segments;
+}
+
+/** "<size> <segments>" of a HAUL.sparse record, checked. */
+export function parseSparseRecord(value: string, contentBytes: number): { readonly size: number; readonly mapBytes: number } {
+  const match = /^(\d{1,16}) (\d{1,16})$/.exec(value);
+  const size = Number(match?.[1]);
+  const mapBytes = Number(match?.[2]) * SPARSE_SEGMENT_BYTES;
+  if (!match || !Number.isSafeInteger(size) || mapBytes > contentBytes) {
+    throw new DiskChangesError('HAUL_DISK_CHANGES_BAD_ENTRY', `bad sparse record ${JSON.stringify(value.slice(0, 80))}`);
+  }
+  return { size, mapBytes };
+}
+
+/** A directory's names as an entry carries them: NUL-separated. */
+export function encodeNames(names: readonly Buffer[]): Buffer {
+  return Buffer.concat(names.flatMap((name, i) => (i ? [NUL, name] : [name])));
+}
+
+/** The names a HAUL.names entry carries, each checked (isComponent), as many as its record says. */
+export function decodeNames(list: Buffer, countRecord: string): Buffer[] {
+  const names: Buffer[] = [];
+  if (list.length > 0) {
+    let start = 0;
+    for (let at = 0; at <= list.length; at++) {
+      if (at < list.length && list[at] !== 0) continue;
+      names.push(list.subarray(start, at));
+      start = at + 1;
+    }
+  }
+  if (!/^\d{1,10}$/.test(countRecord) || names.length !== Number(countRecord) || !names.every(isComponent)) {
+    throw new DiskChangesError('HAUL_DISK_CHANGES_BAD_NAME', 'a directory\'s list of names is malformed');
+  }
+  return names;
+}
+
+const NUL = Buffer.from([0]);
 
 /** Default cap on the bytes of tar one move may carry (the container is frozen meanwhile). */
 export const DEFAULT_MAX_DISK_CHANGES_BYTES = 4 * 1024 ** 3;
