@@ -1,6 +1,6 @@
 import { randomBytes } from 'node:crypto';
 import { constants } from 'node:fs';
-import { type FileHandle, lchown, lstat, lutimes, mkdir, open, readdir, rename, rm, symlink } from 'node:fs/promises';
+import { type FileHandle, lchown, lstat, lutimes, mkdir, open, readdir, rename, rmdir, symlink, unlink } from 'node:fs/promises';
 import type { Readable } from 'node:stream';
 import { pipeline } from 'node:stream/promises';
 import tar from 'tar-stream';
@@ -16,6 +16,11 @@ export interface DiskChangesApplied {
   readonly symlinks: number;
   /** Entries removed because their directory's list no longer names them. */
   readonly removed: number;
+  /**
+   * Other filesystems (mounts, nested btrfs subvolumes) under names the lists no longer have: left
+   * in place, with the directories above them, rather than emptied.
+   */
+  readonly notRemoved: readonly string[];
   readonly bytes: number;
 }
 
@@ -48,7 +53,7 @@ export async function applyDiskChanges(source: Readable, root: string, options: 
   // `root` is ours (where liblxc mounted the container's root): the one path followed
   const rootDirectory = await open(root, O_RDONLY | O_DIRECTORY);
   try {
-    const applier = new Applier(rootDirectory);
+    const applier = new Applier(rootDirectory, (await rootDirectory.stat()).dev);
     const extract = tar.extract();
     // its async iterator listens for entries from its creation on: no await between the two
     const entries = extract[Symbol.asyncIterator]();
@@ -68,7 +73,7 @@ export async function applyDiskChanges(source: Readable, root: string, options: 
     }
     await feeding;
     await applier.setDirectoryTimes();
-    return applier.counts;
+    return applier.result();
   } finally {
     await rootDirectory.close();
   }
@@ -77,11 +82,17 @@ export async function applyDiskChanges(source: Readable, root: string, options: 
 type Entry = AsyncIterable<Buffer> & { readonly header: tar.Header; resume(): unknown };
 
 class Applier {
-  readonly counts = { files: 0, directories: 0, symlinks: 0, removed: 0, bytes: 0 };
+  private readonly counts = { files: 0, directories: 0, symlinks: 0, removed: 0, bytes: 0 };
+  private readonly notRemoved: string[] = [];
   /** Set last, deepest first: writing into a directory changes its time. */
   private readonly directoryTimes: Array<{ readonly components: readonly Buffer[]; readonly mtime: Date }> = [];
 
-  constructor(private readonly root: FileHandle) {}
+  /** `device`: the root's filesystem, the only one written (the packer sends nothing from others). */
+  constructor(private readonly root: FileHandle, private readonly device: number) {}
+
+  result(): DiskChangesApplied {
+    return { ...this.counts, notRemoved: [...this.notRemoved] };
+  }
 
   async apply(entry: Entry): Promise<void> {
     const { header } = entry;
@@ -123,7 +134,7 @@ class Applier {
     if (components.length > 0) await this.inParent(components, async (parent, leaf) => {
       const path = inside(parent, leaf);
       const existing = await lstat(path).catch(() => undefined);
-      if (existing && !existing.isDirectory()) await rm(path, { force: true });
+      if (existing && !existing.isDirectory()) await unlink(path);
       if (!existing?.isDirectory()) await mkdir(path, { mode: 0o700 });
     });
     await this.inDirectory(components, async (directory) => {
@@ -143,9 +154,8 @@ class Applier {
     await this.inDirectory(components, async (directory) => {
       for (const name of await readdir(`/proc/self/fd/${directory.fd}`, { encoding: 'buffer' })) {
         if (keep.has(name.toString('latin1'))) continue;
-        // rm unlinks a symlink rather than follow it, and walks a directory by lstat
-        await rm(inside(directory, name), { recursive: true, force: true });
-        this.counts.removed++;
+        const whole = await removeTree(inside(directory, name), joined([...components, name]), this.device, (kept) => this.notRemoved.push(kept.toString('utf8')));
+        if (whole) this.counts.removed++;
       }
     });
   }
@@ -161,11 +171,11 @@ class Applier {
         await file.chmod(attributes.mode); // after chown, which clears set-id bits
         await file.utimes(attributes.mtime, attributes.mtime);
         await file.close();
-        await replaceWith(aside, inside(parent, leaf));
+        await this.replaceWith(aside, parent, leaf, components);
         this.counts.bytes += layout.dataBytes;
       } catch (error) {
         await file.close().catch(() => {});
-        await rm(aside, { force: true });
+        await unlink(aside).catch(() => {});
         throw error;
       }
     });
@@ -179,13 +189,23 @@ class Applier {
       try {
         await lchown(aside, attributes.uid, attributes.gid);
         await lutimes(aside, attributes.mtime, attributes.mtime);
-        await replaceWith(aside, inside(parent, leaf));
+        await this.replaceWith(aside, parent, leaf, components);
       } catch (error) {
-        await rm(aside, { force: true });
+        await unlink(aside).catch(() => {});
         throw error;
       }
     });
     this.counts.symlinks++;
+  }
+
+  /** Renames `aside` (in `parent`) over the entry's name there, a directory there removed first. */
+  private async replaceWith(aside: Buffer, parent: FileHandle, leaf: Buffer, components: readonly Buffer[]): Promise<void> {
+    const path = inside(parent, leaf);
+    const existing = await lstat(path).catch(() => undefined);
+    if (existing?.isDirectory() && !(await removeTree(path, joined(components), this.device, () => {}))) {
+      throw new DiskChangesError('HAUL_DISK_CHANGES_OTHER_FILESYSTEM', `${JSON.stringify(joined(components).toString('utf8'))} holds another filesystem: it cannot be replaced`);
+    }
+    await rename(aside, path);
   }
 
   /** Each directory an entry named gets its time, if a later entry left it a directory. */
@@ -211,11 +231,13 @@ class Applier {
       for (let depth = 0; depth < components.length; depth++) {
         const next = await open(inside(current, components[depth] as Buffer), OPEN_DIRECTORY).catch((error: NodeJS.ErrnoException) => {
           if (error.code !== 'ELOOP' && error.code !== 'ENOTDIR' && error.code !== 'ENOENT') throw error;
-          const shown = JSON.stringify(Buffer.concat(components.slice(0, depth + 1).flatMap((c, i) => (i ? [SLASH, c] : [c]))).toString('utf8'));
-          throw new DiskChangesError('HAUL_DISK_CHANGES_NOT_A_DIRECTORY', `${shown} is not a directory here (${error.code}): nothing is placed below it`, { cause: error });
+          throw new DiskChangesError('HAUL_DISK_CHANGES_NOT_A_DIRECTORY', `${shownPath(components, depth)} is not a directory here (${error.code}): nothing is placed below it`, { cause: error });
         });
         if (current !== this.root) await current.close();
         current = next;
+        if ((await current.stat()).dev !== this.device) {
+          throw new DiskChangesError('HAUL_DISK_CHANGES_OTHER_FILESYSTEM', `${shownPath(components, depth)} is another filesystem mounted under the root: nothing is placed there`);
+        }
       }
       await use(current);
     } finally {
@@ -311,9 +333,41 @@ function asideName(): Buffer {
   return Buffer.from(`.haul-${randomBytes(6).toString('hex')}`);
 }
 
-/** Renames `aside` over `path` (same directory), a directory there removed first. */
-async function replaceWith(aside: Buffer, path: Buffer): Promise<void> {
-  const existing = await lstat(path).catch(() => undefined);
-  if (existing?.isDirectory()) await rm(path, { recursive: true, force: true });
-  await rename(aside, path);
+/**
+ * Removes `path` (`shown` for people) and, if a directory, all below it, never following a link
+ * (lstat, then unlink or descend) and never into another filesystem (Node's rm would empty a mount
+ * point before failing on it): those are passed to `kept` and stay, with the directories above
+ * them. Paths below `path` are resolved by name: nothing else writes this tree meanwhile (the
+ * container is not running here yet), so what lstat saw is what is removed. Whether all went.
+ */
+async function removeTree(path: Buffer, shown: Buffer, device: number, kept: (shown: Buffer) => void): Promise<boolean> {
+  const info = await lstat(path).catch((error: NodeJS.ErrnoException) => {
+    if (error.code === 'ENOENT') return undefined;
+    throw error;
+  });
+  if (!info) return true;
+  if (!info.isDirectory()) {
+    await unlink(path);
+    return true;
+  }
+  if (info.dev !== device) {
+    kept(shown);
+    return false;
+  }
+  let whole = true;
+  for (const name of await readdir(path, { encoding: 'buffer' })) {
+    if (!(await removeTree(Buffer.concat([path, SLASH, name]), Buffer.concat([shown, SLASH, name]), device, kept))) whole = false;
+  }
+  if (whole) await rmdir(path);
+  return whole;
+}
+
+/** Components as the relative path they make. */
+function joined(components: readonly Buffer[]): Buffer {
+  return Buffer.concat(components.flatMap((component, i) => (i ? [SLASH, component] : [component])));
+}
+
+/** The first `depth` + 1 components, for messages. */
+function shownPath(components: readonly Buffer[], depth: number): string {
+  return JSON.stringify(joined(components.slice(0, depth + 1)).toString('utf8'));
 }

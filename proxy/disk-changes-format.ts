@@ -119,6 +119,8 @@ export type DiskChangesErrorCode =
   | 'HAUL_DISK_CHANGES_BAD_ENTRY'
   /** A path component that is not a real directory here (a symlink, a file, missing). */
   | 'HAUL_DISK_CHANGES_NOT_A_DIRECTORY'
+  /** A path through, or a removal into, another filesystem mounted under the root. */
+  | 'HAUL_DISK_CHANGES_OTHER_FILESYSTEM'
   /** More bytes than the cap. */
   | 'HAUL_DISK_CHANGES_TOO_LARGE';
 

@@ -1,3 +1,4 @@
+import { execFileSync } from 'node:child_process';
 import { existsSync, lstatSync, mkdirSync, readdirSync, statSync, utimesSync, writeFileSync } from 'node:fs';
 import { afterEach, describe, expect, it } from 'vitest';
 import { applyDiskChanges } from '../../proxy/disk-changes-apply.js';
@@ -87,6 +88,25 @@ describe('disk changes: a tar the container shaped cannot write outside its root
       ]);
       await expect(applyDiskChanges(tar, root), JSON.stringify(name)).rejects.toMatchObject({ name: 'DiskChangesError', code: 'HAUL_DISK_CHANGES_BAD_NAME' });
       expect(readdirSync(root).sort()).toEqual(['before', 'keep']);
+    }
+  });
+
+  it('neither writes into nor empties another filesystem mounted under the root', async () => {
+    const { root } = rootAndOutside();
+    mkdirSync(`${root}/sub/mnt`, { recursive: true });
+    execFileSync('mount', ['-t', 'tmpfs', '-o', 'size=1m', 'haul-test', `${root}/sub/mnt`]);
+    try {
+      writeFileSync(`${root}/sub/mnt/host-file`, 'not the container\'s');
+      await expect(applyDiskChanges(handMadeTar([{ name: 'sub/mnt/x', type: 'file', content: 'x' }]), root)).rejects.toMatchObject({ code: 'HAUL_DISK_CHANGES_OTHER_FILESYSTEM' });
+      // the root's list of names no longer has `sub`: removing it stops at the mount, which stays
+      // (a nested btrfs subvolume, which has a device of its own too, must not fail the move)
+      writeFileSync(`${root}/sub/beside-mnt`, 'goes');
+      const dropSub = handMadeTar([{ name: '.', type: 'file', pax: { 'HAUL.names': '1' }, content: 'keep' }]);
+      expect(await applyDiskChanges(dropSub, root)).toMatchObject({ notRemoved: ['sub/mnt'] });
+      expect(readdirSync(`${root}/sub`)).toEqual(['mnt']);
+      expect(readdirSync(`${root}/sub/mnt`)).toEqual(['host-file']);
+    } finally {
+      execFileSync('umount', [`${root}/sub/mnt`]);
     }
   });
 
