@@ -45,8 +45,9 @@ const CREATE_FILE = O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW;
  * every later entry below it, instead of redirecting it; nothing checked once is trusted later.
  * Owners, modes and times are set on open descriptors or with the l- calls.
  *
- * The first refused entry (or the byte cap) ends the apply: entries before it stay applied, none
- * after it is written, and no file is left half-written under its name (files are renamed in whole).
+ * The first refused entry (or the byte cap, or a tar that ends before the packer's end entry) ends
+ * the apply: entries before it stay applied, none after it is written, and no file is left
+ * half-written under its name (files are renamed in whole).
  */
 export async function applyDiskChanges(source: Readable, root: string, options: ApplyDiskChangesOptions = {}): Promise<DiskChangesApplied> {
   const maxBytes = options.maxBytes ?? DEFAULT_MAX_DISK_CHANGES_BYTES;
@@ -66,6 +67,7 @@ export async function applyDiskChanges(source: Readable, root: string, options: 
         }
         await applier.apply(entry as unknown as Entry);
       }
+      if (!applier.ended) throw new DiskChangesError('HAUL_DISK_CHANGES_INCOMPLETE', 'the tar ends before the packer\'s end entry: it was cut short');
     } catch (error) {
       extract.destroy();
       source.destroy();
@@ -84,6 +86,8 @@ type Entry = AsyncIterable<Buffer> & { readonly header: tar.Header; resume(): un
 class Applier {
   private readonly counts = { files: 0, directories: 0, symlinks: 0, removed: 0, bytes: 0 };
   private readonly notRemoved: string[] = [];
+  /** The packer's end entry came (DISK_PAX.end): nothing may follow it. */
+  ended = false;
   /** Set last, deepest first: writing into a directory changes its time. */
   private readonly directoryTimes: Array<{ readonly components: readonly Buffer[]; readonly mtime: Date }> = [];
 
@@ -97,6 +101,13 @@ class Applier {
   async apply(entry: Entry): Promise<void> {
     const { header } = entry;
     const pax = (header.pax ?? {}) as Record<string, string>;
+    if (this.ended) throw new DiskChangesError('HAUL_DISK_CHANGES_BAD_ENTRY', `${JSON.stringify(header.name)} comes after the end entry`);
+    if (pax[DISK_PAX.end] !== undefined) {
+      if (header.type !== 'file' || header.size !== 0) throw new DiskChangesError('HAUL_DISK_CHANGES_BAD_ENTRY', 'the end entry is not an empty file entry');
+      entry.resume();
+      this.ended = true;
+      return;
+    }
     const encodedPath = pax[DISK_PAX.path];
     const name = encodedPath === undefined ? Buffer.from(header.name, 'utf8') : bytesOfBase64(encodedPath, 'the path record');
     const components = entryPathComponents(name, header.type === 'directory');

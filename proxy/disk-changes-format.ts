@@ -23,6 +23,11 @@ export const DISK_PAX = {
    * its data segments (SPARSE_SEGMENT_BYTES each), followed by their bytes; the rest are holes.
    */
   sparse: 'HAUL.sparse',
+  /**
+   * On the last entry (an empty file entry named `.`): the tar is whole. tar-stream takes a tar
+   * cut at an entry boundary, without its two zero blocks, for a complete one.
+   */
+  end: 'HAUL.end',
 } as const;
 
 /** A map segment: offset and length, each an unsigned 64-bit big-endian integer. */
@@ -122,7 +127,9 @@ export type DiskChangesErrorCode =
   /** A path through, or a removal into, another filesystem mounted under the root. */
   | 'HAUL_DISK_CHANGES_OTHER_FILESYSTEM'
   /** More bytes than the cap. */
-  | 'HAUL_DISK_CHANGES_TOO_LARGE';
+  | 'HAUL_DISK_CHANGES_TOO_LARGE'
+  /** The tar ended before the packer's end entry (DISK_PAX.end). */
+  | 'HAUL_DISK_CHANGES_INCOMPLETE';
 
 export class DiskChangesError extends Error {
   override readonly name = 'DiskChangesError';

@@ -136,6 +136,9 @@ export function packDiskChanges(root: string, sinceMs: number, options: PackDisk
     try {
       const top = await stat(root); // follows /proc/PID/root to the container's root
       await walk(undefined, top, top.dev);
+      const end = headerFor(undefined, undefined, { [DISK_PAX.end]: '1' });
+      plan(end, 0, 'the end');
+      await addEntry(pack, end, Buffer.alloc(0)); // a file entry without content waits for it
       pack.finalize();
       return { ...counts, skipped };
     } catch (error) {

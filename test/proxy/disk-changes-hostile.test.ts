@@ -110,6 +110,15 @@ describe('disk changes: a tar the container shaped cannot write outside its root
     }
   });
 
+  it('does not take a tar cut at an entry boundary for a whole one', async () => {
+    const { root } = rootAndOutside();
+    const cut = handMadeTar([{ name: 'd', type: 'directory', mode: 0o755 }], { ended: false });
+    await expect(applyDiskChanges(cut, root)).rejects.toMatchObject({ code: 'HAUL_DISK_CHANGES_INCOMPLETE' });
+    const afterEnd = handMadeTar([{ name: '.', type: 'file', pax: { 'HAUL.end': '1' }, content: '' }, { name: 'late', type: 'file', content: 'x' }]);
+    await expect(applyDiskChanges(afterEnd, root)).rejects.toMatchObject({ code: 'HAUL_DISK_CHANGES_BAD_ENTRY' });
+    expect(existsSync(`${root}/late`)).toBe(false);
+  });
+
   it('stops at the byte cap before writing the entry that would pass it', async () => {
     const { root } = rootAndOutside();
     const tar = handMadeTar([

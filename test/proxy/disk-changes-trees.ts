@@ -34,10 +34,11 @@ export function describeTreeBytes(root: string): Record<string, string> {
 
 export type HandMadeEntry = Partial<tar.Header> & { readonly name: string } & { readonly content?: string | Buffer };
 
-/** A tar stream made by hand, as a hostile sender could make it. */
-export function handMadeTar(entries: readonly HandMadeEntry[]): Readable {
+/** A tar stream made by hand, as a hostile sender could make it; ended as the packer ends one unless told. */
+export function handMadeTar(entries: readonly HandMadeEntry[], { ended = true } = {}): Readable {
   const pack = tar.pack();
-  for (const { content, ...header } of entries) {
+  const end: HandMadeEntry[] = ended ? [{ name: '.', type: 'file', pax: { 'HAUL.end': '1' }, content: '' }] : [];
+  for (const { content, ...header } of [...entries, ...end]) {
     if (content === undefined) pack.entry(header);
     else pack.entry(header, content);
   }
