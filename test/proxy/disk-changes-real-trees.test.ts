@@ -111,6 +111,25 @@ describe('disk changes: the trees containers really hold come across whole', () 
     expect(statSync(`${copy}/shadow`).mode & 0o7777).toBe(0);
   });
 
+  it('never packs under a cap what the applier refuses under the same cap', async () => {
+    const { source, copy, since } = await snapshotOf(() => {});
+    mkdirSync(`${source}/dir-${'n'.repeat(150)}`);
+    for (let i = 0; i < 6; i++) writeFileSync(`${source}/dir-${'n'.repeat(150)}/file-${i}`, 'x'.repeat(700 * i));
+    let packedUnderCap = 0;
+    for (let maxBytes = 4096; maxBytes < 40_000; maxBytes += 1536) {
+      const packed = packDiskChanges(source, since, { maxBytes });
+      const applied = applyDiskChanges(packed.tar, copy, { maxBytes });
+      applied.catch(() => {});
+      if (await packed.done.then(() => true, () => false)) {
+        await applied;
+        packedUnderCap++;
+      } else {
+        await expect(applied).rejects.toThrow();
+      }
+    }
+    expect(packedUnderCap).toBeGreaterThan(3); // the loop reached caps that pass
+  });
+
   it('fails the pack, with a stable code, once the changes pass the byte cap', async () => {
     const { source, copy, since } = await snapshotOf(() => {});
     for (let i = 0; i < 5; i++) writeFileSync(`${source}/file-${i}`, 'x'.repeat(4000));
