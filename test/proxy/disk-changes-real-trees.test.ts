@@ -101,7 +101,7 @@ describe('disk changes: the trees containers really hold come across whole', () 
     expect(names).toContain('new');
     expect(existsSync(`${copy}/cache/${name(7)}`)).toBe(false);
     expect(names.sort()).toEqual(readdirSync(`${source}/cache`).sort());
-  }, 120_000);
+  }, 300_000); // making and copying 50,000 files takes most of it: 10 s idle, 80 s on a busy 2-core VM
 
   it('keeps a file mode of 0 (as /etc/shadow has on some distributions)', async () => {
     const { source, copy, since } = await snapshotOf(() => {});
