@@ -75,7 +75,7 @@ export class CacheStore {
           }
           await writer.close();
         } catch (error) {
-          writer.destroy();
+          await writer.destroy();
           throw error;
         }
         this.endedPageStreams++;
