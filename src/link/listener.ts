@@ -60,7 +60,15 @@ export class LinkListener extends EventEmitter<ListenerEvents> {
     const bound = server.address();
     if (bound === null || typeof bound === 'string') throw new Error('the link listener has no TCP port');
     const listener = new LinkListener(server, options, bound.port);
-    wss.on('connection', (ws) => void listener.accept(ws));
+    wss.on('connection', (ws) => {
+      // a peer that breaks the protocol makes ws emit 'error' (then 'close', which the handshake
+      // and the transport hear): unheard, it would end the process before any handshake
+      ws.on('error', () => {});
+      listener.accept(ws).catch((error: Error) => {
+        listener.emit('refused', error);
+        ws.terminate();
+      });
+    });
     return listener;
   }
 
