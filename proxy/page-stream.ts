@@ -3,6 +3,7 @@ import { PAGE_SIZE, PageFlag, type PagemapTarget } from '../src/criu/page-server
 import type { PagemapEntry } from '../src/criu/images/pagemap.js';
 import { StreamReader } from '../src/streams/stream-reader.js';
 import { pageStreamTarget } from '../src/name-grammars.js';
+import { writeChunk } from '../src/streams/writable-writes.js';
 
 /**
  * One pagemap on one link channel: a 16-byte record per entry, `{u64 vaddr, u32 nr_pages, u32 flags}`
@@ -20,9 +21,8 @@ export function targetOfPageChannel(name: string): PagemapTarget {
   return pageStreamTarget(name);
 }
 
-async function write(channel: Writable, bytes: Buffer): Promise<void> {
-  if (!channel.write(bytes)) await new Promise((resolve) => channel.once('drain', resolve));
-}
+// rejects, never waits for good, once the channel is destroyed (its session aborted)
+const write = writeChunk;
 
 /** Writes one entry and its pages (exactly nrPages of them when PRESENT) to a page channel. */
 export async function writePageRecord(channel: Writable, entry: PagemapEntry, pages: AsyncIterable<Buffer> | undefined): Promise<void> {

@@ -62,6 +62,9 @@ async function listenOnce(listen: (server: Server) => void): Promise<{ server: S
   connection.catch(() => {});
   server.once('connection', (socket) => {
     server.close();
+    // CRIU may reset it before its reader starts: whoever reads or writes it sees the end
+    // (iteration fails, writeTo rejects on 'close'); an unheard 'error' would end the process
+    socket.on('error', () => {});
     socket.setNoDelay(true); // a no-op on unix sockets
     settle?.resolve(socket);
   });
@@ -83,6 +86,7 @@ async function listenOnce(listen: (server: Server) => void): Promise<{ server: S
 
 /** Writes with backpressure: resolves once the socket can take more. */
 export async function writeTo(socket: Duplex, bytes: Buffer): Promise<void> {
+  if (socket.destroyed) throw new Error('connection closed before this write'); // no 'close' would come
   if (socket.write(bytes)) return;
   await new Promise<void>((resolve, reject) => {
     const onDrain = (): void => {
