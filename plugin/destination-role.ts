@@ -126,7 +126,9 @@ export class DestinationRole {
     const answers = session.openChannel(ChannelKind.CONTROL, 'answers');
     // lazy mode: pages the restore faults on are asked for, and come with all the others
     const lazyPages = LazyPageStore.forSession(session, join(dir, 'lazy-pages.bin'));
-    session.once('aborted', (error) => void lazyPages.then((pages) => (pages.fail(error), pages.close())));
+    session.once('aborted', (error) => {
+      lazyPages.then((pages) => (pages.fail(error), pages.close())).catch((failure: Error) => this.log(`the lazy-pages store of an aborted session did not close: ${failure.message}`));
+    });
     void (async () => {
       let start;
       try {
@@ -173,7 +175,7 @@ export class DestinationRole {
       session.once('aborted', () => {
         if (!this.incoming.has(id)) return;
         this.inFlight.end(id);
-        void discardImages(dir);
+        discardImages(dir).catch((error: Error) => this.log(`${instance}: the pages of migration ${id} could not be discarded: ${error.message}`));
         // kept a while, so that a restore Incus still starts fails at once, saying why, instead of
         // waiting for pages that will not come; then forgotten
         setTimeout(() => this.incoming.get(id)?.session === session && this.incoming.delete(id), PAGES_WAIT_MS).unref();
@@ -265,7 +267,8 @@ export class DestinationRole {
       const watch = await watching;
       const log = await gating;
       const restoreArgs = log ? args.map((arg, at) => (at > 0 && args[at - 1] === '-o' ? log.path : arg)) : args;
-      void this.reportRestore(entry, record, eager, watch && criuPid ? { watch, criuPid, criu: identify(criuPid), timeoutMs, ...(log ? { log } : {}) } : undefined, lazy);
+      this.reportRestore(entry, record, eager, watch && criuPid ? { watch, criuPid, criu: identify(criuPid), timeoutMs, ...(log ? { log } : {}) } : undefined, lazy)
+        .catch((error: Error) => this.log(`${entry.instance}: following the restore of migration ${id} failed: ${error.message}`));
       this.log(`${entry.instance}: pages of migration ${id} placed; restoring${lazy ? ' lazily, the memory following through haul' : ''}`);
       return { args: [...restoreArgs, ...(lazy ? ['--lazy-pages'] : []), ...(watch ? ['--action-script', watch.scriptPath] : [])] };
     } catch (error) {
