@@ -11,6 +11,9 @@ export function logStrayErrors(log: (line: string) => void): void {
     const code = error instanceof Error && 'code' in error ? ` [${String((error as { code: unknown }).code)}]` : '';
     log(`BUG: ${what}${code}, kept running: ${text.replace(/\n\s*/g, ' | ')}`);
   };
+  // a closed output (EPIPE: the reader of a pipe went away) must not end the process either, nor
+  // come back here through the log line that reports it
+  for (const output of [process.stdout, process.stderr]) output.on('error', () => {});
   process.on('uncaughtException', report('an error nothing caught'));
   process.on('unhandledRejection', report('a promise nobody awaited rejected'));
 }

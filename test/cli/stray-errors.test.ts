@@ -1,4 +1,4 @@
-import { execFile } from 'node:child_process';
+import { execFile, spawn } from 'node:child_process';
 import { join } from 'node:path';
 import { promisify } from 'node:util';
 import { describe, expect, it } from 'vitest';
@@ -19,5 +19,22 @@ describe('the last line of defence of haul cache, migrate and agent', () => {
     expect(lines[0]).toMatch(/^BUG: an error nothing caught \[ERR_STREAM_DESTROYED\], kept running: Error: thrown in a timer \|/);
     expect(lines[1]).toMatch(/^BUG: a promise nobody awaited rejected, kept running: Error: rejected unheard/);
     expect(lines[2]).toBe('still running');
+  });
+
+  it('goes on when its output is closed (the reader of its pipe went away)', async () => {
+    const module = join(REPO, 'dist/src/cli/stray-errors.js');
+    const script = `
+      const { logStrayErrors } = await import(${JSON.stringify(module)});
+      logStrayErrors((line) => process.stdout.write(line + '\\n'));
+      const beat = setInterval(() => process.stdout.write('beat\\n'), 5);
+      setTimeout(() => { clearInterval(beat); process.stderr.write('survived'); }, 300);
+    `;
+    const child = spawn(process.execPath, ['--input-type=module', '-e', script], { stdio: ['ignore', 'pipe', 'pipe'] });
+    let stderr = '';
+    child.stderr.on('data', (chunk: Buffer) => (stderr += chunk.toString()));
+    child.stdout.once('data', () => child.stdout.destroy()); // EPIPE for the child's next writes
+    const code = await new Promise((resolve) => child.once('close', resolve)); // after its output is read
+    expect(stderr).toBe('survived');
+    expect(code).toBe(0);
   });
 });
