@@ -2,8 +2,10 @@ import { spawn, type ChildProcess } from 'node:child_process';
 import { randomBytes, randomUUID } from 'node:crypto';
 import { existsSync, mkdirSync, readdirSync, symlinkSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
+import { setTimeout as sleep } from 'node:timers/promises';
 import { afterEach, describe, expect, it } from 'vitest';
 import { CacheStore } from '../../proxy/cache-store.js';
+import { sendImageFiles } from '../../proxy/images-to-link.js';
 import { DestinationRole } from '../../plugin/destination-role.js';
 import { MIGRATION_ID_FILE } from '../../plugin/hook-protocol.js';
 import { InFlight } from '../../plugin/in-flight.js';
@@ -136,6 +138,18 @@ describe('the image names a source sends', () => {
       expect(readdirSync(join(scratch.path, 'a')).concat(readdirSync(scratch.path))).toEqual(['b', 'a']);
     });
   }
+
+  it('are checked by the source too, before it sends any', async () => {
+    const scratch = scratchDir('hostile-images');
+    cleanups.push(scratch.remove);
+    writeFileSync(join(scratch.path, 'core-1.img'), 'an image');
+    writeFileSync(join(scratch.path, 'notes.txt'), 'not one');
+    const opened: string[] = [];
+    const { source } = linked((session) => session.on('channel', (channel) => opened.push(channel.name)));
+    await expect(sendImageFiles(source, scratch.path)).rejects.toMatchObject({ code: 'HAUL_BAD_NAME', refused: 'notes.txt' });
+    await sleep(50);
+    expect(opened).toEqual([]);
+  });
 
   it('takes the names CRIU writes', async () => {
     const { isCriuImageName } = await import('../../src/name-grammars.js');
