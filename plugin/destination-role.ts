@@ -206,7 +206,9 @@ export class DestinationRole {
       if (text === undefined) return { args }; // a native move: nothing of haul's in it
       id = migrationId((JSON.parse(text) as { id?: unknown }).id);
     } catch (error) {
-      const reason = `haul: refused the restore in ${dir}: its ${MIGRATION_ID_FILE} ${error instanceof SyntaxError ? `is not JSON (${error.message})` : error instanceof Error ? error.message : String(error)}`;
+      const code = error instanceof Error && 'code' in error ? ` (${String(error.code)})` : '';
+      const why = error instanceof SyntaxError ? `is not JSON (${error.message})` : `is not haul's${code}: ${error instanceof Error ? error.message : String(error)}`;
+      const reason = `haul: refused the restore in ${dir}: its ${MIGRATION_ID_FILE} ${why}`;
       this.log(reason);
       return { error: reason };
     }
