@@ -13,6 +13,7 @@ import { PAGE_SIZE } from '../src/criu/page-server/protocol.js';
 import { IN_FLIGHT_FILE, readInFlight, type MigrationProgress } from './in-flight.js';
 import { MigrationRecords, type MigrationRecord } from './migration-records.js';
 import type { HaulMode, Peer } from './source-role.js';
+import { logStrayErrors } from '../src/cli/stray-errors.js';
 
 const DEFAULT_HOOK_DIR = '/usr/local/lib/haul/hook';
 
@@ -46,6 +47,7 @@ export function addAgentCommands(program: Command, out: (line: string) => void):
     .option('--restore-timeout <seconds>', 'kill a restore still running after this long, so the source resumes (per instance: user.haul.restore-timeout)', parsePositiveSeconds, 300)
     .action(async (options: { incusDir: string; listen: { address: string; port: number }; peer: Peer[]; name: string; defaultMode: HaulMode; insecure: boolean; criu: string; restoreTimeout: number }, command: Command) => {
       const stateDir = stateDirOf(command);
+      logStrayErrors((line) => out(`${new Date().toISOString()} ${line}`));
       const security = options.insecure ? { insecure: true } : { identity: await loadOrCreateIdentity(stateDir), trust: await openTrustStore(stateDir) };
       const scheme = options.insecure ? 'ws' : 'wss';
       const version = await criuVersion(options.criu);

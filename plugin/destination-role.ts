@@ -1,5 +1,5 @@
 import { createReadStream, mkdirSync } from 'node:fs';
-import { chmod, copyFile, link, readdir, readFile, rm, stat } from 'node:fs/promises';
+import { chmod, readdir, rm, stat } from 'node:fs/promises';
 import { join } from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { sendControl } from '../src/link/control-channel.js';
@@ -16,6 +16,7 @@ import { CacheStore, DISK_CHANGES_FILE, discardImages } from '../proxy/cache-sto
 import { applyDiskChanges } from '../proxy/disk-changes-apply.js';
 import { LazyCopyGuard } from '../proxy/lazy-copy-guard.js';
 import { LazyPageStore } from '../proxy/lazy-page-store.js';
+import { BadNameError, instanceName, migrationId } from '../src/name-grammars.js';
 import { MIGRATION_ID_FILE, argumentOf, type HookReply } from './hook-protocol.js';
 import { instanceNameOf, type IncusClient } from './incus-client.js';
 import type { IncusEvent } from './incus-events.js';
@@ -24,6 +25,7 @@ import type { MigrationRecord, MigrationRecords } from './migration-records.js';
 import { repairFailedArrival } from './arrival-repair.js';
 import { RestoreWatch, type RestoreOutcome } from './restore-watch.js';
 import { RestoreLogGate } from './restore-log-gate.js';
+import { placeImageFiles, readPlainFile } from './restore-dir-files.js';
 import { cutConnections } from './incus-connections.js';
 import { hasEnded, identify, type ProcessIdentity } from './process-identity.js';
 
@@ -123,7 +125,9 @@ export class DestinationRole {
     const answers = session.openChannel(ChannelKind.CONTROL, 'answers');
     // lazy mode: pages the restore faults on are asked for, and come with all the others
     const lazyPages = LazyPageStore.forSession(session, join(dir, 'lazy-pages.bin'));
-    session.once('aborted', (error) => void lazyPages.then((pages) => (pages.fail(error), pages.close())));
+    session.once('aborted', (error) => {
+      lazyPages.then((pages) => (pages.fail(error), pages.close())).catch((failure: Error) => this.log(`the lazy-pages store of an aborted session did not close: ${failure.message}`));
+    });
     void (async () => {
       let start;
       try {
@@ -134,16 +138,25 @@ export class DestinationRole {
         await rm(dir, { recursive: true, force: true });
         return;
       }
-      const instance = start.instance;
       const peer = start.source_host || 'unnamed peer';
-      const id = start.migration_id;
-      if (!instance || !id || !(await this.isReceiving(instance))) {
-        await sendControl(answers.writable, { migration_accepted: { ok: false, error: `this host is not receiving an instance named ${JSON.stringify(instance)}` } });
+      const turnDown = async (reason: string): Promise<void> => {
+        await sendControl(answers.writable, { migration_accepted: { ok: false, error: reason } });
         answers.writable.end();
         await (await lazyPages).close();
         await rm(dir, { recursive: true, force: true });
-        return;
+      };
+      let instance: string;
+      let id: string;
+      try {
+        // the peer's words, which become paths (restore-<id>) and Incus API calls
+        instance = instanceName(start.instance);
+        id = migrationId(start.migration_id);
+      } catch (error) {
+        if (!(error instanceof BadNameError)) throw error;
+        this.log(`a migration from ${peer} refused: ${error.message}`);
+        return turnDown(`${error.code}: ${error.message}`);
       }
+      if (!(await this.isReceiving(instance))) return turnDown(`this host is not receiving an instance named ${JSON.stringify(instance)}`);
       const mode = start.mode === 'lazy' ? 'lazy' : 'precopy';
       const startedAt = new Date();
       const progress = this.inFlight.start({ id, instance, role: 'destination', peer, mode, phase: 'receiving pages', pages: 0, startedAt: startedAt.toISOString() });
@@ -161,7 +174,7 @@ export class DestinationRole {
       session.once('aborted', () => {
         if (!this.incoming.has(id)) return;
         this.inFlight.end(id);
-        void discardImages(dir);
+        discardImages(dir).catch((error: Error) => this.log(`${instance}: the pages of migration ${id} could not be discarded: ${error.message}`));
         // kept a while, so that a restore Incus still starts fails at once, saying why, instead of
         // waiting for pages that will not come; then forgotten
         setTimeout(() => this.incoming.get(id)?.session === session && this.incoming.delete(id), PAGES_WAIT_MS).unref();
@@ -187,9 +200,16 @@ export class DestinationRole {
     if (!dir) return { args };
     let id: string;
     try {
-      ({ id } = JSON.parse(await readFile(join(dir, MIGRATION_ID_FILE), 'utf8')) as { id: string });
-    } catch {
-      return { args }; // a native move: nothing of haul's in it
+      // it came with Incus' rsync from the source: not through a link, and only a migration id
+      const text = await readPlainFile(join(dir, MIGRATION_ID_FILE));
+      if (text === undefined) return { args }; // a native move: nothing of haul's in it
+      id = migrationId((JSON.parse(text) as { id?: unknown }).id);
+    } catch (error) {
+      const code = error instanceof Error && 'code' in error ? ` (${String(error.code)})` : '';
+      const why = error instanceof SyntaxError ? `is not JSON (${error.message})` : `is not haul's${code}: ${error instanceof Error ? error.message : String(error)}`;
+      const reason = `haul: refused the restore in ${dir}: its ${MIGRATION_ID_FILE} ${why}`;
+      this.log(reason);
+      return { error: reason };
     }
     // Incus made the restore dir 0700 for the container's root; CRIU 4.1.1's restored init may open
     // timens-N.img before its uid map is written (criu/cr-restore.c: prepare_timens() runs before
@@ -224,11 +244,7 @@ export class DestinationRole {
       try {
         await Promise.race([entry.complete, sleep(Math.max(0, deadline - Date.now())).then(() => Promise.reject(new Error(`not complete after ${PAGES_WAIT_MS / 1000} s`)))]);
         // the restored tasks read these themselves, as the container's root: world-readable
-        for (const name of (await readdir(entry.dir)).filter((n) => /^(pagemap|pages)-.*\.img$/.test(n))) {
-          const target = join(dir, name);
-          await link(join(entry.dir, name), target).catch(() => copyFile(join(entry!.dir, name), target));
-          await chmod(target, 0o644);
-        }
+        await placeImageFiles(entry.dir, dir, (await readdir(entry.dir)).filter((n) => /^(pagemap|pages)-.*\.img$/.test(n)));
         await this.bringDiskUpToDate(entry, args, callerPid);
       } catch (error) {
         return refuse(entry, `haul: the pages or disk changes of migration ${id} are not usable: ${error instanceof Error ? error.message : String(error)}`);
@@ -252,7 +268,8 @@ export class DestinationRole {
       const watch = await watching;
       const log = await gating;
       const restoreArgs = log ? args.map((arg, at) => (at > 0 && args[at - 1] === '-o' ? log.path : arg)) : args;
-      void this.reportRestore(entry, record, eager, watch && criuPid ? { watch, criuPid, criu: identify(criuPid), timeoutMs, ...(log ? { log } : {}) } : undefined, lazy);
+      this.reportRestore(entry, record, eager, watch && criuPid ? { watch, criuPid, criu: identify(criuPid), timeoutMs, ...(log ? { log } : {}) } : undefined, lazy)
+        .catch((error: Error) => this.log(`${entry.instance}: following the restore of migration ${id} failed: ${error.message}`));
       this.log(`${entry.instance}: pages of migration ${id} placed; restoring${lazy ? ' lazily, the memory following through haul' : ''}`);
       return { args: [...restoreArgs, ...(lazy ? ['--lazy-pages'] : []), ...(watch ? ['--action-script', watch.scriptPath] : [])] };
     } catch (error) {

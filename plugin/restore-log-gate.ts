@@ -13,7 +13,9 @@ const READY_MS = 10_000;
  * seconds. It makes the gate a FIFO it holds open, says `ready`, and waits for a line on stdin, or
  * its end (the agent is gone), or the longest wait. Then it puts a copy of the log in the FIFO's
  * place (later opens read the file) and writes the log into the FIFO for whoever opened it
- * meanwhile, giving up after 30 s without a reader.
+ * meanwhile, giving up after 30 s without a reader. The gate sits in Incus' restore dir, which the
+ * source's rsync filled: every name it writes there is unlinked first and made anew (mkfifo, and
+ * sysopen with O_CREAT | O_EXCL | O_NOFOLLOW), so that a link planted there is never written through.
  */
 const GATEKEEPER = String.raw`
 use POSIX ();
@@ -23,7 +25,7 @@ $SIG{PIPE} = "IGNORE"; $SIG{HUP} = "IGNORE"; $SIG{INT} = "IGNORE";
 $| = 1;
 unlink $gate;
 POSIX::mkfifo($gate, 0600) or do { print "error cannot make the FIFO $gate: $!\n"; exit 1; };
-sysopen(my $fifo, $gate, O_RDWR | O_NONBLOCK) or do { print "error cannot open $gate: $!\n"; unlink $gate; exit 1; };
+sysopen(my $fifo, $gate, O_RDWR | O_NONBLOCK | O_NOFOLLOW) or do { print "error cannot open $gate: $!\n"; unlink $gate; exit 1; };
 print "ready\n";
 eval {
   local $SIG{ALRM} = sub { die "late\n" };
@@ -35,7 +37,8 @@ eval {
 alarm 0; $SIG{TERM} = "IGNORE"; # from here on it ends by itself, the FIFO gone
 my $copy = "$gate.haul-copy";
 my $placed = 0;
-if (open(my $out, ">", $copy)) {
+unlink $copy; # whatever the source's rsync left there: a link is never written through
+if (sysopen(my $out, $copy, O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW, 0644)) {
   if (open(my $in, "<", $log)) { local $/ = \65536; while (my $chunk = <$in>) { print $out $chunk; } }
   $placed = close($out) && rename($copy, $gate);
   unlink $copy unless $placed;
@@ -136,7 +139,7 @@ function unblock(gatePath: string): void {
   }
   let writer: number | undefined;
   try {
-    writer = openSync(gatePath, constants.O_WRONLY | constants.O_NONBLOCK);
+    writer = openSync(gatePath, constants.O_WRONLY | constants.O_NONBLOCK | constants.O_NOFOLLOW);
   } catch {
     // ENXIO: nobody is waiting to read
   }

@@ -173,7 +173,7 @@ export class SourceRole {
           const counting = setInterval(() => this.inFlight.update(progress, { pages: forward.pages.pagesSent }), 500);
           void forward.received.finally(() => clearInterval(counting)).catch(() => {});
           const observed = await ObservedPostDump.create(workDir, incusScript);
-          void this.follow(outgoing, forward, observed);
+          this.follow(outgoing, forward, observed).catch((error: Error) => this.log(`${instance.name}: following migration ${id} failed: ${error.message}`));
           const pageServer = 'port' in forward ? ['--page-server', '--address', '127.0.0.1', '--port', String(forward.port)] : ['--page-server'];
           return { args: [...replaced('--action-script', observed.scriptPath, args), ...pageServer], ...(local ? { pageServerSocket: socketPath } : {}) };
         }
@@ -194,7 +194,8 @@ export class SourceRole {
           await guard.release();
           throw error;
         });
-        void this.followLazy(outgoing, faults, actions, layout, { dumpDir, lazyPort, guard, criu });
+        this.followLazy(outgoing, faults, actions, layout, { dumpDir, lazyPort, guard, criu })
+          .catch((error: Error) => this.log(`${instance.name}: following lazy migration ${id} failed: ${error.message}`));
         const lazyArgs = replaced('-D', dumpDir, replaced('--action-script', actions.scriptPath, args));
         return { args: [...lazyArgs, '--lazy-pages', '--address', '127.0.0.1', '--port', String(lazyPort)] };
       } catch (error) {
@@ -397,9 +398,9 @@ export class SourceRole {
       else {
         // past post-dump (which haul's script passes) CRIU would wait for a lazy client forever:
         // be that client, with a bad header
-        void Promise.race([actions.statusReady.then(() => true), sleep(LAZY_SERVER_MS).then(() => false)]).then((listening) => {
+        Promise.race([actions.statusReady.then(() => true), sleep(LAZY_SERVER_MS).then(() => false)]).then((listening) => {
           if (listening) connect(lazyPort, '127.0.0.1').on('error', () => {}).end(Buffer.from([0xff]));
-        });
+        }).catch((failure: Error) => this.log(`${record.instance}: could not end CRIU's lazy page server: ${failure.message}`));
       }
       if (session.isOpen) session.abort(reason);
       this.log(`${record.instance}: lazy migration ${record.id} failed: ${reason}`);

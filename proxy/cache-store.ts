@@ -1,7 +1,8 @@
 import { createWriteStream } from 'node:fs';
 import { readdir, rm } from 'node:fs/promises';
-import { basename, join } from 'node:path';
+import { join } from 'node:path';
 import { pipeline } from 'node:stream/promises';
+import { criuImageName } from '../src/name-grammars.js';
 import { FIRST_PAGES_ID } from '../src/criu/images/image-dir-sink.js';
 import { PagemapWriter } from '../src/criu/images/pagemap.js';
 import type { IncomingChannel } from '../src/link/channels.js';
@@ -75,15 +76,16 @@ export class CacheStore {
           }
           await writer.close();
         } catch (error) {
-          writer.destroy();
+          await writer.destroy();
           throw error;
         }
         this.endedPageStreams++;
         break;
       }
       case ChannelKind.IMAGE_FILE:
-        // the name is the peer's word: take no path from it
-        await pipeline(channel.readable, createWriteStream(join(this.dir, basename(channel.name)), { mode: 0o644 }));
+        // the name is the peer's word: only a CRIU image's, never one of the store's own files;
+        // and a second file of one name is refused (wx), not written over the first
+        await pipeline(channel.readable, createWriteStream(join(this.dir, criuImageName(channel.name)), { flags: 'wx', mode: 0o644 }));
         this.endedFiles++;
         break;
       case ChannelKind.FILESYSTEM_TAR:

@@ -43,7 +43,13 @@ export class ImageCache {
     readonly listener: LinkListener,
     private readonly options: CacheOptions,
   ) {
-    listener.on('session', (session) => void this.serve(session));
+    listener.on('session', (session) => {
+      this.serve(session).catch((error: Error) => {
+        // before the migration had its id (its directory could not be made, say)
+        options.onEvent?.({ kind: 'failed', id: '', error: `a migration could not be served: ${error.message}` });
+        if (session.isOpen) session.abort(`the cache could not take this migration: ${error.message}`);
+      });
+    });
   }
 
   static async start(options: CacheOptions): Promise<ImageCache> {

@@ -3,6 +3,7 @@ import { readdir, stat } from 'node:fs/promises';
 import { join } from 'node:path';
 import { pipeline } from 'node:stream/promises';
 import { ChannelKind } from '../src/link/frame.js';
+import { criuImageName } from '../src/name-grammars.js';
 import type { LinkSession } from '../src/link/session.js';
 
 export interface SentImages {
@@ -12,10 +13,13 @@ export interface SentImages {
 
 /**
  * Sends a dump directory's image files to the cache, one channel each, streamed from disk. Logs
- * are not images and stay behind; so does every file `only` (when given) turns down.
+ * are not images and stay behind; so does every file `only` (when given) turns down. A file not
+ * named as CRIU names its images fails the whole set (BadNameError), before any is sent.
  */
 export async function sendImageFiles(session: LinkSession, dir: string, only: (name: string) => boolean = () => true): Promise<SentImages> {
   const names = (await readdir(dir)).filter((name) => !name.endsWith('.log') && only(name)).sort();
+  // the cache takes only CRIU's image names: say so here, before anything is sent
+  names.forEach(criuImageName);
   let bytes = 0;
   let files = 0;
   await Promise.all(

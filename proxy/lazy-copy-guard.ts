@@ -15,7 +15,7 @@ export class LazyCopyGuard {
   private readonly attached = (): void => this.act((tree) => tree.resume());
   private readonly lost = (error: Error): void => {
     this.act((tree) => tree.kill());
-    void this.holding.then(() => this.onLost(error));
+    this.holding.then(() => this.onLost(error)).catch(() => {}); // onLost kills a process: nothing to report
   };
 
   /** `tree`: the restored tree, once known (undefined until then: nothing to hold yet). */

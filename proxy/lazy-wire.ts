@@ -1,6 +1,7 @@
 import type { Readable, Writable } from 'node:stream';
 import { PAGE_SIZE } from '../src/criu/page-server/protocol.js';
 import { StreamReader } from '../src/streams/stream-reader.js';
+import { writeChunk } from '../src/streams/writable-writes.js';
 
 /**
  * Lazy mode on the link. The cache asks for pages on a LAZY_REQUESTS channel; the proxy sends the
@@ -25,9 +26,8 @@ function record(run: PageRun): Buffer {
   return bytes;
 }
 
-async function write(channel: Writable, bytes: Buffer): Promise<void> {
-  if (!channel.write(bytes)) await new Promise((resolve) => channel.once('drain', resolve));
-}
+// rejects, never waits for good, once the channel is destroyed (its session aborted)
+const write = writeChunk;
 
 export async function writePageRequest(channel: Writable, run: PageRun): Promise<void> {
   await write(channel, record(run));

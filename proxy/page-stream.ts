@@ -2,6 +2,8 @@ import type { Readable, Writable } from 'node:stream';
 import { PAGE_SIZE, PageFlag, type PagemapTarget } from '../src/criu/page-server/protocol.js';
 import type { PagemapEntry } from '../src/criu/images/pagemap.js';
 import { StreamReader } from '../src/streams/stream-reader.js';
+import { pageStreamTarget } from '../src/name-grammars.js';
+import { writeChunk } from '../src/streams/writable-writes.js';
 
 /**
  * One pagemap on one link channel: a 16-byte record per entry, `{u64 vaddr, u32 nr_pages, u32 flags}`
@@ -14,15 +16,13 @@ export function pageChannelName(target: PagemapTarget): string {
   return target.type === 'pid' ? `pagemap-${target.id}` : `pagemap-shmem-${target.id}`;
 }
 
+/** The pagemap a page channel's name (the peer's word) says it carries; BadNameError if it names none. */
 export function targetOfPageChannel(name: string): PagemapTarget {
-  const match = /^pagemap-(shmem-)?(\d+)$/.exec(name);
-  if (!match) throw new Error(`"${name}" does not name a pagemap`);
-  return { type: match[1] ? 'shmem' : 'pid', id: Number(match[2]) };
+  return pageStreamTarget(name);
 }
 
-async function write(channel: Writable, bytes: Buffer): Promise<void> {
-  if (!channel.write(bytes)) await new Promise((resolve) => channel.once('drain', resolve));
-}
+// rejects, never waits for good, once the channel is destroyed (its session aborted)
+const write = writeChunk;
 
 /** Writes one entry and its pages (exactly nrPages of them when PRESENT) to a page channel. */
 export async function writePageRecord(channel: Writable, entry: PagemapEntry, pages: AsyncIterable<Buffer> | undefined): Promise<void> {

@@ -7,6 +7,7 @@ import { loadOrCreateIdentity } from '../link/identity.js';
 import type { HostInfo } from '../link/messages.js';
 import { readPackageInfo } from './package-info.js';
 import { openTrustStore, stateDirOf } from './trust-commands.js';
+import { logStrayErrors } from './stray-errors.js';
 
 async function hostInfo(role: 'source' | 'destination'): Promise<HostInfo> {
   const version = await criuVersion();
@@ -66,6 +67,7 @@ export function addMigrationCommands(program: Command, out: (line: string) => vo
             if (counting && !tty) return;
             process.stderr.write(tty ? `\r\x1b[2Khaul: ${line}${counting ? '' : '\n'}` : `haul: ${line}\n`);
           };
+      logStrayErrors((line) => process.stderr.write(`haul: ${line}\n`));
       const migrate = options.lazy ? migrateLazy : migratePreCopy;
       const mode = options.lazy ? 'lazy' : 'pre-copy';
       let summary;
@@ -92,6 +94,7 @@ export function addMigrationCommands(program: Command, out: (line: string) => vo
     .option('--insecure', 'plain WebSocket, no TLS or authentication (loopback only)', false)
     .action(async (options: { listen: { address: string; port: number }; dir: string; insecure: boolean }, command: Command) => {
       const stateDir = stateDirOf(command);
+      logStrayErrors((line) => process.stderr.write(`${new Date().toISOString()} haul cache: ${line}\n`));
       const cache = await ImageCache.start({
         ...(await endpoint(stateDir, options.insecure, 'destination')),
         ...options.listen,

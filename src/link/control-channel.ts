@@ -1,5 +1,6 @@
 import type { Readable, Writable } from 'node:stream';
 import { StreamReader } from '../streams/stream-reader.js';
+import { writeChunk } from '../streams/writable-writes.js';
 import { LinkProtocolError } from './frame.js';
 import { Messages, type Control } from './messages.js';
 
@@ -11,7 +12,7 @@ export async function sendControl(channel: Writable, message: Control): Promise<
   const body = Messages.control.encode(message);
   const length = Buffer.alloc(4);
   length.writeUInt32LE(body.length, 0);
-  if (!channel.write(Buffer.concat([length, body]))) await new Promise((resolve) => channel.once('drain', resolve));
+  await writeChunk(channel, Buffer.concat([length, body]));
 }
 
 /** The control messages arriving on a channel, in order, until it ends. */

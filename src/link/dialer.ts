@@ -62,7 +62,7 @@ async function connectOnce(url: string, secure: { identity?: Identity; trust?: T
       reject(new Error(`the peer refused the connection: ${response.statusCode} ${response.statusMessage ?? ''}`.trim() + (response.statusCode === 403 ? ' (it does not trust this host\'s certificate: haul trust add there)' : '')));
     });
     ws.once('open', () => (pinningError ? reject(pinningError) : resolve({ ws, fingerprint })));
-    ws.once('error', (error) => reject(pinningError ?? explain(error, Boolean(secure.identity))));
+    ws.on('error', (error) => reject(pinningError ?? explain(error, Boolean(secure.identity))));
     ws.once('close', () => reject(pinningError ?? new Error(`the connection to ${url} closed during the handshake`)));
   });
 }
@@ -104,7 +104,7 @@ export async function dialLink(url: string, options: EndpointOptions): Promise<D
 
   const window = options.resumeWindowMs ?? DEFAULT_RESUME_WINDOW_MS;
   session.on('detached', (reason) => {
-    void (async () => {
+    (async () => {
       const deadline = Date.now() + window;
       let lastError: Error | undefined;
       for (let delay = 50; session.isOpen && Date.now() < deadline; delay = Math.min(delay * 2, 1000)) {
@@ -129,7 +129,7 @@ export async function dialLink(url: string, options: EndpointOptions): Promise<D
         }
       }
       session.abort(`lost the connection to ${url} (${reason}) and could not resume within ${window / 1000} s${lastError ? `: ${lastError.message}` : ''}`, lastError);
-    })().catch((error: unknown) => session.abort(`the resume failed: ${error instanceof Error ? error.message : String(error)}`, error));
+    })().catch((error: unknown) => session.isOpen && session.abort(`could not resume the connection to ${url}: ${error instanceof Error ? error.message : String(error)}`, error));
   });
   return { session, peer: reply.host };
 }

@@ -79,6 +79,9 @@ export class LinkListener extends EventEmitter<ListenerEvents> {
     if (bound === null || typeof bound === 'string') throw new Error('the link listener has no TCP port');
     const listener = new LinkListener(server, options, bound.port);
     wss.on('connection', (ws, request) => {
+      // a peer that breaks the protocol makes ws emit 'error' (then 'close', which the handshake
+      // and the transport hear): unheard, it would end the process before any handshake
+      ws.on('error', () => {});
       const fingerprint = identity ? peerFingerprint(request.socket as TLSSocket) : undefined;
       listener.accept(ws, fingerprint).catch((error: unknown) => {
         ws.terminate();

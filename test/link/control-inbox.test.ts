@@ -1,4 +1,5 @@
 import { randomBytes } from 'node:crypto';
+import { setTimeout as sleep } from 'node:timers/promises';
 import { describe, expect, it } from 'vitest';
 import { sendControl } from '../../src/link/control-channel.js';
 import { ControlInbox } from '../../src/link/control-inbox.js';
@@ -47,5 +48,13 @@ describe('ControlInbox: waiting for what the peer says on its control channel', 
 
     const slow = connectedSessions();
     await expect(slow.inbox.next('lazy_complete', 50)).rejects.toThrow(/did not send lazy_complete within 50 ms/);
+  });
+
+  it('fails a message sent on a channel of a session that has ended, instead of waiting for good', async () => {
+    const { sender } = connectedSessions();
+    const control = sender.openChannel(ChannelKind.CONTROL, 'migration');
+    sender.abort('the source gave up');
+    const sent = sendControl(control.writable, { images_stored: { ok: true, error: '' } });
+    await expect(Promise.race([sent.then(() => 'sent', (error: Error) => error.message), sleep(2000).then(() => 'still waiting')])).resolves.toMatch(/the source gave up/);
   });
 });

@@ -1,4 +1,4 @@
-import { existsSync, lstatSync, readdirSync, readFileSync, writeFileSync } from 'node:fs';
+import { existsSync, lstatSync, readdirSync, readFileSync, symlinkSync, writeFileSync } from 'node:fs';
 import { readFile } from 'node:fs/promises';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { afterEach, describe, expect, it } from 'vitest';
@@ -83,6 +83,21 @@ describe("the gate on CRIU's restore log (what incusd reads before it reports a 
     process.kill(Number(keeper), 'SIGKILL');
     expect(await Promise.race([reader, sleep(5000).then(() => 'still waiting')])).toBe('');
     await expect.poll(() => existsSync(gatePath), { timeout: 5000 }).toBe(false);
+  });
+
+  it("never writes through a link planted in Incus' restore dir at a name it writes (the gate, or the log's copy beside it)", async () => {
+    const { gatePath, logPath } = setUp();
+    const victims = [`${gatePath}.victim-gate`, `${gatePath}.victim-copy`];
+    for (const victim of victims) writeFileSync(victim, "not haul's to write");
+    symlinkSync(victims[0]!, gatePath); // as the source's rsync may leave them
+    symlinkSync(victims[1]!, `${gatePath}.haul-copy`);
+    const gate = await RestoreLogGate.open(gatePath, logPath, 60_000);
+    expect(lstatSync(gatePath).isFIFO()).toBe(true);
+    const text = writeLog(logPath);
+    gate.release();
+    await expect.poll(() => lstatSync(gatePath).isFile(), { timeout: 5000 }).toBe(true);
+    expect(readFileSync(gatePath, 'utf8')).toBe(text);
+    for (const victim of victims) expect(readFileSync(victim, 'utf8')).toBe("not haul's to write");
   });
 
   it('says why when the gate cannot be made', async () => {

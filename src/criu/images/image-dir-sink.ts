@@ -40,8 +40,9 @@ export class ImageDirPagemapSink implements PagemapSink {
   }
 
   /** Drops a half-written pagemap after a failed session. */
-  abort(): void {
-    this.current?.destroy();
+  async abort(): Promise<void> {
+    const writer = this.current;
     this.current = undefined;
+    await writer?.destroy();
   }
 }

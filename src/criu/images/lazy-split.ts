@@ -46,7 +46,7 @@ export async function splitForLazyRestore(dumpDir: string, restoreDir: string): 
       }
       await writer.close();
     } catch (error) {
-      writer.destroy();
+      await writer.destroy();
       throw error;
     } finally {
       await pages.close();

@@ -2,6 +2,7 @@ import { createWriteStream, type WriteStream } from 'node:fs';
 import { open, readdir, stat, type FileHandle } from 'node:fs/promises';
 import { join } from 'node:path';
 import { once } from 'node:events';
+import { discardWriting, finishWriting, writeChunk } from '../../streams/writable-writes.js';
 import { PAGE_SIZE, PageFlag, type PagemapTarget } from '../page-server/protocol.js';
 import { ImageReader, lengthPrefix } from './image-file.js';
 import { TypeMagic, headerBytes, type ImageHeader } from './magic.js';
@@ -94,13 +95,11 @@ export async function lazyRunsIn(dir: string): Promise<LazyRun[]> {
   return runs;
 }
 
-async function write(stream: WriteStream, bytes: Buffer): Promise<void> {
-  if (!stream.write(bytes)) await once(stream, 'drain');
-}
-
-async function finish(stream: WriteStream): Promise<void> {
-  stream.end();
-  await once(stream, 'close');
+/** A file written as a stream: a failure stays in `stream.errored`, which the next write or close rejects with. */
+function imageFileStream(path: string, options: { highWaterMark?: number } = {}): WriteStream {
+  const stream = createWriteStream(path, { mode: 0o644, ...options });
+  stream.on('error', () => {});
+  return stream;
 }
 
 /**
@@ -118,39 +117,44 @@ export class PagemapWriter {
   ) {}
 
   static async create(dir: string, target: PagemapTarget, pagesId: number): Promise<PagemapWriter> {
-    const pagemap = createWriteStream(join(dir, pagemapFileName(target)), { mode: 0o644 });
+    const pagemap = imageFileStream(join(dir, pagemapFileName(target)));
     // page data arrives in socket-sized chunks; a large buffer lets them go to disk in big writes
-    const pages = createWriteStream(join(dir, pagesFileName(pagesId)), { mode: 0o644, highWaterMark: 4 * 1024 * 1024 });
-    await Promise.all([once(pagemap, 'open'), once(pages, 'open')]);
+    const pages = imageFileStream(join(dir, pagesFileName(pagesId)), { highWaterMark: 4 * 1024 * 1024 });
     const writer = new PagemapWriter(target, pagemap, pages);
-    const head = Entries.pagemapHead.encode({ pages_id: pagesId });
-    await write(pagemap, Buffer.concat([headerBytes(PAGEMAP_HEADER), lengthPrefix(head.length), head]));
+    try {
+      await Promise.all([once(pagemap, 'open'), once(pages, 'open')]);
+      const head = Entries.pagemapHead.encode({ pages_id: pagesId });
+      await writeChunk(pagemap, Buffer.concat([headerBytes(PAGEMAP_HEADER), lengthPrefix(head.length), head]));
+    } catch (error) {
+      await writer.destroy();
+      throw error;
+    }
     return writer;
   }
 
   /** Appends an entry; a PRESENT entry's pages must follow as exactly nrPages pages of bytes. */
   async add(entry: PagemapEntry, pages?: AsyncIterable<Buffer>): Promise<void> {
     const bytes = Entries.pagemapEntry.encode(entryToMessage(entry));
-    await write(this.pagemap, Buffer.concat([lengthPrefix(bytes.length), bytes]));
+    await writeChunk(this.pagemap, Buffer.concat([lengthPrefix(bytes.length), bytes]));
     const expected = entry.flags & PageFlag.PRESENT ? entry.nrPages * PAGE_SIZE : 0;
     let received = 0;
     for await (const chunk of pages ?? []) {
       received += chunk.length;
       if (received > expected) throw new ImageFormatError(`more page data than the ${entry.nrPages} pages announced`);
-      await write(this.pages, chunk);
+      await writeChunk(this.pages, chunk);
     }
     if (received !== expected) throw new ImageFormatError(`${received} bytes of pages for an entry of ${expected}`);
     this.pagesWritten += entry.flags & PageFlag.PRESENT ? entry.nrPages : 0;
   }
 
   async close(): Promise<number> {
-    await Promise.all([finish(this.pagemap), finish(this.pages)]);
+    await Promise.all([finishWriting(this.pagemap), finishWriting(this.pages)]);
     return this.pagesWritten;
   }
 
-  destroy(): void {
-    this.pagemap.destroy();
-    this.pages.destroy();
+  /** Drops both files' streams (what they hold stays on disk, incomplete); resolves once they are closed, and never rejects. */
+  async destroy(): Promise<void> {
+    await Promise.all([discardWriting(this.pagemap), discardWriting(this.pages)]);
   }
 }
 

@@ -79,6 +79,9 @@ async function listenOnce(listen: (server: Server) => void, check?: ConnectionCh
     if (accepted) return void socket.destroy();
     accepted = true;
     server.close();
+    // CRIU may reset it before its reader starts: whoever reads or writes it sees the end
+    // (iteration fails, writeTo rejects on 'close'); an unheard 'error' would end the process
+    socket.on('error', () => {});
     socket.setNoDelay(true); // a no-op on unix sockets
     settle?.resolve(socket);
   };
@@ -111,6 +114,7 @@ async function listenOnce(listen: (server: Server) => void, check?: ConnectionCh
 
 /** Writes with backpressure: resolves once the socket can take more. */
 export async function writeTo(socket: Duplex, bytes: Buffer): Promise<void> {
+  if (socket.destroyed) throw new Error('connection closed before this write'); // no 'close' would come
   if (socket.write(bytes)) return;
   await new Promise<void>((resolve, reject) => {
     const onDrain = (): void => {

@@ -1,0 +1,88 @@
+import { constants, createReadStream } from 'node:fs';
+import { link, open, unlink, type FileHandle } from 'node:fs/promises';
+import { join } from 'node:path';
+
+/**
+ * What haul reads and writes in Incus' restore directory. The source's rsync filled it, so any name
+ * there may be a link the source (or a container there) planted, pointing anywhere on this host:
+ * haul never follows one. A name it writes is unlinked first and made anew with O_CREAT | O_EXCL |
+ * O_NOFOLLOW (link(2) and rename(2) never follow their new name either), and modes are set through
+ * the descriptor (fchmod), never by path.
+ */
+
+const { O_CREAT, O_EXCL, O_NOFOLLOW, O_RDONLY, O_WRONLY } = constants;
+
+/** A file haul found in the restore dir that is not a plain file (a link, a FIFO, a directory...). */
+export class NotAPlainFileError extends Error {
+  override readonly name = 'NotAPlainFileError';
+  readonly code = 'HAUL_NOT_A_PLAIN_FILE';
+
+  constructor(readonly path: string, cause?: unknown) {
+    super(`${path} is not a plain file (a link planted there?): haul does not follow it`, cause === undefined ? {} : { cause });
+  }
+}
+
+/** The text of a plain file in the restore dir; undefined if there is none; NotAPlainFileError if the name is a link or anything else. */
+export async function readPlainFile(path: string): Promise<string | undefined> {
+  let file: FileHandle;
+  try {
+    // O_NONBLOCK: a FIFO planted there must not hold the restore waiting for a writer
+    file = await open(path, O_RDONLY | O_NOFOLLOW | constants.O_NONBLOCK);
+  } catch (error) {
+    if ((error as NodeJS.ErrnoException).code === 'ENOENT') return undefined;
+    if ((error as NodeJS.ErrnoException).code === 'ELOOP') throw new NotAPlainFileError(path, error);
+    throw error;
+  }
+  try {
+    if (!(await file.stat()).isFile()) throw new NotAPlainFileError(path);
+    return await file.readFile('utf8');
+  } finally {
+    await file.close();
+  }
+}
+
+async function removeName(path: string): Promise<void> {
+  try {
+    await unlink(path); // a link goes, not what it points to
+  } catch (error) {
+    if ((error as NodeJS.ErrnoException).code !== 'ENOENT') throw error;
+  }
+}
+
+async function copyInto(file: FileHandle, from: string): Promise<void> {
+  for await (const chunk of createReadStream(from) as AsyncIterable<Buffer>) {
+    for (let at = 0; at < chunk.length; ) at += (await file.write(chunk, at)).bytesWritten;
+  }
+}
+
+/**
+ * Puts each of `names` from haul's own `fromDir` into `restoreDir` with `mode` (the restored tasks
+ * read them as the container's root): a hard link where both are on one filesystem, else a copy.
+ * Whatever was at those names in the restore dir goes first.
+ */
+export async function placeImageFiles(fromDir: string, restoreDir: string, names: readonly string[], mode = 0o644): Promise<void> {
+  for (const name of names) {
+    const from = join(fromDir, name);
+    const to = join(restoreDir, name);
+    await removeName(to);
+    let placed: FileHandle;
+    try {
+      await link(from, to);
+      placed = await open(to, O_RDONLY | O_NOFOLLOW);
+    } catch (error) {
+      if ((error as NodeJS.ErrnoException).code !== 'EXDEV') throw error;
+      placed = await open(to, O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW, 0o600);
+      try {
+        await copyInto(placed, from);
+      } catch (copyError) {
+        await placed.close();
+        throw copyError;
+      }
+    }
+    try {
+      await placed.chmod(mode);
+    } finally {
+      await placed.close();
+    }
+  }
+}
