@@ -1,6 +1,7 @@
 import { createWriteStream } from 'node:fs';
 import { readdir, rm } from 'node:fs/promises';
 import { join } from 'node:path';
+import { Transform } from 'node:stream';
 import { pipeline } from 'node:stream/promises';
 import { criuImageName } from '../src/name-grammars.js';
 import { FIRST_PAGES_ID } from '../src/criu/images/image-dir-sink.js';
@@ -10,6 +11,7 @@ import { ControlInbox } from '../src/link/control-inbox.js';
 import { ChannelKind } from '../src/link/frame.js';
 import type { ImagesComplete } from '../src/link/messages.js';
 import type { LinkSession } from '../src/link/session.js';
+import { DEFAULT_MAX_DISK_CHANGES_BYTES, DiskChangesError } from './disk-changes-format.js';
 import { LAZY_PUSH_CHANNEL } from './lazy-wire.js';
 import { readPageRecords, targetOfPageChannel } from './page-stream.js';
 
@@ -51,6 +53,8 @@ export class CacheStore {
   constructor(
     session: LinkSession,
     private readonly dir: string,
+    /** Bytes of disk-changes tar the store keeps at most: the applier's own cap, so no tar it would refuse fills this disk first. */
+    private readonly maxDiskChangesBytes = DEFAULT_MAX_DISK_CHANGES_BYTES,
   ) {
     this.complete = new Promise((resolve, reject) => (this.settle = { resolve, reject }));
     this.complete.catch(() => {});
@@ -91,7 +95,7 @@ export class CacheStore {
       case ChannelKind.FILESYSTEM_TAR:
         // kept as it came, applied onto the root filesystem just before the restore
         if (this.tarsSeen++ > 0) throw new Error('the source sent a second disk-changes tar; one migration has one root filesystem');
-        await pipeline(channel.readable, createWriteStream(join(this.dir, DISK_CHANGES_FILE), { mode: 0o600 }));
+        await pipeline(channel.readable, atMost(this.maxDiskChangesBytes), createWriteStream(join(this.dir, DISK_CHANGES_FILE), { mode: 0o600 }));
         this.endedTars++;
         break;
       case ChannelKind.CONTROL:
@@ -110,4 +114,16 @@ export class CacheStore {
       this.settle.resolve();
     }
   }
+}
+
+/** Passes bytes through until more than `limit` have come, then fails the stream. */
+function atMost(limit: number): Transform {
+  let seen = 0;
+  return new Transform({
+    transform(chunk: Buffer, _encoding, done) {
+      seen += chunk.length;
+      if (seen > limit) return done(new DiskChangesError('HAUL_DISK_CHANGES_TOO_LARGE', `the source's disk changes pass the cap of ${limit} bytes`));
+      done(null, chunk);
+    },
+  });
 }

@@ -119,6 +119,20 @@ describe("names from outside haul's trust are checked before they become paths",
   });
 });
 
+describe('the disk changes a source sends', () => {
+  it('are kept only up to the cap the applier would take: a larger tar fails the image set', async () => {
+    const scratch = scratchDir('big-tar');
+    cleanups.push(scratch.remove);
+    let store!: CacheStore;
+    const { source } = linked((session) => (store = new CacheStore(session, scratch.path, 64 * 1024)));
+    const tar = source.openChannel(ChannelKind.FILESYSTEM_TAR, 'rootfs');
+    tar.writable.on('error', () => {});
+    tar.writable.end(Buffer.alloc(256 * 1024));
+    const outcome = await store.complete.then(() => 'complete', (error: { code?: string }) => error.code);
+    expect(outcome).toBe('HAUL_DISK_CHANGES_TOO_LARGE');
+  });
+});
+
 describe('the image names a source sends', () => {
   for (const name of ['../../victim.img', 'disk-changes.tar', 'lazy-pages.bin', 'restore.log', '.hidden.img', 'core-1.img/../../x.img', 'CORE-1.img', '']) {
     it(`refuses ${JSON.stringify(name)} and writes nothing`, async () => {
