@@ -14,6 +14,7 @@ import { headerLayoutFor, type CriuVersion } from '../src/criu/run/criu-version.
 import { PAGE_SIZE } from '../src/criu/page-server/protocol.js';
 import { CacheStore, DISK_CHANGES_FILE, discardImages } from '../proxy/cache-store.js';
 import { applyDiskChanges } from '../proxy/disk-changes-apply.js';
+import { ownerIdsOf } from './instance-idmap.js';
 import { LazyCopyGuard } from '../proxy/lazy-copy-guard.js';
 import { LazyPageStore } from '../proxy/lazy-page-store.js';
 import { BadNameError, instanceName, migrationId } from '../src/name-grammars.js';
@@ -401,7 +402,11 @@ export class DestinationRole {
     if (!(await stat(changes).catch(() => undefined))) return;
     const root = argumentOf(args, '--root');
     if (!root || !callerPid) throw new Error('the restore names no root filesystem to write the disk changes into');
-    const applied = await applyDiskChanges(createReadStream(changes), `/proc/${callerPid}/root${root}`);
+    const instance = await this.incus.instance(entry.instance);
+    if (!instance) throw new Error(`incusd here knows no instance ${entry.instance} to write the disk changes for`);
+    // the container wrote these files: they may be owned only by ids its own root could give them
+    const owners = ownerIdsOf(instance);
+    const applied = await applyDiskChanges(createReadStream(changes), `/proc/${callerPid}/root${root}`, owners ? { owners } : {});
     this.log(`${entry.instance}: disk brought up to the frozen source: ${applied.files} files (${applied.bytes} bytes), ${applied.symlinks} symlinks, ${applied.directories} directories, ${applied.removed} removed`);
   }
 

@@ -27,6 +27,19 @@ export interface DiskChangesApplied {
 export interface ApplyDiskChangesOptions {
   /** Bytes of tar past which the apply stops (DiskChangesError HAUL_DISK_CHANGES_TOO_LARGE). */
   readonly maxBytes?: number;
+  /**
+   * The host ids files may be owned by (HAUL_DISK_CHANGES_BAD_OWNER for any other). An
+   * unprivileged container can only ever own files within its id map; a tar from one that gives a
+   * file to host uid 0, setuid, would plant a root program on this host. Unset: any id (a
+   * privileged container's root is the host's).
+   */
+  readonly owners?: OwnerIds;
+}
+
+/** Ranges of host ids, `[first, first + count)`. */
+export interface OwnerIds {
+  readonly uids: ReadonlyArray<{ readonly first: number; readonly count: number }>;
+  readonly gids: ReadonlyArray<{ readonly first: number; readonly count: number }>;
 }
 
 const { O_RDONLY, O_WRONLY, O_CREAT, O_EXCL, O_DIRECTORY, O_NOFOLLOW } = constants;
@@ -54,7 +67,7 @@ export async function applyDiskChanges(source: Readable, root: string, options: 
   // `root` is ours (where liblxc mounted the container's root): the one path followed
   const rootDirectory = await open(root, O_RDONLY | O_DIRECTORY);
   try {
-    const applier = new Applier(rootDirectory, (await rootDirectory.stat()).dev);
+    const applier = new Applier(rootDirectory, (await rootDirectory.stat()).dev, options.owners);
     const extract = tar.extract();
     // its async iterator listens for entries from its creation on: no await between the two
     const entries = extract[Symbol.asyncIterator]();
@@ -92,7 +105,7 @@ class Applier {
   private readonly directoryTimes: Array<{ readonly components: readonly Buffer[]; readonly mtime: Date }> = [];
 
   /** `device`: the root's filesystem, the only one written (the packer sends nothing from others). */
-  constructor(private readonly root: FileHandle, private readonly device: number) {}
+  constructor(private readonly root: FileHandle, private readonly device: number, private readonly owners: OwnerIds | undefined) {}
 
   result(): DiskChangesApplied {
     return { ...this.counts, notRemoved: [...this.notRemoved] };
@@ -116,6 +129,9 @@ class Applier {
       throw new DiskChangesError('HAUL_DISK_CHANGES_BAD_ENTRY', `the root \`.\` comes as a ${header.type}; it can only be a directory`);
     }
     const attributes = { uid: ownerId(pax['uid'], header.uid), gid: ownerId(pax['gid'], header.gid), mode: modeOf(pax[DISK_PAX.mode], header.mode), mtime: header.mtime };
+    if (this.owners && !(within(this.owners.uids, attributes.uid) && within(this.owners.gids, attributes.gid))) {
+      throw new DiskChangesError('HAUL_DISK_CHANGES_BAD_OWNER', `${JSON.stringify(header.name)} is owned by ${attributes.uid}:${attributes.gid}, outside the ids the container's root may give its files`);
+    }
     switch (header.type) {
       case 'directory':
         entry.resume();
@@ -381,4 +397,8 @@ function joined(components: readonly Buffer[]): Buffer {
 /** The first `depth` + 1 components, for messages. */
 function shownPath(components: readonly Buffer[], depth: number): string {
   return JSON.stringify(joined(components.slice(0, depth + 1)).toString('utf8'));
+}
+
+function within(ranges: OwnerIds['uids'], id: number): boolean {
+  return ranges.some(({ first, count }) => id >= first && id < first + count);
 }

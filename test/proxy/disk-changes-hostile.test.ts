@@ -35,6 +35,19 @@ describe('disk changes: a tar the container shaped cannot write outside its root
     }
   });
 
+  it("refuses a file owned by an id outside the container's map (a setuid root program from an unprivileged container)", async () => {
+    const { root } = rootAndOutside();
+    const owners = { uids: [{ first: 1_000_000, count: 65536 }], gids: [{ first: 1_000_000, count: 65536 }] };
+    const tar = handMadeTar([
+      // owners past ustar's 262143 travel in pax records, as the packer sends them
+      { name: 'mine', type: 'file', mode: 0o644, pax: { uid: '1000000', gid: '1000000' }, content: 'within the map\n' },
+      { name: 'suid-root', type: 'file', mode: 0o4755, uid: 0, gid: 0, content: '#!/bin/sh\nid\n' },
+    ]);
+    await expect(applyDiskChanges(tar, root, { owners })).rejects.toMatchObject({ name: 'DiskChangesError', code: 'HAUL_DISK_CHANGES_BAD_OWNER' });
+    expect(existsSync(`${root}/suid-root`)).toBe(false);
+    expect(statSync(`${root}/mine`).uid).toBe(1_000_000);
+  });
+
   it('takes the root `.` only as a directory', async () => {
     for (const type of ['symlink', 'file'] as const) {
       const { root, outside } = rootAndOutside();

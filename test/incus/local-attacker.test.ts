@@ -1,0 +1,44 @@
+import { afterAll, afterEach, expect, it } from 'vitest';
+import { MigrationRecords } from '../../plugin/migration-records.js';
+import { describeOnHost } from '../support/host.js';
+import { LocalAttacker } from '../support/local-attacker.js';
+import { TestContainer } from '../support/testbed.js';
+import { expectedChecksum, realtimeNs } from '../support/workload.js';
+
+const WORKLOAD = { dir: '/run/big', mib: 64 };
+
+describeOnHost('a local user racing haul to its loopback listeners during incus move', ['root', 'criu', 'testbed'], () => {
+  const containers: TestContainer[] = [];
+  let attacker: LocalAttacker | undefined;
+  afterEach(async () => void (await attacker?.stop()));
+  afterAll(async () => Promise.all(containers.map((c) => c.delete())));
+
+  for (const mode of ['precopy', 'lazy'] as const) {
+    it(`changes nothing (${mode}): the move succeeds, the container keeps its memory, one copy runs`, async () => {
+      const container = await TestContainer.launch('busybox', 'src', '/tmp/counter', ['--config', `user.haul.mode=${mode}`]);
+      containers.push(container);
+      await container.exec(['haul-workload', 'start', '--dir', WORKLOAD.dir, '--mib', String(WORKLOAD.mib)]);
+      const before = await container.workloadReport(WORKLOAD.dir);
+      expect(before.checksum).toBe(await expectedChecksum(WORKLOAD.mib));
+
+      attacker = await LocalAttacker.start();
+      const movedAt = realtimeNs();
+      await container.moveTo('dst');
+      const attack = await attacker.stop();
+      attacker = undefined;
+
+      expect(await container.whereabouts()).toEqual({ src: undefined, dst: 'RUNNING' });
+      const after = await container.workloadReport(WORKLOAD.dir, movedAt);
+      expect(after.pid).toBe(before.pid);
+      expect(after.checksum).toBe(before.checksum);
+      expect(after.tick).toBeGreaterThan(before.tick);
+      const records = new MigrationRecords('/var/lib/haul-testbed/src/haul/agent/migrations.jsonl');
+      await expect.poll(async () => (await records.all()).filter((r) => r.instance === container.name && r.role === 'source').at(-1)?.result, { timeout: 30_000 }).toBe('moved');
+      if (mode === 'lazy') {
+        // CRIU's lazy page server listened on loopback, and the attacker went for it
+        expect(attack.portsSeen.length).toBeGreaterThan(0);
+        expect(attack.connected + attack.refused).toBeGreaterThan(0);
+      }
+    }, 600_000);
+  }
+});
