@@ -1,7 +1,7 @@
 import { chmod, mkdir, readFile, rm, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { MIGRATION_ID_FILE } from './hook-protocol.js';
-import { shellWord } from './shell-words.js';
+import { shellWord } from '../src/shell-words.js';
 
 /** How long the hook waits for the agent's answer, by call (the restore's waits for the pages). */
 const DUMP_ANSWER_S = 30;
