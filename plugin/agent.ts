@@ -51,7 +51,7 @@ export class Agent {
     await mkdir(options.stateDir, { recursive: true, mode: 0o700 });
     const incus = new IncusClient(join(options.incusDir, 'unix.socket'));
     await incus.get('/1.0'); // fail now, clearly, if incusd is not there
-    const records = new MigrationRecords(join(options.stateDir, 'migrations.jsonl'), options.name);
+    const records = new MigrationRecords(join(options.stateDir, 'migrations.jsonl'), options.name, log);
     const inFlight = new InFlight(join(options.stateDir, IN_FLIGHT_FILE));
     let version: Promise<CriuVersion> | undefined;
     const criu = (): Promise<CriuVersion> => (version ??= criuVersion(options.criuBinary));

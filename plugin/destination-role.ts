@@ -211,14 +211,16 @@ export class DestinationRole {
     const gating = callerPid === undefined ? Promise.resolve(undefined) : this.gateRestoreLog(entry, args, timeoutMs);
     watching.catch(() => {});
     const record = { id, instance: entry.instance, role: 'destination' as const, peer: entry.peer, mode: entry.mode, startedAt: entry.startedAt.toISOString() };
+    // contain first (Incus' migration cut, incusd let go), record after: a record that cannot be
+    // written must not leave incusd waiting, or free to report the failure as a success
     const refuse = async (failed: Incoming, reason: string): Promise<HookReply> => {
-      await this.records.add({ ...record, pages: 0, bytes: 0, totalMs: Date.now() - failed.startedAt.getTime(), result: 'failed', error: reason });
       await this.cutIncusMigration(failed); // the hook fails the restore once this returns
-      (await gating)?.gate.release();
-      await (await watching.catch(() => undefined))?.discard();
+      (await gating.catch(() => undefined))?.gate.release();
+      await (await watching.catch(() => undefined))?.discard().catch(() => {});
       this.afterFailedArrival(failed.instance);
       this.inFlight.end(id);
-      await discardImages(failed.dir);
+      await discardImages(failed.dir).catch(() => {});
+      await this.records.add({ ...record, pages: 0, bytes: 0, totalMs: Date.now() - failed.startedAt.getTime(), result: 'failed', error: reason });
       return { error: reason };
     };
     try {
@@ -253,7 +255,7 @@ export class DestinationRole {
       const watch = await watching;
       const log = await gating;
       const restoreArgs = log ? args.map((arg, at) => (at > 0 && args[at - 1] === '-o' ? log.path : arg)) : args;
-      void this.reportRestore(entry, record, eager, watch && criuPid ? { watch, criuPid, criu: identify(criuPid), timeoutMs, ...(log ? { log } : {}) } : undefined, lazy);
+      void this.reportRestore(entry, record, eager, watch && criuPid ? { watch, criuPid, criu: identify(criuPid), timeoutMs, ...(log ? { log } : {}) } : undefined, lazy).catch((error: Error) => this.log(`${entry.instance}: following the restore of migration ${id} failed: ${error.message}`));
       this.log(`${entry.instance}: pages of migration ${id} placed; restoring${lazy ? ' lazily, the memory following through haul' : ''}`);
       return { args: [...restoreArgs, ...(lazy ? ['--lazy-pages'] : []), ...(watch ? ['--action-script', watch.scriptPath] : [])] };
     } catch (error) {
@@ -337,8 +339,8 @@ export class DestinationRole {
     const totalMs = Date.now() - entry.startedAt.getTime();
     if (failure) {
       this.log(`${entry.instance}: migration ${record.id} failed: ${failure}`);
-      await this.records.add({ ...record, pages, bytes: pages * PAGE_SIZE, totalMs, result: 'failed', error: failure });
       if (!outcome.ok) this.afterFailedArrival(entry.instance);
+      await this.records.add({ ...record, pages, bytes: pages * PAGE_SIZE, totalMs, result: 'failed', error: failure });
       return;
     }
     this.log(`${entry.instance}: migration ${record.id} restored (init pid ${outcome.ok ? outcome.pid : 0})`);

@@ -170,7 +170,7 @@ export class SourceRole {
           const counting = setInterval(() => this.inFlight.update(progress, { pages: forward.pages.pagesSent }), 500);
           void forward.received.finally(() => clearInterval(counting)).catch(() => {});
           const observed = await ObservedPostDump.create(workDir, incusScript);
-          void this.follow(outgoing, forward, observed);
+          void this.follow(outgoing, forward, observed).catch((error: Error) => this.log(`${instance.name}: following migration ${id} failed: ${error.message}`));
           const pageServer = 'port' in forward ? ['--page-server', '--address', '127.0.0.1', '--port', String(forward.port)] : ['--page-server'];
           return { args: [...replaced('--action-script', observed.scriptPath, args), ...pageServer], ...(local ? { pageServerSocket: socketPath } : {}) };
         }
@@ -183,7 +183,7 @@ export class SourceRole {
         await mkdir(dumpDir, { mode: 0o700 });
         const lazyPort = await freeLoopbackPort();
         const actions = await LazyEarlyActions.create(workDir, incusScript, { dumpDir, checkpointDir: dir });
-        void this.followLazy(outgoing, faults, actions, layout, { dumpDir, lazyPort, criu: callerPid === undefined ? undefined : identify(callerPid) });
+        void this.followLazy(outgoing, faults, actions, layout, { dumpDir, lazyPort, criu: callerPid === undefined ? undefined : identify(callerPid) }).catch((error: Error) => this.log(`${instance.name}: following lazy migration ${id} failed: ${error.message}`));
         const lazyArgs = replaced('-D', dumpDir, replaced('--action-script', actions.scriptPath, args));
         return { args: [...lazyArgs, '--lazy-pages', '--address', '127.0.0.1', '--port', String(lazyPort)] };
       } catch (error) {

@@ -1,0 +1,93 @@
+import { randomBytes } from 'node:crypto';
+import { existsSync, lstatSync, mkdirSync, writeFileSync } from 'node:fs';
+import { join } from 'node:path';
+import { afterEach, describe, expect, it } from 'vitest';
+import { sendControl } from '../../src/link/control-channel.js';
+import { ControlInbox } from '../../src/link/control-inbox.js';
+import { ChannelKind } from '../../src/link/frame.js';
+import type { MigrationStart } from '../../src/link/messages.js';
+import { LinkSession } from '../../src/link/session.js';
+import { DestinationRole } from '../../plugin/destination-role.js';
+import { MIGRATION_ID_FILE } from '../../plugin/hook-protocol.js';
+import type { IncusClient } from '../../plugin/incus-client.js';
+import { InFlight } from '../../plugin/in-flight.js';
+import { MigrationRecords } from '../../plugin/migration-records.js';
+import { memoryTransportPair } from '../support/memory-link.js';
+import { scratchDir } from '../support/scratch.js';
+
+/** incusd as the destination role sees it: receiving every instance; `server` is where a cut starts. */
+function fakeIncus(cutAttempts: string[]): IncusClient {
+  return {
+    isCreating: async () => true,
+    server: async () => {
+      cutAttempts.push('server');
+      return { pid: process.pid, addresses: [] };
+    },
+  } as unknown as IncusClient;
+}
+
+interface Scene {
+  readonly role: DestinationRole;
+  readonly source: LinkSession;
+  readonly answers: ControlInbox;
+  readonly lines: string[];
+  readonly cutAttempts: string[];
+  readonly dir: string;
+}
+
+describe('the destination agent failing a restore', () => {
+  const cleanups: Array<() => void> = [];
+  afterEach(() => cleanups.splice(0).reverse().forEach((cleanup) => cleanup()));
+
+  function scene(records: (dir: string) => string, restoreTimeoutMs = 300_000): Scene {
+    const scratch = scratchDir('destination');
+    cleanups.push(() => scratch.remove());
+    const lines: string[] = [];
+    const cutAttempts: string[] = [];
+    const log = (line: string): void => void lines.push(line);
+    const inFlight = new InFlight(join(scratch.path, 'in-flight.json'));
+    cleanups.push(() => void inFlight.close());
+    const role = new DestinationRole(fakeIncus(cutAttempts), join(scratch.path, 'incoming'), new MigrationRecords(records(scratch.path), 'dst', log), log, async () => ({ major: 4, minor: 1, patch: 1 }), undefined, restoreTimeoutMs, inFlight);
+    const sessionId = randomBytes(16);
+    const source = new LinkSession('dialer', sessionId);
+    const destination = new LinkSession('listener', sessionId);
+    const answers = new ControlInbox(source);
+    role.serve(destination);
+    const pair = memoryTransportPair();
+    source.attach(pair.a);
+    destination.attach(pair.b);
+    cleanups.push(() => (source.abort('test over'), destination.abort('test over')));
+    return { role, source, answers, lines, cutAttempts, dir: scratch.path };
+  }
+
+  async function start(s: Scene, fields: Partial<MigrationStart> = {}): Promise<string> {
+    const id = `m-${randomBytes(4).toString('hex')}`;
+    const control = s.source.openChannel(ChannelKind.CONTROL, 'migration');
+    await sendControl(control.writable, { migration_start: { mode: 'pre-copy', pid: 1, criu_version: '4.1.1', instance: 'c1', migration_id: id, source_host: 'src', restore_timeout_ms: 0, manager_addresses: [], ...fields } });
+    expect(await s.answers.next('migration_accepted', 5000)).toMatchObject({ ok: true });
+    return id;
+  }
+
+  /** Incus' restore directory as liblxc hands it to CRIU, with the id the source left in it. */
+  function restoreDir(s: Scene, id: string): { dir: string; log: string } {
+    const dir = join(s.dir, 'restore');
+    mkdirSync(dir);
+    writeFileSync(join(dir, MIGRATION_ID_FILE), JSON.stringify({ id, source: 'src', mode: 'precopy' }));
+    return { dir, log: join(s.dir, 'restore.log') };
+  }
+
+  it('fails Incus\' migration and lets incusd read the log even when its record cannot be written (disk full)', async () => {
+    // /dev/full: every write fails with ENOSPC
+    const s = scene(() => '/dev/full');
+    const id = await start(s, { manager_addresses: ['127.0.0.1:18443'] });
+    s.source.abort('the source gave up'); // the pages will never be whole
+    const { dir, log } = restoreDir(s, id);
+    const reply = await s.role.restore(['restore', '-D', dir, '-o', log], process.pid);
+    expect(reply).toMatchObject({ error: expect.stringMatching(/not usable/) });
+    // contained: the cut was tried and the gate released (the FIFO gives way to the log's copy)
+    expect(s.cutAttempts.length).toBeGreaterThan(0);
+    await expect.poll(() => existsSync(log) && !lstatSync(log).isFIFO(), { timeout: 5000 }).toBe(true);
+    // and the record that could not be written is said in the log
+    expect(s.lines.some((line) => /could not record migration .*ENOSPC/.test(line))).toBe(true);
+  });
+});
