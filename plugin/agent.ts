@@ -61,7 +61,7 @@ export class Agent {
     events.on('event', (event) => destination.onEvent(event));
     events.on('disconnected', (error) => log(`incusd's event stream ended${error ? ` (${error.message})` : ''}; reconnecting, and asking for operations meanwhile`));
     const listener = await LinkListener.listen(options.listen.address, options.listen.port, options);
-    listener.on('session', (session) => destination.serve(session));
+    listener.on('session', (session, _host, remoteAddress) => destination.serve(session, remoteAddress));
     listener.on('refused', (error) => log(error.message));
 
     const hookSocket = hookSocketPath(options.incusDir);

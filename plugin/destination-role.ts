@@ -25,7 +25,8 @@ import type { MigrationRecord, MigrationRecords } from './migration-records.js';
 import { repairFailedArrival } from './arrival-repair.js';
 import { RestoreWatch, type RestoreOutcome } from './restore-watch.js';
 import { RestoreLogGate } from './restore-log-gate.js';
-import { cutConnections } from './incus-connections.js';
+import { cutConnections, cuttableEndpoints } from './incus-connections.js';
+import { restoreTimeoutFor } from './peer-limits.js';
 import { hasEnded, identify, type ProcessIdentity } from './process-identity.js';
 
 /** How long an instance counts as being received after its "Creating instance" operation was seen. */
@@ -59,12 +60,15 @@ interface Incoming {
   readonly complete: Promise<void>;
   readonly progress: MigrationProgress;
   /**
-   * The instance's user.haul.restore-timeout as the source read it, 0 for this agent's default.
-   * (Asking incusd here would cost 5 s: during an incoming move it answers for the instance only
-   * after its "monitor is unresponsive" timeout.)
+   * How long the restore may run: the instance's user.haul.restore-timeout as the source read it,
+   * at most this agent's own (restoreTimeoutFor). (Asking incusd here would cost 5 s: during an
+   * incoming move it answers for the instance only after its "monitor is unresponsive" timeout.)
    */
   readonly restoreTimeoutMs: number;
-  /** Where the source's incusd listens for its peers (host:port): Incus' own migration connects there. */
+  /**
+   * Where the source's incusd listens for its peers (IP:port), as far as this host cuts them: Incus'
+   * own migration connects there. Only addresses of the host the link came from (cuttableEndpoints).
+   */
   readonly sourceManagerAddresses: readonly string[];
   /** Lazy: the restored container's processes, once CRIU reported them (they run on pages still arriving). */
   restored?: RestoredTree;
@@ -116,8 +120,8 @@ export class DestinationRole {
     }
   }
 
-  /** A session from a peer's source role. */
-  serve(session: LinkSession): void {
+  /** A session from a peer's source role; `peerAddress`: the remote address of the connection it came over. */
+  serve(session: LinkSession, peerAddress: string | undefined): void {
     const dir = join(this.cacheDir, `${Date.now()}-${++this.sessions}`);
     mkdirSync(dir, { mode: 0o700 });
     const store = new CacheStore(session, dir); // before any await: channels are announced at once
@@ -157,7 +161,11 @@ export class DestinationRole {
         stopCounting();
         this.inFlight.end(id);
       });
-      this.incoming.set(id, { mode, session, answers: answers.writable, lazyPages, instance, peer, dir, startedAt, complete: store.complete, progress, restoreTimeoutMs: start.restore_timeout_ms, sourceManagerAddresses: start.manager_addresses });
+      const restoreTimeoutMs = restoreTimeoutFor(start.restore_timeout_ms, this.restoreTimeoutMs);
+      if (restoreTimeoutMs < start.restore_timeout_ms) this.log(`${instance}: ${peer} asks for a restore timeout of ${start.restore_timeout_ms / 1000} s; this host allows at most ${this.restoreTimeoutMs / 1000} s (--restore-timeout)`);
+      const manager = cuttableEndpoints(start.manager_addresses, peerAddress);
+      if (manager.ignored.length) this.log(`${instance}: ignored incusd addresses from ${peer} that are not IP addresses of the link's peer (${peerAddress ?? 'unknown'}) or past the first few: ${manager.ignored.slice(0, 8).join(', ')}`);
+      this.incoming.set(id, { mode, session, answers: answers.writable, lazyPages, instance, peer, dir, startedAt, complete: store.complete, progress, restoreTimeoutMs, sourceManagerAddresses: manager.endpoints });
       // the source gave up before the restore came: nothing is in progress here any more
       session.once('aborted', () => {
         if (!this.incoming.has(id)) return;
@@ -205,7 +213,7 @@ export class DestinationRole {
       entry = this.incoming.get(id);
     }
     if (!entry) return { error: `haul: the pages of migration ${id} never arrived on this host` };
-    const timeoutMs = entry.restoreTimeoutMs || this.restoreTimeoutMs;
+    const timeoutMs = entry.restoreTimeoutMs;
     // both start helper processes: while the pages are placed, not inside the downtime after that
     const watching = callerPid === undefined ? Promise.resolve(undefined) : RestoreWatch.create(join(this.cacheDir, `restore-${id}`));
     const gating = callerPid === undefined ? Promise.resolve(undefined) : this.gateRestoreLog(entry, args, timeoutMs);
@@ -358,7 +366,7 @@ export class DestinationRole {
    */
   private async cutIncusMigration(entry: Incoming): Promise<void> {
     try {
-      if (entry.sourceManagerAddresses.length === 0) throw new Error("the source did not say where its incusd listens");
+      if (entry.sourceManagerAddresses.length === 0) throw new Error("the source named no IP address of its own where its incusd listens");
       const { pid } = await this.incus.server();
       const cut = await cutConnections(pid, entry.sourceManagerAddresses);
       if (cut.length === 0) throw new Error(`incusd here holds no connection to the source's incusd at ${entry.sourceManagerAddresses.join(', ')}`);

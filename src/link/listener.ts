@@ -12,8 +12,11 @@ import { LinkSession } from './session.js';
 import { firstMessage, webSocketTransport } from './ws-transport.js';
 
 interface ListenerEvents {
-  /** A new session from a dialler, with what it said about its host. */
-  session: [LinkSession, HostInfo];
+  /**
+   * A new session from a dialler, with what it said about its host and the remote address of the
+   * connection it came over (what the peer cannot choose, unlike what it says).
+   */
+  session: [LinkSession, HostInfo, string | undefined];
   /** A connection that was refused, and why (it never becomes a session). */
   refused: [Error];
 }
@@ -60,11 +63,11 @@ export class LinkListener extends EventEmitter<ListenerEvents> {
     const bound = server.address();
     if (bound === null || typeof bound === 'string') throw new Error('the link listener has no TCP port');
     const listener = new LinkListener(server, options, bound.port);
-    wss.on('connection', (ws) => void listener.accept(ws));
+    wss.on('connection', (ws, request: IncomingMessage) => void listener.accept(ws, request.socket.remoteAddress));
     return listener;
   }
 
-  private async accept(ws: WebSocket): Promise<void> {
+  private async accept(ws: WebSocket, remoteAddress: string | undefined): Promise<void> {
     const refuse = (reason: string): void => {
       ws.send(helloReplyFrame({ protocol_version: PROTOCOL_VERSION, resumed: false, host: this.options.host, received: [], refusal: reason }), () => ws.close(1008, 'refused'));
       this.emit('refused', new Error(reason));
@@ -88,7 +91,7 @@ export class LinkListener extends EventEmitter<ListenerEvents> {
     const reply = { protocol_version: PROTOCOL_VERSION, resumed: Boolean(known), host: this.options.host, received: entry.session.progress(), refusal: '' };
     ws.send(helloReplyFrame(reply));
     entry.session.attach(transport, known ? hello.received : undefined);
-    if (!known) this.emit('session', entry.session, hello.host);
+    if (!known) this.emit('session', entry.session, hello.host, remoteAddress);
   }
 
   // Keeps a session for resumption while it is detached, for at most the resume window.

@@ -1,3 +1,4 @@
+import { spawn } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
 import { existsSync, lstatSync, mkdirSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
@@ -39,7 +40,7 @@ describe('the destination agent failing a restore', () => {
   const cleanups: Array<() => void> = [];
   afterEach(() => cleanups.splice(0).reverse().forEach((cleanup) => cleanup()));
 
-  function scene(records: (dir: string) => string, restoreTimeoutMs = 300_000): Scene {
+  function scene(records: (dir: string) => string, restoreTimeoutMs = 300_000, peerAddress = '127.0.0.1'): Scene {
     const scratch = scratchDir('destination');
     cleanups.push(() => scratch.remove());
     const lines: string[] = [];
@@ -52,7 +53,7 @@ describe('the destination agent failing a restore', () => {
     const source = new LinkSession('dialer', sessionId);
     const destination = new LinkSession('listener', sessionId);
     const answers = new ControlInbox(source);
-    role.serve(destination);
+    role.serve(destination, peerAddress);
     const pair = memoryTransportPair();
     source.attach(pair.a);
     destination.attach(pair.b);
@@ -89,5 +90,32 @@ describe('the destination agent failing a restore', () => {
     await expect.poll(() => existsSync(log) && !lstatSync(log).isFIFO(), { timeout: 5000 }).toBe(true);
     // and the record that could not be written is said in the log
     expect(s.lines.some((line) => /could not record migration .*ENOSPC/.test(line))).toBe(true);
+  });
+
+  it("cuts no connection to an address the source names that is not an IP address of the link's peer", async () => {
+    const s = scene((dir) => join(dir, 'migrations.jsonl'), 300_000, '127.0.0.1');
+    const id = await start(s, { manager_addresses: ['localhost:18443', '10.1.2.3:8443', 'incus.example:8443'] });
+    s.source.abort('the source gave up');
+    const { dir, log } = restoreDir(s, id);
+    expect(await s.role.restore(['restore', '-D', dir, '-o', log], process.pid)).toMatchObject({ error: expect.any(String) });
+    expect(s.cutAttempts).toEqual([]);
+    expect(s.lines.some((line) => line.includes('ignored incusd addresses') && line.includes('localhost:18443') && line.includes('10.1.2.3:8443'))).toBe(true);
+  });
+
+  it("holds a restore no longer than this host's --restore-timeout, whatever the source asks for", async () => {
+    const s = scene((dir) => join(dir, 'migrations.jsonl'), 300);
+    // 49 days: about the most a uint32 of ms holds
+    const id = await start(s, { restore_timeout_ms: 49 * 24 * 3600_000 });
+    const control = s.source.openChannel(ChannelKind.CONTROL, 'images');
+    await sendControl(control.writable, { images_complete: { files: 0, page_streams: 0, bytes: 0n, filesystem_tars: 0 } });
+    expect(await s.answers.next('images_stored', 5000)).toMatchObject({ ok: true });
+    // the restore that never ends: the hook's process, which would have become CRIU
+    const restore = spawn('sleep', ['60'], { stdio: 'ignore' });
+    cleanups.push(() => restore.kill('SIGKILL'));
+    const { dir } = restoreDir(s, id);
+    expect(await s.role.restore(['restore', '-D', dir], restore.pid)).toMatchObject({ args: expect.any(Array) });
+    const result = await s.answers.next('restore_result', 10_000);
+    expect(result).toMatchObject({ ok: false, error: expect.stringMatching(/did not finish within 0.3 s and was killed/) });
+    expect(s.lines.some((line) => /asks for a restore timeout of 4233600 s; this host allows at most 0.3 s/.test(line))).toBe(true);
   });
 });
