@@ -1,4 +1,4 @@
-import { chmod, mkdir, rm } from 'node:fs/promises';
+import { mkdir, rm } from 'node:fs/promises';
 import { createConnection, createServer, type Server } from 'node:net';
 import { join } from 'node:path';
 import { createInterface } from 'node:readline';
@@ -11,6 +11,7 @@ import { IncusClient } from './incus-client.js';
 import { IncusEvents } from './incus-events.js';
 import { IN_FLIGHT_FILE, InFlight } from './in-flight.js';
 import { MigrationRecords } from './migration-records.js';
+import { listenPrivately } from './private-socket.js';
 import { SourceRole, type HaulMode, type Peer } from './source-role.js';
 
 export interface AgentOptions extends EndpointOptions {
@@ -84,8 +85,7 @@ export class Agent {
           });
       });
     });
-    await new Promise<void>((resolve, reject) => hookServer.once('error', reject).listen(hookSocket, resolve));
-    await chmod(hookSocket, 0o600);
+    await listenPrivately(hookServer, hookSocket); // root's alone from the first moment: see listenPrivately
     return new Agent(hookServer, listener, events, incus, records, hookSocket, inFlight);
   }
 
