@@ -32,6 +32,19 @@ export interface AgentOptions extends EndpointOptions {
 }
 
 /**
+ * The agent runs only over TLS with pinned certificates. Its peers make it act as root: rewrite
+ * the dumps and restores incusd runs, cut incusd's connections, hold incusd at a restore's log.
+ * Without TLS (--insecure, loopback) any local user could dial it and be such a peer.
+ */
+export class InsecureAgentError extends Error {
+  override readonly name = 'InsecureAgentError';
+  readonly code = 'HAUL_AGENT_INSECURE';
+  constructor() {
+    super('haul agent refuses --insecure: its peers act on incusd as root, and a link without TLS lets any local user be one; use `haul identity` and `haul trust add` on both hosts');
+  }
+}
+
+/**
  * `haul agent`: beside incusd on each host. It answers the CRIU hook (dump: source role; restore:
  * destination role), takes peers' links for instances this host receives, follows incusd's events,
  * and records every migration.
@@ -48,6 +61,7 @@ export class Agent {
   ) {}
 
   static async start(options: AgentOptions): Promise<Agent> {
+    if (options.insecure) throw new InsecureAgentError();
     const log = options.log ?? (() => {});
     await mkdir(options.stateDir, { recursive: true, mode: 0o700 });
     const incus = new IncusClient(join(options.incusDir, 'unix.socket'));

@@ -45,7 +45,7 @@ export type HaulMode = 'precopy' | 'lazy' | 'off';
 
 export interface Peer {
   readonly name: string;
-  /** wss://HOST:PORT, or ws://127.0.0.1:PORT with insecure */
+  /** wss://HOST:PORT (an agent links over TLS only) */
   readonly url: string;
 }
 
