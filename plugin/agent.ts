@@ -6,7 +6,7 @@ import { criuVersion, type CriuVersion } from '../src/criu/run/criu-version.js';
 import type { EndpointOptions } from '../src/link/endpoint-options.js';
 import { LinkListener } from '../src/link/listener.js';
 import { DestinationRole } from './destination-role.js';
-import { hookReplyText, hookSocketPath, type HookReply, type HookRequest } from './hook-protocol.js';
+import { answerDeadline, hookReplyText, hookSocketPath, type HookReply, type HookRequest } from './hook-protocol.js';
 import { IncusClient } from './incus-client.js';
 import { IncusEvents } from './incus-events.js';
 import { IN_FLIGHT_FILE, InFlight } from './in-flight.js';
@@ -84,17 +84,24 @@ export class Agent {
     await rm(hookSocket, { force: true });
     const hookServer = createServer((socket) => {
       socket.on('error', () => {});
+      // the hook closing its end before the answer has given up waiting (and runs CRIU unchanged)
+      const gaveUp = new AbortController();
+      let answered = false;
+      socket.once('close', () => answered || gaveUp.abort());
       const lines = createInterface({ input: socket });
       lines.on('error', () => {});
       lines.once('line', (line) => {
+        const receivedAt = Date.now();
         void (async (): Promise<HookReply> => {
           const request = JSON.parse(line) as HookRequest;
-          return request.call === 'dump' ? source.dump(request.args, request.pid) : destination.restore(request.args, request.pid);
+          const hook = { deadline: answerDeadline(request, receivedAt), gaveUp: gaveUp.signal };
+          return request.call === 'dump' ? source.dump(request.args, request.pid, hook) : destination.restore(request.args, request.pid);
         })()
           .catch((error: Error): HookReply => ({ error: `haul agent: ${error.message}` }))
           .then((reply) => {
             if ('error' in reply) log(reply.error);
             else if (reply.note) log(reply.note);
+            answered = true;
             socket.end(hookReplyText(reply));
           });
       });
