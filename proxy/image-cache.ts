@@ -105,8 +105,8 @@ export class ImageCache {
     const store = new CacheStore(session, dir);
     const answer = session.openChannel(ChannelKind.CONTROL, 'restore-result');
     const lazyPagesReady = LazyPageStore.forSession(session, join(dir, 'lazy-pages.bin'));
-    this.options.onEvent?.({ kind: 'migration', id, dir });
     const lazyPages = await lazyPagesReady;
+    this.options.onEvent?.({ kind: 'migration', id, dir });
     const commitWithinMs = this.options.commitWithinMs ?? DEFAULT_COMMIT_WITHIN_MS;
     const restoreBinary = this.options.criuBinary ? { binary: this.options.criuBinary } : {};
     const pidFile = join(dir, 'restored.pid');
