@@ -25,7 +25,7 @@ import type { MigrationRecord, MigrationRecords } from './migration-records.js';
 import { repairFailedArrival } from './arrival-repair.js';
 import { RestoreWatch, type RestoreOutcome } from './restore-watch.js';
 import { RestoreLogGate } from './restore-log-gate.js';
-import { cutConnections, cuttableEndpoints } from './incus-connections.js';
+import { connectionFilters, cutConnections, cuttableEndpoints } from './incus-connections.js';
 import { restoreTimeoutFor } from './peer-limits.js';
 import { hasEnded, identify, type ProcessIdentity } from './process-identity.js';
 
@@ -216,7 +216,7 @@ export class DestinationRole {
     const timeoutMs = entry.restoreTimeoutMs;
     // both start helper processes: while the pages are placed, not inside the downtime after that
     const watching = callerPid === undefined ? Promise.resolve(undefined) : RestoreWatch.create(join(this.cacheDir, `restore-${id}`));
-    const gating = callerPid === undefined ? Promise.resolve(undefined) : this.gateRestoreLog(entry, args, timeoutMs);
+    const gating = callerPid === undefined ? Promise.resolve(undefined) : this.gateRestoreLog(entry, args, timeoutMs, callerPid);
     watching.catch(() => {});
     const record = { id, instance: entry.instance, role: 'destination' as const, peer: entry.peer, mode: entry.mode, startedAt: entry.startedAt.toISOString() };
     // contain first (Incus' migration cut, incusd let go), record after: a record that cannot be
@@ -277,7 +277,7 @@ export class DestinationRole {
    * that holds incusd until haul knows how the restore went (see RestoreLogGate). Without one (no
    * `-o`, or the gate could not be made) the restore runs as it is, unguarded, and the log says so.
    */
-  private async gateRestoreLog(entry: Incoming, args: readonly string[], timeoutMs: number): Promise<WatchedRestore['log']> {
+  private async gateRestoreLog(entry: Incoming, args: readonly string[], timeoutMs: number, criuPid: number): Promise<WatchedRestore['log']> {
     const incusLog = argumentOf(args, '-o');
     if (!incusLog?.startsWith('/')) {
       this.log(`${entry.instance}: the restore names no log by its full path (-o ${incusLog ?? ''}): Incus is not held back on a failed restore`);
@@ -285,7 +285,11 @@ export class DestinationRole {
     }
     const path = join(entry.dir, 'restore.log');
     try {
-      return { path, gate: await RestoreLogGate.open(incusLog, path, PAGES_WAIT_MS + timeoutMs + 60_000) };
+      // if this agent dies before it has a word for the gate, the keeper contains the restore
+      // itself: Incus' migration connections are all up by now (the restore comes last)
+      const cutFilters = await this.incus.server().then(({ pid }) => connectionFilters(pid, entry.sourceManagerAddresses)).catch(() => []);
+      const criu = identify(criuPid);
+      return { path, gate: await RestoreLogGate.open(incusLog, path, PAGES_WAIT_MS + timeoutMs + 60_000, { cutFilters, ...(criu ? { criu } : {}) }) };
     } catch (error) {
       this.log(`${entry.instance}: Incus is not held back on a failed restore: ${error instanceof Error ? error.message : String(error)}`);
       return undefined;
@@ -300,7 +304,7 @@ export class DestinationRole {
     try {
       await this.followRestore(entry, record, eager, watched, lazy);
     } finally {
-      watched?.log?.gate.releaseUnlessPending(); // an error on the way: Incus must not wait for good
+      watched?.log?.gate.abandonUnlessPending(); // an error on the way: the keeper contains it, Incus does not wait for good
       this.inFlight.end(record.id);
       await discardImages(entry.dir);
     }
@@ -322,8 +326,10 @@ export class DestinationRole {
     await sendControl(entry.answers, { restore_result: outcome.ok ? { ok: true, error: '', pid: outcome.pid } : { ok: false, error: outcome.error, pid: 0 } }).catch(() => {});
     if (watched?.log) {
       const { gate } = watched.log;
-      if (outcome.ok) gate.releaseWhen(hasEnded(watched.criu, 10, CRIU_END_MS)); // Incus copies the whole log
-      else {
+      if (outcome.ok) {
+        gate.restored(); // nothing to contain any more, whatever happens to this agent
+        gate.releaseWhen(hasEnded(watched.criu, 10, CRIU_END_MS)); // Incus copies the whole log
+      } else {
         await this.cutIncusMigration(entry);
         gate.release();
       }

@@ -111,6 +111,21 @@ async function connectionsTo(pid: number, peers: ReadonlySet<string>): Promise<T
 }
 
 /**
+ * The `ss` filters (as cutConnections runs them) of the established TCP connections process `pid`
+ * holds now to one of `peers` (IP literals, as for cutConnections): for someone else to cut them
+ * later (the restore log's gatekeeper, when the agent is gone).
+ */
+export async function connectionFilters(pid: number, peers: readonly string[]): Promise<string[]> {
+  const wanted = new Set(peers.map(ipEndpoint).filter((endpoint): endpoint is string => endpoint !== undefined));
+  if (wanted.size === 0) return [];
+  return (await connectionsTo(pid, wanted)).map(ssFilter);
+}
+
+function ssFilter(connection: TcpConnection): string {
+  return `dst ${connection.remote} and src ${connection.local}`;
+}
+
+/**
  * Ends every established TCP connection process `pid` holds to one of `peers` (host:port, IP
  * literals; a name is never resolved and cuts nothing), as `ss -K` does (the kernel aborts the socket and resets the peer; it needs
  * CONFIG_INET_DIAG_DESTROY, without which `ss -K` ends nothing and says nothing). Returns the
@@ -121,7 +136,7 @@ export async function cutConnections(pid: number, peers: readonly string[]): Pro
   if (wanted.size === 0) return [];
   const doomed = await connectionsTo(pid, wanted);
   for (const connection of doomed) {
-    await promisify(execFile)('ss', ['-K', '-t', '-n', `dst ${connection.remote} and src ${connection.local}`]);
+    await promisify(execFile)('ss', ['-K', '-t', '-n', ssFilter(connection)]);
   }
   const left = new Set((await connectionsTo(pid, wanted)).map((connection) => connection.inode));
   const survivors = doomed.filter((connection) => left.has(connection.inode));
