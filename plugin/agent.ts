@@ -9,7 +9,8 @@ import { DestinationRole } from './destination-role.js';
 import { answerDeadline, hookReplyText, hookSocketPath, type HookReply, type HookRequest } from './hook-protocol.js';
 import { IncusClient } from './incus-client.js';
 import { IncusEvents } from './incus-events.js';
-import { IN_FLIGHT_FILE, InFlight } from './in-flight.js';
+import { IN_FLIGHT_FILE, InFlight, readInFlight, type MigrationProgress } from './in-flight.js';
+import { repairFailedArrival } from './arrival-repair.js';
 import { MigrationRecords } from './migration-records.js';
 import { listenPrivately } from './private-socket.js';
 import { SourceRole, type HaulMode, type Peer } from './source-role.js';
@@ -67,11 +68,17 @@ export class Agent {
     const incus = new IncusClient(join(options.incusDir, 'unix.socket'));
     await incus.get('/1.0'); // fail now, clearly, if incusd is not there
     const records = new MigrationRecords(join(options.stateDir, 'migrations.jsonl'), options.name, log);
+    const hookSocket = hookSocketPath(options.incusDir);
+    if (await answers(hookSocket)) throw new Error(`another haul agent already serves ${options.incusDir} (${hookSocket})`);
+    // what a previous agent still had in flight when it ended (killed: it never closed)
+    const leftovers = await readInFlight(join(options.stateDir, IN_FLIGHT_FILE));
     const inFlight = new InFlight(join(options.stateDir, IN_FLIGHT_FILE));
+    await inFlight.replaceLeftovers().catch(() => {});
     let version: Promise<CriuVersion> | undefined;
     const criu = (): Promise<CriuVersion> => (version ??= criuVersion(options.criuBinary));
     const source = new SourceRole(incus, options.peers, options, records, options.defaultMode, criu, log, join(options.stateDir, 'outgoing'), options.name, inFlight);
     const destination = new DestinationRole(incus, join(options.stateDir, 'incoming'), records, log, criu, options.criuBinary, options.restoreTimeoutMs ?? 300_000, inFlight);
+    for (const left of leftovers) void finishLeftover(left, incus, records, log).catch(() => {});
     const events = new IncusEvents(join(options.incusDir, 'unix.socket'));
     events.on('event', (event) => destination.onEvent(event));
     events.on('disconnected', (error) => log(`incusd's event stream ended${error ? ` (${error.message})` : ''}; reconnecting, and asking for operations meanwhile`));
@@ -79,8 +86,6 @@ export class Agent {
     listener.on('session', (session, _host, remoteAddress) => destination.serve(session, remoteAddress));
     listener.on('refused', (error) => log(error.message));
 
-    const hookSocket = hookSocketPath(options.incusDir);
-    if (await answers(hookSocket)) throw new Error(`another haul agent already serves ${options.incusDir} (${hookSocket})`);
     await rm(hookSocket, { force: true });
     const hookServer = createServer((socket) => {
       socket.on('error', () => {});
@@ -121,6 +126,24 @@ export class Agent {
     await this.listener.close();
     await this.incus.close();
     await this.inFlight.close();
+  }
+}
+
+/**
+ * A migration the previous agent had in flight when it ended (it was killed): recorded as failed
+ * and, where this host was receiving, Incus' leftovers repaired once Incus is done failing the move
+ * (the previous agent would have: see repairFailedArrival, which never touches an instance Incus
+ * kept). The source needs nothing: without its agent the link fails, and CRIU resumes the source.
+ */
+async function finishLeftover(left: MigrationProgress, incus: IncusClient, records: MigrationRecords, log: (line: string) => void): Promise<void> {
+  const error = `the agent ended during the migration (phase: ${left.phase})`;
+  log(`${left.instance}: migration ${left.id} (${left.role}) was left unfinished by the previous agent`);
+  await records.add({ id: left.id, instance: left.instance, role: left.role, peer: left.peer, mode: left.mode, pages: left.pages, bytes: 0, startedAt: left.startedAt, totalMs: Date.now() - Date.parse(left.startedAt), result: 'failed', error });
+  if (left.role !== 'destination') return;
+  try {
+    log(`${left.instance}: after a migration the previous agent left unfinished: ${await repairFailedArrival(incus, left.instance)}`);
+  } catch (failure) {
+    log(`${left.instance}: after a migration the previous agent left unfinished, could not repair what Incus left: ${failure instanceof Error ? failure.message : String(failure)}`);
   }
 }
 

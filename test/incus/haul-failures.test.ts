@@ -157,4 +157,36 @@ describeOnHost('incus move when haul is missing or fails', ['root', 'criu', 'tes
       await unmount();
     }
   }, 600_000);
+
+  it("keeps the source running with its memory when the destination's agent is killed while it guards a failed restore, and a later move succeeds", async () => {
+    const logPath = '/var/lib/haul-testbed/dst/log/agent.log';
+    const logBefore = readFileSync(logPath, 'utf8').length;
+    const dstLog = (): string => readFileSync(logPath, 'utf8').slice(logBefore);
+    // the agent would kill the restore at once (1 ms): it is killed itself as the restore starts,
+    // with incusd held at the restore's log and Incus' migration not yet cut
+    const container = await TestContainer.launch('busybox', 'src', '/tmp/counter', ['--config', 'user.haul.mode=precopy', '--config', 'user.haul.restore-timeout=0.001']);
+    containers.push(container);
+    await container.exec(['haul-workload', 'start', '--dir', '/run/big', '--mib', '256']);
+    const before = await container.workloadReport('/run/big');
+    const since = realtimeNs();
+    const move = container.moveTo('dst').then(() => undefined, (error: unknown) => error);
+    const restoring = new RegExp(`${container.name}: pages of migration \\S+ placed; restoring`);
+    const deadline = Date.now() + 120_000;
+    while (!restoring.test(dstLog()) && Date.now() < deadline) await sleep(5);
+    await killAgent('dst');
+    const failure = await move;
+    expect(failure).toBeInstanceOf(Error);
+    expect(failure).not.toBeInstanceOf(NativeMoveDefect);
+    expect((await container.whereabouts()).src).toBe('RUNNING');
+    await expectSameWorkload(container, before, since);
+
+    // the next agent finishes what the killed one left: Incus' leaked lock released
+    await startAgents();
+    await expect.poll(() => dstLog().includes(`${container.name}: after a migration the previous agent left unfinished:`), { timeout: 240_000, interval: 1000 }).toBe(true);
+    expect(await container.whereabouts()).toEqual({ src: 'RUNNING', dst: undefined });
+    await incusConfigUnset(container, 'user.haul.restore-timeout');
+    await container.moveTo('dst');
+    expect(await container.whereabouts()).toEqual({ src: undefined, dst: 'RUNNING' });
+    await expectSameWorkload(container, before, since);
+  }, 600_000);
 });
