@@ -170,7 +170,7 @@ export class DestinationRole {
       session.once('aborted', () => {
         if (!this.incoming.has(id)) return;
         this.inFlight.end(id);
-        void discardImages(dir);
+        void discardImages(dir).catch(() => {});
         // kept a while, so that a restore Incus still starts fails at once, saying why, instead of
         // waiting for pages that will not come; then forgotten
         setTimeout(() => this.incoming.get(id)?.session === session && this.incoming.delete(id), PAGES_WAIT_MS).unref();

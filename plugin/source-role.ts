@@ -401,7 +401,7 @@ export class SourceRole {
     const { dumpDir, lazyPort } = dump;
     let lazyServer: Socket | undefined;
     let incusFailure: string | undefined;
-    void actions.incusPostDump.then((status) => status !== 0 && (incusFailure = `Incus' post-dump step failed (${status}): the destination did not restore`));
+    void actions.incusPostDump.then((status) => status !== 0 && (incusFailure = `Incus' post-dump step failed (${status}): the destination did not restore`)).catch(() => {});
     // haul's destination reports the restore itself too: Incus' word alone can call a failure a success
     let restoreFailure: string | undefined;
     let restoredAt: number | undefined;
@@ -452,7 +452,7 @@ export class SourceRole {
         // be that client, with a bad header
         void Promise.race([actions.statusReady.then(() => true), sleep(LAZY_SERVER_MS).then(() => false)]).then((listening) => {
           if (listening) connect(lazyPort, '127.0.0.1').on('error', () => {}).end(Buffer.from([0xff]));
-        });
+        }).catch(() => {});
       }
       if (session.isOpen) session.abort(reason);
       this.log(`${record.instance}: lazy migration ${record.id} failed: ${reason}`);
