@@ -6,7 +6,7 @@ import { criuVersion } from '../src/criu/run/criu-version.js';
 import { readPackageInfo } from '../src/cli/package-info.js';
 import { loadOrCreateIdentity } from '../src/link/identity.js';
 import { openTrustStore, stateDirOf } from '../src/cli/trust-commands.js';
-import { Agent } from './agent.js';
+import { Agent, InsecureAgentError } from './agent.js';
 import { diagnose } from './doctor.js';
 import { installHook, uninstallHook } from './criu-hook.js';
 import { PAGE_SIZE } from '../src/criu/page-server/protocol.js';
@@ -42,14 +42,14 @@ export function addAgentCommands(program: Command, out: (line: string) => void):
     .option('--peer <name=host:port>', 'another host\'s agent (repeat for each)', parsePeer, [])
     .option('--name <name>', 'this host\'s name, as its peers call it', hostname())
     .addOption(new Option('--default-mode <mode>', 'for instances without user.haul.mode').choices(['precopy', 'lazy', 'off']).default('precopy'))
-    .option('--insecure', 'plain WebSocket between agents, no TLS (loopback only)', false)
+    .addOption(new Option('--insecure', 'refused: an agent talks to its peers over TLS only').hideHelp())
     .option('--criu <path>', 'the real CRIU', DEFAULT_CRIU)
     .option('--restore-timeout <seconds>', 'kill a restore still running after this long, so the source resumes (per instance: user.haul.restore-timeout)', parsePositiveSeconds, 300)
     .action(async (options: { incusDir: string; listen: { address: string; port: number }; peer: Peer[]; name: string; defaultMode: HaulMode; insecure: boolean; criu: string; restoreTimeout: number }, command: Command) => {
+      if (options.insecure) throw new InsecureAgentError();
       const stateDir = stateDirOf(command);
       logStrayErrors((line) => out(`${new Date().toISOString()} ${line}`));
-      const security = options.insecure ? { insecure: true } : { identity: await loadOrCreateIdentity(stateDir), trust: await openTrustStore(stateDir) };
-      const scheme = options.insecure ? 'ws' : 'wss';
+      const security = { identity: await loadOrCreateIdentity(stateDir), trust: await openTrustStore(stateDir) };
       const version = await criuVersion(options.criu);
       const running = await Agent.start({
         ...security,
@@ -61,7 +61,7 @@ export function addAgentCommands(program: Command, out: (line: string) => void):
         incusDir: options.incusDir,
         stateDir: join(stateDir, 'agent'),
         listen: options.listen,
-        peers: options.peer.map((peer) => ({ name: peer.name, url: `${scheme}://${peer.url}` })),
+        peers: options.peer.map((peer) => ({ name: peer.name, url: `wss://${peer.url}` })),
         name: options.name,
         defaultMode: options.defaultMode,
         criuBinary: options.criu,

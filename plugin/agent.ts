@@ -1,4 +1,4 @@
-import { chmod, mkdir, rm } from 'node:fs/promises';
+import { mkdir, rm } from 'node:fs/promises';
 import { createConnection, createServer, type Server } from 'node:net';
 import { join } from 'node:path';
 import { createInterface } from 'node:readline';
@@ -6,11 +6,13 @@ import { criuVersion, type CriuVersion } from '../src/criu/run/criu-version.js';
 import type { EndpointOptions } from '../src/link/endpoint-options.js';
 import { LinkListener } from '../src/link/listener.js';
 import { DestinationRole } from './destination-role.js';
-import { hookReplyText, hookSocketPath, type HookReply, type HookRequest } from './hook-protocol.js';
+import { answerDeadline, hookReplyText, hookSocketPath, type HookReply, type HookRequest } from './hook-protocol.js';
 import { IncusClient } from './incus-client.js';
 import { IncusEvents } from './incus-events.js';
-import { IN_FLIGHT_FILE, InFlight } from './in-flight.js';
+import { IN_FLIGHT_FILE, InFlight, readInFlight, type MigrationProgress } from './in-flight.js';
+import { repairFailedArrival } from './arrival-repair.js';
 import { MigrationRecords } from './migration-records.js';
+import { listenPrivately } from './private-socket.js';
 import { SourceRole, type HaulMode, type Peer } from './source-role.js';
 
 export interface AgentOptions extends EndpointOptions {
@@ -31,6 +33,19 @@ export interface AgentOptions extends EndpointOptions {
 }
 
 /**
+ * The agent runs only over TLS with pinned certificates. Its peers make it act as root: rewrite
+ * the dumps and restores incusd runs, cut incusd's connections, hold incusd at a restore's log.
+ * Without TLS (--insecure, loopback) any local user could dial it and be such a peer.
+ */
+export class InsecureAgentError extends Error {
+  override readonly name = 'InsecureAgentError';
+  readonly code = 'HAUL_AGENT_INSECURE';
+  constructor() {
+    super('haul agent refuses --insecure: its peers act on incusd as root, and a link without TLS lets any local user be one; use `haul identity` and `haul trust add` on both hosts');
+  }
+}
+
+/**
  * `haul agent`: beside incusd on each host. It answers the CRIU hook (dump: source role; restore:
  * destination role), takes peers' links for instances this host receives, follows incusd's events,
  * and records every migration.
@@ -47,45 +62,56 @@ export class Agent {
   ) {}
 
   static async start(options: AgentOptions): Promise<Agent> {
+    if (options.insecure) throw new InsecureAgentError();
     const log = options.log ?? (() => {});
     await mkdir(options.stateDir, { recursive: true, mode: 0o700 });
     const incus = new IncusClient(join(options.incusDir, 'unix.socket'));
     await incus.get('/1.0'); // fail now, clearly, if incusd is not there
-    const records = new MigrationRecords(join(options.stateDir, 'migrations.jsonl'), options.name);
+    const records = new MigrationRecords(join(options.stateDir, 'migrations.jsonl'), options.name, log);
+    const hookSocket = hookSocketPath(options.incusDir);
+    if (await answers(hookSocket)) throw new Error(`another haul agent already serves ${options.incusDir} (${hookSocket})`);
+    // what a previous agent still had in flight when it ended (killed: it never closed)
+    const leftovers = await readInFlight(join(options.stateDir, IN_FLIGHT_FILE));
     const inFlight = new InFlight(join(options.stateDir, IN_FLIGHT_FILE));
+    await inFlight.replaceLeftovers().catch(() => {});
     let version: Promise<CriuVersion> | undefined;
     const criu = (): Promise<CriuVersion> => (version ??= criuVersion(options.criuBinary));
     const source = new SourceRole(incus, options.peers, options, records, options.defaultMode, criu, log, join(options.stateDir, 'outgoing'), options.name, inFlight);
     const destination = new DestinationRole(incus, join(options.stateDir, 'incoming'), records, log, criu, options.criuBinary, options.restoreTimeoutMs ?? 300_000, inFlight);
+    for (const left of leftovers) void finishLeftover(left, incus, records, log).catch(() => {});
     const events = new IncusEvents(join(options.incusDir, 'unix.socket'));
     events.on('event', (event) => destination.onEvent(event));
     events.on('disconnected', (error) => log(`incusd's event stream ended${error ? ` (${error.message})` : ''}; reconnecting, and asking for operations meanwhile`));
     const listener = await LinkListener.listen(options.listen.address, options.listen.port, options);
-    listener.on('session', (session) => destination.serve(session));
+    listener.on('session', (session, _host, remoteAddress) => destination.serve(session, remoteAddress));
     listener.on('refused', (error) => log(error.message));
 
-    const hookSocket = hookSocketPath(options.incusDir);
-    if (await answers(hookSocket)) throw new Error(`another haul agent already serves ${options.incusDir} (${hookSocket})`);
     await rm(hookSocket, { force: true });
     const hookServer = createServer((socket) => {
       socket.on('error', () => {});
+      // the hook closing its end before the answer has given up waiting (and runs CRIU unchanged)
+      const gaveUp = new AbortController();
+      let answered = false;
+      socket.once('close', () => answered || gaveUp.abort());
       const lines = createInterface({ input: socket });
       lines.on('error', () => {});
       lines.once('line', (line) => {
+        const receivedAt = Date.now();
         void (async (): Promise<HookReply> => {
           const request = JSON.parse(line) as HookRequest;
-          return request.call === 'dump' ? source.dump(request.args, request.pid) : destination.restore(request.args, request.pid);
+          const hook = { deadline: answerDeadline(request, receivedAt), gaveUp: gaveUp.signal };
+          return request.call === 'dump' ? source.dump(request.args, request.pid, hook) : destination.restore(request.args, request.pid);
         })()
           .catch((error: Error): HookReply => ({ error: `haul agent: ${error.message}` }))
           .then((reply) => {
             if ('error' in reply) log(reply.error);
             else if (reply.note) log(reply.note);
+            answered = true;
             socket.end(hookReplyText(reply));
           });
       });
     });
-    await new Promise<void>((resolve, reject) => hookServer.once('error', reject).listen(hookSocket, resolve));
-    await chmod(hookSocket, 0o600);
+    await listenPrivately(hookServer, hookSocket); // root's alone from the first moment: see listenPrivately
     return new Agent(hookServer, listener, events, incus, records, hookSocket, inFlight);
   }
 
@@ -100,6 +126,24 @@ export class Agent {
     await this.listener.close();
     await this.incus.close();
     await this.inFlight.close();
+  }
+}
+
+/**
+ * A migration the previous agent had in flight when it ended (it was killed): recorded as failed
+ * and, where this host was receiving, Incus' leftovers repaired once Incus is done failing the move
+ * (the previous agent would have: see repairFailedArrival, which never touches an instance Incus
+ * kept). The source needs nothing: without its agent the link fails, and CRIU resumes the source.
+ */
+async function finishLeftover(left: MigrationProgress, incus: IncusClient, records: MigrationRecords, log: (line: string) => void): Promise<void> {
+  const error = `the agent ended during the migration (phase: ${left.phase})`;
+  log(`${left.instance}: migration ${left.id} (${left.role}) was left unfinished by the previous agent`);
+  await records.add({ id: left.id, instance: left.instance, role: left.role, peer: left.peer, mode: left.mode, pages: left.pages, bytes: 0, startedAt: left.startedAt, totalMs: Date.now() - Date.parse(left.startedAt), result: 'failed', error });
+  if (left.role !== 'destination') return;
+  try {
+    log(`${left.instance}: after a migration the previous agent left unfinished: ${await repairFailedArrival(incus, left.instance)}`);
+  } catch (failure) {
+    log(`${left.instance}: after a migration the previous agent left unfinished, could not repair what Incus left: ${failure instanceof Error ? failure.message : String(failure)}`);
   }
 }
 

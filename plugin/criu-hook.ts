@@ -1,11 +1,11 @@
 import { chmod, mkdir, readFile, rm, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
-import { MIGRATION_ID_FILE } from './hook-protocol.js';
-import { shellWord } from './shell-words.js';
+import { DUMP_ANSWER_MS, MIGRATION_ID_FILE, RESTORE_ANSWER_MS } from './hook-protocol.js';
+import { shellWord } from '../src/shell-words.js';
 
-/** How long the hook waits for the agent's answer, by call (the restore's waits for the pages). */
-const DUMP_ANSWER_S = 30;
-const RESTORE_ANSWER_S = 6 * 60;
+/** How long the hook waits for the agent's answer, by call (the restore's waits for the pages); it tells the agent. */
+const DUMP_ANSWER_S = DUMP_ANSWER_MS / 1000;
+const RESTORE_ANSWER_S = RESTORE_ANSWER_MS / 1000;
 /** Part of Debian's perl-base, which is Essential. */
 const PERL = '/usr/bin/perl';
 
@@ -55,8 +55,9 @@ $SIG{PIPE} = "IGNORE"; # an agent gone mid-request: a failed write, said on stde
 socket(my $s, PF_UNIX, SOCK_STREAM, 0) or native("no socket: $!");
 connect($s, pack_sockaddr_un($path)) or native("the haul agent at $path does not answer: $!");
 $SIG{ALRM} = sub { native("the haul agent at $path did not answer in time") };
-alarm($args[0] eq "dump" ? ${DUMP_ANSWER_S} : ${RESTORE_ANSWER_S});
-my $request = "{\"call\":" . js($args[0]) . ",\"pid\":$$,\"args\":[" . join(",", map { js($_) } @args) . "]}\n";
+my $within = $args[0] eq "dump" ? ${DUMP_ANSWER_S} : ${RESTORE_ANSWER_S};
+alarm($within);
+my $request = "{\"call\":" . js($args[0]) . ",\"pid\":$$,\"answer_within_ms\":" . ($within * 1000) . ",\"args\":[" . join(",", map { js($_) } @args) . "]}\n";
 for (my $sent = 0; $sent < length $request;) {
   my $n = syswrite($s, $request, length($request) - $sent, $sent);
   native("the haul agent at $path went away: $!") unless defined $n;

@@ -27,7 +27,8 @@ import { repairFailedArrival } from './arrival-repair.js';
 import { RestoreWatch, type RestoreOutcome } from './restore-watch.js';
 import { RestoreLogGate } from './restore-log-gate.js';
 import { placeImageFiles, readPlainFile } from './restore-dir-files.js';
-import { cutConnections } from './incus-connections.js';
+import { connectionFilters, cutConnections, cuttableEndpoints } from './incus-connections.js';
+import { restoreTimeoutFor } from './peer-limits.js';
 import { hasEnded, identify, type ProcessIdentity } from './process-identity.js';
 
 /** How long an instance counts as being received after its "Creating instance" operation was seen. */
@@ -61,12 +62,15 @@ interface Incoming {
   readonly complete: Promise<void>;
   readonly progress: MigrationProgress;
   /**
-   * The instance's user.haul.restore-timeout as the source read it, 0 for this agent's default.
-   * (Asking incusd here would cost 5 s: during an incoming move it answers for the instance only
-   * after its "monitor is unresponsive" timeout.)
+   * How long the restore may run: the instance's user.haul.restore-timeout as the source read it,
+   * at most this agent's own (restoreTimeoutFor). (Asking incusd here would cost 5 s: during an
+   * incoming move it answers for the instance only after its "monitor is unresponsive" timeout.)
    */
   readonly restoreTimeoutMs: number;
-  /** Where the source's incusd listens for its peers (host:port): Incus' own migration connects there. */
+  /**
+   * Where the source's incusd listens for its peers (IP:port), as far as this host cuts them: Incus'
+   * own migration connects there. Only addresses of the host the link came from (cuttableEndpoints).
+   */
   readonly sourceManagerAddresses: readonly string[];
   /** Lazy: the restored container's processes, once CRIU reported them (they run on pages still arriving). */
   restored?: RestoredTree;
@@ -118,8 +122,8 @@ export class DestinationRole {
     }
   }
 
-  /** A session from a peer's source role. */
-  serve(session: LinkSession): void {
+  /** A session from a peer's source role; `peerAddress`: the remote address of the connection it came over. */
+  serve(session: LinkSession, peerAddress: string | undefined): void {
     const dir = join(this.cacheDir, `${Date.now()}-${++this.sessions}`);
     mkdirSync(dir, { mode: 0o700 });
     const store = new CacheStore(session, dir); // before any await: channels are announced at once
@@ -170,7 +174,11 @@ export class DestinationRole {
         stopCounting();
         this.inFlight.end(id);
       });
-      this.incoming.set(id, { mode, session, answers: answers.writable, lazyPages, instance, peer, dir, startedAt, complete: store.complete, progress, restoreTimeoutMs: start.restore_timeout_ms, sourceManagerAddresses: start.manager_addresses });
+      const restoreTimeoutMs = restoreTimeoutFor(start.restore_timeout_ms, this.restoreTimeoutMs);
+      if (restoreTimeoutMs < start.restore_timeout_ms) this.log(`${instance}: ${peer} asks for a restore timeout of ${start.restore_timeout_ms / 1000} s; this host allows at most ${this.restoreTimeoutMs / 1000} s (--restore-timeout)`);
+      const manager = cuttableEndpoints(start.manager_addresses, peerAddress);
+      if (manager.ignored.length) this.log(`${instance}: ignored incusd addresses from ${peer} that are not IP addresses of the link's peer (${peerAddress ?? 'unknown'}) or past the first few: ${manager.ignored.slice(0, 8).join(', ')}`);
+      this.incoming.set(id, { mode, session, answers: answers.writable, lazyPages, instance, peer, dir, startedAt, complete: store.complete, progress, restoreTimeoutMs, sourceManagerAddresses: manager.endpoints });
       // the source gave up before the restore came: nothing is in progress here any more
       session.once('aborted', () => {
         if (!this.incoming.has(id)) return;
@@ -225,20 +233,22 @@ export class DestinationRole {
       entry = this.incoming.get(id);
     }
     if (!entry) return { error: `haul: the pages of migration ${id} never arrived on this host` };
-    const timeoutMs = entry.restoreTimeoutMs || this.restoreTimeoutMs;
+    const timeoutMs = entry.restoreTimeoutMs;
     // both start helper processes: while the pages are placed, not inside the downtime after that
     const watching = callerPid === undefined ? Promise.resolve(undefined) : RestoreWatch.create(join(this.cacheDir, `restore-${id}`));
-    const gating = callerPid === undefined ? Promise.resolve(undefined) : this.gateRestoreLog(entry, args, timeoutMs);
+    const gating = callerPid === undefined ? Promise.resolve(undefined) : this.gateRestoreLog(entry, args, timeoutMs, callerPid);
     watching.catch(() => {});
     const record = { id, instance: entry.instance, role: 'destination' as const, peer: entry.peer, mode: entry.mode, startedAt: entry.startedAt.toISOString() };
+    // contain first (Incus' migration cut, incusd let go), record after: a record that cannot be
+    // written must not leave incusd waiting, or free to report the failure as a success
     const refuse = async (failed: Incoming, reason: string): Promise<HookReply> => {
-      await this.records.add({ ...record, pages: 0, bytes: 0, totalMs: Date.now() - failed.startedAt.getTime(), result: 'failed', error: reason });
       await this.cutIncusMigration(failed); // the hook fails the restore once this returns
-      (await gating)?.gate.release();
-      await (await watching.catch(() => undefined))?.discard();
+      (await gating.catch(() => undefined))?.gate.release();
+      await (await watching.catch(() => undefined))?.discard().catch(() => {});
       this.afterFailedArrival(failed.instance);
       this.inFlight.end(id);
-      await discardImages(failed.dir);
+      await discardImages(failed.dir).catch(() => {});
+      await this.records.add({ ...record, pages: 0, bytes: 0, totalMs: Date.now() - failed.startedAt.getTime(), result: 'failed', error: reason });
       return { error: reason };
     };
     try {
@@ -284,7 +294,7 @@ export class DestinationRole {
    * that holds incusd until haul knows how the restore went (see RestoreLogGate). Without one (no
    * `-o`, or the gate could not be made) the restore runs as it is, unguarded, and the log says so.
    */
-  private async gateRestoreLog(entry: Incoming, args: readonly string[], timeoutMs: number): Promise<WatchedRestore['log']> {
+  private async gateRestoreLog(entry: Incoming, args: readonly string[], timeoutMs: number, criuPid: number): Promise<WatchedRestore['log']> {
     const incusLog = argumentOf(args, '-o');
     if (!incusLog?.startsWith('/')) {
       this.log(`${entry.instance}: the restore names no log by its full path (-o ${incusLog ?? ''}): Incus is not held back on a failed restore`);
@@ -292,7 +302,11 @@ export class DestinationRole {
     }
     const path = join(entry.dir, 'restore.log');
     try {
-      return { path, gate: await RestoreLogGate.open(incusLog, path, PAGES_WAIT_MS + timeoutMs + 60_000) };
+      // if this agent dies before it has a word for the gate, the keeper contains the restore
+      // itself: Incus' migration connections are all up by now (the restore comes last)
+      const cutFilters = await this.incus.server().then(({ pid }) => connectionFilters(pid, entry.sourceManagerAddresses)).catch(() => []);
+      const criu = identify(criuPid);
+      return { path, gate: await RestoreLogGate.open(incusLog, path, PAGES_WAIT_MS + timeoutMs + 60_000, { cutFilters, ...(criu ? { criu } : {}) }) };
     } catch (error) {
       this.log(`${entry.instance}: Incus is not held back on a failed restore: ${error instanceof Error ? error.message : String(error)}`);
       return undefined;
@@ -307,7 +321,7 @@ export class DestinationRole {
     try {
       await this.followRestore(entry, record, eager, watched, lazy);
     } finally {
-      watched?.log?.gate.releaseUnlessPending(); // an error on the way: Incus must not wait for good
+      watched?.log?.gate.abandonUnlessPending(); // an error on the way: the keeper contains it, Incus does not wait for good
       this.inFlight.end(record.id);
       await discardImages(entry.dir);
     }
@@ -329,8 +343,10 @@ export class DestinationRole {
     await sendControl(entry.answers, { restore_result: outcome.ok ? { ok: true, error: '', pid: outcome.pid } : { ok: false, error: outcome.error, pid: 0 } }).catch(() => {});
     if (watched?.log) {
       const { gate } = watched.log;
-      if (outcome.ok) gate.releaseWhen(hasEnded(watched.criu, 10, CRIU_END_MS)); // Incus copies the whole log
-      else {
+      if (outcome.ok) {
+        gate.restored(); // nothing to contain any more, whatever happens to this agent
+        gate.releaseWhen(hasEnded(watched.criu, 10, CRIU_END_MS)); // Incus copies the whole log
+      } else {
         await this.cutIncusMigration(entry);
         gate.release();
       }
@@ -354,8 +370,8 @@ export class DestinationRole {
     const totalMs = Date.now() - entry.startedAt.getTime();
     if (failure) {
       this.log(`${entry.instance}: migration ${record.id} failed: ${failure}`);
-      await this.records.add({ ...record, pages, bytes: pages * PAGE_SIZE, totalMs, result: 'failed', error: failure });
       if (!outcome.ok) this.afterFailedArrival(entry.instance);
+      await this.records.add({ ...record, pages, bytes: pages * PAGE_SIZE, totalMs, result: 'failed', error: failure });
       return;
     }
     this.log(`${entry.instance}: migration ${record.id} restored (init pid ${outcome.ok ? outcome.pid : 0})`);
@@ -373,7 +389,7 @@ export class DestinationRole {
    */
   private async cutIncusMigration(entry: Incoming): Promise<void> {
     try {
-      if (entry.sourceManagerAddresses.length === 0) throw new Error("the source did not say where its incusd listens");
+      if (entry.sourceManagerAddresses.length === 0) throw new Error("the source named no IP address of its own where its incusd listens");
       const { pid } = await this.incus.server();
       const cut = await cutConnections(pid, entry.sourceManagerAddresses);
       if (cut.length === 0) throw new Error(`incusd here holds no connection to the source's incusd at ${entry.sourceManagerAddresses.join(', ')}`);

@@ -8,6 +8,30 @@ export interface HookRequest {
   readonly args: readonly string[];
   /** The asking process: paths in `args` are in its mount namespace (/proc/PID/root reaches them). */
   readonly pid?: number;
+  /**
+   * How long the hook waits for the answer before it runs CRIU unchanged (a dump) or fails (a
+   * restore that needs haul). The agent answers within it; a hook that closes the socket before the
+   * answer has given up, and the agent abandons what it began for that call.
+   */
+  readonly answer_within_ms?: number;
+}
+
+/** How long the hook waits for the agent, by call (the restore's waits for the pages). */
+export const DUMP_ANSWER_MS = 30_000;
+export const RESTORE_ANSWER_MS = 6 * 60_000;
+/** The agent answers this long before the hook's deadline: the answer must still reach it. */
+const ANSWER_MARGIN_MS = 3_000;
+
+/**
+ * When the agent must have answered a request it got at `receivedAt`: by the hook's own word
+ * (hooks installed before it was sent wait DUMP_ANSWER_MS for a dump), less a margin, never past
+ * the longest wait a hook has.
+ */
+export function answerDeadline(request: Pick<HookRequest, 'call' | 'answer_within_ms'>, receivedAt: number): number {
+  const said = request.answer_within_ms;
+  const fallback = request.call === 'dump' ? DUMP_ANSWER_MS : RESTORE_ANSWER_MS;
+  const within = typeof said === 'number' && Number.isFinite(said) && said > 0 ? Math.min(said, RESTORE_ANSWER_MS) : fallback;
+  return receivedAt + Math.max(within - ANSWER_MARGIN_MS, within / 2);
 }
 
 export type HookReply =

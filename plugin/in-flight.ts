@@ -37,6 +37,12 @@ export class InFlight {
 
   constructor(private readonly path: string) {}
 
+  /** Writes the (empty) list now: what an agent that ended without closing left there goes. */
+  async replaceLeftovers(): Promise<void> {
+    this.dirty = true;
+    await this.write();
+  }
+
   start(entry: MigrationProgress): MigrationProgress {
     this.entries.set(entry.id, entry);
     this.changed();

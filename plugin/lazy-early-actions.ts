@@ -5,7 +5,7 @@ import { Socket } from 'node:net';
 import { join } from 'node:path';
 import { createInterface } from 'node:readline';
 import { promisify } from 'node:util';
-import { shellWord } from './shell-words.js';
+import { shellWord } from '../src/shell-words.js';
 
 /**
  * The action script haul gives a lazy dump in place of Incus' own ("lazy-early",

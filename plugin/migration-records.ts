@@ -28,13 +28,29 @@ export interface MigrationRecord {
   readonly error?: string;
 }
 
+/**
+ * The agent's record file (`haul status` reads it). Recording is best effort and comes after what
+ * a migration must do (fail Incus' migration, let incusd go on): a record that cannot be written
+ * (a full disk) is said in the log, and never stops a caller.
+ */
 export class MigrationRecords {
-  constructor(readonly path: string, private readonly hostName = '') {}
+  constructor(
+    readonly path: string,
+    private readonly hostName = '',
+    private readonly log: (line: string) => void = () => {},
+  ) {}
 
-  async add(record: MigrationRecord): Promise<void> {
+  /** Appends `record`; resolves false (and logs why) when it could not be written, never rejects. */
+  async add(record: MigrationRecord): Promise<boolean> {
     const ends = record.role === 'source' ? { source: this.hostName, target: record.peer } : { source: record.peer, target: this.hostName };
-    record = { ...ends, ...record };
-    await appendFile(this.path, `${JSON.stringify(record)}\n`, { mode: 0o600 });
+    const whole = { ...ends, ...record };
+    try {
+      await appendFile(this.path, `${JSON.stringify(whole)}\n`, { mode: 0o600 });
+      return true;
+    } catch (error) {
+      this.log(`could not record migration ${record.id} of ${record.instance} (${record.result}) in ${this.path}: ${error instanceof Error ? error.message : String(error)}`);
+      return false;
+    }
   }
 
   async all(): Promise<MigrationRecord[]> {

@@ -1,7 +1,7 @@
 import { chmod, mkdir, readFile, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
-import { shellWord } from './shell-words.js';
+import { shellWord } from '../src/shell-words.js';
 
 const POLL_MS = 50;
 

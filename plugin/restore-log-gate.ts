@@ -1,6 +1,15 @@
 import { spawn, type ChildProcess } from 'node:child_process';
 import { closeSync, constants, lstatSync, openSync, unlinkSync, writeFileSync } from 'node:fs';
 import { createInterface } from 'node:readline';
+import type { ProcessIdentity } from './process-identity.js';
+
+/** What the gatekeeper does by itself when the agent leaves it without a word. */
+export interface GateContainment {
+  /** The restore's CRIU: killed if it still runs. */
+  readonly criu?: ProcessIdentity;
+  /** `ss` filters (`dst A and src B`) of incusd's connections to the source's incusd: cut. */
+  readonly cutFilters: readonly string[];
+}
 
 /** Part of Debian's perl-base, which is Essential. */
 const PERL = '/usr/bin/perl';
@@ -9,32 +18,53 @@ const READY_MS = 10_000;
 
 /**
  * The gatekeeper, a detached perl process (it must outlive the agent). Arguments: the gate's path
- * (where incusd reads CRIU's restore log), the log CRIU really writes, and the longest wait in
- * seconds. It makes the gate a FIFO it holds open, says `ready`, and waits for a line on stdin, or
- * its end (the agent is gone), or the longest wait. Then it puts a copy of the log in the FIFO's
- * place (later opens read the file) and writes the log into the FIFO for whoever opened it
- * meanwhile, giving up after 30 s without a reader. The gate sits in Incus' restore dir, which the
- * source's rsync filled: every name it writes there is unlinked first and made anew (mkfifo, and
- * sysopen with O_CREAT | O_EXCL | O_NOFOLLOW), so that a link planted there is never written through.
+ * (where incusd reads CRIU's restore log), the log CRIU really writes, the longest wait in
+ * seconds, the restore's CRIU (pid and start time, 0 0 for none), then `ss` filters for incusd's
+ * connections to the source's incusd. It makes the gate a FIFO it holds open, says `ready`, and
+ * waits for the word `release` on stdin, or its end (the agent is gone), or the longest wait. Left
+ * without that word, and unless the agent said `restored` (the restore succeeded), it contains the
+ * restore as the agent would have: it kills that CRIU and cuts those connections, so that Incus
+ * fails the move rather than report a failed restore as a success. Then it puts a copy of the log
+ * in the FIFO's place (later opens read the file) and writes the log into the FIFO for whoever
+ * opened it meanwhile, giving up after 30 s without a reader. The gate sits in Incus' restore dir,
+ * which the source's rsync filled: every name it writes there is unlinked first and made anew
+ * (mkfifo, and sysopen with O_CREAT | O_EXCL | O_NOFOLLOW), so that a link planted there is never
+ * written through.
  */
 const GATEKEEPER = String.raw`
 use POSIX ();
 use Fcntl;
-my ($gate, $log, $max_wait) = @ARGV;
+my ($gate, $log, $max_wait, $criu_pid, $criu_start, @cuts) = @ARGV;
 $SIG{PIPE} = "IGNORE"; $SIG{HUP} = "IGNORE"; $SIG{INT} = "IGNORE";
 $| = 1;
 unlink $gate;
 POSIX::mkfifo($gate, 0600) or do { print "error cannot make the FIFO $gate: $!\n"; exit 1; };
 sysopen(my $fifo, $gate, O_RDWR | O_NONBLOCK | O_NOFOLLOW) or do { print "error cannot open $gate: $!\n"; unlink $gate; exit 1; };
 print "ready\n";
+my $word = "";
 eval {
   local $SIG{ALRM} = sub { die "late\n" };
   local $SIG{TERM} = sub { die "ended\n" };
   alarm $max_wait;
-  my $word = <STDIN>;
+  while (defined(my $line = <STDIN>)) { chomp $line; $word = $line; last if $word eq "release"; }
   alarm 0;
 };
 alarm 0; $SIG{TERM} = "IGNORE"; # from here on it ends by itself, the FIFO gone
+if ($word ne "release" && $word ne "restored") {
+  # the same process still (its start time, field 22 of /proc/PID/stat), not one that reused the pid
+  if ($criu_pid > 0 && open(my $stat, "<", "/proc/$criu_pid/stat")) {
+    my $fields = <$stat>; close $stat;
+    $fields =~ s/^.*\) //s;
+    my @field = split / /, $fields;
+    kill "KILL", $criu_pid if defined $field[19] && $field[19] eq $criu_start;
+  }
+  open(my $quiet, ">", "/dev/null");
+  for my $filter (@cuts) {
+    my $pid = fork;
+    if (defined $pid && $pid == 0) { open(STDOUT, ">&", $quiet); open(STDERR, ">&", $quiet); exec "ss", "-K", "-t", "-n", $filter; POSIX::_exit(127); }
+    waitpid($pid, 0) if defined $pid;
+  }
+}
 my $copy = "$gate.haul-copy";
 my $placed = 0;
 unlink $copy; # whatever the source's rsync left there: a link is never written through
@@ -75,9 +105,15 @@ export class RestoreLogGate {
 
   private constructor(private readonly keeper: ChildProcess) {}
 
-  /** Makes `gatePath` the gate for the log CRIU writes at `logPath`; lets go after `maxWaitMs` in any case. */
-  static async open(gatePath: string, logPath: string, maxWaitMs: number): Promise<RestoreLogGate> {
-    const keeper = spawn(PERL, ['-e', GATEKEEPER, gatePath, logPath, String(Math.ceil(maxWaitMs / 1000))], { detached: true, stdio: ['pipe', 'pipe', 'ignore'] });
+  /**
+   * Makes `gatePath` the gate for the log CRIU writes at `logPath`; lets go after `maxWaitMs` in any
+   * case. `containment`: what the keeper does itself when it is left without the agent's word (the
+   * agent died, or never answered): kill the restore's CRIU, and cut incusd's connections (`ss`
+   * filters, connectionFilters) to the source's incusd.
+   */
+  static async open(gatePath: string, logPath: string, maxWaitMs: number, containment: GateContainment = { cutFilters: [] }): Promise<RestoreLogGate> {
+    const criu = containment.criu ? [String(containment.criu.pid), containment.criu.startTime] : ['0', '0'];
+    const keeper = spawn(PERL, ['-e', GATEKEEPER, gatePath, logPath, String(Math.ceil(maxWaitMs / 1000)), ...criu, ...containment.cutFilters], { detached: true, stdio: ['pipe', 'pipe', 'ignore'] });
     keeper.stdin!.on('error', () => {});
     const lines = createInterface({ input: keeper.stdout! });
     try {
@@ -109,6 +145,11 @@ export class RestoreLogGate {
     return new RestoreLogGate(keeper);
   }
 
+  /** The restore succeeded: whatever happens to the agent now, the keeper only lets go. */
+  restored(): void {
+    if (!this.released) this.keeper.stdin!.write('restored\n');
+  }
+
   /** Lets incusd read the log (idempotent). */
   release(): void {
     if (this.released) return;
@@ -116,14 +157,22 @@ export class RestoreLogGate {
     this.keeper.stdin!.end('release\n');
   }
 
-  /** Lets incusd read the log once `done` settles; `releaseUnlessPending` then leaves it to that. */
+  /** Leaves the gate to the keeper without a word: it contains the restore (see open), then lets go. */
+  abandon(): void {
+    if (this.released) return;
+    this.released = true;
+    this.keeper.stdin!.end();
+  }
+
+  /** Lets incusd read the log once `done` settles; `abandonUnlessPending` then leaves it to that. */
   releaseWhen(done: Promise<unknown>): void {
     this.pending = true;
     void done.finally(() => this.release()).catch(() => {});
   }
 
-  releaseUnlessPending(): void {
-    if (!this.pending) this.release();
+  /** After an error on the agent's way: incusd must not wait for good, nor go on uncontained. */
+  abandonUnlessPending(): void {
+    if (!this.pending) this.abandon();
   }
 }
 

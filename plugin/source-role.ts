@@ -44,9 +44,52 @@ const WORK_DIR_KEPT_MS = 60 * 60_000;
 
 export type HaulMode = 'precopy' | 'lazy' | 'off';
 
+/** What the agent knows of the hook's wait for a dump's answer (see HookRequest.answer_within_ms). */
+export interface HookCall {
+  /** When the agent must have answered (Date.now() time). */
+  readonly deadline: number;
+  /** Aborted when the hook closed its socket before the answer: it runs CRIU unchanged. */
+  readonly gaveUp: AbortSignal;
+}
+
+const HOOK_GAVE_UP = "the source's CRIU hook gave up waiting for its agent";
+/** A peer is asked only with at least this long left before the hook's deadline. */
+const LEAST_OFFER_MS = 1_000;
+
+/** Why no (further) peer may be asked, or undefined while there is time. */
+function tooLateToOffer(hook: HookCall): string | undefined {
+  if (hook.gaveUp.aborted) return HOOK_GAVE_UP;
+  if (hook.deadline - Date.now() < LEAST_OFFER_MS) return "the CRIU hook's wait for an answer is nearly over";
+  return undefined;
+}
+
+/**
+ * `work`, unless the hook's deadline passes or it gives up first (then rejects); what `work`
+ * yields too late goes to `discard` (a session nobody will use).
+ */
+async function withinHookDeadline<T>(work: Promise<T>, hook: HookCall, discard: (late: T) => void = () => {}): Promise<T> {
+  let timer: NodeJS.Timeout | undefined;
+  let onAbort: (() => void) | undefined;
+  const cutShort = new Promise<never>((_, reject) => {
+    if (Number.isFinite(hook.deadline)) timer = setTimeout(() => reject(new Error("no answer before the CRIU hook's wait for one was nearly over")), Math.max(0, hook.deadline - Date.now()));
+    onAbort = () => reject(new Error(HOOK_GAVE_UP));
+    if (hook.gaveUp.aborted) onAbort();
+    else hook.gaveUp.addEventListener('abort', onAbort, { once: true });
+  });
+  try {
+    return await Promise.race([work, cutShort]);
+  } catch (error) {
+    void work.then(discard, () => {});
+    throw error;
+  } finally {
+    clearTimeout(timer);
+    hook.gaveUp.removeEventListener('abort', onAbort!);
+  }
+}
+
 export interface Peer {
   readonly name: string;
-  /** wss://HOST:PORT, or ws://127.0.0.1:PORT with insecure */
+  /** wss://HOST:PORT (an agent links over TLS only) */
   readonly url: string;
 }
 
@@ -113,8 +156,13 @@ export class SourceRole {
     private readonly inFlight: InFlight,
   ) {}
 
-  /** `callerPid`: the hook's process, which becomes CRIU. */
-  async dump(args: readonly string[], callerPid?: number): Promise<HookReply> {
+  /**
+   * `callerPid`: the hook's process, which becomes CRIU. `hook`: when the hook stops waiting for
+   * the answer, and the signal that it did: peers are offered the migration only while there is
+   * time left, and a migration a peer took after the hook gave up is abandoned (the peer told, the
+   * id taken back out of Incus' directory, where it would make the native restore need haul).
+   */
+  async dump(args: readonly string[], callerPid?: number, hook: HookCall = { deadline: Number.POSITIVE_INFINITY, gaveUp: new AbortController().signal }): Promise<HookReply> {
     const pid = Number(argumentOf(args, '-t'));
     const dir = argumentOf(args, '-D');
     // not the final dump of a live move, or someone else already chose where pages go
@@ -135,10 +183,17 @@ export class SourceRole {
     const version = await this.criuVersion();
     const disk = await this.diskCatchUp(instance, pid, startedAt);
     const refusals: string[] = [];
+    const idFile = join(dir, MIGRATION_ID_FILE);
     for (const peer of this.peers) {
+      const late = tooLateToOffer(hook);
+      if (late) {
+        refusals.push(`${peer.name}${this.peers.indexOf(peer) < this.peers.length - 1 ? ' and the peers after it' : ''} not asked: ${late}`);
+        break;
+      }
       let session: LinkSession | undefined;
+      let idWritten = false;
       try {
-        ({ session } = await dialLink(peer.url, this.endpoint));
+        ({ session } = await withinHookDeadline(dialLink(peer.url, this.endpoint), hook, (late) => late.session.close()));
         // before any await: the peer opens its channels as soon as the session exists
         const answers = new ControlInbox(session);
         const faults = new FaultQueue(session);
@@ -146,7 +201,7 @@ export class SourceRole {
         const version3 = `${version.major}.${version.minor}.${version.patch}`;
         const linkMode = mode === 'lazy' ? 'lazy' : 'pre-copy';
         await sendControl(control.writable, { migration_start: { mode: linkMode, pid, criu_version: version3, instance: instance.name, migration_id: id, source_host: this.hostName, restore_timeout_ms: restoreTimeoutMs(instance), manager_addresses: await managerAddresses } });
-        const accepted = await answers.next('migration_accepted', PEER_ANSWER_MS);
+        const accepted = await withinHookDeadline(answers.next('migration_accepted', PEER_ANSWER_MS), hook);
         if (!accepted.ok) {
           refusals.push(`${peer.name}: ${accepted.error}`);
           session.close();
@@ -155,7 +210,16 @@ export class SourceRole {
         const layout = headerLayoutFor(version);
         const workDir = join(this.workDir, id);
         await mkdir(workDir, { recursive: true, mode: 0o700 });
-        await writeFile(join(dir, MIGRATION_ID_FILE), `${JSON.stringify({ id, source: peer.name, mode })}\n`, { mode: 0o644 });
+        idWritten = true; // before it is: a failed write may leave part of it
+        await writeFile(idFile, `${JSON.stringify({ id, source: peer.name, mode })}\n`, { mode: 0o644 });
+        const taken = session;
+        const abandon = (): void => {
+          this.log(`${instance.name}: the CRIU hook gave up waiting for this agent; migration ${id} to ${peer.name} abandoned, the dump runs natively`);
+          void rm(idFile, { force: true }).catch(() => {});
+          if (taken.isOpen) taken.abort("the source's CRIU hook gave up waiting for its agent: the dump runs natively");
+        };
+        if (hook.gaveUp.aborted) throw new Error(HOOK_GAVE_UP);
+        hook.gaveUp.addEventListener('abort', abandon, { once: true });
         const record = { ...base, id, peer: peer.name };
         const progress = this.inFlight.start({ id, instance: instance.name, role: 'source', peer: peer.name, mode, phase: 'dumping', pages: 0, startedAt: startedAt.toISOString() });
         this.log(`${instance.name}: dump pages go to ${peer.name} through haul (${mode}, migration ${id})`);
@@ -200,7 +264,11 @@ export class SourceRole {
         return { args: [...lazyArgs, '--lazy-pages', '--address', '127.0.0.1', '--port', String(lazyPort)] };
       } catch (error) {
         refusals.push(`${peer.name}: ${error instanceof Error ? error.message : String(error)}`);
-        if (session?.isOpen) session.abort('the source gave up on this peer');
+        // a stray id in Incus' directory would make the native restore wait for haul, and fail
+        if (idWritten) await rm(idFile, { force: true }).catch(() => {});
+        this.inFlight.end(id);
+        if (session?.isOpen) session.abort(hook.gaveUp.aborted ? HOOK_GAVE_UP : 'the source gave up on this peer');
+        if (hook.gaveUp.aborted) break;
       }
     }
     const why = refusals.length ? refusals.join('; ') : 'no peers configured';
@@ -345,7 +413,7 @@ export class SourceRole {
     const { dumpDir, lazyPort } = dump;
     let lazyServer: Socket | undefined;
     let incusFailure: string | undefined;
-    void actions.incusPostDump.then((status) => status !== 0 && (incusFailure = `Incus' post-dump step failed (${status}): the destination did not restore`));
+    void actions.incusPostDump.then((status) => status !== 0 && (incusFailure = `Incus' post-dump step failed (${status}): the destination did not restore`)).catch(() => {});
     // haul's destination reports the restore itself too: Incus' word alone can call a failure a success
     let restoreFailure: string | undefined;
     let restoredAt: number | undefined;

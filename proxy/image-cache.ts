@@ -1,3 +1,4 @@
+import { mkdirSync } from 'node:fs';
 import { mkdir } from 'node:fs/promises';
 import { join } from 'node:path';
 import { runCriu } from '../src/criu/run/criu-process.js';
@@ -20,6 +21,39 @@ export interface CacheOptions extends EndpointOptions {
   readonly dir: string;
   readonly criuBinary?: string;
   readonly onEvent?: (event: CacheEvent) => void;
+  /** A migration whose pages stop arriving for this long before its image set is complete fails (default 2 min). */
+  readonly idleMs?: number;
+  /** How long after reporting the restore the source has to say it ended its copy (default 2 min); then the copy here is kept stopped, in doubt. */
+  readonly commitWithinMs?: number;
+}
+
+const DEFAULT_IDLE_MS = 2 * 60_000;
+const DEFAULT_COMMIT_WITHIN_MS = 2 * 60_000;
+const IDLE_CHECK_MS = 250;
+
+/**
+ * Until the store's image set is complete; fails once no page has arrived for `idleMs` (a source
+ * that keeps the link up and sends nothing would otherwise hold the migration for good).
+ */
+async function completeWhileArriving(store: CacheStore, idleMs: number): Promise<void> {
+  let seen = store.pagesStored;
+  let lastProgress = Date.now();
+  let timer: NodeJS.Timeout | undefined;
+  const stalled = new Promise<never>((_, reject) => {
+    timer = setInterval(() => {
+      if (store.pagesStored !== seen) {
+        seen = store.pagesStored;
+        lastProgress = Date.now();
+      } else if (Date.now() - lastProgress >= idleMs) {
+        reject(new Error(`no progress from the source for ${idleMs / 1000} s before its image set was complete`));
+      }
+    }, Math.min(IDLE_CHECK_MS, idleMs));
+  });
+  try {
+    await Promise.race([store.complete, stalled]);
+  } finally {
+    clearInterval(timer);
+  }
 }
 
 export type CacheEvent =
@@ -64,17 +98,22 @@ export class ImageCache {
   private async serve(session: LinkSession): Promise<void> {
     const id = `${new Date().toISOString().replace(/[:.]/g, '-')}-${++this.migrations}`;
     const dir = join(this.options.dir, id);
-    await mkdir(dir, { mode: 0o700 });
-    this.options.onEvent?.({ kind: 'migration', id, dir });
+    // nothing awaited before every channel is listened for: the source's channels are announced
+    // once, right after the handshake (an awaited mkdir waits for libuv's thread pool, and under a
+    // busy one the source's control channel came and went meanwhile)
+    mkdirSync(dir, { mode: 0o700 });
     const store = new CacheStore(session, dir);
     const answer = session.openChannel(ChannelKind.CONTROL, 'restore-result');
-    const lazyPages = await LazyPageStore.forSession(session, join(dir, 'lazy-pages.bin'));
+    const lazyPagesReady = LazyPageStore.forSession(session, join(dir, 'lazy-pages.bin'));
+    const lazyPages = await lazyPagesReady;
+    this.options.onEvent?.({ kind: 'migration', id, dir });
+    const commitWithinMs = this.options.commitWithinMs ?? DEFAULT_COMMIT_WITHIN_MS;
     const restoreBinary = this.options.criuBinary ? { binary: this.options.criuBinary } : {};
     const pidFile = join(dir, 'restored.pid');
     let tree: RestoredTree | undefined;
     let reported = false;
     try {
-      await store.complete;
+      await completeWhileArriving(store, this.options.idleMs ?? DEFAULT_IDLE_MS);
       const lazy = store.control.messages.some((message) => message.migration_start?.mode === 'lazy');
       if (!lazy) {
         // held stopped until the source says its own copy has ended: never two running copies
@@ -85,7 +124,7 @@ export class ImageCache {
         const unsent = { detached: !session.attached, attachments: session.attachments };
         await sendControl(answer.writable, { restore_result: { ok: true, error: '', pid: tree.pid } });
         try {
-          await store.control.next('commit');
+          await store.control.next('commit', commitWithinMs);
         } catch (error) {
           if (unsent.detached && session.attachments === unsent.attachments) {
             throw new Error(`the link to the source failed before the restore could be reported (${error instanceof Error ? error.message : String(error)})`);
@@ -130,7 +169,7 @@ export class ImageCache {
         const unsent = { detached: !session.attached, attachments: session.attachments };
         await sendControl(answer.writable, { lazy_complete: { pages: BigInt(lazyPages.received) } });
         try {
-          await store.control.next('commit');
+          await store.control.next('commit', commitWithinMs);
         } catch (error) {
           if (unsent.detached && session.attachments === unsent.attachments) throw error;
           const reason = `the link failed after every page arrived, before the source confirmed it ended its copy (${error instanceof Error ? error.message : String(error)}); pid ${tree.pid} is kept stopped: if the source process is gone, run it with kill -CONT, else kill it`;

@@ -24,8 +24,11 @@ interface SessionEntry {
 }
 
 interface ListenerEvents {
-  /** A new session from a dialler, with what it said about its host. */
-  session: [LinkSession, HostInfo];
+  /**
+   * A new session from a dialler, with what it said about its host and the remote address of the
+   * connection it came over (what the peer cannot choose, unlike what it says).
+   */
+  session: [LinkSession, HostInfo, string | undefined];
   /** A connection that was refused, and why (it never becomes a session). */
   refused: [Error];
 }
@@ -78,12 +81,12 @@ export class LinkListener extends EventEmitter<ListenerEvents> {
     const bound = server.address();
     if (bound === null || typeof bound === 'string') throw new Error('the link listener has no TCP port');
     const listener = new LinkListener(server, options, bound.port);
-    wss.on('connection', (ws, request) => {
+    wss.on('connection', (ws, request: IncomingMessage) => {
       // a peer that breaks the protocol makes ws emit 'error' (then 'close', which the handshake
       // and the transport hear): unheard, it would end the process before any handshake
       ws.on('error', () => {});
       const fingerprint = identity ? peerFingerprint(request.socket as TLSSocket) : undefined;
-      listener.accept(ws, fingerprint).catch((error: unknown) => {
+      listener.accept(ws, fingerprint, request.socket.remoteAddress).catch((error: unknown) => {
         ws.terminate();
         listener.emit('refused', error instanceof Error ? error : new Error(String(error)));
       });
@@ -91,7 +94,7 @@ export class LinkListener extends EventEmitter<ListenerEvents> {
     return listener;
   }
 
-  private async accept(ws: WebSocket, fingerprint: string | undefined): Promise<void> {
+  private async accept(ws: WebSocket, fingerprint: string | undefined, remoteAddress: string | undefined): Promise<void> {
     const refuse = (reason: string, code: LinkProtocolCode = 'HAUL_LINK_PROTOCOL'): void => {
       ws.send(helloReplyFrame({ protocol_version: PROTOCOL_VERSION, resumed: false, host: this.options.host, received: [], refusal: reason }), () => ws.close(1008, 'refused'));
       this.emit('refused', new LinkProtocolError(reason, { code }));
@@ -118,7 +121,7 @@ export class LinkListener extends EventEmitter<ListenerEvents> {
     const reply = { protocol_version: PROTOCOL_VERSION, resumed: Boolean(known), host: this.options.host, received: entry.session.progress(), refusal: '' };
     ws.send(helloReplyFrame(reply));
     entry.session.attach(transport, known ? hello.received : undefined);
-    if (!known) this.emit('session', entry.session, hello.host);
+    if (!known) this.emit('session', entry.session, hello.host, remoteAddress);
   }
 
   // Keeps a session for resumption while it is detached, for at most the resume window.

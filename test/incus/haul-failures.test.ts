@@ -1,10 +1,12 @@
-import { readFileSync } from 'node:fs';
+import { execFile } from 'node:child_process';
+import { existsSync, readFileSync, writeFileSync } from 'node:fs';
+import { promisify } from 'node:util';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { afterAll, afterEach, expect, it } from 'vitest';
 import type { MigrationProgress } from '../../plugin/in-flight.js';
 import { MigrationRecords } from '../../plugin/migration-records.js';
 import { describeOnHost } from '../support/host.js';
-import { NativeMoveDefect, TestContainer, incus, killAgent, startAgents, type TestHost } from '../support/testbed.js';
+import { NativeMoveDefect, TestContainer, agentPid, incus, killAgent, startAgents, type TestHost } from '../support/testbed.js';
 import { expectedChecksum, realtimeNs, type WorkloadReport } from '../support/workload.js';
 
 const recordsOf = async (host: TestHost, instance: string) =>
@@ -114,4 +116,77 @@ describeOnHost('incus move when haul is missing or fails', ['root', 'criu', 'tes
       await expectSameWorkload(container, before, since);
     }, 600_000);
   }
+
+  it("keeps the source running with its memory when the destination cannot record the failed restore (disk full), and a later move succeeds", async () => {
+    // every write to the destination agent's record file fails with ENOSPC (/dev/full bound over it)
+    const recordsFile = '/var/lib/haul-testbed/dst/haul/agent/migrations.jsonl';
+    if (!existsSync(recordsFile)) writeFileSync(recordsFile, '', { mode: 0o600 });
+    await promisify(execFile)('mount', ['--bind', '/dev/full', recordsFile]);
+    let mounted = true;
+    const unmount = async (): Promise<void> => {
+      if (mounted) await promisify(execFile)('umount', [recordsFile]);
+      mounted = false;
+    };
+    try {
+      const agent = agentPid('dst');
+      const logBefore = readFileSync('/var/lib/haul-testbed/dst/log/agent.log', 'utf8').length;
+      const dstLog = (): string => readFileSync('/var/lib/haul-testbed/dst/log/agent.log', 'utf8').slice(logBefore);
+      const container = await TestContainer.launch('busybox', 'src', '/tmp/counter', ['--config', 'user.haul.mode=precopy', '--config', 'user.haul.restore-timeout=0.001']);
+      containers.push(container);
+      await container.exec(['haul-workload', 'start', '--dir', '/run/big', '--mib', '256']);
+      const before = await container.workloadReport('/run/big');
+      const since = realtimeNs();
+      const failure = await container.moveTo('dst').then(() => undefined, (error: unknown) => error);
+      expect(failure).toBeInstanceOf(Error);
+      expect(failure).not.toBeInstanceOf(NativeMoveDefect);
+      // contained all the same: Incus' migration cut, and the record's failure said in the log
+      await expect.poll(dstLog, { timeout: 30_000 }).toMatch(new RegExp(`${container.name}: the restore failed; [1-9]\\d* connections of incusd here to the source's incusd`));
+      await expect.poll(dstLog, { timeout: 30_000 }).toMatch(/could not record migration .*ENOSPC/);
+      expect((await container.whereabouts()).src).toBe('RUNNING');
+      await expectSameWorkload(container, before, since);
+      // the agent lives on (an unhandled ENOSPC used to end it) and repairs what Incus left
+      expect(existsSync(`/proc/${agent}`)).toBe(true);
+      expect(agentPid('dst')).toBe(agent);
+      await expect.poll(() => dstLog().includes(`${container.name}: after the failed move:`), { timeout: 120_000, interval: 1000 }).toBe(true);
+      await unmount();
+      await incusConfigUnset(container, 'user.haul.restore-timeout');
+      await container.moveTo('dst');
+      expect(await container.whereabouts()).toEqual({ src: undefined, dst: 'RUNNING' });
+      await expectSameWorkload(container, before, since);
+    } finally {
+      await unmount();
+    }
+  }, 600_000);
+
+  it("keeps the source running with its memory when the destination's agent is killed while it guards a failed restore, and a later move succeeds", async () => {
+    const logPath = '/var/lib/haul-testbed/dst/log/agent.log';
+    const logBefore = readFileSync(logPath, 'utf8').length;
+    const dstLog = (): string => readFileSync(logPath, 'utf8').slice(logBefore);
+    // the agent would kill the restore at once (1 ms): it is killed itself as the restore starts,
+    // with incusd held at the restore's log and Incus' migration not yet cut
+    const container = await TestContainer.launch('busybox', 'src', '/tmp/counter', ['--config', 'user.haul.mode=precopy', '--config', 'user.haul.restore-timeout=0.001']);
+    containers.push(container);
+    await container.exec(['haul-workload', 'start', '--dir', '/run/big', '--mib', '256']);
+    const before = await container.workloadReport('/run/big');
+    const since = realtimeNs();
+    const move = container.moveTo('dst').then(() => undefined, (error: unknown) => error);
+    const restoring = new RegExp(`${container.name}: pages of migration \\S+ placed; restoring`);
+    const deadline = Date.now() + 120_000;
+    while (!restoring.test(dstLog()) && Date.now() < deadline) await sleep(5);
+    await killAgent('dst');
+    const failure = await move;
+    expect(failure).toBeInstanceOf(Error);
+    expect(failure).not.toBeInstanceOf(NativeMoveDefect);
+    expect((await container.whereabouts()).src).toBe('RUNNING');
+    await expectSameWorkload(container, before, since);
+
+    // the next agent finishes what the killed one left: Incus' leaked lock released
+    await startAgents();
+    await expect.poll(() => dstLog().includes(`${container.name}: after a migration the previous agent left unfinished:`), { timeout: 240_000, interval: 1000 }).toBe(true);
+    expect(await container.whereabouts()).toEqual({ src: 'RUNNING', dst: undefined });
+    await incusConfigUnset(container, 'user.haul.restore-timeout');
+    await container.moveTo('dst');
+    expect(await container.whereabouts()).toEqual({ src: undefined, dst: 'RUNNING' });
+    await expectSameWorkload(container, before, since);
+  }, 600_000);
 });

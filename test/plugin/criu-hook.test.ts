@@ -5,7 +5,7 @@ import { createInterface } from 'node:readline';
 import { promisify } from 'node:util';
 import { afterEach, describe, expect, it } from 'vitest';
 import { installHook, uninstallHook } from '../../plugin/criu-hook.js';
-import { hookReplyText, type HookReply, type HookRequest } from '../../plugin/hook-protocol.js';
+import { DUMP_ANSWER_MS, RESTORE_ANSWER_MS, hookReplyText, type HookReply, type HookRequest } from '../../plugin/hook-protocol.js';
 
 import { scratchDir } from '../support/scratch.js';
 
@@ -104,7 +104,19 @@ describe('the CRIU hook that haul agent install puts first on incusd\'s PATH', (
     cleanups.push(() => agent.close());
     const odd = ['dump', '-D', 'a "quoted" \\ back\\slash', "it's", 'tab\there', 'ünï', '$(touch /tmp/no)'];
     expect(await runHook(hook, incusDir, odd)).toMatchObject({ code: 0, lines: odd });
-    expect(asked).toEqual([{ call: 'dump', pid: expect.any(Number), args: odd }]);
+    expect(asked).toEqual([{ call: 'dump', pid: expect.any(Number), answer_within_ms: DUMP_ANSWER_MS, args: odd }]);
+  });
+
+  it('tells the agent how long it waits for the answer, which is how long the agent may take', async () => {
+    const { dir, incusDir, realCriu, remove } = setUp();
+    cleanups.push(remove);
+    const hook = await installHook(`${dir}/hook`, realCriu);
+    const asked: HookRequest[] = [];
+    const agent = await fakeAgent(incusDir, (request) => (asked.push(request), { args: request.args }));
+    cleanups.push(() => agent.close());
+    await runHook(hook, incusDir, ['dump', '-t', '42']);
+    await runHook(hook, incusDir, ['restore', '-D', '/tmp/r']);
+    expect(asked.map((request) => request.answer_within_ms)).toEqual([DUMP_ANSWER_MS, RESTORE_ANSWER_MS]);
   });
 
   it('becomes CRIU in the process that asked, so liblxc finds the restore among its own children', async () => {

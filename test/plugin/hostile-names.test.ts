@@ -51,7 +51,7 @@ function destination() {
 }
 
 async function startMigration(role: DestinationRole, start: { instance: string; id: string }) {
-  const { source, answers } = linked((session) => role.serve(session));
+  const { source, answers } = linked((session) => role.serve(session, '127.0.0.1'));
   const control = source.openChannel(ChannelKind.CONTROL, 'migration');
   await sendControl(control.writable, {
     migration_start: { mode: 'pre-copy', pid: 1, criu_version: '4.1.1', instance: start.instance, migration_id: start.id, source_host: 'peer', restore_timeout_ms: 0, manager_addresses: [] },

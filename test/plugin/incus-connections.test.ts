@@ -1,7 +1,7 @@
 import { once } from 'node:events';
 import { createServer, connect, type Socket } from 'node:net';
 import { afterEach, describe, expect, it } from 'vitest';
-import { cutConnections, resolveEndpoint } from '../../plugin/incus-connections.js';
+import { MAX_MANAGER_ADDRESSES, cutConnections, cuttableEndpoints } from '../../plugin/incus-connections.js';
 import { canonicalEndpoint, establishedConnections } from '../../src/host/index.js';
 import { describeOnHost } from '../support/host.js';
 
@@ -34,10 +34,27 @@ describe("reading the kernel's TCP tables", () => {
     expect(canonicalEndpoint('127.0.0.1:80')).toBe('127.0.0.1:80');
     expect(canonicalEndpoint('example')).toBeUndefined();
   });
+});
 
-  it('takes a host name for the addresses it resolves to', async () => {
-    expect(await resolveEndpoint('localhost:8443')).toContain('127.0.0.1:8443');
-    expect(await resolveEndpoint('[fd42::1]:8443')).toEqual(['[fd42::1]:8443']);
+describe("what the source may name as its incusd's addresses", () => {
+  it('takes only IP literals of the host the link came from', () => {
+    const { endpoints, ignored } = cuttableEndpoints(['127.0.0.1:18443', 'localhost:18443', '10.0.0.9:8443', 'incus.example:8443', '0.0.0.0:8443'], '127.0.0.1');
+    expect(endpoints).toEqual(['127.0.0.1:18443']);
+    expect(ignored).toEqual(['localhost:18443', '10.0.0.9:8443', 'incus.example:8443', '0.0.0.0:8443']);
+  });
+
+  it('matches a link over IPv6, and an IPv4 peer the socket reports IPv4-mapped', () => {
+    expect(cuttableEndpoints(['[fd42:0::1]:8443', '[fd42::2]:8443'], 'fd42::1').endpoints).toEqual(['[fd42::1]:8443']);
+    expect(cuttableEndpoints(['192.0.2.7:8443'], '::ffff:192.0.2.7').endpoints).toEqual(['192.0.2.7:8443']);
+  });
+
+  it(`takes at most ${MAX_MANAGER_ADDRESSES} of them`, () => {
+    const claimed = Array.from({ length: 100 }, (_, at) => `127.0.0.1:${20000 + at}`);
+    expect(cuttableEndpoints(claimed, '127.0.0.1').endpoints).toHaveLength(MAX_MANAGER_ADDRESSES);
+  });
+
+  it('takes nothing when the link came from nowhere known', () => {
+    expect(cuttableEndpoints(['127.0.0.1:18443'], undefined).endpoints).toEqual([]);
   });
 });
 
@@ -79,5 +96,13 @@ describeOnHost("cutting a process's connections to a peer", ['root'], () => {
     expect(kept.destroyed).toBe(false);
     kept.write('still here');
     await expect.poll(() => other.accepted[0]?.read()?.toString()).toBe('still here');
+  });
+
+  it('resolves no name: a host name cuts nothing', async () => {
+    const peer = await serve();
+    const kept = await dial(peer.port);
+    expect(await cutConnections(process.pid, [`localhost:${peer.port}`])).toEqual([]);
+    kept.write('still here');
+    await expect.poll(() => peer.accepted[0]?.read()?.toString()).toBe('still here');
   });
 });

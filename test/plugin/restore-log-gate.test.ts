@@ -1,8 +1,15 @@
+import { spawn } from 'node:child_process';
+import { once } from 'node:events';
 import { existsSync, lstatSync, readdirSync, readFileSync, symlinkSync, writeFileSync } from 'node:fs';
+import { connect, createServer, type Socket } from 'node:net';
+import { join } from 'node:path';
+import { createInterface } from 'node:readline';
 import { readFile } from 'node:fs/promises';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { afterEach, describe, expect, it } from 'vitest';
 import { RestoreLogGate } from '../../plugin/restore-log-gate.js';
+import { describeOnHost } from '../support/host.js';
+import { REPO } from '../support/paths.js';
 import { scratchDir } from '../support/scratch.js';
 
 /** A CRIU-like log larger than a pipe holds, so that it has to be streamed to the reader. */
@@ -103,5 +110,61 @@ describe("the gate on CRIU's restore log (what incusd reads before it reports a 
   it('says why when the gate cannot be made', async () => {
     const { gatePath, logPath } = setUp();
     await expect(RestoreLogGate.open(`${gatePath}/missing-dir/restore.log`, logPath, 1000)).rejects.toThrow(/cannot make the FIFO/);
+  });
+});
+
+describeOnHost('the gate when the agent dies before it has a word for it', ['root'], () => {
+  const cleanups: Array<() => void> = [];
+  afterEach(() => cleanups.splice(0).reverse().forEach((cleanup) => cleanup()));
+
+  /**
+   * An agent of its own (a Node process, killable) that opens the gate with the given restore's CRIU
+   * and ss filters, says so on stdout, and waits.
+   */
+  async function agentHolding(gatePath: string, logPath: string, criuPid: number, cutFilters: string[]): Promise<{ kill(): void }> {
+    const script = `
+      const { RestoreLogGate } = await import(${JSON.stringify(join(REPO, 'dist/plugin/restore-log-gate.js'))});
+      const { identify } = await import(${JSON.stringify(join(REPO, 'dist/plugin/process-identity.js'))});
+      await RestoreLogGate.open(${JSON.stringify(gatePath)}, ${JSON.stringify(logPath)}, 60000, { criu: identify(${criuPid}), cutFilters: ${JSON.stringify(cutFilters)} });
+      console.log('holding');
+      setInterval(() => {}, 1000);
+    `;
+    const agent = spawn(process.execPath, ['--input-type=module', '-e', script], { stdio: ['ignore', 'pipe', 'inherit'] });
+    cleanups.push(() => agent.kill('SIGKILL'));
+    const [line] = (await once(createInterface({ input: agent.stdout! }), 'line')) as [string];
+    expect(line).toBe('holding');
+    return { kill: () => agent.kill('SIGKILL') };
+  }
+
+  it("kills the restore's CRIU and cuts incusd's connections to the source before it lets the reader through", async () => {
+    const scratch = scratchDir('log-gate-dead-agent');
+    cleanups.push(scratch.remove);
+    const gatePath = `${scratch.path}/restore.log`;
+    const logPath = `${scratch.path}/criu-restore.log`;
+    writeLog(logPath);
+    // the restore's CRIU, still running
+    const criu = spawn('sleep', ['60'], { stdio: 'ignore' });
+    cleanups.push(() => criu.kill('SIGKILL'));
+    const criuGone = once(criu, 'exit');
+    // incusd's connection to the source's incusd: this process's, here
+    const accepted: Socket[] = [];
+    const server = createServer((socket) => void accepted.push(socket.on('error', () => {})));
+    server.listen(0, '127.0.0.1');
+    await once(server, 'listening');
+    cleanups.push(() => (accepted.forEach((socket) => socket.destroy()), server.close()));
+    const port = (server.address() as { port: number }).port;
+    const migration = connect(port, '127.0.0.1');
+    await once(migration, 'connect');
+    cleanups.push(() => migration.destroy());
+    const cut = once(migration, 'error').then(([error]) => (error as NodeJS.ErrnoException).code);
+    const filter = `dst 127.0.0.1:${port} and src 127.0.0.1:${migration.localPort}`;
+
+    const agent = await agentHolding(gatePath, logPath, criu.pid!, [filter]);
+    const reader = readFile(gatePath, 'utf8');
+    expect(await settledWithin(reader, 300)).toBe(false);
+    agent.kill();
+    await criuGone;
+    expect(await cut).toBe('ECONNABORTED');
+    expect(await Promise.race([reader, sleep(5000).then(() => 'still waiting')])).toContain('a restore log line');
   });
 });

@@ -3,6 +3,7 @@ import { constants, createReadStream } from 'node:fs';
 import { chmod, open, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { promisify } from 'node:util';
+import { shellWord } from '../../shell-words.js';
 
 /**
  * Lets haul decide, at CRIU's post-dump, what happens to the dumped tasks. CRIU runs its action
@@ -36,8 +37,8 @@ export class PostDumpGate {
         '#!/bin/sh',
         '# written by haul: at post-dump, ask haul whether the dumped tasks may die',
         '[ "$CRTOOLS_SCRIPT_ACTION" = post-dump ] || exit 0',
-        `echo post-dump > '${toHaul}' || exit 1`,
-        `read answer < '${toCriu}' || exit 1`,
+        `echo post-dump > ${shellWord(toHaul)} || exit 1`,
+        `read answer < ${shellWord(toCriu)} || exit 1`,
         '[ "$answer" = ok ]',
         '',
       ].join('\n'),
