@@ -1,5 +1,5 @@
 import { spawn } from 'node:child_process';
-import { randomBytes } from 'node:crypto';
+import { randomBytes, randomUUID } from 'node:crypto';
 import { existsSync, lstatSync, mkdirSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { afterEach, describe, expect, it } from 'vitest';
@@ -64,7 +64,7 @@ describe('the destination agent failing a restore', () => {
   }
 
   async function start(s: Scene, fields: Partial<MigrationStart> = {}): Promise<string> {
-    const id = `m-${randomBytes(4).toString('hex')}`;
+    const id = randomUUID(); // as a source makes it: other ids are refused (src/name-grammars.ts)
     const control = s.source.openChannel(ChannelKind.CONTROL, 'migration');
     await sendControl(control.writable, { migration_start: { mode: 'pre-copy', pid: 1, criu_version: '4.1.1', instance: 'c1', migration_id: id, source_host: 'src', restore_timeout_ms: 0, manager_addresses: [], ...fields } });
     expect(await s.answers.next('migration_accepted', 5000)).toMatchObject({ ok: true });
