@@ -6,7 +6,7 @@ import { criuVersion, type CriuVersion } from '../src/criu/run/criu-version.js';
 import type { EndpointOptions } from '../src/link/endpoint-options.js';
 import { LinkListener } from '../src/link/listener.js';
 import { DestinationRole } from './destination-role.js';
-import { hookReplyText, hookSocketPath, type HookReply, type HookRequest } from './hook-protocol.js';
+import { hookReplyText, hookSocketPath, parseHookRequest, type HookReply } from './hook-protocol.js';
 import { IncusClient } from './incus-client.js';
 import { IncusEvents } from './incus-events.js';
 import { IN_FLIGHT_FILE, InFlight } from './in-flight.js';
@@ -73,7 +73,7 @@ export class Agent {
       lines.on('error', () => {});
       lines.once('line', (line) => {
         void (async (): Promise<HookReply> => {
-          const request = JSON.parse(line) as HookRequest;
+          const request = parseHookRequest(line);
           return request.call === 'dump' ? source.dump(request.args, request.pid) : destination.restore(request.args, request.pid);
         })()
           .catch((error: Error): HookReply => ({ error: `haul agent: ${error.message}` }))

@@ -10,6 +10,38 @@ export interface HookRequest {
   readonly pid?: number;
 }
 
+/** A hook request line that is not what the hook sends. */
+export class HookProtocolError extends Error {
+  override readonly name = 'HookProtocolError';
+  readonly code = 'HAUL_HOOK_PROTOCOL';
+}
+
+/** More arguments than any CRIU call liblxc makes (about forty), far below what would cost memory. */
+const MAX_HOOK_ARGS = 4096;
+
+/**
+ * The request the hook wrote (`{"call":…,"pid":…,"args":[…]}`, one JSON line), checked: the agent
+ * picks the source or the destination role by `call` and hands `args` to CRIU, so nothing else passes.
+ */
+export function parseHookRequest(line: string): HookRequest {
+  let parsed: unknown;
+  try {
+    parsed = JSON.parse(line);
+  } catch {
+    throw new HookProtocolError('the hook request is not JSON');
+  }
+  if (typeof parsed !== 'object' || parsed === null || Array.isArray(parsed)) throw new HookProtocolError('the hook request is not a JSON object');
+  const { call, args, pid } = parsed as Record<string, unknown>;
+  if (call !== 'dump' && call !== 'restore') throw new HookProtocolError(`the hook asked for ${JSON.stringify(call)?.slice(0, 40)}, not dump or restore`);
+  if (!Array.isArray(args) || args.length > MAX_HOOK_ARGS || !args.every((arg) => typeof arg === 'string')) {
+    throw new HookProtocolError('the hook request\'s args are not a list of strings');
+  }
+  if (pid !== undefined && !(Number.isInteger(pid) && (pid as number) > 0 && (pid as number) <= 0x7fffffff)) {
+    throw new HookProtocolError(`the hook request's pid ${JSON.stringify(pid)?.slice(0, 40)} is not a process id`);
+  }
+  return pid === undefined ? { call, args } : { call, args, pid: pid as number };
+}
+
 export type HookReply =
   | {
       readonly args: readonly string[];
