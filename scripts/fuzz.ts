@@ -1,0 +1,39 @@
+/**
+ * Fuzzes every decoder of outside bytes (test/fuzz/targets.ts) with mutations of valid inputs and
+ * prints one JSON document: per target, the inputs fed, how many were accepted and refused, the
+ * failures (crashes, hangs, allocations over the bound, broken invariants) with the first inputs
+ * that caused them, and the rate. Exits 1 when any target failed.
+ */
+import { Command, InvalidArgumentError } from 'commander';
+import { DEFAULT_OPTIONS, fuzzTarget, type TargetReport } from '../test/fuzz/fuzzer.js';
+import { FUZZ_TARGETS } from '../test/fuzz/targets.js';
+
+function positiveInteger(value: string): number {
+  const number = Number(value);
+  if (!Number.isSafeInteger(number) || number < 1) throw new InvalidArgumentError('not a positive integer');
+  return number;
+}
+
+const program = new Command('fuzz')
+  .description('fuzz every decoder of outside bytes; JSON on stdout')
+  .option('--iterations <n>', 'inputs per target (default: FUZZ_ITERATIONS, else 100000)', positiveInteger)
+  .option('--seed <n>', 'seed of the inputs (the same seed gives the same inputs)', positiveInteger, DEFAULT_OPTIONS.seed)
+  .option('--target <name...>', `only these targets: ${FUZZ_TARGETS.map((target) => target.name).join(', ')}`)
+  .option('--timeout-ms <n>', 'time bound per input', positiveInteger, DEFAULT_OPTIONS.timeoutMs)
+  .parse();
+
+const options = program.opts<{ iterations?: number; seed: number; target?: string[]; timeoutMs: number }>();
+const iterations = options.iterations ?? (process.env['FUZZ_ITERATIONS'] ? positiveInteger(process.env['FUZZ_ITERATIONS']) : DEFAULT_OPTIONS.iterations);
+const unknown = (options.target ?? []).filter((name) => !FUZZ_TARGETS.some((target) => target.name === name));
+if (unknown.length > 0) program.error(`no fuzz target ${unknown.join(', ')}`);
+const targets = FUZZ_TARGETS.filter((target) => !options.target || options.target.includes(target.name));
+
+const reports: TargetReport[] = [];
+for (const target of targets) {
+  const report = await fuzzTarget(target, { iterations, seed: options.seed, timeoutMs: options.timeoutMs });
+  reports.push(report);
+  process.stderr.write(`${report.target.padEnd(20)} ${String(report.inputs).padStart(8)} inputs ${String(report.inputsPerSecond).padStart(8)}/s ${String(report.failures).padStart(6)} failures\n`);
+}
+const failures = reports.reduce((sum, report) => sum + report.failures, 0);
+process.stdout.write(`${JSON.stringify({ seed: options.seed, iterationsPerTarget: iterations, failures, targets: reports }, null, 2)}\n`);
+process.exitCode = failures === 0 ? 0 : 1;
