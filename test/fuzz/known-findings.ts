@@ -13,11 +13,6 @@ export interface KnownFinding {
 
 export const KNOWN_FINDINGS: readonly KnownFinding[] = [
   {
-    target: 'lazy-wire',
-    kind: 'crash Error: lazy page record of',
-    why: 'a lazy page record of 0 or more than 1024 pages is refused with a plain Error, not an error of lazy-wire\'s own',
-  },
-  {
     target: 'lazy-pages-server',
     kind: 'crash Error: page source answered N pages',
     why: 'a GET of a vaddr inside a page (not page-aligned) reaches the page source, which has no whole page to answer with',

@@ -1,7 +1,7 @@
 import { Readable, Writable } from 'node:stream';
 import { PAGE_SIZE, PageFlag } from '../../../src/criu/page-server/protocol.js';
 import { TruncatedStreamError } from '../../../src/streams/stream-reader.js';
-import { readPageRequests, readPages, writePageRequest, writePages, type PageRun } from '../../../proxy/lazy-wire.js';
+import { LazyWireError, readPageRequests, readPages, writePageRequest, writePages, type PageRun } from '../../../proxy/lazy-wire.js';
 import { readPageRecords, writePageRecord } from '../../../proxy/page-stream.js';
 import { pagesOf } from '../../support/page-server-streams.js';
 import { InvariantBroken, type ErrorClass, type FuzzTarget } from '../fuzzer.js';
@@ -23,13 +23,11 @@ const RUNS: readonly PageRun[] = [
 let lazySeeds: Buffer[] = [];
 let pageSeeds: Buffer[] = [];
 
-/** The errors lazy-wire.ts refuses a record with, besides a truncated stream. */
-export const lazyWireErrors: ErrorClass[] = [TruncatedStreamError];
 
 export const lazyWire: FuzzTarget = {
   name: 'lazy-wire',
   decoder: 'proxy/lazy-wire.ts readPageRequests / readPages (page records on the lazy channels; the first byte picks the reader)',
-  expected: lazyWireErrors,
+  expected: [LazyWireError, TruncatedStreamError],
   async open() {
     const requests = await written(async (channel) => {
       for (const run of RUNS) await writePageRequest(channel, run);
