@@ -2,6 +2,11 @@ import { Readable } from 'node:stream';
 import { describe, expect, it } from 'vitest';
 import { HookProtocolError, parseHookRequest } from '../../plugin/hook-protocol.js';
 import { LazyWireError, readPageRequests, readPages } from '../../proxy/lazy-wire.js';
+import { receiveDump } from '../../src/criu/page-server/dump-receiver.js';
+import { serveLazyPages } from '../../src/criu/page-server/lazy-pages-server.js';
+import { Command, PageFlag, PageServerProtocolError, encodeHeader, encodeTarget } from '../../src/criu/page-server/protocol.js';
+import { memoryConnection } from '../support/memory-connection.js';
+import { CountingSink, SyntheticPageSource } from '../support/page-server-streams.js';
 
 async function drain(records: AsyncIterable<object>): Promise<void> {
   for await (const record of records) for await (const chunk of (record as { pages?: AsyncIterable<Buffer> }).pages ?? []) void chunk;
@@ -34,5 +39,28 @@ describe('fuzz findings, fixed', () => {
         await expect(drain(readPages(Readable.from([Buffer.from(hex, 'hex')])))).rejects.toBeInstanceOf(LazyWireError);
       });
     }
+  });
+
+  describe('a page-server command for an address inside a page is refused before anything reads or writes pages there', () => {
+    // lazy-pages-server target, seed 1: a GET of 1024 pages at 0x4f001 reached the page source,
+    // which had no whole page there to answer with
+    it('GET', async () => {
+      const request = Buffer.concat([
+        encodeHeader({ cmd: Command.GET, nrPages: 1024n, vaddr: 0x4f001n, dstId: 7n }, 'criu-4.1'),
+        encodeHeader({ cmd: Command.CLOSE, nrPages: 0n, vaddr: 0n, dstId: 0n }, 'criu-4.1'),
+      ]);
+      const source = new SyntheticPageSource(new Map([[7, { vaddr: 0x10000n, nrPages: 64 }]]));
+      await expect(serveLazyPages(memoryConnection(request).connection, 'criu-4.1', source)).rejects.toBeInstanceOf(PageServerProtocolError);
+    });
+
+    it('ADD_F', async () => {
+      const target = encodeTarget({ type: 'pid', id: 1 });
+      const dump = Buffer.concat([
+        encodeHeader({ cmd: Command.OPEN2, nrPages: 0n, vaddr: 0n, dstId: target }, 'criu-4.2'),
+        encodeHeader({ cmd: (PageFlag.LAZY << 16) | Command.ADD_F, nrPages: 1n, vaddr: 0x400800n, dstId: target }, 'criu-4.2'),
+        encodeHeader({ cmd: Command.CLOSE, nrPages: 0n, vaddr: 0n, dstId: 0n }, 'criu-4.2'),
+      ]);
+      await expect(receiveDump(memoryConnection(dump).connection, 'criu-4.2', new CountingSink())).rejects.toBeInstanceOf(PageServerProtocolError);
+    });
   });
 });

@@ -13,11 +13,6 @@ export interface KnownFinding {
 
 export const KNOWN_FINDINGS: readonly KnownFinding[] = [
   {
-    target: 'lazy-pages-server',
-    kind: 'crash Error: page source answered N pages',
-    why: 'a GET of a vaddr inside a page (not page-aligned) reaches the page source, which has no whole page to answer with',
-  },
-  {
     target: 'page-stream',
     kind: 'invariant InvariantBroken: a page record of',
     why: 'readPageRecords takes any flags (0, unknown bits) and passes them on into the pagemap the cache writes for CRIU',
