@@ -2,6 +2,7 @@ import { Readable } from 'node:stream';
 import { describe, expect, it } from 'vitest';
 import { HookProtocolError, parseHookRequest } from '../../plugin/hook-protocol.js';
 import { LazyWireError, readPageRequests, readPages } from '../../proxy/lazy-wire.js';
+import { PageStreamError, readPageRecords, targetOfPageChannel } from '../../proxy/page-stream.js';
 import { receiveDump } from '../../src/criu/page-server/dump-receiver.js';
 import { serveLazyPages } from '../../src/criu/page-server/lazy-pages-server.js';
 import { Command, PageFlag, PageServerProtocolError, encodeHeader, encodeTarget } from '../../src/criu/page-server/protocol.js';
@@ -61,6 +62,25 @@ describe('fuzz findings, fixed', () => {
         encodeHeader({ cmd: Command.CLOSE, nrPages: 0n, vaddr: 0n, dstId: 0n }, 'criu-4.2'),
       ]);
       await expect(receiveDump(memoryConnection(dump).connection, 'criu-4.2', new CountingSink())).rejects.toBeInstanceOf(PageServerProtocolError);
+    });
+  });
+
+  describe('a page record the cache would write into a pagemap for CRIU must carry page flags CRIU knows', () => {
+    // page-stream target, seed 1: {vaddr 0x400000, 2 pages, flags 0x1010101} was taken as it came
+    for (const hex of ['00004000000000000200000001010101', '00008000000000006400000000000000', '00008000000000006400000008000000']) {
+      it(`record ${hex}`, async () => {
+        await expect(drain(readPageRecords(Readable.from([Buffer.from(hex, 'hex')])))).rejects.toBeInstanceOf(PageStreamError);
+      });
+    }
+
+    it('and its channel must name a pagemap', () => {
+      let refusal: unknown;
+      try {
+        targetOfPageChannel('pagemap-../1');
+      } catch (error) {
+        refusal = error;
+      }
+      expect(refusal).toBeInstanceOf(PageStreamError);
     });
   });
 });

@@ -13,11 +13,6 @@ export interface KnownFinding {
 
 export const KNOWN_FINDINGS: readonly KnownFinding[] = [
   {
-    target: 'page-stream',
-    kind: 'invariant InvariantBroken: a page record of',
-    why: 'readPageRecords takes any flags (0, unknown bits) and passes them on into the pagemap the cache writes for CRIU',
-  },
-  {
     target: 'disk-changes',
     kind: 'crash Error: ',
     why: "tar-stream's own errors (Invalid tar header, Unexpected end of data, …) leave applyDiskChanges unwrapped, not as DiskChangesError",
