@@ -1,3 +1,4 @@
+import { readdirSync } from 'node:fs';
 import { AllocationGuard } from './allocation-guard.js';
 import { mutatedInput, random, type Random } from './mutations.js';
 
@@ -30,7 +31,7 @@ export interface FuzzTarget {
   close?(): Promise<void>;
 }
 
-export type FindingKind = 'crash' | 'hang' | 'allocation' | 'invariant' | 'unhandled';
+export type FindingKind = 'crash' | 'hang' | 'allocation' | 'invariant' | 'unhandled' | 'leak';
 
 export interface Finding {
   readonly target: string;
@@ -94,6 +95,19 @@ function targetSeed(name: string, seed: number): number {
 
 const HANG = Symbol('hang');
 
+/** Inputs between two counts of the open file descriptors, and how many more may be open. */
+const DESCRIPTOR_CHECK_EVERY = 256;
+const DESCRIPTOR_SLACK = 64;
+
+/** The process's open file descriptors (Linux), or undefined where /proc does not tell. */
+function openDescriptors(): number | undefined {
+  try {
+    return readdirSync('/proc/self/fd').length;
+  } catch {
+    return undefined;
+  }
+}
+
 function describeError(error: unknown): string {
   if (error instanceof Error) return `${error.name}: ${error.message}`.slice(0, 300);
   return `non-error thrown: ${String(error)}`.slice(0, 300);
@@ -103,7 +117,7 @@ function describeError(error: unknown): string {
  * Feeds `target` `options.iterations` mutated inputs, one at a time. Each must end within the time
  * bound, either accepted or refused with one of the target's expected errors, without a Buffer
  * allocation over the bound and without an error escaping as an uncaught exception or an unhandled
- * rejection. The same options give the same inputs.
+ * rejection, and without leaving file descriptors open. The same options give the same inputs.
  */
 export async function fuzzTarget(target: FuzzTarget, overrides: Partial<FuzzOptions> = {}): Promise<TargetReport> {
   const options = { ...DEFAULT_OPTIONS, ...overrides };
@@ -133,6 +147,9 @@ export async function fuzzTarget(target: FuzzTarget, overrides: Partial<FuzzOpti
   await target.open?.();
   const corpus = target.seeds();
   if (corpus.length === 0) throw new Error(`fuzz target ${target.name} has no seeds`);
+  // an input must not leave a descriptor open (a file or stream a refusal forgot to close): counted
+  // now and then, since most inputs open none; the charge goes to the input that crossed the slack
+  let descriptors = openDescriptors();
   guard.install();
   const started = process.hrtime.bigint();
   try {
@@ -168,6 +185,13 @@ export async function fuzzTarget(target: FuzzTarget, overrides: Partial<FuzzOpti
       if (outcome !== HANG && Date.now() - inputStarted > options.timeoutMs) record('hang', `took ${Date.now() - inputStarted} ms`);
       if (outcome === 'accepted') accepted++;
       else if (outcome === 'rejected') rejected++;
+      if (descriptors !== undefined && iteration % DESCRIPTOR_CHECK_EVERY === DESCRIPTOR_CHECK_EVERY - 1) {
+        const now = openDescriptors() ?? descriptors;
+        if (now > descriptors + DESCRIPTOR_SLACK) {
+          record('leak', `${now - descriptors} more file descriptors open than ${DESCRIPTOR_CHECK_EVERY} inputs before`);
+          descriptors = now;
+        }
+      }
     }
   } finally {
     guard.uninstall();
