@@ -1,3 +1,4 @@
+import { readdirSync, writeFileSync } from 'node:fs';
 import { Readable } from 'node:stream';
 import { describe, expect, it } from 'vitest';
 import { HookProtocolError, parseHookRequest } from '../../plugin/hook-protocol.js';
@@ -6,7 +7,11 @@ import { PageStreamError, readPageRecords, targetOfPageChannel } from '../../pro
 import { receiveDump } from '../../src/criu/page-server/dump-receiver.js';
 import { serveLazyPages } from '../../src/criu/page-server/lazy-pages-server.js';
 import { Command, PageFlag, PageServerProtocolError, encodeHeader, encodeTarget } from '../../src/criu/page-server/protocol.js';
+import { encodeImage } from '../../src/criu/images/image-file.js';
+import { PAGEMAP_HEADER, readPagemap } from '../../src/criu/images/pagemap.js';
+import { Entries, ImageFormatError } from '../../src/criu/images/schemas.js';
 import { memoryConnection } from '../support/memory-connection.js';
+import { scratchDir } from '../support/scratch.js';
 import { CountingSink, SyntheticPageSource } from '../support/page-server-streams.js';
 
 async function drain(records: AsyncIterable<object>): Promise<void> {
@@ -82,5 +87,28 @@ describe('fuzz findings, fixed', () => {
       }
       expect(refusal).toBeInstanceOf(PageStreamError);
     });
+  });
+
+  describe('a pagemap image that is refused is closed', () => {
+    const refusedImages = {
+      'a wrong magic': Buffer.from('0000000000000000', 'hex'),
+      'an entry that is not a pagemap entry': encodeImage(PAGEMAP_HEADER, [Entries.pagemapHead.encode({ pages_id: 1 }), Buffer.from([0xff, 0xff])]),
+      'a truncated entry': encodeImage(PAGEMAP_HEADER, [Entries.pagemapHead.encode({ pages_id: 1 })]).subarray(0, 10),
+    };
+    for (const [what, bytes] of Object.entries(refusedImages)) {
+      // pagemap-file target, seed 1: npm run fuzz ended in EMFILE
+      it(`with ${what}`, async () => {
+        const scratch = scratchDir('fuzz-pagemap');
+        try {
+          writeFileSync(`${scratch.path}/pagemap-1.img`, bytes);
+          const before = readdirSync('/proc/self/fd').length;
+          for (let i = 0; i < 50; i++) await expect(readPagemap(scratch.path, { type: 'pid', id: 1 })).rejects.toBeInstanceOf(ImageFormatError);
+          await new Promise((resolve) => setImmediate(resolve));
+          expect(readdirSync('/proc/self/fd').length - before).toBeLessThan(10);
+        } finally {
+          scratch.remove();
+        }
+      });
+    }
   });
 });

@@ -13,11 +13,6 @@ export interface KnownFinding {
 
 export const KNOWN_FINDINGS: readonly KnownFinding[] = [
   {
-    target: 'pagemap-file',
-    kind: 'leak ',
-    why: 'readPagemap leaves the image file open when it refuses the image (ImageReader.openFile never closes its stream on a refusal)',
-  },
-  {
     target: 'disk-changes',
     kind: 'crash Error: ',
     why: "tar-stream's own errors (Invalid tar header, Unexpected end of data, …) leave applyDiskChanges unwrapped, not as DiskChangesError",
