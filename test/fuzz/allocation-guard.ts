@@ -27,12 +27,12 @@ export class AllocationGuard {
       const guard = this;
       (Buffer as unknown as Record<string, Allocator>)[name] = function guardedAllocation(size: number, ...rest: never[]): Buffer {
         if (typeof size === 'number') {
-          guard.total += size;
-          if (size > guard.largest) guard.largest = size;
           if (size > guard.limit) {
             guard.refused ??= size;
             throw new AllocationRefused(`an allocation of ${size} bytes, over the bound of ${guard.limit}`);
           }
+          guard.total += size;
+          if (size > guard.largest) guard.largest = size;
         }
         return original.call(Buffer, size, ...rest);
       };
@@ -52,7 +52,7 @@ export class AllocationGuard {
     this.refused = undefined;
   }
 
-  /** What the input asked for since begin(); allocations are unbounded again until the next. */
+  /** What the input was given since begin(), and the first request refused; unbounded again until the next begin(). */
   end(): { largest: number; total: number; refused: number | undefined } {
     this.limit = Number.POSITIVE_INFINITY;
     return { largest: this.largest, total: this.total, refused: this.refused };

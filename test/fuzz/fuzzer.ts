@@ -50,7 +50,7 @@ export interface TargetReport {
   readonly failures: number;
   readonly seconds: number;
   readonly inputsPerSecond: number;
-  /** The largest single Buffer allocation one input caused. */
+  /** The largest single Buffer allocation made while an input was decoded (refused ones aside). */
   readonly largestAllocation: number;
   /** How many failures of each kind (`kind ErrorName: the message's start, digits as N`). */
   readonly failureKinds: Readonly<Record<string, number>>;
@@ -140,10 +140,17 @@ export async function fuzzTarget(target: FuzzTarget, overrides: Partial<FuzzOpti
     if (count < options.examplesPerFinding && findings.length < options.examples) findings.push({ target: target.name, iteration: at, kind, error, inputHex: bytes.toString('hex') });
   };
   // an error that escapes the decoder's promise (a stream without an 'error' listener) would end the
-  // process: it is a finding, charged to the input being decoded when it surfaced
+  // process: it is a finding, charged to the input being decoded when it surfaced. The listeners
+  // already there (a test runner's) are set aside meanwhile: the finding is reported here, with its
+  // input
   const onUncaught = (error: unknown): void => record('unhandled', describeError(error));
-  process.on('uncaughtException', onUncaught);
-  process.on('unhandledRejection', onUncaught);
+  type Listener = (...args: unknown[]) => void;
+  const setAside = (['uncaughtException', 'unhandledRejection'] as const).map((event) => {
+    const listeners = process.listeners(event as 'uncaughtException') as Listener[];
+    process.removeAllListeners(event);
+    process.on(event as 'uncaughtException', onUncaught);
+    return { event, listeners };
+  });
   await target.open?.();
   const corpus = target.seeds();
   if (corpus.length === 0) throw new Error(`fuzz target ${target.name} has no seeds`);
@@ -197,8 +204,10 @@ export async function fuzzTarget(target: FuzzTarget, overrides: Partial<FuzzOpti
     guard.uninstall();
     // what an input left running may still fail on a later turn of the event loop
     await new Promise((resolve) => setImmediate(resolve));
-    process.off('uncaughtException', onUncaught);
-    process.off('unhandledRejection', onUncaught);
+    for (const { event, listeners } of setAside) {
+      process.off(event as 'uncaughtException', onUncaught);
+      for (const listener of listeners) process.on(event as 'uncaughtException', listener);
+    }
     await target.close?.();
   }
   const seconds = Number(process.hrtime.bigint() - started) / 1e9;
