@@ -3,6 +3,7 @@ import { diskChanges } from './targets/disk-changes.js';
 import { hookReply, hookRequest } from './targets/hook.js';
 import { imageEntries, imageFile, pagemapFile } from './targets/images.js';
 import { controlChannel, linkFrame, linkHandshake, linkMessages } from './targets/link.js';
+import { linkSession } from './targets/link-session.js';
 import { dumpReceiver, lazyPagesClient, lazyPagesServer, pageServerHeader } from './targets/page-server.js';
 import { lazyWire, pageStream } from './targets/proxy-wire.js';
 
@@ -12,6 +13,7 @@ export const FUZZ_TARGETS: readonly FuzzTarget[] = [
   linkHandshake,
   linkMessages,
   controlChannel,
+  linkSession,
   pageServerHeader,
   dumpReceiver,
   lazyPagesServer,
