@@ -29,11 +29,18 @@ if (unknown.length > 0) program.error(`no fuzz target ${unknown.join(', ')}`);
 const targets = FUZZ_TARGETS.filter((target) => !options.target || options.target.includes(target.name));
 
 const reports: TargetReport[] = [];
+// a target whose run itself broke (its scratch directory, say) is reported and the others still run
+const broken: Array<{ target: string; error: string }> = [];
 for (const target of targets) {
-  const report = await fuzzTarget(target, { iterations, seed: options.seed, timeoutMs: options.timeoutMs });
-  reports.push(report);
-  process.stderr.write(`${report.target.padEnd(20)} ${String(report.inputs).padStart(8)} inputs ${String(report.inputsPerSecond).padStart(8)}/s ${String(report.failures).padStart(6)} failures\n`);
+  try {
+    const report = await fuzzTarget(target, { iterations, seed: options.seed, timeoutMs: options.timeoutMs });
+    reports.push(report);
+    process.stderr.write(`${report.target.padEnd(20)} ${String(report.inputs).padStart(8)} inputs ${String(report.inputsPerSecond).padStart(8)}/s ${String(report.failures).padStart(6)} failures\n`);
+  } catch (error) {
+    broken.push({ target: target.name, error: error instanceof Error ? `${error.name}: ${error.message}` : String(error) });
+    process.stderr.write(`${target.name.padEnd(20)} the run broke: ${broken[broken.length - 1]!.error}\n`);
+  }
 }
-const failures = reports.reduce((sum, report) => sum + report.failures, 0);
-process.stdout.write(`${JSON.stringify({ seed: options.seed, iterationsPerTarget: iterations, failures, targets: reports }, null, 2)}\n`);
+const failures = reports.reduce((sum, report) => sum + report.failures, 0) + broken.length;
+process.stdout.write(`${JSON.stringify({ seed: options.seed, iterationsPerTarget: iterations, failures, broken, targets: reports }, null, 2)}\n`);
 process.exitCode = failures === 0 ? 0 : 1;
