@@ -118,6 +118,8 @@ function describeError(error: unknown): string {
  * bound, either accepted or refused with one of the target's expected errors, without a Buffer
  * allocation over the bound and without an error escaping as an uncaught exception or an unhandled
  * rejection, and without leaving file descriptors open. The same options give the same inputs.
+ * A synchronous decoder that never returns cannot be interrupted here: the caller's own timeout
+ * (vitest's) is what ends it.
  */
 export async function fuzzTarget(target: FuzzTarget, overrides: Partial<FuzzOptions> = {}): Promise<TargetReport> {
   const options = { ...DEFAULT_OPTIONS, ...overrides };
@@ -139,6 +141,15 @@ export async function fuzzTarget(target: FuzzTarget, overrides: Partial<FuzzOpti
     seen.set(key, count + 1);
     if (count < options.examplesPerFinding && findings.length < options.examples) findings.push({ target: target.name, iteration: at, kind, error, inputHex: bytes.toString('hex') });
   };
+  await target.open?.();
+  const corpus = target.seeds();
+  if (corpus.length === 0) {
+    await target.close?.();
+    throw new Error(`fuzz target ${target.name} has no seeds`);
+  }
+  // an input must not leave a descriptor open (a file or stream a refusal forgot to close): counted
+  // now and then, since most inputs open none; the charge goes to the input that crossed the slack
+  let descriptors = openDescriptors();
   // an error that escapes the decoder's promise (a stream without an 'error' listener) would end the
   // process: it is a finding, charged to the input being decoded when it surfaced. The listeners
   // already there (a test runner's) are set aside meanwhile: the finding is reported here, with its
@@ -151,12 +162,6 @@ export async function fuzzTarget(target: FuzzTarget, overrides: Partial<FuzzOpti
     process.on(event as 'uncaughtException', onUncaught);
     return { event, listeners };
   });
-  await target.open?.();
-  const corpus = target.seeds();
-  if (corpus.length === 0) throw new Error(`fuzz target ${target.name} has no seeds`);
-  // an input must not leave a descriptor open (a file or stream a refusal forgot to close): counted
-  // now and then, since most inputs open none; the charge goes to the input that crossed the slack
-  let descriptors = openDescriptors();
   guard.install();
   const started = process.hrtime.bigint();
   try {
