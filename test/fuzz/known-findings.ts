@@ -49,3 +49,8 @@ export const KNOWN_FINDINGS: readonly KnownFinding[] = [
     why: 'an entry named "." of type symlink or file that fails part way leaves its .haul-* file in the root\'s parent',
   },
 ];
+
+/** The known finding a failure kind of `target` is, if any. */
+export function knownFinding(target: string, kind: string): KnownFinding | undefined {
+  return KNOWN_FINDINGS.find((finding) => finding.target === target && finding.kinds.some((start) => (typeof start === 'string' ? kind.startsWith(start) : start.test(kind))));
+}
