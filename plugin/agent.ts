@@ -6,7 +6,7 @@ import { criuVersion, type CriuVersion } from '../src/criu/run/criu-version.js';
 import type { EndpointOptions } from '../src/link/endpoint-options.js';
 import { LinkListener } from '../src/link/listener.js';
 import { DestinationRole } from './destination-role.js';
-import { answerDeadline, hookReplyText, hookSocketPath, type HookReply, type HookRequest } from './hook-protocol.js';
+import { answerDeadline, hookReplyText, hookSocketPath, parseHookRequest, type HookReply } from './hook-protocol.js';
 import { IncusClient } from './incus-client.js';
 import { IncusEvents } from './incus-events.js';
 import { IN_FLIGHT_FILE, InFlight, readInFlight, type MigrationProgress } from './in-flight.js';
@@ -98,7 +98,7 @@ export class Agent {
       lines.once('line', (line) => {
         const receivedAt = Date.now();
         void (async (): Promise<HookReply> => {
-          const request = JSON.parse(line) as HookRequest;
+          const request = parseHookRequest(line);
           const hook = { deadline: answerDeadline(request, receivedAt), gaveUp: gaveUp.signal };
           return request.call === 'dump' ? source.dump(request.args, request.pid, hook) : destination.restore(request.args, request.pid);
         })()

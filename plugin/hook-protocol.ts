@@ -34,6 +34,50 @@ export function answerDeadline(request: Pick<HookRequest, 'call' | 'answer_withi
   return receivedAt + Math.max(within - ANSWER_MARGIN_MS, within / 2);
 }
 
+/** A hook request line that is not what the hook sends. */
+export class HookProtocolError extends Error {
+  override readonly name = 'HookProtocolError';
+  readonly code = 'HAUL_HOOK_PROTOCOL';
+}
+
+/** More arguments than any CRIU call liblxc makes (about forty), far below what would cost memory. */
+const MAX_HOOK_ARGS = 4096;
+
+/**
+ * The request the hook wrote (`{"call":…,"pid":…,"args":[…]}`, one JSON line), checked: the agent
+ * picks the source or the destination role by `call` and hands `args` to CRIU, so nothing else passes.
+ */
+export function parseHookRequest(line: string): HookRequest {
+  let parsed: unknown;
+  try {
+    parsed = JSON.parse(line);
+  } catch {
+    throw new HookProtocolError('the hook request is not JSON');
+  }
+  if (typeof parsed !== 'object' || parsed === null || Array.isArray(parsed)) throw new HookProtocolError('the hook request is not a JSON object');
+  const { call, args, pid } = parsed as Record<string, unknown>;
+  if (call !== 'dump' && call !== 'restore') throw new HookProtocolError(`the hook asked for ${JSON.stringify(call)?.slice(0, 40)}, not dump or restore`);
+  if (!Array.isArray(args) || args.length > MAX_HOOK_ARGS || !args.every((arg) => typeof arg === 'string')) {
+    throw new HookProtocolError('the hook request\'s args are not a list of strings');
+  }
+  if (pid !== undefined && !(Number.isInteger(pid) && (pid as number) > 0 && (pid as number) <= 0x7fffffff)) {
+    throw new HookProtocolError(`the hook request's pid ${JSON.stringify(pid)?.slice(0, 40)} is not a process id`);
+  }
+  const answerWithin = (parsed as Record<string, unknown>)['answer_within_ms'];
+  if (answerWithin !== undefined && !(Number.isInteger(answerWithin) && (answerWithin as number) > 0 && (answerWithin as number) <= MAX_ANSWER_WITHIN_MS)) {
+    throw new HookProtocolError(`the hook request's answer_within_ms ${JSON.stringify(answerWithin)?.slice(0, 40)} is not a wait haul can keep`);
+  }
+  return {
+    call,
+    args,
+    ...(pid === undefined ? {} : { pid: pid as number }),
+    ...(answerWithin === undefined ? {} : { answer_within_ms: answerWithin as number }),
+  };
+}
+
+/** The longest a hook may say it waits for the agent's answer (the hook's own waits are seconds). */
+const MAX_ANSWER_WITHIN_MS = 3_600_000;
+
 export type HookReply =
   | {
       readonly args: readonly string[];

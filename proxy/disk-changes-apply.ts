@@ -81,14 +81,17 @@ export async function applyDiskChanges(source: Readable, root: string, options: 
         await applier.apply(entry as unknown as Entry);
       }
       if (!applier.ended) throw new DiskChangesError('HAUL_DISK_CHANGES_INCOMPLETE', 'the tar ends before the packer\'s end entry: it was cut short');
+      await feeding;
+      await applier.setDirectoryTimes();
+      return applier.result();
     } catch (error) {
       extract.destroy();
       source.destroy();
-      throw error;
+      if (error instanceof DiskChangesError) throw error;
+      // tar-stream's own refusals (a corrupt or cut header) and this host's file system errors:
+      // one code for callers, the real error kept as the cause
+      throw new DiskChangesError('HAUL_DISK_CHANGES_FAILED', `could not apply the changes: ${error instanceof Error ? error.message : String(error)}`, { cause: error });
     }
-    await feeding;
-    await applier.setDirectoryTimes();
-    return applier.result();
   } finally {
     await rootDirectory.close();
   }

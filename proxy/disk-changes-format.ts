@@ -128,6 +128,8 @@ export type DiskChangesErrorCode =
   | 'HAUL_DISK_CHANGES_OTHER_FILESYSTEM'
   /** More bytes than the cap. */
   | 'HAUL_DISK_CHANGES_TOO_LARGE'
+  /** The tar could not be read (tar-stream refused it), or this host failed writing it: see the cause. */
+  | 'HAUL_DISK_CHANGES_FAILED'
   /** An owner (uid or gid) outside the ids the container's own root may give its files. */
   | 'HAUL_DISK_CHANGES_BAD_OWNER'
   /** The tar ended before the packer's end entry (DISK_PAX.end). */

@@ -12,6 +12,12 @@ import { writeChunk } from '../src/streams/writable-writes.js';
 export const LAZY_PUSH_CHANNEL = 'lazy-push';
 const RECORD_SIZE = 16;
 
+/** A lazy page record no haul sends: a page count of zero or above what CRIU asks for at once. */
+export class LazyWireError extends Error {
+  override readonly name = 'LazyWireError';
+  readonly code = 'HAUL_LAZY_WIRE';
+}
+
 export interface PageRun {
   readonly pid: number;
   readonly vaddr: bigint;
@@ -51,7 +57,7 @@ async function* records(channel: Readable, withPages: boolean): AsyncGenerator<{
     if (bytes === null) return;
     const run = { pid: bytes.readUInt32LE(0), nrPages: bytes.readUInt32LE(4), vaddr: bytes.readBigUInt64LE(8) };
     // CRIU asks for at most 4 MiB at a time (criu/uffd.c MAX_XFER_LEN), and the proxy pushes less
-    if (run.nrPages === 0 || run.nrPages > 1024) throw new Error(`lazy page record of ${run.nrPages} pages`);
+    if (run.nrPages === 0 || run.nrPages > 1024) throw new LazyWireError(`lazy page record of ${run.nrPages} pages`);
     if (!withPages) {
       yield { run };
       continue;

@@ -11,6 +11,13 @@ import { writeChunk } from '../src/streams/writable-writes.js';
  * pagemap's image file, so the cache knows what it is writing before the first record arrives.
  */
 const RECORD_SIZE = 16;
+const KNOWN_FLAGS = PageFlag.PRESENT | PageFlag.LAZY | PageFlag.PARENT;
+
+/** A page channel whose name or records no haul writes. */
+export class PageStreamError extends Error {
+  override readonly name = 'PageStreamError';
+  readonly code = 'HAUL_PAGE_STREAM';
+}
 
 export function pageChannelName(target: PagemapTarget): string {
   return target.type === 'pid' ? `pagemap-${target.id}` : `pagemap-shmem-${target.id}`;
@@ -41,6 +48,9 @@ export async function* readPageRecords(channel: Readable): AsyncGenerator<{ entr
     const record = await reader.readExactly(RECORD_SIZE, 'page record');
     if (record === null) return;
     const entry = { vaddr: record.readBigUInt64LE(0), nrPages: record.readUInt32LE(8), flags: record.readUInt32LE(12) };
+    // the cache writes the flags into the pagemap CRIU restores from, where they say where each
+    // page comes from (criu/include/pagemap.h PE_*): no others, and never none
+    if ((entry.flags & ~KNOWN_FLAGS) !== 0 || entry.flags === 0) throw new PageStreamError(`page record with flags 0x${entry.flags.toString(16)}`);
     const present = (entry.flags & PageFlag.PRESENT) !== 0;
     yield { entry, pages: present ? reader.readChunks(entry.nrPages * PAGE_SIZE, 'pages') : undefined };
   }

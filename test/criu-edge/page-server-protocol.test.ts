@@ -81,7 +81,7 @@ describe('commands', () => {
     expect(parseCommand(raw(Command.ADD, 1n))).toMatchObject({ kind: 'add', flags: PageFlag.PRESENT });
     expect(parseCommand(raw(Command.HOLE, 1n))).toMatchObject({ kind: 'add', flags: PageFlag.PARENT });
     // GET names the plain pid, not a type-encoded dst_id
-    expect(parseCommand(raw(Command.GET, 16n, 0x7f00n, 4242n))).toEqual({ kind: 'get', pid: 4242, vaddr: 0x7f00n, nrPages: 16 });
+    expect(parseCommand(raw(Command.GET, 16n, 0x7f000n, 4242n))).toEqual({ kind: 'get', pid: 4242, vaddr: 0x7f000n, nrPages: 16 });
     expect(parseCommand(raw(Command.CLOSE))).toEqual({ kind: 'close', force: false });
     expect(parseCommand(raw(Command.FORCE_CLOSE))).toEqual({ kind: 'close', force: true });
   });
@@ -96,6 +96,8 @@ describe('commands', () => {
     refused(raw(addPresent(0x8)), /page flags 0x8/);
     refused(raw(addPresent(PageFlag.PRESENT), BigInt(MAX_PAGES_PER_COMMAND) + 1n), /more than/);
     refused(raw(addPresent(PageFlag.PRESENT), 0xffffffffffffffffn), /more than/);
+    refused(raw(addPresent(PageFlag.PRESENT), 1n, 0x1008n), /not page-aligned/);
+    refused(raw(Command.GET, 1n, 0x7f001n, 4242n), /not page-aligned/);
     refused(raw(Command.GET, 0n, 0x1000n, 7n), /zero pages/);
     refused(raw(Command.GET, 1n, 0x1000n, 0n), /GET for pid 0/);
   });

@@ -23,18 +23,21 @@ export class ImageReader {
     private readonly reader: StreamReader,
     readonly header: ImageHeader,
     private readonly source: string,
+    private readonly stream: Readable,
   ) {}
 
+  /** Reads the header; a refused image's stream is destroyed (a file's descriptor closed). */
   static async open(stream: Readable, source: string, expected?: ImageHeader): Promise<ImageReader> {
     try {
-      return await ImageReader.readHeader(new StreamReader(stream), source, expected);
+      return await ImageReader.readHeader(new StreamReader(stream), source, stream, expected);
     } catch (error) {
+      stream.destroy();
       if (error instanceof TruncatedStreamError) throw new ImageFormatError(`${source}: truncated image header`);
       throw error;
     }
   }
 
-  private static async readHeader(reader: StreamReader, source: string, expected?: ImageHeader): Promise<ImageReader> {
+  private static async readHeader(reader: StreamReader, source: string, stream: Readable, expected?: ImageHeader): Promise<ImageReader> {
     const first = await reader.readExactly(4, 'image magic');
     if (first === null) throw new ImageFormatError(`${source}: empty file, not a CRIU image`);
     const magic = first.readUInt32LE(0);
@@ -50,7 +53,7 @@ export class ImageReader {
     if (expected && describe(expected) !== describe(header)) {
       throw new ImageFormatError(`${source}: wrong magic, expected ${describe(expected)} but found ${describe(header)}`);
     }
-    return new ImageReader(reader, header, source);
+    return new ImageReader(reader, header, source, stream);
   }
 
   static async openFile(path: string, expected?: ImageHeader): Promise<ImageReader> {
@@ -79,6 +82,14 @@ export class ImageReader {
 
   async *entries(): AsyncGenerator<Buffer, void, undefined> {
     for (let entry = await this.next(); entry !== null; entry = await this.next()) yield entry;
+  }
+
+  /**
+   * Stops reading: the stream is destroyed, so a file read only in part (an entry refused, or the
+   * rest not wanted) is closed. A stream read to its end closes by itself.
+   */
+  close(): void {
+    this.stream.destroy();
   }
 }
 

@@ -60,17 +60,21 @@ export interface Pagemap {
 
 export async function readPagemap(dir: string, target: PagemapTarget): Promise<Pagemap> {
   const image = await ImageReader.openFile(join(dir, pagemapFileName(target)), PAGEMAP_HEADER);
-  const head = await image.next();
-  if (head === null) throw new ImageFormatError(`${pagemapFileName(target)} has no pagemap head`);
-  const { pages_id: pagesId } = Entries.pagemapHead.decode(head);
-  const entries: Array<PagemapEntry & { pagesOffset: number }> = [];
-  let offset = 0;
-  for await (const bytes of image.entries()) {
-    const entry = entryFromMessage(Entries.pagemapEntry.decode(bytes));
-    entries.push({ ...entry, pagesOffset: offset });
-    if (entry.flags & PageFlag.PRESENT) offset += entry.nrPages * PAGE_SIZE;
+  try {
+    const head = await image.next();
+    if (head === null) throw new ImageFormatError(`${pagemapFileName(target)} has no pagemap head`);
+    const { pages_id: pagesId } = Entries.pagemapHead.decode(head);
+    const entries: Array<PagemapEntry & { pagesOffset: number }> = [];
+    let offset = 0;
+    for await (const bytes of image.entries()) {
+      const entry = entryFromMessage(Entries.pagemapEntry.decode(bytes));
+      entries.push({ ...entry, pagesOffset: offset });
+      if (entry.flags & PageFlag.PRESENT) offset += entry.nrPages * PAGE_SIZE;
+    }
+    return { pagesId, entries };
+  } finally {
+    image.close();
   }
-  return { pagesId, entries };
 }
 
 /** A run of pages `criu dump --lazy-pages` left in the dumped task's memory, for its lazy page server. */

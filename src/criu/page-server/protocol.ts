@@ -106,6 +106,12 @@ export function encodeTarget(target: PagemapTarget): bigint {
   return (BigInt(target.id) << 8n) | (target.type === 'pid' ? 1n : 2n);
 }
 
+/** CRIU sends pages by whole pages (criu/page-xfer.c, criu/uffd.c): an address inside one is not its. */
+function pageAddress(raw: RawHeader): bigint {
+  if (raw.vaddr % BigInt(PAGE_SIZE) !== 0n) throw new PageServerProtocolError(`address 0x${raw.vaddr.toString(16)} is not page-aligned`);
+  return raw.vaddr;
+}
+
 function pageCount(raw: RawHeader): number {
   if (raw.nrPages > BigInt(MAX_PAGES_PER_COMMAND)) {
     throw new PageServerProtocolError(`${raw.nrPages} pages in one command is more than ${MAX_PAGES_PER_COMMAND}`);
@@ -133,14 +139,14 @@ export function parseCommand(raw: RawHeader): PageServerCommand {
       if ((pageFlags & ~KNOWN_FLAGS) !== 0 || pageFlags === 0) {
         throw new PageServerProtocolError(`ADD_F with page flags 0x${pageFlags.toString(16)}`);
       }
-      return { kind: 'add', target: decodeTarget(raw.dstId), vaddr: raw.vaddr, nrPages: pageCount(raw), flags: pageFlags };
+      return { kind: 'add', target: decodeTarget(raw.dstId), vaddr: pageAddress(raw), nrPages: pageCount(raw), flags: pageFlags };
     }
     case Command.GET: {
       // for GET, dst_id is the plain virtual pid, not type-encoded (criu/uffd.c)
       if (raw.dstId === 0n || raw.dstId > 0x7fffffffn) throw new PageServerProtocolError(`GET for pid ${raw.dstId}`);
       const nrPages = pageCount(raw);
       if (nrPages === 0) throw new PageServerProtocolError('GET of zero pages');
-      return { kind: 'get', pid: Number(raw.dstId), vaddr: raw.vaddr, nrPages };
+      return { kind: 'get', pid: Number(raw.dstId), vaddr: pageAddress(raw), nrPages };
     }
     case Command.CLOSE:
     case Command.FORCE_CLOSE:

@@ -1,0 +1,154 @@
+import { crc32 } from 'node:zlib';
+import { Readable, Writable } from 'node:stream';
+import { receiveControl, sendControl } from '../../../src/link/control-channel.js';
+import { ChannelKind, FRAME_HEADER_SIZE, FrameType, LinkProtocolError, MAX_FRAME_PAYLOAD, decodeFrame, encodeFrame } from '../../../src/link/frame.js';
+import { PROTOCOL_VERSION, helloFrame, helloReplyFrame, parseHello, parseHelloReply } from '../../../src/link/handshake.js';
+import { Messages, type Control, type HostInfo } from '../../../src/link/messages.js';
+import { TruncatedStreamError } from '../../../src/streams/stream-reader.js';
+import { InvariantBroken, type FuzzTarget } from '../fuzzer.js';
+import { chunked, type Random } from '../mutations.js';
+
+const HOST: HostInfo = { criu_version: '4.1.1', page_size: 4096, architecture: 'x64', capabilities: ['lazy', 'pre-copy'], haul_version: '0.1.0', role: 'source' };
+const SESSION_ID = Buffer.from('00112233445566778899aabbccddeeff', 'hex');
+
+const CONTROLS: Control[] = [
+  { migration_start: { mode: 'lazy', pid: 4242, criu_version: '4.1.1', instance: 'c1', migration_id: 'm-1', source_host: 'a', restore_timeout_ms: 30000, manager_addresses: ['10.0.0.1:8443'] } },
+  { images_complete: { files: 12, page_streams: 3, bytes: 0x1_0000_0000n, filesystem_tars: 1 } },
+  { restore_result: { ok: false, error: 'criu restore failed', pid: 0 } },
+  { progress: { pages: 1024n, bytes: 4194304n } },
+  { lazy_complete: { pages: 0xffff_ffff_ffffn } },
+  { commit: { source_pid: 4242 } },
+  { images_stored: { ok: true, error: '' } },
+  { migration_accepted: { ok: true, error: '' } },
+];
+
+/**
+ * Makes the frame header agree with the bytes around it, as a peer that computes its frames but
+ * lies in them would: the payload length field, then the CRC when the frame says it has one.
+ */
+function repairFrame(input: Buffer, random: Random): Buffer {
+  if (input.length < FRAME_HEADER_SIZE) return input;
+  const copy = Buffer.from(input);
+  if (random.chance(0.8)) copy.writeUInt32LE(copy.length - FRAME_HEADER_SIZE, 16);
+  if (copy.readUInt16LE(2) & 1) copy.writeUInt32LE(crc32(copy.subarray(FRAME_HEADER_SIZE), crc32(copy.subarray(0, 20))), 20);
+  return copy;
+}
+
+function frameSeeds(): Buffer[] {
+  const frames: Buffer[] = [];
+  const payloads = [Buffer.alloc(0), Buffer.from('pagemap-1234'), Buffer.alloc(8, 0xff), Buffer.alloc(32, 0x5a), Buffer.alloc(300, 1)];
+  for (const type of Object.values(FrameType)) {
+    for (const withCrc of [true, false]) {
+      const kind = type === FrameType.OPEN ? ChannelKind.PAGES : type === FrameType.DATA ? ChannelKind.IMAGE_FILE : 0;
+      frames.push(encodeFrame({ type, kind, channel: type * 2 + 1, offset: BigInt(type) << 20n, payload: payloads[type % payloads.length]! }, withCrc));
+    }
+  }
+  return frames;
+}
+
+/** Checks what a decoder gave against the type it promises: a wrong shape is a crash waiting downstream. */
+function expectShape(value: unknown, shape: Record<string, 'string' | 'number' | 'boolean' | 'bigint' | 'buffer' | 'array' | 'object'>, what: string): void {
+  if (typeof value !== 'object' || value === null) throw new InvariantBroken(`${what} decoded to ${value === null ? 'null' : typeof value}`);
+  for (const [field, kind] of Object.entries(shape)) {
+    const got = (value as Record<string, unknown>)[field];
+    const ok = kind === 'buffer' ? Buffer.isBuffer(got) : kind === 'array' ? Array.isArray(got) : kind === 'object' ? typeof got === 'object' && got !== null : typeof got === kind;
+    if (!ok) throw new InvariantBroken(`${what}.${field} decoded to ${got === null ? 'null' : typeof got}, not ${kind}`);
+  }
+}
+
+const HOST_SHAPE = { criu_version: 'string', page_size: 'number', architecture: 'string', capabilities: 'array', haul_version: 'string', role: 'string' } as const;
+
+export const linkFrame: FuzzTarget = {
+  name: 'link-frame',
+  decoder: 'src/link/frame.ts decodeFrame (one WebSocket message)',
+  expected: [LinkProtocolError],
+  seeds: frameSeeds,
+  repair: repairFrame,
+  run(input, random) {
+    const frame = decodeFrame(input, random.chance(0.5));
+    if (frame.payload.length > MAX_FRAME_PAYLOAD || frame.payload.length !== input.length - FRAME_HEADER_SIZE) {
+      throw new InvariantBroken(`a ${frame.payload.length}-byte payload from a ${input.length}-byte frame`);
+    }
+    return frame;
+  },
+};
+
+export const linkHandshake: FuzzTarget = {
+  name: 'link-handshake',
+  decoder: 'src/link/handshake.ts parseHello / parseHelloReply (the first frame each way)',
+  expected: [LinkProtocolError],
+  seeds: () => [
+    helloFrame({ protocol_version: PROTOCOL_VERSION, session_id: SESSION_ID, resume: false, host: HOST, received: [] }),
+    helloFrame({ protocol_version: PROTOCOL_VERSION, session_id: SESSION_ID, resume: true, host: HOST, received: [{ channel: 3, received: 0x1_0000_0001n, ended: false }, { channel: 5, received: 7n, ended: true }] }),
+    helloReplyFrame({ protocol_version: PROTOCOL_VERSION, resumed: true, host: { ...HOST, role: 'destination' }, received: [{ channel: 2, received: 99n, ended: false }], refusal: '' }),
+    helloReplyFrame({ protocol_version: PROTOCOL_VERSION, resumed: false, host: HOST, received: [], refusal: 'no such session here to resume' }),
+  ],
+  repair: repairFrame,
+  run(input) {
+    // the first byte says which side's frame it is; each parser must refuse the other's
+    const hello = input[0] === FrameType.HELLO ? parseHello(input) : parseHelloReply(input);
+    expectShape(hello, { protocol_version: 'number', host: 'object', received: 'array' }, 'the handshake');
+    expectShape(hello.host, HOST_SHAPE, 'the handshake host');
+    for (const progress of hello.received) expectShape(progress, { channel: 'number', received: 'bigint', ended: 'boolean' }, 'channel progress');
+    return hello;
+  },
+};
+
+export const linkMessages: FuzzTarget = {
+  name: 'link-messages',
+  decoder: 'src/link/messages.ts Messages.*.decode (protobuf payloads; the first byte picks the message)',
+  expected: [LinkProtocolError],
+  seeds: () => [
+    ...CONTROLS.map((control) => Buffer.concat([Buffer.from([0]), Messages.control.encode(control)])),
+    Buffer.concat([Buffer.from([1]), Messages.abort.encode({ reason: 'the restore failed: criu exited 1', origin: 'listener', code: 'HAUL_LINK_PROTOCOL' })]),
+    Buffer.concat([Buffer.from([2]), Messages.hello.encode({ protocol_version: 1, session_id: SESSION_ID, resume: true, host: HOST, received: [{ channel: 3, received: 5n, ended: true }] })]),
+    Buffer.concat([Buffer.from([3]), Messages.helloReply.encode({ protocol_version: 1, resumed: false, host: HOST, received: [], refusal: 'no' })]),
+  ],
+  run(input) {
+    const body = input.subarray(1);
+    switch ((input[0] ?? 0) % 4) {
+      case 0: {
+        const control = Messages.control.decode(body);
+        // a oneof: at most one body, whatever the wire repeats
+        const set = Object.values(control).filter((value) => value !== undefined && value !== null);
+        if (set.length > 1) throw new InvariantBroken(`a control message with ${set.length} bodies`);
+        return control;
+      }
+      case 1: {
+        const abort = Messages.abort.decode(body);
+        expectShape(abort, { reason: 'string', origin: 'string' }, 'Abort');
+        return abort;
+      }
+      case 2:
+        return Messages.hello.decode(body);
+      default:
+        return Messages.helloReply.decode(body);
+    }
+  },
+};
+
+/** The bytes sendControl writes for these messages, in order. */
+async function controlStream(messages: readonly Control[]): Promise<Buffer> {
+  const parts: Buffer[] = [];
+  const sink = new Writable({ write: (chunk: Buffer, _encoding, done) => (parts.push(chunk), done()) });
+  for (const message of messages) await sendControl(sink, message);
+  return Buffer.concat(parts);
+}
+
+let controlSeeds: Buffer[] = [];
+
+export const controlChannel: FuzzTarget = {
+  name: 'control-channel',
+  decoder: 'src/link/control-channel.ts receiveControl (length-prefixed control messages on a channel)',
+  expected: [LinkProtocolError, TruncatedStreamError],
+  async open() {
+    controlSeeds = [await controlStream(CONTROLS), await controlStream(CONTROLS.slice(0, 2)), await controlStream([CONTROLS[4]!])];
+  },
+  seeds: () => controlSeeds,
+  async run(input, random) {
+    const messages: Control[] = [];
+    for await (const message of receiveControl(Readable.from(chunked(input, random)))) messages.push(message);
+    if (messages.length * 4 > input.length) throw new InvariantBroken(`${messages.length} messages from ${input.length} bytes`);
+    return messages;
+  },
+};
