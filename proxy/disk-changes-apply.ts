@@ -132,7 +132,8 @@ class Applier {
       throw new DiskChangesError('HAUL_DISK_CHANGES_BAD_ENTRY', `the root \`.\` comes as a ${header.type}; it can only be a directory`);
     }
     const attributes = { uid: ownerId(pax['uid'], header.uid), gid: ownerId(pax['gid'], header.gid), mode: modeOf(pax[DISK_PAX.mode], header.mode), mtime: header.mtime };
-    if (this.owners && !(within(this.owners.uids, attributes.uid) && within(this.owners.gids, attributes.gid))) {
+    // a directory's list of names makes nothing, and carries no owner
+    if (this.owners && !isNames && !(within(this.owners.uids, attributes.uid) && within(this.owners.gids, attributes.gid))) {
       throw new DiskChangesError('HAUL_DISK_CHANGES_BAD_OWNER', `${JSON.stringify(header.name)} is owned by ${attributes.uid}:${attributes.gid}, outside the ids the container's root may give its files`);
     }
     switch (header.type) {

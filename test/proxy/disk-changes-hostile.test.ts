@@ -1,7 +1,8 @@
 import { execFileSync } from 'node:child_process';
-import { existsSync, lstatSync, mkdirSync, readdirSync, statSync, utimesSync, writeFileSync } from 'node:fs';
+import { chownSync, existsSync, lstatSync, mkdirSync, readdirSync, statSync, utimesSync, writeFileSync } from 'node:fs';
 import { afterEach, describe, expect, it } from 'vitest';
 import { applyDiskChanges } from '../../proxy/disk-changes-apply.js';
+import { packDiskChanges } from '../../proxy/disk-changes-pack.js';
 import { scratchDir } from '../support/scratch.js';
 import { handMadeTar } from './disk-changes-trees.js';
 
@@ -46,6 +47,21 @@ describe('disk changes: a tar the container shaped cannot write outside its root
     await expect(applyDiskChanges(tar, root, { owners })).rejects.toMatchObject({ name: 'DiskChangesError', code: 'HAUL_DISK_CHANGES_BAD_OWNER' });
     expect(existsSync(`${root}/suid-root`)).toBe(false);
     expect(statSync(`${root}/mine`).uid).toBe(1_000_000);
+  });
+
+  it("takes a container's own tree, as the packer sends it, within the container's map", async () => {
+    const scratch = scratchDir('disk-owned');
+    scratches.push(scratch);
+    const source = `${scratch.path}/source`;
+    mkdirSync(`${source}/run/big`, { recursive: true });
+    writeFileSync(`${source}/run/big/beat`, '1\n');
+    for (const path of [source, `${source}/run`, `${source}/run/big`, `${source}/run/big/beat`]) chownSync(path, 1_000_000, 1_000_000);
+    const packed = packDiskChanges(source, 0);
+    const { root } = rootAndOutside();
+    const owners = { uids: [{ first: 1_000_000, count: 65536 }], gids: [{ first: 1_000_000, count: 65536 }] };
+    await applyDiskChanges(packed.tar, root, { owners });
+    await packed.done;
+    expect(statSync(`${root}/run/big/beat`).uid).toBe(1_000_000);
   });
 
   it('takes the root `.` only as a directory', async () => {
