@@ -24,7 +24,7 @@ import { DISK_CHANGES_FILE } from '../proxy/cache-store.js';
 import { packDiskChanges } from '../proxy/disk-changes-pack.js';
 import type { InFlight, MigrationProgress } from './in-flight.js';
 import { ObservedPostDump } from './observed-post-dump.js';
-import { identify, isRunning, type ProcessIdentity } from './process-identity.js';
+import { hasEnded, identify, isRunning, type ProcessIdentity } from './process-identity.js';
 import { LazyEarlyActions } from './lazy-early-actions.js';
 import { MIGRATION_ID_FILE, argumentOf, type HookReply } from './hook-protocol.js';
 import type { IncusClient, IncusInstance } from './incus-client.js';
@@ -475,7 +475,13 @@ export class SourceRole {
       await this.records.add({ ...record, totalMs: Date.now() - startedAt.getTime(), result: 'failed', error: reason });
     } finally {
       this.inFlight.end(record.id);
-      await dump.guard.release();
+      // CRIU may still be on its way to listening (a failure came first: it goes on to its lazy
+      // page server all the same), and would take any client then: the guard goes only with CRIU,
+      // or by its own timeout (released already when haul was seen connected to CRIU)
+      hasEnded(dump.criu, 200, LAZY_SERVER_MS + 30_000).then(async () => {
+        if (isRunning(dump.criu)) this.log(`${record.instance}: CRIU's lazy dump ${dump.criu.pid} still runs; its port stays guarded until the guard expires`);
+        else await dump.guard.release();
+      }).catch((failure: Error) => this.log(`${record.instance}: could not release the guard of port ${dump.lazyPort}: ${failure.message}`));
       await actions.close();
       // the page data haul sent; the rest of the directory is swept later (CRIU writes its stats
       // there as it ends)
