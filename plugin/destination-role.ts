@@ -1,5 +1,5 @@
 import { createReadStream, mkdirSync } from 'node:fs';
-import { chmod, readdir, rm, stat } from 'node:fs/promises';
+import { chmod, chown, lstat, readdir, rm, stat } from 'node:fs/promises';
 import { join } from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { sendControl } from '../src/link/control-channel.js';
@@ -222,9 +222,14 @@ export class DestinationRole {
     }
     // Incus made the restore dir 0700 for the container's root; CRIU 4.1.1's restored init may open
     // timens-N.img before its uid map is written (criu/cr-restore.c: prepare_timens() runs before
-    // the PREPARE_NAMESPACES stage) and then cannot search it: about one native move in six fails
-    // so here. Searchable by all, the dir lists nothing to others; its files are 0644 already.
-    await chmod(dir, 0o711);
+    // the PREPARE_NAMESPACES stage), as host uid 0 and gid 0 without capabilities here, and then
+    // cannot search it: about one native move in six fails so here. Searchable by group 0 (root's),
+    // and by no other user: the pages placed in it are the container's memory.
+    const restoreDir = await lstat(dir);
+    if (!restoreDir.isDirectory()) return { error: `haul: the restore dir ${dir} is not a directory` };
+    await chown(dir, restoreDir.uid, 0);
+    await chmod(dir, 0o710);
+    const containerRoot = { uid: restoreDir.uid, gid: 0 };
     const started = Date.now();
     const deadline = started + PAGES_WAIT_MS;
     let entry = this.incoming.get(id);
@@ -255,7 +260,7 @@ export class DestinationRole {
       try {
         await Promise.race([entry.complete, sleep(Math.max(0, deadline - Date.now())).then(() => Promise.reject(new Error(`not complete after ${PAGES_WAIT_MS / 1000} s`)))]);
         // the restored tasks read these themselves, as the container's root: world-readable
-        await placeImageFiles(entry.dir, dir, (await readdir(entry.dir)).filter((n) => /^(pagemap|pages)-.*\.img$/.test(n)));
+        await placeImageFiles(entry.dir, dir, (await readdir(entry.dir)).filter((n) => /^(pagemap|pages)-.*\.img$/.test(n)), containerRoot);
         await this.bringDiskUpToDate(entry, args, callerPid);
       } catch (error) {
         return refuse(entry, `haul: the pages or disk changes of migration ${id} are not usable: ${error instanceof Error ? error.message : String(error)}`);

@@ -56,11 +56,12 @@ async function copyInto(file: FileHandle, from: string): Promise<void> {
 }
 
 /**
- * Puts each of `names` from haul's own `fromDir` into `restoreDir` with `mode` (the restored tasks
- * read them as the container's root): a hard link where both are on one filesystem, else a copy.
- * Whatever was at those names in the restore dir goes first.
+ * Puts each of `names` from haul's own `fromDir` into `restoreDir`, owned by `owner` with `mode`
+ * (the restored tasks read them as the container's root; no one else may: they hold its memory): a
+ * hard link where both are on one filesystem, else a copy. Whatever was at those names in the
+ * restore dir goes first.
  */
-export async function placeImageFiles(fromDir: string, restoreDir: string, names: readonly string[], mode = 0o644): Promise<void> {
+export async function placeImageFiles(fromDir: string, restoreDir: string, names: readonly string[], owner: { readonly uid: number; readonly gid: number }, mode = 0o640): Promise<void> {
   for (const name of names) {
     const from = join(fromDir, name);
     const to = join(restoreDir, name);
@@ -80,6 +81,7 @@ export async function placeImageFiles(fromDir: string, restoreDir: string, names
       }
     }
     try {
+      await placed.chown(owner.uid, owner.gid);
       await placed.chmod(mode);
     } finally {
       await placed.close();

@@ -29,13 +29,15 @@ describe("placing the pages into Incus' restore directory, which the source fill
     it(`never writes through a link planted at a name it places${across ? ' (copied across filesystems)' : ''}`, async () => {
       const paths = setUp(across);
       for (const name of ['pagemap-1.img', 'pages-65537.img']) symlinkSync(paths.victim, join(paths.restore, name));
-      await placeImageFiles(paths.store, paths.restore, ['pagemap-1.img', 'pages-65537.img']);
+      await placeImageFiles(paths.store, paths.restore, ['pagemap-1.img', 'pages-65537.img'], { uid: 1_000_000, gid: 0 });
       expect(readFileSync(paths.victim, 'utf8')).toBe("not haul's to write");
       expect(statSync(paths.victim).mode & 0o777).toBe(0o600);
       for (const [name, text] of [['pagemap-1.img', 'the pagemap'], ['pages-65537.img', 'the pages']] as const) {
         const placed = lstatSync(join(paths.restore, name));
         expect(placed.isFile()).toBe(true);
-        expect(placed.mode & 0o777).toBe(0o644);
+        // the container's memory: its root (the restore dir's owner) reads it, no other user
+        expect(placed.mode & 0o777).toBe(0o640);
+        expect([placed.uid, placed.gid]).toEqual([1_000_000, 0]);
         expect(readFileSync(join(paths.restore, name), 'utf8')).toBe(text);
       }
     });
