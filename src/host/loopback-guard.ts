@@ -53,8 +53,8 @@ export async function canGuardLoopbackPorts(options: Pick<LoopbackGuardOptions, 
 }
 
 /**
- * One transaction: the table, set and chain are made if missing, the chain's rules replaced by the
- * same two (so set-ups running at once agree), and the port's element added.
+ * One transaction: the table, set and chains are made if missing, the chains' rules replaced by
+ * the same ones (so set-ups running at once agree), and the port's element added.
  */
 function guardScript(port: number, expirySeconds: number): string {
   return [
@@ -64,6 +64,11 @@ function guardScript(port: number, expirySeconds: number): string {
     `flush chain ${TABLE} loopback_output`,
     `add rule ${TABLE} loopback_output ip daddr 127.0.0.0/8 tcp dport @${PORTS} meta skuid != 0 reject with tcp reset`,
     `add rule ${TABLE} loopback_output ip6 daddr ::1 tcp dport @${PORTS} meta skuid != 0 reject with tcp reset`,
+    // and what comes to loopback from outside (a host with route_localnet set) never reaches them
+    `add chain ${TABLE} loopback_input { type filter hook input priority filter; policy accept; }`,
+    `flush chain ${TABLE} loopback_input`,
+    `add rule ${TABLE} loopback_input iifname != "lo" ip daddr 127.0.0.0/8 tcp dport @${PORTS} drop`,
+    `add rule ${TABLE} loopback_input iifname != "lo" ip6 daddr ::1 tcp dport @${PORTS} drop`,
     `add element ${TABLE} ${PORTS} { ${port} timeout ${expirySeconds}s }`,
   ].join('\n');
 }
