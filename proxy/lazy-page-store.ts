@@ -8,6 +8,8 @@ import { LAZY_PUSH_CHANNEL, readPages, writePageRequest, type PageRun } from './
 import { PageTable } from './page-table.js';
 
 const page = BigInt(PAGE_SIZE);
+/** Pages read from the file into one buffer at most, when answering criu lazy-pages. */
+const MAX_PAGES_PER_READ = 64;
 
 /**
  * The cache's side of lazy mode: keeps the pages the proxy sends (asked for or pushed ahead) in a
@@ -103,11 +105,13 @@ export class LazyPageStore implements PageSource {
       offsets.push(offset);
     }
     const file = this.file;
-    // pages pushed in one run sit next to each other in the file: read each such stretch at once
+    // pages pushed in one run sit next to each other in the file: read each such stretch at once,
+    // up to a bound (the pushes land back to back, so a stretch can be most of the workload, and
+    // CRIU asks for whole ranges: one buffer per stretch held the cache above its memory bound)
     async function* pages(): AsyncGenerator<Buffer, void, undefined> {
       for (let i = 0; i < offsets.length; ) {
         let run = 1;
-        while (i + run < offsets.length && offsets[i + run] === offsets[i]! + run * PAGE_SIZE) run++;
+        while (run < MAX_PAGES_PER_READ && i + run < offsets.length && offsets[i + run] === offsets[i]! + run * PAGE_SIZE) run++;
         const bytes = Buffer.allocUnsafe(run * PAGE_SIZE);
         await file.read(bytes, 0, bytes.length, offsets[i]!);
         yield bytes;
