@@ -33,6 +33,11 @@ interface ListenerEvents {
   refused: [Error];
 }
 
+/** How long a client has from connecting until its upgrade request is in (TLS handshake included). */
+const PRE_SESSION_MS = 10_000;
+/** Connections at once: a migration uses one per peer (a resume briefly two). */
+const MAX_CONNECTIONS = 256;
+
 /**
  * Accepts links: TLS with both certificates pinned by fingerprint (or, on loopback only, insecure),
  * a versioned handshake, and resumption of a known session on a new connection within its window.
@@ -50,9 +55,15 @@ export class LinkListener extends EventEmitter<ListenerEvents> {
 
   static async listen(address: string, port: number, options: EndpointOptions): Promise<LinkListener> {
     const { identity, trust } = requireSecurity(options, address);
+    // Before its certificate is checked a client is nobody: it gets a few seconds for the TLS
+    // handshake and the upgrade request (Node's defaults are minutes), and the connections not yet
+    // a session are capped, so that no one can hold the agent's file descriptors (which its checks
+    // of local connections need, src/host) by opening connections and saying nothing.
     const server = identity
-      ? createHttpsServer({ key: identity.key, cert: identity.cert, requestCert: true, rejectUnauthorized: false })
+      ? createHttpsServer({ key: identity.key, cert: identity.cert, requestCert: true, rejectUnauthorized: false, handshakeTimeout: PRE_SESSION_MS })
       : createHttpServer();
+    server.headersTimeout = PRE_SESSION_MS;
+    server.maxConnections = MAX_CONNECTIONS;
     const wss = new WebSocketServer({
       server,
       maxPayload: FRAME_HEADER_SIZE + MAX_FRAME_PAYLOAD,
