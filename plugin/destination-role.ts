@@ -29,7 +29,7 @@ import { RestoreLogGate } from './restore-log-gate.js';
 import { placeImageFiles, readPlainFile } from './restore-dir-files.js';
 import { connectionFilters, cutConnections, cuttableEndpoints } from './incus-connections.js';
 import { restoreTimeoutFor } from './peer-limits.js';
-import { hasEnded, identify, type ProcessIdentity } from './process-identity.js';
+import { hasEnded, identify, type ProcessIdentity } from '../src/host/index.js';
 
 /** How long an instance counts as being received after its "Creating instance" operation was seen. */
 const EXPECTED_FOR_MS = 10 * 60_000;

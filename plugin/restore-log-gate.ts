@@ -1,7 +1,7 @@
 import { spawn, type ChildProcess } from 'node:child_process';
 import { closeSync, constants, lstatSync, openSync, unlinkSync, writeFileSync } from 'node:fs';
 import { createInterface } from 'node:readline';
-import type { ProcessIdentity } from './process-identity.js';
+import type { ProcessIdentity } from '../src/host/index.js';
 
 /** What the gatekeeper does by itself when the agent leaves it without a word. */
 export interface GateContainment {

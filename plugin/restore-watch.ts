@@ -6,7 +6,7 @@ import { join } from 'node:path';
 import { createInterface } from 'node:readline';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { promisify } from 'node:util';
-import { identify, isRunning } from './process-identity.js';
+import { identify, isRunning } from '../src/host/index.js';
 import { shellWord } from '../src/shell-words.js';
 
 export type RestoreOutcome = { readonly ok: true; readonly pid: number } | { readonly ok: false; readonly error: string };

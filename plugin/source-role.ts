@@ -24,7 +24,7 @@ import { DISK_CHANGES_FILE } from '../proxy/cache-store.js';
 import { packDiskChanges } from '../proxy/disk-changes-pack.js';
 import type { InFlight, MigrationProgress } from './in-flight.js';
 import { ObservedPostDump } from './observed-post-dump.js';
-import { hasEnded, identify, isRunning, type ProcessIdentity } from './process-identity.js';
+import { hasEnded, identify, isRunning, type ProcessIdentity } from '../src/host/index.js';
 import { LazyEarlyActions } from './lazy-early-actions.js';
 import { MIGRATION_ID_FILE, argumentOf, type HookReply } from './hook-protocol.js';
 import type { IncusClient, IncusInstance } from './incus-client.js';
@@ -233,7 +233,7 @@ export class SourceRole {
           const local = fitsUnixSocketPath(socketPath);
           const forward = local
             ? await dumpToLinkLocal(session, layout, socketPath)
-            : await dumpToLink(session, layout, callerPid === undefined ? Promise.reject(new Error('the hook did not say which process becomes CRIU')) : Promise.resolve(callerPid), (refused) => this.log(`${instance.name}: refused a connection to the dump's page server: ${refused instanceof Error ? refused.message : String(refused)}`));
+            : await dumpToLink(session, layout, criuOf(callerPid), (refused) => this.log(`${instance.name}: refused a connection to the dump's page server: ${refused instanceof Error ? refused.message : String(refused)}`));
           const counting = setInterval(() => this.inFlight.update(progress, { pages: forward.pages.pagesSent }), 500);
           void forward.received.finally(() => clearInterval(counting)).catch(() => {});
           const observed = await ObservedPostDump.create(workDir, incusScript);
@@ -433,7 +433,7 @@ export class SourceRole {
       await new Promise((resolve, reject) => lazyServer!.once('connect', resolve).once('error', reject));
       // someone may have taken the port before CRIU could: nothing is asked of it or believed
       // until CRIU is seen to hold the other end (CRIU then stops listening: the guard can go)
-      await expectPeerProcess(lazyServer, dump.criu.pid);
+      await expectPeerProcess(lazyServer, dump.criu);
       await dump.guard.release();
       const client = new LazyPagesClient(lazyServer, layout);
       const total = lazyRuns.reduce((sum, run) => sum + run.nrPages, 0);
@@ -488,4 +488,10 @@ export class SourceRole {
       for (const name of await readdir(dumpDir).catch(() => [])) if (isPagesFileName(name)) await rm(join(dumpDir, name), { force: true });
     }
   }
+}
+
+/** The process the hook that asked becomes (CRIU, same pid), as the check of who connected needs it. */
+function criuOf(callerPid: number | undefined): Promise<ProcessIdentity> {
+  const criu = callerPid === undefined ? undefined : identify(callerPid);
+  return criu ? Promise.resolve(criu) : Promise.reject(new Error('the hook did not say which process becomes CRIU, or it is gone'));
 }

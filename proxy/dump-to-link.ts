@@ -1,6 +1,6 @@
 import type { Socket } from 'node:net';
 import { acceptOne, acceptOneLocal } from '../src/criu/page-server/connection.js';
-import { expectPeerProcess } from '../src/host/index.js';
+import { expectPeerProcess, type ProcessIdentity } from '../src/host/index.js';
 import { receiveDump, type DumpSummary } from '../src/criu/page-server/dump-receiver.js';
 import type { HeaderLayout } from '../src/criu/page-server/protocol.js';
 import type { LinkSession } from '../src/link/session.js';
@@ -33,10 +33,11 @@ export interface DumpToLink {
 
 /**
  * CRIU connects to `port` on 127.0.0.1 (--page-server --address 127.0.0.1 --port). Any local user
- * can connect there too: only a connection held by the process `criu` names (once CRIU runs) is
+ * can connect there too: only a connection held by the process `criu` names (once CRIU runs; its pid
+ * and start time) is
  * served; others are dropped unread and reported to `onRefused`.
  */
-export async function dumpToLink(session: LinkSession, layout: HeaderLayout, criu: Promise<number>, onRefused?: (error: unknown) => void): Promise<DumpToLink & { readonly port: number }> {
+export async function dumpToLink(session: LinkSession, layout: HeaderLayout, criu: Promise<ProcessIdentity>, onRefused?: (error: unknown) => void): Promise<DumpToLink & { readonly port: number }> {
   criu.catch(() => {}); // a pid never known refuses every connection, below
   const server = await acceptOne('127.0.0.1', 0, async (socket) => expectPeerProcess(socket, await criu), onRefused);
   return { ...forwardDump(session, layout, server), port: server.port };

@@ -12,7 +12,7 @@ import { ControlInbox } from '../src/link/control-inbox.js';
 import { dialLink } from '../src/link/dialer.js';
 import type { EndpointOptions } from '../src/link/endpoint-options.js';
 import { ChannelKind } from '../src/link/frame.js';
-import { expectPeerProcess, guardLoopbackPort, type LoopbackGuard } from '../src/host/index.js';
+import { expectPeerProcess, guardLoopbackPort, identify, type LoopbackGuard, type ProcessIdentity } from '../src/host/index.js';
 import { sendImageFiles } from './images-to-link.js';
 import { FaultQueue, moveLazyPages } from './lazy-source.js';
 import { dumpToLink, dumpToLinkOver } from './dump-to-link.js';
@@ -201,8 +201,8 @@ export async function migrateLazy(options: MigrateOptions): Promise<MigrationSum
   // (CRIU 4.1.1 cannot take a socket pair here: dump-to-link.ts.) On that port, haul serves only
   // the dump's own connection, and CRIU's lazy page server, which takes the first client and
   // believes its CLOSE, is out of reach of every local user but root (src/host/loopback-guard.ts)
-  let criuPid: (pid: number) => void = () => {};
-  const forward = await dumpToLink(session, layout, new Promise<number>((resolve) => (criuPid = resolve)), (refused) => progress(`refused a connection to the dump's page server: ${refused instanceof Error ? refused.message : String(refused)}`));
+  let criuStarted: (criu: ProcessIdentity) => void = () => {};
+  const forward = await dumpToLink(session, layout, new Promise<ProcessIdentity>((resolve) => (criuStarted = resolve)), (refused) => progress(`refused a connection to the dump's page server: ${refused instanceof Error ? refused.message : String(refused)}`));
   const port = forward.port;
   const dumped = forward.pages;
   let guard: LoopbackGuard;
@@ -222,7 +222,8 @@ export async function migrateLazy(options: MigrateOptions): Promise<MigrationSum
     ['-t', String(options.pid), '-D', imagesDir, '--lazy-pages', '--page-server', '--address', '127.0.0.1', '--port', String(port), '--action-script', gate.scriptPath],
     { logFile: join(workDir, 'dump.log'), statusFd: true, ...criu },
   );
-  if (dump.child.pid !== undefined) criuPid(dump.child.pid);
+  const criuProcess = dump.child.pid === undefined ? undefined : identify(dump.child.pid);
+  if (criuProcess) criuStarted(criuProcess);
   let lazyServer: Socket | undefined;
   let pulled = 0;
   let stopReporting = (): void => {};
@@ -250,7 +251,8 @@ export async function migrateLazy(options: MigrateOptions): Promise<MigrationSum
     await new Promise((resolve, reject) => lazyServer!.once('connect', resolve).once('error', reject));
     // whoever listens there answers nothing haul believes until it is seen to be CRIU; CRIU then
     // stops listening, and the guard can go
-    await expectPeerProcess(lazyServer, dump.child.pid!);
+    if (!criuProcess) throw new Error('criu dump did not start');
+    await expectPeerProcess(lazyServer, criuProcess);
     await guard.release();
     const client = new LazyPagesClient(lazyServer, layout);
     const total = dumped.lazyRuns.reduce((sum, run) => sum + run.nrPages, 0);

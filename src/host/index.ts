@@ -2,3 +2,4 @@
 export { canonicalEndpoint, connectionsSeenBy, establishedConnections, socketInodesOf, type TcpConnection } from './tcp-table.js';
 export { expectPeerProcess, UnexpectedPeerError } from './socket-peer.js';
 export { canGuardLoopbackPorts, guardLoopbackPort, LoopbackGuardError, type LoopbackGuard, type LoopbackGuardOptions } from './loopback-guard.js';
+export { hasEnded, identify, isRunning, type ProcessIdentity } from './process-identity.js';

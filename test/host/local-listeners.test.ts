@@ -6,7 +6,9 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterEach, expect, it } from 'vitest';
 import { acceptOne, acceptOneLocal } from '../../src/criu/page-server/connection.js';
-import { canGuardLoopbackPorts, expectPeerProcess, guardLoopbackPort, LoopbackGuardError, UnexpectedPeerError } from '../../src/host/index.js';
+import { canGuardLoopbackPorts, expectPeerProcess, guardLoopbackPort, identify, LoopbackGuardError, UnexpectedPeerError, type ProcessIdentity } from '../../src/host/index.js';
+
+const processOf = (pid: number): ProcessIdentity => identify(pid)!;
 import { describeOnHost } from '../support/host.js';
 import { ATTACKER_UID } from '../support/local-attacker.js';
 
@@ -59,8 +61,8 @@ describeOnHost('who may connect to the loopback listeners of a migration', ['roo
     const peer = await connectFromAnotherProcess(port);
     await new Promise((resolve) => setTimeout(resolve, 100));
     const socket = accepted[0]!;
-    await expect(expectPeerProcess(socket, peer.pid)).resolves.toBeUndefined();
-    const refusal = await expectPeerProcess(socket, process.pid).catch((error: unknown) => error);
+    await expect(expectPeerProcess(socket, processOf(peer.pid))).resolves.toBeUndefined();
+    const refusal = await expectPeerProcess(socket, processOf(process.pid)).catch((error: unknown) => error);
     expect(refusal).toBeInstanceOf(UnexpectedPeerError);
     expect((refusal as UnexpectedPeerError).code).toBe('HAUL_UNEXPECTED_PEER');
   });
@@ -70,8 +72,10 @@ describeOnHost('who may connect to the loopback listeners of a migration', ['roo
     const socket = connect(port, '127.0.0.1');
     sockets.push(socket);
     await once(socket, 'connect');
-    await expect(expectPeerProcess(socket, process.pid)).resolves.toBeUndefined();
-    await expect(expectPeerProcess(socket, 1)).rejects.toBeInstanceOf(UnexpectedPeerError);
+    await expect(expectPeerProcess(socket, processOf(process.pid))).resolves.toBeUndefined();
+    await expect(expectPeerProcess(socket, processOf(1))).rejects.toBeInstanceOf(UnexpectedPeerError);
+    // the pid of the process expected, but that process ended and another took its pid
+    await expect(expectPeerProcess(socket, { pid: process.pid, startTime: '1' })).rejects.toThrow(/another process now/);
   });
 
   it("a page server's listener drops connections that fail its check unread, and goes on to take the right one", async () => {

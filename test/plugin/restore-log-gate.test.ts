@@ -124,7 +124,7 @@ describeOnHost('the gate when the agent dies before it has a word for it', ['roo
   async function agentHolding(gatePath: string, logPath: string, criuPid: number, cutFilters: string[]): Promise<{ kill(): void }> {
     const script = `
       const { RestoreLogGate } = await import(${JSON.stringify(join(REPO, 'dist/plugin/restore-log-gate.js'))});
-      const { identify } = await import(${JSON.stringify(join(REPO, 'dist/plugin/process-identity.js'))});
+      const { identify } = await import(${JSON.stringify(join(REPO, 'dist/src/host/process-identity.js'))});
       await RestoreLogGate.open(${JSON.stringify(gatePath)}, ${JSON.stringify(logPath)}, 60000, { criu: identify(${criuPid}), cutFilters: ${JSON.stringify(cutFilters)} });
       console.log('holding');
       setInterval(() => {}, 1000);
