@@ -34,8 +34,7 @@ export interface DumpToLink {
 /**
  * CRIU connects to `port` on 127.0.0.1 (--page-server --address 127.0.0.1 --port). Any local user
  * can connect there too: only a connection held by the process `criu` names (once CRIU runs; its pid
- * and start time) is
- * served; others are dropped unread and reported to `onRefused`.
+ * and start time) is served; others are dropped unread and reported to `onRefused`.
  */
 export async function dumpToLink(session: LinkSession, layout: HeaderLayout, criu: Promise<ProcessIdentity>, onRefused?: (error: unknown) => void): Promise<DumpToLink & { readonly port: number }> {
   criu.catch(() => {}); // a pid never known refuses every connection, below
