@@ -3,7 +3,7 @@ import { mkdir, readdir, rm, stat, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import type { Writable } from 'node:stream';
 import { pipeline } from 'node:stream/promises';
-import { connect, type Socket } from 'node:net';
+import type { Socket } from 'node:net';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { LazyPagesClient } from '../src/criu/page-server/lazy-pages-client.js';
 import { PAGE_SIZE, type HeaderLayout } from '../src/criu/page-server/protocol.js';
@@ -14,9 +14,9 @@ import { dialLink } from '../src/link/dialer.js';
 import type { EndpointOptions } from '../src/link/endpoint-options.js';
 import { ChannelKind } from '../src/link/frame.js';
 import type { LinkSession } from '../src/link/session.js';
-import { fitsUnixSocketPath, freeLoopbackPort } from '../src/criu/page-server/connection.js';
+import { fitsUnixSocketPath } from '../src/criu/page-server/connection.js';
 import { isPagesFileName, lazyRunsIn, pagesStoredIn } from '../src/criu/images/pagemap.js';
-import { expectPeerProcess, guardLoopbackPort, type LoopbackGuard } from '../src/host/index.js';
+import { expectPeerProcess, guardLoopbackPort, pickPrivilegedLoopbackPort, type LoopbackGuard } from '../src/host/index.js';
 import { dumpToLink, dumpToLinkLocal, type DumpToLink } from '../proxy/dump-to-link.js';
 import { sendImageFiles } from '../proxy/images-to-link.js';
 import { FaultQueue, moveLazyPages } from '../proxy/lazy-source.js';
@@ -233,7 +233,7 @@ export class SourceRole {
           const local = fitsUnixSocketPath(socketPath);
           const forward = local
             ? await dumpToLinkLocal(session, layout, socketPath)
-            : await dumpToLink(session, layout, criuOf(callerPid), (refused) => this.log(`${instance.name}: refused a connection to the dump's page server: ${refused instanceof Error ? refused.message : String(refused)}`));
+            : await dumpToLink(session, layout, criuOf(callerPid), { onRefused: (refused) => this.log(`${instance.name}: refused a connection to the dump's page server: ${refused instanceof Error ? refused.message : String(refused)}`) });
           const counting = setInterval(() => this.inFlight.update(progress, { pages: forward.pages.pagesSent }), 500);
           void forward.received.finally(() => clearInterval(counting)).catch(() => {});
           const observed = await ObservedPostDump.create(workDir, incusScript);
@@ -252,13 +252,17 @@ export class SourceRole {
         // root may connect to its port (src/host/loopback-guard.ts), and haul checks it reached CRIU
         const criu = callerPid === undefined ? undefined : identify(callerPid);
         if (!criu) throw new Error("the hook did not say which process becomes CRIU, so haul could not tell CRIU's lazy page server from an impostor");
-        const lazyPort = await freeLoopbackPort();
-        const guard = await guardLoopbackPort(lazyPort);
+        const picked = await pickPrivilegedLoopbackPort();
+        if (picked.bindableByAnyone) this.log(`${instance.name}: warning: ${picked.bindableByAnyone}; a local user who binds port ${picked.port} first can make this move fail (not take it over)`);
+        const lazyPort = picked.port;
+        // nothing but haul's lazy client is to connect there: root's other sockets neither (an
+        // Incus proxy device's forkproxy)
+        const guard = await guardLoopbackPort(lazyPort, { ownClientsOnly: true });
         const actions = await LazyEarlyActions.create(workDir, incusScript, { dumpDir, checkpointDir: dir }).catch(async (error: unknown) => {
           await guard.release();
           throw error;
         });
-        this.followLazy(outgoing, faults, actions, layout, { dumpDir, lazyPort, guard, criu })
+        this.followLazy(outgoing, faults, actions, layout, { dumpDir, guard, criu })
           .catch((error: Error) => this.log(`${instance.name}: following lazy migration ${id} failed: ${error.message}`));
         const lazyArgs = replaced('-D', dumpDir, replaced('--action-script', actions.scriptPath, args));
         return { args: [...lazyArgs, '--lazy-pages', '--address', '127.0.0.1', '--port', String(lazyPort)] };
@@ -403,14 +407,14 @@ export class SourceRole {
 
   /**
    * Lazy: once the dump is over, the pages that could not be lazy (as files) and the disk changes;
-   * then, once CRIU's lazy page server listens on `lazyPort`, every lazy page, faults first. The
+   * then, once CRIU's lazy page server listens on the guarded port, every lazy page, faults first. The
    * source ends (its page-server session closes) only when the destination has every page and
    * Incus' own post-dump step reported the restore; on any failure a bad header makes CRIU resume
    * it. `criu`: the dump's process, so that a dump that fails before post-dump is not waited for.
    */
-  private async followLazy(outgoing: Outgoing, faults: FaultQueue, actions: LazyEarlyActions, layout: HeaderLayout, dump: { readonly dumpDir: string; readonly lazyPort: number; readonly guard: LoopbackGuard; readonly criu: ProcessIdentity }): Promise<void> {
+  private async followLazy(outgoing: Outgoing, faults: FaultQueue, actions: LazyEarlyActions, layout: HeaderLayout, dump: { readonly dumpDir: string; readonly guard: LoopbackGuard; readonly criu: ProcessIdentity }): Promise<void> {
     const { session, control, answers, dir, record, startedAt, progress } = outgoing;
-    const { dumpDir, lazyPort } = dump;
+    const { dumpDir } = dump;
     let lazyServer: Socket | undefined;
     let incusFailure: string | undefined;
     void actions.incusPostDump.then((status) => status !== 0 && (incusFailure = `Incus' post-dump step failed (${status}): the destination did not restore`)).catch(() => {});
@@ -429,8 +433,7 @@ export class SourceRole {
       const { files } = await sendImageFiles(session, dumpDir, isPagesFileName);
       await this.imagesStored(outgoing, { pages: eager, files, pageStreams: 0 });
       await Promise.race([actions.statusReady, sleep(LAZY_SERVER_MS).then(() => Promise.reject(new Error(`CRIU's lazy page server did not start within ${LAZY_SERVER_MS / 1000} s`)))]);
-      lazyServer = connect(lazyPort, '127.0.0.1');
-      await new Promise((resolve, reject) => lazyServer!.once('connect', resolve).once('error', reject));
+      lazyServer = await dump.guard.connect();
       // someone may have taken the port before CRIU could: nothing is asked of it or believed
       // until CRIU is seen to hold the other end (CRIU then stops listening: the guard can go)
       await expectPeerProcess(lazyServer, dump.criu);
@@ -467,7 +470,7 @@ export class SourceRole {
         // past post-dump (which haul's script passes) CRIU would wait for a lazy client forever:
         // be that client, with a bad header
         Promise.race([actions.statusReady.then(() => true), sleep(LAZY_SERVER_MS).then(() => false)]).then((listening) => {
-          if (listening) connect(lazyPort, '127.0.0.1').on('error', () => {}).end(Buffer.from([0xff]));
+          if (listening) return dump.guard.connect().then((socket) => void socket.on('error', () => {}).end(Buffer.from([0xff])));
         }).catch((failure: Error) => this.log(`${record.instance}: could not end CRIU's lazy page server: ${failure.message}`));
       }
       if (session.isOpen) session.abort(reason);
@@ -481,7 +484,7 @@ export class SourceRole {
       hasEnded(dump.criu, 200, LAZY_SERVER_MS + 30_000).then(async () => {
         if (isRunning(dump.criu)) this.log(`${record.instance}: CRIU's lazy dump ${dump.criu.pid} still runs; its port stays guarded until the guard expires`);
         else await dump.guard.release();
-      }).catch((failure: Error) => this.log(`${record.instance}: could not release the guard of port ${dump.lazyPort}: ${failure.message}`));
+      }).catch((failure: Error) => this.log(`${record.instance}: could not release the guard of port ${dump.guard.port}: ${failure.message}`));
       await actions.close();
       // the page data haul sent; the rest of the directory is swept later (CRIU writes its stats
       // there as it ends)

@@ -32,13 +32,14 @@ export interface DumpToLink {
 }
 
 /**
- * CRIU connects to `port` on 127.0.0.1 (--page-server --address 127.0.0.1 --port). Any local user
+ * CRIU connects to `port` on 127.0.0.1 (--page-server --address 127.0.0.1 --port; any free one
+ * unless `options.port` says which). Any local user
  * can connect there too: only a connection held by the process `criu` names (once CRIU runs; its pid
  * and start time) is served; others are dropped unread and reported to `onRefused`.
  */
-export async function dumpToLink(session: LinkSession, layout: HeaderLayout, criu: Promise<ProcessIdentity>, onRefused?: (error: unknown) => void): Promise<DumpToLink & { readonly port: number }> {
+export async function dumpToLink(session: LinkSession, layout: HeaderLayout, criu: Promise<ProcessIdentity>, options: { readonly port?: number; readonly onRefused?: (error: unknown) => void } = {}): Promise<DumpToLink & { readonly port: number }> {
   criu.catch(() => {}); // a pid never known refuses every connection, below
-  const server = await acceptOne('127.0.0.1', 0, async (socket) => expectPeerProcess(socket, await criu), onRefused);
+  const server = await acceptOne('127.0.0.1', options.port ?? 0, async (socket) => expectPeerProcess(socket, await criu), options.onRefused);
   return { ...forwardDump(session, layout, server), port: server.port };
 }
 

@@ -1,5 +1,5 @@
 import { mkdir, mkdtemp, rm } from 'node:fs/promises';
-import { connect, type Socket } from 'node:net';
+import type { Socket } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { LazyPagesClient } from '../src/criu/page-server/lazy-pages-client.js';
@@ -12,7 +12,7 @@ import { ControlInbox } from '../src/link/control-inbox.js';
 import { dialLink } from '../src/link/dialer.js';
 import type { EndpointOptions } from '../src/link/endpoint-options.js';
 import { ChannelKind } from '../src/link/frame.js';
-import { expectPeerProcess, guardLoopbackPort, identify, type LoopbackGuard, type ProcessIdentity } from '../src/host/index.js';
+import { expectPeerProcess, guardLoopbackPort, identify, pickPrivilegedLoopbackPort, type LoopbackGuard, type ProcessIdentity } from '../src/host/index.js';
 import { sendImageFiles } from './images-to-link.js';
 import { FaultQueue, moveLazyPages } from './lazy-source.js';
 import { dumpToLink, dumpToLinkOver } from './dump-to-link.js';
@@ -202,7 +202,13 @@ export async function migrateLazy(options: MigrateOptions): Promise<MigrationSum
   // the dump's own connection, and CRIU's lazy page server, which takes the first client and
   // believes its CLOSE, is out of reach of every local user but root (src/host/loopback-guard.ts)
   let criuStarted: (criu: ProcessIdentity) => void = () => {};
-  const forward = await dumpToLink(session, layout, new Promise<ProcessIdentity>((resolve) => (criuStarted = resolve)), (refused) => progress(`refused a connection to the dump's page server: ${refused instanceof Error ? refused.message : String(refused)}`));
+  // a port no local user but root can bind: CRIU binds it again for its lazy page server
+  const picked = await pickPrivilegedLoopbackPort();
+  if (picked.bindableByAnyone) progress(`warning: ${picked.bindableByAnyone}; a local user who binds port ${picked.port} first can make this move fail (not take it over)`);
+  const forward = await dumpToLink(session, layout, new Promise<ProcessIdentity>((resolve) => (criuStarted = resolve)), {
+    port: picked.port,
+    onRefused: (refused) => progress(`refused a connection to the dump's page server: ${refused instanceof Error ? refused.message : String(refused)}`),
+  });
   const port = forward.port;
   const dumped = forward.pages;
   let guard: LoopbackGuard;
@@ -245,10 +251,12 @@ export async function migrateLazy(options: MigrateOptions): Promise<MigrationSum
     );
     // CRIU starts its page server only once post-dump returns, and the restore needs pages before it
     // can finish, so post-dump must succeed now; from here, failure is signalled on the page server
+    // CRIU's own connection to haul's page server is made: from here the port takes haul's lazy
+    // client alone, before CRIU listens there (root's other sockets too: an Incus proxy device's)
+    await guard.admitOnlyOwnClients();
     await gate.release(true);
     await dump.ready;
-    lazyServer = connect(port, '127.0.0.1');
-    await new Promise((resolve, reject) => lazyServer!.once('connect', resolve).once('error', reject));
+    lazyServer = await guard.connect();
     // whoever listens there answers nothing haul believes until it is seen to be CRIU; CRIU then
     // stops listening, and the guard can go
     if (!criuProcess) throw new Error('criu dump did not start');

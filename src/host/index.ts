@@ -2,4 +2,5 @@
 export { canonicalEndpoint, connectionsSeenBy, establishedConnections, socketInodesOf, type TcpConnection } from './tcp-table.js';
 export { expectPeerProcess, UnexpectedPeerError } from './socket-peer.js';
 export { canGuardLoopbackPorts, guardLoopbackPort, LoopbackGuardError, type LoopbackGuard, type LoopbackGuardOptions } from './loopback-guard.js';
+export { pickPrivilegedLoopbackPort, type PickedPort } from './loopback-ports.js';
 export { hasEnded, identify, isRunning, type ProcessIdentity } from './process-identity.js';

@@ -1,4 +1,6 @@
 import { execFile } from 'node:child_process';
+import { createConnection, type Socket } from 'node:net';
+import { pickPrivilegedLoopbackPort } from './loopback-ports.js';
 
 /** nftables could not set up or change the guard. */
 export class LoopbackGuardError extends Error {
@@ -9,20 +11,35 @@ export class LoopbackGuardError extends Error {
 /** A loopback TCP port only root's sockets may connect to, until released. */
 export interface LoopbackGuard {
   readonly port: number;
-  /** Lets everyone connect again; never throws (the element also expires by itself). */
+  /**
+   * From now on, no new connection to the port but the ones made by `connect` (below), whoever
+   * makes it: root's too. Connections already made go on.
+   */
+  admitOnlyOwnClients(): Promise<void>;
+  /**
+   * Connects to the port from a loopback port below net.ipv4.ip_unprivileged_port_start that the
+   * guard admits, so that this is the connection that gets through once only admitted clients may.
+   */
+  connect(): Promise<Socket>;
+  /** Lets everyone connect again; never throws (the elements also expire by themselves). */
   release(): Promise<void>;
 }
 
 export interface LoopbackGuardOptions {
   /** The nft program; found on PATH by default. */
   readonly nft?: string;
-  /** How long the guard holds if haul never releases it (it died): the set element's timeout. */
+  /** How long the guard holds if haul never releases it (it died): the set elements' timeout. */
   readonly expireAfterSeconds?: number;
+  /** Admit only the guard's own clients from the start (see LoopbackGuard.admitOnlyOwnClients). */
+  readonly ownClientsOnly?: boolean;
 }
 
 const TABLE = 'inet haul';
 const PORTS = 'guarded_loopback_ports';
+const OWN_CLIENTS_ONLY = 'own_clients_only_ports';
+const ADMITTED = 'admitted_loopback_clients';
 const DEFAULT_EXPIRY_S = 6 * 3600;
+const CONNECT_TRIES = 4;
 
 /**
  * Keeps every local user but root from connecting to `port` on loopback, for a listener haul
@@ -34,43 +51,104 @@ const DEFAULT_EXPIRY_S = 6 * 3600;
  * one of them from a socket whose owner is not uid 0; each guard is one element of that set, with a
  * timeout, so a guard haul could not release (it was killed) goes away by itself. The rule sees
  * the connecting socket's owner (meta skuid), which a user namespace cannot fake: it is the uid on
- * this host. Containers have network namespaces of their own and never reach this loopback.
+ * this host. Containers have network namespaces of their own and reach this loopback only through
+ * a process of the host: Incus' forkproxy (a `proxy` device that connects to 127.0.0.1) is one, and
+ * runs as root. So once only CRIU's one client should get in, a second set says the port takes
+ * new connections from admitted client ports alone (a pair of ports per client, in a third set):
+ * ports below ip_unprivileged_port_start, which no forkproxy or user picks as its source port.
  * Set up before the port is handed to the program that will listen on it.
  */
 export async function guardLoopbackPort(port: number, options: LoopbackGuardOptions = {}): Promise<LoopbackGuard> {
-  if (!Number.isInteger(port) || port < 1 || port > 65535) throw new LoopbackGuardError(`no such TCP port: ${port}`);
+  if (!isPort(port)) throw new LoopbackGuardError(`no such TCP port: ${port}`);
   const nft = options.nft ?? 'nft';
-  await runNft(nft, ['-f', '-'], guardScript(port, options.expireAfterSeconds ?? DEFAULT_EXPIRY_S));
+  const expiry = options.expireAfterSeconds ?? DEFAULT_EXPIRY_S;
+  await runNft(nft, ['-f', '-'], [...guardScript(), `add element ${TABLE} ${PORTS} { ${port} timeout ${expiry}s }`, ...(options.ownClientsOnly ? [`add element ${TABLE} ${OWN_CLIENTS_ONLY} { ${port} timeout ${expiry}s }`] : [])].join('\n'));
+  const added: string[] = [`${PORTS} { ${port} }`, ...(options.ownClientsOnly ? [`${OWN_CLIENTS_ONLY} { ${port} }`] : [])];
+  let released = false;
+  const admit = async (clientPort: number): Promise<void> => {
+    await runNft(nft, ['-f', '-'], `add element ${TABLE} ${ADMITTED} { ${port} . ${clientPort} timeout ${expiry}s }`);
+    added.push(`${ADMITTED} { ${port} . ${clientPort} }`);
+  };
   return {
     port,
-    release: () => runNft(nft, ['delete', 'element', ...TABLE.split(' '), PORTS, `{ ${port} }`], '').catch(() => {}),
+    async admitOnlyOwnClients() {
+      if (added.some((element) => element.startsWith(OWN_CLIENTS_ONLY))) return;
+      await runNft(nft, ['-f', '-'], `add element ${TABLE} ${OWN_CLIENTS_ONLY} { ${port} timeout ${expiry}s }`);
+      added.push(`${OWN_CLIENTS_ONLY} { ${port} }`);
+    },
+    async connect() {
+      if (released) throw new LoopbackGuardError(`the guard of port ${port} was released`);
+      let lastError: unknown;
+      const tried = new Set<number>([port]);
+      for (let attempt = 0; attempt < CONNECT_TRIES; attempt++) {
+        const picked = await pickPrivilegedLoopbackPort({ excluding: tried });
+        tried.add(picked.port);
+        if (picked.bindableByAnyone) throw new LoopbackGuardError(`no client port for port ${port} that only root may bind: ${picked.bindableByAnyone}`);
+        await admit(picked.port);
+        try {
+          return await connectFrom(port, picked.port);
+        } catch (error) {
+          lastError = error;
+          // the client port was taken between the pick and the bind (by root: no one else may)
+          if ((error as NodeJS.ErrnoException).code !== 'EADDRINUSE') throw error;
+        }
+      }
+      throw new LoopbackGuardError(`no free client port to reach port ${port} from`, { cause: lastError });
+    },
+    async release() {
+      released = true;
+      // one transaction per element: one that expired already must not keep the others
+      for (const element of added.splice(0)) await runNft(nft, ['delete', 'element', ...TABLE.split(' '), ...element.split(' ')], '').catch(() => {});
+    },
   };
 }
 
 /** Whether this host's nftables would take a guard, asked without changing anything (nft --check). */
 export async function canGuardLoopbackPorts(options: Pick<LoopbackGuardOptions, 'nft'> = {}): Promise<void> {
-  await runNft(options.nft ?? 'nft', ['--check', '-f', '-'], guardScript(1, DEFAULT_EXPIRY_S));
+  await runNft(options.nft ?? 'nft', ['--check', '-f', '-'], [...guardScript(), `add element ${TABLE} ${PORTS} { 1 timeout 1s }`].join('\n'));
 }
 
 /**
- * One transaction: the table, set and chains are made if missing, the chains' rules replaced by
- * the same ones (so set-ups running at once agree), and the port's element added.
+ * One transaction: the table, sets and chains are made if missing, the chains' rules replaced by
+ * the same ones (so set-ups running at once agree).
  */
-function guardScript(port: number, expirySeconds: number): string {
+function guardScript(): string[] {
+  const output = (family: 'ip' | 'ip6', loopback: string): string[] => [
+    `add rule ${TABLE} loopback_output ${family} daddr ${loopback} tcp dport . tcp sport @${ADMITTED} accept`,
+    `add rule ${TABLE} loopback_output ${family} daddr ${loopback} tcp dport @${PORTS} meta skuid != 0 reject with tcp reset`,
+    // only a new connection's first packet: the ones made before (CRIU's own, root's) go on
+    `add rule ${TABLE} loopback_output ${family} daddr ${loopback} tcp dport @${OWN_CLIENTS_ONLY} tcp flags & (syn | ack) == syn reject with tcp reset`,
+  ];
   return [
     `add table ${TABLE}`,
     `add set ${TABLE} ${PORTS} { type inet_service; flags timeout; }`,
+    `add set ${TABLE} ${OWN_CLIENTS_ONLY} { type inet_service; flags timeout; }`,
+    `add set ${TABLE} ${ADMITTED} { type inet_service . inet_service; flags timeout; }`,
     `add chain ${TABLE} loopback_output { type filter hook output priority filter; policy accept; }`,
     `flush chain ${TABLE} loopback_output`,
-    `add rule ${TABLE} loopback_output ip daddr 127.0.0.0/8 tcp dport @${PORTS} meta skuid != 0 reject with tcp reset`,
-    `add rule ${TABLE} loopback_output ip6 daddr ::1 tcp dport @${PORTS} meta skuid != 0 reject with tcp reset`,
+    ...output('ip', '127.0.0.0/8'),
+    ...output('ip6', '::1'),
     // and what comes to loopback from outside (a host with route_localnet set) never reaches them
     `add chain ${TABLE} loopback_input { type filter hook input priority filter; policy accept; }`,
     `flush chain ${TABLE} loopback_input`,
     `add rule ${TABLE} loopback_input iifname != "lo" ip daddr 127.0.0.0/8 tcp dport @${PORTS} drop`,
     `add rule ${TABLE} loopback_input iifname != "lo" ip6 daddr ::1 tcp dport @${PORTS} drop`,
-    `add element ${TABLE} ${PORTS} { ${port} timeout ${expirySeconds}s }`,
-  ].join('\n');
+  ];
+}
+
+function isPort(port: number): boolean {
+  return Number.isInteger(port) && port >= 1 && port <= 65535;
+}
+
+function connectFrom(port: number, clientPort: number): Promise<Socket> {
+  return new Promise((resolve, reject) => {
+    const socket = createConnection({ port, host: '127.0.0.1', localAddress: '127.0.0.1', localPort: clientPort });
+    socket.once('connect', () => {
+      socket.off('error', reject);
+      resolve(socket);
+    });
+    socket.once('error', reject);
+  });
 }
 
 function runNft(nft: string, args: readonly string[], input: string): Promise<void> {

@@ -1,12 +1,12 @@
 import { spawn } from 'node:child_process';
 import { once } from 'node:events';
-import { mkdtempSync, rmSync, chmodSync } from 'node:fs';
+import { chmodSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { connect, createServer, type Server, type Socket } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterEach, expect, it } from 'vitest';
 import { acceptOne, acceptOneLocal } from '../../src/criu/page-server/connection.js';
-import { canGuardLoopbackPorts, expectPeerProcess, guardLoopbackPort, identify, LoopbackGuardError, UnexpectedPeerError, type ProcessIdentity } from '../../src/host/index.js';
+import { canGuardLoopbackPorts, expectPeerProcess, guardLoopbackPort, identify, LoopbackGuardError, pickPrivilegedLoopbackPort, UnexpectedPeerError, type ProcessIdentity } from '../../src/host/index.js';
 
 const processOf = (pid: number): ProcessIdentity => identify(pid)!;
 import { describeOnHost } from '../support/host.js';
@@ -47,6 +47,63 @@ describeOnHost('who may connect to the loopback listeners of a migration', ['roo
       await guard.release();
     }
     expect((await connectFromAnotherProcess(port, ATTACKER_UID)).connected).toBe(true);
+  });
+
+  it("once a port admits only the guard's own clients, even root's other sockets are reset, and the guard's client gets in", async () => {
+    // root's other sockets: Incus' forkproxy, for one, connects from the host as root for a container
+    const { port, accepted } = await listening();
+    const guard = await guardLoopbackPort(port);
+    try {
+      expect((await connectFromAnotherProcess(port, 0)).connected).toBe(true);
+      await guard.admitOnlyOwnClients();
+      expect((await connectFromAnotherProcess(port, 0)).connected).toBe(false);
+      expect((await connectFromAnotherProcess(port, ATTACKER_UID)).connected).toBe(false);
+      const own = await guard.connect();
+      sockets.push(own);
+      expect(own.localPort).toBeLessThan(1024);
+      await new Promise((resolve) => setTimeout(resolve, 50));
+      expect(accepted.map((socket) => socket.remotePort)).toContain(own.localPort);
+    } finally {
+      await guard.release();
+    }
+    expect((await connectFromAnotherProcess(port, 0)).connected).toBe(true);
+  });
+
+  it('keeps connections made before the port admitted only its own clients', async () => {
+    const { port, accepted } = await listening();
+    const guard = await guardLoopbackPort(port);
+    try {
+      const early = connect(port, '127.0.0.1');
+      sockets.push(early);
+      await once(early, 'connect');
+      await guard.admitOnlyOwnClients();
+      await new Promise((resolve) => setTimeout(resolve, 50));
+      const received = once(accepted[0]!, 'data');
+      early.write('still here');
+      const [data] = (await received) as [Buffer];
+      expect(data.toString()).toBe('still here');
+    } finally {
+      await guard.release();
+    }
+  });
+
+  it('picks ports for CRIU that no local user but root may bind', async () => {
+    const picked = await pickPrivilegedLoopbackPort();
+    expect(picked.bindableByAnyone).toBeUndefined();
+    expect(picked.port).toBeLessThan(Number(readFileSync('/proc/sys/net/ipv4/ip_unprivileged_port_start', 'utf8')));
+    const script = `require('node:net').createServer().once('error', (e) => { process.stdout.write(e.code); process.exit(0); }).listen(${picked.port}, '127.0.0.1', () => { process.stdout.write('bound'); process.exit(0); });`;
+    const child = spawn('setpriv', [`--reuid=${ATTACKER_UID}`, `--regid=${ATTACKER_UID}`, '--clear-groups', process.execPath, '-e', script], { stdio: ['ignore', 'pipe', 'inherit'] });
+    const [output] = (await once(child.stdout!, 'data')) as [Buffer];
+    expect(output.toString()).toBe('EACCES');
+    // a host that lets everyone bind low ports gets a port all the same, and is told
+    const dir = mkdtempSync(join(tmpdir(), 'haul-sysctl-'));
+    try {
+      writeFileSync(join(dir, 'start'), '0\n');
+      const open = await pickPrivilegedLoopbackPort({ unprivilegedPortStart: join(dir, 'start') });
+      expect(open.bindableByAnyone).toMatch(/ip_unprivileged_port_start is 0/);
+    } finally {
+      rmSync(dir, { recursive: true, force: true });
+    }
   });
 
   it('says with a stable code when nftables is missing, and checks without changing anything', async () => {

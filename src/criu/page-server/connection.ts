@@ -49,19 +49,6 @@ export async function acceptOneLocal(path: string): Promise<OneLocalConnectionLi
   return { path, connection: listening.connection, close: () => listening.close(path) };
 }
 
-/**
- * A loopback TCP port free a moment ago, for a page server CRIU itself listens on (a lazy dump's):
- * CRIU takes a port number, not a socket.
- */
-export async function freeLoopbackPort(): Promise<number> {
-  const server = createServer();
-  await new Promise<void>((resolve, reject) => server.once('error', reject).listen(0, '127.0.0.1', resolve));
-  const address = server.address();
-  await new Promise<void>((resolve) => server.close(() => resolve()));
-  if (address === null || typeof address === 'string') throw new Error('listening socket has no TCP port');
-  return address.port;
-}
-
 /** sun_path holds 108 bytes with the terminating NUL. */
 export function fitsUnixSocketPath(path: string): boolean {
   return Buffer.byteLength(path) < 108;
