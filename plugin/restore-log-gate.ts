@@ -23,7 +23,7 @@ const READY_MS = 10_000;
  * connections to the source's incusd. It makes the gate a FIFO it holds open, says `ready`, and
  * waits for the word `release` on stdin, or its end (the agent is gone), or the longest wait. Left
  * without that word, and unless the agent said `restored` (the restore succeeded), it contains the
- * restore as the agent would have: it kills that CRIU and cuts those connections, so that Incus
+ * restore as the agent would have: it kills that CRIU with what it made and cuts those connections, so that Incus
  * fails the move rather than report a failed restore as a success. Then it puts a copy of the log
  * in the FIFO's place (later opens read the file) and writes the log into the FIFO for whoever
  * opened it meanwhile, giving up after 30 s without a reader. The gate sits in Incus' restore dir,
@@ -35,6 +35,14 @@ const GATEKEEPER = String.raw`
 use POSIX ();
 use Fcntl;
 my ($gate, $log, $max_wait, $criu_pid, $criu_start, @cuts) = @ARGV;
+sub stat_of {
+  my ($pid) = @_;
+  open(my $stat, "<", "/proc/$pid/stat") or return;
+  my $fields = <$stat>; close $stat;
+  $fields =~ s/^.*\) //s;
+  my @field = split / /, $fields;
+  return ($field[1], $field[19]);
+}
 $SIG{PIPE} = "IGNORE"; $SIG{HUP} = "IGNORE"; $SIG{INT} = "IGNORE";
 $| = 1;
 unlink $gate;
@@ -51,12 +59,25 @@ eval {
 };
 alarm 0; $SIG{TERM} = "IGNORE"; # from here on it ends by itself, the FIFO gone
 if ($word ne "release" && $word ne "restored") {
-  # the same process still (its start time, field 22 of /proc/PID/stat), not one that reused the pid
-  if ($criu_pid > 0 && open(my $stat, "<", "/proc/$criu_pid/stat")) {
-    my $fields = <$stat>; close $stat;
-    $fields =~ s/^.*\) //s;
-    my @field = split / /, $fields;
-    kill "KILL", $criu_pid if defined $field[19] && $field[19] eq $criu_start;
+  # CRIU and every process it made, as killRestoreTree does (src/host/process-tree.ts: the keeper
+  # outlives the agent, so it carries the same steps): each the same process still (its start
+  # time, field 22 of /proc/PID/stat), not one that reused the pid
+  my ($criu_ppid, $start) = $criu_pid > 0 ? stat_of($criu_pid) : ();
+  if (defined $start && $start eq $criu_start) {
+    kill "STOP", $criu_pid;
+    my (%started, %children);
+    opendir(my $proc, "/proc");
+    for my $pid (grep { /^\d+$/ } readdir $proc) {
+      my ($ppid, $at) = stat_of($pid);
+      next unless defined $at;
+      $started{$pid} = $at; push @{$children{$ppid}}, $pid;
+    }
+    closedir $proc;
+    my @pending = (@{$children{$criu_pid} // []}, grep { $_ != $criu_pid && $started{$_} >= $criu_start } @{$children{$criu_ppid} // []});
+    my %found;
+    while (@pending) { my $pid = pop @pending; next if $found{$pid}++; push @pending, @{$children{$pid} // []}; }
+    for my $pid (keys %found) { my (undef, $at) = stat_of($pid); kill "KILL", $pid if defined $at && $at eq $started{$pid}; }
+    kill "KILL", $criu_pid;
   }
   open(my $quiet, ">", "/dev/null");
   for my $filter (@cuts) {

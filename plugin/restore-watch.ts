@@ -6,7 +6,7 @@ import { join } from 'node:path';
 import { createInterface } from 'node:readline';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { promisify } from 'node:util';
-import { identify, isRunning } from '../src/host/index.js';
+import { identify, isRunning, killRestoreTree } from '../src/host/index.js';
 import { shellWord } from '../src/shell-words.js';
 
 export type RestoreOutcome = { readonly ok: true; readonly pid: number } | { readonly ok: false; readonly error: string };
@@ -82,7 +82,7 @@ exit 0
           return { ok: false, error: 'criu restore ended without resuming the container' };
         }
         if (Date.now() >= deadline) {
-          killQuietly(pid);
+          killRestoreTree(criu);
           return { ok: false, error: `criu restore did not finish within ${timeoutMs / 1000} s and was killed` };
         }
         await sleep(POLL_MS);
@@ -91,13 +91,5 @@ exit 0
       this.events.destroy();
       await rm(this.dir, { recursive: true, force: true });
     }
-  }
-}
-
-function killQuietly(pid: number): void {
-  try {
-    process.kill(pid, 'SIGKILL');
-  } catch {
-    // gone meanwhile
   }
 }

@@ -4,3 +4,4 @@ export { expectPeerProcess, UnexpectedPeerError } from './socket-peer.js';
 export { canGuardLoopbackPorts, guardLoopbackPort, LoopbackGuardError, type LoopbackGuard, type LoopbackGuardOptions } from './loopback-guard.js';
 export { pickPrivilegedLoopbackPort, type PickedPort } from './loopback-ports.js';
 export { hasEnded, identify, isRunning, type ProcessIdentity } from './process-identity.js';
+export { killRestoreTree } from './process-tree.js';

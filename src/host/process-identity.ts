@@ -29,7 +29,7 @@ export async function hasEnded(process: ProcessIdentity | undefined, pollMs: num
 }
 
 /** /proc/PID/stat from field 3 on (after the command name, which may hold spaces). */
-function statFields(pid: number): string[] | undefined {
+export function statFields(pid: number): string[] | undefined {
   try {
     const text = readFileSync(`/proc/${pid}/stat`, 'utf8');
     return text.slice(text.lastIndexOf(')') + 2).split(' ');

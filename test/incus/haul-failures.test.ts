@@ -1,5 +1,5 @@
 import { execFile } from 'node:child_process';
-import { existsSync, readFileSync, writeFileSync } from 'node:fs';
+import { existsSync, readdirSync, readFileSync, writeFileSync } from 'node:fs';
 import { promisify } from 'node:util';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { afterAll, afterEach, expect, it } from 'vitest';
@@ -26,6 +26,20 @@ async function expectSameWorkload(container: TestContainer, before: WorkloadRepo
   expect(now.pid).toBe(before.pid);
   expect(now.checksum).toBe(await expectedChecksum(256));
   expect(now.tick).toBeGreaterThan(before.tick);
+}
+
+/** Processes of a `criu restore` of this container still there (a killed CRIU must take them along). */
+function restoreLeftovers(instance: string): number[] {
+  const left: number[] = [];
+  for (const name of readdirSync('/proc').filter((entry) => /^\d+$/.test(entry))) {
+    try {
+      const argv = readFileSync(`/proc/${name}/cmdline`, 'utf8').split('\0');
+      if (argv[1] === 'restore' && argv.some((arg) => arg.endsWith(`/lxc.payload.${instance}`))) left.push(Number(name));
+    } catch {
+      // ended meanwhile
+    }
+  }
+  return left;
 }
 
 async function incusConfigUnset(container: TestContainer, key: string): Promise<void> {
@@ -96,6 +110,8 @@ describeOnHost('incus move when haul is missing or fails', ['root', 'criu', 'tes
       // Incus 6.0.4 can report a failed restore as a success, and incus move then deletes the
       // source: haul held Incus' destination back until it had cut Incus' migration connections
       expect(failure).not.toBeInstanceOf(NativeMoveDefect);
+      // the killed restore's processes went with it (CRIU killed alone leaves them waiting for good)
+      await expect.poll(() => restoreLeftovers(container.name), { timeout: 10_000 }).toEqual([]);
       expect(readFileSync('/var/lib/haul-testbed/dst/log/agent.log', 'utf8')).toMatch(new RegExp(`${container.name}: the restore failed; [1-9]\\d* connections of incusd here to the source's incusd`));
       expect((await container.whereabouts()).src).toBe('RUNNING');
       await expectSameWorkload(container, before, since);
@@ -179,6 +195,7 @@ describeOnHost('incus move when haul is missing or fails', ['root', 'criu', 'tes
     expect(failure).not.toBeInstanceOf(NativeMoveDefect);
     expect((await container.whereabouts()).src).toBe('RUNNING');
     await expectSameWorkload(container, before, since);
+    await expect.poll(() => restoreLeftovers(container.name), { timeout: 10_000 }).toEqual([]);
 
     // the next agent finishes what the killed one left: Incus' leaked lock released
     await startAgents();
