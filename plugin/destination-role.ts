@@ -15,6 +15,7 @@ import { PAGE_SIZE } from '../src/criu/page-server/protocol.js';
 import { CacheStore, DISK_CHANGES_FILE, discardImages } from '../proxy/cache-store.js';
 import { applyDiskChanges } from '../proxy/disk-changes-apply.js';
 import { ownerIdsOf } from './instance-idmap.js';
+import { instanceRestoredBy } from './restore-caller.js';
 import { LazyCopyGuard } from '../proxy/lazy-copy-guard.js';
 import { LazyPageStore } from '../proxy/lazy-page-store.js';
 import { BadNameError, instanceName, migrationId } from '../src/name-grammars.js';
@@ -423,6 +424,9 @@ export class DestinationRole {
     if (!(await stat(changes).catch(() => undefined))) return;
     const root = argumentOf(args, '--root');
     if (!root || !callerPid) throw new Error('the restore names no root filesystem to write the disk changes into');
+    // the peer named the instance; the owners allowed come from the one this restore really is
+    const restoring = await instanceRestoredBy(callerPid, (await this.incus.server()).pid);
+    if (restoring !== entry.instance) throw new Error(`the restore is of ${restoring === undefined ? 'no instance incusd started (its CRIU is not a child of incusd forkmigrate)' : `instance ${restoring}`}, and the disk changes are for ${entry.instance}`);
     const instance = await this.incus.instance(entry.instance);
     if (!instance) throw new Error(`incusd here knows no instance ${entry.instance} to write the disk changes for`);
     // the container wrote these files: they may be owned only by ids its own root could give them

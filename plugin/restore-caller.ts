@@ -1,0 +1,24 @@
+import { readFile, stat } from 'node:fs/promises';
+import { statFields } from '../src/host/process-identity.js';
+
+/**
+ * The instance a `criu restore` that came through the hook restores, as the processes that started
+ * it say, or undefined if they are not Incus' own. liblxc runs CRIU from a fork of Incus'
+ * `incusd forkmigrate NAME LXCPATH CONFIG ...` (cmd/incusd/main_forkmigrate.go; NAME is the
+ * project-prefixed name, the plain one in the default project), so CRIU's parent is a process of
+ * incusd's binary whose second argument is the name (seen on Incus 6.0.4: CRIU's parent is
+ * forkmigrate's do_restore fork, argv intact). What a peer says it moves is checked against this,
+ * never the other way round.
+ */
+export async function instanceRestoredBy(criuPid: number, incusdPid: number): Promise<string | undefined> {
+  const parent = Number(statFields(criuPid)?.[1]);
+  if (!Number.isInteger(parent) || parent <= 1) return undefined;
+  const [argv, parentBinary, incusdBinary] = await Promise.all([
+    readFile(`/proc/${parent}/cmdline`).then((bytes) => bytes.toString('utf8').split('\0'), () => undefined),
+    stat(`/proc/${parent}/exe`).catch(() => undefined),
+    stat(`/proc/${incusdPid}/exe`).catch(() => undefined),
+  ]);
+  if (!argv || !parentBinary || !incusdBinary) return undefined;
+  if (parentBinary.dev !== incusdBinary.dev || parentBinary.ino !== incusdBinary.ino) return undefined;
+  return argv[1] === 'forkmigrate' && argv[2] ? argv[2] : undefined;
+}
