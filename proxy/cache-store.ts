@@ -12,6 +12,7 @@ import { ChannelKind } from '../src/link/frame.js';
 import type { ImagesComplete } from '../src/link/messages.js';
 import type { LinkSession } from '../src/link/session.js';
 import { DEFAULT_MAX_DISK_CHANGES_BYTES, DiskChangesError } from './disk-changes-format.js';
+import { DEFAULT_DISK_RESERVE_BYTES, watchDiskReserve } from './disk-reserve.js';
 import { LAZY_PUSH_CHANNEL } from './lazy-wire.js';
 import { readPageRecords, targetOfPageChannel } from './page-stream.js';
 
@@ -35,6 +36,13 @@ export async function discardImages(dir: string): Promise<void> {
  * set is complete only when the source has said how many files and page streams it sent and every
  * one of them has ended with a good digest; before that, nothing here may be restored.
  */
+export interface CacheStoreOptions {
+  /** Bytes of disk-changes tar the store keeps at most: the applier's own cap, so no tar it would refuse fills this disk first. */
+  readonly maxDiskChangesBytes?: number;
+  /** Free space on the store's filesystem below which the session is aborted (DiskReserveError). */
+  readonly diskReserveBytes?: number;
+}
+
 export class CacheStore {
   private nextPagesId = FIRST_PAGES_ID;
   private endedFiles = 0;
@@ -50,14 +58,23 @@ export class CacheStore {
   /** Pages written so far (with their data: zero and lazy runs carry none). */
   pagesStored = 0;
 
+  private readonly maxDiskChangesBytes: number;
+
   constructor(
     session: LinkSession,
     private readonly dir: string,
-    /** Bytes of disk-changes tar the store keeps at most: the applier's own cap, so no tar it would refuse fills this disk first. */
-    private readonly maxDiskChangesBytes = DEFAULT_MAX_DISK_CHANGES_BYTES,
+    options: CacheStoreOptions = {},
   ) {
+    this.maxDiskChangesBytes = options.maxDiskChangesBytes ?? DEFAULT_MAX_DISK_CHANGES_BYTES;
     this.complete = new Promise((resolve, reject) => (this.settle = { resolve, reject }));
     this.complete.catch(() => {});
+    // until the session ends: lazy pages go on arriving after the image set is complete
+    const reserve = watchDiskReserve(dir, options.diskReserveBytes ?? DEFAULT_DISK_RESERVE_BYTES, (error) => {
+      this.settle.reject(error);
+      session.abort(error.message, error);
+    });
+    session.once('closed', () => reserve.stop());
+    session.once('aborted', () => reserve.stop());
     this.control = new ControlInbox(session, (message) => {
       if (!message.images_complete) return;
       this.announced = message.images_complete;

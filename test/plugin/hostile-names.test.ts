@@ -124,7 +124,7 @@ describe('the disk changes a source sends', () => {
     const scratch = scratchDir('big-tar');
     cleanups.push(scratch.remove);
     let store!: CacheStore;
-    const { source } = linked((session) => (store = new CacheStore(session, scratch.path, 64 * 1024)));
+    const { source } = linked((session) => (store = new CacheStore(session, scratch.path, { maxDiskChangesBytes: 64 * 1024 })));
     const tar = source.openChannel(ChannelKind.FILESYSTEM_TAR, 'rootfs');
     tar.writable.on('error', () => {});
     tar.writable.end(Buffer.alloc(256 * 1024));

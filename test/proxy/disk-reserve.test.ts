@@ -1,0 +1,50 @@
+import { execFileSync } from 'node:child_process';
+import { randomBytes } from 'node:crypto';
+import { afterEach, expect, it } from 'vitest';
+import { CacheStore } from '../../proxy/cache-store.js';
+import { ChannelKind } from '../../src/link/frame.js';
+import { LinkAbortedError } from '../../src/link/link-errors.js';
+import { describeOnHost } from '../support/host.js';
+import { sessionPair } from '../support/link-traffic.js';
+import { scratchDir } from '../support/scratch.js';
+
+describeOnHost("a peer's migration and the destination's disk", ['root'], () => {
+  const cleanups: Array<() => void> = [];
+  afterEach(() => cleanups.splice(0).reverse().forEach((cleanup) => cleanup()));
+
+  /** A 64 MiB filesystem of its own for the store. */
+  function smallDisk(): string {
+    const scratch = scratchDir('disk-reserve');
+    cleanups.push(scratch.remove);
+    execFileSync('mount', ['-t', 'tmpfs', '-o', 'size=64m', 'tmpfs', scratch.path]);
+    cleanups.push(() => execFileSync('umount', ['-l', scratch.path]));
+    return scratch.path;
+  }
+
+  it('stops at the reserve it keeps for the rest of the host: the session is aborted with the reason, and the disk is not filled', async () => {
+    const dir = smallDisk();
+    const { dialer: source, listener: destination } = sessionPair();
+    const store = new CacheStore(destination, dir, { diskReserveBytes: 40 * 1024 ** 2 });
+    const sourceAborted = new Promise<LinkAbortedError>((resolve) => source.once('aborted', resolve));
+    const file = source.openChannel(ChannelKind.IMAGE_FILE, 'pages-1.img');
+    file.writable.on('error', () => {});
+    // 48 MiB, past what the reserve leaves (24 MiB), not past the filesystem itself
+    for (let i = 0; i < 48; i++) if (!file.writable.write(randomBytes(1024 ** 2))) await new Promise((resolve) => file.writable.once('drain', resolve));
+    file.writable.end();
+    const outcome = await store.complete.then(() => 'complete', (error: { code?: string }) => error.code);
+    expect(outcome).toBe('HAUL_DISK_RESERVE');
+    expect((await sourceAborted).reason).toMatch(/below the 40 MiB it keeps for the rest of the host/);
+    const free = Number(execFileSync('df', ['--output=avail', '-B1', dir]).toString().split('\n')[1]);
+    expect(free).toBeGreaterThan(8 * 1024 ** 2);
+  });
+
+  it('refuses at once when the disk is below its reserve before anything arrives', async () => {
+    const dir = smallDisk();
+    const { dialer: source, listener: destination } = sessionPair();
+    const sourceAborted = new Promise<LinkAbortedError>((resolve) => source.once('aborted', resolve));
+    const store = new CacheStore(destination, dir, { diskReserveBytes: 128 * 1024 ** 2 });
+    const outcome = await store.complete.then(() => 'complete', (error: { code?: string }) => error.code);
+    expect(outcome).toBe('HAUL_DISK_RESERVE');
+    expect((await sourceAborted).origin).toBe('peer');
+  });
+});
