@@ -97,7 +97,7 @@ export async function diagnose(options: DoctorOptions): Promise<Check[]> {
 
   const loopbackGuard = await canGuardLoopbackPorts().then(() => undefined, (error: unknown) => (error instanceof Error ? error.message : String(error)));
   add('loopback guard (nftables)', loopbackGuard === undefined, loopbackGuard ?? "nftables takes haul's guard table (checked with nft --check, nothing changed)", "apt install nftables, as root: in a lazy move only root may connect to CRIU's lazy page server, which haul guards with an nftables rule while it listens");
-  const picked = await pickPrivilegedLoopbackPort().catch((error: unknown) => ({ port: 0, bindableByAnyone: error instanceof Error ? error.message : String(error) }));
+  const picked = await pickPrivilegedLoopbackPort('listener').catch((error: unknown) => ({ port: 0, bindableByAnyone: error instanceof Error ? error.message : String(error) }));
   add('lazy page-server port', picked.bindableByAnyone === undefined, picked.bindableByAnyone ?? `free ports below net.ipv4.ip_unprivileged_port_start (${sysctl('net.ipv4.ip_unprivileged_port_start')}), which no local user but root can bind before CRIU does`, "sysctl net.ipv4.ip_unprivileged_port_start=1024 (the kernel's default): otherwise a local user who binds CRIU's lazy page-server port first makes a lazy move fail (the source runs on)");
   const guard = await canCutConnections();
   add('failed-restore guard (ss -K)', guard.ok, guard.found, "as root, with iproute2 installed and a kernel built with CONFIG_INET_DIAG_DESTROY: after a failed restore haul cuts Incus' migration connections, so that Incus cannot report the failure as a success");

@@ -16,7 +16,7 @@ import { ChannelKind } from '../src/link/frame.js';
 import type { LinkSession } from '../src/link/session.js';
 import { fitsUnixSocketPath } from '../src/criu/page-server/connection.js';
 import { isPagesFileName, lazyRunsIn, pagesStoredIn } from '../src/criu/images/pagemap.js';
-import { expectPeerProcess, guardLoopbackPort, pickPrivilegedLoopbackPort, type LoopbackGuard } from '../src/host/index.js';
+import { expectPeerProcess, guardNewLoopbackPort, type LoopbackGuard } from '../src/host/index.js';
 import { dumpToLink, dumpToLinkLocal, type DumpToLink } from '../proxy/dump-to-link.js';
 import { sendImageFiles } from '../proxy/images-to-link.js';
 import { FaultQueue, moveLazyPages } from '../proxy/lazy-source.js';
@@ -252,12 +252,11 @@ export class SourceRole {
         // root may connect to its port (src/host/loopback-guard.ts), and haul checks it reached CRIU
         const criu = callerPid === undefined ? undefined : identify(callerPid);
         if (!criu) throw new Error("the hook did not say which process becomes CRIU, so haul could not tell CRIU's lazy page server from an impostor");
-        const picked = await pickPrivilegedLoopbackPort();
-        if (picked.bindableByAnyone) this.log(`${instance.name}: warning: ${picked.bindableByAnyone}; a local user who binds port ${picked.port} first can make this move fail (not take it over)`);
-        const lazyPort = picked.port;
         // nothing but haul's lazy client is to connect there: root's other sockets neither (an
         // Incus proxy device's forkproxy)
-        const guard = await guardLoopbackPort(lazyPort, { ownClientsOnly: true });
+        const guard = await guardNewLoopbackPort({ ownClientsOnly: true });
+        if (guard.bindableByAnyone) this.log(`${instance.name}: warning: ${guard.bindableByAnyone}; a local user who binds port ${guard.port} first can make this move fail (not take it over)`);
+        const lazyPort = guard.port;
         const actions = await LazyEarlyActions.create(workDir, incusScript, { dumpDir, checkpointDir: dir }).catch(async (error: unknown) => {
           await guard.release();
           throw error;

@@ -12,7 +12,7 @@ import { ControlInbox } from '../src/link/control-inbox.js';
 import { dialLink } from '../src/link/dialer.js';
 import type { EndpointOptions } from '../src/link/endpoint-options.js';
 import { ChannelKind } from '../src/link/frame.js';
-import { expectPeerProcess, guardLoopbackPort, identify, pickPrivilegedLoopbackPort, type LoopbackGuard, type ProcessIdentity } from '../src/host/index.js';
+import { expectPeerProcess, guardNewLoopbackPort, identify, type LoopbackGuard, type ProcessIdentity } from '../src/host/index.js';
 import { sendImageFiles } from './images-to-link.js';
 import { FaultQueue, moveLazyPages } from './lazy-source.js';
 import { dumpToLink, dumpToLinkOver } from './dump-to-link.js';
@@ -202,24 +202,31 @@ export async function migrateLazy(options: MigrateOptions): Promise<MigrationSum
   // the dump's own connection, and CRIU's lazy page server, which takes the first client and
   // believes its CLOSE, is out of reach of every local user but root (src/host/loopback-guard.ts)
   let criuStarted: (criu: ProcessIdentity) => void = () => {};
-  // a port no local user but root can bind: CRIU binds it again for its lazy page server
-  const picked = await pickPrivilegedLoopbackPort();
-  if (picked.bindableByAnyone) progress(`warning: ${picked.bindableByAnyone}; a local user who binds port ${picked.port} first can make this move fail (not take it over)`);
-  const forward = await dumpToLink(session, layout, new Promise<ProcessIdentity>((resolve) => (criuStarted = resolve)), {
-    port: picked.port,
-    onRefused: (refused) => progress(`refused a connection to the dump's page server: ${refused instanceof Error ? refused.message : String(refused)}`),
-  });
-  const port = forward.port;
-  const dumped = forward.pages;
+  // a port no local user but root can bind, guarded before anything listens on it: haul's page
+  // server first, then CRIU's own lazy one
   let guard: LoopbackGuard;
+  let forward: Awaited<ReturnType<typeof dumpToLink>>;
   try {
-    guard = await guardLoopbackPort(port);
+    guard = await guardNewLoopbackPort();
   } catch (error) {
-    forward.abandon();
     await gate.close();
     await cleanUp();
     throw failure(error);
   }
+  if (guard.bindableByAnyone) progress(`warning: ${guard.bindableByAnyone}; a local user who binds port ${guard.port} first can make this move fail (not take it over)`);
+  try {
+    forward = await dumpToLink(session, layout, new Promise<ProcessIdentity>((resolve) => (criuStarted = resolve)), {
+      port: guard.port,
+      onRefused: (refused) => progress(`refused a connection to the dump's page server: ${refused instanceof Error ? refused.message : String(refused)}`),
+    });
+  } catch (error) {
+    await guard.release();
+    await gate.close();
+    await cleanUp();
+    throw failure(error);
+  }
+  const port = forward.port;
+  const dumped = forward.pages;
 
   const started = Date.now();
   progress('dumping (lazy)');
@@ -234,6 +241,7 @@ export async function migrateLazy(options: MigrateOptions): Promise<MigrationSum
   let pulled = 0;
   let stopReporting = (): void => {};
   let pastReturn = false;
+  let criuServes = false;
   try {
     await Promise.race([gate.reached, dump.exited.then(() => Promise.reject(new Error('criu dump ended before post-dump'))), forward.failed]);
     const eager = await forward.received;
@@ -255,6 +263,7 @@ export async function migrateLazy(options: MigrateOptions): Promise<MigrationSum
     // client alone, before CRIU listens there (root's other sockets too: an Incus proxy device's)
     await guard.admitOnlyOwnClients();
     await gate.release(true);
+    criuServes = true;
     await dump.ready;
     lazyServer = await guard.connect();
     // whoever listens there answers nothing haul believes until it is seen to be CRIU; CRIU then
@@ -299,6 +308,12 @@ export async function migrateLazy(options: MigrateOptions): Promise<MigrationSum
     if (lazyServer) {
       // a bad header fails CRIU's lazy page-server session, and CRIU resumes the source
       lazyServer.end(Buffer.from([0xff]));
+    } else if (criuServes) {
+      // past post-dump CRIU waits for a lazy client: be that client, with a bad header
+      await guard.connect().then(
+        (socket) => void socket.on('error', () => {}).end(Buffer.from([0xff])),
+        (unreached: Error) => progress(`could not reach CRIU's lazy page server to make it resume the source: ${unreached.message}`),
+      );
     } else {
       forward.abandon();
       await gate.release(false).catch(() => {});

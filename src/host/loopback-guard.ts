@@ -11,6 +11,8 @@ export class LoopbackGuardError extends Error {
 /** A loopback TCP port only root's sockets may connect to, until released. */
 export interface LoopbackGuard {
   readonly port: number;
+  /** Set when a local user could have bound the port before its listener: see PickedPort. */
+  readonly bindableByAnyone?: string;
   /**
    * From now on, no new connection to the port but the ones made by `connect` (below), whoever
    * makes it: root's too. Connections already made go on.
@@ -32,6 +34,8 @@ export interface LoopbackGuardOptions {
   readonly expireAfterSeconds?: number;
   /** Admit only the guard's own clients from the start (see LoopbackGuard.admitOnlyOwnClients). */
   readonly ownClientsOnly?: boolean;
+  /** Where net.ipv4.ip_unprivileged_port_start is read (tests point it elsewhere). */
+  readonly unprivilegedPortStart?: string;
 }
 
 const TABLE = 'inet haul';
@@ -40,6 +44,7 @@ const OWN_CLIENTS_ONLY = 'own_clients_only_ports';
 const ADMITTED = 'admitted_loopback_clients';
 const DEFAULT_EXPIRY_S = 6 * 3600;
 const CONNECT_TRIES = 4;
+const GUARD_TRIES = 8;
 
 /**
  * Keeps every local user but root from connecting to `port` on loopback, for a listener haul
@@ -54,15 +59,17 @@ const CONNECT_TRIES = 4;
  * this host. Containers have network namespaces of their own and reach this loopback only through
  * a process of the host: Incus' forkproxy (a `proxy` device that connects to 127.0.0.1) is one, and
  * runs as root. So once only CRIU's one client should get in, a second set says the port takes
- * new connections from admitted client ports alone (a pair of ports per client, in a third set):
- * ports below ip_unprivileged_port_start, which no forkproxy or user picks as its source port.
+ * new connections from admitted client ports alone (a pair of ports per client, in a third set,
+ * from root's sockets): ports below ip_unprivileged_port_start where the host has them, which no
+ * forkproxy picks as its source port and no user can bind.
  * Set up before the port is handed to the program that will listen on it.
  */
 export async function guardLoopbackPort(port: number, options: LoopbackGuardOptions = {}): Promise<LoopbackGuard> {
   if (!isPort(port)) throw new LoopbackGuardError(`no such TCP port: ${port}`);
   const nft = options.nft ?? 'nft';
   const expiry = options.expireAfterSeconds ?? DEFAULT_EXPIRY_S;
-  await runNft(nft, ['-f', '-'], [...guardScript(), `add element ${TABLE} ${PORTS} { ${port} timeout ${expiry}s }`, ...(options.ownClientsOnly ? [`add element ${TABLE} ${OWN_CLIENTS_ONLY} { ${port} timeout ${expiry}s }`] : [])].join('\n'));
+  // create, not add: a port another guard holds is refused, never shared (its release would end both)
+  await runNft(nft, ['-f', '-'], [...guardScript(), `create element ${TABLE} ${PORTS} { ${port} timeout ${expiry}s }`, ...(options.ownClientsOnly ? [`add element ${TABLE} ${OWN_CLIENTS_ONLY} { ${port} timeout ${expiry}s }`] : [])].join('\n'));
   const added: string[] = [`${PORTS} { ${port} }`, ...(options.ownClientsOnly ? [`${OWN_CLIENTS_ONLY} { ${port} }`] : [])];
   let released = false;
   const admit = async (clientPort: number): Promise<void> => {
@@ -79,17 +86,18 @@ export async function guardLoopbackPort(port: number, options: LoopbackGuardOpti
     async connect() {
       if (released) throw new LoopbackGuardError(`the guard of port ${port} was released`);
       let lastError: unknown;
-      const tried = new Set<number>([port]);
+      const tried = new Set<number>();
       for (let attempt = 0; attempt < CONNECT_TRIES; attempt++) {
-        const picked = await pickPrivilegedLoopbackPort({ excluding: tried });
+        // below ip_unprivileged_port_start where the host has such ports; any free one otherwise
+        // (the admitting rule wants a root socket all the same)
+        const picked = await pickPrivilegedLoopbackPort('client', { excluding: tried, ...(options.unprivilegedPortStart ? { unprivilegedPortStart: options.unprivilegedPortStart } : {}) });
         tried.add(picked.port);
-        if (picked.bindableByAnyone) throw new LoopbackGuardError(`no client port for port ${port} that only root may bind: ${picked.bindableByAnyone}`);
         await admit(picked.port);
         try {
           return await connectFrom(port, picked.port);
         } catch (error) {
           lastError = error;
-          // the client port was taken between the pick and the bind (by root: no one else may)
+          // the client port was taken between the pick and the bind
           if ((error as NodeJS.ErrnoException).code !== 'EADDRINUSE') throw error;
         }
       }
@@ -103,6 +111,28 @@ export async function guardLoopbackPort(port: number, options: LoopbackGuardOpti
   };
 }
 
+/**
+ * A guard on a loopback port haul picks for a listener (pickPrivilegedLoopbackPort), free and held
+ * by no other guard; a port another guard took meanwhile is passed over. `bindableByAnyone` as the
+ * pick says.
+ */
+export async function guardNewLoopbackPort(options: LoopbackGuardOptions = {}): Promise<LoopbackGuard> {
+  const tried = new Set<number>();
+  let lastError: unknown;
+  for (let attempt = 0; attempt < GUARD_TRIES; attempt++) {
+    const picked = await pickPrivilegedLoopbackPort('listener', { excluding: tried, ...(options.unprivilegedPortStart ? { unprivilegedPortStart: options.unprivilegedPortStart } : {}) });
+    tried.add(picked.port);
+    try {
+      const guard = await guardLoopbackPort(picked.port, options);
+      return picked.bindableByAnyone === undefined ? guard : { ...guard, bindableByAnyone: picked.bindableByAnyone };
+    } catch (error) {
+      lastError = error;
+      if (error instanceof LoopbackGuardError && error.cause !== undefined && (error.cause as NodeJS.ErrnoException).code === 'ENOENT') throw error; // no nft at all
+    }
+  }
+  throw lastError instanceof Error ? lastError : new LoopbackGuardError('no loopback port could be guarded', { cause: lastError });
+}
+
 /** Whether this host's nftables would take a guard, asked without changing anything (nft --check). */
 export async function canGuardLoopbackPorts(options: Pick<LoopbackGuardOptions, 'nft'> = {}): Promise<void> {
   await runNft(options.nft ?? 'nft', ['--check', '-f', '-'], [...guardScript(), `add element ${TABLE} ${PORTS} { 1 timeout 1s }`].join('\n'));
@@ -114,7 +144,7 @@ export async function canGuardLoopbackPorts(options: Pick<LoopbackGuardOptions, 
  */
 function guardScript(): string[] {
   const output = (family: 'ip' | 'ip6', loopback: string): string[] => [
-    `add rule ${TABLE} loopback_output ${family} daddr ${loopback} tcp dport . tcp sport @${ADMITTED} accept`,
+    `add rule ${TABLE} loopback_output ${family} daddr ${loopback} tcp dport . tcp sport @${ADMITTED} meta skuid 0 accept`,
     `add rule ${TABLE} loopback_output ${family} daddr ${loopback} tcp dport @${PORTS} meta skuid != 0 reject with tcp reset`,
     // only a new connection's first packet: the ones made before (CRIU's own, root's) go on
     `add rule ${TABLE} loopback_output ${family} daddr ${loopback} tcp dport @${OWN_CLIENTS_ONLY} tcp flags & (syn | ack) == syn reject with tcp reset`,

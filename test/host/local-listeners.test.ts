@@ -6,7 +6,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterEach, expect, it } from 'vitest';
 import { acceptOne, acceptOneLocal } from '../../src/criu/page-server/connection.js';
-import { canGuardLoopbackPorts, expectPeerProcess, guardLoopbackPort, identify, LoopbackGuardError, pickPrivilegedLoopbackPort, UnexpectedPeerError, type ProcessIdentity } from '../../src/host/index.js';
+import { canGuardLoopbackPorts, expectPeerProcess, guardLoopbackPort, guardNewLoopbackPort, identify, LoopbackGuardError, pickPrivilegedLoopbackPort, UnexpectedPeerError, type ProcessIdentity } from '../../src/host/index.js';
 
 const processOf = (pid: number): ProcessIdentity => identify(pid)!;
 import { describeOnHost } from '../support/host.js';
@@ -69,6 +69,49 @@ describeOnHost('who may connect to the loopback listeners of a migration', ['roo
     expect((await connectFromAnotherProcess(port, 0)).connected).toBe(true);
   });
 
+  it('never lets two guards share a port: the second is refused, a new guard picks another, and one release leaves the other', async () => {
+    const first = await guardNewLoopbackPort();
+    try {
+      await expect(guardLoopbackPort(first.port)).rejects.toBeInstanceOf(LoopbackGuardError);
+      const second = await guardNewLoopbackPort();
+      try {
+        expect(second.port).not.toBe(first.port);
+        expect(first.port % 2).toBe(0); // listeners' ports are even, clients' odd: never each other's
+        await second.release();
+        const server = createServer((socket) => socket.on('error', () => {}));
+        servers.push(server);
+        await new Promise<void>((resolve) => server.listen(first.port, '127.0.0.1', resolve));
+        expect((await connectFromAnotherProcess(first.port, ATTACKER_UID)).connected).toBe(false);
+      } finally {
+        await second.release();
+      }
+    } finally {
+      await first.release();
+    }
+  });
+
+  it("on a host where every user may bind low ports, still guards, and its own client still gets in (from a root socket)", async () => {
+    const dir = mkdtempSync(join(tmpdir(), 'haul-sysctl-'));
+    try {
+      writeFileSync(join(dir, 'start'), '0\n');
+      const guard = await guardNewLoopbackPort({ ownClientsOnly: true, unprivilegedPortStart: join(dir, 'start') });
+      try {
+        expect(guard.bindableByAnyone).toMatch(/ip_unprivileged_port_start is 0/);
+        const server = createServer((socket) => socket.on('error', () => {}));
+        servers.push(server);
+        await new Promise<void>((resolve) => server.listen(guard.port, '127.0.0.1', resolve));
+        expect((await connectFromAnotherProcess(guard.port, 0)).connected).toBe(false);
+        const own = await guard.connect();
+        sockets.push(own);
+        expect(own.remotePort).toBe(guard.port);
+      } finally {
+        await guard.release();
+      }
+    } finally {
+      rmSync(dir, { recursive: true, force: true });
+    }
+  });
+
   it('keeps connections made before the port admitted only its own clients', async () => {
     const { port, accepted } = await listening();
     const guard = await guardLoopbackPort(port);
@@ -88,7 +131,7 @@ describeOnHost('who may connect to the loopback listeners of a migration', ['roo
   });
 
   it('picks ports for CRIU that no local user but root may bind', async () => {
-    const picked = await pickPrivilegedLoopbackPort();
+    const picked = await pickPrivilegedLoopbackPort('listener');
     expect(picked.bindableByAnyone).toBeUndefined();
     expect(picked.port).toBeLessThan(Number(readFileSync('/proc/sys/net/ipv4/ip_unprivileged_port_start', 'utf8')));
     const script = `require('node:net').createServer().once('error', (e) => { process.stdout.write(e.code); process.exit(0); }).listen(${picked.port}, '127.0.0.1', () => { process.stdout.write('bound'); process.exit(0); });`;
@@ -99,7 +142,7 @@ describeOnHost('who may connect to the loopback listeners of a migration', ['roo
     const dir = mkdtempSync(join(tmpdir(), 'haul-sysctl-'));
     try {
       writeFileSync(join(dir, 'start'), '0\n');
-      const open = await pickPrivilegedLoopbackPort({ unprivilegedPortStart: join(dir, 'start') });
+      const open = await pickPrivilegedLoopbackPort('listener', { unprivilegedPortStart: join(dir, 'start') });
       expect(open.bindableByAnyone).toMatch(/ip_unprivileged_port_start is 0/);
     } finally {
       rmSync(dir, { recursive: true, force: true });
