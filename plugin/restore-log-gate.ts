@@ -41,7 +41,7 @@ sub stat_of {
   my $fields = <$stat>; close $stat;
   $fields =~ s/^.*\) //s;
   my @field = split / /, $fields;
-  return ($field[1], $field[19]);
+  return ($field[1], $field[19], $field[0]);
 }
 $SIG{PIPE} = "IGNORE"; $SIG{HUP} = "IGNORE"; $SIG{INT} = "IGNORE";
 $| = 1;
@@ -62,8 +62,8 @@ if ($word ne "release" && $word ne "restored") {
   # CRIU and every process it made, as killRestoreTree does (src/host/process-tree.ts: the keeper
   # outlives the agent, so it carries the same steps): each the same process still (its start
   # time, field 22 of /proc/PID/stat), not one that reused the pid
-  my ($criu_ppid, $start) = $criu_pid > 0 ? stat_of($criu_pid) : ();
-  if (defined $start && $start eq $criu_start) {
+  my ($criu_ppid, $start, $state) = $criu_pid > 0 ? stat_of($criu_pid) : ();
+  if (defined $start && $start eq $criu_start && $state ne "Z") {
     kill "STOP", $criu_pid;
     my (%started, %children);
     opendir(my $proc, "/proc");
@@ -73,7 +73,9 @@ if ($word ne "release" && $word ne "restored") {
       $started{$pid} = $at; push @{$children{$ppid}}, $pid;
     }
     closedir $proc;
-    my @pending = (@{$children{$criu_pid} // []}, grep { $_ != $criu_pid && $started{$_} >= $criu_start } @{$children{$criu_ppid} // []});
+    my $ours = readlink("/proc/$$/ns/pid");
+    my @siblings = $criu_ppid > 1 && defined $ours ? grep { my $ns = readlink("/proc/$_/ns/pid"); $_ != $criu_pid && $started{$_} >= $criu_start && defined $ns && $ns ne $ours } @{$children{$criu_ppid} // []} : ();
+    my @pending = (@{$children{$criu_pid} // []}, @siblings);
     my %found;
     while (@pending) { my $pid = pop @pending; next if $found{$pid}++; push @pending, @{$children{$pid} // []}; }
     for my $pid (keys %found) { my (undef, $at) = stat_of($pid); kill "KILL", $pid if defined $at && $at eq $started{$pid}; }

@@ -1,10 +1,11 @@
-import { readdirSync } from 'node:fs';
+import { readdirSync, readlinkSync } from 'node:fs';
 import { statFields, type ProcessIdentity } from './process-identity.js';
 
 interface ProcessEntry {
   readonly pid: number;
   readonly ppid: number;
   readonly startTime: string;
+  readonly state: string;
 }
 
 /**
@@ -12,18 +13,23 @@ interface ProcessEntry {
  * restoring behind for good (seen with CRIU 4.1.1: the root task, usernsd and a helper, each
  * waiting on CRIU in the restorer, reparented to init). They are CRIU's children and, with
  * --restore-sibling, the root task it cloned with CLONE_PARENT (criu/cr-restore.c), a child of
- * CRIU's parent started after CRIU; the restored tree hangs below them. CRIU is stopped first so
+ * CRIU's parent started after CRIU, in a pid namespace of its own; the restored tree hangs below
+ * them. CRIU is stopped first so
  * that it makes no new one while they are found. Returns how many processes were killed besides
  * CRIU; never throws (a process may end meanwhile).
  */
 export function killRestoreTree(criu: ProcessIdentity): number {
   const own = entryOf(criu.pid);
-  if (!own || own.startTime !== criu.startTime) return 0;
+  // ended (a zombie: its parent goes on to Incus' own hooks, which are not CRIU's to take along)
+  if (!own || own.startTime !== criu.startTime || own.state === 'Z') return 0;
   signal(criu.pid, 'SIGSTOP');
   const all = allProcesses();
   const children = new Map<number, ProcessEntry[]>();
   for (const entry of all) children.set(entry.ppid, [...(children.get(entry.ppid) ?? []), entry]);
-  const made = (children.get(own.ppid) ?? []).filter((sibling) => sibling.pid !== own.pid && Number(sibling.startTime) >= Number(own.startTime));
+  // the root task CRIU cloned as its sibling runs in the container's pid namespace, not ours;
+  // a CRIU reparented to init has no siblings of its own making
+  const ours = pidNamespaceOf(process.pid);
+  const made = own.ppid <= 1 || ours === undefined ? [] : (children.get(own.ppid) ?? []).filter((sibling) => sibling.pid !== own.pid && Number(sibling.startTime) >= Number(own.startTime) && pidNamespaceOf(sibling.pid) !== ours && pidNamespaceOf(sibling.pid) !== undefined);
   const found: ProcessEntry[] = [];
   const pending = [...(children.get(own.pid) ?? []), ...made];
   while (pending.length > 0) {
@@ -60,8 +66,16 @@ function allProcesses(): ProcessEntry[] {
   return entries;
 }
 
-/** Field 4 of /proc/PID/stat (ppid) and 22 (start time). */
+/** Fields 3 (state), 4 (ppid) and 22 (start time) of /proc/PID/stat. */
 function entryOf(pid: number): ProcessEntry | undefined {
   const fields = statFields(pid);
-  return fields === undefined ? undefined : { pid, ppid: Number(fields[1]), startTime: fields[19]! };
+  return fields === undefined ? undefined : { pid, state: fields[0]!, ppid: Number(fields[1]), startTime: fields[19]! };
+}
+
+function pidNamespaceOf(pid: number): string | undefined {
+  try {
+    return readlinkSync(`/proc/${pid}/ns/pid`);
+  } catch {
+    return undefined;
+  }
 }
