@@ -1,6 +1,7 @@
 import { constants, createReadStream } from 'node:fs';
-import { link, open, unlink, type FileHandle } from 'node:fs/promises';
+import { link, lstat, open, unlink, type FileHandle } from 'node:fs/promises';
 import { join } from 'node:path';
+import { ensureRoomFor } from '../proxy/disk-reserve.js';
 
 /**
  * What haul reads and writes in Incus' restore directory. The source's rsync filled it, so any name
@@ -62,6 +63,13 @@ async function copyInto(file: FileHandle, from: string): Promise<void> {
  * restore dir goes first.
  */
 export async function placeImageFiles(fromDir: string, restoreDir: string, names: readonly string[], owner: { readonly uid: number; readonly gid: number }, mode = 0o640): Promise<void> {
+  const [source, target] = await Promise.all([lstat(fromDir), lstat(restoreDir)]);
+  if (source.dev !== target.dev) {
+    // copies, not links: they must leave the other filesystem its reserve
+    let bytes = 0;
+    for (const name of names) bytes += (await lstat(join(fromDir, name))).size;
+    await ensureRoomFor(restoreDir, bytes);
+  }
   for (const name of names) {
     const from = join(fromDir, name);
     const to = join(restoreDir, name);

@@ -6,13 +6,14 @@ import { pipeline } from 'node:stream/promises';
 import { criuImageName } from '../src/name-grammars.js';
 import { FIRST_PAGES_ID } from '../src/criu/images/image-dir-sink.js';
 import { PagemapWriter } from '../src/criu/images/pagemap.js';
+import { PAGE_SIZE } from '../src/criu/page-server/protocol.js';
 import type { IncomingChannel } from '../src/link/channels.js';
 import { ControlInbox } from '../src/link/control-inbox.js';
 import { ChannelKind } from '../src/link/frame.js';
 import type { ImagesComplete } from '../src/link/messages.js';
 import type { LinkSession } from '../src/link/session.js';
 import { DEFAULT_MAX_DISK_CHANGES_BYTES, DiskChangesError } from './disk-changes-format.js';
-import { DEFAULT_DISK_RESERVE_BYTES, watchDiskReserve } from './disk-reserve.js';
+import { DEFAULT_DISK_RESERVE_BYTES, watchDiskReserve, type DiskReserveWatch } from './disk-reserve.js';
 import { LAZY_PUSH_CHANNEL } from './lazy-wire.js';
 import { readPageRecords, targetOfPageChannel } from './page-stream.js';
 
@@ -59,6 +60,7 @@ export class CacheStore {
   pagesStored = 0;
 
   private readonly maxDiskChangesBytes: number;
+  private readonly reserve: DiskReserveWatch;
 
   constructor(
     session: LinkSession,
@@ -69,10 +71,10 @@ export class CacheStore {
     this.complete = new Promise((resolve, reject) => (this.settle = { resolve, reject }));
     this.complete.catch(() => {});
     // until the session ends: lazy pages go on arriving after the image set is complete
-    const reserve = watchDiskReserve(dir, options.diskReserveBytes ?? DEFAULT_DISK_RESERVE_BYTES, (error) => {
+    const reserve = (this.reserve = watchDiskReserve(dir, options.diskReserveBytes ?? DEFAULT_DISK_RESERVE_BYTES, (error) => {
       this.settle.reject(error);
       session.abort(error.message, error);
-    });
+    }));
     session.once('closed', () => reserve.stop());
     session.once('aborted', () => reserve.stop());
     this.control = new ControlInbox(session, (message) => {
@@ -93,7 +95,10 @@ export class CacheStore {
         try {
           for await (const { entry, pages } of readPageRecords(channel.readable)) {
             await writer.add(entry, pages);
-            if (pages) this.pagesStored += entry.nrPages;
+            if (pages) {
+              this.pagesStored += entry.nrPages;
+              this.reserve.wrote(entry.nrPages * PAGE_SIZE);
+            }
           }
           await writer.close();
         } catch (error) {
@@ -106,13 +111,13 @@ export class CacheStore {
       case ChannelKind.IMAGE_FILE:
         // the name is the peer's word: only a CRIU image's, never one of the store's own files;
         // and a second file of one name is refused (wx), not written over the first
-        await pipeline(channel.readable, createWriteStream(join(this.dir, criuImageName(channel.name)), { flags: 'wx', mode: 0o644 }));
+        await pipeline(channel.readable, counted(this.reserve), createWriteStream(join(this.dir, criuImageName(channel.name)), { flags: 'wx', mode: 0o644 }));
         this.endedFiles++;
         break;
       case ChannelKind.FILESYSTEM_TAR:
         // kept as it came, applied onto the root filesystem just before the restore
         if (this.tarsSeen++ > 0) throw new Error('the source sent a second disk-changes tar; one migration has one root filesystem');
-        await pipeline(channel.readable, atMost(this.maxDiskChangesBytes), createWriteStream(join(this.dir, DISK_CHANGES_FILE), { mode: 0o600 }));
+        await pipeline(channel.readable, atMost(this.maxDiskChangesBytes), counted(this.reserve), createWriteStream(join(this.dir, DISK_CHANGES_FILE), { mode: 0o600 }));
         this.endedTars++;
         break;
       case ChannelKind.CONTROL:
@@ -131,6 +136,16 @@ export class CacheStore {
       this.settle.resolve();
     }
   }
+}
+
+/** Passes bytes through, telling the reserve watch how many. */
+function counted(reserve: DiskReserveWatch): Transform {
+  return new Transform({
+    transform(chunk: Buffer, _encoding, done) {
+      reserve.wrote(chunk.length);
+      done(null, chunk);
+    },
+  });
 }
 
 /** Passes bytes through until more than `limit` have come, then fails the stream. */
