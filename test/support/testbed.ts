@@ -101,8 +101,18 @@ export class TestContainer {
     return incus(['exec', this.ref, '--', ...command]);
   }
 
+  /**
+   * The counter's value. Its loop rewrites the file in place (`echo $i > /tmp/counter`: truncated,
+   * then written), so a read between the two finds it empty; right after a lazy restore the
+   * writer can fault on a page between them, and the window is not microseconds any more. An
+   * empty read is no value: read again.
+   */
   async readCounter(path = '/tmp/counter'): Promise<number> {
-    return Number((await this.exec(['cat', path])).trim());
+    for (let attempt = 0; ; attempt++) {
+      const text = (await this.exec(['cat', path])).trim();
+      if (text !== '' || attempt >= 20) return Number(text);
+      await new Promise((resolve) => setTimeout(resolve, 50));
+    }
   }
 
   async workloadReport(dir: string, sinceNs?: bigint): Promise<WorkloadReport> {
