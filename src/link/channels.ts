@@ -43,7 +43,7 @@ export class OutgoingChannel {
   private framedEnd = 0n; // bytes moved from pending into the stream (digest covers them)
   private sent = 0n; // bytes framed on the current connection
   private sentEver = 0n; // the furthest any connection got: no peer can have more
-  private readonly window: bigint;
+  private readonly maxWindow: bigint;
   private limit: bigint;
   private acked = 0n;
   private readonly digest: StreamDigest = streamDigest();
@@ -59,11 +59,14 @@ export class OutgoingChannel {
     readonly id: number,
     readonly kind: ChannelKindCode,
     readonly name: string,
-    window: number,
+    /** Credit the peer gives every channel when it opens, without being asked. */
+    initialCredit: number,
+    /** The most the peer may grant beyond what it acknowledged. */
+    maxWindow: number,
     private readonly wake: () => void,
   ) {
-    this.window = BigInt(window);
-    this.limit = this.window;
+    this.maxWindow = BigInt(maxWindow);
+    this.limit = BigInt(initialCredit);
     this.writable = new Writable({
       highWaterMark: DATA_CHUNK,
       write: (chunk: Buffer, _encoding, done) => {
@@ -152,15 +155,15 @@ export class OutgoingChannel {
   }
 
   /**
-   * The peer has `acked` bytes and takes up to `limit`. A receiver grants at most one window beyond
-   * what it has (channels.ts, IncomingChannel.maybeCredit); more would let the replay buffer, which
-   * holds everything not yet acknowledged, grow without bound.
+   * The peer has `acked` bytes and takes up to `limit`. A receiver grants at most the largest window
+   * beyond what it has (IncomingChannel.maybeCredit); more would let the replay buffer, which holds
+   * everything not yet acknowledged, grow without bound.
    */
   credit(acked: bigint, limit: bigint): void {
     if (acked > this.sent) throw new LinkProtocolError(`channel ${this.id}: the peer acknowledged ${acked} bytes, but only ${this.sent} were sent`);
     if (acked < this.acked) return; // queued before a resume, which acknowledged more
-    if (limit > acked + this.window) {
-      throw new LinkLimitError('credit', Number(this.window), `channel ${this.id}: the peer granted credit up to ${limit} with ${acked} bytes acknowledged`);
+    if (limit > acked + this.maxWindow) {
+      throw new LinkLimitError('credit', Number(this.maxWindow), `channel ${this.id}: the peer granted credit up to ${limit} with ${acked} bytes acknowledged`);
     }
     this.acknowledge(acked);
     if (limit > this.limit) this.limit = limit;

@@ -127,7 +127,7 @@ export class LinkSession extends EventEmitter<SessionEvents> {
     if (this.state !== 'open') throw new LinkAbortedError(`cannot open ${name}: the session has ended`, 'local');
     const id = this.nextChannelId;
     this.nextChannelId += 2;
-    const channel = new OutgoingChannel(id, kind, name, CHANNEL_WINDOW, () => this.schedulePump());
+    const channel = new OutgoingChannel(id, kind, name, CHANNEL_WINDOW, CHANNEL_WINDOW, () => this.schedulePump());
     this.outgoing.set(id, channel);
     this.schedulePump();
     return channel;
