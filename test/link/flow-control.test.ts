@@ -6,7 +6,7 @@ import { receiveControl, sendControl } from '../../src/link/control-channel.js';
 import { ChannelKind, FrameType, decodeFrame, encodeFrame, type Frame } from '../../src/link/frame.js';
 import type { LinkAbortedError } from '../../src/link/link-errors.js';
 import { Messages } from '../../src/link/messages.js';
-import { CHANNEL_WINDOW, LinkSession, type FrameTransport, type LinkLimits } from '../../src/link/session.js';
+import { CHANNEL_WINDOW, INITIAL_CHANNEL_WINDOW, LinkSession, type FrameTransport, type LinkLimits } from '../../src/link/session.js';
 import { memoryTransportPair } from '../support/memory-link.js';
 import { writeAll } from '../support/link-traffic.js';
 
@@ -67,6 +67,19 @@ function nextAbort(session: LinkSession): Promise<LinkAbortedError> {
   return new Promise((resolve) => session.once('aborted', resolve));
 }
 
+/** Reads `bytes` of a channel as fast as they come, then stops (the reader's disk is busy). */
+async function readThenStop(channel: IncomingChannel, bytes: number): Promise<void> {
+  let consumed = 0;
+  await new Promise<void>((resolve) => {
+    channel.readable.on('data', (chunk: Buffer) => {
+      consumed += chunk.length;
+      if (consumed < bytes) return;
+      channel.readable.pause();
+      resolve();
+    });
+  });
+}
+
 async function readToEnd(channel: IncomingChannel): Promise<Buffer> {
   const chunks: Buffer[] = [];
   for await (const chunk of channel.readable) chunks.push(chunk as Buffer);
@@ -85,6 +98,10 @@ describe('flow control: a receiver holds no more than it granted, and an honest 
     // the reader of 'wanted' waits for another channel first: the control channel's word to start
     const control = dialer.openChannel(ChannelKind.CONTROL, 'control');
     await senderStalled(watch);
+    // a channel nobody reads costs its initial window, and no more
+    const idle = incoming.filter((channel) => channel.name.startsWith('idle-'));
+    expect(idle.length).toBe(320);
+    for (const channel of idle) expect(channel.unread()).toBe(BigInt(INITIAL_CHANNEL_WINDOW));
     await sendControl(control.writable, { images_complete: { files: 0, page_streams: 321, bytes: BigInt(wanted.length), filesystem_tars: 0 } });
     const controlChannel = incoming.find((channel) => channel.name === 'control')!;
     const said = await receiveControl(controlChannel.readable).next();
@@ -133,27 +150,24 @@ describe('flow control: a receiver holds no more than it granted, and an honest 
     await Promise.all(writes);
     expect(lengths).toEqual(Array(130).fill(stream.length));
     expect(listener.isOpen).toBe(true);
+    // the windows those streams grew to were given back: the next busy one grows as large
+    const next = dialer.openChannel(ChannelKind.PAGES, 'pages-130');
+    void writeAll(next, randomBytes(32 * MiB), () => 0.5).catch(() => {});
+    while (incoming.length === 130) await sleep(1);
+    await readThenStop(incoming[130]!, 16 * MiB);
+    await senderStalled(watch);
+    expect(incoming[130]!.unread()).toBeGreaterThan(BigInt((CHANNEL_WINDOW * 3) / 4));
     dialer.close();
   }, 60_000);
 
-  it('still lets one busy channel have a whole channel window in flight', async () => {
+  it('still lets one busy channel have a whole channel window in flight, and no more', async () => {
     const { dialer, incoming, unread, watch } = watchedPair();
     const channel = dialer.openChannel(ChannelKind.PAGES, 'pages');
     void writeAll(channel, randomBytes(64 * MiB), () => 0.5).catch(() => {});
     while (incoming.length === 0) await sleep(1);
-    // a reader that keeps up for a while, then stops (its disk is busy)
-    let consumed = 0;
-    const readable = incoming[0]!.readable;
-    await new Promise<void>((resolve) => {
-      readable.on('data', (chunk: Buffer) => {
-        consumed += chunk.length;
-        if (consumed >= 24 * MiB) {
-          readable.pause();
-          resolve();
-        }
-      });
-    });
+    await readThenStop(incoming[0]!, 24 * MiB);
     await senderStalled(watch);
+    // the last credit went out at most a quarter window before the reader stopped
     expect(unread()).toBeGreaterThan(BigInt((CHANNEL_WINDOW * 3) / 4));
     expect(unread()).toBeLessThanOrEqual(BigInt(CHANNEL_WINDOW));
     dialer.close();

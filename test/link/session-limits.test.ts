@@ -5,8 +5,8 @@ import type { IncomingChannel } from '../../src/link/channels.js';
 import { sendControl } from '../../src/link/control-channel.js';
 import { ControlInbox } from '../../src/link/control-inbox.js';
 import { ChannelKind, FrameType, decodeFrame, encodeFrame, type Frame } from '../../src/link/frame.js';
-import { LinkLimitError, type LinkAbortedError } from '../../src/link/link-errors.js';
-import { CHANNEL_WINDOW, DEFAULT_LINK_LIMITS, LinkSession, type LinkLimits } from '../../src/link/session.js';
+import { LinkLimitError, LinkLimitsError, type LinkAbortedError } from '../../src/link/link-errors.js';
+import { CHANNEL_WINDOW, DEFAULT_LINK_LIMITS, INITIAL_CHANNEL_WINDOW, LinkSession, type LinkLimits } from '../../src/link/session.js';
 import { memoryTransportPair } from '../support/memory-link.js';
 
 function limitedPair(limits: Partial<LinkLimits>): { dialer: LinkSession; listener: LinkSession } {
@@ -34,9 +34,16 @@ describe('a session caps what its peer can make it hold', () => {
     expect(new LinkSession('dialer', randomBytes(16)).limits).toEqual(DEFAULT_LINK_LIMITS);
     // one channel per image file of a dump sent at once: a few hundred processes' worth
     expect(DEFAULT_LINK_LIMITS.maxOpenChannels).toBeGreaterThanOrEqual(2048);
-    // the stream buffers of dozens of channels whose reader is busy
-    expect(DEFAULT_LINK_LIMITS.maxUnreadBytes).toBeGreaterThanOrEqual(32 * CHANNEL_WINDOW);
+    // every channel's initial window, and dozens of channels whose reader is busy at the largest window
+    expect(DEFAULT_LINK_LIMITS.maxUnreadBytes).toBeGreaterThanOrEqual(DEFAULT_LINK_LIMITS.maxOpenChannels * INITIAL_CHANNEL_WINDOW + 32 * CHANNEL_WINDOW);
     expect(DEFAULT_LINK_LIMITS.maxControlMessages).toBeGreaterThanOrEqual(64);
+  });
+
+  it('refuses limits whose unread budget cannot hold the initial window of every channel the peer may open', () => {
+    const limits = { maxOpenChannels: 64, maxUnreadBytes: 64 * INITIAL_CHANNEL_WINDOW - 1 };
+    expect(() => new LinkSession('listener', randomBytes(16), true, limits)).toThrow(LinkLimitsError);
+    expect(() => new LinkSession('listener', randomBytes(16), true, limits)).toThrow(expect.objectContaining({ code: 'HAUL_LINK_LIMITS_INVALID' }));
+    expect(new LinkSession('listener', randomBytes(16), true, { ...limits, maxUnreadBytes: 64 * INITIAL_CHANNEL_WINDOW }).limits.maxUnreadBytes).toBe(64 * INITIAL_CHANNEL_WINDOW);
   });
 
   it('aborts when the peer holds more channels open at once than the cap, and tells the peer', async () => {
@@ -115,11 +122,12 @@ describe('a session caps what its peer can make it hold', () => {
       const { session, send } = rawDialer({ maxOpenChannels: 2 });
       const channels: IncomingChannel[] = [];
       session.on('channel', (channel) => channels.push(channel));
-      // each channel is reset at once, so none counts as open, then sent a window's worth of data
+      // each channel is reset at once, so none counts as open, then sent all the credit it has
+      const part = INITIAL_CHANNEL_WINDOW / 4;
       for (let id = 1; id < 40; id += 2) {
         send(frame(FrameType.OPEN, id, 0n, Buffer.from(`pages-${id}`)));
         send(frame(FrameType.RESET, id, 0n, Buffer.from('gave up')));
-        for (let at = 0; at < 4 * 256 * 1024; at += 256 * 1024) send(frame(FrameType.DATA, id, BigInt(at), randomBytes(256 * 1024)));
+        for (let at = 0; at < INITIAL_CHANNEL_WINDOW; at += part) send(frame(FrameType.DATA, id, BigInt(at), randomBytes(part)));
       }
       while (channels.length < 20) await sleep(1);
       await sleep(20);
