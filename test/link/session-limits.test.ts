@@ -6,7 +6,9 @@ import { sendControl } from '../../src/link/control-channel.js';
 import { ControlInbox } from '../../src/link/control-inbox.js';
 import { ChannelKind, FrameType, decodeFrame, encodeFrame, type Frame } from '../../src/link/frame.js';
 import { LinkLimitError, LinkLimitsError, type LinkAbortedError } from '../../src/link/link-errors.js';
+import { LinkListener } from '../../src/link/listener.js';
 import { CHANNEL_WINDOW, DEFAULT_LINK_LIMITS, INITIAL_CHANNEL_WINDOW, LinkSession, type LinkLimits } from '../../src/link/session.js';
+import { hostInfo } from '../support/link-hosts.js';
 import { memoryTransportPair } from '../support/memory-link.js';
 
 function limitedPair(limits: Partial<LinkLimits>): { dialer: LinkSession; listener: LinkSession } {
@@ -44,6 +46,11 @@ describe('a session caps what its peer can make it hold', () => {
     expect(() => new LinkSession('listener', randomBytes(16), true, limits)).toThrow(LinkLimitsError);
     expect(() => new LinkSession('listener', randomBytes(16), true, limits)).toThrow(expect.objectContaining({ code: 'HAUL_LINK_LIMITS_INVALID' }));
     expect(new LinkSession('listener', randomBytes(16), true, { ...limits, maxUnreadBytes: 64 * INITIAL_CHANNEL_WINDOW }).limits.maxUnreadBytes).toBe(64 * INITIAL_CHANNEL_WINDOW);
+  });
+
+  it('refuses such limits when a listener starts, not at every peer\'s handshake', async () => {
+    const limits = { maxOpenChannels: 64, maxUnreadBytes: 64 * INITIAL_CHANNEL_WINDOW - 1 };
+    await expect(LinkListener.listen('127.0.0.1', 0, { insecure: true, host: hostInfo('destination'), limits })).rejects.toThrow(LinkLimitsError);
   });
 
   it('aborts when the peer holds more channels open at once than the cap, and tells the peer', async () => {
