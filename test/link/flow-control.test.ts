@@ -63,6 +63,11 @@ async function senderStalled(watch: { framesIn: number }, quietMs = 100): Promis
   }
 }
 
+/** Resolves once `condition` holds (the test's timeout bounds the wait). */
+async function until(condition: () => boolean): Promise<void> {
+  while (!condition()) await sleep(5);
+}
+
 function nextAbort(session: LinkSession): Promise<LinkAbortedError> {
   return new Promise((resolve) => session.once('aborted', resolve));
 }
@@ -97,11 +102,11 @@ describe('flow control: a receiver holds no more than it granted, and an honest 
     const writing = writeAll(dialer.openChannel(ChannelKind.PAGES, 'wanted'), wanted, () => 0.5);
     // the reader of 'wanted' waits for another channel first: the control channel's word to start
     const control = dialer.openChannel(ChannelKind.CONTROL, 'control');
-    await senderStalled(watch);
     // a channel nobody reads costs its initial window, and no more
-    const idle = incoming.filter((channel) => channel.name.startsWith('idle-'));
-    expect(idle.length).toBe(320);
-    for (const channel of idle) expect(channel.unread()).toBe(BigInt(INITIAL_CHANNEL_WINDOW));
+    const idle = (): IncomingChannel[] => incoming.filter((channel) => channel.name.startsWith('idle-'));
+    await Promise.race([until(() => idle().length === 320 && idle().every((channel) => channel.unread() === BigInt(INITIAL_CHANNEL_WINDOW))), aborted]);
+    await senderStalled(watch);
+    for (const channel of idle()) expect(channel.unread()).toBe(BigInt(INITIAL_CHANNEL_WINDOW));
     await sendControl(control.writable, { images_complete: { files: 0, page_streams: 321, bytes: BigInt(wanted.length), filesystem_tars: 0 } });
     const controlChannel = incoming.find((channel) => channel.name === 'control')!;
     const said = await receiveControl(controlChannel.readable).next();
@@ -143,8 +148,10 @@ describe('flow control: a receiver holds no more than it granted, and an honest 
     const stream = randomBytes(CHANNEL_WINDOW + 1);
     const writes = [...Array(130).keys()].map((i) => new Promise<void>((resolve) => dialer.openChannel(ChannelKind.PAGES, `pages-${i}`).writable.end(stream, resolve)));
     // a destination whose disk has fallen behind: it takes nothing until the sender can send no more
-    await Promise.race([senderStalled(watch), aborted]);
+    const filled = (): boolean => incoming.length === 130 && incoming.every((channel) => channel.unread() === BigInt(INITIAL_CHANNEL_WINDOW));
+    await Promise.race([until(filled).then(() => senderStalled(watch)), aborted]);
     expect(listener.isOpen).toBe(true);
+    expect(filled()).toBe(true);
     expect(watch.peak).toBeLessThanOrEqual(BigInt(listener.limits.maxUnreadBytes));
     const lengths = await Promise.race([Promise.all(incoming.map(async (channel) => (await readToEnd(channel)).length)), aborted]);
     await Promise.all(writes);
@@ -155,8 +162,7 @@ describe('flow control: a receiver holds no more than it granted, and an honest 
     void writeAll(next, randomBytes(32 * MiB), () => 0.5).catch(() => {});
     while (incoming.length === 130) await sleep(1);
     await readThenStop(incoming[130]!, 16 * MiB);
-    await senderStalled(watch);
-    expect(incoming[130]!.unread()).toBeGreaterThan(BigInt((CHANNEL_WINDOW * 3) / 4));
+    await until(() => incoming[130]!.unread() > BigInt((CHANNEL_WINDOW * 3) / 4));
     dialer.close();
   }, 60_000);
 
@@ -166,9 +172,9 @@ describe('flow control: a receiver holds no more than it granted, and an honest 
     void writeAll(channel, randomBytes(64 * MiB), () => 0.5).catch(() => {});
     while (incoming.length === 0) await sleep(1);
     await readThenStop(incoming[0]!, 24 * MiB);
-    await senderStalled(watch);
     // the last credit went out at most a quarter window before the reader stopped
-    expect(unread()).toBeGreaterThan(BigInt((CHANNEL_WINDOW * 3) / 4));
+    await until(() => unread() > BigInt((CHANNEL_WINDOW * 3) / 4));
+    await senderStalled(watch);
     expect(unread()).toBeLessThanOrEqual(BigInt(CHANNEL_WINDOW));
     dialer.close();
   });
