@@ -43,7 +43,7 @@ export class OutgoingChannel {
   private framedEnd = 0n; // bytes moved from pending into the stream (digest covers them)
   private sent = 0n; // bytes framed on the current connection
   private sentEver = 0n; // the furthest any connection got: no peer can have more
-  private readonly window: bigint;
+  private readonly maxWindow: bigint;
   private limit: bigint;
   private acked = 0n;
   private readonly digest: StreamDigest = streamDigest();
@@ -59,11 +59,14 @@ export class OutgoingChannel {
     readonly id: number,
     readonly kind: ChannelKindCode,
     readonly name: string,
-    window: number,
+    /** Credit the peer gives every channel when it opens, without being asked. */
+    initialCredit: number,
+    /** The most the peer may grant beyond what it acknowledged. */
+    maxWindow: number,
     private readonly wake: () => void,
   ) {
-    this.window = BigInt(window);
-    this.limit = this.window;
+    this.maxWindow = BigInt(maxWindow);
+    this.limit = BigInt(initialCredit);
     this.writable = new Writable({
       highWaterMark: DATA_CHUNK,
       write: (chunk: Buffer, _encoding, done) => {
@@ -152,15 +155,15 @@ export class OutgoingChannel {
   }
 
   /**
-   * The peer has `acked` bytes and takes up to `limit`. A receiver grants at most one window beyond
-   * what it has (channels.ts, IncomingChannel.maybeCredit); more would let the replay buffer, which
-   * holds everything not yet acknowledged, grow without bound.
+   * The peer has `acked` bytes and takes up to `limit`. A receiver grants at most the largest window
+   * beyond what it has (IncomingChannel.maybeCredit); more would let the replay buffer, which holds
+   * everything not yet acknowledged, grow without bound.
    */
   credit(acked: bigint, limit: bigint): void {
     if (acked > this.sent) throw new LinkProtocolError(`channel ${this.id}: the peer acknowledged ${acked} bytes, but only ${this.sent} were sent`);
     if (acked < this.acked) return; // queued before a resume, which acknowledged more
-    if (limit > acked + this.window) {
-      throw new LinkLimitError('credit', Number(this.window), `channel ${this.id}: the peer granted credit up to ${limit} with ${acked} bytes acknowledged`);
+    if (limit > acked + this.maxWindow) {
+      throw new LinkLimitError('credit', Number(this.maxWindow), `channel ${this.id}: the peer granted credit up to ${limit} with ${acked} bytes acknowledged`);
     }
     this.acknowledge(acked);
     if (limit > this.limit) this.limit = limit;
@@ -215,16 +218,71 @@ export class OutgoingChannel {
 }
 
 /**
+ * What the peer's channels on one session may hold beyond their initial windows, shared: the
+ * session's unread budget less an initial window for every channel the peer may have open. A
+ * channel borrows from it once it is busy (IncomingChannel.resizeWindow) and gives it back as the
+ * bytes it was granted are read after its end. No channel's initial window comes from here, so a
+ * channel whose reader reads can always go on, however many others sit full and unread.
+ */
+export class WindowPool {
+  private lent = 0;
+
+  constructor(readonly size: number) {}
+
+  /** A channel that holds `held` bytes of the pool asks for `wanted` instead; it gets what is free of that, and holds it. */
+  resize(held: number, wanted: number): number {
+    const holds = Math.min(wanted, this.size - this.lent + held);
+    this.lent += holds - held;
+    return holds;
+  }
+}
+
+/** The credit an incoming channel grants, the same for every channel of a session. */
+export interface ChannelCredit {
+  /** The window every channel has from its OPEN on: its sender uses it without being granted it. */
+  readonly initialWindow: number;
+  /** The largest window a channel grows to (and the most its sender accepts beyond what is acknowledged). */
+  readonly maxWindow: number;
+  /** Where a channel's window beyond its initial one comes from. */
+  readonly pool: WindowPool;
+}
+
+/** A channel's readable, which says when the application took bytes from it: then the channel may grant more. */
+class ChannelReadable extends Readable {
+  constructor(
+    pull: () => void,
+    private readonly taken: () => void,
+  ) {
+    super({ highWaterMark: DATA_CHUNK, read: pull });
+  }
+
+  // every way of reading (read(), 'data' in flowing mode, pipe, async iteration) takes buffered
+  // bytes through read(); bytes pushed straight to a flowing reader never wait in the buffer
+  override read(size?: number): unknown {
+    const chunk: unknown = super.read(size);
+    if (chunk !== null) this.taken();
+    return chunk;
+  }
+}
+
+/**
  * The receiving half of a channel. Bytes go to the readable in order, exactly once; its end comes
  * only after the digest the sender sent matches what arrived, so nothing is used as complete
- * before it is proven whole.
+ * before it is proven whole. The sender may send only as far as this side granted: the initial
+ * window, then each CREDIT's limit, which is what the application has read plus the channel's
+ * window; so the channel holds at most its window unread. The window is the initial one until the
+ * application has read that much, which makes the channel a busy one: then it grows to the largest,
+ * as far as the session's pool has room. A channel nobody reads costs its initial window; control
+ * messages and most image files never need more.
  */
 export class IncomingChannel {
   readonly readable: Readable;
   private readonly queue: Buffer[] = [];
   private received = 0n;
-  private delivered = 0n;
-  private lastCredit = 0n;
+  private delivered = 0n; // handed to the readable: the application has read all but what its buffer holds
+  private granted: bigint; // the furthest the sender may send
+  private lastAcked = 0n;
+  private borrowed = 0; // of the window, what is beyond the initial one, from the pool
   private readonly digest: StreamDigest = streamDigest();
   private wanted = false;
   private failed = false;
@@ -235,19 +293,26 @@ export class IncomingChannel {
     readonly id: number,
     readonly kind: ChannelKindCode,
     readonly name: string,
-    private readonly window: bigint,
+    private readonly credit: ChannelCredit,
     private readonly sendCredit: (acked: bigint, limit: bigint) => void,
     private readonly onIntegrityFailure: (error: Error) => void,
   ) {
-    this.readable = new Readable({
-      highWaterMark: DATA_CHUNK,
-      read: () => {
+    this.granted = BigInt(credit.initialWindow);
+    this.readable = new ChannelReadable(
+      () => {
         this.wanted = true;
         this.flush();
       },
-    });
+      () => this.maybeCredit(),
+    );
     // readers see a failed channel through their iterator or pipeline; an unread one must not crash
     this.readable.on('error', () => {});
+    // a readable destroyed before its end has no reader: what still comes is dropped, and the
+    // window it borrowed goes back to the pool
+    this.readable.once('close', () => {
+      this.queue.length = 0;
+      this.maybeCredit();
+    });
   }
 
   progress(): ChannelProgress {
@@ -261,8 +326,26 @@ export class IncomingChannel {
 
   /** Bytes that arrived and the application has not read: queued here, or in the stream's buffer. */
   unread(): bigint {
-    if (this.readable.destroyed) return 0n;
-    return this.received - this.delivered + BigInt(this.readable.readableLength);
+    return this.received - this.consumed();
+  }
+
+  /** No byte of the peer's is held here and none can come any more: the channel was reset, or ended and was read out. */
+  get settled(): boolean {
+    return this.failed || (this.ended && this.unread() === 0n);
+  }
+
+  /** What the application has read, or, once nobody reads any more, everything that came: it is dropped. */
+  private consumed(): bigint {
+    if (this.discarding) return this.received;
+    return this.delivered - BigInt(this.readable.readableLength);
+  }
+
+  private get discarding(): boolean {
+    return this.failed || this.readable.destroyed;
+  }
+
+  private get window(): number {
+    return this.credit.initialWindow + this.borrowed;
   }
 
   data(offset: bigint, payload: Buffer): void {
@@ -270,17 +353,18 @@ export class IncomingChannel {
     const end = offset + BigInt(payload.length);
     if (offset > this.received) throw new LinkProtocolError(`channel ${this.id}: bytes from ${offset} missing (have ${this.received})`);
     if (end <= this.received) return; // replayed after a reconnect, already here
-    const fresh = payload.subarray(Number(this.received - offset));
-    if (this.received + BigInt(fresh.length) > this.delivered + this.window) {
-      throw new LinkProtocolError(`channel ${this.id}: the sender overran its credit`);
+    if (end > this.granted) {
+      throw new LinkProtocolError(`channel ${this.id}: the sender sent up to byte ${end}, past its credit of ${this.granted}`, { code: 'HAUL_LINK_CREDIT_OVERRUN' });
     }
+    const fresh = payload.subarray(Number(this.received - offset));
     this.received = end;
     // a reset channel has no reader any more: what its sender had on the way is dropped
-    if (this.failed) return;
+    if (this.failed) return this.maybeCredit();
+    // the digest still covers bytes nobody reads, so the end the sender proves stays true
     this.digest.update(fresh);
+    if (this.readable.destroyed) return this.maybeCredit();
     this.queue.push(fresh);
     this.flush();
-    this.maybeCredit();
   }
 
   finish(offset: bigint, digest: Buffer): void {
@@ -318,15 +402,35 @@ export class IncomingChannel {
     this.maybeCredit();
   }
 
-  private lastAcked = 0n;
-
+  /**
+   * Sends a CREDIT once the limit can move a quarter window on, or a quarter window arrived since
+   * the last acknowledgement (the sender frees its replay buffer by it). The limit never goes
+   * back: a sender may already be using it.
+   */
   private maybeCredit(force = false): void {
-    const limit = this.delivered + this.window;
-    if (force || limit - this.lastCredit >= this.window / 4n || this.received - this.lastAcked >= this.window / 4n) {
-      this.lastCredit = limit;
+    const consumed = this.consumed();
+    this.resizeWindow(consumed);
+    const limit = this.end ? this.granted : consumed + BigInt(this.window);
+    const step = BigInt(this.window) / 4n;
+    if (force || limit - this.granted >= step || this.received - this.lastAcked >= step) {
+      if (limit > this.granted) this.granted = limit;
       this.lastAcked = this.received;
-      this.sendCredit(this.received, limit);
+      this.sendCredit(this.received, this.granted);
     }
+  }
+
+  /**
+   * Grows a busy channel's window towards the largest, as far as the pool has room (again at each
+   * call while it has not); gives back what it borrowed once no more bytes can come, as they are
+   * read. It keeps what it granted and is not read yet: the sender may have sent it.
+   */
+  private resizeWindow(consumed: bigint): void {
+    const { initialWindow, maxWindow, pool } = this.credit;
+    const closed = this.end !== undefined || this.discarding;
+    const owed = Math.max(0, Number((closed ? this.received : this.granted) - consumed) - initialWindow);
+    const busy = consumed >= BigInt(initialWindow);
+    const wanted = closed ? 0 : busy ? maxWindow - initialWindow : 0;
+    this.borrowed = pool.resize(this.borrowed, Math.max(owed, wanted));
   }
 
   /** After a reconnect: a credit frame may have been lost with the old connection. */

@@ -20,13 +20,16 @@ export const FrameType = {
   /** Handshake, first frame each way on every connection (payload: Hello / HelloReply). */
   HELLO: 1,
   HELLO_REPLY: 2,
-  /** A channel begins (payload: its name, utf8). */
+  /** A channel begins (payload: its name, utf8); its sender may send INITIAL_CHANNEL_WINDOW bytes (session.ts) before any CREDIT. */
   OPEN: 0x10,
   /** Channel bytes starting at `offset`. */
   DATA: 0x11,
   /** The channel's bytes end at `offset`; payload: their digest (stream-digest.ts). */
   END: 0x12,
-  /** The receiver has `offset` bytes and takes more up to the u64 limit in the payload. */
+  /**
+   * The receiver has `offset` bytes and takes more up to the u64 limit in the payload, at most
+   * CHANNEL_WINDOW beyond `offset`; a limit never goes back. DATA past it aborts the session.
+   */
   CREDIT: 0x13,
   /** The channel failed on its sender's side (payload: reason, utf8). */
   RESET: 0x14,

@@ -2,8 +2,11 @@ import { FrameType, decodeFrame, encodeFrame } from './frame.js';
 import { LinkProtocolError } from './link-errors.js';
 import { Messages, type Hello, type HelloReply, type HostInfo } from './messages.js';
 
-/** Bumped whenever the frames or the control messages change incompatibly. */
-export const PROTOCOL_VERSION = 1;
+/**
+ * Bumped whenever the frames or the control messages change incompatibly. 2: a channel opens with
+ * INITIAL_CHANNEL_WINDOW of credit, not CHANNEL_WINDOW; a version-1 sender would overrun it.
+ */
+export const PROTOCOL_VERSION = 2;
 
 /** Links are refused only where no bridging is possible; the reason says what to change. */
 export function compatibilityProblem(source: HostInfo, destination: HostInfo): string | undefined {

@@ -5,10 +5,8 @@
 
 /** A cap on what one session may hold, each with the code its violation carries. */
 export const LinkLimitCodes = {
-  /** The peer's channels open at once (not yet ended). */
+  /** The peer's channels open at once (not yet reset, or ended and read out). */
   openChannels: 'HAUL_LINK_LIMIT_OPEN_CHANNELS',
-  /** Bytes the peer sent that the application has not read yet, over all channels. */
-  unreadBytes: 'HAUL_LINK_LIMIT_UNREAD_BYTES',
   /** Control messages from the peer kept by a control inbox. */
   controlMessages: 'HAUL_LINK_LIMIT_CONTROL_MESSAGES',
   /** Credit the peer grants beyond what it acknowledged plus one channel window. */
@@ -20,6 +18,12 @@ export type LinkLimitCode = (typeof LinkLimitCodes)[LinkLimit];
 export type LinkProtocolCode =
   /** The peer broke the protocol: a malformed frame, a lie about its progress, a frame out of place. */
   | 'HAUL_LINK_PROTOCOL'
+  /**
+   * The peer sent a channel's bytes past the credit this side granted it. Credit is how a session
+   * keeps what its peer can make it hold within its unread budget, so only a peer that ignores
+   * its credit meets this.
+   */
+  | 'HAUL_LINK_CREDIT_OVERRUN'
   /** The peer refused the connection in its handshake (reason in the message). */
   | 'HAUL_LINK_REFUSED'
   /** The peer's certificate is not in this host's trust store. */
@@ -50,6 +54,12 @@ export class LinkLimitError extends LinkProtocolError {
   }
 }
 
+/** Limits a session cannot keep (session.ts, LinkLimits): this side's configuration, not the peer's doing. */
+export class LinkLimitsError extends RangeError {
+  override readonly name = 'LinkLimitsError';
+  readonly code = 'HAUL_LINK_LIMITS_INVALID';
+}
+
 /** A channel's bytes did not arrive as they were sent: the digest at its end does not match. */
 export class LinkIntegrityError extends Error {
   override readonly name = 'LinkIntegrityError';
@@ -58,7 +68,7 @@ export class LinkIntegrityError extends Error {
 
 /** What ended a session, when a link error did: its code (on the peer's side too, from the ABORT frame). */
 export type LinkAbortReasonCode = LinkProtocolCode | 'HAUL_LINK_INTEGRITY';
-const REASON_CODES = new Set<string>(['HAUL_LINK_PROTOCOL', 'HAUL_LINK_REFUSED', 'HAUL_LINK_UNTRUSTED', 'HAUL_LINK_FOREIGN_PEER', 'HAUL_LINK_INTEGRITY', ...Object.values(LinkLimitCodes)]);
+const REASON_CODES = new Set<string>(['HAUL_LINK_PROTOCOL', 'HAUL_LINK_CREDIT_OVERRUN', 'HAUL_LINK_REFUSED', 'HAUL_LINK_UNTRUSTED', 'HAUL_LINK_FOREIGN_PEER', 'HAUL_LINK_INTEGRITY', ...Object.values(LinkLimitCodes)]);
 
 /** The code of a link error, or of one that came over the wire as text; undefined for anything else. */
 export function linkReasonCode(value: unknown): LinkAbortReasonCode | undefined {

@@ -9,7 +9,7 @@ import { PROTOCOL_VERSION, compatibilityProblem, helloReplyFrame, parseHello } f
 import { peerFingerprint } from './identity.js';
 import { LinkProtocolError, type LinkProtocolCode } from './link-errors.js';
 import type { HostInfo } from './messages.js';
-import { LinkSession } from './session.js';
+import { LinkSession, resolveLinkLimits } from './session.js';
 import { firstMessage, webSocketTransport } from './ws-transport.js';
 
 interface SessionEntry {
@@ -55,6 +55,7 @@ export class LinkListener extends EventEmitter<ListenerEvents> {
 
   static async listen(address: string, port: number, options: EndpointOptions): Promise<LinkListener> {
     const { identity, trust } = requireSecurity(options, address);
+    resolveLinkLimits(options.limits); // limits no session could keep fail here, not at every peer's handshake
     // Before its certificate is checked a client is nobody: it gets a few seconds for the TLS
     // handshake and the upgrade request (Node's defaults are minutes), and the connections not yet
     // a session are capped, so that no one can hold the agent's file descriptors (which its checks

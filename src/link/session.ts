@@ -1,28 +1,40 @@
 import { EventEmitter } from 'node:events';
 import { ChannelKind, FrameType, decodeFrame, encodeFrame, type ChannelKindCode, type Frame } from './frame.js';
-import { IncomingChannel, OutgoingChannel } from './channels.js';
-import { LinkAbortedError, LinkLimitError, LinkProtocolError, linkReasonCode } from './link-errors.js';
+import { IncomingChannel, OutgoingChannel, WindowPool, type ChannelCredit } from './channels.js';
+import { LinkAbortedError, LinkLimitError, LinkLimitsError, LinkProtocolError, linkReasonCode } from './link-errors.js';
 import { Messages, type ChannelProgress } from './messages.js';
 import { STREAM_DIGEST_SIZE } from './stream-digest.js';
 
-/** Bytes a receiver takes on one channel before the sender must wait for credit. */
+/**
+ * The largest window of one channel: bytes its receiver takes beyond what it has read before the
+ * sender must wait for credit. A busy channel grows to it; one stream (pages) uses all of it.
+ */
 export const CHANNEL_WINDOW = 8 * 1024 * 1024;
+/**
+ * The window every channel has from its OPEN on, without being granted it: most image files and
+ * any control message fit in it, so they go in one flight; a channel nobody reads holds this much.
+ */
+export const INITIAL_CHANNEL_WINDOW = 128 * 1024;
 /** A channel's name is a file name or a label; the longest path Linux takes (PATH_MAX) is plenty. */
 const MAX_CHANNEL_NAME = 4096;
 /** Bytes handed to the connection and not yet written out, over all channels. */
 const MAX_IN_FLIGHT = 4 * 1024 * 1024;
 
 /**
- * What a session lets its peer make it hold; going past any of them aborts the session with a
- * LinkLimitError naming it (its code: link-errors.ts, LinkLimitCodes).
+ * What a session lets its peer make it hold. Going past maxOpenChannels or maxControlMessages aborts
+ * the session with a LinkLimitError naming it (its code: link-errors.ts, LinkLimitCodes);
+ * maxUnreadBytes is kept by flow control instead, and only a peer that sends past its credit
+ * aborts it (HAUL_LINK_CREDIT_OVERRUN).
  */
 export interface LinkLimits {
-  /** The peer's channels open at once (opened and not yet ended or reset). */
+  /** The peer's channels open at once (opened and not yet reset, or ended and read out). */
   readonly maxOpenChannels: number;
   /**
-   * Bytes the peer sent that the application has not read yet, over all channels: each channel
-   * may hold up to CHANNEL_WINDOW plus its stream's buffer, so without this a peer opening many
-   * channels nobody reads holds that much memory per channel.
+   * The unread budget: the most bytes the peer's channels can hold here that the application has
+   * not read, over all channels. The session grants credit only within it: each channel the peer
+   * may open has its initial window set aside (maxOpenChannels × INITIAL_CHANNEL_WINDOW, which must
+   * fit), and the rest is shared by the channels being read, each up to CHANNEL_WINDOW. A sender
+   * that keeps to its credit waits when it is spent; it never makes the session abort.
    */
   readonly maxUnreadBytes: number;
   /** Control messages a ControlInbox keeps (it keeps every one it was sent). */
@@ -30,20 +42,32 @@ export interface LinkLimits {
 }
 
 /**
- * Far above what a migration uses: sendImageFiles (proxy/images-to-link.ts) opens one channel per
- * image file of a dump at once, a few per process, so a few hundred processes' dump is a few
- * thousand channels, at about 5 KiB each while open; page streams (proxy/pages-to-link.ts) come
- * one after another, lazy pages use three channels, control one or two per side. The unread cap
- * is 128 full channel windows: every channel starts with a window of credit, and the plugin's
- * lazy path sends each process's pages file at once, so a destination whose disk falls behind
- * can legitimately hold one window per process for a while. A migration exchanges fewer than ten
- * control messages each way.
+ * The channel and control-message caps are far above what a migration uses: sendImageFiles
+ * (proxy/images-to-link.ts) opens one channel per image file of a dump at once, a few per process,
+ * so a few hundred processes' dump is a few thousand channels, at about 5 KiB each while open; page
+ * streams (proxy/pages-to-link.ts) come one after another, lazy pages use three channels, control
+ * one or two per side; a migration exchanges fewer than ten control messages each way. The unread
+ * budget, 1 GiB, is not a cap a migration can hit but the most memory a session's incoming bytes
+ * take while the application falls behind (a destination whose disk is slow, with the plugin's
+ * lazy path sending each process's pages file at once): half of it is the initial windows of
+ * 4096 channels, the other half lets 64 channels being read have the largest window at once;
+ * beyond that, senders wait for credit.
  */
 export const DEFAULT_LINK_LIMITS: LinkLimits = Object.freeze({
   maxOpenChannels: 4096,
   maxUnreadBytes: 128 * CHANNEL_WINDOW,
   maxControlMessages: 256,
 });
+
+/** The limits a session keeps with `limits` over the defaults, or a LinkLimitsError if it cannot keep them. */
+export function resolveLinkLimits(limits: Partial<LinkLimits> = {}): LinkLimits {
+  const resolved = Object.freeze({ ...DEFAULT_LINK_LIMITS, ...limits });
+  const initialWindows = resolved.maxOpenChannels * INITIAL_CHANNEL_WINDOW;
+  if (resolved.maxUnreadBytes < initialWindows) {
+    throw new LinkLimitsError(`an unread budget of ${resolved.maxUnreadBytes} bytes cannot hold the initial windows of ${resolved.maxOpenChannels} channels (${initialWindows} bytes)`);
+  }
+  return resolved;
+}
 
 /** One connection's worth of frame exchange; the session outlives it when the link resumes. */
 export interface FrameTransport {
@@ -79,11 +103,10 @@ export class LinkSession extends EventEmitter<SessionEvents> {
   private transport: FrameTransport | undefined;
   private readonly outgoing = new Map<number, OutgoingChannel>();
   private readonly incoming = new Map<number, IncomingChannel>();
-  /** The peer's channels not known to have ended (pruned as the next one opens). */
+  /** The peer's channels not known to have settled (pruned as the next one opens). */
   private readonly openIncoming = new Set<IncomingChannel>();
-  /** The peer's channels that may hold bytes not yet read (pruned as they are counted). */
-  private readonly unreadIncoming = new Set<IncomingChannel>();
   readonly limits: LinkLimits;
+  private readonly incomingCredit: ChannelCredit;
   private readonly control: Frame[] = [];
   private nextChannelId: number;
   private inFlight = 0;
@@ -102,7 +125,9 @@ export class LinkSession extends EventEmitter<SessionEvents> {
     limits: Partial<LinkLimits> = {},
   ) {
     super();
-    this.limits = Object.freeze({ ...DEFAULT_LINK_LIMITS, ...limits });
+    this.limits = resolveLinkLimits(limits);
+    const initialWindows = this.limits.maxOpenChannels * INITIAL_CHANNEL_WINDOW;
+    this.incomingCredit = { initialWindow: INITIAL_CHANNEL_WINDOW, maxWindow: CHANNEL_WINDOW, pool: new WindowPool(this.limits.maxUnreadBytes - initialWindows) };
     this.nextChannelId = role === 'dialer' ? 1 : 2; // odd ids are the dialler's, even ones the listener's
   }
 
@@ -127,7 +152,7 @@ export class LinkSession extends EventEmitter<SessionEvents> {
     if (this.state !== 'open') throw new LinkAbortedError(`cannot open ${name}: the session has ended`, 'local');
     const id = this.nextChannelId;
     this.nextChannelId += 2;
-    const channel = new OutgoingChannel(id, kind, name, CHANNEL_WINDOW, () => this.schedulePump());
+    const channel = new OutgoingChannel(id, kind, name, INITIAL_CHANNEL_WINDOW, CHANNEL_WINDOW, () => this.schedulePump());
     this.outgoing.set(id, channel);
     this.schedulePump();
     return channel;
@@ -252,7 +277,7 @@ export class LinkSession extends EventEmitter<SessionEvents> {
           frame.channel,
           frame.kind,
           frame.payload.toString('utf8'),
-          BigInt(CHANNEL_WINDOW),
+          this.incomingCredit,
           (acked, limit) => this.sendControl(creditFrame(frame.channel, acked, limit)),
           (error) => this.fail(error),
         );
@@ -261,12 +286,8 @@ export class LinkSession extends EventEmitter<SessionEvents> {
         this.emit('channel', channel);
         return;
       }
-      case FrameType.DATA: {
-        const channel = this.incomingChannel(frame);
-        channel.data(frame.offset, frame.payload);
-        this.unreadIncoming.add(channel);
-        return this.checkUnread();
-      }
+      case FrameType.DATA:
+        return this.incomingChannel(frame).data(frame.offset, frame.payload);
       case FrameType.END:
         if (frame.payload.length !== STREAM_DIGEST_SIZE) throw new LinkProtocolError(`channel ${frame.channel} ended with a ${frame.payload.length}-byte digest`);
         return this.incomingChannel(frame).finish(frame.offset, frame.payload);
@@ -300,21 +321,12 @@ export class LinkSession extends EventEmitter<SessionEvents> {
     }
   }
 
+  // A channel keeps its place until it settles: its initial window is set aside in the unread
+  // budget for each of maxOpenChannels places, and one ended but unread still holds its bytes.
   private admitChannel(id: number): void {
-    for (const channel of this.openIncoming) if (channel.ended) this.openIncoming.delete(channel);
+    for (const channel of this.openIncoming) if (channel.settled) this.openIncoming.delete(channel);
     const max = this.limits.maxOpenChannels;
     if (this.openIncoming.size >= max) throw new LinkLimitError('openChannels', max, `the peer opened channel ${id} with ${this.openIncoming.size} of its channels open`);
-  }
-
-  private checkUnread(): void {
-    let unread = 0n;
-    for (const channel of this.unreadIncoming) {
-      const bytes = channel.unread();
-      if (bytes === 0n) this.unreadIncoming.delete(channel);
-      unread += bytes;
-    }
-    const max = this.limits.maxUnreadBytes;
-    if (unread > BigInt(max)) throw new LinkLimitError('unreadBytes', max, `the peer's channels hold ${unread} bytes not read yet`);
   }
 
   private incomingChannel(frame: Frame): IncomingChannel {
@@ -324,6 +336,7 @@ export class LinkSession extends EventEmitter<SessionEvents> {
   }
 
   private sendControl(frame: Frame): void {
+    if (this.state !== 'open') return; // the channels an ended session fails give back their credit: to nobody
     this.control.push(frame);
     this.schedulePump();
   }

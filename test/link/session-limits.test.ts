@@ -5,8 +5,10 @@ import type { IncomingChannel } from '../../src/link/channels.js';
 import { sendControl } from '../../src/link/control-channel.js';
 import { ControlInbox } from '../../src/link/control-inbox.js';
 import { ChannelKind, FrameType, decodeFrame, encodeFrame, type Frame } from '../../src/link/frame.js';
-import { LinkLimitError, type LinkAbortedError } from '../../src/link/link-errors.js';
-import { CHANNEL_WINDOW, DEFAULT_LINK_LIMITS, LinkSession, type LinkLimits } from '../../src/link/session.js';
+import { LinkLimitError, LinkLimitsError, type LinkAbortedError } from '../../src/link/link-errors.js';
+import { LinkListener } from '../../src/link/listener.js';
+import { CHANNEL_WINDOW, DEFAULT_LINK_LIMITS, INITIAL_CHANNEL_WINDOW, LinkSession, type LinkLimits } from '../../src/link/session.js';
+import { hostInfo } from '../support/link-hosts.js';
 import { memoryTransportPair } from '../support/memory-link.js';
 
 function limitedPair(limits: Partial<LinkLimits>): { dialer: LinkSession; listener: LinkSession } {
@@ -34,9 +36,21 @@ describe('a session caps what its peer can make it hold', () => {
     expect(new LinkSession('dialer', randomBytes(16)).limits).toEqual(DEFAULT_LINK_LIMITS);
     // one channel per image file of a dump sent at once: a few hundred processes' worth
     expect(DEFAULT_LINK_LIMITS.maxOpenChannels).toBeGreaterThanOrEqual(2048);
-    // the stream buffers of dozens of channels whose reader is busy
-    expect(DEFAULT_LINK_LIMITS.maxUnreadBytes).toBeGreaterThanOrEqual(32 * CHANNEL_WINDOW);
+    // every channel's initial window, and dozens of channels whose reader is busy at the largest window
+    expect(DEFAULT_LINK_LIMITS.maxUnreadBytes).toBeGreaterThanOrEqual(DEFAULT_LINK_LIMITS.maxOpenChannels * INITIAL_CHANNEL_WINDOW + 32 * CHANNEL_WINDOW);
     expect(DEFAULT_LINK_LIMITS.maxControlMessages).toBeGreaterThanOrEqual(64);
+  });
+
+  it('refuses limits whose unread budget cannot hold the initial window of every channel the peer may open', () => {
+    const limits = { maxOpenChannels: 64, maxUnreadBytes: 64 * INITIAL_CHANNEL_WINDOW - 1 };
+    expect(() => new LinkSession('listener', randomBytes(16), true, limits)).toThrow(LinkLimitsError);
+    expect(() => new LinkSession('listener', randomBytes(16), true, limits)).toThrow(expect.objectContaining({ code: 'HAUL_LINK_LIMITS_INVALID' }));
+    expect(new LinkSession('listener', randomBytes(16), true, { ...limits, maxUnreadBytes: 64 * INITIAL_CHANNEL_WINDOW }).limits.maxUnreadBytes).toBe(64 * INITIAL_CHANNEL_WINDOW);
+  });
+
+  it('refuses such limits when a listener starts, not at every peer\'s handshake', async () => {
+    const limits = { maxOpenChannels: 64, maxUnreadBytes: 64 * INITIAL_CHANNEL_WINDOW - 1 };
+    await expect(LinkListener.listen('127.0.0.1', 0, { insecure: true, host: hostInfo('destination'), limits })).rejects.toThrow(LinkLimitsError);
   });
 
   it('aborts when the peer holds more channels open at once than the cap, and tells the peer', async () => {
@@ -64,18 +78,22 @@ describe('a session caps what its peer can make it hold', () => {
     expect(listener.isOpen).toBe(true);
   });
 
-  it('aborts when more bytes wait unread across channels than the cap allows', async () => {
-    const { dialer, listener } = limitedPair({ maxUnreadBytes: 4 * 1024 * 1024 });
-    const aborted = nextAbort(listener);
-    listener.on('channel', () => {}); // nobody reads
-    for (let i = 0; i < 3; i++) dialer.openChannel(ChannelKind.PAGES, `pages-${i}`).writable.write(randomBytes(2 * 1024 * 1024));
-    const error = await aborted;
-    expect(error.reasonCode).toBe('HAUL_LINK_LIMIT_UNREAD_BYTES');
-    expect((error.cause as LinkLimitError).allowed).toBe(4 * 1024 * 1024);
+  it('holds what channels nobody reads within the unread budget, and never aborts a sender that keeps to its credit', async () => {
+    const budget = 4 * 1024 * 1024;
+    const { dialer, listener } = limitedPair({ maxOpenChannels: 8, maxUnreadBytes: budget });
+    const channels: IncomingChannel[] = [];
+    listener.on('channel', (channel) => channels.push(channel)); // nobody reads, for now
+    const sent = [...Array(3).keys()].map(() => randomBytes(2 * 1024 * 1024));
+    sent.forEach((bytes, i) => dialer.openChannel(ChannelKind.PAGES, `pages-${i}`).writable.end(bytes));
+    await sleep(100);
+    expect(listener.isOpen).toBe(true);
+    expect(channels.reduce((sum, channel) => sum + channel.unread(), 0n)).toBeLessThanOrEqual(BigInt(budget));
+    expect(await Promise.all(channels.map(readToEnd))).toEqual(sent.map((bytes) => bytes.length));
+    expect(listener.isOpen).toBe(true);
   });
 
-  it('lets a reader that keeps up take far more than the unread cap', async () => {
-    const { dialer, listener } = limitedPair({ maxUnreadBytes: 4 * 1024 * 1024 });
+  it('lets a reader that keeps up take far more than the unread budget', async () => {
+    const { dialer, listener } = limitedPair({ maxOpenChannels: 8, maxUnreadBytes: 4 * 1024 * 1024 });
     const total = new Promise<number>((resolve) => listener.once('channel', (channel) => resolve(readToEnd(channel))));
     const channel = dialer.openChannel(ChannelKind.PAGES, 'pages-1');
     for (let i = 0; i < 12; i++) if (!channel.writable.write(randomBytes(2 * 1024 * 1024))) await new Promise((resolve) => channel.writable.once('drain', resolve));
@@ -111,11 +129,12 @@ describe('a session caps what its peer can make it hold', () => {
       const { session, send } = rawDialer({ maxOpenChannels: 2 });
       const channels: IncomingChannel[] = [];
       session.on('channel', (channel) => channels.push(channel));
-      // each channel is reset at once, so none counts as open, then sent a window's worth of data
+      // each channel is reset at once, so none counts as open, then sent all the credit it has
+      const part = INITIAL_CHANNEL_WINDOW / 4;
       for (let id = 1; id < 40; id += 2) {
         send(frame(FrameType.OPEN, id, 0n, Buffer.from(`pages-${id}`)));
         send(frame(FrameType.RESET, id, 0n, Buffer.from('gave up')));
-        for (let at = 0; at < 4 * 256 * 1024; at += 256 * 1024) send(frame(FrameType.DATA, id, BigInt(at), randomBytes(256 * 1024)));
+        for (let at = 0; at < INITIAL_CHANNEL_WINDOW; at += part) send(frame(FrameType.DATA, id, BigInt(at), randomBytes(part)));
       }
       while (channels.length < 20) await sleep(1);
       await sleep(20);

@@ -1,7 +1,7 @@
 import { crc32 } from 'node:zlib';
 import { ChannelKind, FRAME_HEADER_SIZE, FrameType, encodeFrame, type Frame } from '../../../src/link/frame.js';
 import { Messages } from '../../../src/link/messages.js';
-import { LinkAbortedError, LinkSession, type FrameTransport } from '../../../src/link/session.js';
+import { INITIAL_CHANNEL_WINDOW, LinkAbortedError, LinkSession, type FrameTransport } from '../../../src/link/session.js';
 import { streamDigest } from '../../../src/link/stream-digest.js';
 import { InvariantBroken, type FuzzTarget } from '../fuzzer.js';
 
@@ -36,6 +36,7 @@ const credit = (limit: bigint): Buffer => {
 function sessionSeeds(): Buffer[] {
   const text = Buffer.from('control message bytes');
   const page = Buffer.alloc(4096, 0xa5);
+  const window = Buffer.alloc(INITIAL_CHANNEL_WINDOW, 0x3c);
   return [
     Buffer.concat([
       frame(FrameType.OPEN, 1, 0n, Buffer.from('control'), ChannelKind.CONTROL),
@@ -51,6 +52,13 @@ function sessionSeeds(): Buffer[] {
       frame(FrameType.RESET, 3, 4096n, Buffer.from('the dump failed')),
       frame(FrameType.OPEN, 5, 0n, Buffer.from('lazy'), ChannelKind.LAZY_REQUESTS),
       frame(FrameType.DATA, 5, 0n, Buffer.alloc(16, 1)),
+    ]),
+    // a sender that spends exactly the credit a channel opens with: one byte more is an overrun
+    Buffer.concat([
+      frame(FrameType.OPEN, 7, 0n, Buffer.from('pages-2'), ChannelKind.PAGES),
+      frame(FrameType.DATA, 7, 0n, window.subarray(0, INITIAL_CHANNEL_WINDOW / 2)),
+      frame(FrameType.DATA, 7, BigInt(INITIAL_CHANNEL_WINDOW / 2), window.subarray(INITIAL_CHANNEL_WINDOW / 2)),
+      frame(FrameType.END, 7, BigInt(INITIAL_CHANNEL_WINDOW), digestOf(window)),
     ]),
     Buffer.concat([
       frame(FrameType.CREDIT, 2, 0n, credit(8n * 1024n * 1024n)),
