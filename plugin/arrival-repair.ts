@@ -13,7 +13,7 @@ const HOOKS_RACE_MS = 3_000;
  * nothing releases (its onStopNS hook takes it and leaves it to the onStop hook, which loses the
  * race for it; the lock has no timeout): every later move of that instance here fails with
  * 'Instance is busy running a "stop" operation' until incusd restarts
- * (../shared/research/HOOK-PROBE.md §5). The lock is released the way Incus itself would end it:
+ * (docs/incus-native-move.md). The lock is released the way Incus itself would end it:
  * an instance of that name runs the onStop hook (GET /internal/containers/NAME/onstop), whose
  * handler adopts the stale lock and ends it. A placeholder, created empty under another name and
  * renamed (renaming takes no lock), gives the name an instance for that, and is deleted after.

@@ -9,7 +9,7 @@ import { shellWord } from '../src/shell-words.js';
 
 /**
  * The action script haul gives a lazy dump in place of Incus' own ("lazy-early",
- * ../shared/research/HOOK-PROBE.md §3). Incus' post-dump step waits for the destination's restore,
+ * docs/incus-native-move.md). Incus' post-dump step waits for the destination's restore,
  * CRIU 4.1.1 starts its lazy page server only once post-dump returns, and the restore itself needs
  * lazy pages: run in order they deadlock. So at post-dump this script starts Incus' step detached
  * and returns at once; the step's exit status comes to haul, which then decides the source's fate

@@ -42,7 +42,7 @@ const TIMENS_RACE = /Unable to open timens-\d+\.img: Permission denied/;
 
 /**
  * On a btrfs pool Incus sends the root filesystem once, from a snapshot taken before the dump, and
- * never again (../shared/research/BASELINE-BTRFS.md): a file the container opened after the snapshot
+ * never again (docs/incus-native-move.md): a file the container opened after the snapshot
  * is missing at the restore, which then fails (haul's moves carry such files; native ones cannot).
  */
 const FILE_LOST = /Can't open file .* on restore: No such file or directory/;
