@@ -65,6 +65,8 @@ if ($word ne "release" && $word ne "restored") {
   my ($criu_ppid, $start, $state) = $criu_pid > 0 ? stat_of($criu_pid) : ();
   if (defined $start && $start eq $criu_start && $state ne "Z") {
     kill "STOP", $criu_pid;
+    # taken only once CRIU is seen stopped: until then it may still clone the root task
+    for (1 .. 500) { my (undef, undef, $now) = stat_of($criu_pid); last if !defined $now || $now eq "T" || $now eq "t" || $now eq "Z"; select(undef, undef, undef, 0.002); }
     my (%started, %children);
     opendir(my $proc, "/proc");
     for my $pid (grep { /^\d+$/ } readdir $proc) {

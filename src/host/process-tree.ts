@@ -23,6 +23,9 @@ export function killRestoreTree(criu: ProcessIdentity): number {
   // ended (a zombie: its parent goes on to Incus' own hooks, which are not CRIU's to take along)
   if (!own || own.startTime !== criu.startTime || own.state === 'Z') return 0;
   signal(criu.pid, 'SIGSTOP');
+  // a signal is delivered, not taken, when kill() returns: until CRIU is seen stopped it may still
+  // clone the root task, after a look that missed it
+  waitUntilStopped(criu.pid, STOP_WAIT_MS);
   const all = allProcesses();
   const children = new Map<number, ProcessEntry[]>();
   for (const entry of all) children.set(entry.ppid, [...(children.get(entry.ppid) ?? []), entry]);
@@ -44,7 +47,27 @@ export function killRestoreTree(criu: ProcessIdentity): number {
     if (entryOf(entry.pid)?.startTime === entry.startTime && signal(entry.pid, 'SIGKILL')) killed++;
   }
   signal(criu.pid, 'SIGKILL');
+  // and a root task cloned all the same stays a child of CRIU's parent: look there once more
+  if (own.ppid > 1 && ours !== undefined) {
+    for (const late of allProcesses()) {
+      if (late.ppid !== own.ppid || late.pid === own.pid || Number(late.startTime) < Number(own.startTime) || found.some((entry) => entry.pid === late.pid)) continue;
+      const namespace = pidNamespaceOf(late.pid);
+      if (namespace !== undefined && namespace !== ours && signal(late.pid, 'SIGKILL')) killed++;
+    }
+  }
   return killed;
+}
+
+const STOP_WAIT_MS = 1_000;
+
+function waitUntilStopped(pid: number, limitMs: number): void {
+  const pause = new Int32Array(new SharedArrayBuffer(4));
+  const deadline = Date.now() + limitMs;
+  for (;;) {
+    const state = entryOf(pid)?.state;
+    if (state === undefined || state === 'T' || state === 't' || state === 'Z' || Date.now() >= deadline) return;
+    Atomics.wait(pause, 0, 0, 2);
+  }
 }
 
 function signal(pid: number, name: NodeJS.Signals): boolean {

@@ -34,7 +34,8 @@ function restoreLeftovers(instance: string): number[] {
   for (const name of readdirSync('/proc').filter((entry) => /^\d+$/.test(entry))) {
     try {
       const argv = readFileSync(`/proc/${name}/cmdline`, 'utf8').split('\0');
-      if (argv[1] === 'restore' && argv.some((arg) => arg.endsWith(`/lxc.payload.${instance}`))) left.push(Number(name));
+      // liblxc's cgroup for the container: lxc.payload.NAME, or NAME-1 and so on when that was taken
+      if (argv[1] === 'restore' && argv.some((arg) => new RegExp(`/lxc\\.payload\\.${instance}(-\\d+)?$`).test(arg))) left.push(Number(name));
     } catch {
       // ended meanwhile
     }
