@@ -32,7 +32,12 @@ export function killRestoreTree(criu: ProcessIdentity): number {
   // the root task CRIU cloned as its sibling runs in the container's pid namespace, not ours;
   // a CRIU reparented to init has no siblings of its own making
   const ours = pidNamespaceOf(process.pid);
-  const made = own.ppid <= 1 || ours === undefined ? [] : (children.get(own.ppid) ?? []).filter((sibling) => sibling.pid !== own.pid && Number(sibling.startTime) >= Number(own.startTime) && pidNamespaceOf(sibling.pid) !== ours && pidNamespaceOf(sibling.pid) !== undefined);
+  const madeByCriu = (sibling: ProcessEntry): boolean => {
+    if (own.ppid <= 1 || ours === undefined || sibling.ppid !== own.ppid || sibling.pid === own.pid || Number(sibling.startTime) < Number(own.startTime)) return false;
+    const namespace = pidNamespaceOf(sibling.pid);
+    return namespace !== undefined && namespace !== ours;
+  };
+  const made = (children.get(own.ppid) ?? []).filter(madeByCriu);
   const found: ProcessEntry[] = [];
   const pending = [...(children.get(own.pid) ?? []), ...made];
   while (pending.length > 0) {
@@ -48,12 +53,8 @@ export function killRestoreTree(criu: ProcessIdentity): number {
   }
   signal(criu.pid, 'SIGKILL');
   // and a root task cloned all the same stays a child of CRIU's parent: look there once more
-  if (own.ppid > 1 && ours !== undefined) {
-    for (const late of allProcesses()) {
-      if (late.ppid !== own.ppid || late.pid === own.pid || Number(late.startTime) < Number(own.startTime) || found.some((entry) => entry.pid === late.pid)) continue;
-      const namespace = pidNamespaceOf(late.pid);
-      if (namespace !== undefined && namespace !== ours && signal(late.pid, 'SIGKILL')) killed++;
-    }
+  for (const late of allProcesses()) {
+    if (madeByCriu(late) && !found.some((entry) => entry.pid === late.pid) && signal(late.pid, 'SIGKILL')) killed++;
   }
   return killed;
 }
