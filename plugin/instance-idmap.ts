@@ -1,4 +1,4 @@
-import type { OwnerIds } from '../proxy/disk-changes-apply.js';
+import type { OwnerIds } from '../proxy/index.js';
 import type { IncusInstance } from './incus-client.js';
 
 /** Incus' idmap entry (shared/idmap IdmapEntry, as JSON in volatile.*.idmap keys). */

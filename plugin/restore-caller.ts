@@ -1,5 +1,5 @@
 import { readFile, stat } from 'node:fs/promises';
-import { statFields } from '../src/host/process-identity.js';
+import { statFields } from '../src/host/index.js';
 
 /**
  * The instance a `criu restore` that came through the hook restores, as the processes that started

@@ -1,7 +1,7 @@
 import { constants, createReadStream } from 'node:fs';
 import { link, lstat, open, unlink, type FileHandle } from 'node:fs/promises';
 import { join } from 'node:path';
-import { ensureRoomFor } from '../proxy/disk-reserve.js';
+import { ensureRoomFor } from '../proxy/index.js';
 
 /**
  * What haul reads and writes in Incus' restore directory. The source's rsync filled it, so any name

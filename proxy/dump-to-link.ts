@@ -1,9 +1,7 @@
 import type { Socket } from 'node:net';
-import { acceptOne, acceptOneLocal } from '../src/criu/page-server/connection.js';
+import { acceptOne, acceptOneLocal, receiveDump, type DumpSummary, type HeaderLayout } from '../src/criu/index.js';
 import { expectPeerProcess, type ProcessIdentity } from '../src/host/index.js';
-import { receiveDump, type DumpSummary } from '../src/criu/page-server/dump-receiver.js';
-import type { HeaderLayout } from '../src/criu/page-server/protocol.js';
-import type { LinkSession } from '../src/link/session.js';
+import type { LinkSession } from '../src/link/index.js';
 import { LinkPagemapSink } from './pages-to-link.js';
 
 /**

@@ -1,15 +1,8 @@
 import { mkdirSync } from 'node:fs';
 import { mkdir } from 'node:fs/promises';
 import { join } from 'node:path';
-import { runCriu } from '../src/criu/run/criu-process.js';
-import { sendControl } from '../src/link/control-channel.js';
-import type { EndpointOptions } from '../src/link/endpoint-options.js';
-import { ChannelKind } from '../src/link/frame.js';
-import { LinkListener } from '../src/link/listener.js';
-import type { LinkSession } from '../src/link/session.js';
-import { startLazyPagesDaemon } from '../src/criu/run/lazy-pages-daemon.js';
-import { RestoredTree } from '../src/criu/run/restored-tree.js';
-import { criuVersion, headerLayoutFor } from '../src/criu/run/criu-version.js';
+import { runCriu, startLazyPagesDaemon, RestoredTree, criuVersion, headerLayoutFor } from '../src/criu/index.js';
+import { sendControl, type EndpointOptions, ChannelKind, LinkListener, type LinkSession } from '../src/link/index.js';
 import { CacheStore, discardImages } from './cache-store.js';
 import { LazyCopyGuard } from './lazy-copy-guard.js';
 import { LazyPageStore } from './lazy-page-store.js';

@@ -2,9 +2,8 @@ import { createReadStream } from 'node:fs';
 import { readdir, stat } from 'node:fs/promises';
 import { join } from 'node:path';
 import { pipeline } from 'node:stream/promises';
-import { ChannelKind } from '../src/link/frame.js';
-import { criuImageName } from '../src/name-grammars.js';
-import type { LinkSession } from '../src/link/session.js';
+import { ChannelKind, type LinkSession } from '../src/link/index.js';
+import { criuImageName } from '../src/criu/index.js';
 
 export interface SentImages {
   readonly files: number;

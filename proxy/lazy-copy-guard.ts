@@ -1,5 +1,5 @@
-import type { RestoredTree } from '../src/criu/run/restored-tree.js';
-import type { LinkSession } from '../src/link/session.js';
+import type { RestoredTree } from '../src/criu/index.js';
+import type { LinkSession } from '../src/link/index.js';
 
 /**
  * Keeps a lazily restored copy in step with the link its missing pages come over. The source

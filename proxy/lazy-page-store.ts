@@ -1,9 +1,7 @@
 import { open, type FileHandle } from 'node:fs/promises';
 import type { Writable } from 'node:stream';
-import type { PageSource } from '../src/criu/page-server/lazy-pages-server.js';
-import { PAGE_SIZE } from '../src/criu/page-server/protocol.js';
-import { ChannelKind } from '../src/link/frame.js';
-import type { LinkSession } from '../src/link/session.js';
+import { type PageSource, PAGE_SIZE } from '../src/criu/index.js';
+import { ChannelKind, type LinkSession } from '../src/link/index.js';
 import { LAZY_PUSH_CHANNEL, readPages, writePageRequest, type PageRun } from './lazy-wire.js';
 import { PageTable } from './page-table.js';
 

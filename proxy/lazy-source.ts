@@ -1,9 +1,7 @@
 import { once } from 'node:events';
 import type { Readable } from 'node:stream';
-import type { LazyPagesClient } from '../src/criu/page-server/lazy-pages-client.js';
-import { PAGE_SIZE } from '../src/criu/page-server/protocol.js';
-import { ChannelKind } from '../src/link/frame.js';
-import type { LinkSession } from '../src/link/session.js';
+import { type LazyPagesClient, PAGE_SIZE } from '../src/criu/index.js';
+import { ChannelKind, type LinkSession } from '../src/link/index.js';
 import { LAZY_PUSH_CHANNEL, readPageRequests, writePages, type PageRun } from './lazy-wire.js';
 import { PageTable } from './page-table.js';
 

@@ -1,5 +1,5 @@
 import type { Readable, Writable } from 'node:stream';
-import { PAGE_SIZE } from '../src/criu/page-server/protocol.js';
+import { PAGE_SIZE } from '../src/criu/index.js';
 import { StreamReader } from '../src/streams/stream-reader.js';
 import { writeChunk } from '../src/streams/writable-writes.js';
 

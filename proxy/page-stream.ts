@@ -1,8 +1,7 @@
 import type { Readable, Writable } from 'node:stream';
-import { PAGE_SIZE, PageFlag, type PagemapTarget } from '../src/criu/page-server/protocol.js';
-import type { PagemapEntry } from '../src/criu/images/pagemap.js';
+import { PAGE_SIZE, PageFlag, type PagemapTarget, type PagemapEntry } from '../src/criu/index.js';
 import { StreamReader } from '../src/streams/stream-reader.js';
-import { pageStreamTarget } from '../src/name-grammars.js';
+import { checkedName } from '../src/name-grammars.js';
 import { writeChunk } from '../src/streams/writable-writes.js';
 
 /**
@@ -22,6 +21,17 @@ export class PageStreamError extends Error {
 export function pageChannelName(target: PagemapTarget): string {
   return target.type === 'pid' ? `pagemap-${target.id}` : `pagemap-shmem-${target.id}`;
 }
+
+// pageChannelName: a pagemap's image name without ".img"; ids are CRIU's
+// pids and shmem ids, which fit 32 bits
+const PAGE_STREAM_NAME = /^pagemap-(shmem-)?([1-9][0-9]{0,9}|0)$/;
+
+/** The pagemap a page stream's name says it carries, if the name fits, else BadNameError. */
+export function pageStreamTarget(value: unknown): PagemapTarget {
+  const match = PAGE_STREAM_NAME.exec(checkedName('page stream name', value, PAGE_STREAM_NAME, 'it does not name a pagemap (pagemap-N or pagemap-shmem-N)'));
+  return { type: match![1] ? 'shmem' : 'pid', id: Number(match![2]) };
+}
+
 
 /** The pagemap a page channel's name (the peer's word) says it carries; BadNameError if it names none. */
 export function targetOfPageChannel(name: string): PagemapTarget {

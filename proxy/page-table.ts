@@ -1,4 +1,4 @@
-import { PAGE_SIZE } from '../src/criu/page-server/protocol.js';
+import { PAGE_SIZE } from '../src/criu/index.js';
 
 const PAGE = BigInt(PAGE_SIZE);
 /** Pages per block: one block covers 2 MiB of a process's address space. */

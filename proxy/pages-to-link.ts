@@ -1,10 +1,6 @@
 import { finished } from 'node:stream/promises';
-import type { PagemapEntry } from '../src/criu/images/pagemap.js';
-import type { PagemapSink } from '../src/criu/page-server/dump-receiver.js';
-import { PageFlag, type PagemapTarget } from '../src/criu/page-server/protocol.js';
-import type { OutgoingChannel } from '../src/link/channels.js';
-import { ChannelKind } from '../src/link/frame.js';
-import type { LinkSession } from '../src/link/session.js';
+import { type PagemapEntry, type PagemapSink, PageFlag, type PagemapTarget } from '../src/criu/index.js';
+import { type OutgoingChannel, ChannelKind, type LinkSession } from '../src/link/index.js';
 import { pageChannelName, writePageRecord } from './page-stream.js';
 
 /**

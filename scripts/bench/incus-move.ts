@@ -35,7 +35,7 @@ interface Spread {
 }
 
 const HOOK_DIR = '/usr/local/lib/haul/hook';
-const HAUL = fileURLToPath(new URL('../../plugin/haul.js', import.meta.url));
+const HAUL = fileURLToPath(new URL('../../cli/haul.js', import.meta.url));
 const haul = (args: string[]): void => void execFileSync(process.execPath, [HAUL, ...args], { stdio: ['ignore', 'ignore', 'inherit'] });
 
 /** The image's own counter: haul-workload with 1 MiB, started by init in /run/haul. */

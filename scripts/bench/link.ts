@@ -17,13 +17,7 @@ import type { Writable } from 'node:stream';
 import { fileURLToPath } from 'node:url';
 import { Command } from 'commander';
 import WebSocket, { WebSocketServer } from 'ws';
-import { dialLink } from '../../src/link/dialer.js';
-import type { EndpointOptions } from '../../src/link/endpoint-options.js';
-import { ChannelKind } from '../../src/link/frame.js';
-import { loadOrCreateIdentity } from '../../src/link/identity.js';
-import { LinkListener } from '../../src/link/listener.js';
-import type { HostInfo } from '../../src/link/messages.js';
-import { TrustStore } from '../../src/link/trust-store.js';
+import { dialLink, type EndpointOptions, ChannelKind, loadOrCreateIdentity, LinkListener, type HostInfo, TrustStore } from '../../src/link/index.js';
 
 type Mode = 'raw' | 'raw-tls' | 'raw-ws' | 'plain' | 'tls';
 const BLOCK = randomBytes(4 * 1024 * 1024);

@@ -10,14 +10,13 @@ import { createInterface } from 'node:readline';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { Command } from 'commander';
-import { acceptOne } from '../../src/criu/page-server/connection.js';
-import { runCriu, startCriu } from '../../src/criu/run/criu-process.js';
+import { acceptOne, runCriu, startCriu } from '../../src/criu/index.js';
 import { realtimeNs, reportFrom, type WorkloadReport } from '../../test/support/workload.js';
 
 const WORKLOAD = '/usr/local/bin/haul-workload';
 const REPO = fileURLToPath(new URL('../../..', import.meta.url));
 const CRIU_ON_SECOND_HOST = join(REPO, 'test/support/criu-in-pid-namespace.sh');
-const HAUL_CLI = join(REPO, 'dist/plugin/haul.js');
+const HAUL_CLI = join(REPO, 'dist/cli/haul.js');
 const progress = (line: string): void => void process.stderr.write(`[migrate] ${line}\n`);
 
 const gapMs = (report: WorkloadReport): number => Math.round(Number(report.maxGapNs) / 1e6);

@@ -3,5 +3,5 @@ export { canonicalEndpoint, connectionsSeenBy, establishedConnections, socketIno
 export { expectPeerProcess, UnexpectedPeerError } from './socket-peer.js';
 export { canGuardLoopbackPorts, guardLoopbackPort, guardNewLoopbackPort, LoopbackGuardError, type LoopbackGuard, type LoopbackGuardOptions } from './loopback-guard.js';
 export { pickPrivilegedLoopbackPort, type PickedPort } from './loopback-ports.js';
-export { hasEnded, identify, isRunning, type ProcessIdentity } from './process-identity.js';
+export { hasEnded, identify, isRunning, statFields, type ProcessIdentity } from './process-identity.js';
 export { killRestoreTree } from './process-tree.js';

@@ -3,7 +3,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { describe, expect, it } from 'vitest';
 import type { Command } from 'commander';
-import { buildProgram } from '../../src/cli/program.js';
+import { buildProgram } from '../../cli/program.js';
 import packageJson from '../../package.json' with { type: 'json' };
 
 async function run(args: string[]): Promise<{ stdout: string; stderr: string; exitCode: number }> {

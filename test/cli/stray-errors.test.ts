@@ -6,7 +6,7 @@ import { REPO } from '../support/paths.js';
 
 describe('the last line of defence of haul cache, migrate and agent', () => {
   it('logs an error nothing caught and a rejection nobody awaited, with their code, and the process goes on', async () => {
-    const module = join(REPO, 'dist/src/cli/stray-errors.js');
+    const module = join(REPO, 'dist/cli/stray-errors.js');
     const script = `
       const { logStrayErrors } = await import(${JSON.stringify(module)});
       logStrayErrors((line) => console.log(line));
@@ -22,7 +22,7 @@ describe('the last line of defence of haul cache, migrate and agent', () => {
   });
 
   it('goes on when its output is closed (the reader of its pipe went away)', async () => {
-    const module = join(REPO, 'dist/src/cli/stray-errors.js');
+    const module = join(REPO, 'dist/cli/stray-errors.js');
     const script = `
       const { logStrayErrors } = await import(${JSON.stringify(module)});
       logStrayErrors((line) => process.stdout.write(line + '\\n'));

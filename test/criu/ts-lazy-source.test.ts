@@ -1,6 +1,6 @@
 import { expect, it } from 'vitest';
-import { ImageDirPageSource } from '../../src/criu/images/image-dir-page-source.js';
-import { splitForLazyRestore } from '../../src/criu/images/lazy-split.js';
+import { ImageDirPageSource } from '../support/image-dir-page-source.js';
+import { splitForLazyRestore } from '../support/lazy-split.js';
 import { acceptOne } from '../../src/criu/page-server/connection.js';
 import { serveLazyPages } from '../../src/criu/page-server/lazy-pages-server.js';
 import { runCriu, startCriu } from '../../src/criu/run/criu-process.js';

@@ -166,7 +166,7 @@ describe('the image names a source sends', () => {
   });
 
   it('takes the names CRIU writes', async () => {
-    const { isCriuImageName } = await import('../../src/name-grammars.js');
+    const { isCriuImageName } = await import('../../src/criu/index.js');
     const written = ['inventory.img', 'core-1.img', 'mm-1.img', 'ids-1.img', 'fdinfo-2.img', 'pagemap-1.img', 'pagemap-shmem-1848.img', 'pages-65537.img', 'tty-info.img', 'ghost-file-1a.img', 'tmpfs-dev-42.tar.gz.img', 'route6-9.img', 'ip6tables-9.img', 'stats-dump', 'stats-restore', 'irmap-cache'];
     expect(written.filter((name) => !isCriuImageName(name))).toEqual([]);
   });

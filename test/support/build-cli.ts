@@ -4,7 +4,7 @@ import { join } from 'node:path';
 import { REPO } from './paths.js';
 
 /** The compiled `haul` command, as users run it; tests that start it as a process use this. */
-export const HAUL_CLI = join(REPO, 'dist/plugin/haul.js');
+export const HAUL_CLI = join(REPO, 'dist/cli/haul.js');
 const STAMP = join(REPO, 'dist/.built');
 
 function newestSource(dir: string): number {

@@ -1,8 +1,7 @@
 import { readFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { Command } from 'commander';
-import { fingerprintOf, loadOrCreateIdentity } from '../link/identity.js';
-import { TrustStore } from '../link/trust-store.js';
+import { fingerprintOf, loadOrCreateIdentity, TrustStore } from '../src/link/index.js';
 
 /** Where a host keeps its link identity and trust store, unless --state-dir says otherwise. */
 export const DEFAULT_STATE_DIR = process.env['HAUL_STATE_DIR'] ?? '/var/lib/haul';

@@ -1,8 +1,8 @@
 import { copyFile, readdir } from 'node:fs/promises';
 import { join } from 'node:path';
-import { PAGE_SIZE, PageFlag } from '../page-server/protocol.js';
-import { FIRST_PAGES_ID } from './image-dir-sink.js';
-import { PagemapWriter, PagesFile, isPagesFileName, readPagemap } from './pagemap.js';
+import { PAGE_SIZE, PageFlag } from '../../src/criu/page-server/protocol.js';
+import { FIRST_PAGES_ID } from '../../src/criu/images/image-dir-sink.js';
+import { PagemapWriter, PagesFile, isPagesFileName, readPagemap } from '../../src/criu/images/pagemap.js';
 
 const TASK_PAGEMAP = /^pagemap-(\d+)\.img$/;
 

@@ -1,7 +1,7 @@
-import type { PageSource } from '../page-server/lazy-pages-server.js';
-import { PAGE_SIZE, PageFlag } from '../page-server/protocol.js';
-import { PagesFile, readPagemap, type Pagemap } from './pagemap.js';
-import { ImageFormatError } from './schemas.js';
+import type { PageSource } from '../../src/criu/page-server/lazy-pages-server.js';
+import { PAGE_SIZE, PageFlag } from '../../src/criu/page-server/protocol.js';
+import { PagesFile, readPagemap, type Pagemap } from '../../src/criu/images/pagemap.js';
+import { ImageFormatError } from '../../src/criu/images/schemas.js';
 
 /** Serves pages of tasks from a dump's image directory, as a lazy migration's source would. */
 export class ImageDirPageSource implements PageSource {

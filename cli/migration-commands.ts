@@ -1,10 +1,7 @@
 import { Command, InvalidArgumentError } from 'commander';
-import { ImageCache } from '../../proxy/image-cache.js';
-import { MigrationInDoubtError, migrateLazy, migratePreCopy } from '../../proxy/image-proxy.js';
-import { criuVersion } from '../criu/run/criu-version.js';
-import type { EndpointOptions } from '../link/endpoint-options.js';
-import { loadOrCreateIdentity } from '../link/identity.js';
-import type { HostInfo } from '../link/messages.js';
+import { ImageCache, MigrationInDoubtError, migrateLazy, migratePreCopy } from '../proxy/index.js';
+import { criuVersion } from '../src/criu/index.js';
+import { type EndpointOptions, loadOrCreateIdentity, type HostInfo } from '../src/link/index.js';
 import { readPackageInfo } from './package-info.js';
 import { openTrustStore, stateDirOf } from './trust-commands.js';
 import { logStrayErrors } from './stray-errors.js';

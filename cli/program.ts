@@ -1,9 +1,10 @@
 import { Command } from 'commander';
 import { readPackageInfo } from './package-info.js';
+import { addAgentCommands } from './agent-commands.js';
 import { addMigrationCommands } from './migration-commands.js';
 import { DEFAULT_STATE_DIR, addTrustCommands } from './trust-commands.js';
 
-/** The `haul` command line; subcommands join it as the parts they drive are built. */
+/** The `haul` command line: trust, `haul migrate`/`haul cache` (proxy/), and the Incus agent's commands (plugin/). */
 export function buildProgram(out: (line: string) => void = (line) => void process.stdout.write(`${line}\n`)): Command {
   const info = readPackageInfo();
   const program = new Command('haul')
@@ -17,5 +18,6 @@ export function buildProgram(out: (line: string) => void = (line) => void proces
     );
   addTrustCommands(program, out);
   addMigrationCommands(program, out);
+  addAgentCommands(program, out);
   return program;
 }

@@ -1,19 +1,12 @@
 import { hostname } from 'node:os';
 import { join } from 'node:path';
 import { Command, InvalidArgumentError, Option } from 'commander';
-import { DEFAULT_CRIU } from '../src/criu/run/criu-process.js';
-import { criuVersion } from '../src/criu/run/criu-version.js';
-import { readPackageInfo } from '../src/cli/package-info.js';
-import { loadOrCreateIdentity } from '../src/link/identity.js';
-import { openTrustStore, stateDirOf } from '../src/cli/trust-commands.js';
-import { Agent, InsecureAgentError } from './agent.js';
-import { diagnose } from './doctor.js';
-import { installHook, uninstallHook } from './criu-hook.js';
-import { PAGE_SIZE } from '../src/criu/page-server/protocol.js';
-import { IN_FLIGHT_FILE, readInFlight, type MigrationProgress } from './in-flight.js';
-import { MigrationRecords, type MigrationRecord } from './migration-records.js';
-import type { HaulMode, Peer } from './source-role.js';
-import { logStrayErrors } from '../src/cli/stray-errors.js';
+import { DEFAULT_CRIU, criuVersion, PAGE_SIZE } from '../src/criu/index.js';
+import { readPackageInfo } from './package-info.js';
+import { loadOrCreateIdentity } from '../src/link/index.js';
+import { openTrustStore, stateDirOf } from './trust-commands.js';
+import { Agent, InsecureAgentError, diagnose, installHook, uninstallHook, IN_FLIGHT_FILE, readInFlight, type MigrationProgress, MigrationRecords, type MigrationRecord, type HaulMode, type Peer } from '../plugin/index.js';
+import { logStrayErrors } from './stray-errors.js';
 
 const DEFAULT_HOOK_DIR = '/usr/local/lib/haul/hook';
 

@@ -1,0 +1,9 @@
+/**
+ * The Incus extension: an agent beside incusd, its CRIU hook, and what the agent records.
+ */
+export { Agent, InsecureAgentError } from './agent.js';
+export { diagnose } from './doctor.js';
+export { installHook, uninstallHook } from './criu-hook.js';
+export { IN_FLIGHT_FILE, readInFlight, type MigrationProgress } from './in-flight.js';
+export { MigrationRecords, type MigrationRecord } from './migration-records.js';
+export type { HaulMode, Peer } from './source-role.js';

@@ -1,0 +1,15 @@
+/**
+ * The migration engine: the image-proxy on the source, the image-cache on the destination, and the
+ * steps the Incus plugin drives between them.
+ */
+export { migrateLazy, migratePreCopy, MigrationInDoubtError, type MigrateOptions, type MigrationSummary } from './image-proxy.js';
+export { ImageCache, type CacheEvent, type CacheOptions } from './image-cache.js';
+export { CacheStore, DISK_CHANGES_FILE, discardImages } from './cache-store.js';
+export { applyDiskChanges, type OwnerIds } from './disk-changes-apply.js';
+export { packDiskChanges } from './disk-changes-pack.js';
+export { ensureRoomFor } from './disk-reserve.js';
+export { dumpToLink, dumpToLinkLocal, type DumpToLink } from './dump-to-link.js';
+export { sendImageFiles } from './images-to-link.js';
+export { LazyCopyGuard } from './lazy-copy-guard.js';
+export { LazyPageStore } from './lazy-page-store.js';
+export { FaultQueue, moveLazyPages } from './lazy-source.js';

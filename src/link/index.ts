@@ -1,0 +1,17 @@
+/**
+ * The haul link: one authenticated WebSocket connection per session, carrying framed channels with
+ * credit, priorities, digests, resumption and keepalive. What the channels mean is the caller's.
+ */
+export { dialLink, type DialedLink } from './dialer.js';
+export { LinkListener } from './listener.js';
+export { LinkSession, DEFAULT_LINK_LIMITS, type LinkLimits } from './session.js';
+export type { IncomingChannel, OutgoingChannel } from './channels.js';
+export { ChannelKind, type ChannelKindCode } from './frame.js';
+export { DEFAULT_RESUME_WINDOW_MS, type EndpointOptions } from './endpoint-options.js';
+export { sendControl, receiveControl } from './control-channel.js';
+export { ControlInbox } from './control-inbox.js';
+export type { Control, HostInfo, ImagesComplete, MigrationStart, RestoreResult } from './messages.js';
+export { PROTOCOL_VERSION } from './handshake.js';
+export { fingerprintOf, loadOrCreateIdentity, type Identity } from './identity.js';
+export { TrustStore, normaliseFingerprint, type TrustedPeer } from './trust-store.js';
+export { LinkAbortedError, LinkIntegrityError, LinkLimitError, LinkLimitsError, LinkProtocolError, linkReasonCode, type LinkAbortReasonCode } from './link-errors.js';
