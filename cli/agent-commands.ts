@@ -5,7 +5,7 @@ import { DEFAULT_CRIU, criuVersion, PAGE_SIZE } from '../src/criu/index.js';
 import { readPackageInfo } from './package-info.js';
 import { loadOrCreateIdentity } from '../src/link/index.js';
 import { openTrustStore, stateDirOf } from './trust-commands.js';
-import { Agent, InsecureAgentError, diagnose, installHook, uninstallHook, IN_FLIGHT_FILE, readInFlight, type MigrationProgress, MigrationRecords, type MigrationRecord, type HaulMode, type Peer } from '../plugin/index.js';
+import { Agent, InsecureAgentError, diagnose, installHook, uninstallHook, IN_FLIGHT_FILE, readInFlight, type MigrationProgress, MigrationRecords, type MigrationRecord, type HaulMode, type Peer, parseHaulMode } from '../plugin/index.js';
 import { logStrayErrors } from './stray-errors.js';
 
 const DEFAULT_HOOK_DIR = '/usr/local/lib/haul/hook';
@@ -34,7 +34,7 @@ export function addAgentCommands(program: Command, out: (line: string) => void):
     .requiredOption('--listen <address:port>', 'where peers reach this agent', parseListen)
     .option('--peer <name=host:port>', 'another host\'s agent (repeat for each)', parsePeer, [])
     .option('--name <name>', 'this host\'s name, as its peers call it', hostname())
-    .addOption(new Option('--default-mode <mode>', 'for instances without user.haul.mode').choices(['precopy', 'lazy', 'off']).default('precopy'))
+    .addOption(new Option('--default-mode <mode>', 'for instances without user.haul.mode').choices(['pre-copy', 'lazy', 'off', 'precopy']).default('pre-copy').argParser(agentMode))
     .addOption(new Option('--insecure', 'refused: an agent talks to its peers over TLS only').hideHelp())
     .option('--criu <path>', 'the real CRIU', DEFAULT_CRIU)
     .option('--restore-timeout <seconds>', 'kill a restore still running after this long, so the source resumes (per instance: user.haul.restore-timeout)', parsePositiveSeconds, 300)
@@ -143,6 +143,13 @@ function describe(r: MigrationRecord): string {
   const mib = (r.bytes / 2 ** 20).toFixed(1);
   const downtime = r.downtimeMs === undefined ? '' : `, down ${r.downtimeMs} ms`;
   return `${r.startedAt} ${r.instance} ${r.role === 'source' ? 'to' : 'from'} ${r.peer || '-'} ${r.mode}: ${r.result}, ${r.pages} pages, ${mib} MiB, ${r.totalMs} ms${downtime}${r.error ? ` (${r.error})` : ''}`;
+}
+
+/** A mode, or off; 'precopy', the older spelling of pre-copy, still means it. */
+function agentMode(value: string): HaulMode {
+  const mode = parseHaulMode(value);
+  if (!mode) throw new InvalidArgumentError(`expected pre-copy, lazy or off, got ${JSON.stringify(value)}`);
+  return mode;
 }
 
 function parsePositiveSeconds(value: string): number {

@@ -5,7 +5,7 @@ import { setTimeout as sleep } from 'node:timers/promises';
 import { sendControl, ChannelKind, type LinkSession } from '../src/link/index.js';
 import type { Writable } from 'node:stream';
 import { pagesStoredIn, criuLogErrors, startLazyPagesDaemon, RestoredTree, headerLayoutFor, type CriuVersion, PAGE_SIZE } from '../src/criu/index.js';
-import { CacheStore, DISK_CHANGES_FILE, discardImages, applyDiskChanges, LazyCopyGuard, LazyPageStore } from '../proxy/index.js';
+import { parseMode, type Mode, CacheStore, DISK_CHANGES_FILE, discardImages, applyDiskChanges, LazyCopyGuard, LazyPageStore } from '../proxy/index.js';
 import { ownerIdsOf } from './instance-idmap.js';
 import { instanceRestoredBy } from './restore-caller.js';
 import { BadNameError, migrationId } from '../src/name-grammars.js';
@@ -43,7 +43,7 @@ interface WatchedRestore {
 }
 
 interface Incoming {
-  readonly mode: 'precopy' | 'lazy';
+  readonly mode: Mode;
   readonly session: LinkSession;
   readonly answers: Writable;
   readonly lazyPages: Promise<LazyPageStore>;
@@ -154,7 +154,8 @@ export class DestinationRole {
         return turnDown(`${error.code}: ${error.message}`);
       }
       if (!(await this.isReceiving(instance))) return turnDown(`this host is not receiving an instance named ${JSON.stringify(instance)}`);
-      const mode = start.mode === 'lazy' ? 'lazy' : 'precopy';
+      const mode = parseMode(start.mode);
+      if (!mode) return turnDown(`this host does not know the migration mode ${JSON.stringify(start.mode)}`);
       const startedAt = new Date();
       const progress = this.inFlight.start({ id, instance, role: 'destination', peer, mode, phase: 'receiving pages', pages: 0, startedAt: startedAt.toISOString() });
       const counting = setInterval(() => this.inFlight.update(progress, { pages: store.pagesStored }), 500);
@@ -260,7 +261,7 @@ export class DestinationRole {
       this.incoming.delete(id);
       const eager = await pagesStoredIn(entry.dir);
       let lazy: Promise<number> | undefined;
-      if (entry.mode === 'precopy') {
+      if (entry.mode === 'pre-copy') {
         await (await entry.lazyPages).close(); // unused in pre-copy
       } else {
         try {

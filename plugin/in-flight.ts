@@ -1,4 +1,5 @@
 import { readFile, rename, writeFile } from 'node:fs/promises';
+import type { Mode } from '../proxy/index.js';
 
 /** A migration in progress as `haul status` shows it. */
 export interface MigrationProgress {
@@ -6,7 +7,7 @@ export interface MigrationProgress {
   readonly instance: string;
   readonly role: 'source' | 'destination';
   readonly peer: string;
-  readonly mode: 'precopy' | 'lazy';
+  readonly mode: Mode;
   phase: string;
   pages: number;
   /** Pages expected in all, when known (lazy: the runs the dump left). */

@@ -6,4 +6,4 @@ export { diagnose } from './doctor.js';
 export { installHook, uninstallHook } from './criu-hook.js';
 export { IN_FLIGHT_FILE, readInFlight, type MigrationProgress } from './in-flight.js';
 export { MigrationRecords, type MigrationRecord } from './migration-records.js';
-export type { HaulMode, Peer } from './source-role.js';
+export { parseHaulMode, type HaulMode, type Peer } from './source-role.js';

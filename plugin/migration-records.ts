@@ -1,4 +1,5 @@
 import { appendFile, readFile } from 'node:fs/promises';
+import type { HaulMode } from './source-role.js';
 
 /** One migration as the agent saw it, appended to its record file when it ends (or is skipped). */
 export interface MigrationRecord {
@@ -10,7 +11,7 @@ export interface MigrationRecord {
   /** The hosts by the names the agents go by (--name). */
   readonly source?: string;
   readonly target?: string;
-  readonly mode: 'precopy' | 'lazy' | 'off';
+  readonly mode: HaulMode;
   /** Pages and bytes that went through haul's link. */
   readonly pages: number;
   readonly bytes: number;

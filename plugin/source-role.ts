@@ -8,7 +8,7 @@ import { setTimeout as sleep } from 'node:timers/promises';
 import { LazyPagesClient, PAGE_SIZE, type HeaderLayout, headerLayoutFor, type CriuVersion, fitsUnixSocketPath, isPagesFileName, lazyRunsIn, pagesStoredIn } from '../src/criu/index.js';
 import { sendControl, ControlInbox, dialLink, type EndpointOptions, ChannelKind, type LinkSession } from '../src/link/index.js';
 import { expectPeerProcess, guardNewLoopbackPort, type LoopbackGuard } from '../src/host/index.js';
-import { dumpToLink, dumpToLinkLocal, type DumpToLink, sendImageFiles, FaultQueue, moveLazyPages, DISK_CHANGES_FILE, packDiskChanges } from '../proxy/index.js';
+import { parseMode, type Mode, dumpToLink, dumpToLinkLocal, type DumpToLink, sendImageFiles, FaultQueue, moveLazyPages, DISK_CHANGES_FILE, packDiskChanges } from '../proxy/index.js';
 import type { InFlight, MigrationProgress } from './in-flight.js';
 import { ObservedPostDump } from './observed-post-dump.js';
 import { hasEnded, identify, isRunning, type ProcessIdentity } from '../src/host/index.js';
@@ -29,7 +29,8 @@ const RESTORE_REPORT_MS = 30_000;
 /** A migration's action scripts are kept this long, then swept when the next one starts. */
 const WORK_DIR_KEPT_MS = 60 * 60_000;
 
-export type HaulMode = 'precopy' | 'lazy' | 'off';
+/** How the agent moves an instance: a migration mode, or off (Incus' native move). */
+export type HaulMode = Mode | 'off';
 
 /** What the agent knows of the hook's wait for a dump's answer (see HookRequest.answer_within_ms). */
 export interface HookCall {
@@ -80,10 +81,15 @@ export interface Peer {
   readonly url: string;
 }
 
+/** `text` as a mode or off ('precopy' still means pre-copy: parseMode), or undefined. */
+export function parseHaulMode(text: string | undefined): HaulMode | undefined {
+  return text === 'off' ? 'off' : parseMode(text);
+}
+
 /** The instance's user.haul.mode (own or from a profile), else the agent's default. */
 export function modeOf(instance: IncusInstance, fallback: HaulMode): HaulMode {
   const value = instance.expanded_config['user.haul.mode'];
-  return value === 'precopy' || value === 'lazy' || value === 'off' ? value : fallback;
+  return parseHaulMode(value) ?? fallback;
 }
 
 /** The instance's user.haul.restore-timeout (seconds) in ms, 0 when it sets none (or nonsense). */
@@ -186,8 +192,7 @@ export class SourceRole {
         const faults = new FaultQueue(session);
         const control = session.openChannel(ChannelKind.CONTROL, 'migration');
         const version3 = `${version.major}.${version.minor}.${version.patch}`;
-        const linkMode = mode === 'lazy' ? 'lazy' : 'pre-copy';
-        await sendControl(control.writable, { migration_start: { mode: linkMode, pid, criu_version: version3, instance: instance.name, migration_id: id, source_host: this.hostName, restore_timeout_ms: restoreTimeoutMs(instance), manager_addresses: await managerAddresses } });
+                await sendControl(control.writable, { migration_start: { mode, pid, criu_version: version3, instance: instance.name, migration_id: id, source_host: this.hostName, restore_timeout_ms: restoreTimeoutMs(instance), manager_addresses: await managerAddresses } });
         const accepted = await withinHookDeadline(answers.next('migration_accepted', PEER_ANSWER_MS), hook);
         if (!accepted.ok) {
           refusals.push(`${peer.name}: ${accepted.error}`);
@@ -213,7 +218,7 @@ export class SourceRole {
         const outgoing: Outgoing = { session, control: control.writable, answers, dir, record, startedAt, progress, disk };
         const incusScript = argumentOf(args, '--action-script')!;
         const replaced = (flag: string, value: string, from: readonly string[]): string[] => from.map((arg, at) => (from[at - 1] === flag ? value : arg));
-        if (mode === 'precopy') {
+        if (mode === 'pre-copy') {
           // CRIU sends every page to haul's page server, on a unix socket CRIU cannot cork
           // (proxy/dump-to-link.ts)
           const socketPath = join(workDir, 'page-server.sock');

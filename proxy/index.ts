@@ -2,6 +2,7 @@
  * The migration engine: the image-proxy on the source, the image-cache on the destination, and the
  * steps the Incus plugin drives between them.
  */
+export { MODES, parseMode, type Mode } from './mode.js';
 export { migrateLazy, migratePreCopy, MigrationInDoubtError, type MigrateOptions, type MigrationSummary } from './image-proxy.js';
 export { ImageCache, type CacheEvent, type CacheOptions } from './image-cache.js';
 export { CacheStore, DISK_CHANGES_FILE, discardImages } from './cache-store.js';

@@ -1,6 +1,6 @@
 /**
  * `incus move` of a running container between the test hosts, there and back: natively
- * (user.haul.mode=off) and through haul (precopy, lazy), in one run, measured the way every haul
+ * (user.haul.mode=off) and through haul (pre-copy, lazy), in one run, measured the way every haul
  * benchmark measures: wall time of the move, and downtime as the largest gap between the beats
  * haul-workload kept in its own memory. Prints one JSON document with haul's ratios to native.
  */
@@ -10,7 +10,7 @@ import { Command } from 'commander';
 import { NativeMoveDefect, TestContainer, type TestHost } from '../../test/support/testbed.js';
 import { expectedChecksum, realtimeNs } from '../../test/support/workload.js';
 
-type Mode = 'off' | 'precopy' | 'lazy';
+type Mode = 'off' | 'pre-copy' | 'lazy';
 
 interface Options {
   roundTrips: number;
@@ -123,14 +123,14 @@ async function main(): Promise<void> {
     .option('--round-trips <n>', 'moves src -> dst -> src per scenario and mode', (v) => Number.parseInt(v, 10), 1)
     .option('--pools <list>', 'storage pools (default is btrfs; dir adds Incus\'s 5 s stall)', 'default,dir')
     .option('--sizes <list>', 'MiB of the workload containers, beside the counter container', '256,1024')
-    .option('--modes <list>', 'off (native), precopy, lazy', 'off,precopy,lazy')
+    .option('--modes <list>', 'off (native), pre-copy, lazy', 'off,pre-copy,lazy')
     .parse()
     .opts<Options>();
   const list = (value: string): string[] => value.split(',').map((v) => v.trim()).filter(Boolean);
   const sizes = list(options.sizes).map(Number);
   const modes = list(options.modes) as Mode[];
-  if (!(options.roundTrips >= 1) || sizes.some((n) => !(n >= 1)) || modes.some((m) => !['off', 'precopy', 'lazy'].includes(m))) {
-    throw new Error('--round-trips and --sizes must be positive, --modes a list of off, precopy, lazy');
+  if (!(options.roundTrips >= 1) || sizes.some((n) => !(n >= 1)) || modes.some((m) => !['off', 'pre-copy', 'lazy'].includes(m))) {
+    throw new Error('--round-trips and --sizes must be positive, --modes a list of off, pre-copy, lazy');
   }
   const scenarios: Array<Awaited<ReturnType<typeof measureScenario>>> = [];
   for (const pool of list(options.pools)) {
@@ -155,9 +155,9 @@ async function main(): Promise<void> {
       pool: s.pool,
       name: s.name,
       nativeDowntimeSeconds: s.downtimeSeconds.median,
-      precopyDowntimeRatio: ratio(median(s.pool, s.name, 'precopy'), s.downtimeSeconds.median),
+      preCopyDowntimeRatio: ratio(median(s.pool, s.name, 'pre-copy'), s.downtimeSeconds.median),
       lazyDowntimeRatio: ratio(median(s.pool, s.name, 'lazy'), s.downtimeSeconds.median),
-      precopyAddsSeconds: median(s.pool, s.name, 'precopy') === undefined ? null : round(median(s.pool, s.name, 'precopy')! - s.downtimeSeconds.median),
+      preCopyAddsSeconds: median(s.pool, s.name, 'pre-copy') === undefined ? null : round(median(s.pool, s.name, 'pre-copy')! - s.downtimeSeconds.median),
       lazyAddsSeconds: median(s.pool, s.name, 'lazy') === undefined ? null : round(median(s.pool, s.name, 'lazy')! - s.downtimeSeconds.median),
     }));
   const largest = `workload-${Math.max(...sizes)}mib`;
@@ -166,7 +166,7 @@ async function main(): Promise<void> {
     `${JSON.stringify(
       {
         benchmark: 'incus-move',
-        description: 'incus move of a running container between two incusd on one machine: native (haul\'s hook removed from incusd\'s PATH) and through haul (precopy, lazy), medians of each scenario',
+        description: 'incus move of a running container between two incusd on one machine: native (haul\'s hook removed from incusd\'s PATH) and through haul (pre-copy, lazy), medians of each scenario',
         date: new Date().toISOString(),
         host: {
           kernel: version('uname', ['-r']),

@@ -23,7 +23,7 @@ describeOnHost('incus move through haul keeps what the container wrote to its di
 
   // btrfs (the test bed's default pool) sends the root filesystem once, before the dump: natively,
   // what the container writes until the freeze is lost there (docs/incus-native-move.md)
-  for (const mode of ['precopy', 'lazy'] as const) {
+  for (const mode of ['pre-copy', 'lazy'] as const) {
     for (const pool of ['default', 'dir']) {
       it(`loses no line of a file appended every 10 ms, moved to dst and back (${pool} pool, ${mode})`, async () => {
         const container = await TestContainer.launch('busybox', 'src', '/tmp/counter', ['--storage', pool, '--config', `user.haul.mode=${mode}`]);

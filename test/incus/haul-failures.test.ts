@@ -54,7 +54,7 @@ describeOnHost('incus move when haul is missing or fails', ['root', 'criu', 'tes
 
   it('moves natively from a host whose agent is not running', async () => {
     await killAgent('src');
-    const container = await TestContainer.launch('busybox', 'src', '/tmp/counter', ['--config', 'user.haul.mode=precopy']);
+    const container = await TestContainer.launch('busybox', 'src', '/tmp/counter', ['--config', 'user.haul.mode=precopy'] /* the older spelling of pre-copy */);
     containers.push(container);
     const before = await container.readCounter();
     // natively, the native path's known defects may show; either way haul stayed out
@@ -72,7 +72,7 @@ describeOnHost('incus move when haul is missing or fails', ['root', 'criu', 'tes
   }, 600_000);
 
   it("keeps the source running with its memory when the destination's agent dies in the middle of a move, and a later move succeeds", async () => {
-    const container = await TestContainer.launch('busybox', 'src', '/tmp/counter', ['--config', 'user.haul.mode=precopy']);
+    const container = await TestContainer.launch('busybox', 'src', '/tmp/counter', ['--config', 'user.haul.mode=pre-copy']);
     containers.push(container);
     await container.exec(['haul-workload', 'start', '--dir', '/run/big', '--mib', '256']);
     const before = await container.workloadReport('/run/big');
@@ -94,7 +94,7 @@ describeOnHost('incus move when haul is missing or fails', ['root', 'criu', 'tes
     await expectSameWorkload(container, before, since);
   }, 600_000);
 
-  for (const mode of ['precopy', 'lazy'] as const) {
+  for (const mode of ['pre-copy', 'lazy'] as const) {
     it(`keeps the source running with its memory when the destination's restore fails (${mode}), leaves nothing behind there, and a later move succeeds`, async () => {
       // haul kills a restore that outlives user.haul.restore-timeout: 1 ms, so that it is killed
       // as CRIU starts (a 256 MiB pre-copy restore now takes under 0.2 s here)
@@ -148,7 +148,7 @@ describeOnHost('incus move when haul is missing or fails', ['root', 'criu', 'tes
       const agent = agentPid('dst');
       const logBefore = readFileSync('/var/lib/haul-testbed/dst/log/agent.log', 'utf8').length;
       const dstLog = (): string => readFileSync('/var/lib/haul-testbed/dst/log/agent.log', 'utf8').slice(logBefore);
-      const container = await TestContainer.launch('busybox', 'src', '/tmp/counter', ['--config', 'user.haul.mode=precopy', '--config', 'user.haul.restore-timeout=0.001']);
+      const container = await TestContainer.launch('busybox', 'src', '/tmp/counter', ['--config', 'user.haul.mode=pre-copy', '--config', 'user.haul.restore-timeout=0.001']);
       containers.push(container);
       await container.exec(['haul-workload', 'start', '--dir', '/run/big', '--mib', '256']);
       const before = await container.workloadReport('/run/big');
@@ -181,7 +181,7 @@ describeOnHost('incus move when haul is missing or fails', ['root', 'criu', 'tes
     const dstLog = (): string => readFileSync(logPath, 'utf8').slice(logBefore);
     // the agent would kill the restore at once (1 ms): it is killed itself as the restore starts,
     // with incusd held at the restore's log and Incus' migration not yet cut
-    const container = await TestContainer.launch('busybox', 'src', '/tmp/counter', ['--config', 'user.haul.mode=precopy', '--config', 'user.haul.restore-timeout=0.001']);
+    const container = await TestContainer.launch('busybox', 'src', '/tmp/counter', ['--config', 'user.haul.mode=pre-copy', '--config', 'user.haul.restore-timeout=0.001']);
     containers.push(container);
     await container.exec(['haul-workload', 'start', '--dir', '/run/big', '--mib', '256']);
     const before = await container.workloadReport('/run/big');

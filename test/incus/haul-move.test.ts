@@ -43,7 +43,7 @@ describeOnHost('incus move through haul (the test bed routes every move through 
   const containers: TestContainer[] = [];
   afterAll(async () => Promise.all(containers.map((c) => c.delete())));
 
-  for (const mode of ['precopy', 'lazy'] as const) {
+  for (const mode of ['pre-copy', 'lazy'] as const) {
   for (const pool of ['default', 'dir']) {
     for (const workload of [COUNTER, BIG]) {
       it(`moves a busybox container with ${workload.mib} MiB (${pool} pool) to dst and back, ${mode}: same process, memory intact, pages only through haul`, async () => {

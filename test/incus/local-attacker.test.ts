@@ -13,7 +13,7 @@ describeOnHost('a local user racing haul to its loopback listeners during incus 
   afterEach(async () => void (await attacker?.stop()));
   afterAll(async () => Promise.all(containers.map((c) => c.delete())));
 
-  for (const mode of ['precopy', 'lazy'] as const) {
+  for (const mode of ['pre-copy', 'lazy'] as const) {
     it(`changes nothing (${mode}): the move succeeds, the container keeps its memory, one copy runs`, async () => {
       const container = await TestContainer.launch('busybox', 'src', '/tmp/counter', ['--config', `user.haul.mode=${mode}`]);
       containers.push(container);

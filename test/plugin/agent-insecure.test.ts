@@ -14,7 +14,7 @@ describe('haul agent without TLS', () => {
       insecure: true,
       host: { criu_version: '4.1.1', page_size: 4096, architecture: process.arch, capabilities: [], haul_version: '0', role: 'agent' },
       incusDir: join(scratch.path, 'incus'), stateDir: join(scratch.path, 'state'), listen: { address: '127.0.0.1', port: 0 },
-      peers: [], name: 'test', defaultMode: 'precopy',
+      peers: [], name: 'test', defaultMode: 'pre-copy',
     });
     await expect(started).rejects.toMatchObject({ code: 'HAUL_AGENT_INSECURE' });
   });

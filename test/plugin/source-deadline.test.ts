@@ -44,7 +44,7 @@ describe("the source agent and the CRIU hook's wait for its answer", () => {
     cleanups.push(() => inFlight.close());
     const checkpoint = join(scratch.path, 'checkpoint');
     mkdirSync(checkpoint);
-    const source = new SourceRole(fakeIncus(), peers, endpoint, new MigrationRecords(join(scratch.path, 'migrations.jsonl'), 'src', log), 'precopy', async () => ({ major: 4, minor: 1, patch: 1 }), log, join(scratch.path, 'outgoing'), 'src', inFlight);
+    const source = new SourceRole(fakeIncus(), peers, endpoint, new MigrationRecords(join(scratch.path, 'migrations.jsonl'), 'src', log), 'pre-copy', async () => ({ major: 4, minor: 1, patch: 1 }), log, join(scratch.path, 'outgoing'), 'src', inFlight);
     return { source, checkpoint, args: ['dump', '-t', '4242', '-D', checkpoint, '--action-script', '/bin/true'], lines };
   }
 

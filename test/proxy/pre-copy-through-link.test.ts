@@ -21,7 +21,7 @@ describeOnHost('pre-copy through haul: criu dump -> image-proxy -> link -> image
   const scenes = useMigrationScenes();
 
   it('moves a 64 MiB workload with no page data on the source disk, and it continues intact', async () => {
-    const { source, destination, workload, defer, expectContinued } = await scenes.start('precopy', 64);
+    const { source, destination, workload, defer, expectContinued } = await scenes.start('pre-copy', 64);
     const listener = await LinkListener.listen('127.0.0.1', 0, { insecure: true, host: hostInfo('destination') });
     defer(() => void listener.close());
     const stored = new Promise<CacheStore>((resolve) => listener.once('session', (session: LinkSession) => resolve(new CacheStore(session, destination))));
