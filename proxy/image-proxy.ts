@@ -2,7 +2,7 @@ import { mkdir, mkdtemp, rm } from 'node:fs/promises';
 import type { Socket } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { LazyPagesClient, PAGE_SIZE, startCriu, criuVersion, headerLayoutFor, PostDumpGate } from '../src/criu/index.js';
+import { LazyPagesClient, PAGE_SIZE, startCriu, criuVersion, headerLayoutFor, ActionScript } from '../src/criu/index.js';
 import { sendControl, ControlInbox, dialLink, type EndpointOptions, ChannelKind } from '../src/link/index.js';
 import { expectPeerProcess, guardNewLoopbackPort, identify, type LoopbackGuard, type ProcessIdentity } from '../src/host/index.js';
 import { sendImageFiles } from './images-to-link.js';
@@ -82,7 +82,8 @@ async function startMigration(options: MigrateOptions, mode: 'pre-copy' | 'lazy'
   const reports = new ControlInbox(session);
   // the destination opens its channels as soon as the session exists: listen before any await
   const faults = new FaultQueue(session);
-  const gate = await PostDumpGate.create(workDir);
+  // CRIU holds the frozen source at post-dump until haul answers: ok ends it, anything else resumes it
+  const gate = await ActionScript.create(join(workDir, 'actions'), { steps: { 'post-dump': { hold: true } } });
   const control = session.openChannel(ChannelKind.CONTROL, 'migration');
   const criuVersionText = `${version.major}.${version.minor}.${version.patch}`;
   await sendControl(control.writable, { migration_start: { mode, pid: options.pid, criu_version: criuVersionText, instance: '', migration_id: '', source_host: '', restore_timeout_ms: 0, manager_addresses: [] } });
@@ -106,6 +107,7 @@ async function startMigration(options: MigrateOptions, mode: 'pre-copy' | 'lazy'
       return new Error(`${mode} migration of ${options.pid} failed, the source process keeps running: ${cause instanceof Error ? cause.message : String(cause)}`, { cause: error });
     },
     async cleanUp(): Promise<void> {
+      await gate.close();
       if (ownWorkDir) await rm(workDir, { recursive: true, force: true });
     },
   };
@@ -125,7 +127,7 @@ export async function migratePreCopy(options: MigrateOptions): Promise<Migration
   // a unix socket has no TCP cork to wait out at the end of the dump (dump-to-link.ts)
   const dump = startCriu(
     'dump',
-    ['-t', String(options.pid), '-D', imagesDir, '--action-script', gate.scriptPath],
+    ['-t', String(options.pid), '-D', imagesDir, '--action-script', gate.path],
     { logFile: join(workDir, 'dump.log'), pageServerSocket: true, ...criu },
   );
   const forward = dumpToLinkOver(session, layout, dump.pageServer);
@@ -135,7 +137,7 @@ export async function migratePreCopy(options: MigrateOptions): Promise<Migration
   let restored = 0;
   try {
     // pages stop flowing when the link fails, so CRIU would wait forever to reach post-dump
-    await Promise.race([gate.reached, dump.exited.then(() => Promise.reject(new Error('criu dump ended before post-dump'))), forward.failed]).finally(stopReporting);
+    await Promise.race([gate.reached('post-dump'), dump.exited.then(() => Promise.reject(new Error('criu dump ended before post-dump'))), forward.failed]).finally(stopReporting);
     const summary = await forward.received;
     const dumped = Date.now();
     progress('sending images');
@@ -147,7 +149,7 @@ export async function migratePreCopy(options: MigrateOptions): Promise<Migration
     if (!result.ok) throw new Error(`the destination could not restore: ${result.error}`);
     restored = Date.now();
     // the destination holds its copy stopped; end this one, then let that one run
-    await gate.release(true);
+    await gate.answer('post-dump', true);
     await dump.exited;
     try {
       await sendControl(control.writable, { commit: { source_pid: options.pid } });
@@ -168,7 +170,7 @@ export async function migratePreCopy(options: MigrateOptions): Promise<Migration
     // the source must keep running: fail the dump (a page server gone mid-dump, or a failed
     // post-dump) so that CRIU resumes it, then say why
     forward.abandon();
-    await gate.release(false).catch(() => {});
+    await gate.answer('post-dump', false).catch(() => {});
     await gate.close();
     await dump.exited.catch(() => {});
     throw failure(error);
@@ -224,7 +226,7 @@ export async function migrateLazy(options: MigrateOptions): Promise<MigrationSum
   progress('dumping (lazy)');
   const dump = startCriu(
     'dump',
-    ['-t', String(options.pid), '-D', imagesDir, '--lazy-pages', '--page-server', '--address', '127.0.0.1', '--port', String(port), '--action-script', gate.scriptPath],
+    ['-t', String(options.pid), '-D', imagesDir, '--lazy-pages', '--page-server', '--address', '127.0.0.1', '--port', String(port), '--action-script', gate.path],
     { logFile: join(workDir, 'dump.log'), statusFd: true, ...criu },
   );
   const criuProcess = dump.child.pid === undefined ? undefined : identify(dump.child.pid);
@@ -235,7 +237,7 @@ export async function migrateLazy(options: MigrateOptions): Promise<MigrationSum
   let pastReturn = false;
   let criuServes = false;
   try {
-    await Promise.race([gate.reached, dump.exited.then(() => Promise.reject(new Error('criu dump ended before post-dump'))), forward.failed]);
+    await Promise.race([gate.reached('post-dump'), dump.exited.then(() => Promise.reject(new Error('criu dump ended before post-dump'))), forward.failed]);
     const eager = await forward.received;
     const dumpedAt = Date.now();
     progress('sending images');
@@ -254,7 +256,7 @@ export async function migrateLazy(options: MigrateOptions): Promise<MigrationSum
     // CRIU's own connection to haul's page server is made: from here the port takes haul's lazy
     // client alone, before CRIU listens there (root's other sockets too: an Incus proxy device's)
     await guard.admitOnlyOwnClients();
-    await gate.release(true);
+    await gate.answer('post-dump', true);
     criuServes = true;
     await dump.ready;
     lazyServer = await guard.connect();
@@ -308,7 +310,7 @@ export async function migrateLazy(options: MigrateOptions): Promise<MigrationSum
       );
     } else {
       forward.abandon();
-      await gate.release(false).catch(() => {});
+      await gate.answer('post-dump', false).catch(() => {});
       await gate.close();
     }
     await dump.exited.catch(() => {});

@@ -13,5 +13,5 @@ export { PagemapWriter, isPagesFileName, lazyRunsIn, pagesStoredIn, type LazyRun
 export { CriuError, DEFAULT_CRIU, criuLogErrors, runCriu, startCriu, type CriuOptions, type CriuProcess } from './run/criu-process.js';
 export { criuVersion, headerLayoutFor, type CriuVersion } from './run/criu-version.js';
 export { startLazyPagesDaemon, type LazyPagesDaemon } from './run/lazy-pages-daemon.js';
-export { PostDumpGate } from './run/post-dump-gate.js';
+export { ActionScript, ActionScriptClosedError, type ActionScriptPlan, type ActionStep } from './run/action-script.js';
 export { RestoredTree } from './run/restored-tree.js';

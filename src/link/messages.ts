@@ -1,11 +1,10 @@
-import { join } from 'node:path';
 import protobuf from 'protobufjs';
 import { bigintsFromWire, bigintsToWire } from '../protobuf-bigint.js';
-import { schemaDirectory } from '../schema-files.js';
+import { packageFile } from '../package-files.js';
 import { LinkProtocolError } from './frame.js';
 
 const root = new protobuf.Root();
-root.loadSync(join(schemaDirectory('link/proto', import.meta.url, 'link.proto'), 'link.proto'), { keepCase: true });
+root.loadSync(packageFile('src/link/proto/link.proto', import.meta.url), { keepCase: true });
 
 export interface HostInfo {
   criu_version: string;

@@ -1,7 +1,7 @@
 import { join } from 'node:path';
 import protobuf from 'protobufjs';
 import { bigintsFromWire, bigintsToWire } from '../../protobuf-bigint.js';
-import { schemaDirectory } from '../../schema-files.js';
+import { packageFile } from '../../package-files.js';
 
 /** An image entry that does not decode as its schema says, or cannot be encoded. */
 export class ImageFormatError extends Error {
@@ -11,8 +11,7 @@ export class ImageFormatError extends Error {
 const SCHEMA_FILES = ['inventory.proto', 'pstree.proto', 'pagemap.proto', 'stats.proto'];
 
 const root = new protobuf.Root();
-const directory = schemaDirectory('criu/images/proto', import.meta.url, SCHEMA_FILES[0]!);
-root.loadSync(SCHEMA_FILES.map((file) => join(directory, file)), { keepCase: true });
+root.loadSync(SCHEMA_FILES.map((file) => packageFile(join('src/criu/images/proto', file), import.meta.url)), { keepCase: true });
 
 /** Decodes and encodes one kind of entry; T is the message with 64-bit fields as bigint. */
 export interface EntryCodec<T> {

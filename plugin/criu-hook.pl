@@ -1,0 +1,71 @@
+#!/usr/bin/perl
+# haul-criu-hook: what haul's CRIU hook becomes for a dump or a restore; plugin/criu-hook.ts installs it
+# and says what it does. Arguments: the real CRIU, the agent's socket, the migration id file's name,
+# the seconds to wait for the agent's answer to a dump and to a restore, then CRIU's own.
+use strict;
+use Socket;
+use Fcntl;
+my ($criu, $path, $id_file, $dump_answer_s, $restore_answer_s, @args) = @ARGV;
+sub js { my $v = shift; $v =~ s/(["\\])/\\$1/g; $v =~ s/([\x00-\x1f])/sprintf("\\u%04x", ord $1)/ge; return "\"$v\""; }
+sub run_criu {
+  alarm 0; # a pending alarm and an ignored signal would outlive the exec
+  $SIG{PIPE} = "DEFAULT"; $SIG{ALRM} = "DEFAULT";
+  exec { $criu } $criu, @_;
+  print STDERR "haul hook: cannot run $criu: $!\n"; exit 1;
+}
+sub needs_haul {
+  return 0 unless $args[0] eq "restore";
+  my $dir; for my $i (0 .. $#args - 1) { $dir = $args[$i + 1] if $args[$i] eq "-D"; }
+  return defined $dir && -f "$dir/$id_file";
+}
+# runs CRIU unchanged, saying why ($why) unless no agent is installed here at all; but a restore
+# whose pages went through haul cannot run without haul: say so ($missing) rather than let CRIU fail
+# on missing pages (the file is the one the source agent leaves in the checkpoint directory)
+sub native {
+  my ($why, $missing) = @_;
+  print STDERR "haul hook: $why; running criu $args[0] unchanged\n" if defined $why;
+  if (needs_haul()) { print STDERR "haul: this restore needs the pages haul moved, and " . ($missing // "no haul agent answered") . "\n"; exit 1; }
+  run_criu(@args);
+}
+native(undef, "no haul agent listens at $path") unless -S $path;
+$SIG{PIPE} = "IGNORE"; # an agent gone mid-request: a failed write, said on stderr, not a silent death
+socket(my $s, PF_UNIX, SOCK_STREAM, 0) or native("no socket: $!");
+connect($s, pack_sockaddr_un($path)) or native("the haul agent at $path does not answer: $!");
+$SIG{ALRM} = sub { native("the haul agent at $path did not answer in time") };
+my $within = $args[0] eq "dump" ? $dump_answer_s : $restore_answer_s;
+alarm($within);
+my $request = "{\"call\":" . js($args[0]) . ",\"pid\":$$,\"answer_within_ms\":" . ($within * 1000) . ",\"args\":[" . join(",", map { js($_) } @args) . "]}\n";
+for (my $sent = 0; $sent < length $request;) {
+  my $n = syswrite($s, $request, length($request) - $sent, $sent);
+  native("the haul agent at $path went away: $!") unless defined $n;
+  $sent += $n;
+}
+my $line = <$s>;
+native("the haul agent at $path closed without answering") unless defined $line;
+chomp $line;
+if ($line =~ /^error (.*)$/s) { print STDERR "$1\n"; exit 1; }
+my $page_server;
+if ($line =~ /^ps-socket (.+)$/s) {
+  my $ps_path = $1;
+  socket($page_server, PF_UNIX, SOCK_STREAM, 0) or native("no socket: $!");
+  # no fallback past this point: the agent waits for this dump on its page server
+  connect($page_server, pack_sockaddr_un($ps_path)) or do { print STDERR "haul hook: cannot reach haul page server at $ps_path: $!\n"; exit 1; };
+  my $flags = fcntl($page_server, F_GETFD, 0);
+  fcntl($page_server, F_SETFD, $flags & ~FD_CLOEXEC);
+  $line = <$s>;
+  native("the haul agent at $path stopped in the middle of its answer") unless defined $line;
+  chomp $line;
+}
+native("the haul agent at $path answered something else") unless $line =~ /^args (\d+)$/;
+my @new;
+{
+  local $/ = "\0";
+  for (1 .. $1) {
+    my $arg = <$s>;
+    native("the haul agent at $path stopped in the middle of its answer") unless defined $arg && chomp($arg);
+    push @new, $arg;
+  }
+}
+close $s;
+push @new, "--ps-socket", fileno($page_server) if defined $page_server;
+run_criu(@new);
