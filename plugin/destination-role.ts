@@ -4,8 +4,8 @@ import { join } from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { sendControl, ChannelKind, type LinkSession } from '../src/link/index.js';
 import type { Writable } from 'node:stream';
-import { pagesStoredIn, criuLogErrors, startLazyPagesDaemon, RestoredTree, headerLayoutFor, type CriuVersion, PAGE_SIZE } from '../src/criu/index.js';
-import { parseMode, type Mode, CacheStore, DISK_CHANGES_FILE, discardImages, applyDiskChanges, LazyCopyGuard, LazyPageStore } from '../proxy/index.js';
+import { pagesStoredIn, criuLogErrors, RestoredTree, type CriuVersion, PAGE_SIZE } from '../src/criu/index.js';
+import { parseMode, type Mode, CacheStore, DISK_CHANGES_FILE, discardImages, applyDiskChanges, type LazyCopyGuard, LazyPageStore, startLazyPageService } from '../proxy/index.js';
 import { ownerIdsOf } from './instance-idmap.js';
 import { instanceRestoredBy } from './restore-caller.js';
 import { BadNameError, migrationId } from '../src/name-grammars.js';
@@ -435,22 +435,13 @@ export class DestinationRole {
    */
   private async serveLazy(entry: Incoming, dir: string): Promise<{ readonly delivered: Promise<number> }> {
     const lazyPages = await entry.lazyPages;
-    const layout = headerLayoutFor(await this.criuVersion());
-    const { criu: daemon, served } = startLazyPagesDaemon(dir, lazyPages, { layout, logFile: join(entry.dir, 'lazy-pages.log'), ...(this.criuBinary ? { binary: this.criuBinary } : {}) });
-    // the restored container runs on pages still at the source: see LazyCopyGuard (Incus then
-    // shows a container it ended as stopped)
-    const guard = new LazyCopyGuard(entry.session, () => entry.restored, () => daemon.child.kill('SIGKILL'));
+    // Incus shows a container the guard ended as stopped
+    const service = await startLazyPageService({ session: entry.session, pages: lazyPages, dir, logFile: join(entry.dir, 'lazy-pages.log'), ...(this.criuBinary ? { criuBinary: this.criuBinary } : {}), criuVersion: await this.criuVersion(), restored: () => entry.restored });
+    const { guard } = service;
     entry.guard = guard;
-    try {
-      await daemon.ready;
-    } catch (error) {
-      daemon.child.kill('SIGKILL');
-      throw error;
-    }
     const delivered = (async () => {
       try {
-        await daemon.exited;
-        await served;
+        await service.delivered();
         await guard.release();
         await entry.restored?.resume(); // every page is here: whatever the link does, it runs
         await sendControl(entry.answers, { lazy_complete: { pages: BigInt(lazyPages.received) } });

@@ -1,10 +1,10 @@
 import { mkdirSync } from 'node:fs';
 import { mkdir } from 'node:fs/promises';
 import { join } from 'node:path';
-import { runCriu, startLazyPagesDaemon, RestoredTree, criuVersion, headerLayoutFor } from '../src/criu/index.js';
+import { runCriu, RestoredTree } from '../src/criu/index.js';
 import { sendControl, type EndpointOptions, ChannelKind, LinkListener, type LinkSession } from '../src/link/index.js';
 import { CacheStore, discardImages } from './cache-store.js';
-import { LazyCopyGuard } from './lazy-copy-guard.js';
+import { startLazyPageService } from './lazy-restore.js';
 import { LazyPageStore } from './lazy-page-store.js';
 
 export interface CacheOptions extends EndpointOptions {
@@ -134,20 +134,19 @@ export class ImageCache {
         return;
       }
       // lazy: the restore starts before the memory is here; criu lazy-pages asks haul, haul asks the source
-      const layout = headerLayoutFor(await criuVersion());
-      const { criu: daemon, served } = startLazyPagesDaemon(dir, lazyPages, { layout, logFile: join(dir, 'lazy-pages.log') });
+      let restoring: RestoredTree | undefined;
+      const service = await startLazyPageService({ session, pages: lazyPages, dir, logFile: join(dir, 'lazy-pages.log'), ...(this.options.criuBinary ? { criuBinary: this.options.criuBinary } : {}), restored: () => restoring });
+      const { guard } = service;
       try {
-        await daemon.ready;
         await runCriu('restore', ['--lazy-pages', '-D', dir, '-d', '--pidfile', pidFile], { logFile: join(dir, 'restore.log'), cwd: dir, ...restoreBinary });
-        tree = await RestoredTree.fromPidFile(pidFile);
+        tree = restoring = await RestoredTree.fromPidFile(pidFile);
       } catch (error) {
         // no restore will ever connect to it: the lazy-pages daemon would wait forever
-        daemon.child.kill('SIGKILL');
+        service.kill();
+        await guard.release();
         throw error;
       }
-      // the restored tree runs on pages still at the source: see LazyCopyGuard
       const restored = tree;
-      const guard = new LazyCopyGuard(session, () => restored, () => daemon.child.kill('SIGKILL'));
       session.once('aborted', (error) => lazyPages.fail(error));
       try {
         if (!session.isOpen) throw new Error('the link to the source failed during the restore');
@@ -155,8 +154,7 @@ export class ImageCache {
         await sendControl(answer.writable, { restore_result: { ok: true, error: '', pid: tree.pid } });
         reported = true;
         this.options.onEvent?.({ kind: 'restored', id, pid: tree.pid });
-        await daemon.exited;
-        await served;
+        await service.delivered();
         guard.pagesComplete();
         // every page is here: the source ends its copy when it hears so, and commits
         const unsent = { detached: !session.attached, attachments: session.attachments };

@@ -13,4 +13,5 @@ export { dumpToLink, dumpToLinkLocal, type DumpToLink } from './dump-to-link.js'
 export { sendImageFiles } from './images-to-link.js';
 export { LazyCopyGuard } from './lazy-copy-guard.js';
 export { LazyPageStore } from './lazy-page-store.js';
+export { startLazyPageService, type LazyPageService } from './lazy-restore.js';
 export { FaultQueue, moveLazyPages } from './lazy-source.js';
