@@ -1,11 +1,10 @@
 import { createReadStream, mkdirSync } from 'node:fs';
-import { chmod, chown, lstat, readdir, rm, stat } from 'node:fs/promises';
+import { chmod, chown, lstat, readdir, stat } from 'node:fs/promises';
 import { join } from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
-import { sendControl, ChannelKind, type LinkSession } from '../src/link/index.js';
-import type { Writable } from 'node:stream';
+import type { LinkSession } from '../src/link/index.js';
 import { pagesStoredIn, criuLogErrors, RestoredTree, type CriuVersion, PAGE_SIZE } from '../src/criu/index.js';
-import { parseMode, type Mode, CacheStore, DISK_CHANGES_FILE, discardImages, applyDiskChanges, type LazyCopyGuard, LazyPageStore, startLazyPageService } from '../proxy/index.js';
+import { parseMode, type Mode, DestinationMigration, DISK_CHANGES_FILE, discardImages, applyDiskChanges, type LazyCopyGuard, type LazyPageStore, type RestoreOutcome } from '../proxy/index.js';
 import { ownerIdsOf } from './instance-idmap.js';
 import { instanceRestoredBy } from './restore-caller.js';
 import { BadNameError, migrationId } from '../src/name-grammars.js';
@@ -16,7 +15,7 @@ import type { IncusEvent } from './incus-events.js';
 import type { InFlight, MigrationProgress } from './in-flight.js';
 import type { MigrationRecord, MigrationRecords } from './migration-records.js';
 import { repairFailedArrival } from './arrival-repair.js';
-import { RestoreWatch, type RestoreOutcome } from './restore-watch.js';
+import { RestoreWatch } from './restore-watch.js';
 import { RestoreLogGate } from './restore-log-gate.js';
 import { placeImageFiles, readPlainFile } from './restore-dir-files.js';
 import { connectionFilters, cutConnections, cuttableEndpoints } from './incus-connections.js';
@@ -45,7 +44,8 @@ interface WatchedRestore {
 interface Incoming {
   readonly mode: Mode;
   readonly session: LinkSession;
-  readonly answers: Writable;
+  /** What the source sends, stored here, and what this host says back. */
+  readonly migration: DestinationMigration;
   readonly lazyPages: Promise<LazyPageStore>;
   readonly instance: string;
   readonly peer: string;
@@ -117,31 +117,20 @@ export class DestinationRole {
   /** A session from a peer's source role; `peerAddress`: the remote address of the connection it came over. */
   serve(session: LinkSession, peerAddress: string | undefined): void {
     const dir = join(this.cacheDir, `${Date.now()}-${++this.sessions}`);
-    mkdirSync(dir, { mode: 0o700 });
-    const store = new CacheStore(session, dir); // before any await: channels are announced at once
-    const answers = session.openChannel(ChannelKind.CONTROL, 'answers');
-    // lazy mode: pages the restore faults on are asked for, and come with all the others
-    const lazyPages = LazyPageStore.forSession(session, join(dir, 'lazy-pages.bin'));
-    session.once('aborted', (error) => {
-      lazyPages.then((pages) => (pages.fail(error), pages.close())).catch((failure: Error) => this.log(`the lazy-pages store of an aborted session did not close: ${failure.message}`));
-    });
+    // before any await: the source's channels are announced at once
+    const migration = DestinationMigration.begin(session, dir);
+    const { store, lazyPages } = migration;
     void (async () => {
       let start;
       try {
-        start = await store.control.next('migration_start');
+        start = await migration.start();
       } catch {
         // a peer that only checked it could link here (haul doctor), or went away before starting
-        await (await lazyPages).close();
-        await rm(dir, { recursive: true, force: true });
+        await migration.forget();
         return;
       }
       const peer = start.source_host || 'unnamed peer';
-      const turnDown = async (reason: string): Promise<void> => {
-        await sendControl(answers.writable, { migration_accepted: { ok: false, error: reason } });
-        answers.writable.end();
-        await (await lazyPages).close();
-        await rm(dir, { recursive: true, force: true });
-      };
+      const turnDown = (reason: string): Promise<void> => migration.refuse(reason);
       let instance: string;
       let id: string;
       try {
@@ -171,7 +160,7 @@ export class DestinationRole {
       if (restoreTimeoutMs < start.restore_timeout_ms) this.log(`${instance}: ${peer} asks for a restore timeout of ${start.restore_timeout_ms / 1000} s; this host allows at most ${this.restoreTimeoutMs / 1000} s (--restore-timeout)`);
       const manager = cuttableEndpoints(start.manager_addresses, peerAddress);
       if (manager.ignored.length) this.log(`${instance}: ignored incusd addresses from ${peer} that are not IP addresses of the link's peer (${peerAddress ?? 'unknown'}) or past the first few: ${manager.ignored.slice(0, 8).join(', ')}`);
-      this.incoming.set(id, { mode, session, answers: answers.writable, lazyPages, instance, peer, dir, startedAt, complete: store.complete, progress, restoreTimeoutMs, sourceManagerAddresses: manager.endpoints });
+      this.incoming.set(id, { mode, session, migration, lazyPages, instance, peer, dir, startedAt, complete: store.complete, progress, restoreTimeoutMs, sourceManagerAddresses: manager.endpoints });
       // the source gave up before the restore came: nothing is in progress here any more
       session.once('aborted', () => {
         if (!this.incoming.has(id)) return;
@@ -182,15 +171,15 @@ export class DestinationRole {
         setTimeout(() => this.incoming.get(id)?.session === session && this.incoming.delete(id), PAGES_WAIT_MS).unref();
       });
       this.arrivals.splice(0).forEach((wake) => wake());
-      await sendControl(answers.writable, { migration_accepted: { ok: true, error: '' } });
+      await migration.accept();
       try {
         await store.complete;
-        await sendControl(answers.writable, { images_stored: { ok: true, error: '' } });
+        await migration.reportStored();
         this.log(`${instance}: pages of migration ${id} stored, waiting for the restore`);
         this.inFlight.update(progress, { phase: 'pages stored; waiting for Incus to restore' });
       } catch (error) {
         const reason = error instanceof Error ? error.message : String(error);
-        if (session.isOpen) await sendControl(answers.writable, { images_stored: { ok: false, error: reason } }).catch(() => {});
+        if (session.isOpen) await migration.reportStored(reason).catch(() => {});
         throw error;
       }
     })().catch((error: Error) => this.log(`an incoming migration failed: ${error.message}`));
@@ -338,7 +327,7 @@ export class DestinationRole {
       entry.restored = RestoredTree.ofRoot(outcome.pid);
       entry.guard?.matchLink(); // the link may have gone down meanwhile
     }
-    await sendControl(entry.answers, { restore_result: outcome.ok ? { ok: true, error: '', pid: outcome.pid } : { ok: false, error: outcome.error, pid: 0 } }).catch(() => {});
+    await entry.migration.reportRestore(outcome).catch(() => {});
     if (watched?.log) {
       const { gate } = watched.log;
       if (outcome.ok) {
@@ -364,7 +353,7 @@ export class DestinationRole {
         failure = `lazy pages could not all be delivered: ${error instanceof Error ? error.message : String(error)}`;
       }
     }
-    entry.answers.end();
+    entry.migration.end();
     const totalMs = Date.now() - entry.startedAt.getTime();
     if (failure) {
       this.log(`${entry.instance}: migration ${record.id} failed: ${failure}`);
@@ -436,7 +425,7 @@ export class DestinationRole {
   private async serveLazy(entry: Incoming, dir: string): Promise<{ readonly delivered: Promise<number> }> {
     const lazyPages = await entry.lazyPages;
     // Incus shows a container the guard ended as stopped
-    const service = await startLazyPageService({ session: entry.session, pages: lazyPages, dir, logFile: join(entry.dir, 'lazy-pages.log'), ...(this.criuBinary ? { criuBinary: this.criuBinary } : {}), criuVersion: await this.criuVersion(), restored: () => entry.restored });
+    const service = await entry.migration.serveLazy({ restoreDir: dir, ...(this.criuBinary ? { criuBinary: this.criuBinary } : {}), criuVersion: await this.criuVersion(), restored: () => entry.restored });
     const { guard } = service;
     entry.guard = guard;
     const delivered = (async () => {
@@ -444,7 +433,7 @@ export class DestinationRole {
         await service.delivered();
         await guard.release();
         await entry.restored?.resume(); // every page is here: whatever the link does, it runs
-        await sendControl(entry.answers, { lazy_complete: { pages: BigInt(lazyPages.received) } });
+        await entry.migration.reportLazyComplete(lazyPages.received);
         return lazyPages.received;
       } catch (error) {
         const reason = error instanceof Error ? error.message : String(error);

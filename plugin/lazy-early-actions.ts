@@ -21,6 +21,7 @@ import { ActionScript, isPagesFileName } from '../src/criu/index.js';
 export class LazyEarlyActions {
   private constructor(
     private readonly script: ActionScript,
+    private readonly state: { abandoned: boolean; passed: boolean },
     /** Resolves when CRIU's lazy page server listens. */
     readonly statusReady: Promise<void>,
     /** Resolves when the dump is over and its images but the page data are in Incus' directory. */
@@ -39,19 +40,34 @@ export class LazyEarlyActions {
       inner: incusScript,
       steps: { 'post-dump': { hold: true, inner: 'detach' }, 'status-ready': { tell: true } },
     });
+    const state = { abandoned: false, passed: false };
     const postDump = script.reached('post-dump').then(async () => {
       try {
+        if (state.abandoned) throw new Error('the migration was abandoned before the dump reached post-dump');
         await moveImages(images.dumpDir, images.checkpointDir);
+        // abandoned while they moved: still in time to fail post-dump
+        if (state.abandoned) throw new Error('the migration was abandoned at post-dump');
       } catch (error) {
         await script.answer('post-dump', false);
         throw error;
       }
+      state.passed = true;
       await script.answer('post-dump', true);
     });
     postDump.catch(() => {});
     const statusReady = script.reached('status-ready').then(() => {});
     statusReady.catch(() => {});
-    return new LazyEarlyActions(script, statusReady, postDump, script.innerStatus('post-dump'));
+    return new LazyEarlyActions(script, state, statusReady, postDump, script.innerStatus('post-dump'));
+  }
+
+  /**
+   * The migration failed: if the dump has not passed post-dump yet, it fails there (CRIU resumes
+   * the source, and Incus' step never runs) and this returns true. Past it, CRIU's lazy page server
+   * is where the source resumes (LazyDump.resume), and this returns false.
+   */
+  abandon(): boolean {
+    this.state.abandoned = true;
+    return !this.state.passed;
   }
 
   async close(): Promise<void> {

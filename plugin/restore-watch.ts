@@ -1,8 +1,8 @@
 import { setTimeout as sleep } from 'node:timers/promises';
 import { ActionScript } from '../src/criu/index.js';
+import type { RestoreOutcome } from '../proxy/index.js';
 import { identify, isRunning, killRestoreTree } from '../src/host/index.js';
 
-export type RestoreOutcome = { readonly ok: true; readonly pid: number } | { readonly ok: false; readonly error: string };
 
 /** How often the watch looks whether CRIU is still there. */
 const POLL_MS = 50;

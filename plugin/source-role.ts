@@ -1,17 +1,14 @@
 import { randomUUID } from 'node:crypto';
 import { mkdir, readdir, rm, stat, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
-import type { Writable } from 'node:stream';
 import { pipeline } from 'node:stream/promises';
-import type { Socket } from 'node:net';
 import { setTimeout as sleep } from 'node:timers/promises';
-import { LazyPagesClient, PAGE_SIZE, type HeaderLayout, headerLayoutFor, type CriuVersion, fitsUnixSocketPath, isPagesFileName, lazyRunsIn, pagesStoredIn } from '../src/criu/index.js';
-import { sendControl, ControlInbox, dialLink, type EndpointOptions, ChannelKind, type LinkSession } from '../src/link/index.js';
-import { expectPeerProcess, guardNewLoopbackPort, type LoopbackGuard } from '../src/host/index.js';
-import { parseMode, type Mode, dumpToLink, dumpToLinkLocal, type DumpToLink, sendImageFiles, FaultQueue, moveLazyPages, DISK_CHANGES_FILE, packDiskChanges } from '../proxy/index.js';
+import { PAGE_SIZE, type HeaderLayout, headerLayoutFor, type CriuVersion, fitsUnixSocketPath, isPagesFileName, lazyRunsIn, pagesStoredIn } from '../src/criu/index.js';
+import { dialLink, type EndpointOptions, ChannelKind, type LinkSession } from '../src/link/index.js';
+import { LAZY_SERVER_MS, LazyDump, parseMode, type Mode, dumpToLink, dumpToLinkLocal, type DumpToLink, SourceMigration, DISK_CHANGES_FILE, packDiskChanges } from '../proxy/index.js';
 import type { InFlight, MigrationProgress } from './in-flight.js';
 import { ObservedPostDump } from './observed-post-dump.js';
-import { hasEnded, identify, isRunning, type ProcessIdentity } from '../src/host/index.js';
+import { identify, isRunning, type ProcessIdentity } from '../src/host/index.js';
 import { LazyEarlyActions } from './lazy-early-actions.js';
 import { MIGRATION_ID_FILE, argumentOf, type HookReply } from './hook-protocol.js';
 import type { IncusClient, IncusInstance } from './incus-client.js';
@@ -19,7 +16,6 @@ import type { MigrationRecord, MigrationRecords } from './migration-records.js';
 
 const PEER_ANSWER_MS = 10_000;
 const PAGES_STORED_MS = 10 * 60_000;
-const LAZY_SERVER_MS = 60_000;
 /** Lazy: how long the push of pages nobody faulted waits for the destination's restore report. */
 const PUSH_HOLD_MS = 10_000;
 /** How often a lazy dump's CRIU is looked at until post-dump. */
@@ -101,9 +97,8 @@ function restoreTimeoutMs(instance: IncusInstance): number {
 /** One migration this agent sends, from the moment its peer accepted it. */
 interface Outgoing {
   readonly session: LinkSession;
-  readonly control: Writable;
-  /** The destination's answers, on the control channel it opens. */
-  readonly answers: ControlInbox;
+  /** What is said between the two hosts about this migration. */
+  readonly migration: SourceMigration;
   /** Incus' checkpoint directory, the dump's -D as liblxc gives it. */
   readonly dir: string;
   readonly record: Omit<MigrationRecord, 'totalMs' | 'result'>;
@@ -188,12 +183,10 @@ export class SourceRole {
       try {
         ({ session } = await withinHookDeadline(dialLink(peer.url, this.endpoint), hook, (late) => late.session.close()));
         // before any await: the peer opens its channels as soon as the session exists
-        const answers = new ControlInbox(session);
-        const faults = new FaultQueue(session);
-        const control = session.openChannel(ChannelKind.CONTROL, 'migration');
+        const migration = SourceMigration.over(session, mode);
         const version3 = `${version.major}.${version.minor}.${version.patch}`;
-                await sendControl(control.writable, { migration_start: { mode, pid, criu_version: version3, instance: instance.name, migration_id: id, source_host: this.hostName, restore_timeout_ms: restoreTimeoutMs(instance), manager_addresses: await managerAddresses } });
-        const accepted = await withinHookDeadline(answers.next('migration_accepted', PEER_ANSWER_MS), hook);
+                await migration.announce({ pid, criuVersion: version3, instance: instance.name, migration_id: id, source_host: this.hostName, restore_timeout_ms: restoreTimeoutMs(instance), manager_addresses: await managerAddresses });
+        const accepted = await withinHookDeadline(migration.accepted(PEER_ANSWER_MS), hook);
         if (!accepted.ok) {
           refusals.push(`${peer.name}: ${accepted.error}`);
           session.close();
@@ -215,7 +208,7 @@ export class SourceRole {
         const record = { ...base, id, peer: peer.name };
         const progress = this.inFlight.start({ id, instance: instance.name, role: 'source', peer: peer.name, mode, phase: 'dumping', pages: 0, startedAt: startedAt.toISOString() });
         this.log(`${instance.name}: dump pages go to ${peer.name} through haul (${mode}, migration ${id})`);
-        const outgoing: Outgoing = { session, control: control.writable, answers, dir, record, startedAt, progress, disk };
+        const outgoing: Outgoing = { session, migration, dir, record, startedAt, progress, disk };
         const incusScript = argumentOf(args, '--action-script')!;
         const replaced = (flag: string, value: string, from: readonly string[]): string[] => from.map((arg, at) => (from[at - 1] === flag ? value : arg));
         if (mode === 'pre-copy') {
@@ -246,17 +239,16 @@ export class SourceRole {
         if (!criu) throw new Error("the hook did not say which process becomes CRIU, so haul could not tell CRIU's lazy page server from an impostor");
         // nothing but haul's lazy client is to connect there: root's other sockets neither (an
         // Incus proxy device's forkproxy)
-        const guard = await guardNewLoopbackPort({ ownClientsOnly: true });
-        if (guard.bindableByAnyone) this.log(`${instance.name}: warning: ${guard.bindableByAnyone}; a local user who binds port ${guard.port} first can make this move fail (not take it over)`);
-        const lazyPort = guard.port;
+        const lazy = await LazyDump.prepare();
+        if (lazy.bindableByAnyone) this.log(`${instance.name}: warning: ${lazy.bindableByAnyone}; a local user who binds port ${lazy.port} first can make this move fail (not take it over)`);
         const actions = await LazyEarlyActions.create(workDir, incusScript, { dumpDir, checkpointDir: dir }).catch(async (error: unknown) => {
-          await guard.release();
+          await lazy.releaseWhenGone(undefined);
           throw error;
         });
-        this.followLazy(outgoing, faults, actions, layout, { dumpDir, guard, criu })
+        this.followLazy(outgoing, actions, layout, { dumpDir, lazy, criu })
           .catch((error: Error) => this.log(`${instance.name}: following lazy migration ${id} failed: ${error.message}`));
         const lazyArgs = replaced('-D', dumpDir, replaced('--action-script', actions.scriptPath, args));
-        return { args: [...lazyArgs, '--lazy-pages', '--address', '127.0.0.1', '--port', String(lazyPort)] };
+        return { args: [...lazyArgs, ...lazy.criuArgs()] };
       } catch (error) {
         refusals.push(`${peer.name}: ${error instanceof Error ? error.message : String(error)}`);
         // a stray id in Incus' directory would make the native restore wait for haul, and fail
@@ -307,7 +299,7 @@ export class SourceRole {
    * changes where the pool needs them, then the count of what was sent, then until the
    * destination says it stored it all.
    */
-  private async imagesStored({ session, control, answers, progress, disk, record }: Outgoing, sent: { readonly pages: number; readonly files: number; readonly pageStreams: number }): Promise<void> {
+  private async imagesStored({ session, migration, progress, disk, record }: Outgoing, sent: { readonly pages: number; readonly files: number; readonly pageStreams: number }): Promise<void> {
     if (disk) {
       // the memory is dumped and the container still frozen: its disk holds still
       this.inFlight.update(progress, { pages: sent.pages, phase: 'sending the disk changes since the snapshot' });
@@ -318,9 +310,8 @@ export class SourceRole {
       this.log(`${record.instance}: disk changes since the snapshot sent: ${carried.files} files (${carried.bytes} bytes), ${carried.symlinks} symlinks, ${carried.directories} directories${skipped}`);
     }
     this.inFlight.update(progress, { pages: sent.pages, phase: 'waiting for the destination to store the pages and restore' });
-    await sendControl(control, { images_complete: { files: sent.files, page_streams: sent.pageStreams, bytes: 0n, filesystem_tars: disk ? 1 : 0 } });
-    const stored = await answers.next('images_stored', PAGES_STORED_MS);
-    if (!stored.ok) throw new Error(`the destination could not store the pages: ${stored.error}`);
+    await migration.imagesComplete({ files: sent.files, pageStreams: sent.pageStreams, bytes: 0, filesystemTars: disk ? 1 : 0 });
+    await migration.stored(PAGES_STORED_MS);
   }
 
   /**
@@ -355,10 +346,10 @@ export class SourceRole {
    * a failed restore as a success: the record says so.
    */
   private async follow(outgoing: Outgoing, forward: DumpToLink, observed: ObservedPostDump): Promise<void> {
-    const { session, control, answers, dir, record, startedAt, progress } = outgoing;
+    const { session, migration, dir, record, startedAt, progress } = outgoing;
     let stored = false;
     try {
-      const restoreReport = answers.next('restore_result', PAGES_STORED_MS).then((result) => ({ result, at: Date.now() }));
+      const restoreReport = migration.restoreReport(PAGES_STORED_MS).then((result) => ({ result, at: Date.now() }));
       restoreReport.catch(() => {});
       // pages stop flowing when the link fails, and CRIU would wait on its page-server session forever
       const summary = await Promise.race([forward.received, forward.failed]);
@@ -380,8 +371,7 @@ export class SourceRole {
         throw new Error(`Incus reported the restore as a success, but it failed on the destination (${report.result.error}); Incus 6.0.4 then lets incus move delete the source: the destination keeps a stopped copy with the disk`);
       }
       if (report instanceof Error) this.log(`${record.instance}: haul's destination did not confirm the restore (${report.message}); Incus says it succeeded`);
-      control.end();
-      session.close();
+      migration.finish();
       const downtimeMs = report instanceof Error ? undefined : report.at - startedAt.getTime();
       await this.records.add({ ...record, pages, bytes: pages * PAGE_SIZE, checkpointPageFiles, totalMs: Date.now() - startedAt.getTime(), ...(downtimeMs === undefined ? {} : { downtimeMs }), result: 'moved' });
     } catch (error) {
@@ -403,16 +393,15 @@ export class SourceRole {
    * Incus' own post-dump step reported the restore; on any failure a bad header makes CRIU resume
    * it. `criu`: the dump's process, so that a dump that fails before post-dump is not waited for.
    */
-  private async followLazy(outgoing: Outgoing, faults: FaultQueue, actions: LazyEarlyActions, layout: HeaderLayout, dump: { readonly dumpDir: string; readonly guard: LoopbackGuard; readonly criu: ProcessIdentity }): Promise<void> {
-    const { session, control, answers, dir, record, startedAt, progress } = outgoing;
+  private async followLazy(outgoing: Outgoing, actions: LazyEarlyActions, layout: HeaderLayout, dump: { readonly dumpDir: string; readonly lazy: LazyDump; readonly criu: ProcessIdentity }): Promise<void> {
+    const { session, migration, dir, record, startedAt, progress } = outgoing;
     const { dumpDir } = dump;
-    let lazyServer: Socket | undefined;
     let incusFailure: string | undefined;
     void actions.incusPostDump.then((status) => status !== 0 && (incusFailure = `Incus' post-dump step failed (${status}): the destination did not restore`)).catch(() => {});
     // haul's destination reports the restore itself too: Incus' word alone can call a failure a success
     let restoreFailure: string | undefined;
     let restoredAt: number | undefined;
-    const restoreReported = answers.next('restore_result', PAGES_STORED_MS).then(
+    const restoreReported = migration.restoreReport(PAGES_STORED_MS).then(
       (result) => void (result.ok ? (restoredAt = Date.now()) : (restoreFailure = `the restore failed on the destination: ${result.error}`)),
       () => {},
     );
@@ -421,19 +410,14 @@ export class SourceRole {
       const eager = await pagesStoredIn(dumpDir);
       const checkpointPageFiles = await this.checkpointPageFiles(dir);
       const lazyRuns = await lazyRunsIn(dir); // the pagemaps went with the other images
-      const { files } = await sendImageFiles(session, dumpDir, isPagesFileName);
+      const { files } = await migration.sendImages(dumpDir, isPagesFileName);
       await this.imagesStored(outgoing, { pages: eager, files, pageStreams: 0 });
       await Promise.race([actions.statusReady, sleep(LAZY_SERVER_MS).then(() => Promise.reject(new Error(`CRIU's lazy page server did not start within ${LAZY_SERVER_MS / 1000} s`)))]);
-      lazyServer = await dump.guard.connect();
-      // someone may have taken the port before CRIU could: nothing is asked of it or believed
-      // until CRIU is seen to hold the other end (CRIU then stops listening: the guard can go)
-      await expectPeerProcess(lazyServer, dump.criu);
-      await dump.guard.release();
-      const client = new LazyPagesClient(lazyServer, layout);
+      const client = await dump.lazy.connect(dump.criu, layout);
       const total = lazyRuns.reduce((sum, run) => sum + run.nrPages, 0);
       this.log(`${record.instance}: ${total} lazy pages to move`);
       this.inFlight.update(progress, { phase: 'restored on the destination; moving its memory', pages: eager, totalPages: eager + total });
-      const pulled = await moveLazyPages(session, client, lazyRuns, faults, {
+      const pulled = await migration.movePages(client, lazyRuns, {
         stop: () => incusFailure ?? restoreFailure,
         // while the destination restores, its faults alone: pushing the rest then (a whole
         // container's memory at 1 GiB) slowed the restore and Incus' own steps on the way to it
@@ -442,28 +426,21 @@ export class SourceRole {
       });
       this.inFlight.update(progress, { phase: "waiting for the destination's last page and Incus' restore report" });
       this.log(`${record.instance}: all ${pulled} lazy pages sent; waiting for the destination and for Incus' restore report`);
-      await answers.next('lazy_complete', PAGES_STORED_MS);
+      await migration.lazyComplete(PAGES_STORED_MS);
       const status = await actions.incusPostDump;
       this.log(`${record.instance}: Incus' post-dump step ended with ${status}`);
       if (status !== 0) throw new Error(incusFailure!);
       if (restoreFailure) throw new Error(restoreFailure);
-      await client.close(); // every page has moved and Incus restored it: CRIU ends the source
-      control.end();
-      session.close();
+      await dump.lazy.end(); // every page has moved and Incus restored it: CRIU ends the source
+      migration.finish();
       const pages = eager + pulled;
       const downtimeMs = restoredAt === undefined ? undefined : restoredAt - startedAt.getTime();
       await this.records.add({ ...record, pages, bytes: pages * PAGE_SIZE, checkpointPageFiles, totalMs: Date.now() - startedAt.getTime(), ...(downtimeMs === undefined ? {} : { downtimeMs }), result: 'moved' });
     } catch (error) {
       const reason = error instanceof Error ? error.message : String(error);
-      // a bad header fails CRIU's lazy session and it resumes the source
-      if (lazyServer) lazyServer.end(Buffer.from([0xff]));
-      else {
-        // past post-dump (which haul's script passes) CRIU would wait for a lazy client forever:
-        // be that client, with a bad header
-        Promise.race([actions.statusReady.then(() => true), sleep(LAZY_SERVER_MS).then(() => false)]).then((listening) => {
-          if (listening) return dump.guard.connect().then((socket) => void socket.on('error', () => {}).end(Buffer.from([0xff])));
-        }).catch((failure: Error) => this.log(`${record.instance}: could not end CRIU's lazy page server: ${failure.message}`));
-      }
+      // CRIU resumes the source: it fails post-dump when not past it yet, else haul ends its lazy
+      // page server's session with a bad header (CRIU would wait for a lazy client for good)
+      if (!actions.abandon()) dump.lazy.resume(actions.statusReady).catch((failure: Error) => this.log(`${record.instance}: could not end CRIU's lazy page server: ${failure.message}`));
       if (session.isOpen) session.abort(reason);
       this.log(`${record.instance}: lazy migration ${record.id} failed: ${reason}`);
       await this.records.add({ ...record, totalMs: Date.now() - startedAt.getTime(), result: 'failed', error: reason });
@@ -472,10 +449,9 @@ export class SourceRole {
       // CRIU may still be on its way to listening (a failure came first: it goes on to its lazy
       // page server all the same), and would take any client then: the guard goes only with CRIU,
       // or by its own timeout (released already when haul was seen connected to CRIU)
-      hasEnded(dump.criu, 200, LAZY_SERVER_MS + 30_000).then(async () => {
-        if (isRunning(dump.criu)) this.log(`${record.instance}: CRIU's lazy dump ${dump.criu.pid} still runs; its port stays guarded until the guard expires`);
-        else await dump.guard.release();
-      }).catch((failure: Error) => this.log(`${record.instance}: could not release the guard of port ${dump.guard.port}: ${failure.message}`));
+      dump.lazy.releaseWhenGone(dump.criu).then((released) => {
+        if (released === 'criu-runs') this.log(`${record.instance}: CRIU's lazy dump ${dump.criu.pid} still runs; its port stays guarded until the guard expires`);
+      }).catch((failure: Error) => this.log(`${record.instance}: could not release the guard of port ${dump.lazy.port}: ${failure.message}`));
       await actions.close();
       // the page data haul sent; the rest of the directory is swept later (CRIU writes its stats
       // there as it ends)

@@ -5,8 +5,7 @@ import type { LinkSession } from '../src/link/index.js';
 import { LinkPagemapSink } from './pages-to-link.js';
 
 /**
- * haul's page server for one `criu dump --page-server` (with or without --lazy-pages), on loopback
- * TCP or on a unix socket: every pagemap and page CRIU sends goes straight onto the link.
+ * haul's page server for one pre-copy `criu dump --page-server`, on loopback TCP or on a unix socket: every pagemap and page CRIU sends goes straight onto the link.
  * `received` settles when CRIU has closed its page-server session (all pages are on the link) or
  * the session failed.
  *
@@ -15,7 +14,8 @@ import { LinkPagemapSink } from './pages-to-link.js';
  * it waits for an answer, so the last pagemap's entries and the CLOSE sit in the cork until the
  * kernel's 200 ms timer sends them, inside the container's freeze. A unix socket has no cork.
  * CRIU 4.1.1 cannot use --ps-socket with --lazy-pages: it closes the socket at the end of the dump
- * and then serves lazy pages on the same, closed, descriptor.
+ * and then serves lazy pages on the same, closed, descriptor; so lazy dumps bypass haul's page
+ * server altogether (lazy-dump.ts).
  */
 export interface DumpToLink {
   readonly pages: LinkPagemapSink;
@@ -30,14 +30,13 @@ export interface DumpToLink {
 }
 
 /**
- * CRIU connects to `port` on 127.0.0.1 (--page-server --address 127.0.0.1 --port; any free one
- * unless `options.port` says which). Any local user
+ * CRIU connects to a free port on 127.0.0.1 (--page-server --address 127.0.0.1 --port). Any local user
  * can connect there too: only a connection held by the process `criu` names (once CRIU runs; its pid
  * and start time) is served; others are dropped unread and reported to `onRefused`.
  */
-export async function dumpToLink(session: LinkSession, layout: HeaderLayout, criu: Promise<ProcessIdentity>, options: { readonly port?: number; readonly onRefused?: (error: unknown) => void } = {}): Promise<DumpToLink & { readonly port: number }> {
+export async function dumpToLink(session: LinkSession, layout: HeaderLayout, criu: Promise<ProcessIdentity>, options: { readonly onRefused?: (error: unknown) => void } = {}): Promise<DumpToLink & { readonly port: number }> {
   criu.catch(() => {}); // a pid never known refuses every connection, below
-  const server = await acceptOne('127.0.0.1', options.port ?? 0, async (socket) => expectPeerProcess(socket, await criu), options.onRefused);
+  const server = await acceptOne('127.0.0.1', 0, async (socket) => expectPeerProcess(socket, await criu), options.onRefused);
   return { ...forwardDump(session, layout, server), port: server.port };
 }
 

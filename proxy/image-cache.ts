@@ -1,11 +1,9 @@
-import { mkdirSync } from 'node:fs';
 import { mkdir } from 'node:fs/promises';
 import { join } from 'node:path';
 import { runCriu, RestoredTree } from '../src/criu/index.js';
-import { sendControl, type EndpointOptions, ChannelKind, LinkListener, type LinkSession } from '../src/link/index.js';
-import { CacheStore, discardImages } from './cache-store.js';
-import { startLazyPageService } from './lazy-restore.js';
-import { LazyPageStore } from './lazy-page-store.js';
+import { type EndpointOptions, LinkListener, type LinkSession } from '../src/link/index.js';
+import { type CacheStore, discardImages } from './cache-store.js';
+import { DestinationMigration } from './destination-migration.js';
 
 export interface CacheOptions extends EndpointOptions {
   readonly address: string;
@@ -90,55 +88,42 @@ export class ImageCache {
 
   private async serve(session: LinkSession): Promise<void> {
     const id = `${new Date().toISOString().replace(/[:.]/g, '-')}-${++this.migrations}`;
-    const dir = join(this.options.dir, id);
-    // nothing awaited before every channel is listened for: the source's channels are announced
-    // once, right after the handshake (an awaited mkdir waits for libuv's thread pool, and under a
-    // busy one the source's control channel came and went meanwhile)
-    mkdirSync(dir, { mode: 0o700 });
-    const store = new CacheStore(session, dir);
-    const answer = session.openChannel(ChannelKind.CONTROL, 'restore-result');
-    const lazyPagesReady = LazyPageStore.forSession(session, join(dir, 'lazy-pages.bin'));
-    const lazyPages = await lazyPagesReady;
+    const migration = DestinationMigration.begin(session, join(this.options.dir, id));
+    const { dir, store } = migration;
+    const lazyPages = await migration.lazyPages;
     this.options.onEvent?.({ kind: 'migration', id, dir });
     const commitWithinMs = this.options.commitWithinMs ?? DEFAULT_COMMIT_WITHIN_MS;
-    const restoreBinary = this.options.criuBinary ? { binary: this.options.criuBinary } : {};
+    const criuBinary = this.options.criuBinary ? { binary: this.options.criuBinary } : {};
     const pidFile = join(dir, 'restored.pid');
     let tree: RestoredTree | undefined;
     let reported = false;
+    /** The copy here is held stopped: the link failed after a report that let the source end its own. */
+    const inDoubt = async (after: string, reason: string, held: RestoredTree): Promise<void> => {
+      const error = `the link failed after ${after}, before the source confirmed it ended its copy (${reason}); pid ${held.pid} is kept stopped: if the source process is gone, run it with kill -CONT, else kill it`;
+      this.options.onEvent?.({ kind: 'in-doubt', id, pid: held.pid, error });
+    };
     try {
       await completeWhileArriving(store, this.options.idleMs ?? DEFAULT_IDLE_MS);
       const lazy = store.control.messages.some((message) => message.migration_start?.mode === 'lazy');
       if (!lazy) {
         // held stopped until the source says its own copy has ended: never two running copies
-        await runCriu('restore', ['-D', dir, '-d', '--leave-stopped', '--pidfile', pidFile], { logFile: join(dir, 'restore.log'), ...restoreBinary });
+        await runCriu('restore', ['-D', dir, '-d', '--leave-stopped', '--pidfile', pidFile], { logFile: join(dir, 'restore.log'), ...criuBinary });
         tree = await RestoredTree.fromPidFile(pidFile);
         if (!session.isOpen) throw new Error('the link to the source failed during the restore');
-        // written with no connection, and none came before the session ended: it never left here
-        const unsent = { detached: !session.attached, attachments: session.attachments };
-        await sendControl(answer.writable, { restore_result: { ok: true, error: '', pid: tree.pid } });
-        try {
-          await store.control.next('commit', commitWithinMs);
-        } catch (error) {
-          if (unsent.detached && session.attachments === unsent.attachments) {
-            throw new Error(`the link to the source failed before the restore could be reported (${error instanceof Error ? error.message : String(error)})`);
-          }
-          // the source may have ended its copy on our report, or resumed without it: keep this one
-          // stopped, so that neither two copies run nor the last one is lost, and say so
-          const reason = `the link failed after the restore was reported, before the source confirmed it ended its copy (${error instanceof Error ? error.message : String(error)}); pid ${tree.pid} is kept stopped: if the source process is gone, run it with kill -CONT, else kill it`;
-          this.options.onEvent?.({ kind: 'in-doubt', id, pid: tree.pid, error: reason });
-          return;
-        }
+        await migration.reportRestore({ ok: true, pid: tree.pid });
+        const commit = await migration.awaitCommit(commitWithinMs);
+        if (!commit.committed) return await inDoubt('the restore was reported', commit.reason, tree);
         await tree.resume();
         this.options.onEvent?.({ kind: 'restored', id, pid: tree.pid });
-        answer.writable.end();
+        migration.end();
         return;
       }
       // lazy: the restore starts before the memory is here; criu lazy-pages asks haul, haul asks the source
       let restoring: RestoredTree | undefined;
-      const service = await startLazyPageService({ session, pages: lazyPages, dir, logFile: join(dir, 'lazy-pages.log'), ...(this.options.criuBinary ? { criuBinary: this.options.criuBinary } : {}), restored: () => restoring });
+      const service = await migration.serveLazy({ restoreDir: dir, ...(this.options.criuBinary ? { criuBinary: this.options.criuBinary } : {}), restored: () => restoring });
       const { guard } = service;
       try {
-        await runCriu('restore', ['--lazy-pages', '-D', dir, '-d', '--pidfile', pidFile], { logFile: join(dir, 'restore.log'), cwd: dir, ...restoreBinary });
+        await runCriu('restore', ['--lazy-pages', '-D', dir, '-d', '--pidfile', pidFile], { logFile: join(dir, 'restore.log'), cwd: dir, ...criuBinary });
         tree = restoring = await RestoredTree.fromPidFile(pidFile);
       } catch (error) {
         // no restore will ever connect to it: the lazy-pages daemon would wait forever
@@ -147,33 +132,27 @@ export class ImageCache {
         throw error;
       }
       const restored = tree;
-      session.once('aborted', (error) => lazyPages.fail(error));
       try {
         if (!session.isOpen) throw new Error('the link to the source failed during the restore');
         guard.matchLink();
-        await sendControl(answer.writable, { restore_result: { ok: true, error: '', pid: tree.pid } });
+        await migration.reportRestore({ ok: true, pid: tree.pid });
         reported = true;
         this.options.onEvent?.({ kind: 'restored', id, pid: tree.pid });
         await service.delivered();
         guard.pagesComplete();
         // every page is here: the source ends its copy when it hears so, and commits
-        const unsent = { detached: !session.attached, attachments: session.attachments };
-        await sendControl(answer.writable, { lazy_complete: { pages: BigInt(lazyPages.received) } });
-        try {
-          await store.control.next('commit', commitWithinMs);
-        } catch (error) {
-          if (unsent.detached && session.attachments === unsent.attachments) throw error;
-          const reason = `the link failed after every page arrived, before the source confirmed it ended its copy (${error instanceof Error ? error.message : String(error)}); pid ${tree.pid} is kept stopped: if the source process is gone, run it with kill -CONT, else kill it`;
+        await migration.reportLazyComplete(lazyPages.received);
+        const commit = await migration.awaitCommit(commitWithinMs);
+        if (!commit.committed) {
           await guard.release();
           await restored.pause();
-          this.options.onEvent?.({ kind: 'in-doubt', id, pid: tree.pid, error: reason });
-          return;
+          return await inDoubt('every page arrived', commit.reason, restored);
         }
       } finally {
         await guard.release();
       }
       await restored.resume();
-      answer.writable.end();
+      migration.end();
       this.options.onEvent?.({ kind: 'lazy-complete', id, pages: lazyPages.received });
     } catch (error) {
       const reason = error instanceof Error ? error.message : String(error);
@@ -183,8 +162,8 @@ export class ImageCache {
       if (session.isOpen && reported) {
         session.abort(`lazy pages could not all be delivered, the restored copy was ended: ${reason}`);
       } else if (session.isOpen) {
-        await sendControl(answer.writable, { restore_result: { ok: false, error: reason, pid: 0 } }).catch(() => {});
-        answer.writable.end();
+        await migration.reportRestore({ ok: false, error: reason }).catch(() => {});
+        migration.end();
       }
     } finally {
       await lazyPages.close().catch(() => {});

@@ -1,20 +1,20 @@
 import { mkdir, mkdtemp, rm } from 'node:fs/promises';
-import type { Socket } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { LazyPagesClient, PAGE_SIZE, startCriu, criuVersion, headerLayoutFor, ActionScript } from '../src/criu/index.js';
-import { sendControl, ControlInbox, dialLink, type EndpointOptions, ChannelKind } from '../src/link/index.js';
-import { expectPeerProcess, guardNewLoopbackPort, identify, type LoopbackGuard, type ProcessIdentity } from '../src/host/index.js';
-import { sendImageFiles } from './images-to-link.js';
-import { FaultQueue, moveLazyPages } from './lazy-source.js';
-import { dumpToLink, dumpToLinkOver } from './dump-to-link.js';
+import { setTimeout as sleep } from 'node:timers/promises';
+import { PAGE_SIZE, startCriu, criuVersion, headerLayoutFor, ActionScript, pagesStoredIn, lazyRunsIn } from '../src/criu/index.js';
+import type { EndpointOptions } from '../src/link/index.js';
+import { identify } from '../src/host/index.js';
+import { LAZY_SERVER_MS, LazyDump } from './lazy-dump.js';
+import { dumpToLinkOver } from './dump-to-link.js';
+import { SourceMigration } from './source-migration.js';
 
 export interface MigrateOptions extends EndpointOptions {
   readonly pid: number;
   /** ws://HOST:PORT (insecure, loopback only) or wss://HOST:PORT */
   readonly to: string;
   readonly criuBinary?: string;
-  /** Where the dump's small images and CRIU's log go on the source (never the pages). */
+  /** Where the dump's images and CRIU's log go on the source (never the lazy pages; in pre-copy, no page). */
   readonly workDir?: string;
   readonly onProgress?: (stage: string) => void;
 }
@@ -75,18 +75,13 @@ async function startMigration(options: MigrateOptions, mode: 'pre-copy' | 'lazy'
   const workDir = options.workDir ?? (await mkdtemp(join(tmpdir(), 'haul-migrate-')));
   const imagesDir = join(workDir, 'images');
   await mkdir(imagesDir, { recursive: true });
-  const { session } = await dialLink(options.to, options);
+  const migration = await SourceMigration.dial(options.to, options, mode);
+  const { session } = migration;
   let linkFailure: Error | undefined;
   session.once('aborted', (error) => (linkFailure = error));
-  // what the destination reports: the restore, (lazy) the last page, and the end of its channel
-  const reports = new ControlInbox(session);
-  // the destination opens its channels as soon as the session exists: listen before any await
-  const faults = new FaultQueue(session);
   // CRIU holds the frozen source at post-dump until haul answers: ok ends it, anything else resumes it
-  const gate = await ActionScript.create(join(workDir, 'actions'), { steps: { 'post-dump': { hold: true } } });
-  const control = session.openChannel(ChannelKind.CONTROL, 'migration');
-  const criuVersionText = `${version.major}.${version.minor}.${version.patch}`;
-  await sendControl(control.writable, { migration_start: { mode, pid: options.pid, criu_version: criuVersionText, instance: '', migration_id: '', source_host: '', restore_timeout_ms: 0, manager_addresses: [] } });
+  const gate = await ActionScript.create(join(workDir, 'actions'), { steps: { 'post-dump': { hold: true }, 'status-ready': { tell: true } } });
+  await migration.announce({ pid: options.pid, criuVersion: `${version.major}.${version.minor}.${version.patch}`, instance: '', migration_id: '', source_host: '', restore_timeout_ms: 0, manager_addresses: [] });
   return {
     progress: options.onProgress ?? (() => {}),
     version,
@@ -94,11 +89,8 @@ async function startMigration(options: MigrateOptions, mode: 'pre-copy' | 'lazy'
     workDir,
     imagesDir,
     session,
-    reports,
+    migration,
     gate,
-    control,
-    /** Page faults the destination asks the source to serve (lazy mode). */
-    faults,
     criu: options.criuBinary ? { binary: options.criuBinary } : {},
     /** The error to report: the link's reason when it failed first, CRIU's errors being only its echo. */
     failure(error: unknown): Error {
@@ -120,7 +112,7 @@ async function startMigration(options: MigrateOptions, mode: 'pre-copy' | 'lazy'
  * that succeeded. On any failure before, the source resumes.
  */
 export async function migratePreCopy(options: MigrateOptions): Promise<MigrationSummary> {
-  const { progress, layout, workDir, imagesDir, session, reports, gate, control, criu, failure, cleanUp } = await startMigration(options, 'pre-copy');
+  const { progress, layout, workDir, imagesDir, session, migration, gate, criu, failure, cleanUp } = await startMigration(options, 'pre-copy');
   const started = Date.now();
   progress('dumping');
   // CRIU's page-server session is a socket pair: nothing listens, so no one else can join it, and
@@ -141,25 +133,19 @@ export async function migratePreCopy(options: MigrateOptions): Promise<Migration
     const summary = await forward.received;
     const dumped = Date.now();
     progress('sending images');
-    const images = await sendImageFiles(session, imagesDir);
-    await sendControl(control.writable, { images_complete: { files: images.files, page_streams: pages.pageStreams, bytes: BigInt(images.bytes), filesystem_tars: 0 } });
+    const images = await migration.sendImages(imagesDir);
+    await migration.imagesComplete({ files: images.files, pageStreams: pages.pageStreams, bytes: images.bytes, filesystemTars: 0 });
     const sent = Date.now();
     progress('restoring on the destination');
-    const result = await reports.next('restore_result');
+    const result = await migration.restoreReport();
     if (!result.ok) throw new Error(`the destination could not restore: ${result.error}`);
     restored = Date.now();
     // the destination holds its copy stopped; end this one, then let that one run
     await gate.answer('post-dump', true);
     await dump.exited;
-    try {
-      await sendControl(control.writable, { commit: { source_pid: options.pid } });
-      await reports.ended;
-    } catch (error) {
-      throw new MigrationInDoubtError('pre-copy', options.pid, result.pid, error);
-    }
+    await migration.commit(options.pid, (cause) => new MigrationInDoubtError('pre-copy', options.pid, result.pid, cause));
     const running = Date.now();
-    control.writable.end();
-    session.close();
+    migration.finish();
     const pageCount = summary.pagesReceived;
     return {
       mode: 'pre-copy', pages: pageCount, imageBytes: images.bytes, bytes: pageCount * PAGE_SIZE + images.bytes,
@@ -181,116 +167,79 @@ export async function migratePreCopy(options: MigrateOptions): Promise<Migration
 
 /**
  * Lazy (post-copy) migration: the destination restores from the small images at once, and the
- * memory follows. haul is the one client of the page server `criu dump --lazy-pages` leaves running:
- * it answers the destination's page faults first and pushes every other page behind them, then
- * tells CRIU all pages moved, which ends the source, and commits (the destination held its copy
- * stopped whenever the link was down meanwhile). CRIU counts a plain end of that session as
- * success, so on any failure before the last page arrived haul ends it with a bad header instead,
- * and CRIU resumes the source.
+ * memory follows. `criu dump --lazy-pages` writes the images (and the few pages that cannot be lazy)
+ * into haul's work directory, which haul sends while CRIU waits at post-dump; then CRIU serves the
+ * lazy pages, and haul, its one client (LazyDump), answers the destination's page faults first and
+ * pushes every other page behind them. Once the destination has every page, haul ends CRIU's
+ * session, which ends the source, and commits (the destination held its copy stopped whenever the
+ * link was down meanwhile). On any failure before the last page arrived, CRIU resumes the source.
  */
 export async function migrateLazy(options: MigrateOptions): Promise<MigrationSummary & { readonly lazyPages: number }> {
-  const { progress, layout, workDir, imagesDir, session, reports, gate, control, faults, criu, failure, cleanUp } = await startMigration(options, 'lazy');
-  // CRIU sends the pagemaps and the pages that cannot be lazy to haul's page server first, as in
-  // pre-copy, then serves the lazy ones itself on the same port once post-dump returns
-  // (CRIU 4.1.1 cannot take a socket pair here: dump-to-link.ts.) On that port, haul serves only
-  // the dump's own connection, and CRIU's lazy page server, which takes the first client and
-  // believes its CLOSE, is out of reach of every local user but root (src/host/loopback-guard.ts)
-  let criuStarted: (criu: ProcessIdentity) => void = () => {};
-  // a port no local user but root can bind, guarded before anything listens on it: haul's page
-  // server first, then CRIU's own lazy one
-  let guard: LoopbackGuard;
-  let forward: Awaited<ReturnType<typeof dumpToLink>>;
+  const { progress, layout, workDir, imagesDir, session, migration, gate, criu, failure, cleanUp } = await startMigration(options, 'lazy');
+  let lazy: LazyDump;
   try {
-    guard = await guardNewLoopbackPort();
+    lazy = await LazyDump.prepare();
   } catch (error) {
-    await gate.close();
     await cleanUp();
     throw failure(error);
   }
-  if (guard.bindableByAnyone) progress(`warning: ${guard.bindableByAnyone}; a local user who binds port ${guard.port} first can make this move fail (not take it over)`);
-  try {
-    forward = await dumpToLink(session, layout, new Promise<ProcessIdentity>((resolve) => (criuStarted = resolve)), {
-      port: guard.port,
-      onRefused: (refused) => progress(`refused a connection to the dump's page server: ${refused instanceof Error ? refused.message : String(refused)}`),
-    });
-  } catch (error) {
-    await guard.release();
-    await gate.close();
-    await cleanUp();
-    throw failure(error);
-  }
-  const port = forward.port;
-  const dumped = forward.pages;
+  if (lazy.bindableByAnyone) progress(`warning: ${lazy.bindableByAnyone}; a local user who binds port ${lazy.port} first can make this move fail (not take it over)`);
 
   const started = Date.now();
   progress('dumping (lazy)');
-  const dump = startCriu(
-    'dump',
-    ['-t', String(options.pid), '-D', imagesDir, '--lazy-pages', '--page-server', '--address', '127.0.0.1', '--port', String(port), '--action-script', gate.path],
-    { logFile: join(workDir, 'dump.log'), statusFd: true, ...criu },
-  );
+  const dump = startCriu('dump', ['-t', String(options.pid), '-D', imagesDir, ...lazy.criuArgs(), '--action-script', gate.path], { logFile: join(workDir, 'dump.log'), ...criu });
   const criuProcess = dump.child.pid === undefined ? undefined : identify(dump.child.pid);
-  if (criuProcess) criuStarted(criuProcess);
-  let lazyServer: Socket | undefined;
+  const listening = gate.reached('status-ready');
   let pulled = 0;
   let stopReporting = (): void => {};
   let pastReturn = false;
-  let criuServes = false;
+  let pastPostDump = false;
   try {
-    await Promise.race([gate.reached('post-dump'), dump.exited.then(() => Promise.reject(new Error('criu dump ended before post-dump'))), forward.failed]);
-    const eager = await forward.received;
+    const aborted = new Promise<never>((_, reject) => session.once('aborted', reject));
+    aborted.catch(() => {});
+    await Promise.race([gate.reached('post-dump'), dump.exited.then(() => Promise.reject(new Error('criu dump ended before post-dump'))), aborted]);
     const dumpedAt = Date.now();
+    const eager = await pagesStoredIn(imagesDir);
+    const lazyRuns = await lazyRunsIn(imagesDir);
     progress('sending images');
-    const images = await sendImageFiles(session, imagesDir);
-    await sendControl(control.writable, { images_complete: { files: images.files, page_streams: dumped.pageStreams, bytes: BigInt(images.bytes), filesystem_tars: 0 } });
+    const images = await migration.sendImages(imagesDir);
+    await migration.imagesComplete({ files: images.files, pageStreams: 0, bytes: images.bytes, filesystemTars: 0 });
     const sent = Date.now();
     // the restored copy runs from the moment the destination reports it; a failed restore stops the pulling
     let restoredAt = 0;
     let restoreFailure: string | undefined;
-    void reports.next('restore_result').then(
+    void migration.restoreReport().then(
       (result) => (result.ok ? (restoredAt = Date.now()) : (restoreFailure = result.error)),
       () => {},
     );
-    // CRIU starts its page server only once post-dump returns, and the restore needs pages before it
-    // can finish, so post-dump must succeed now; from here, failure is signalled on the page server
-    // CRIU's own connection to haul's page server is made: from here the port takes haul's lazy
-    // client alone, before CRIU listens there (root's other sockets too: an Incus proxy device's)
-    await guard.admitOnlyOwnClients();
+    // CRIU starts its lazy page server only once post-dump returns, and the restore needs pages
+    // before it can finish, so post-dump must succeed now; from here, failure is signalled on the
+    // lazy page server
+    pastPostDump = true;
     await gate.answer('post-dump', true);
-    criuServes = true;
-    await dump.ready;
-    lazyServer = await guard.connect();
-    // whoever listens there answers nothing haul believes until it is seen to be CRIU; CRIU then
-    // stops listening, and the guard can go
+    await Promise.race([listening, sleep(LAZY_SERVER_MS).then(() => Promise.reject(new Error(`CRIU's lazy page server did not start within ${LAZY_SERVER_MS / 1000} s`)))]);
     if (!criuProcess) throw new Error('criu dump did not start');
-    await expectPeerProcess(lazyServer, criuProcess);
-    await guard.release();
-    const client = new LazyPagesClient(lazyServer, layout);
-    const total = dumped.lazyRuns.reduce((sum, run) => sum + run.nrPages, 0);
+    const client = await lazy.connect(criuProcess, layout);
+    const total = lazyRuns.reduce((sum, run) => sum + run.nrPages, 0);
     progress(`restoring on the destination; ${total} pages to follow`);
     stopReporting = reportPages(progress, 'pages moved', () => pulled);
-    await moveLazyPages(session, client, dumped.lazyRuns, faults, {
+    await migration.movePages(client, lazyRuns, {
       onPages: (moved) => (pulled = moved),
       stop: () => (restoreFailure === undefined ? undefined : `the destination could not restore: ${restoreFailure}`),
     });
     stopReporting();
-    const result = await reports.next('restore_result');
+    const result = await migration.restoreReport();
     if (!result.ok) throw new Error(`the destination could not restore: ${result.error}`);
-    await reports.next('lazy_complete');
+    await migration.lazyComplete();
     // the destination holds every page: from here the source ends whatever happens, never resumes
     pastReturn = true;
-    await client.close().catch(() => lazyServer!.end()); // a plain end also counts as success to CRIU
+    await lazy.end();
     await dump.exited.catch(() => {});
-    try {
-      await sendControl(control.writable, { commit: { source_pid: options.pid } });
-      await reports.ended;
-    } catch (error) {
-      throw new MigrationInDoubtError('lazy', options.pid, result.pid, error);
-    }
-    control.writable.end();
-    session.close();
+    await migration.commit(options.pid, (cause) => new MigrationInDoubtError('lazy', options.pid, result.pid, cause));
+    migration.finish();
+    const pages = eager + pulled;
     return {
-      mode: 'lazy', pages: eager.pagesReceived + pulled, lazyPages: pulled, imageBytes: images.bytes, bytes: (eager.pagesReceived + pulled) * PAGE_SIZE + images.bytes,
+      mode: 'lazy', pages, lazyPages: pulled, imageBytes: images.bytes, bytes: pulled * PAGE_SIZE + images.bytes,
       dumpMs: dumpedAt - started, transferMs: sent - dumpedAt, restoreMs: restoredAt - sent, downtimeMs: restoredAt - started, restoredPid: result.pid,
     };
   } catch (error) {
@@ -299,24 +248,17 @@ export async function migrateLazy(options: MigrateOptions): Promise<MigrationSum
       if (session.isOpen) session.abort(error instanceof Error ? error.message : String(error));
       throw error;
     }
-    if (lazyServer) {
-      // a bad header fails CRIU's lazy page-server session, and CRIU resumes the source
-      lazyServer.end(Buffer.from([0xff]));
-    } else if (criuServes) {
-      // past post-dump CRIU waits for a lazy client: be that client, with a bad header
-      await guard.connect().then(
-        (socket) => void socket.on('error', () => {}).end(Buffer.from([0xff])),
-        (unreached: Error) => progress(`could not reach CRIU's lazy page server to make it resume the source: ${unreached.message}`),
-      );
+    if (pastPostDump) {
+      await lazy.resume(listening).catch((unreached: Error) => progress(`could not reach CRIU's lazy page server to make it resume the source: ${unreached.message}`));
     } else {
-      forward.abandon();
+      // before post-dump's answer: the dump fails there, and CRIU resumes the source
       await gate.answer('post-dump', false).catch(() => {});
       await gate.close();
     }
     await dump.exited.catch(() => {});
     throw failure(error);
   } finally {
-    await guard.release();
+    await lazy.releaseWhenGone(criuProcess).catch(() => {});
     await cleanUp();
   }
 }

@@ -1,5 +1,5 @@
 import { finished } from 'node:stream/promises';
-import { type PagemapEntry, type PagemapSink, PageFlag, type PagemapTarget } from '../src/criu/index.js';
+import { type PagemapEntry, type PagemapSink, type PagemapTarget } from '../src/criu/index.js';
 import { type OutgoingChannel, ChannelKind, type LinkSession } from '../src/link/index.js';
 import { pageChannelName, writePageRecord } from './page-stream.js';
 
@@ -10,22 +10,15 @@ import { pageChannelName, writePageRecord } from './page-stream.js';
  */
 export class LinkPagemapSink implements PagemapSink {
   private current: OutgoingChannel | undefined;
-  private currentTarget: PagemapTarget | undefined;
   private readonly ended: Promise<void>[] = [];
   pageStreams = 0;
   /** Pages put on the link so far (PRESENT ones: those with data). */
   pagesSent = 0;
-  /**
-   * The runs `criu dump --lazy-pages` left at the source (LAZY, no data here): what the lazy
-   * migration must pull from CRIU's lazy page server afterwards, in dump order.
-   */
-  readonly lazyRuns: Array<{ readonly pid: number; readonly vaddr: bigint; readonly nrPages: number }> = [];
 
   constructor(private readonly session: LinkSession) {}
 
   async beginPagemap(target: PagemapTarget): Promise<void> {
     this.current = this.session.openChannel(ChannelKind.PAGES, pageChannelName(target));
-    this.currentTarget = target;
     this.pageStreams++;
   }
 
@@ -33,8 +26,6 @@ export class LinkPagemapSink implements PagemapSink {
     if (!this.current) throw new Error('pages before any pagemap was opened');
     await writePageRecord(this.current.writable, entry, pages);
     if (pages) this.pagesSent += entry.nrPages;
-    const lazyOnly = entry.flags & PageFlag.LAZY && !(entry.flags & PageFlag.PRESENT);
-    if (lazyOnly && this.currentTarget?.type === 'pid') this.lazyRuns.push({ pid: this.currentTarget.id, vaddr: entry.vaddr, nrPages: entry.nrPages });
   }
 
   async endPagemap(): Promise<void> {

@@ -69,4 +69,25 @@ describe("the action script of a lazy Incus dump (haul's own image directory)", 
     await actions.statusReady;
     expect(readFileSync(`${dir}/incus-ran`, 'utf8')).toBe('network-lock\nstatus-ready\n');
   });
+
+  it('fails post-dump, so that CRIU resumes the source and nothing of Incus runs, once the migration is abandoned', async () => {
+    const { dir, dumpDir, checkpointDir, incusScript } = setUp('exit 0');
+    writeFileSync(`${dumpDir}/pstree.img`, 'x');
+    const actions = await LazyEarlyActions.create(`${dir}/work`, incusScript, { dumpDir, checkpointDir });
+    cleanups.push(() => void actions.close());
+    expect(actions.abandon()).toBe(true); // not past post-dump: it fails there
+    expect(await act(actions.scriptPath, 'post-dump')).not.toBe(0);
+    await expect(actions.postDump).rejects.toThrow(/abandoned/);
+    await sleep(200);
+    expect(readdirSync(dir)).not.toContain('incus-ran');
+  });
+
+  it('leaves the source to CRIU\'s lazy page server once past post-dump', async () => {
+    const { dir, dumpDir, checkpointDir, incusScript } = setUp('exit 0');
+    const actions = await LazyEarlyActions.create(`${dir}/work`, incusScript, { dumpDir, checkpointDir });
+    cleanups.push(() => void actions.close());
+    expect(await act(actions.scriptPath, 'post-dump')).toBe(0);
+    await actions.postDump;
+    expect(actions.abandon()).toBe(false);
+  });
 });

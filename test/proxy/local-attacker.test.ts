@@ -35,8 +35,7 @@ describeOnHost('a local user racing haul to its loopback listeners during haul m
       expect(after.checksum).toBe(before.checksum);
       expect(after.tick).toBeGreaterThan(before.tick);
       if (mode === 'lazy') {
-        // the race was run: CRIU's lazy page server (and haul's page server before it) listened on
-        // loopback, and the attacker went for it
+        // the race was run: CRIU's lazy page server listened on loopback, and the attacker went for it
         expect(attack.portsSeen.length).toBeGreaterThan(0);
         expect(attack.connected + attack.refused).toBeGreaterThan(0);
       }

@@ -1,0 +1,144 @@
+import { mkdirSync } from 'node:fs';
+import { rm } from 'node:fs/promises';
+import { join } from 'node:path';
+import type { CriuVersion, RestoredTree } from '../src/criu/index.js';
+import { ChannelKind, sendControl, type LinkSession, type MigrationStart, type OutgoingChannel } from '../src/link/index.js';
+import { CacheStore, type CacheStoreOptions } from './cache-store.js';
+import { LazyPageStore } from './lazy-page-store.js';
+import { startLazyPageService, type LazyPageService } from './lazy-restore.js';
+
+export type RestoreOutcome = { readonly ok: true; readonly pid: number } | { readonly ok: false; readonly error: string };
+
+/** What the source's commit wait came to (awaitCommit). */
+export type CommitOutcome =
+  | { readonly committed: true }
+  /** The restore was reported, then the link failed before the source said it ended its copy. */
+  | { readonly committed: false; readonly reason: string };
+
+/** Whether a report left this host: the session's attachments when it was written. */
+interface Receipt {
+  readonly what: string;
+  readonly detached: boolean;
+  readonly attachments: number;
+}
+
+/**
+ * The destination side of one migration, whatever restores it: what the source sends on the
+ * session is stored restore-ready in `dir` as it arrives (CacheStore; lazy pages in a
+ * LazyPageStore), and everything the destination says goes back on one answers channel. The
+ * restore target, haul's own `criu restore` (image-cache.ts) or Incus' (the plugin), decides when
+ * and how the restore runs; this says how it went, serves its lazy pages, and waits for the
+ * source's commit.
+ */
+export class DestinationMigration {
+  readonly store: CacheStore;
+  /** The lazy pages' store (lazy mode asks the source for faults through it). */
+  readonly lazyPages: Promise<LazyPageStore>;
+  private readonly answers: OutgoingChannel;
+  private lastReceipt: Receipt | undefined;
+
+  private constructor(
+    readonly session: LinkSession,
+    /** The migration's own directory: images, pages, logs. */
+    readonly dir: string,
+    options: CacheStoreOptions,
+  ) {
+    // nothing awaited before every channel is listened for: the source's channels are announced
+    // once, right after the handshake (an awaited mkdir waits for libuv's thread pool, and under a
+    // busy one the source's control channel came and went meanwhile)
+    mkdirSync(dir, { mode: 0o700 });
+    this.store = new CacheStore(session, dir, options);
+    this.answers = session.openChannel(ChannelKind.CONTROL, 'answers');
+    this.lazyPages = LazyPageStore.forSession(session, join(dir, 'lazy-pages.bin'));
+    this.lazyPages.catch(() => {});
+    session.once('aborted', (error) => {
+      this.lazyPages.then((pages) => (pages.fail(error), pages.close())).catch(() => {});
+    });
+  }
+
+  /** Takes a session from a source; call it as the session arrives, before any await. */
+  static begin(session: LinkSession, dir: string, options: CacheStoreOptions = {}): DestinationMigration {
+    return new DestinationMigration(session, dir, options);
+  }
+
+  /** The source's first word: what it moves, and how. */
+  start(): Promise<MigrationStart> {
+    return this.store.control.next('migration_start');
+  }
+
+  /** Pages pass through here once the source hears this (a container manager's dump). */
+  async accept(): Promise<void> {
+    await sendControl(this.answers.writable, { migration_accepted: { ok: true, error: '' } });
+  }
+
+  /** Turns the migration down before anything was stored, and forgets it. */
+  async refuse(reason: string): Promise<void> {
+    await sendControl(this.answers.writable, { migration_accepted: { ok: false, error: reason } });
+    this.answers.writable.end();
+    await this.forget();
+  }
+
+  /** Every announced stream is stored, whole (or why not): the source's signal that the restore can come. */
+  async reportStored(error?: string): Promise<void> {
+    await sendControl(this.answers.writable, { images_stored: error === undefined ? { ok: true, error: '' } : { ok: false, error } });
+  }
+
+  /** How the restore went: what the source ends or resumes its copy on. */
+  async reportRestore(outcome: RestoreOutcome): Promise<void> {
+    await sendControl(this.answers.writable, { restore_result: outcome.ok ? { ok: true, error: '', pid: outcome.pid } : { ok: false, error: outcome.error, pid: 0 } });
+    this.lastReceipt = { what: 'the restore', detached: !this.session.attached, attachments: this.session.attachments };
+  }
+
+  /**
+   * Lazy mode: `criu lazy-pages` for the restore of the images in `restoreDir`, served from the
+   * link; resolves once it listens. Once every page is delivered, the source hears so.
+   */
+  async serveLazy(options: { readonly restoreDir: string; readonly criuBinary?: string; readonly criuVersion?: CriuVersion; readonly restored: () => RestoredTree | undefined }): Promise<LazyPageService> {
+    return startLazyPageService({
+      session: this.session,
+      pages: await this.lazyPages,
+      dir: options.restoreDir,
+      logFile: join(this.dir, 'lazy-pages.log'),
+      restored: options.restored,
+      ...(options.criuBinary ? { criuBinary: options.criuBinary } : {}),
+      ...(options.criuVersion ? { criuVersion: options.criuVersion } : {}),
+    });
+  }
+
+  /** Every lazy page has reached the restored copy: the source may end its own. */
+  async reportLazyComplete(pages: number): Promise<void> {
+    await sendControl(this.answers.writable, { lazy_complete: { pages: BigInt(pages) } });
+    this.lastReceipt = { what: "every page's arrival", detached: !this.session.attached, attachments: this.session.attachments };
+  }
+
+  /**
+   * Waits up to `withinMs` for the source to say it ended its copy, after the last report. When the
+   * link failed before that report could leave (it was written with no connection, and none came
+   * since), the source resumes its copy for sure: that is an error. After it may have left, the
+   * outcome is in doubt: the source may have ended its copy on the report, or resumed without it.
+   */
+  async awaitCommit(withinMs: number): Promise<CommitOutcome> {
+    const receipt = this.lastReceipt;
+    try {
+      await this.store.control.next('commit', withinMs);
+      return { committed: true };
+    } catch (error) {
+      const why = error instanceof Error ? error.message : String(error);
+      if (!receipt || (receipt.detached && this.session.attachments === receipt.attachments)) {
+        throw new Error(`the link to the source failed before ${receipt?.what ?? 'the restore'} could be reported (${why})`, { cause: error });
+      }
+      return { committed: false, reason: why };
+    }
+  }
+
+  /** Says nothing more on the answers channel. */
+  end(): void {
+    this.answers.writable.end();
+  }
+
+  /** Drops the lazy pages' store and the directory: the migration never got anywhere. */
+  async forget(): Promise<void> {
+    await (await this.lazyPages).close().catch(() => {});
+    await rm(this.dir, { recursive: true, force: true });
+  }
+}

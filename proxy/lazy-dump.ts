@@ -1,0 +1,93 @@
+import type { Socket } from 'node:net';
+import { setTimeout as sleep } from 'node:timers/promises';
+import { LazyPagesClient, type HeaderLayout } from '../src/criu/index.js';
+import { expectPeerProcess, guardNewLoopbackPort, hasEnded, isRunning, type LoopbackGuard, type ProcessIdentity } from '../src/host/index.js';
+
+/** How long CRIU may take from post-dump to listening with its lazy page server. */
+export const LAZY_SERVER_MS = 60_000;
+
+/** A byte no page-server command starts with: CRIU fails the session on it, and resumes the source. */
+const BAD_HEADER = Buffer.from([0xff]);
+
+/**
+ * The source side of every lazy migration, whoever runs CRIU: `criu dump --lazy-pages` writes its
+ * images into a directory of haul's (the few pages that cannot be lazy too), and once its post-dump
+ * action returns it serves the lazy pages itself, on a loopback port, to its first client, and
+ * believes a CLOSE from anyone (criu/uffd.c, criu/page-xfer.c). So the port is one only root's
+ * sockets may reach, and haul's own client alone (src/host/loopback-guard.ts), and nothing is
+ * asked of or believed from whoever answers there until it is seen to be CRIU. The source's fate
+ * is decided on that session: a plain close once every page has moved ends it; a bad header
+ * before that makes CRIU resume it. (CRIU 4.1.1 cannot take --ps-socket with --lazy-pages, and on
+ * TCP it corks its page-server connection until the kernel's 200 ms timer, inside the freeze: so
+ * the dump does not go through haul's page server; see dump-to-link.ts.)
+ */
+export class LazyDump {
+  private client: LazyPagesClient | undefined;
+  private socket: Socket | undefined;
+
+  private constructor(private readonly guard: LoopbackGuard) {}
+
+  /** Guards a port for CRIU's lazy page server before anything listens there. */
+  static async prepare(): Promise<LazyDump> {
+    return new LazyDump(await guardNewLoopbackPort({ ownClientsOnly: true }));
+  }
+
+  get port(): number {
+    return this.guard.port;
+  }
+
+  /** Set when no port only root may bind was free: a local user who binds it first can make the move fail (not take it over). */
+  get bindableByAnyone(): string | undefined {
+    return this.guard.bindableByAnyone;
+  }
+
+  /** What `criu dump` is given for its lazy page server. */
+  criuArgs(): string[] {
+    return ['--lazy-pages', '--address', '127.0.0.1', '--port', String(this.guard.port)];
+  }
+
+  /**
+   * Once CRIU listens (its status-ready action): haul's client of the lazy page server, checked to
+   * be connected to `criu`. CRIU then stops listening, and the guard goes.
+   */
+  async connect(criu: ProcessIdentity, layout: HeaderLayout): Promise<LazyPagesClient> {
+    const socket = (this.socket = await this.guard.connect());
+    await expectPeerProcess(socket, criu);
+    await this.guard.release();
+    return (this.client = new LazyPagesClient(socket, layout));
+  }
+
+  /** Every lazy page has reached the destination: a plain end of the session, and CRIU ends the source. */
+  async end(): Promise<void> {
+    if (!this.client) throw new Error("haul never reached CRIU's lazy page server");
+    await this.client.close().catch(() => this.socket?.end());
+  }
+
+  /**
+   * Makes CRIU resume the source: a bad header on the session haul holds, or, when CRIU is past
+   * post-dump and not yet reached, as its first client once it listens (`listening`). Before
+   * post-dump the dump is failed there instead (the action script's answer), not here.
+   */
+  async resume(listening: Promise<unknown>): Promise<void> {
+    if (this.socket) {
+      this.socket.end(BAD_HEADER);
+      return;
+    }
+    const heard = await Promise.race([listening.then(() => true, () => false), sleep(LAZY_SERVER_MS).then(() => false)]);
+    if (!heard) throw new Error(`CRIU's lazy page server did not start within ${LAZY_SERVER_MS / 1000} s`);
+    const socket = await this.guard.connect();
+    socket.on('error', () => {}).end(BAD_HEADER);
+  }
+
+  /**
+   * Lets the port go once CRIU has: it may still be on its way to listening (a failure came first,
+   * and it goes on to its lazy page server all the same), and would take any client then. Released
+   * already once haul was seen connected to CRIU; else by the guard's own timeout.
+   */
+  async releaseWhenGone(criu: ProcessIdentity | undefined): Promise<'released' | 'criu-runs'> {
+    if (criu) await hasEnded(criu, 200, LAZY_SERVER_MS + 30_000);
+    if (criu && isRunning(criu)) return 'criu-runs';
+    await this.guard.release();
+    return 'released';
+  }
+}
