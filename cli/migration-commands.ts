@@ -51,7 +51,7 @@ export function addMigrationCommands(program: Command, out: (line: string) => vo
     .option('--lazy', 'post-copy: restore at once from the small images, move the memory after', false)
     .option('--insecure', 'plain WebSocket, no TLS or authentication (loopback only)', false)
     .option('--json', 'print a JSON summary instead of progress (also when it fails)', false)
-    .option('--work-dir <dir>', 'keep CRIU\'s dump log and the images here (no pre-copy page, only the few pages a lazy dump cannot leave lazy); by default a temporary directory, removed after')
+    .option('--work-dir <dir>', 'keep CRIU\'s dump log and the images here (never the pages); by default a temporary directory, removed after')
     .action(async (pid: number, options: { to: string; lazy: boolean; insecure: boolean; json: boolean; workDir?: string }, command: Command) => {
       const stateDir = stateDirOf(command);
       const url = `${options.insecure ? 'ws' : 'wss'}://${options.to}`;

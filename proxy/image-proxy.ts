@@ -1,8 +1,8 @@
-import { mkdir, mkdtemp, rm } from 'node:fs/promises';
+import { mkdir, mkdtemp, readdir, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
-import { PAGE_SIZE, startCriu, criuVersion, headerLayoutFor, ActionScript, pagesStoredIn, lazyRunsIn } from '../src/criu/index.js';
+import { PAGE_SIZE, startCriu, criuVersion, headerLayoutFor, ActionScript, isPagesFileName, pagesStoredIn, lazyRunsIn } from '../src/criu/index.js';
 import type { EndpointOptions } from '../src/link/index.js';
 import { identify } from '../src/host/index.js';
 import { LAZY_SERVER_MS, LazyDump } from './lazy-dump.js';
@@ -14,7 +14,7 @@ export interface MigrateOptions extends EndpointOptions {
   /** ws://HOST:PORT (insecure, loopback only) or wss://HOST:PORT */
   readonly to: string;
   readonly criuBinary?: string;
-  /** Where the dump's images and CRIU's log go on the source (never the lazy pages; in pre-copy, no page). */
+  /** Where the dump's images and CRIU's log go on the source (never the pages: a lazy dump's few non-lazy ones are removed once sent). */
   readonly workDir?: string;
   readonly onProgress?: (stage: string) => void;
 }
@@ -204,6 +204,8 @@ export async function migrateLazy(options: MigrateOptions): Promise<MigrationSum
     progress('sending images');
     const images = await migration.sendImages(imagesDir);
     await migration.imagesComplete({ files: images.files, pageStreams: 0, bytes: images.bytes, filesystemTars: 0 });
+    // the few pages that could not be lazy are on the link now: none stays on the source's disk
+    await removePageFiles(imagesDir);
     const sent = Date.now();
     // the restored copy runs from the moment the destination reports it; a failed restore stops the pulling
     let restoredAt = 0;
@@ -259,6 +261,13 @@ export async function migrateLazy(options: MigrateOptions): Promise<MigrationSum
     throw failure(error);
   } finally {
     await lazy.releaseWhenGone(criuProcess).catch(() => {});
+    await removePageFiles(imagesDir).catch(() => {});
     await cleanUp();
   }
+}
+
+/** The page data CRIU wrote into `dir` (pages-*.img), once sent or no longer wanted. */
+async function removePageFiles(dir: string): Promise<void> {
+  const names = (await readdir(dir).catch(() => [])).filter(isPagesFileName);
+  await Promise.all(names.map((name) => rm(join(dir, name), { force: true })));
 }
