@@ -1,11 +1,10 @@
 import { randomUUID } from 'node:crypto';
 import { mkdir, readdir, rm, stat, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
-import { pipeline } from 'node:stream/promises';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { PAGE_SIZE, type HeaderLayout, headerLayoutFor, type CriuVersion, fitsUnixSocketPath, isPagesFileName, lazyRunsIn, pagesStoredIn } from '../src/criu/index.js';
-import { dialLink, type EndpointOptions, ChannelKind, type LinkSession } from '../src/link/index.js';
-import { LAZY_SERVER_MS, LazyDump, parseMode, type Mode, dumpToLink, dumpToLinkLocal, type DumpToLink, SourceMigration, DISK_CHANGES_FILE, packDiskChanges } from '../proxy/index.js';
+import { dialLink, type EndpointOptions, type LinkSession } from '../src/link/index.js';
+import { LAZY_SERVER_MS, LazyDump, parseMode, type Mode, dumpToLink, dumpToLinkLocal, type DumpToLink, SourceMigration, packDiskChanges } from '../proxy/index.js';
 import type { InFlight, MigrationProgress } from './in-flight.js';
 import { ObservedPostDump } from './observed-post-dump.js';
 import { identify, isRunning, type ProcessIdentity } from '../src/host/index.js';
@@ -299,12 +298,12 @@ export class SourceRole {
    * changes where the pool needs them, then the count of what was sent, then until the
    * destination says it stored it all.
    */
-  private async imagesStored({ session, migration, progress, disk, record }: Outgoing, sent: { readonly pages: number; readonly files: number; readonly pageStreams: number }): Promise<void> {
+  private async imagesStored({ migration, progress, disk, record }: Outgoing, sent: { readonly pages: number; readonly files: number; readonly pageStreams: number }): Promise<void> {
     if (disk) {
       // the memory is dumped and the container still frozen: its disk holds still
       this.inFlight.update(progress, { pages: sent.pages, phase: 'sending the disk changes since the snapshot' });
       const packed = packDiskChanges(disk.root, disk.sinceMs);
-      await pipeline(packed.tar, session.openChannel(ChannelKind.FILESYSTEM_TAR, DISK_CHANGES_FILE).writable);
+      await migration.sendDiskChanges(packed.tar);
       const carried = await packed.done;
       const skipped = carried.skipped.length ? `; not carried (device nodes, fifos, sockets): ${carried.skipped.slice(0, 10).join(', ')}` : '';
       this.log(`${record.instance}: disk changes since the snapshot sent: ${carried.files} files (${carried.bytes} bytes), ${carried.symlinks} symlinks, ${carried.directories} directories${skipped}`);

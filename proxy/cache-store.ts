@@ -4,11 +4,12 @@ import { join } from 'node:path';
 import { Transform } from 'node:stream';
 import { pipeline } from 'node:stream/promises';
 import { FIRST_PAGES_ID, PagemapWriter, PAGE_SIZE, criuImageName } from '../src/criu/index.js';
-import { type IncomingChannel, ControlInbox, ChannelKind, type ImagesComplete, type LinkSession } from '../src/link/index.js';
+import { type IncomingChannel, type LinkSession } from '../src/link/index.js';
 import { DEFAULT_MAX_DISK_CHANGES_BYTES, DiskChangesError } from './disk-changes-format.js';
 import { DEFAULT_DISK_RESERVE_BYTES, watchDiskReserve, type DiskReserveWatch } from './disk-reserve.js';
 import { LAZY_PUSH_CHANNEL } from './lazy-wire.js';
 import { readPageRecords, targetOfPageChannel } from './page-stream.js';
+import { ControlInbox, ChannelKind, type ImagesComplete } from './wire/index.js';
 
 /** Where the store keeps the root filesystem's changes (one FILESYSTEM_TAR channel per migration). */
 export const DISK_CHANGES_FILE = 'disk-changes.tar';

@@ -2,10 +2,11 @@ import { mkdirSync } from 'node:fs';
 import { rm } from 'node:fs/promises';
 import { join } from 'node:path';
 import type { CriuVersion, RestoredTree } from '../src/criu/index.js';
-import { ChannelKind, sendControl, type LinkSession, type MigrationStart, type OutgoingChannel } from '../src/link/index.js';
+import { type LinkSession, type OutgoingChannel } from '../src/link/index.js';
 import { CacheStore, type CacheStoreOptions } from './cache-store.js';
 import { LazyPageStore } from './lazy-page-store.js';
 import { startLazyPageService, type LazyPageService } from './lazy-restore.js';
+import { ChannelKind, sendControl, type MigrationStart, openChannel } from './wire/index.js';
 
 export type RestoreOutcome = { readonly ok: true; readonly pid: number } | { readonly ok: false; readonly error: string };
 
@@ -48,7 +49,7 @@ export class DestinationMigration {
     // busy one the source's control channel came and went meanwhile)
     mkdirSync(dir, { mode: 0o700 });
     this.store = new CacheStore(session, dir, options);
-    this.answers = session.openChannel(ChannelKind.CONTROL, 'answers');
+    this.answers = openChannel(session, ChannelKind.CONTROL, 'answers');
     this.lazyPages = LazyPageStore.forSession(session, join(dir, 'lazy-pages.bin'));
     this.lazyPages.catch(() => {});
     session.once('aborted', (error) => {

@@ -2,8 +2,9 @@ import { createReadStream } from 'node:fs';
 import { readdir, stat } from 'node:fs/promises';
 import { join } from 'node:path';
 import { pipeline } from 'node:stream/promises';
-import { ChannelKind, type LinkSession } from '../src/link/index.js';
+import { type LinkSession } from '../src/link/index.js';
 import { criuImageName } from '../src/criu/index.js';
+import { ChannelKind, openChannel } from './wire/index.js';
 
 export interface SentImages {
   readonly files: number;
@@ -27,7 +28,7 @@ export async function sendImageFiles(session: LinkSession, dir: string, only: (n
       if (!info.isFile()) return;
       files++;
       bytes += info.size;
-      await pipeline(createReadStream(join(dir, name)), session.openChannel(ChannelKind.IMAGE_FILE, name).writable);
+      await pipeline(createReadStream(join(dir, name)), openChannel(session, ChannelKind.IMAGE_FILE, name).writable);
     }),
   );
   return { files, bytes };

@@ -1,9 +1,10 @@
 import { open, type FileHandle } from 'node:fs/promises';
 import type { Writable } from 'node:stream';
 import { type PageSource, PAGE_SIZE } from '../src/criu/index.js';
-import { ChannelKind, type LinkSession } from '../src/link/index.js';
+import { type LinkSession } from '../src/link/index.js';
 import { LAZY_PUSH_CHANNEL, readPages, writePageRequest, type PageRun } from './lazy-wire.js';
 import { PageTable } from './page-table.js';
+import { ChannelKind, openChannel } from './wire/index.js';
 
 const page = BigInt(PAGE_SIZE);
 /** Pages read from the file into one buffer at most, when answering criu lazy-pages. */
@@ -41,7 +42,7 @@ export class LazyPageStore implements PageSource {
    * soon as the session exists: the channels are listened for before anything is awaited.
    */
   static forSession(session: LinkSession, path: string): Promise<LazyPageStore> {
-    const store = LazyPageStore.create(path, session.openChannel(ChannelKind.LAZY_REQUESTS, 'lazy-requests').writable);
+    const store = LazyPageStore.create(path, openChannel(session, ChannelKind.LAZY_REQUESTS, 'lazy-requests').writable);
     store.catch(() => {});
     session.on('channel', (channel) => {
       const lazy = channel.kind === ChannelKind.LAZY_ANSWERS || (channel.kind === ChannelKind.PAGES && channel.name === LAZY_PUSH_CHANNEL);

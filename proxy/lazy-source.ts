@@ -1,9 +1,10 @@
 import { once } from 'node:events';
 import type { Readable } from 'node:stream';
 import { type LazyPagesClient, PAGE_SIZE } from '../src/criu/index.js';
-import { ChannelKind, type LinkSession } from '../src/link/index.js';
+import { type LinkSession } from '../src/link/index.js';
 import { LAZY_PUSH_CHANNEL, readPageRequests, writePages, type PageRun } from './lazy-wire.js';
 import { PageTable } from './page-table.js';
+import { ChannelKind, openChannel } from './wire/index.js';
 
 /** Pages pushed ahead per request to CRIU's page server, and requests out at once. */
 const PUSH_PAGES = 128;
@@ -71,8 +72,8 @@ export async function moveLazyPages(
     () => void (pushing = true),
   );
   const runs = pushRequests(lazyRuns);
-  const answers = session.openChannel(ChannelKind.LAZY_ANSWERS, 'lazy-answers');
-  const pushes = session.openChannel(ChannelKind.PAGES, LAZY_PUSH_CHANNEL);
+  const answers = openChannel(session, ChannelKind.LAZY_ANSWERS, 'lazy-answers');
+  const pushes = openChannel(session, ChannelKind.PAGES, LAZY_PUSH_CHANNEL);
   const fetched = new PageTable();
   let background = 0;
   let pulled = 0;

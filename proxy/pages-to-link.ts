@@ -1,7 +1,8 @@
 import { finished } from 'node:stream/promises';
 import { type PagemapEntry, type PagemapSink, type PagemapTarget } from '../src/criu/index.js';
-import { type OutgoingChannel, ChannelKind, type LinkSession } from '../src/link/index.js';
+import { type OutgoingChannel, type LinkSession } from '../src/link/index.js';
 import { pageChannelName, writePageRecord } from './page-stream.js';
+import { ChannelKind, openChannel } from './wire/index.js';
 
 /**
  * Where `criu dump --page-server` pages go on the source: straight onto the link, one channel per
@@ -18,7 +19,7 @@ export class LinkPagemapSink implements PagemapSink {
   constructor(private readonly session: LinkSession) {}
 
   async beginPagemap(target: PagemapTarget): Promise<void> {
-    this.current = this.session.openChannel(ChannelKind.PAGES, pageChannelName(target));
+    this.current = openChannel(this.session, ChannelKind.PAGES, pageChannelName(target));
     this.pageStreams++;
   }
 

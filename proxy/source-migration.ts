@@ -1,8 +1,12 @@
+import type { Readable } from 'node:stream';
+import { pipeline } from 'node:stream/promises';
 import type { LazyPagesClient } from '../src/criu/index.js';
-import { ChannelKind, ControlInbox, dialLink, sendControl, type EndpointOptions, type LinkSession, type MigrationStart, type OutgoingChannel, type RestoreResult } from '../src/link/index.js';
+import { dialLink, type EndpointOptions, type LinkSession, type OutgoingChannel } from '../src/link/index.js';
+import { DISK_CHANGES_FILE } from './cache-store.js';
 import { sendImageFiles, type SentImages } from './images-to-link.js';
 import { FaultQueue, moveLazyPages } from './lazy-source.js';
 import type { Mode } from './mode.js';
+import { ChannelKind, ControlInbox, sendControl, type MigrationStart, type RestoreResult, openChannel } from './wire/index.js';
 
 /** What the source says it moves: the mode and the process, and what a container manager adds. */
 export type MigrationAnnouncement = Omit<MigrationStart, 'mode' | 'criu_version'> & { readonly criuVersion: string };
@@ -37,7 +41,7 @@ export class SourceMigration {
   static over(session: LinkSession, mode: Mode): SourceMigration {
     const answers = new ControlInbox(session);
     const faults = new FaultQueue(session);
-    const control = session.openChannel(ChannelKind.CONTROL, 'migration');
+    const control = openChannel(session, ChannelKind.CONTROL, 'migration');
     return new SourceMigration(session, mode, control, answers, faults);
   }
 
@@ -60,6 +64,11 @@ export class SourceMigration {
   /** The image files in `dir` (those `filter` keeps), each on a channel of its own. */
   sendImages(dir: string, filter?: (name: string) => boolean): Promise<SentImages> {
     return sendImageFiles(this.session, dir, filter);
+  }
+
+  /** The root filesystem's changes the manager's own transfer missed, as one tar (disk-changes-pack.ts). */
+  async sendDiskChanges(tar: Readable): Promise<void> {
+    await pipeline(tar, openChannel(this.session, ChannelKind.FILESYSTEM_TAR, DISK_CHANGES_FILE).writable);
   }
 
   /** Says what was sent, so that the destination knows when its image set is whole. */

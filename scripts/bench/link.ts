@@ -17,7 +17,8 @@ import type { Writable } from 'node:stream';
 import { fileURLToPath } from 'node:url';
 import { Command } from 'commander';
 import WebSocket, { WebSocketServer } from 'ws';
-import { dialLink, type EndpointOptions, ChannelKind, loadOrCreateIdentity, LinkListener, type HostInfo, TrustStore } from '../../src/link/index.js';
+import { dialLink, type EndpointOptions, loadOrCreateIdentity, LinkListener, type HostInfo, TrustStore } from '../../src/link/index.js';
+import { ChannelKind, openChannel } from '../../proxy/index.js';
 
 type Mode = 'raw' | 'raw-tls' | 'raw-ws' | 'plain' | 'tls';
 const BLOCK = randomBytes(4 * 1024 * 1024);
@@ -93,7 +94,7 @@ async function measure(mode: Mode, total: number, dirs: [string, string]): Promi
     ws.close();
   } else {
     const { session } = await dialLink(`${mode === 'tls' ? 'wss' : 'ws'}://127.0.0.1:${port}`, { ...(await security(mode, dirs[0], dirs[1])), host: host('source') });
-    await writeBytes(session.openChannel(ChannelKind.PAGES, 'pages').writable, total);
+    await writeBytes(openChannel(session, ChannelKind.PAGES, 'pages').writable, total);
   }
   const done = String((await lines.next()).value);
   const seconds = Number(process.hrtime.bigint() - started) / 1e9;

@@ -1,5 +1,5 @@
 import { Readable, Writable } from 'node:stream';
-import { ChannelKind, FrameType, type ChannelKindCode, type Frame } from './frame.js';
+import { FrameType, type ChannelKindCode, type Frame } from './frame.js';
 import { LinkIntegrityError, LinkLimitError, LinkProtocolError } from './link-errors.js';
 import type { ChannelProgress } from './messages.js';
 import { STREAM_DIGEST, streamDigest, type StreamDigest } from './stream-digest.js';
@@ -15,19 +15,13 @@ export const DATA_CHUNK = 256 * 1024;
 /** Bytes a channel's writer may hand over ahead of what the connection has taken. */
 const PENDING_LIMIT = 4 * 1024 * 1024;
 
-/** Lower runs first. Lazy-page traffic and control overtake images, which overtake bulk pages. */
-export function priorityOf(kind: ChannelKindCode): number {
-  switch (kind) {
-    case ChannelKind.LAZY_ANSWERS:
-    case ChannelKind.LAZY_REQUESTS:
-    case ChannelKind.CONTROL:
-      return 0;
-    case ChannelKind.IMAGE_FILE:
-      return 1;
-    default:
-      return 2;
-  }
-}
+/**
+ * How a channel's frames go out when several are ready: every ready frame of a lower priority before
+ * any of a higher one, channels of one priority taking turns.
+ */
+export const ChannelPriority = { FIRST: 0, SECOND: 1, LAST: 2 } as const;
+export type ChannelPriority = (typeof ChannelPriority)[keyof typeof ChannelPriority];
+
 
 /**
  * The sending half of a channel. Its writable takes bytes from the application and holds them
@@ -59,6 +53,8 @@ export class OutgoingChannel {
     readonly id: number,
     readonly kind: ChannelKindCode,
     readonly name: string,
+    /** Lower goes first when frames of several channels are ready (ChannelPriority). */
+    readonly priority: ChannelPriority,
     /** Credit the peer gives every channel when it opens, without being asked. */
     initialCredit: number,
     /** The most the peer may grant beyond what it acknowledged. */
@@ -94,10 +90,6 @@ export class OutgoingChannel {
     // a session that ends fails its channels; whoever writes sees that in its callbacks, and a
     // channel nobody listens to must not take the process down with it
     this.writable.on('error', () => {});
-  }
-
-  get priority(): number {
-    return priorityOf(this.kind);
   }
 
   /** The next frame this channel may send now, or undefined. */

@@ -41,21 +41,15 @@ export const FrameType = {
 export type FrameTypeCode = (typeof FrameType)[keyof typeof FrameType];
 const TYPES = new Set<number>(Object.values(FrameType));
 
-/** What a channel carries; it sets the channel's priority when frames compete for the connection. */
-export const ChannelKind = {
-  CONTROL: 1,
-  IMAGE_FILE: 2,
-  PAGES: 3,
-  LAZY_REQUESTS: 4,
-  LAZY_ANSWERS: 5,
-  FILESYSTEM_TAR: 6,
-} as const;
-export type ChannelKindCode = (typeof ChannelKind)[keyof typeof ChannelKind];
-const KINDS = new Set<number>(Object.values(ChannelKind));
+/**
+ * What a channel carries, as its application tags it (1-255, said once in its OPEN frame); the link
+ * carries it and does not read it. 0 marks the frames of the session itself.
+ */
+export type ChannelKindCode = number;
 
 export interface Frame {
   readonly type: FrameTypeCode;
-  readonly kind: ChannelKindCode | 0;
+  readonly kind: ChannelKindCode;
   readonly channel: number;
   readonly offset: bigint;
   readonly payload: Buffer;
@@ -101,6 +95,5 @@ export function decodeFrame(bytes: Buffer, requireCrc = true): Frame {
   const type = bytes.readUInt8(0);
   const kind = bytes.readUInt8(1);
   if (!TYPES.has(type)) throw new LinkProtocolError(`unknown frame type 0x${type.toString(16)}`);
-  if (kind !== 0 && !KINDS.has(kind)) throw new LinkProtocolError(`unknown channel kind ${kind}`);
-  return { type: type as FrameTypeCode, kind: kind as ChannelKindCode | 0, channel: bytes.readUInt32LE(4), offset: bytes.readBigUInt64LE(8), payload };
+  return { type: type as FrameTypeCode, kind, channel: bytes.readUInt32LE(4), offset: bytes.readBigUInt64LE(8), payload };
 }

@@ -5,12 +5,10 @@
 export { dialLink, type DialedLink } from './dialer.js';
 export { LinkListener } from './listener.js';
 export { LinkSession, DEFAULT_LINK_LIMITS, type LinkLimits } from './session.js';
-export type { IncomingChannel, OutgoingChannel } from './channels.js';
-export { ChannelKind, type ChannelKindCode } from './frame.js';
+export { ChannelPriority, type IncomingChannel, type OutgoingChannel } from './channels.js';
+export type { ChannelKindCode } from './frame.js';
 export { DEFAULT_RESUME_WINDOW_MS, type EndpointOptions } from './endpoint-options.js';
-export { sendControl, receiveControl } from './control-channel.js';
-export { ControlInbox } from './control-inbox.js';
-export type { Control, HostInfo, ImagesComplete, MigrationStart, RestoreResult } from './messages.js';
+export type { HostInfo } from './messages.js';
 export { PROTOCOL_VERSION } from './handshake.js';
 export { fingerprintOf, loadOrCreateIdentity, type Identity } from './identity.js';
 export { TrustStore, normaliseFingerprint, type TrustedPeer } from './trust-store.js';

@@ -40,59 +40,6 @@ export interface Abort {
   code: string;
 }
 
-export interface MigrationStart {
-  mode: string;
-  pid: number;
-  criu_version: string;
-  /** '' when no container manager is involved (haul migrate); proto3 reads an absent string as ''. */
-  instance: string;
-  migration_id: string;
-  source_host: string;
-  /** 0 when not set. */
-  restore_timeout_ms: number;
-  manager_addresses: string[];
-}
-export interface ImagesComplete {
-  files: number;
-  page_streams: number;
-  bytes: bigint;
-  filesystem_tars: number;
-}
-export interface RestoreResult {
-  ok: boolean;
-  error: string;
-  pid: number;
-}
-export interface Progress {
-  pages: bigint;
-  bytes: bigint;
-}
-export interface LazyComplete {
-  pages: bigint;
-}
-export interface Commit {
-  source_pid: number;
-}
-export interface MigrationAccepted {
-  ok: boolean;
-  error: string;
-}
-export interface ImagesStored {
-  ok: boolean;
-  error: string;
-}
-/** One control message: exactly one of these is set. */
-export interface Control {
-  lazy_complete?: LazyComplete;
-  migration_start?: MigrationStart;
-  images_complete?: ImagesComplete;
-  restore_result?: RestoreResult;
-  progress?: Progress;
-  commit?: Commit;
-  images_stored?: ImagesStored;
-  migration_accepted?: MigrationAccepted;
-}
-
 interface MessageCodec<T> {
   encode(message: T): Buffer;
   decode(bytes: Buffer): T;
@@ -116,5 +63,4 @@ export const Messages = {
   hello: codec<Hello>('Hello'),
   helloReply: codec<HelloReply>('HelloReply'),
   abort: codec<Abort>('Abort'),
-  control: codec<Control>('Control'),
 };

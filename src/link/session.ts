@@ -1,6 +1,8 @@
 import { EventEmitter } from 'node:events';
-import { ChannelKind, FrameType, decodeFrame, encodeFrame, type ChannelKindCode, type Frame } from './frame.js';
-import { IncomingChannel, OutgoingChannel, WindowPool, type ChannelCredit } from './channels.js';
+import { FrameType, decodeFrame, encodeFrame, type ChannelKindCode, type Frame } from './frame.js';
+import { ChannelPriority, IncomingChannel, OutgoingChannel, WindowPool, type ChannelCredit } from './channels.js';
+
+const PRIORITIES = Object.values(ChannelPriority);
 import { LinkAbortedError, LinkLimitError, LinkLimitsError, LinkProtocolError, linkReasonCode } from './link-errors.js';
 import { Messages, type ChannelProgress } from './messages.js';
 import { STREAM_DIGEST_SIZE } from './stream-digest.js';
@@ -148,11 +150,17 @@ export class LinkSession extends EventEmitter<SessionEvents> {
   }
   private attachCount = 0;
 
-  openChannel(kind: ChannelKindCode, name: string): OutgoingChannel {
+  /**
+   * A new channel: `kind` is the application's tag for what it carries (1-255, read by nothing
+   * here), `priority` how its frames compete with other channels' for the connection.
+   */
+  openChannel(kind: ChannelKindCode, name: string, priority: ChannelPriority): OutgoingChannel {
     if (this.state !== 'open') throw new LinkAbortedError(`cannot open ${name}: the session has ended`, 'local');
+    if (!Number.isInteger(kind) || kind < 1 || kind > 255) throw new RangeError(`a channel kind is 1-255, not ${kind}`);
+    if (!PRIORITIES.includes(priority)) throw new RangeError(`not a channel priority: ${priority}`);
     const id = this.nextChannelId;
     this.nextChannelId += 2;
-    const channel = new OutgoingChannel(id, kind, name, INITIAL_CHANNEL_WINDOW, CHANNEL_WINDOW, () => this.schedulePump());
+    const channel = new OutgoingChannel(id, kind, name, priority, INITIAL_CHANNEL_WINDOW, CHANNEL_WINDOW, () => this.schedulePump());
     this.outgoing.set(id, channel);
     this.schedulePump();
     return channel;
@@ -378,7 +386,7 @@ export class LinkSession extends EventEmitter<SessionEvents> {
     const channels = [...this.outgoing.values()];
     if (channels.length === 0) return undefined;
     this.rotation = (this.rotation + 1) % channels.length;
-    for (let priority = 0; priority <= 2; priority++) {
+    for (const priority of PRIORITIES) {
       for (let i = 0; i < channels.length; i++) {
         const channel = channels[(this.rotation + i) % channels.length]!;
         if (channel.priority !== priority) continue;
@@ -393,5 +401,5 @@ export class LinkSession extends EventEmitter<SessionEvents> {
 function creditFrame(channel: number, acked: bigint, limit: bigint): Frame {
   const payload = Buffer.alloc(8);
   payload.writeBigUInt64LE(limit, 0);
-  return { type: FrameType.CREDIT, kind: ChannelKind.CONTROL, channel, offset: acked, payload };
+  return { type: FrameType.CREDIT, kind: 0, channel, offset: acked, payload };
 }

@@ -2,13 +2,13 @@ import { randomBytes } from 'node:crypto';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { describe, expect, it } from 'vitest';
 import type { IncomingChannel } from '../../src/link/channels.js';
-import { receiveControl, sendControl } from '../../src/link/control-channel.js';
-import { ChannelKind, FrameType, decodeFrame, encodeFrame, type Frame } from '../../src/link/frame.js';
+import { FrameType, decodeFrame, encodeFrame, type Frame } from '../../src/link/frame.js';
 import type { LinkAbortedError } from '../../src/link/link-errors.js';
 import { Messages } from '../../src/link/messages.js';
 import { CHANNEL_WINDOW, INITIAL_CHANNEL_WINDOW, LinkSession, type FrameTransport, type LinkLimits } from '../../src/link/session.js';
 import { memoryTransportPair } from '../support/memory-link.js';
 import { writeAll } from '../support/link-traffic.js';
+import { receiveControl, sendControl, ChannelKind, openChannel } from '../../proxy/wire/index.js';
 
 const MiB = 1024 * 1024;
 
@@ -97,11 +97,11 @@ describe('flow control: a receiver holds no more than it granted, and an honest 
     const { dialer, listener, incoming, watch } = watchedPair(limits);
     const aborted = nextAbort(listener);
     const bulk = randomBytes(MiB);
-    for (let i = 0; i < 320; i++) dialer.openChannel(ChannelKind.PAGES, `idle-${i}`).writable.write(bulk);
+    for (let i = 0; i < 320; i++) openChannel(dialer, ChannelKind.PAGES, `idle-${i}`).writable.write(bulk);
     const wanted = randomBytes(32 * MiB);
-    const writing = writeAll(dialer.openChannel(ChannelKind.PAGES, 'wanted'), wanted, () => 0.5);
+    const writing = writeAll(openChannel(dialer, ChannelKind.PAGES, 'wanted'), wanted, () => 0.5);
     // the reader of 'wanted' waits for another channel first: the control channel's word to start
-    const control = dialer.openChannel(ChannelKind.CONTROL, 'control');
+    const control = openChannel(dialer, ChannelKind.CONTROL, 'control');
     // a channel nobody reads costs its initial window, and no more
     const idle = (): IncomingChannel[] => incoming.filter((channel) => channel.name.startsWith('idle-'));
     await Promise.race([until(() => idle().length === 320 && idle().every((channel) => channel.unread() === BigInt(INITIAL_CHANNEL_WINDOW))), aborted]);
@@ -125,9 +125,9 @@ describe('flow control: a receiver holds no more than it granted, and an honest 
     const { dialer, listener, incoming, watch, cutAndResume } = watchedPair(limits);
     const aborted = nextAbort(listener);
     const bulk = randomBytes(MiB);
-    for (let i = 0; i < 320; i++) dialer.openChannel(ChannelKind.IMAGE_FILE, `idle-${i}`).writable.write(bulk);
+    for (let i = 0; i < 320; i++) openChannel(dialer, ChannelKind.IMAGE_FILE, `idle-${i}`).writable.write(bulk);
     const wanted = randomBytes(24 * MiB);
-    const writing = writeAll(dialer.openChannel(ChannelKind.PAGES, 'wanted'), wanted, () => 0.5);
+    const writing = writeAll(openChannel(dialer, ChannelKind.PAGES, 'wanted'), wanted, () => 0.5);
     while (!incoming.some((channel) => channel.name === 'wanted')) await sleep(1);
     const reading = readToEnd(incoming.find((channel) => channel.name === 'wanted')!);
     for (let cut = 0; cut < 4; cut++) {
@@ -146,7 +146,7 @@ describe('flow control: a receiver holds no more than it granted, and an honest 
     const { dialer, listener, incoming, watch } = watchedPair();
     const aborted = nextAbort(listener);
     const stream = randomBytes(CHANNEL_WINDOW + 1);
-    const writes = [...Array(130).keys()].map((i) => new Promise<void>((resolve) => dialer.openChannel(ChannelKind.PAGES, `pages-${i}`).writable.end(stream, resolve)));
+    const writes = [...Array(130).keys()].map((i) => new Promise<void>((resolve) => openChannel(dialer, ChannelKind.PAGES, `pages-${i}`).writable.end(stream, resolve)));
     // a destination whose disk has fallen behind: it takes nothing until the sender can send no more
     const filled = (): boolean => incoming.length === 130 && incoming.every((channel) => channel.unread() === BigInt(INITIAL_CHANNEL_WINDOW));
     await Promise.race([until(filled).then(() => senderStalled(watch)), aborted]);
@@ -158,7 +158,7 @@ describe('flow control: a receiver holds no more than it granted, and an honest 
     expect(lengths).toEqual(Array(130).fill(stream.length));
     expect(listener.isOpen).toBe(true);
     // the windows those streams grew to were given back: the next busy one grows as large
-    const next = dialer.openChannel(ChannelKind.PAGES, 'pages-130');
+    const next = openChannel(dialer, ChannelKind.PAGES, 'pages-130');
     void writeAll(next, randomBytes(32 * MiB), () => 0.5).catch(() => {});
     while (incoming.length === 130) await sleep(1);
     await readThenStop(incoming[130]!, 16 * MiB);
@@ -168,7 +168,7 @@ describe('flow control: a receiver holds no more than it granted, and an honest 
 
   it('still lets one busy channel have a whole channel window in flight, and no more', async () => {
     const { dialer, incoming, unread, watch } = watchedPair();
-    const channel = dialer.openChannel(ChannelKind.PAGES, 'pages');
+    const channel = openChannel(dialer, ChannelKind.PAGES, 'pages');
     void writeAll(channel, randomBytes(64 * MiB), () => 0.5).catch(() => {});
     while (incoming.length === 0) await sleep(1);
     await readThenStop(incoming[0]!, 24 * MiB);

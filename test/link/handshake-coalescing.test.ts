@@ -3,10 +3,11 @@ import type { AddressInfo } from 'node:net';
 import { describe, expect, it } from 'vitest';
 import { WebSocketServer, type WebSocket } from 'ws';
 import { dialLink } from '../../src/link/dialer.js';
-import { ChannelKind, FrameType, encodeFrame } from '../../src/link/frame.js';
+import { FrameType, encodeFrame } from '../../src/link/frame.js';
 import { PROTOCOL_VERSION, helloReplyFrame } from '../../src/link/handshake.js';
 import type { IncomingChannel } from '../../src/link/channels.js';
 import { hostInfo } from '../support/link-hosts.js';
+import { ChannelKind } from '../../proxy/wire/index.js';
 
 describe('the dialler right after its handshake', () => {
   it('keeps channels the peer opens in the same TCP segment as its handshake reply', async () => {

@@ -5,13 +5,14 @@ import { afterEach, describe, expect, it } from 'vitest';
 import WebSocket from 'ws';
 import type { IncomingChannel } from '../../src/link/channels.js';
 import { dialLink } from '../../src/link/dialer.js';
-import { ChannelKind, FrameType, encodeFrame } from '../../src/link/frame.js';
+import { FrameType, encodeFrame } from '../../src/link/frame.js';
 import { helloFrame, parseHelloReply, PROTOCOL_VERSION } from '../../src/link/handshake.js';
 import { LinkProtocolError } from '../../src/link/link-errors.js';
 import { LinkListener } from '../../src/link/listener.js';
 import type { LinkSession } from '../../src/link/session.js';
 import { cuttingProxy } from '../support/cutting-proxy.js';
 import { hostInfo, linkHost, trustingPair } from '../support/link-hosts.js';
+import { ChannelKind, openChannel } from '../../proxy/wire/index.js';
 
 const cleanups: Array<() => unknown> = [];
 afterEach(async () => {
@@ -43,7 +44,7 @@ describe('the link over TLS with pinned certificates', () => {
     const sent = new Map([['pages-1', randomBytes(5_000_000)], ['inventory.img', randomBytes(300)], ['control', Buffer.from('{"restore":"go"}')]]);
     for (const [name, data] of sent) {
       const kind = name === 'control' ? ChannelKind.CONTROL : name.startsWith('pages') ? ChannelKind.PAGES : ChannelKind.IMAGE_FILE;
-      session.openChannel(kind, name).writable.end(data);
+      openChannel(session, kind, name).writable.end(data);
     }
     while (received.size < sent.size) await sleep(5);
     for (const [name, data] of sent) expect((await received.get(name)!).equals(data)).toBe(true);
@@ -104,7 +105,7 @@ describe('the link when the connection drops', () => {
     const received = new Map<string, Promise<Buffer>>();
     remote.on('channel', (channel) => received.set(channel.name, collect(channel)));
     const sent = new Map([...Array(3).keys()].map((i) => [`pages-${i}`, randomBytes(12_000_000)] as const));
-    const writes = [...sent].map(([name, data]) => new Promise<void>((resolve) => session.openChannel(ChannelKind.PAGES, name).writable.end(data, resolve)));
+    const writes = [...sent].map(([name, data]) => new Promise<void>((resolve) => openChannel(session, ChannelKind.PAGES, name).writable.end(data, resolve)));
     let cuts = 0;
     while (cuts < 4) {
       await sleep(20 + Math.floor(Math.random() * 120));
@@ -131,7 +132,7 @@ describe('the link when the connection drops', () => {
     const remote = await accepted;
     const received = new Promise<Buffer>((resolve) => remote.once('channel', (channel) => resolve(collect(channel))));
     const data = randomBytes(20_000_000);
-    const written = new Promise<void>((resolve) => session.openChannel(ChannelKind.PAGES, 'pages').writable.end(data, resolve));
+    const written = new Promise<void>((resolve) => openChannel(session, ChannelKind.PAGES, 'pages').writable.end(data, resolve));
     await sleep(30);
     expect(proxy.freeze()).toBeGreaterThan(0);
     await written;
@@ -209,7 +210,7 @@ describe('resuming a session over TLS belongs to the certificates that began it'
     // the session still runs between the hosts that began it
     const received = new Promise<Buffer>((resolve) => remote.once('channel', (channel) => resolve(collect(channel))));
     const data = randomBytes(100_000);
-    session.openChannel(ChannelKind.PAGES, 'pages-1').writable.end(data);
+    openChannel(session, ChannelKind.PAGES, 'pages-1').writable.end(data);
     expect((await received).equals(data)).toBe(true);
     expect(remote.attachments).toBe(1);
     session.close();

@@ -5,13 +5,11 @@ import tar from 'tar-stream';
 import { describe, expect, it } from 'vitest';
 import { receiveDump } from '../../src/criu/page-server/dump-receiver.js';
 import { PageFlag } from '../../src/criu/page-server/protocol.js';
-import { receiveControl, sendControl } from '../../src/link/control-channel.js';
-import { ChannelKind } from '../../src/link/frame.js';
-import type { Control } from '../../src/link/messages.js';
 import { readAll, sessionPair, writeAll } from '../support/link-traffic.js';
 import { memoryConnection } from '../support/memory-connection.js';
 import { MemorySink, dumpStream } from '../support/page-server-streams.js';
 import { seededRandom } from '../support/seeded-random.js';
+import { receiveControl, sendControl, ChannelKind, type Control, openChannel } from '../../proxy/wire/index.js';
 
 type Files = Map<string, Buffer>;
 
@@ -65,10 +63,10 @@ describe('one link carrying everything a migration sends at once', () => {
       const files = randomImageDir(next);
       const control = randomControl(next);
       const pages = [...Array(1 + Math.floor(next() * 3)).keys()].map(() => randomBytes(Math.floor(next() * 200_000)));
-      const controlChannel = dialer.openChannel(ChannelKind.CONTROL, 'control');
+      const controlChannel = openChannel(dialer, ChannelKind.CONTROL, 'control');
       await Promise.all([
-        writeAll(dialer.openChannel(ChannelKind.IMAGE_FILE, 'images.tar'), await tarOf(files), next),
-        ...pages.map((data, i) => writeAll(dialer.openChannel(ChannelKind.PAGES, `pages-${i}`), data, next)),
+        writeAll(openChannel(dialer, ChannelKind.IMAGE_FILE, 'images.tar'), await tarOf(files), next),
+        ...pages.map((data, i) => writeAll(openChannel(dialer, ChannelKind.PAGES, `pages-${i}`), data, next)),
         (async () => {
           for (const message of control) {
             await sendControl(controlChannel.writable, message);
@@ -120,8 +118,8 @@ describe('p.haul\'s failure, and why it cannot happen on the link', () => {
     const { dialer, listener } = sessionPair();
     const arrived = new Map<string, Promise<Buffer>>();
     listener.on('channel', (channel) => arrived.set(channel.name, readAll(channel, () => 1)));
-    dialer.openChannel(ChannelKind.FILESYSTEM_TAR, 'images.tar').writable.end(padded);
-    dialer.openChannel(ChannelKind.PAGES, 'pages').writable.end(pageStream);
+    openChannel(dialer, ChannelKind.FILESYSTEM_TAR, 'images.tar').writable.end(padded);
+    openChannel(dialer, ChannelKind.PAGES, 'pages').writable.end(pageStream);
     while (arrived.size < 2) await sleep(1);
     expect(await untar(await arrived.get('images.tar')!)).toEqual(files);
     const { connection } = memoryConnection(await arrived.get('pages')!);

@@ -3,10 +3,10 @@ import { connect } from 'node:net';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { afterEach, describe, expect, it } from 'vitest';
 import { dialLink } from '../../src/link/dialer.js';
-import { ChannelKind } from '../../src/link/frame.js';
 import { LinkListener } from '../../src/link/listener.js';
 import type { LinkSession } from '../../src/link/session.js';
 import { hostInfo, trustingPair } from '../support/link-hosts.js';
+import { ChannelKind, openChannel } from '../../proxy/wire/index.js';
 
 const cleanups: Array<() => unknown> = [];
 afterEach(async () => {
@@ -39,7 +39,7 @@ describe('the link listener before a client is anyone', () => {
       channel.readable.on('data', (chunk: Buffer) => (text += chunk.toString()));
       channel.readable.on('end', () => resolve(text));
     }));
-    session.openChannel(ChannelKind.IMAGE_FILE, 'inventory.img').writable.end('still here');
+    openChannel(session, ChannelKind.IMAGE_FILE, 'inventory.img').writable.end('still here');
     expect(await arrived).toBe('still here');
     await sleep(10);
   }, 60_000);

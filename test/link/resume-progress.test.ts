@@ -2,11 +2,11 @@ import { randomBytes } from 'node:crypto';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { describe, expect, it } from 'vitest';
 import type { IncomingChannel } from '../../src/link/channels.js';
-import { ChannelKind } from '../../src/link/frame.js';
 import { LinkAbortedError, LinkProtocolError } from '../../src/link/link-errors.js';
 import { LinkSession, type FrameTransport } from '../../src/link/session.js';
 import { memoryTransportPair } from '../support/memory-link.js';
 import { sessionPair } from '../support/link-traffic.js';
+import { ChannelKind, openChannel } from '../../proxy/wire/index.js';
 
 function nextAbort(session: LinkSession): Promise<LinkAbortedError> {
   return new Promise((resolve) => session.once('aborted', resolve));
@@ -29,7 +29,7 @@ describe('resuming a session trusts nothing the peer says about its progress', (
   it('aborts with a protocol error when the peer claims more bytes than were ever sent, and the peer hears why', async () => {
     const { dialer, listener, pair } = sessionPair();
     const arrived = new Promise<IncomingChannel>((resolve) => listener.once('channel', resolve));
-    const channel = dialer.openChannel(ChannelKind.PAGES, 'pages-1');
+    const channel = openChannel(dialer, ChannelKind.PAGES, 'pages-1');
     channel.writable.write(randomBytes(1000));
     await fullyRead(await arrived, 1000);
     await cut(pair, dialer, listener);
@@ -51,7 +51,7 @@ describe('resuming a session trusts nothing the peer says about its progress', (
   it('aborts when the peer claims to have less than it already acknowledged', async () => {
     const { dialer, listener, pair } = sessionPair();
     const arrived = new Promise<IncomingChannel>((resolve) => listener.once('channel', resolve));
-    const channel = dialer.openChannel(ChannelKind.PAGES, 'pages-1');
+    const channel = openChannel(dialer, ChannelKind.PAGES, 'pages-1');
     channel.writable.write(randomBytes(4 * 1024 * 1024));
     await fullyRead(await arrived, 4 * 1024 * 1024);
     await sleep(20); // the receiver's credit (acknowledging the bytes) reaches the sender
@@ -68,7 +68,7 @@ describe('resuming a session trusts nothing the peer says about its progress', (
   it('aborts when the peer claims a channel ended that never ended', async () => {
     const { dialer, listener, pair } = sessionPair();
     const arrived = new Promise<IncomingChannel>((resolve) => listener.once('channel', resolve));
-    const channel = dialer.openChannel(ChannelKind.PAGES, 'pages-1');
+    const channel = openChannel(dialer, ChannelKind.PAGES, 'pages-1');
     channel.writable.write(randomBytes(1000));
     await fullyRead(await arrived, 1000);
     await cut(pair, dialer, listener);
@@ -82,7 +82,7 @@ describe('resuming a session trusts nothing the peer says about its progress', (
   it('still resumes a peer that tells the truth', async () => {
     const { dialer, listener, pair } = sessionPair();
     const arrived = new Promise<IncomingChannel>((resolve) => listener.once('channel', resolve));
-    const channel = dialer.openChannel(ChannelKind.PAGES, 'pages-1');
+    const channel = openChannel(dialer, ChannelKind.PAGES, 'pages-1');
     const data = randomBytes(3 * 1024 * 1024);
     channel.writable.write(data.subarray(0, 1024 * 1024));
     const incoming = await arrived;
@@ -114,7 +114,7 @@ describe('an error while the session sends', () => {
     };
     const aborted = nextAbort(session);
     session.attach(broken);
-    session.openChannel(ChannelKind.CONTROL, 'control').writable.write(Buffer.from('hello'));
+    openChannel(session, ChannelKind.CONTROL, 'control').writable.write(Buffer.from('hello'));
     const error = await aborted;
     expect(error.cause).toBe(failure);
     expect(error.message).toMatch(/the transport broke/);

@@ -2,14 +2,13 @@ import { randomBytes } from 'node:crypto';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { describe, expect, it } from 'vitest';
 import type { IncomingChannel } from '../../src/link/channels.js';
-import { sendControl } from '../../src/link/control-channel.js';
-import { ControlInbox } from '../../src/link/control-inbox.js';
-import { ChannelKind, FrameType, decodeFrame, encodeFrame, type Frame } from '../../src/link/frame.js';
+import { FrameType, decodeFrame, encodeFrame, type Frame } from '../../src/link/frame.js';
 import { LinkLimitError, LinkLimitsError, type LinkAbortedError } from '../../src/link/link-errors.js';
 import { LinkListener } from '../../src/link/listener.js';
 import { CHANNEL_WINDOW, DEFAULT_LINK_LIMITS, INITIAL_CHANNEL_WINDOW, LinkSession, type LinkLimits } from '../../src/link/session.js';
 import { hostInfo } from '../support/link-hosts.js';
 import { memoryTransportPair } from '../support/memory-link.js';
+import { sendControl, ControlInbox, ChannelKind, openChannel } from '../../proxy/wire/index.js';
 
 function limitedPair(limits: Partial<LinkLimits>): { dialer: LinkSession; listener: LinkSession } {
   const id = randomBytes(16);
@@ -57,7 +56,7 @@ describe('a session caps what its peer can make it hold', () => {
     const { dialer, listener } = limitedPair({ maxOpenChannels: 3 });
     const aborted = nextAbort(listener);
     const told = nextAbort(dialer);
-    for (let i = 0; i < 4; i++) dialer.openChannel(ChannelKind.IMAGE_FILE, `file-${i}`).writable.write(Buffer.from('x'));
+    for (let i = 0; i < 4; i++) openChannel(dialer, ChannelKind.IMAGE_FILE, `file-${i}`).writable.write(Buffer.from('x'));
     const error = await aborted;
     expect(error.reasonCode).toBe('HAUL_LINK_LIMIT_OPEN_CHANNELS');
     expect(error.cause).toBeInstanceOf(LinkLimitError);
@@ -70,7 +69,7 @@ describe('a session caps what its peer can make it hold', () => {
     const done: Array<Promise<number>> = [];
     listener.on('channel', (channel) => done.push(readToEnd(channel)));
     for (let i = 0; i < 10; i++) {
-      dialer.openChannel(ChannelKind.IMAGE_FILE, `file-${i}`).writable.end(randomBytes(1000));
+      openChannel(dialer, ChannelKind.IMAGE_FILE, `file-${i}`).writable.end(randomBytes(1000));
       while (done.length <= i) await sleep(1);
       await done[i];
     }
@@ -84,7 +83,7 @@ describe('a session caps what its peer can make it hold', () => {
     const channels: IncomingChannel[] = [];
     listener.on('channel', (channel) => channels.push(channel)); // nobody reads, for now
     const sent = [...Array(3).keys()].map(() => randomBytes(2 * 1024 * 1024));
-    sent.forEach((bytes, i) => dialer.openChannel(ChannelKind.PAGES, `pages-${i}`).writable.end(bytes));
+    sent.forEach((bytes, i) => openChannel(dialer, ChannelKind.PAGES, `pages-${i}`).writable.end(bytes));
     await sleep(100);
     expect(listener.isOpen).toBe(true);
     expect(channels.reduce((sum, channel) => sum + channel.unread(), 0n)).toBeLessThanOrEqual(BigInt(budget));
@@ -95,7 +94,7 @@ describe('a session caps what its peer can make it hold', () => {
   it('lets a reader that keeps up take far more than the unread budget', async () => {
     const { dialer, listener } = limitedPair({ maxOpenChannels: 8, maxUnreadBytes: 4 * 1024 * 1024 });
     const total = new Promise<number>((resolve) => listener.once('channel', (channel) => resolve(readToEnd(channel))));
-    const channel = dialer.openChannel(ChannelKind.PAGES, 'pages-1');
+    const channel = openChannel(dialer, ChannelKind.PAGES, 'pages-1');
     for (let i = 0; i < 12; i++) if (!channel.writable.write(randomBytes(2 * 1024 * 1024))) await new Promise((resolve) => channel.writable.once('drain', resolve));
     channel.writable.end();
     expect(await total).toBe(24 * 1024 * 1024);
@@ -106,7 +105,7 @@ describe('a session caps what its peer can make it hold', () => {
     const { dialer, listener } = limitedPair({ maxControlMessages: 5 });
     const inbox = new ControlInbox(listener);
     const aborted = nextAbort(listener);
-    const control = dialer.openChannel(ChannelKind.CONTROL, 'migration');
+    const control = openChannel(dialer, ChannelKind.CONTROL, 'migration');
     for (let i = 0; i < 6; i++) await sendControl(control.writable, { progress: { pages: BigInt(i), bytes: 0n } });
     const error = await aborted;
     expect(error.reasonCode).toBe('HAUL_LINK_LIMIT_CONTROL_MESSAGES');
@@ -169,7 +168,7 @@ describe('a session caps what its peer can make it hold', () => {
     it('aborts when the peer grants more than one window beyond what it acknowledged', async () => {
       const { session, frames, send } = rawPeer();
       const aborted = nextAbort(session);
-      const channel = session.openChannel(ChannelKind.PAGES, 'pages-1');
+      const channel = openChannel(session, ChannelKind.PAGES, 'pages-1');
       channel.writable.write(randomBytes(1024 * 1024));
       while (!frames.some((f) => f.type === FrameType.DATA)) await sleep(1);
       // a peer that never acknowledges but takes everything would grow the replay buffer forever
@@ -182,7 +181,7 @@ describe('a session caps what its peer can make it hold', () => {
     it('aborts when the peer acknowledges bytes that were never sent', async () => {
       const { session, frames, send } = rawPeer();
       const aborted = nextAbort(session);
-      const channel = session.openChannel(ChannelKind.PAGES, 'pages-1');
+      const channel = openChannel(session, ChannelKind.PAGES, 'pages-1');
       channel.writable.write(randomBytes(1000));
       while (!frames.some((f) => f.type === FrameType.DATA)) await sleep(1);
       send(credit(channel.id, 5000n, 5000n + BigInt(CHANNEL_WINDOW)));
@@ -191,7 +190,7 @@ describe('a session caps what its peer can make it hold', () => {
 
     it('takes the credit an honest receiver grants', async () => {
       const { session, frames, send } = rawPeer();
-      const channel = session.openChannel(ChannelKind.PAGES, 'pages-1');
+      const channel = openChannel(session, ChannelKind.PAGES, 'pages-1');
       channel.writable.write(randomBytes(1000));
       while (!frames.some((f) => f.type === FrameType.DATA)) await sleep(1);
       send(credit(channel.id, 1000n, 1000n + BigInt(CHANNEL_WINDOW)));

@@ -1,15 +1,16 @@
 import { randomBytes } from 'node:crypto';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { describe, expect, it } from 'vitest';
-import { ChannelKind, FrameType, decodeFrame, type ChannelKindCode } from '../../src/link/frame.js';
+import { FrameType, decodeFrame } from '../../src/link/frame.js';
 import { LinkSession } from '../../src/link/session.js';
 import { memoryTransportPair } from '../support/memory-link.js';
 import { seededRandom } from '../support/seeded-random.js';
 import { readAll, sessionPair, writeAll } from '../support/link-traffic.js';
+import { ChannelKind, openChannel } from '../../proxy/wire/index.js';
 
 
 const ROUNDS = Number(process.env['LINK_ROUNDS'] ?? 1000);
-const KINDS: ChannelKindCode[] = [ChannelKind.CONTROL, ChannelKind.IMAGE_FILE, ChannelKind.PAGES, ChannelKind.LAZY_ANSWERS, ChannelKind.FILESYSTEM_TAR];
+const KINDS: ChannelKind[] = [ChannelKind.CONTROL, ChannelKind.IMAGE_FILE, ChannelKind.PAGES, ChannelKind.LAZY_ANSWERS, ChannelKind.FILESYSTEM_TAR];
 
 describe('the link session', () => {
   it('carries many channels at once, every byte in order per channel, whatever the chunking and pace (1000 random cases)', async () => {
@@ -26,7 +27,7 @@ describe('the link session', () => {
         const size = next() < 0.1 ? 0 : Math.floor(next() * (next() < 0.2 ? 600_000 : 40_000));
         const data = randomBytes(size);
         sent.set(name, data);
-        writers.push(writeAll(dialer.openChannel(KINDS[Math.floor(next() * KINDS.length)]!, name), data, next));
+        writers.push(writeAll(openChannel(dialer, KINDS[Math.floor(next() * KINDS.length)]!, name), data, next));
       }
       await Promise.all(writers);
       while (received.size < channels) await sleep(1);
@@ -45,9 +46,9 @@ describe('the link session', () => {
       send(bytes, done);
     };
     // eight bulk channels keep the connection busy
-    for (let i = 0; i < 8; i++) dialer.openChannel(ChannelKind.PAGES, `bulk${i}`).writable.write(randomBytes(2 * 1024 * 1024));
+    for (let i = 0; i < 8; i++) openChannel(dialer, ChannelKind.PAGES, `bulk${i}`).writable.write(randomBytes(2 * 1024 * 1024));
     while (wire.length < 50) await sleep(1);
-    const answer = dialer.openChannel(ChannelKind.LAZY_ANSWERS, 'answer');
+    const answer = openChannel(dialer, ChannelKind.LAZY_ANSWERS, 'answer');
     answer.writable.write(randomBytes(4096));
     const mark = wire.length;
     while (!wire.some((f) => f.channel === answer.id && f.type === FrameType.DATA)) await sleep(1);
@@ -65,9 +66,9 @@ describe('the link session', () => {
       if (channel.name === 'fast') done.set('fast', readAll(channel, () => 1));
       // 'stalled' is never read
     });
-    dialer.openChannel(ChannelKind.PAGES, 'stalled').writable.write(randomBytes(16 * 1024 * 1024));
+    openChannel(dialer, ChannelKind.PAGES, 'stalled').writable.write(randomBytes(16 * 1024 * 1024));
     const data = randomBytes(8 * 1024 * 1024);
-    await writeAll(dialer.openChannel(ChannelKind.PAGES, 'fast'), data, () => 0.5);
+    await writeAll(openChannel(dialer, ChannelKind.PAGES, 'fast'), data, () => 0.5);
     while (!done.has('fast')) await sleep(1);
     expect((await done.get('fast')!).equals(data)).toBe(true);
   });
@@ -99,7 +100,7 @@ describe('resuming a session on a new connection', () => {
       for (let c = 0; c < 3; c++) {
         const data = randomBytes(Math.floor(next() * 3_000_000));
         sent.set(`c${c}`, data);
-        writers.push(writeAll(dialer.openChannel(ChannelKind.PAGES, `c${c}`), data, next));
+        writers.push(writeAll(openChannel(dialer, ChannelKind.PAGES, `c${c}`), data, next));
       }
       // cut the connection a few times at random moments; each time both sides resume on a new one,
       // telling each other how far they got (the handshake does this over a real connection)

@@ -3,10 +3,6 @@ import { randomBytes, randomUUID } from 'node:crypto';
 import { existsSync, lstatSync, mkdirSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { afterEach, describe, expect, it } from 'vitest';
-import { sendControl } from '../../src/link/control-channel.js';
-import { ControlInbox } from '../../src/link/control-inbox.js';
-import { ChannelKind } from '../../src/link/frame.js';
-import type { MigrationStart } from '../../src/link/messages.js';
 import { LinkSession } from '../../src/link/session.js';
 import { DestinationRole } from '../../plugin/destination-role.js';
 import { MIGRATION_ID_FILE } from '../../plugin/hook-protocol.js';
@@ -15,6 +11,7 @@ import { InFlight } from '../../plugin/in-flight.js';
 import { MigrationRecords } from '../../plugin/migration-records.js';
 import { memoryTransportPair } from '../support/memory-link.js';
 import { scratchDir } from '../support/scratch.js';
+import { sendControl, ControlInbox, ChannelKind, type MigrationStart, openChannel } from '../../proxy/wire/index.js';
 
 /** incusd as the destination role sees it: receiving every instance, its pid this test's. */
 function fakeIncus(): IncusClient {
@@ -65,7 +62,7 @@ describe('the destination agent failing a restore', () => {
 
   async function start(s: Scene, fields: Partial<MigrationStart> = {}): Promise<string> {
     const id = randomUUID(); // as a source makes it: other ids are refused (src/name-grammars.ts)
-    const control = s.source.openChannel(ChannelKind.CONTROL, 'migration');
+    const control = openChannel(s.source, ChannelKind.CONTROL, 'migration');
     await sendControl(control.writable, { migration_start: { mode: 'pre-copy', pid: 1, criu_version: '4.1.1', instance: 'c1', migration_id: id, source_host: 'src', restore_timeout_ms: 0, manager_addresses: [], ...fields } });
     expect(await s.answers.next('migration_accepted', 5000)).toMatchObject({ ok: true });
     return id;
@@ -110,7 +107,7 @@ describe('the destination agent failing a restore', () => {
     const s = scene((dir) => join(dir, 'migrations.jsonl'), 300);
     // 49 days: about the most a uint32 of ms holds
     const id = await start(s, { restore_timeout_ms: 49 * 24 * 3600_000 });
-    const control = s.source.openChannel(ChannelKind.CONTROL, 'images');
+    const control = openChannel(s.source, ChannelKind.CONTROL, 'images');
     await sendControl(control.writable, { images_complete: { files: 0, page_streams: 0, bytes: 0n, filesystem_tars: 0 } });
     expect(await s.answers.next('images_stored', 5000)).toMatchObject({ ok: true });
     // the restore that never ends: the hook's process, which would have become CRIU

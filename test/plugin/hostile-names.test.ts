@@ -11,12 +11,10 @@ import { MIGRATION_ID_FILE } from '../../plugin/hook-protocol.js';
 import { InFlight } from '../../plugin/in-flight.js';
 import type { IncusClient } from '../../plugin/incus-client.js';
 import { MigrationRecords } from '../../plugin/migration-records.js';
-import { sendControl } from '../../src/link/control-channel.js';
-import { ControlInbox } from '../../src/link/control-inbox.js';
-import { ChannelKind } from '../../src/link/frame.js';
 import { LinkSession } from '../../src/link/session.js';
 import { memoryTransportPair } from '../support/memory-link.js';
 import { scratchDir } from '../support/scratch.js';
+import { sendControl, ControlInbox, ChannelKind, openChannel } from '../../proxy/wire/index.js';
 
 const cleanups: Array<() => void> = [];
 afterEach(() => cleanups.splice(0).reverse().forEach((cleanup) => cleanup()));
@@ -52,7 +50,7 @@ function destination() {
 
 async function startMigration(role: DestinationRole, start: { instance: string; id: string }) {
   const { source, answers } = linked((session) => role.serve(session, '127.0.0.1'));
-  const control = source.openChannel(ChannelKind.CONTROL, 'migration');
+  const control = openChannel(source, ChannelKind.CONTROL, 'migration');
   await sendControl(control.writable, {
     migration_start: { mode: 'pre-copy', pid: 1, criu_version: '4.1.1', instance: start.instance, migration_id: start.id, source_host: 'peer', restore_timeout_ms: 0, manager_addresses: [] },
   });
@@ -125,7 +123,7 @@ describe('the disk changes a source sends', () => {
     cleanups.push(scratch.remove);
     let store!: CacheStore;
     const { source } = linked((session) => (store = new CacheStore(session, scratch.path, { maxDiskChangesBytes: 64 * 1024 })));
-    const tar = source.openChannel(ChannelKind.FILESYSTEM_TAR, 'rootfs');
+    const tar = openChannel(source, ChannelKind.FILESYSTEM_TAR, 'rootfs');
     tar.writable.on('error', () => {});
     tar.writable.end(Buffer.alloc(256 * 1024));
     const outcome = await store.complete.then(() => 'complete', (error: { code?: string }) => error.code);
@@ -142,8 +140,8 @@ describe('the image names a source sends', () => {
       mkdirSync(dir, { recursive: true });
       let store!: CacheStore;
       const { source } = linked((session) => (store = new CacheStore(session, dir)));
-      const control = source.openChannel(ChannelKind.CONTROL, 'migration');
-      const file = source.openChannel(ChannelKind.IMAGE_FILE, name);
+      const control = openChannel(source, ChannelKind.CONTROL, 'migration');
+      const file = openChannel(source, ChannelKind.IMAGE_FILE, name);
       file.writable.end(Buffer.from('what a hostile source would have written'));
       await sendControl(control.writable, { images_complete: { files: 1, page_streams: 0, bytes: 41n, filesystem_tars: 0 } });
       const outcome = await store.complete.then(() => 'complete', (error: { code?: string }) => error.code);

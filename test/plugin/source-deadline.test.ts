@@ -2,10 +2,7 @@ import { existsSync, mkdirSync } from 'node:fs';
 import { createServer, type Socket } from 'node:net';
 import { join } from 'node:path';
 import { afterEach, describe, expect, it } from 'vitest';
-import { sendControl } from '../../src/link/control-channel.js';
-import { ControlInbox } from '../../src/link/control-inbox.js';
 import type { EndpointOptions } from '../../src/link/endpoint-options.js';
-import { ChannelKind } from '../../src/link/frame.js';
 import { LinkListener } from '../../src/link/listener.js';
 import type { LinkAbortedError, LinkSession } from '../../src/link/session.js';
 import { MIGRATION_ID_FILE } from '../../plugin/hook-protocol.js';
@@ -14,6 +11,7 @@ import { InFlight } from '../../plugin/in-flight.js';
 import { MigrationRecords } from '../../plugin/migration-records.js';
 import { SourceRole, type Peer } from '../../plugin/source-role.js';
 import { scratchDir } from '../support/scratch.js';
+import { sendControl, ControlInbox, ChannelKind, openChannel } from '../../proxy/wire/index.js';
 
 const endpoint: EndpointOptions = {
   insecure: true,
@@ -66,7 +64,7 @@ describe("the source agent and the CRIU hook's wait for its answer", () => {
         session.once('aborted', resolve);
         session.once('closed', () => resolve('closed'));
         const inbox = new ControlInbox(session);
-        const answers = session.openChannel(ChannelKind.CONTROL, 'answers');
+        const answers = openChannel(session, ChannelKind.CONTROL, 'answers');
         void inbox.next('migration_start').then(async () => {
           beforeAccepting();
           await sendControl(answers.writable, { migration_accepted: { ok: true, error: '' } });

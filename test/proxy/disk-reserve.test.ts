@@ -5,11 +5,11 @@ import { join } from 'node:path';
 import { afterEach, expect, it } from 'vitest';
 import { CacheStore } from '../../proxy/cache-store.js';
 import { placeImageFiles } from '../../plugin/restore-dir-files.js';
-import { ChannelKind } from '../../src/link/frame.js';
 import { LinkAbortedError } from '../../src/link/link-errors.js';
 import { describeOnHost } from '../support/host.js';
 import { sessionPair } from '../support/link-traffic.js';
 import { scratchDir } from '../support/scratch.js';
+import { ChannelKind, openChannel } from '../../proxy/wire/index.js';
 
 describeOnHost("a peer's migration and the destination's disk", ['root'], () => {
   const cleanups: Array<() => void> = [];
@@ -29,7 +29,7 @@ describeOnHost("a peer's migration and the destination's disk", ['root'], () => 
     const { dialer: source, listener: destination } = sessionPair();
     const store = new CacheStore(destination, dir, { diskReserveBytes: 40 * 1024 ** 2 });
     const sourceAborted = new Promise<LinkAbortedError>((resolve) => source.once('aborted', resolve));
-    const file = source.openChannel(ChannelKind.IMAGE_FILE, 'pages-1.img');
+    const file = openChannel(source, ChannelKind.IMAGE_FILE, 'pages-1.img');
     file.writable.on('error', () => {});
     // 60 MiB: past what the reserve leaves (24 MiB), and all but the whole filesystem
     for (let i = 0; i < 60 && source.isOpen; i++) {

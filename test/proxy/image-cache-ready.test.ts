@@ -5,13 +5,12 @@ import { join } from 'node:path';
 import type { Writable } from 'node:stream';
 import { afterEach, describe, expect, it } from 'vitest';
 import { ImageCache, type CacheEvent } from '../../proxy/image-cache.js';
-import { sendControl } from '../../src/link/control-channel.js';
-import { ControlInbox } from '../../src/link/control-inbox.js';
 import { dialLink } from '../../src/link/dialer.js';
 import type { EndpointOptions } from '../../src/link/endpoint-options.js';
-import { ChannelKind } from '../../src/link/frame.js';
 import type { LinkSession } from '../../src/link/session.js';
+import { ChannelPriority } from '../../src/link/index.js';
 import { scratchDir } from '../support/scratch.js';
+import { sendControl, ControlInbox, ChannelKind, openChannel } from '../../proxy/wire/index.js';
 
 const host = { criu_version: '4.1.1', page_size: 4096, architecture: process.arch, capabilities: ['pre-copy', 'lazy'], haul_version: '0', role: 'cache' };
 const endpoint: EndpointOptions = { insecure: true, host };
@@ -36,7 +35,7 @@ describe('haul cache taking a migration', () => {
     const { session } = await dialLink(`ws://127.0.0.1:${port}`, endpoint);
     cleanups.push(() => session.isOpen && session.abort('test over'));
     const answers = new ControlInbox(session);
-    const control = session.openChannel(ChannelKind.CONTROL, 'migration').writable;
+    const control = openChannel(session, ChannelKind.CONTROL, 'migration').writable;
     return { session, answers, control };
   }
 
@@ -71,6 +70,16 @@ describe('haul cache taking a migration', () => {
     const { answers, control } = await dial(port);
     await sendControl(control, { migration_start: { mode: 'pre-copy', pid: 1, criu_version: '4.1.1', instance: '', migration_id: '', source_host: '', restore_timeout_ms: 0, manager_addresses: [] } });
     expect(await answers.next('restore_result', 10_000)).toMatchObject({ ok: false, error: expect.stringMatching(/no progress/) });
+    expect(events.some((event) => event.kind === 'failed')).toBe(true);
+  }, 20_000);
+
+  it('refuses a channel of a kind no migration has, and says so to the source', async () => {
+    const { port, events } = await cache();
+    const { session, answers, control } = await dial(port);
+    await sendControl(control, { migration_start: { mode: 'pre-copy', pid: 1, criu_version: '4.1.1', instance: '', migration_id: '', source_host: '', restore_timeout_ms: 0, manager_addresses: [] } });
+    // the link carries any kind; what a migration's channels may be is the engine's to check
+    session.openChannel(42, 'unheard-of', ChannelPriority.LAST).writable.end(Buffer.from('x'));
+    expect(await answers.next('restore_result', 10_000)).toMatchObject({ ok: false, error: expect.stringMatching(/does not take unheard-of \(kind 42\)/) });
     expect(events.some((event) => event.kind === 'failed')).toBe(true);
   }, 20_000);
 });

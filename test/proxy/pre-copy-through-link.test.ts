@@ -4,9 +4,7 @@ import { acceptOne } from '../../src/criu/page-server/connection.js';
 import { receiveDump } from '../../src/criu/page-server/dump-receiver.js';
 import { runCriu } from '../../src/criu/run/criu-process.js';
 import { criuVersion, headerLayoutFor } from '../../src/criu/run/criu-version.js';
-import { sendControl } from '../../src/link/control-channel.js';
 import { dialLink } from '../../src/link/dialer.js';
-import { ChannelKind } from '../../src/link/frame.js';
 import { LinkListener } from '../../src/link/listener.js';
 import type { LinkSession } from '../../src/link/session.js';
 import { CacheStore } from '../../proxy/cache-store.js';
@@ -16,6 +14,7 @@ import { describeOnHost } from '../support/host.js';
 import { hostInfo } from '../support/link-hosts.js';
 import { useMigrationScenes } from '../support/migration-scene.js';
 import { realtimeNs } from '../support/workload.js';
+import { sendControl, ChannelKind, openChannel } from '../../proxy/wire/index.js';
 
 describeOnHost('pre-copy through haul: criu dump -> image-proxy -> link -> image-cache -> criu restore', ['root', 'criu', 'workload'], () => {
   const scenes = useMigrationScenes();
@@ -48,7 +47,7 @@ describeOnHost('pre-copy through haul: criu dump -> image-proxy -> link -> image
 
     // then the other images, and word that the set is complete
     const images = await sendImageFiles(session, source);
-    const control = session.openChannel(ChannelKind.CONTROL, 'control');
+    const control = openChannel(session, ChannelKind.CONTROL, 'control');
     await sendControl(control.writable, { images_complete: { files: images.files, page_streams: pages.pageStreams, bytes: BigInt(images.bytes), filesystem_tars: 0 } });
     control.writable.end();
 

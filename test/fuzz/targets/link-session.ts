@@ -1,9 +1,10 @@
 import { crc32 } from 'node:zlib';
-import { ChannelKind, FRAME_HEADER_SIZE, FrameType, encodeFrame, type Frame } from '../../../src/link/frame.js';
+import { FRAME_HEADER_SIZE, FrameType, encodeFrame, type Frame } from '../../../src/link/frame.js';
 import { Messages } from '../../../src/link/messages.js';
 import { INITIAL_CHANNEL_WINDOW, LinkAbortedError, LinkSession, type FrameTransport } from '../../../src/link/session.js';
 import { streamDigest } from '../../../src/link/stream-digest.js';
 import { InvariantBroken, type FuzzTarget } from '../fuzzer.js';
+import { ChannelKind } from '../../../proxy/wire/index.js';
 
 const SESSION_ID = Buffer.alloc(16, 0x42);
 

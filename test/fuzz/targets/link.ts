@@ -1,12 +1,13 @@
 import { crc32 } from 'node:zlib';
 import { Readable, Writable } from 'node:stream';
-import { receiveControl, sendControl } from '../../../src/link/control-channel.js';
-import { ChannelKind, FRAME_HEADER_SIZE, FrameType, LinkProtocolError, MAX_FRAME_PAYLOAD, decodeFrame, encodeFrame } from '../../../src/link/frame.js';
+import { FRAME_HEADER_SIZE, FrameType, LinkProtocolError, MAX_FRAME_PAYLOAD, decodeFrame, encodeFrame } from '../../../src/link/frame.js';
 import { PROTOCOL_VERSION, helloFrame, helloReplyFrame, parseHello, parseHelloReply } from '../../../src/link/handshake.js';
-import { Messages, type Control, type HostInfo } from '../../../src/link/messages.js';
+import { Messages, type HostInfo } from '../../../src/link/messages.js';
 import { TruncatedStreamError } from '../../../src/streams/stream-reader.js';
 import { InvariantBroken, type FuzzTarget } from '../fuzzer.js';
 import { chunked, type Random } from '../mutations.js';
+import { receiveControl, sendControl, ChannelKind, type Control } from '../../../proxy/wire/index.js';
+import { MigrationMessageError, decodeControl, encodeControl } from '../../../proxy/wire/messages.js';
 
 const HOST: HostInfo = { criu_version: '4.1.1', page_size: 4096, architecture: 'x64', capabilities: ['lazy', 'pre-copy'], haul_version: '0.1.0', role: 'source' };
 const SESSION_ID = Buffer.from('00112233445566778899aabbccddeeff', 'hex');
@@ -96,10 +97,10 @@ export const linkHandshake: FuzzTarget = {
 
 export const linkMessages: FuzzTarget = {
   name: 'link-messages',
-  decoder: 'src/link/messages.ts Messages.*.decode (protobuf payloads; the first byte picks the message)',
-  expected: [LinkProtocolError],
+  decoder: 'src/link/messages.ts Messages.*.decode and proxy/wire/messages.ts decodeControl (protobuf payloads; the first byte picks the message)',
+  expected: [LinkProtocolError, MigrationMessageError],
   seeds: () => [
-    ...CONTROLS.map((control) => Buffer.concat([Buffer.from([0]), Messages.control.encode(control)])),
+    ...CONTROLS.map((control) => Buffer.concat([Buffer.from([0]), encodeControl(control)])),
     Buffer.concat([Buffer.from([1]), Messages.abort.encode({ reason: 'the restore failed: criu exited 1', origin: 'listener', code: 'HAUL_LINK_PROTOCOL' })]),
     Buffer.concat([Buffer.from([2]), Messages.hello.encode({ protocol_version: 1, session_id: SESSION_ID, resume: true, host: HOST, received: [{ channel: 3, received: 5n, ended: true }] })]),
     Buffer.concat([Buffer.from([3]), Messages.helloReply.encode({ protocol_version: 1, resumed: false, host: HOST, received: [], refusal: 'no' })]),
@@ -108,7 +109,7 @@ export const linkMessages: FuzzTarget = {
     const body = input.subarray(1);
     switch ((input[0] ?? 0) % 4) {
       case 0: {
-        const control = Messages.control.decode(body);
+        const control = decodeControl(body);
         // a oneof: at most one body, whatever the wire repeats
         const set = Object.values(control).filter((value) => value !== undefined && value !== null);
         if (set.length > 1) throw new InvariantBroken(`a control message with ${set.length} bodies`);
@@ -139,8 +140,8 @@ let controlSeeds: Buffer[] = [];
 
 export const controlChannel: FuzzTarget = {
   name: 'control-channel',
-  decoder: 'src/link/control-channel.ts receiveControl (length-prefixed control messages on a channel)',
-  expected: [LinkProtocolError, TruncatedStreamError],
+  decoder: 'proxy/wire/control-channel.ts receiveControl (length-prefixed control messages on a channel)',
+  expected: [MigrationMessageError, TruncatedStreamError],
   async open() {
     controlSeeds = [await controlStream(CONTROLS), await controlStream(CONTROLS.slice(0, 2)), await controlStream([CONTROLS[4]!])];
   },

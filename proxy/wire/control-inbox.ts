@@ -1,9 +1,8 @@
 import type { Readable } from 'node:stream';
+import { LinkLimitError, type LinkSession } from '../../src/link/index.js';
+import { ChannelKind } from './channels.js';
 import { receiveControl } from './control-channel.js';
-import { ChannelKind } from './frame.js';
-import { LinkLimitError } from './link-errors.js';
 import type { Control } from './messages.js';
-import type { LinkSession } from './session.js';
 
 /**
  * What the peer says on the control channel it opens on a session: every message kept in order

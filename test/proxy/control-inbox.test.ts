@@ -1,11 +1,9 @@
 import { randomBytes } from 'node:crypto';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { describe, expect, it } from 'vitest';
-import { sendControl } from '../../src/link/control-channel.js';
-import { ControlInbox } from '../../src/link/control-inbox.js';
-import { ChannelKind } from '../../src/link/frame.js';
 import { LinkSession } from '../../src/link/session.js';
 import { memoryTransportPair } from '../support/memory-link.js';
+import { sendControl, ControlInbox, ChannelKind, openChannel } from '../../proxy/wire/index.js';
 
 function connectedSessions(): { sender: LinkSession; inbox: ControlInbox } {
   const id = randomBytes(16);
@@ -21,7 +19,7 @@ function connectedSessions(): { sender: LinkSession; inbox: ControlInbox } {
 describe('ControlInbox: waiting for what the peer says on its control channel', () => {
   it('gives each field whether it came before or after the wait, in order, and ends with the channel', async () => {
     const { sender, inbox } = connectedSessions();
-    const control = sender.openChannel(ChannelKind.CONTROL, 'migration');
+    const control = openChannel(sender, ChannelKind.CONTROL, 'migration');
     await sendControl(control.writable, { images_stored: { ok: true, error: '' } });
     await expect(inbox.next('images_stored')).resolves.toEqual({ ok: true, error: '' });
     const restore = inbox.next('restore_result');
@@ -34,13 +32,13 @@ describe('ControlInbox: waiting for what the peer says on its control channel', 
 
   it('fails a wait for a message that can no longer come: channel ended, link aborted, or too late', async () => {
     const ended = connectedSessions();
-    const control = ended.sender.openChannel(ChannelKind.CONTROL, 'migration');
+    const control = openChannel(ended.sender, ChannelKind.CONTROL, 'migration');
     const waiting = ended.inbox.next('commit');
     control.writable.end();
     await expect(waiting).rejects.toThrow(/the peer ended its control channel/);
 
     const aborted = connectedSessions();
-    aborted.sender.openChannel(ChannelKind.CONTROL, 'migration');
+    openChannel(aborted.sender, ChannelKind.CONTROL, 'migration');
     const lost = aborted.inbox.next('commit');
     aborted.sender.abort('the source gave up');
     await expect(lost).rejects.toThrow(/the source gave up/);
@@ -52,7 +50,7 @@ describe('ControlInbox: waiting for what the peer says on its control channel', 
 
   it('fails a message sent on a channel of a session that has ended, instead of waiting for good', async () => {
     const { sender } = connectedSessions();
-    const control = sender.openChannel(ChannelKind.CONTROL, 'migration');
+    const control = openChannel(sender, ChannelKind.CONTROL, 'migration');
     sender.abort('the source gave up');
     const sent = sendControl(control.writable, { images_stored: { ok: true, error: '' } });
     await expect(Promise.race([sent.then(() => 'sent', (error: Error) => error.message), sleep(2000).then(() => 'still waiting')])).resolves.toMatch(/the source gave up/);
