@@ -12,7 +12,8 @@ import { IN_FLIGHT_FILE, InFlight, readInFlight, type MigrationProgress } from '
 import { repairFailedArrival } from './arrival-repair.js';
 import { MigrationRecords } from './migration-records.js';
 import { listenPrivately } from './private-socket.js';
-import { SourceRole, type HaulMode, type Peer } from './source-role.js';
+import type { HaulMode } from './haul-mode.js';
+import { SourceRole, type Peer } from './source-role.js';
 
 export interface AgentOptions extends EndpointOptions {
   /** incusd's INCUS_DIR: its unix.socket is there, and the hook finds the agent's socket there. */

@@ -6,4 +6,5 @@ export { diagnose } from './doctor.js';
 export { installHook, uninstallHook } from './criu-hook.js';
 export { IN_FLIGHT_FILE, readInFlight, type MigrationProgress } from './in-flight.js';
 export { MigrationRecords, type MigrationRecord } from './migration-records.js';
-export { parseHaulMode, type HaulMode, type Peer } from './source-role.js';
+export { parseHaulMode, type HaulMode } from './haul-mode.js';
+export type { Peer } from './source-role.js';

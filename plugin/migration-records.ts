@@ -1,5 +1,5 @@
 import { appendFile, readFile } from 'node:fs/promises';
-import type { HaulMode } from './source-role.js';
+import type { HaulMode } from './haul-mode.js';
 
 /** One migration as the agent saw it, appended to its record file when it ends (or is skipped). */
 export interface MigrationRecord {

@@ -4,13 +4,15 @@ import { join } from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { PAGE_SIZE, type HeaderLayout, headerLayoutFor, type CriuVersion, fitsUnixSocketPath, isPagesFileName, lazyRunsIn, pagesStoredIn } from '../src/criu/index.js';
 import { dialLink, type EndpointOptions, type LinkSession } from '../src/link/index.js';
-import { LAZY_SERVER_MS, LazyDump, parseMode, type Mode, dumpToLink, dumpToLinkLocal, type DumpToLink, SourceMigration, packDiskChanges } from '../proxy/index.js';
+import { LAZY_SERVER_MS, LazyDump, dumpToLink, dumpToLinkLocal, type DumpToLink, SourceMigration, packDiskChanges } from '../proxy/index.js';
+import { modeOf } from './haul-mode.js';
 import type { InFlight, MigrationProgress } from './in-flight.js';
 import { ObservedPostDump } from './observed-post-dump.js';
 import { identify, isRunning, type ProcessIdentity } from '../src/host/index.js';
 import { LazyEarlyActions } from './lazy-early-actions.js';
 import { MIGRATION_ID_FILE, argumentOf, type HookReply } from './hook-protocol.js';
 import type { IncusClient, IncusInstance } from './incus-client.js';
+import type { HaulMode } from './haul-mode.js';
 import type { MigrationRecord, MigrationRecords } from './migration-records.js';
 
 const PEER_ANSWER_MS = 10_000;
@@ -23,9 +25,6 @@ const DUMP_POLL_MS = 250;
 const RESTORE_REPORT_MS = 30_000;
 /** A migration's action scripts are kept this long, then swept when the next one starts. */
 const WORK_DIR_KEPT_MS = 60 * 60_000;
-
-/** How the agent moves an instance: a migration mode, or off (Incus' native move). */
-export type HaulMode = Mode | 'off';
 
 /** What the agent knows of the hook's wait for a dump's answer (see HookRequest.answer_within_ms). */
 export interface HookCall {
@@ -74,17 +73,6 @@ export interface Peer {
   readonly name: string;
   /** wss://HOST:PORT (an agent links over TLS only) */
   readonly url: string;
-}
-
-/** `text` as a mode or off ('precopy' still means pre-copy: parseMode), or undefined. */
-export function parseHaulMode(text: string | undefined): HaulMode | undefined {
-  return text === 'off' ? 'off' : parseMode(text);
-}
-
-/** The instance's user.haul.mode (own or from a profile), else the agent's default. */
-export function modeOf(instance: IncusInstance, fallback: HaulMode): HaulMode {
-  const value = instance.expanded_config['user.haul.mode'];
-  return parseHaulMode(value) ?? fallback;
 }
 
 /** The instance's user.haul.restore-timeout (seconds) in ms, 0 when it sets none (or nonsense). */

@@ -1,6 +1,6 @@
 import { describe, expect, it } from 'vitest';
 import { parseMode } from '../../proxy/index.js';
-import { modeOf, parseHaulMode } from '../../plugin/source-role.js';
+import { modeOf, parseHaulMode } from '../../plugin/haul-mode.js';
 import type { IncusInstance } from '../../plugin/incus-client.js';
 
 const instance = (mode: string | undefined): IncusInstance => ({
