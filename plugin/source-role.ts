@@ -232,6 +232,12 @@ export class SourceRole {
           await lazy.releaseWhenGone(undefined);
           throw error;
         });
+        if (!session.isOpen) {
+          // the link failed while all this was made: the dump runs natively
+          await actions.close();
+          await lazy.releaseWhenGone(undefined);
+          throw new Error('the link to the destination failed while the dump was prepared');
+        }
         this.followLazy(outgoing, actions, layout, { dumpDir, lazy, criu })
           .catch((error: Error) => this.log(`${instance.name}: following lazy migration ${id} failed: ${error.message}`));
         const lazyArgs = replaced('-D', dumpDir, replaced('--action-script', actions.scriptPath, args));
@@ -307,7 +313,8 @@ export class SourceRole {
    */
   private async dumpOver(actions: LazyEarlyActions, session: LinkSession, criu: ProcessIdentity | undefined): Promise<void> {
     let over = false;
-    const aborted = new Promise<never>((_, reject) => session.once('aborted', (error: Error) => reject(error)));
+    // the link may have failed while the hook's answer was made, before anything listened
+    const aborted = session.isOpen ? new Promise<never>((_, reject) => session.once('aborted', (error: Error) => reject(error))) : Promise.reject(new Error('the link to the destination failed before the dump began'));
     aborted.catch(() => {});
     const criuEnded = (async (): Promise<never> => {
       while (!over && (!criu || isRunning(criu))) await sleep(DUMP_POLL_MS);
@@ -383,6 +390,7 @@ export class SourceRole {
   private async followLazy(outgoing: Outgoing, actions: LazyEarlyActions, layout: HeaderLayout, dump: { readonly dumpDir: string; readonly lazy: LazyDump; readonly criu: ProcessIdentity }): Promise<void> {
     const { session, migration, dir, record, startedAt, progress } = outgoing;
     const { dumpDir } = dump;
+    let resuming: Promise<void> | undefined;
     let incusFailure: string | undefined;
     void actions.incusPostDump.then((status) => status !== 0 && (incusFailure = `Incus' post-dump step failed (${status}): the destination did not restore`)).catch(() => {});
     // haul's destination reports the restore itself too: Incus' word alone can call a failure a success
@@ -427,7 +435,7 @@ export class SourceRole {
       const reason = error instanceof Error ? error.message : String(error);
       // CRIU resumes the source: it fails post-dump when not past it yet, else haul ends its lazy
       // page server's session with a bad header (CRIU would wait for a lazy client for good)
-      if (!actions.abandon()) dump.lazy.resume(actions.statusReady).catch((failure: Error) => this.log(`${record.instance}: could not end CRIU's lazy page server: ${failure.message}`));
+      if (!actions.abandon()) resuming = dump.lazy.resume(actions.statusReady).catch((failure: Error) => this.log(`${record.instance}: could not end CRIU's lazy page server: ${failure.message}`));
       if (session.isOpen) session.abort(reason);
       this.log(`${record.instance}: lazy migration ${record.id} failed: ${reason}`);
       await this.records.add({ ...record, totalMs: Date.now() - startedAt.getTime(), result: 'failed', error: reason });
@@ -439,6 +447,8 @@ export class SourceRole {
       dump.lazy.releaseWhenGone(dump.criu).then((released) => {
         if (released === 'criu-runs') this.log(`${record.instance}: CRIU's lazy dump ${dump.criu.pid} still runs; its port stays guarded until the guard expires`);
       }).catch((failure: Error) => this.log(`${record.instance}: could not release the guard of port ${dump.lazy.port}: ${failure.message}`));
+      // the resume waits for CRIU's status-ready, which the script reports: not closed before it
+      await resuming;
       await actions.close();
       // the page data haul sent; the rest of the directory is swept later (CRIU writes its stats
       // there as it ends)

@@ -251,7 +251,12 @@ export async function migrateLazy(options: MigrateOptions): Promise<MigrationSum
       throw error;
     }
     if (pastPostDump) {
-      await lazy.resume(listening).catch((unreached: Error) => progress(`could not reach CRIU's lazy page server to make it resume the source: ${unreached.message}`));
+      await lazy.resume(listening).catch((unreached: Error) => {
+        // CRIU would wait for a lazy client for good: ended, it lets go of the source (ptrace)
+        progress(`could not reach CRIU's lazy page server to make it resume the source (${unreached.message}); ending criu dump`);
+        dump.child.kill('SIGKILL');
+      });
+      await gate.close();
     } else {
       // before post-dump's answer: the dump fails there, and CRIU resumes the source
       await gate.answer('post-dump', false).catch(() => {});

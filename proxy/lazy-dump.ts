@@ -52,6 +52,7 @@ export class LazyDump {
    */
   async connect(criu: ProcessIdentity, layout: HeaderLayout): Promise<LazyPagesClient> {
     const socket = (this.socket = await this.guard.connect());
+    socket.on('error', () => {}); // a reset shows in the checks and reads below, not as a crash
     await expectPeerProcess(socket, criu);
     await this.guard.release();
     return (this.client = new LazyPagesClient(socket, layout));

@@ -1,4 +1,6 @@
 import { spawn } from 'node:child_process';
+import { once } from 'node:events';
+import { createInterface } from 'node:readline';
 import { chmodSync, mkdirSync, readFileSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
@@ -7,6 +9,7 @@ import { CriuError, startCriu } from '../../src/criu/run/criu-process.js';
 import { ActionScript, ActionScriptClosedError, type ActionScriptPlan } from '../../src/criu/run/action-script.js';
 import { describeOnHost } from '../support/host.js';
 import { useMigrationScenes } from '../support/migration-scene.js';
+import { REPO } from '../support/paths.js';
 import { scratchDir } from '../support/scratch.js';
 import { realtimeNs } from '../support/workload.js';
 
@@ -98,6 +101,31 @@ describe('the action script haul writes', () => {
       await during.reached('post-dump');
       await during.close();
       expect(await exited).toBe(1);
+    } finally {
+      scratch.remove();
+    }
+  });
+
+  it('fails a held action at once when the haul process that made the script is gone, FIFOs left behind', async () => {
+    const scratch = scratchDir('actions-killed');
+    try {
+      // a haul of its own, killed before CRIU gets to the action: nothing removes its FIFOs
+      const dir = join(scratch.path, 'actions');
+      const program = `
+        const { ActionScript } = await import(${JSON.stringify(join(REPO, 'dist/src/criu/run/action-script.js'))});
+        const script = await ActionScript.create(${JSON.stringify(dir)}, { steps: { 'post-dump': { hold: true } } });
+        console.log(script.path);
+        setInterval(() => {}, 1000);
+      `;
+      const haul = spawn(process.execPath, ['--input-type=module', '-e', program], { stdio: ['ignore', 'pipe', 'inherit'] });
+      const [path] = (await once(createInterface({ input: haul.stdout! }), 'line')) as [string];
+      haul.kill('SIGKILL');
+      await once(haul, 'exit');
+      const started = Date.now();
+      const script = spawn('/bin/sh', [path], { env: { ...process.env, CRTOOLS_SCRIPT_ACTION: 'post-dump' }, stdio: 'ignore' });
+      const [code] = (await once(script, 'exit')) as [number];
+      expect(code).toBe(1);
+      expect(Date.now() - started).toBeLessThan(2000);
     } finally {
       scratch.remove();
     }

@@ -5,6 +5,7 @@ import { Socket } from 'node:net';
 import { join } from 'node:path';
 import { createInterface } from 'node:readline';
 import { promisify } from 'node:util';
+import { packageFile } from '../../package-files.js';
 import { shellWord } from '../../shell-words.js';
 
 /**
@@ -49,6 +50,14 @@ export class ActionScriptClosedError extends Error {
 }
 
 const ACTION_NAME = /^[a-z][a-z-]*$/;
+/** Part of Debian's perl-base, which is Essential. */
+const PERL = '/usr/bin/perl';
+/**
+ * What a held action waits with (hold-answer.pl). Not sh's read: it opens the FIFO blocking, and
+ * would wait for good for a writer once haul is gone; this opens it without waiting and fails at
+ * once when no writer holds it.
+ */
+const HOLD_ANSWER = packageFile('src/criu/run/hold-answer.pl', import.meta.url);
 
 interface Waiter<T> {
   readonly promise: Promise<T>;
@@ -70,8 +79,9 @@ function waiter<T>(): Waiter<T> {
  * second one where the plan holds an action. haul's side of both is non-blocking and read through
  * the event loop: a blocking FIFO open would hold one of libuv's four threads until CRIU got
  * there. The script opens the events FIFO read-write (`1<>`), so its writes never wait for a
- * reader that may be gone; haul holds the answers FIFO open read-write until it closes, so the
- * script's read of it ends at once (in a failure) when haul is no longer there to answer.
+ * reader that may be gone; haul holds the answers FIFO open read-write until it closes, and the
+ * script waits on it without blocking (hold-answer.pl), so the wait ends at once, in a failure,
+ * when haul is no longer there to answer.
  */
 export class ActionScript {
   private readonly reachedBy = new Map<string, Waiter<number>>();
@@ -107,8 +117,8 @@ export class ActionScript {
     await writeFile(path, scriptText(plan, eventsPath, answersPath));
     await chmod(path, plan.runnableByAnyone ? 0o755 : 0o700);
     // read-write: the open waits for no writer, and the FIFO never reports an end of its own
-    const events = new Socket({ fd: openSync(eventsPath, constants.O_RDWR | constants.O_NONBLOCK), readable: true, writable: false });
     const answers = holds ? { path: answersPath, handle: await open(answersPath, constants.O_RDWR | constants.O_NONBLOCK) } : undefined;
+    const events = new Socket({ fd: openSync(eventsPath, constants.O_RDWR | constants.O_NONBLOCK), readable: true, writable: false });
     return new ActionScript(path, dir, events, answers);
   }
 
@@ -196,9 +206,7 @@ inner=${shellWord(inner ?? '')}
 tell() { echo "$CRTOOLS_SCRIPT_ACTION \${CRTOOLS_INIT_PID:-0}" 1<> "$events"; }
 hold() {
   tell
-  answer=
-  read -r answer < "$answers" || exit 1
-  [ "$answer" = ok ] || exit 1
+  ${PERL} ${shellWord(HOLD_ANSWER)} "$answers" || exit 1
 }
 case "$CRTOOLS_SCRIPT_ACTION" in
 ${cases.join('\n')}
