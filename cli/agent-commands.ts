@@ -1,20 +1,14 @@
 import { hostname } from 'node:os';
 import { join } from 'node:path';
 import { Command, InvalidArgumentError, Option } from 'commander';
-import { DEFAULT_CRIU, criuVersion, PAGE_SIZE } from '../src/criu/index.js';
-import { readPackageInfo } from './package-info.js';
+import { DEFAULT_CRIU, PAGE_SIZE } from '../src/criu/index.js';
+import { parseListen, thisHost } from './host-and-address.js';
 import { loadOrCreateIdentity } from '../src/link/index.js';
 import { openTrustStore, stateDirOf } from './trust-commands.js';
 import { Agent, InsecureAgentError, diagnose, installHook, uninstallHook, IN_FLIGHT_FILE, readInFlight, type MigrationProgress, MigrationRecords, type MigrationRecord, type HaulMode, type Peer, parseHaulMode } from '../plugin/index.js';
 import { logStrayErrors } from './stray-errors.js';
 
 const DEFAULT_HOOK_DIR = '/usr/local/lib/haul/hook';
-
-function parseListen(value: string): { address: string; port: number } {
-  const match = /^(.+):(\d+)$/.exec(value);
-  if (!match) throw new InvalidArgumentError('expected ADDRESS:PORT');
-  return { address: match[1]!.replace(/^\[(.*)\]$/, '$1'), port: Number(match[2]) };
-}
 
 function parsePeer(value: string, previous: Peer[]): Peer[] {
   const match = /^([^=]+)=(.+:\d+)$/.exec(value);
@@ -43,14 +37,9 @@ export function addAgentCommands(program: Command, out: (line: string) => void):
       const stateDir = stateDirOf(command);
       logStrayErrors((line) => out(`${new Date().toISOString()} ${line}`));
       const security = { identity: await loadOrCreateIdentity(stateDir), trust: await openTrustStore(stateDir) };
-      const version = await criuVersion(options.criu);
       const running = await Agent.start({
         ...security,
-        // peers compare these in the handshake: a CRIU pairing that cannot work is refused there
-        host: {
-          criu_version: `${version.major}.${version.minor}.${version.patch}`, page_size: PAGE_SIZE, architecture: process.arch,
-          capabilities: ['pre-copy', 'lazy'], haul_version: readPackageInfo().version, role: 'agent',
-        },
+        host: await thisHost('agent', options.criu),
         incusDir: options.incusDir,
         stateDir: join(stateDir, 'agent'),
         listen: options.listen,
@@ -99,8 +88,7 @@ export function addAgentCommands(program: Command, out: (line: string) => void):
     .option('--json', 'one JSON array of checks', false)
     .action(async (options: { incusDir: string; peer: Peer[]; insecure: boolean; criu: string; json: boolean }, command: Command) => {
       const stateDir = stateDirOf(command);
-      const version = await criuVersion(options.criu).catch(() => undefined);
-      const host = { criu_version: version ? `${version.major}.${version.minor}.${version.patch}` : '', page_size: PAGE_SIZE, architecture: process.arch, capabilities: [], haul_version: readPackageInfo().version, role: 'doctor' };
+      const host = await thisHost('doctor', options.criu, { migrates: false });
       const security = options.insecure ? { insecure: true } : { identity: await loadOrCreateIdentity(stateDir), trust: await openTrustStore(stateDir) };
       const scheme = options.insecure ? 'ws' : 'wss';
       const checks = await diagnose({

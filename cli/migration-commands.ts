@@ -1,25 +1,12 @@
 import { Command, InvalidArgumentError } from 'commander';
 import { ImageCache, MigrationInDoubtError, migrateLazy, migratePreCopy } from '../proxy/index.js';
-import { criuVersion } from '../src/criu/index.js';
-import { type EndpointOptions, loadOrCreateIdentity, type HostInfo } from '../src/link/index.js';
-import { readPackageInfo } from './package-info.js';
+import { type EndpointOptions, loadOrCreateIdentity } from '../src/link/index.js';
+import { parseListen, thisHost } from './host-and-address.js';
 import { openTrustStore, stateDirOf } from './trust-commands.js';
 import { logStrayErrors } from './stray-errors.js';
 
-async function hostInfo(role: 'source' | 'destination'): Promise<HostInfo> {
-  const version = await criuVersion();
-  return {
-    criu_version: `${version.major}.${version.minor}.${version.patch}`,
-    page_size: 4096,
-    architecture: process.arch,
-    capabilities: ['pre-copy', 'lazy'],
-    haul_version: readPackageInfo().version,
-    role,
-  };
-}
-
 async function endpoint(stateDir: string, insecure: boolean, role: 'source' | 'destination'): Promise<EndpointOptions> {
-  const host = await hostInfo(role);
+  const host = await thisHost(role);
   if (insecure) return { insecure: true, host };
   return { identity: await loadOrCreateIdentity(stateDir), trust: await openTrustStore(stateDir), host };
 }
@@ -33,12 +20,6 @@ function parsePid(value: string): number {
   const pid = Number(value);
   if (!Number.isInteger(pid) || pid < 1) throw new InvalidArgumentError('a process id is a positive whole number');
   return pid;
-}
-
-function parseListen(value: string): { address: string; port: number } {
-  const match = /^(.+):(\d+)$/.exec(value);
-  if (!match) throw new InvalidArgumentError('expected ADDRESS:PORT');
-  return { address: match[1]!.replace(/^\[(.*)\]$/, '$1'), port: Number(match[2]) };
 }
 
 /** `haul migrate` (source) and `haul cache` (destination): process migration without a manager. */
