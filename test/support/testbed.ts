@@ -1,5 +1,6 @@
 import { execFile, spawn } from 'node:child_process';
-import { existsSync, readFileSync } from 'node:fs';
+import { existsSync, readdirSync, readFileSync, statSync } from 'node:fs';
+import { join } from 'node:path';
 import { promisify } from 'node:util';
 import { randomBytes } from 'node:crypto';
 import { setTimeout as sleep } from 'node:timers/promises';
@@ -136,11 +137,16 @@ export class TestContainer {
   async moveTo(target: TestHost): Promise<number> {
     const source = this.host;
     const started = process.hrtime.bigint();
+    const startedAt = Date.now();
     try {
       await incus(['move', this.ref, `${target}:`, '--quiet'], 300_000);
     } catch (error) {
       const message = error instanceof Error ? error.message : String(error);
       if (TIMENS_RACE.test(message)) throw new NativeMoveDefect('timens-race', this.name, source, target, message);
+      // Incus does not always pass the restore's error on: it may report the source it could not
+      // delete (still running, since the restore failed), so the restore's own log is read too
+      const restoreLog = this.restoreLogSince(target, startedAt);
+      if (TIMENS_RACE.test(restoreLog)) throw new NativeMoveDefect('timens-race', this.name, source, target, `${message}; the restore's log on ${target} says: ${TIMENS_RACE.exec(restoreLog)![0]}`);
       if (FILE_LOST.test(message)) throw new NativeMoveDefect('file-lost', this.name, source, target, message);
       throw error;
     }
@@ -151,6 +157,17 @@ export class TestContainer {
       throw new NativeMoveDefect('false-success', this.name, source, target, `${this.name} is STOPPED on ${target} and gone from ${source}`);
     }
     return seconds;
+  }
+
+  /** What the restores Incus ran for this container on `host` since `since` (ms) logged. */
+  private restoreLogSince(host: TestHost, since: number): string {
+    const dir = `/var/lib/haul-testbed/${host}/incus/logs/${this.name}`;
+    const names = existsSync(dir) ? readdirSync(dir).filter((name) => name.startsWith('migration_restore_')) : [];
+    return names
+      .map((name) => join(dir, name))
+      .filter((path) => statSync(path).mtimeMs >= since)
+      .map((path) => readFileSync(path, 'utf8'))
+      .join('\n');
   }
 
   async delete(): Promise<void> {
