@@ -4,7 +4,7 @@ import { join } from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { PAGE_SIZE, type HeaderLayout, headerLayoutFor, type CriuVersion, fitsUnixSocketPath, isPagesFileName, lazyRunsIn, pagesStoredIn } from '../src/criu/index.js';
 import { dialLink, type EndpointOptions, type LinkSession } from '../src/link/index.js';
-import { LAZY_SERVER_MS, LazyDump, dumpToLink, dumpToLinkLocal, type DumpToLink, SourceMigration, packDiskChanges } from '../proxy/index.js';
+import { LazyDump, lazyServerListening, dumpToLink, dumpToLinkLocal, type DumpToLink, SourceMigration, packDiskChanges } from '../proxy/index.js';
 import { modeOf } from './haul-mode.js';
 import type { InFlight, MigrationProgress } from './in-flight.js';
 import { ObservedPostDump } from './observed-post-dump.js';
@@ -407,7 +407,7 @@ export class SourceRole {
       const lazyRuns = await lazyRunsIn(dir); // the pagemaps went with the other images
       const { files } = await migration.sendImages(dumpDir, isPagesFileName);
       await this.imagesStored(outgoing, { pages: eager, files, pageStreams: 0 });
-      await Promise.race([actions.statusReady, sleep(LAZY_SERVER_MS).then(() => Promise.reject(new Error(`CRIU's lazy page server did not start within ${LAZY_SERVER_MS / 1000} s`)))]);
+      await lazyServerListening(actions.statusReady);
       const client = await dump.lazy.connect(dump.criu, layout);
       const total = lazyRuns.reduce((sum, run) => sum + run.nrPages, 0);
       this.log(`${record.instance}: ${total} lazy pages to move`);

@@ -1,11 +1,10 @@
 import { mkdir, mkdtemp, readdir, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { setTimeout as sleep } from 'node:timers/promises';
 import { PAGE_SIZE, startCriu, criuVersion, headerLayoutFor, ActionScript, isPagesFileName, pagesStoredIn, lazyRunsIn } from '../src/criu/index.js';
 import type { EndpointOptions } from '../src/link/index.js';
 import { identify } from '../src/host/index.js';
-import { LAZY_SERVER_MS, LazyDump } from './lazy-dump.js';
+import { LazyDump, lazyServerListening } from './lazy-dump.js';
 import { dumpToLinkOver } from './dump-to-link.js';
 import { SourceMigration } from './source-migration.js';
 
@@ -219,7 +218,7 @@ export async function migrateLazy(options: MigrateOptions): Promise<MigrationSum
     // lazy page server
     pastPostDump = true;
     await gate.answer('post-dump', true);
-    await Promise.race([listening, sleep(LAZY_SERVER_MS).then(() => Promise.reject(new Error(`CRIU's lazy page server did not start within ${LAZY_SERVER_MS / 1000} s`)))]);
+    await lazyServerListening(listening);
     if (!criuProcess) throw new Error('criu dump did not start');
     const client = await lazy.connect(criuProcess, layout);
     const total = lazyRuns.reduce((sum, run) => sum + run.nrPages, 0);

@@ -1,10 +1,25 @@
 import type { Socket } from 'node:net';
-import { setTimeout as sleep } from 'node:timers/promises';
 import { LazyPagesClient, type HeaderLayout } from '../src/criu/index.js';
 import { expectPeerProcess, guardNewLoopbackPort, hasEnded, isRunning, type LoopbackGuard, type ProcessIdentity } from '../src/host/index.js';
 
 /** How long CRIU may take from post-dump to listening with its lazy page server. */
 export const LAZY_SERVER_MS = 60_000;
+
+/**
+ * Until CRIU's lazy page server listens (`heard`: its status-ready action), or LAZY_SERVER_MS, then
+ * rejects. Its timer goes with it: a process whose migration is over does not wait it out.
+ */
+export async function lazyServerListening(heard: Promise<unknown>): Promise<void> {
+  let timer: NodeJS.Timeout | undefined;
+  const late = new Promise<never>((_, reject) => {
+    timer = setTimeout(() => reject(new Error(`CRIU's lazy page server did not start within ${LAZY_SERVER_MS / 1000} s`)), LAZY_SERVER_MS);
+  });
+  try {
+    await Promise.race([heard, late]);
+  } finally {
+    clearTimeout(timer);
+  }
+}
 
 /** A byte no page-server command starts with: CRIU fails the session on it, and resumes the source. */
 const BAD_HEADER = Buffer.from([0xff]);
@@ -74,8 +89,7 @@ export class LazyDump {
       this.socket.end(BAD_HEADER);
       return;
     }
-    const heard = await Promise.race([listening.then(() => true, () => false), sleep(LAZY_SERVER_MS).then(() => false)]);
-    if (!heard) throw new Error(`CRIU's lazy page server did not start within ${LAZY_SERVER_MS / 1000} s`);
+    await lazyServerListening(listening);
     const socket = await this.guard.connect();
     socket.on('error', () => {}).end(BAD_HEADER);
   }
