@@ -34,3 +34,23 @@ export function bigintsToWire(type: protobuf.Type, message: object): Plain {
 export function bigintsFromWire(type: protobuf.Type, plain: object): Plain {
   return mapSixtyFourBit(type, plain as Plain, (v) => BigInt(v as string));
 }
+
+/** Encodes and decodes one message type as haul's typed objects (64-bit fields as bigint). */
+export interface MessageCodec<T> {
+  encode(message: T): Buffer;
+  decode(bytes: Buffer): T;
+}
+
+/** A codec for `type`; bytes that do not decode become the error `malformed` makes of the cause. */
+export function messageCodec<T>(type: protobuf.Type, malformed: (cause: unknown) => Error): MessageCodec<T> {
+  return {
+    encode: (message) => Buffer.from(type.encode(type.fromObject(bigintsToWire(type, message as object))).finish()),
+    decode: (bytes) => {
+      try {
+        return bigintsFromWire(type, type.toObject(type.decode(bytes), { longs: String, bytes: Buffer, defaults: true, arrays: true, oneofs: false })) as T;
+      } catch (error) {
+        throw malformed(error);
+      }
+    },
+  };
+}

@@ -1,5 +1,5 @@
 import protobuf from 'protobufjs';
-import { bigintsFromWire, bigintsToWire } from '../../src/protobuf-bigint.js';
+import { messageCodec } from '../../src/protobuf-bigint.js';
 import { packageFile } from '../../src/package-files.js';
 
 const root = new protobuf.Root();
@@ -64,16 +64,7 @@ export interface Control {
   migration_accepted?: MigrationAccepted;
 }
 
-const controlType = root.lookupType('haul.migration.Control');
+const control = messageCodec<Control>(root.lookupType('haul.migration.Control'), (cause) => new MigrationMessageError(`malformed control message: ${cause instanceof Error ? cause.message : String(cause)}`, { cause }));
 
-export function encodeControl(message: Control): Buffer {
-  return Buffer.from(controlType.encode(controlType.fromObject(bigintsToWire(controlType, message))).finish());
-}
-
-export function decodeControl(bytes: Buffer): Control {
-  try {
-    return bigintsFromWire(controlType, controlType.toObject(controlType.decode(bytes), { longs: String, bytes: Buffer, defaults: true, arrays: true, oneofs: false })) as Control;
-  } catch (error) {
-    throw new MigrationMessageError(`malformed control message: ${error instanceof Error ? error.message : String(error)}`, { cause: error });
-  }
-}
+export const encodeControl = (message: Control): Buffer => control.encode(message);
+export const decodeControl = (bytes: Buffer): Control => control.decode(bytes);

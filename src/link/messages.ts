@@ -1,5 +1,5 @@
 import protobuf from 'protobufjs';
-import { bigintsFromWire, bigintsToWire } from '../protobuf-bigint.js';
+import { messageCodec } from '../protobuf-bigint.js';
 import { packageFile } from '../package-files.js';
 import { LinkProtocolError } from './frame.js';
 
@@ -40,23 +40,8 @@ export interface Abort {
   code: string;
 }
 
-interface MessageCodec<T> {
-  encode(message: T): Buffer;
-  decode(bytes: Buffer): T;
-}
-
-function codec<T>(name: string): MessageCodec<T> {
-  const type = root.lookupType(`haul.link.${name}`);
-  return {
-    encode: (message) => Buffer.from(type.encode(type.fromObject(bigintsToWire(type, message as object))).finish()),
-    decode: (bytes) => {
-      try {
-        return bigintsFromWire(type, type.toObject(type.decode(bytes), { longs: String, bytes: Buffer, defaults: true, arrays: true, oneofs: false })) as T;
-      } catch (error) {
-        throw new LinkProtocolError(`malformed ${name}: ${error instanceof Error ? error.message : String(error)}`);
-      }
-    },
-  };
+function codec<T>(name: string) {
+  return messageCodec<T>(root.lookupType(`haul.link.${name}`), (cause) => new LinkProtocolError(`malformed ${name}: ${cause instanceof Error ? cause.message : String(cause)}`));
 }
 
 export const Messages = {
