@@ -1,4 +1,5 @@
-import { copyFile, readdir, rename, unlink } from 'node:fs/promises';
+import { constants } from 'node:fs';
+import { copyFile, readdir, rename, rm, unlink } from 'node:fs/promises';
 import { join } from 'node:path';
 import { ActionScript, isPagesFileName } from '../src/criu/index.js';
 
@@ -88,7 +89,9 @@ async function moveImages(from: string, to: string): Promise<void> {
         await rename(join(from, name), join(to, name));
       } catch (error) {
         if ((error as NodeJS.ErrnoException).code !== 'EXDEV') throw error;
-        await copyFile(join(from, name), join(to, name));
+        // never through whatever stands at that name: removed, then made anew
+        await rm(join(to, name), { force: true });
+        await copyFile(join(from, name), join(to, name), constants.COPYFILE_EXCL);
         await unlink(join(from, name));
       }
     }),
