@@ -35,10 +35,22 @@ export function bigintsFromWire(type: protobuf.Type, plain: object): Plain {
   return mapSixtyFourBit(type, plain as Plain, (v) => BigInt(v as string));
 }
 
+/**
+ * A message as a codec decodes it: the schema's generated type (scripts/generate-wire-types), with
+ * bytes fields as the Buffers protobufjs gives.
+ */
+export type Decoded<T> = T extends Uint8Array
+  ? Buffer
+  : T extends bigint | string | number | boolean | undefined
+    ? T
+    : T extends readonly (infer E)[]
+      ? Decoded<E>[]
+      : { [K in keyof T]: Decoded<T[K]> };
+
 /** Encodes and decodes one message type as haul's typed objects (64-bit fields as bigint). */
 export interface MessageCodec<T> {
   encode(message: T): Buffer;
-  decode(bytes: Buffer): T;
+  decode(bytes: Buffer): Decoded<T>;
 }
 
 /** A codec for `type`; bytes that do not decode become the error `malformed` makes of the cause. */
@@ -47,7 +59,7 @@ export function messageCodec<T>(type: protobuf.Type, malformed: (cause: unknown)
     encode: (message) => Buffer.from(type.encode(type.fromObject(bigintsToWire(type, message as object))).finish()),
     decode: (bytes) => {
       try {
-        return bigintsFromWire(type, type.toObject(type.decode(bytes), { longs: String, bytes: Buffer, defaults: true, arrays: true, oneofs: false })) as T;
+        return bigintsFromWire(type, type.toObject(type.decode(bytes), { longs: String, bytes: Buffer, defaults: true, arrays: true, oneofs: false })) as Decoded<T>;
       } catch (error) {
         throw malformed(error);
       }

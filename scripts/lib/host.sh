@@ -56,7 +56,7 @@ install_node_dependencies() {
 # suite's global setup also writes); a running agent is restarted only when this rebuilt it.
 build_haul() {
   local stamp=$HAUL_ROOT/dist/.built
-  if [ -f "$stamp" ] && [ -z "$(find "$HAUL_ROOT/src" "$HAUL_ROOT/proxy" "$HAUL_ROOT/plugin" "$HAUL_ROOT/scripts" "$HAUL_ROOT/test/support" "$HAUL_ROOT/package.json" \
+  if [ -f "$stamp" ] && [ -z "$(find "$HAUL_ROOT/src" "$HAUL_ROOT/proxy" "$HAUL_ROOT/plugin" "$HAUL_ROOT/cli" "$HAUL_ROOT/scripts" "$HAUL_ROOT/test/support" "$HAUL_ROOT/package.json" -path "*/generated" -prune -o \
       \( -name '*.ts' -o -name '*.proto' -o -name '*.json' \) -newer "$stamp" -print -quit)" ]; then
     return 0
   fi

@@ -42,7 +42,7 @@ describe('image files', () => {
   });
 
   it('refuse an entry whose length runs past the end or past any sane size, without allocating it', async () => {
-    const good = encodeImage(PSTREE, [Entries.pstreeEntry.encode({ pid: 1, ppid: 0, pgid: 1, sid: 1 })]);
+    const good = encodeImage(PSTREE, [Entries.pstreeEntry.encode({ pid: 1, ppid: 0, pgid: 1, sid: 1, threads: [] })]);
     await expect(entriesOf(good.subarray(0, good.length - 2))).rejects.toThrow(/entry length \d+ runs past the end/);
     const huge = Buffer.concat([encodeImage(PSTREE, []), Buffer.from([0xff, 0xff, 0xff, 0xff])]);
     await expect(entriesOf(huge)).rejects.toThrow(new RegExp(`larger than ${MAX_ENTRY_SIZE}`));

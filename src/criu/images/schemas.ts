@@ -1,16 +1,26 @@
-import { join } from 'node:path';
+import { createRequire } from 'node:module';
+import { dirname, join, resolve } from 'node:path';
 import protobuf from 'protobufjs';
 import { bigintsFromWire, bigintsToWire } from '../../protobuf-bigint.js';
 import { packageFile } from '../../package-files.js';
+import type { inventory_entry } from './proto/generated/inventory.js';
+import type { pagemap_entry, pagemap_head } from './proto/generated/pagemap.js';
+import type { pstree_entry } from './proto/generated/pstree.js';
+import type { stats_entry } from './proto/generated/stats.js';
 
 /** An image entry that does not decode as its schema says, or cannot be encoded. */
 export class ImageFormatError extends Error {
   override readonly name = 'ImageFormatError';
 }
 
+/** CRIU's own schemas, vendored unchanged (src/criu/images/proto/SOURCE, scripts/sync-criu-protos). */
 const SCHEMA_FILES = ['inventory.proto', 'pstree.proto', 'pagemap.proto', 'stats.proto'];
 
+// opts.proto, which CRIU's schemas import for their printing hints, imports
+// google/protobuf/descriptor.proto: protobufjs ships it
+const protobufjsDir = dirname(createRequire(import.meta.url).resolve('protobufjs/package.json'));
 const root = new protobuf.Root();
+root.resolvePath = (origin, target) => (target.startsWith('google/protobuf/') ? join(protobufjsDir, target) : resolve(dirname(origin), target));
 root.loadSync(SCHEMA_FILES.map((file) => packageFile(join('src/criu/images/proto', file), import.meta.url)), { keepCase: true });
 
 /** Decodes and encodes one kind of entry; T is the message with 64-bit fields as bigint. */
@@ -43,79 +53,11 @@ function codec<T>(name: string): EntryCodec<T> {
   };
 }
 
-export interface PagemapHeadMessage {
-  pages_id: number;
-}
-export interface PagemapEntryMessage {
-  vaddr: bigint;
-  compat_nr_pages: number;
-  in_parent?: boolean;
-  flags?: number;
-  nr_pages?: bigint;
-}
-export interface PstreeEntryMessage {
-  pid: number;
-  ppid: number;
-  pgid: number;
-  sid: number;
-  threads?: number[];
-}
-export interface TaskKobjIds {
-  vm_id: number;
-  files_id: number;
-  fs_id: number;
-  sighand_id: number;
-  pid_ns_id?: number;
-  net_ns_id?: number;
-  ipc_ns_id?: number;
-  uts_ns_id?: number;
-  mnt_ns_id?: number;
-  user_ns_id?: number;
-  cgroup_ns_id?: number;
-  time_ns_id?: number;
-}
-export interface InventoryEntryMessage {
-  img_version: number;
-  fdinfo_per_id?: boolean;
-  root_ids?: TaskKobjIds;
-  ns_per_id?: boolean;
-  root_cg_set?: number;
-  lsmtype?: number;
-  dump_uptime?: bigint;
-  pre_dump_mode?: number;
-  tcp_close?: boolean;
-  network_lock_method?: number;
-  plugins_entry?: { plugins?: string[] };
-  dump_criu_run_id?: string;
-  allow_uprobes?: boolean;
-}
-export interface DumpStatsMessage {
-  freezing_time: number;
-  frozen_time: number;
-  memdump_time: number;
-  memwrite_time: number;
-  pages_scanned: bigint;
-  pages_skipped_parent: bigint;
-  pages_written: bigint;
-  irmap_resolve?: number;
-  pages_lazy: bigint;
-  page_pipes?: bigint;
-  page_pipe_bufs?: bigint;
-  shpages_scanned?: bigint;
-  shpages_skipped_parent?: bigint;
-  shpages_written?: bigint;
-}
-export interface RestoreStatsMessage {
-  pages_compared: bigint;
-  pages_skipped_cow: bigint;
-  forking_time: number;
-  restore_time: number;
-  pages_restored?: bigint;
-}
-export interface StatsEntryMessage {
-  dump?: DumpStatsMessage;
-  restore?: RestoreStatsMessage;
-}
+export type PagemapHeadMessage = pagemap_head;
+export type PagemapEntryMessage = pagemap_entry;
+export type PstreeEntryMessage = pstree_entry;
+export type InventoryEntryMessage = inventory_entry;
+export type StatsEntryMessage = stats_entry;
 
 export const Entries = {
   pagemapHead: codec<PagemapHeadMessage>('pagemap_head'),
