@@ -3,6 +3,7 @@ import { join } from 'node:path';
 import { Command, InvalidArgumentError, Option } from 'commander';
 import { DEFAULT_CRIU, PAGE_SIZE } from '../src/criu/index.js';
 import { parseListen, thisHost } from './host-and-address.js';
+import { hostHandshake } from '../proxy/index.js';
 import { loadOrCreateIdentity } from '../src/link/index.js';
 import { openTrustStore, stateDirOf } from './trust-commands.js';
 import { Agent, InsecureAgentError, diagnose, installHook, uninstallHook, IN_FLIGHT_FILE, readInFlight, type MigrationProgress, MigrationRecords, type MigrationRecord, type HaulMode, type Peer, parseHaulMode } from '../plugin/index.js';
@@ -39,7 +40,7 @@ export function addAgentCommands(program: Command, out: (line: string) => void):
       const security = { identity: await loadOrCreateIdentity(stateDir), trust: await openTrustStore(stateDir) };
       const running = await Agent.start({
         ...security,
-        host: await thisHost('agent', options.criu),
+        application: hostHandshake(await thisHost('agent', options.criu)),
         incusDir: options.incusDir,
         stateDir: join(stateDir, 'agent'),
         listen: options.listen,
@@ -92,7 +93,7 @@ export function addAgentCommands(program: Command, out: (line: string) => void):
       const security = options.insecure ? { insecure: true } : { identity: await loadOrCreateIdentity(stateDir), trust: await openTrustStore(stateDir) };
       const scheme = options.insecure ? 'ws' : 'wss';
       const checks = await diagnose({
-        incusDir: options.incusDir, criuBinary: options.criu, endpoint: { ...security, host, resumeWindowMs: 1000 },
+        incusDir: options.incusDir, criuBinary: options.criu, endpoint: { ...security, application: hostHandshake(host), resumeWindowMs: 1000 },
         peers: options.peer.map((peer) => ({ name: peer.name, url: `${scheme}://${peer.url}` })),
       });
       if (options.json) out(JSON.stringify(checks));

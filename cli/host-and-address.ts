@@ -1,7 +1,6 @@
 import { InvalidArgumentError } from 'commander';
-import { MODES } from '../proxy/index.js';
+import { MODES, type HostHello } from '../proxy/index.js';
 import { criuVersion, PAGE_SIZE } from '../src/criu/index.js';
-import type { HostInfo } from '../src/link/index.js';
 import { readPackageInfo } from './package-info.js';
 
 /** `--listen ADDRESS:PORT` (an IPv6 address in brackets). */
@@ -16,7 +15,7 @@ export function parseListen(value: string): { address: string; port: number } {
  * (page size, architecture, CRIU versions). `migrates`: false for a host that only checks it can
  * link (haul doctor), which works without CRIU and offers no mode.
  */
-export async function thisHost(role: string, criuBinary?: string, options: { readonly migrates?: boolean } = {}): Promise<HostInfo> {
+export async function thisHost(role: string, criuBinary?: string, options: { readonly migrates?: boolean } = {}): Promise<HostHello> {
   const migrates = options.migrates ?? true;
   const version = migrates ? await criuVersion(criuBinary) : await criuVersion(criuBinary).catch(() => undefined);
   return {

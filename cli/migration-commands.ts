@@ -1,14 +1,14 @@
 import { Command, InvalidArgumentError } from 'commander';
-import { ImageCache, MigrationInDoubtError, migrateLazy, migratePreCopy } from '../proxy/index.js';
+import { ImageCache, MigrationInDoubtError, hostHandshake, migrateLazy, migratePreCopy } from '../proxy/index.js';
 import { type EndpointOptions, loadOrCreateIdentity } from '../src/link/index.js';
 import { parseListen, thisHost } from './host-and-address.js';
 import { openTrustStore, stateDirOf } from './trust-commands.js';
 import { logStrayErrors } from './stray-errors.js';
 
 async function endpoint(stateDir: string, insecure: boolean, role: 'source' | 'destination'): Promise<EndpointOptions> {
-  const host = await thisHost(role);
-  if (insecure) return { insecure: true, host };
-  return { identity: await loadOrCreateIdentity(stateDir), trust: await openTrustStore(stateDir), host };
+  const application = hostHandshake(await thisHost(role));
+  if (insecure) return { insecure: true, application };
+  return { identity: await loadOrCreateIdentity(stateDir), trust: await openTrustStore(stateDir), application };
 }
 
 /** This process's peak resident memory so far, in MiB. */

@@ -6,6 +6,7 @@ import { join } from 'node:path';
 import { criuVersion } from '../src/criu/index.js';
 import { canGuardLoopbackPorts, pickPrivilegedLoopbackPort } from '../src/host/index.js';
 import { dialLink, type EndpointOptions } from '../src/link/index.js';
+import { peerHost } from '../proxy/index.js';
 import { hookSocketPath } from './hook-protocol.js';
 import { cutConnections } from './incus-connections.js';
 import { IncusClient } from './incus-client.js';
@@ -128,7 +129,8 @@ export async function diagnose(options: DoctorOptions): Promise<Check[]> {
 
   for (const peer of options.peers) {
     try {
-      const { session, peer: info } = await dialLink(peer.url, options.endpoint);
+      const { session, peer: hello } = await dialLink(peer.url, options.endpoint);
+      const info = peerHost(hello);
       session.close();
       const same = localCriu === undefined || info.criu_version === '' || info.criu_version === localCriu;
       add(`peer ${peer.name}`, true, `${peer.url} trusted both ways, CRIU ${info.criu_version || '?'}${same ? '' : ` (this host: ${localCriu}; the handshake accepted the pairing)`}`);

@@ -3,6 +3,7 @@
  * steps the Incus plugin drives between them.
  */
 export { MODES, parseMode, type Mode } from './mode.js';
+export { hostHandshake, peerHost, type HostHello } from './host-hello.js';
 export { ChannelKind, openChannel } from './wire/index.js';
 export { migrateLazy, migratePreCopy, MigrationInDoubtError, type MigrateOptions, type MigrationSummary } from './image-proxy.js';
 export { ImageCache, type CacheEvent, type CacheOptions } from './image-cache.js';

@@ -17,13 +17,14 @@ import type { Writable } from 'node:stream';
 import { fileURLToPath } from 'node:url';
 import { Command } from 'commander';
 import WebSocket, { WebSocketServer } from 'ws';
-import { dialLink, type EndpointOptions, loadOrCreateIdentity, LinkListener, type HostInfo, TrustStore } from '../../src/link/index.js';
+import { dialLink, type ApplicationHandshake, type EndpointOptions, loadOrCreateIdentity, LinkListener, TrustStore } from '../../src/link/index.js';
 import { ChannelKind, openChannel } from '../../proxy/index.js';
 
 type Mode = 'raw' | 'raw-tls' | 'raw-ws' | 'plain' | 'tls';
 const BLOCK = randomBytes(4 * 1024 * 1024);
 const CHUNK = 1024 * 1024;
-const host = (role: string): HostInfo => ({ criu_version: '4.1.1', page_size: 4096, architecture: process.arch, capabilities: [], haul_version: '0.1.0', role });
+/** The link alone: an application that says nothing in the handshake and takes any peer. */
+const application: ApplicationHandshake = { hello: Buffer.alloc(0), check: () => undefined };
 
 async function security(mode: Mode, own: string, peer: string): Promise<Partial<EndpointOptions>> {
   if (mode !== 'tls') return { insecure: true };
@@ -52,7 +53,7 @@ async function receive(mode: Mode, own: string, peer: string): Promise<void> {
     wss.on('connection', (ws) => ws.on('message', count).on('close', report));
     return;
   }
-  const listener = await LinkListener.listen('127.0.0.1', 0, { ...(await security(mode, own, peer)), host: host('destination') });
+  const listener = await LinkListener.listen('127.0.0.1', 0, { ...(await security(mode, own, peer)), application });
   listener.once('session', (session) =>
     session.once('channel', (channel) =>
       channel.readable.on('data', (chunk: Buffer) => (received += chunk.length)).on('end', () => (report(), void listener.close())),
@@ -93,7 +94,7 @@ async function measure(mode: Mode, total: number, dirs: [string, string]): Promi
     }
     ws.close();
   } else {
-    const { session } = await dialLink(`${mode === 'tls' ? 'wss' : 'ws'}://127.0.0.1:${port}`, { ...(await security(mode, dirs[0], dirs[1])), host: host('source') });
+    const { session } = await dialLink(`${mode === 'tls' ? 'wss' : 'ws'}://127.0.0.1:${port}`, { ...(await security(mode, dirs[0], dirs[1])), application });
     await writeBytes(openChannel(session, ChannelKind.PAGES, 'pages').writable, total);
   }
   const done = String((await lines.next()).value);

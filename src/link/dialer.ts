@@ -5,17 +5,18 @@ import { setTimeout as sleep } from 'node:timers/promises';
 import WebSocket from 'ws';
 import { DEFAULT_KEEPALIVE_MS, DEFAULT_RESUME_WINDOW_MS, HANDSHAKE_TIMEOUT_MS, requireSecurity, type EndpointOptions } from './endpoint-options.js';
 import { FRAME_HEADER_SIZE, MAX_FRAME_PAYLOAD } from './frame.js';
-import { PROTOCOL_VERSION, compatibilityProblem, helloFrame, parseHelloReply } from './handshake.js';
+import { PROTOCOL_VERSION, helloFrame, parseHelloReply } from './handshake.js';
 import { peerFingerprint, type Identity } from './identity.js';
 import { LinkProtocolError } from './link-errors.js';
-import type { HelloReply, HostInfo } from './messages.js';
+import type { HelloReply } from './messages.js';
 import { LinkSession } from './session.js';
 import type { TrustStore } from './trust-store.js';
 import { firstMessage, webSocketTransport } from './ws-transport.js';
 
 export interface DialedLink {
   readonly session: LinkSession;
-  readonly peer: HostInfo;
+  /** What the peer's application said of itself in the handshake (EndpointOptions.application). */
+  readonly peer: Buffer;
 }
 
 /** Why a connection attempt failed, in words an operator can act on. */
@@ -68,7 +69,7 @@ async function connectOnce(url: string, secure: { identity?: Identity; trust?: T
 }
 
 async function handshake(ws: WebSocket, session: LinkSession, options: EndpointOptions, resume: boolean): Promise<HelloReply> {
-  ws.send(helloFrame({ protocol_version: PROTOCOL_VERSION, session_id: session.sessionId, resume, host: options.host, received: resume ? session.progress() : [] }));
+  ws.send(helloFrame({ protocol_version: PROTOCOL_VERSION, session_id: session.sessionId, resume, application: Buffer.from(options.application.hello), received: resume ? session.progress() : [] }));
   try {
     return parseHelloReply(await firstMessage(ws, HANDSHAKE_TIMEOUT_MS));
   } catch (error) {
@@ -91,10 +92,10 @@ export async function dialLink(url: string, options: EndpointOptions): Promise<D
   // a resume must reach the same listener: the certificate this first connection presented
   const { ws, fingerprint: pinned } = await connectOnce(url, secure);
   const reply = await handshake(ws, session, options, false);
-  const problem = compatibilityProblem(options.host, reply.host);
+  const problem = options.application.check(reply.application, 'dialer');
   if (problem) {
     ws.close(1008, 'incompatible');
-    throw new Error(`cannot migrate to ${url}: ${problem}`);
+    throw new LinkProtocolError(`${url} cannot work with this host: ${problem}`, { code: 'HAUL_LINK_INCOMPATIBLE' });
   }
   // The transport takes the socket over now (holding whatever came behind the reply), but attaches
   // once the caller has had its turn: channels the peer opened at once are announced then, to
@@ -131,5 +132,5 @@ export async function dialLink(url: string, options: EndpointOptions): Promise<D
       session.abort(`lost the connection to ${url} (${reason}) and could not resume within ${window / 1000} s${lastError ? `: ${lastError.message}` : ''}`, lastError);
     })().catch((error: unknown) => session.isOpen && session.abort(`could not resume the connection to ${url}: ${error instanceof Error ? error.message : String(error)}`, error));
   });
-  return { session, peer: reply.host };
+  return { session, peer: reply.application };
 }

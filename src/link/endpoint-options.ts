@@ -1,7 +1,17 @@
 import type { Identity } from './identity.js';
-import type { HostInfo } from './messages.js';
 import type { LinkLimits } from './session.js';
 import type { TrustStore } from './trust-store.js';
+
+/**
+ * The application's part of the handshake: what this side says of itself, and the check of what
+ * the peer said. The link carries both as bytes and knows nothing of their meaning; a check that
+ * returns a reason refuses the link (the listener tells the dialler why, the dialler gives up).
+ */
+export interface ApplicationHandshake {
+  readonly hello: Uint8Array;
+  /** `side`: which end of the link this one is. Undefined to go on, else why the two cannot work together. */
+  check(peerHello: Buffer, side: 'dialer' | 'listener'): string | undefined;
+}
 
 /** What both ends of a link are configured with. */
 export interface EndpointOptions {
@@ -11,7 +21,7 @@ export interface EndpointOptions {
   readonly trust?: TrustStore;
   /** Plain WebSocket without TLS or authentication: only on loopback, only when asked for. */
   readonly insecure?: boolean;
-  readonly host: HostInfo;
+  readonly application: ApplicationHandshake;
   /** How long a session waits for a dropped connection to come back (default 30 s). */
   readonly resumeWindowMs?: number;
   /** Keepalive ping interval; a peer silent for three of them is dead (default 5 s). */

@@ -1,33 +1,14 @@
 import { FrameType, decodeFrame, encodeFrame } from './frame.js';
 import { LinkProtocolError } from './link-errors.js';
-import { Messages, type Hello, type HelloReply, type HostInfo } from './messages.js';
+import { Messages, type Hello, type HelloReply } from './messages.js';
 
 /**
- * Bumped whenever the frames or the control messages change incompatibly. 2: a channel opens with
- * INITIAL_CHANNEL_WINDOW of credit, not CHANNEL_WINDOW; a version-1 sender would overrun it.
+ * Bumped whenever the frames, the handshake or what the application carries change incompatibly.
+ * 2: a channel opens with INITIAL_CHANNEL_WINDOW of credit, not CHANNEL_WINDOW; a version-1 sender
+ * would overrun it. 3: the handshake carries the application's hello as opaque bytes (checked by
+ * its own callback), and the migration's messages moved with it (proxy/wire/migration.proto).
  */
-export const PROTOCOL_VERSION = 2;
-
-/** Links are refused only where no bridging is possible; the reason says what to change. */
-export function compatibilityProblem(source: HostInfo, destination: HostInfo): string | undefined {
-  if (source.page_size !== destination.page_size) {
-    return `page size ${source.page_size} on the source but ${destination.page_size} on the destination`;
-  }
-  if (source.architecture !== destination.architecture) {
-    return `a ${source.architecture} source cannot move processes to a ${destination.architecture} destination`;
-  }
-  const version = (text: string): [number, number] => {
-    const match = /^(\d+)\.(\d+)/.exec(text);
-    return match ? [Number(match[1]), Number(match[2])] : [0, 0];
-  };
-  const [sourceMajor, sourceMinor] = version(source.criu_version);
-  const [destMajor, destMinor] = version(destination.criu_version);
-  const atLeast42 = (major: number, minor: number): boolean => major > 4 || (major === 4 && minor >= 2);
-  if (atLeast42(sourceMajor, sourceMinor) && !atLeast42(destMajor, destMinor)) {
-    return `CRIU ${source.criu_version} on the source writes pagemaps that CRIU ${destination.criu_version} on the destination reads as empty; install CRIU 4.2 or later there`;
-  }
-  return undefined;
-}
+export const PROTOCOL_VERSION = 3;
 
 export function helloFrame(hello: Hello): Buffer {
   return encodeFrame({ type: FrameType.HELLO, kind: 0, channel: 0, offset: 0n, payload: Messages.hello.encode(hello) });

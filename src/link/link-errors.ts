@@ -26,6 +26,8 @@ export type LinkProtocolCode =
   | 'HAUL_LINK_CREDIT_OVERRUN'
   /** The peer refused the connection in its handshake (reason in the message). */
   | 'HAUL_LINK_REFUSED'
+  /** The applications on the two ends cannot work together (EndpointOptions.application said why). */
+  | 'HAUL_LINK_INCOMPATIBLE'
   /** The peer's certificate is not in this host's trust store. */
   | 'HAUL_LINK_UNTRUSTED'
   /** A resume reached, or came from, a peer with another certificate than the session's own peer. */

@@ -5,16 +5,14 @@ import type { TLSSocket } from 'node:tls';
 import { WebSocketServer, type WebSocket } from 'ws';
 import { DEFAULT_KEEPALIVE_MS, DEFAULT_RESUME_WINDOW_MS, HANDSHAKE_TIMEOUT_MS, requireSecurity, type EndpointOptions } from './endpoint-options.js';
 import { FRAME_HEADER_SIZE, MAX_FRAME_PAYLOAD } from './frame.js';
-import { PROTOCOL_VERSION, compatibilityProblem, helloReplyFrame, parseHello } from './handshake.js';
+import { PROTOCOL_VERSION, helloReplyFrame, parseHello } from './handshake.js';
 import { peerFingerprint } from './identity.js';
 import { LinkProtocolError, type LinkProtocolCode } from './link-errors.js';
-import type { HostInfo } from './messages.js';
 import { LinkSession, resolveLinkLimits } from './session.js';
 import { firstMessage, webSocketTransport } from './ws-transport.js';
 
 interface SessionEntry {
   readonly session: LinkSession;
-  readonly peer: HostInfo;
   /**
    * The certificate of the connection that started the session: only it may resume the session.
    * Undefined on an --insecure link, which has no certificates: there, knowing the session id (16
@@ -25,10 +23,11 @@ interface SessionEntry {
 
 interface ListenerEvents {
   /**
-   * A new session from a dialler, with what it said about its host and the remote address of the
-   * connection it came over (what the peer cannot choose, unlike what it says).
+   * A new session from a dialler, with what its application said of itself in the handshake and
+   * the remote address of the connection it came over (what the peer cannot choose, unlike what it
+   * says).
    */
-  session: [LinkSession, HostInfo, string | undefined];
+  session: [LinkSession, Buffer, string | undefined];
   /** A connection that was refused, and why (it never becomes a session). */
   refused: [Error];
 }
@@ -108,7 +107,7 @@ export class LinkListener extends EventEmitter<ListenerEvents> {
 
   private async accept(ws: WebSocket, fingerprint: string | undefined, remoteAddress: string | undefined): Promise<void> {
     const refuse = (reason: string, code: LinkProtocolCode = 'HAUL_LINK_PROTOCOL'): void => {
-      ws.send(helloReplyFrame({ protocol_version: PROTOCOL_VERSION, resumed: false, host: this.options.host, received: [], refusal: reason }), () => ws.close(1008, 'refused'));
+      ws.send(helloReplyFrame({ protocol_version: PROTOCOL_VERSION, resumed: false, application: Buffer.from(this.options.application.hello), received: [], refusal: reason }), () => ws.close(1008, 'refused'));
       this.emit('refused', new LinkProtocolError(reason, { code }));
     };
     let hello;
@@ -118,8 +117,8 @@ export class LinkListener extends EventEmitter<ListenerEvents> {
       if (error instanceof LinkProtocolError) return refuse(error.message, error.code);
       throw error; // no handshake came (closed, or too late): nobody to answer
     }
-    const problem = compatibilityProblem(hello.host, this.options.host);
-    if (problem) return refuse(problem);
+    const problem = this.options.application.check(hello.application, 'listener');
+    if (problem) return refuse(problem, 'HAUL_LINK_INCOMPATIBLE');
     const key = hello.session_id.toString('hex');
     const known = this.sessions.get(key);
     if (hello.resume && !known) return refuse('no such session here to resume (it ended, or its resume window passed)');
@@ -127,13 +126,13 @@ export class LinkListener extends EventEmitter<ListenerEvents> {
     // the same pinned certificate as the connection that started it, or someone else's session
     if (known && known.fingerprint !== fingerprint) return refuse('that session belongs to another peer', 'HAUL_LINK_FOREIGN_PEER');
 
-    const entry = known ?? { session: new LinkSession('listener', hello.session_id, !this.options.identity || Boolean(this.options.insecure), this.options.limits), peer: hello.host, fingerprint };
+    const entry = known ?? { session: new LinkSession('listener', hello.session_id, !this.options.identity || Boolean(this.options.insecure), this.options.limits), fingerprint };
     if (!known) this.track(key, entry);
     const transport = webSocketTransport(ws, this.options.keepaliveMs ?? DEFAULT_KEEPALIVE_MS);
-    const reply = { protocol_version: PROTOCOL_VERSION, resumed: Boolean(known), host: this.options.host, received: entry.session.progress(), refusal: '' };
+    const reply = { protocol_version: PROTOCOL_VERSION, resumed: Boolean(known), application: Buffer.from(this.options.application.hello), received: entry.session.progress(), refusal: '' };
     ws.send(helloReplyFrame(reply));
     entry.session.attach(transport, known ? hello.received : undefined);
-    if (!known) this.emit('session', entry.session, hello.host, remoteAddress);
+    if (!known) this.emit('session', entry.session, hello.application, remoteAddress);
   }
 
   // Keeps a session for resumption while it is detached, for at most the resume window.

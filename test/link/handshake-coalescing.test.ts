@@ -6,7 +6,7 @@ import { dialLink } from '../../src/link/dialer.js';
 import { FrameType, encodeFrame } from '../../src/link/frame.js';
 import { PROTOCOL_VERSION, helloReplyFrame } from '../../src/link/handshake.js';
 import type { IncomingChannel } from '../../src/link/channels.js';
-import { hostInfo } from '../support/link-hosts.js';
+import { hostApp } from '../support/link-hosts.js';
 import { ChannelKind } from '../../proxy/wire/index.js';
 
 describe('the dialler right after its handshake', () => {
@@ -17,7 +17,7 @@ describe('the dialler right after its handshake', () => {
       ws.once('message', () => {
         // the reply and two OPEN frames leave in one write, so they arrive in one read
         ws._socket!.cork();
-        ws.send(helloReplyFrame({ protocol_version: PROTOCOL_VERSION, resumed: false, host: hostInfo('destination'), received: [], refusal: '' }));
+        ws.send(helloReplyFrame({ protocol_version: PROTOCOL_VERSION, resumed: false, application: Buffer.from(hostApp('destination').hello), received: [], refusal: '' }));
         for (const channel of [2, 4]) {
           ws.send(encodeFrame({ type: FrameType.OPEN, kind: channel === 2 ? ChannelKind.CONTROL : ChannelKind.LAZY_REQUESTS, channel, offset: 0n, payload: Buffer.from(`ch${channel}`) }));
         }
@@ -26,7 +26,7 @@ describe('the dialler right after its handshake', () => {
     });
     const opened: IncomingChannel[] = [];
     try {
-      const { session } = await dialLink(`ws://127.0.0.1:${(server.address() as AddressInfo).port}`, { insecure: true, host: hostInfo('source') });
+      const { session } = await dialLink(`ws://127.0.0.1:${(server.address() as AddressInfo).port}`, { insecure: true, application: hostApp('source') });
       session.on('channel', (channel) => opened.push(channel));
       await new Promise((resolve) => setTimeout(resolve, 100));
       expect(opened.map((channel) => channel.name)).toEqual(['ch2', 'ch4']);

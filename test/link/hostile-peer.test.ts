@@ -2,11 +2,11 @@ import { setTimeout as sleep } from 'node:timers/promises';
 import { describe, expect, it } from 'vitest';
 import WebSocket from 'ws';
 import { LinkListener } from '../../src/link/listener.js';
-import { hostInfo } from '../support/link-hosts.js';
+import { hostApp } from '../support/link-hosts.js';
 
 describe('a link listener and a peer that breaks the WebSocket protocol', () => {
   it('drops that peer, during the handshake, without an error escaping, and goes on listening', async () => {
-    const listener = await LinkListener.listen('127.0.0.1', 0, { insecure: true, host: hostInfo('destination') });
+    const listener = await LinkListener.listen('127.0.0.1', 0, { insecure: true, application: hostApp('destination') });
     try {
       const refused: Error[] = [];
       listener.on('refused', (error: Error) => refused.push(error));

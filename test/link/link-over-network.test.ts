@@ -11,8 +11,9 @@ import { LinkProtocolError } from '../../src/link/link-errors.js';
 import { LinkListener } from '../../src/link/listener.js';
 import type { LinkSession } from '../../src/link/session.js';
 import { cuttingProxy } from '../support/cutting-proxy.js';
-import { hostInfo, linkHost, trustingPair } from '../support/link-hosts.js';
+import { hostApp, linkHost, trustingPair } from '../support/link-hosts.js';
 import { ChannelKind, openChannel } from '../../proxy/wire/index.js';
+import { peerHost } from '../../proxy/index.js';
 
 const cleanups: Array<() => unknown> = [];
 afterEach(async () => {
@@ -33,11 +34,11 @@ describe('the link over TLS with pinned certificates', () => {
   it('carries several channels between two hosts that trust each other', async () => {
     const hosts = await trustingPair();
     cleanups.push(hosts.remove);
-    const listener = await LinkListener.listen('127.0.0.1', 0, { ...hosts.destination, host: hostInfo('destination') });
+    const listener = await LinkListener.listen('127.0.0.1', 0, { ...hosts.destination, application: hostApp('destination') });
     cleanups.push(() => listener.close());
     const accepted = nextSession(listener);
-    const { session, peer } = await dialLink(`wss://127.0.0.1:${listener.port}`, { ...hosts.source, host: hostInfo('source') });
-    expect(peer.role).toBe('destination');
+    const { session, peer } = await dialLink(`wss://127.0.0.1:${listener.port}`, { ...hosts.source, application: hostApp('source') });
+    expect(peerHost(peer).role).toBe('destination');
     const remote = await accepted;
     const received = new Map<string, Promise<Buffer>>();
     remote.on('channel', (channel) => received.set(channel.name, collect(channel)));
@@ -56,38 +57,68 @@ describe('the link over TLS with pinned certificates', () => {
     cleanups.push(() => [source, destination, stranger].forEach((h) => h.remove()));
     await destination.trust.add('source', source.identity.fingerprint);
     await source.trust.add('destination', destination.identity.fingerprint);
-    const listener = await LinkListener.listen('127.0.0.1', 0, { ...destination, host: hostInfo('destination') });
+    const listener = await LinkListener.listen('127.0.0.1', 0, { ...destination, application: hostApp('destination') });
     cleanups.push(() => listener.close());
     const url = `wss://127.0.0.1:${listener.port}`;
     // the stranger trusts the listener, but the listener does not trust it
     await stranger.trust.add('destination', destination.identity.fingerprint);
-    await expect(dialLink(url, { ...stranger, host: hostInfo('source') })).rejects.toThrow(/refused the connection: 403.*does not trust this host's certificate/);
+    await expect(dialLink(url, { ...stranger, application: hostApp('source') })).rejects.toThrow(/refused the connection: 403.*does not trust this host's certificate/);
     // the source does not trust the stranger's listener
-    const impostor = await LinkListener.listen('127.0.0.1', 0, { ...stranger, host: hostInfo('destination') });
+    const impostor = await LinkListener.listen('127.0.0.1', 0, { ...stranger, application: hostApp('destination') });
     cleanups.push(() => impostor.close());
     await stranger.trust.add('source', source.identity.fingerprint);
-    await expect(dialLink(`wss://127.0.0.1:${impostor.port}`, { ...source, host: hostInfo('source') })).rejects.toThrow(
+    await expect(dialLink(`wss://127.0.0.1:${impostor.port}`, { ...source, application: hostApp('source') })).rejects.toThrow(
       new RegExp(`untrusted certificate: .* presented ${stranger.identity.fingerprint}`),
     );
-    await expect(dialLink(`wss://127.0.0.1:${impostor.port}`, { ...source, host: hostInfo('source') })).rejects.toMatchObject({ code: 'HAUL_LINK_UNTRUSTED' });
+    await expect(dialLink(`wss://127.0.0.1:${impostor.port}`, { ...source, application: hostApp('source') })).rejects.toMatchObject({ code: 'HAUL_LINK_UNTRUSTED' });
   });
 
   it('refuses plain TCP where TLS is required, and --insecure anywhere but loopback', async () => {
     const hosts = await trustingPair();
     cleanups.push(hosts.remove);
-    const listener = await LinkListener.listen('127.0.0.1', 0, { ...hosts.destination, host: hostInfo('destination') });
+    const listener = await LinkListener.listen('127.0.0.1', 0, { ...hosts.destination, application: hostApp('destination') });
     cleanups.push(() => listener.close());
-    await expect(dialLink(`ws://127.0.0.1:${listener.port}`, { insecure: true, host: hostInfo('source') })).rejects.toThrow(/expects TLS|closed/);
-    await expect(LinkListener.listen('0.0.0.0', 0, { insecure: true, host: hostInfo('destination') })).rejects.toThrow(/--insecure .* refused on 0\.0\.0\.0/);
-    await expect(dialLink('ws://192.0.2.1:8443', { insecure: true, host: hostInfo('source') })).rejects.toThrow(/refused on 192\.0\.2\.1/);
+    await expect(dialLink(`ws://127.0.0.1:${listener.port}`, { insecure: true, application: hostApp('source') })).rejects.toThrow(/expects TLS|closed/);
+    await expect(LinkListener.listen('0.0.0.0', 0, { insecure: true, application: hostApp('destination') })).rejects.toThrow(/--insecure .* refused on 0\.0\.0\.0/);
+    await expect(dialLink('ws://192.0.2.1:8443', { insecure: true, application: hostApp('source') })).rejects.toThrow(/refused on 192\.0\.2\.1/);
   });
 
   it('refuses a CRIU pairing that cannot be bridged, saying what to install', async () => {
-    const listener = await LinkListener.listen('127.0.0.1', 0, { insecure: true, host: hostInfo('destination', '4.1.1') });
+    const listener = await LinkListener.listen('127.0.0.1', 0, { insecure: true, application: hostApp('destination', '4.1.1') });
     cleanups.push(() => listener.close());
-    await expect(dialLink(`ws://127.0.0.1:${listener.port}`, { insecure: true, host: hostInfo('source', '4.2') })).rejects.toThrow(
+    await expect(dialLink(`ws://127.0.0.1:${listener.port}`, { insecure: true, application: hostApp('source', '4.2') })).rejects.toThrow(
       /refused the link: CRIU 4\.2 on the source writes pagemaps that CRIU 4\.1\.1 on the destination reads as empty; install CRIU 4\.2 or later there/,
     );
+  });
+
+  it('leaves the handshake\'s application part to the application: its hello crosses both ways, and its check refuses', async () => {
+    const heard: Array<[string, string]> = [];
+    const application = (hello: string, refuseOn?: 'dialer' | 'listener') => ({
+      hello: Buffer.from(hello),
+      check: (peer: Buffer, side: 'dialer' | 'listener') => {
+        heard.push([side, peer.toString()]);
+        return side === refuseOn ? `${side} does not work with ${peer.toString()}` : undefined;
+      },
+    });
+    const listener = await LinkListener.listen('127.0.0.1', 0, { insecure: true, application: application('listener-app') });
+    cleanups.push(() => listener.close());
+    const accepted = new Promise<Buffer>((resolve) => listener.once('session', (_session, peer) => resolve(peer)));
+    const { session, peer } = await dialLink(`ws://127.0.0.1:${listener.port}`, { insecure: true, application: application('dialer-app') });
+    expect(peer.toString()).toBe('listener-app');
+    expect((await accepted).toString()).toBe('dialer-app');
+    expect(heard).toEqual([['listener', 'dialer-app'], ['dialer', 'listener-app']]);
+    session.close();
+
+    await expect(dialLink(`ws://127.0.0.1:${listener.port}`, { insecure: true, application: application('picky', 'dialer') })).rejects.toMatchObject({
+      code: 'HAUL_LINK_INCOMPATIBLE',
+      message: expect.stringMatching(/cannot work with this host: dialer does not work with listener-app/),
+    });
+    const refusing = await LinkListener.listen('127.0.0.1', 0, { insecure: true, application: application('strict', 'listener') });
+    cleanups.push(() => refusing.close());
+    await expect(dialLink(`ws://127.0.0.1:${refusing.port}`, { insecure: true, application: application('dialer-app') })).rejects.toMatchObject({
+      code: 'HAUL_LINK_REFUSED',
+      message: expect.stringMatching(/refused the link: listener does not work with dialer-app/),
+    });
   });
 });
 
@@ -95,12 +126,12 @@ describe('the link when the connection drops', () => {
   it('resumes every channel where it stopped after the TCP connection is cut at random moments', async () => {
     const hosts = await trustingPair();
     cleanups.push(hosts.remove);
-    const listener = await LinkListener.listen('127.0.0.1', 0, { ...hosts.destination, host: hostInfo('destination') });
+    const listener = await LinkListener.listen('127.0.0.1', 0, { ...hosts.destination, application: hostApp('destination') });
     cleanups.push(() => listener.close());
     const proxy = await cuttingProxy(listener.port);
     cleanups.push(() => proxy.close());
     const accepted = nextSession(listener);
-    const { session } = await dialLink(`wss://127.0.0.1:${proxy.port}`, { ...hosts.source, host: hostInfo('source'), keepaliveMs: 500 });
+    const { session } = await dialLink(`wss://127.0.0.1:${proxy.port}`, { ...hosts.source, application: hostApp('source'), keepaliveMs: 500 });
     const remote = await accepted;
     const received = new Map<string, Promise<Buffer>>();
     remote.on('channel', (channel) => received.set(channel.name, collect(channel)));
@@ -123,12 +154,12 @@ describe('the link when the connection drops', () => {
   }, 60_000);
 
   it('finds a connection that went silent by its keepalive, and resumes on a new one', async () => {
-    const listener = await LinkListener.listen('127.0.0.1', 0, { insecure: true, host: hostInfo('destination'), keepaliveMs: 200 });
+    const listener = await LinkListener.listen('127.0.0.1', 0, { insecure: true, application: hostApp('destination'), keepaliveMs: 200 });
     cleanups.push(() => listener.close());
     const proxy = await cuttingProxy(listener.port);
     cleanups.push(() => proxy.close());
     const accepted = nextSession(listener);
-    const { session } = await dialLink(`ws://127.0.0.1:${proxy.port}`, { insecure: true, host: hostInfo('source'), keepaliveMs: 200 });
+    const { session } = await dialLink(`ws://127.0.0.1:${proxy.port}`, { insecure: true, application: hostApp('source'), keepaliveMs: 200 });
     const remote = await accepted;
     const received = new Promise<Buffer>((resolve) => remote.once('channel', (channel) => resolve(collect(channel))));
     const data = randomBytes(20_000_000);
@@ -142,11 +173,11 @@ describe('the link when the connection drops', () => {
   }, 30_000);
 
   it('gives up with a clear error when the peer stays away longer than the resume window', async () => {
-    const listener = await LinkListener.listen('127.0.0.1', 0, { insecure: true, host: hostInfo('destination'), resumeWindowMs: 500 });
+    const listener = await LinkListener.listen('127.0.0.1', 0, { insecure: true, application: hostApp('destination'), resumeWindowMs: 500 });
     cleanups.push(() => listener.close());
     const proxy = await cuttingProxy(listener.port);
     const accepted = nextSession(listener);
-    const { session } = await dialLink(`ws://127.0.0.1:${proxy.port}`, { insecure: true, host: hostInfo('source'), resumeWindowMs: 500 });
+    const { session } = await dialLink(`ws://127.0.0.1:${proxy.port}`, { insecure: true, application: hostApp('source'), resumeWindowMs: 500 });
     const remote = await accepted;
     const sourceAborted = new Promise<Error>((resolve) => session.once('aborted', resolve));
     const destinationAborted = new Promise<Error>((resolve) => remote.once('aborted', resolve));
@@ -189,11 +220,11 @@ describe('resuming a session over TLS belongs to the certificates that began it'
     await destination.trust.add('source', source.identity.fingerprint);
     await destination.trust.add('other', other.identity.fingerprint);
     await source.trust.add('destination', destination.identity.fingerprint);
-    const listener = await LinkListener.listen('127.0.0.1', 0, { ...destination, host: hostInfo('destination') });
+    const listener = await LinkListener.listen('127.0.0.1', 0, { ...destination, application: hostApp('destination') });
     cleanups.push(() => listener.close());
     const url = `wss://127.0.0.1:${listener.port}`;
     const accepted = nextSession(listener);
-    const { session } = await dialLink(url, { ...source, host: hostInfo('source') });
+    const { session } = await dialLink(url, { ...source, application: hostApp('source') });
     const remote = await accepted;
     const refused = new Promise<Error>((resolve) => listener.once('refused', resolve));
 
@@ -201,7 +232,7 @@ describe('resuming a session over TLS belongs to the certificates that began it'
     cleanups.push(() => intruder.terminate());
     await new Promise((resolve) => intruder.once('open', resolve));
     const reply = new Promise<Buffer>((resolve) => intruder.once('message', resolve));
-    intruder.send(helloFrame({ protocol_version: PROTOCOL_VERSION, session_id: session.sessionId, resume: true, host: hostInfo('source'), received: [] }));
+    intruder.send(helloFrame({ protocol_version: PROTOCOL_VERSION, session_id: session.sessionId, resume: true, application: Buffer.from(hostApp('source').hello), received: [] }));
     const answer = await reply;
     expect(() => parseHelloReply(answer)).toThrow(LinkProtocolError);
     expect(((): unknown => { try { parseHelloReply(answer); } catch (error) { return (error as LinkProtocolError).code; } })()).toBe('HAUL_LINK_REFUSED');
@@ -223,15 +254,15 @@ describe('resuming a session over TLS belongs to the certificates that began it'
     await source.trust.add('other', other.identity.fingerprint);
     await destination.trust.add('source', source.identity.fingerprint);
     await other.trust.add('source', source.identity.fingerprint);
-    const real = await LinkListener.listen('127.0.0.1', 0, { ...destination, host: hostInfo('destination'), resumeWindowMs: 5_000 });
-    const impostor = await LinkListener.listen('127.0.0.1', 0, { ...other, host: hostInfo('destination') });
+    const real = await LinkListener.listen('127.0.0.1', 0, { ...destination, application: hostApp('destination'), resumeWindowMs: 5_000 });
+    const impostor = await LinkListener.listen('127.0.0.1', 0, { ...other, application: hostApp('destination') });
     cleanups.push(() => real.close(), () => impostor.close());
     let target = real.port;
     const proxy = await switchingProxy(() => target);
     cleanups.push(() => proxy.close());
     const heardByImpostor: Error[] = [];
     impostor.on('refused', (error) => heardByImpostor.push(error));
-    const { session } = await dialLink(`wss://127.0.0.1:${proxy.port}`, { ...source, host: hostInfo('source'), resumeWindowMs: 1_000 });
+    const { session } = await dialLink(`wss://127.0.0.1:${proxy.port}`, { ...source, application: hostApp('source'), resumeWindowMs: 1_000 });
     const aborted = new Promise<Error>((resolve) => session.once('aborted', resolve));
     target = impostor.port;
     proxy.cut();
@@ -245,13 +276,13 @@ describe('resuming a session over TLS belongs to the certificates that began it'
 describe('bad frames on a link', () => {
   /** A raw client that does the handshake by hand, then sends whatever the test wants. */
   async function rawSession(): Promise<{ ws: WebSocket; remote: LinkSession }> {
-    const listener = await LinkListener.listen('127.0.0.1', 0, { insecure: true, host: hostInfo('destination') });
+    const listener = await LinkListener.listen('127.0.0.1', 0, { insecure: true, application: hostApp('destination') });
     cleanups.push(() => listener.close());
     const accepted = nextSession(listener);
     const ws = new WebSocket(`ws://127.0.0.1:${listener.port}`);
     await new Promise((resolve) => ws.once('open', resolve));
     const reply = new Promise<Buffer>((resolve) => ws.once('message', resolve));
-    ws.send(helloFrame({ protocol_version: PROTOCOL_VERSION, session_id: randomBytes(16), resume: false, host: hostInfo('source'), received: [] }));
+    ws.send(helloFrame({ protocol_version: PROTOCOL_VERSION, session_id: randomBytes(16), resume: false, application: Buffer.from(hostApp('source').hello), received: [] }));
     parseHelloReply(await reply);
     return { ws, remote: await accepted };
   }
@@ -295,12 +326,12 @@ describe('bad frames on a link', () => {
   });
 
   it('refuses a handshake in another protocol version', async () => {
-    const listener = await LinkListener.listen('127.0.0.1', 0, { insecure: true, host: hostInfo('destination') });
+    const listener = await LinkListener.listen('127.0.0.1', 0, { insecure: true, application: hostApp('destination') });
     cleanups.push(() => listener.close());
     const ws = new WebSocket(`ws://127.0.0.1:${listener.port}`);
     await new Promise((resolve) => ws.once('open', resolve));
     const reply = new Promise<Buffer>((resolve) => ws.once('message', resolve));
-    ws.send(helloFrame({ protocol_version: 99, session_id: randomBytes(16), resume: false, host: hostInfo('source'), received: [] }));
+    ws.send(helloFrame({ protocol_version: 99, session_id: randomBytes(16), resume: false, application: Buffer.from(hostApp('source').hello), received: [] }));
     expect(() => parseHelloReply(Buffer.from([]))).toThrow();
     await expect(Promise.resolve().then(async () => parseHelloReply(await reply))).rejects.toThrow(new RegExp(`refused the link: haul link protocol 99 from the peer, this side speaks ${PROTOCOL_VERSION}`));
   });

@@ -5,7 +5,7 @@ import { afterEach, describe, expect, it } from 'vitest';
 import { dialLink } from '../../src/link/dialer.js';
 import { LinkListener } from '../../src/link/listener.js';
 import type { LinkSession } from '../../src/link/session.js';
-import { hostInfo, trustingPair } from '../support/link-hosts.js';
+import { hostApp, trustingPair } from '../support/link-hosts.js';
 import { ChannelKind, openChannel } from '../../proxy/wire/index.js';
 
 const cleanups: Array<() => unknown> = [];
@@ -17,10 +17,10 @@ describe('the link listener before a client is anyone', () => {
   it('drops a client that connects and says nothing, within seconds, and a session outlives that', async () => {
     const hosts = await trustingPair();
     cleanups.push(hosts.remove);
-    const listener = await LinkListener.listen('127.0.0.1', 0, { ...hosts.destination, host: hostInfo('destination') });
+    const listener = await LinkListener.listen('127.0.0.1', 0, { ...hosts.destination, application: hostApp('destination') });
     cleanups.push(() => listener.close());
     const accepted = new Promise<LinkSession>((resolve) => listener.once('session', (session) => resolve(session)));
-    const { session } = await dialLink(`wss://127.0.0.1:${listener.port}`, { ...hosts.source, host: hostInfo('source') });
+    const { session } = await dialLink(`wss://127.0.0.1:${listener.port}`, { ...hosts.source, application: hostApp('source') });
     cleanups.push(() => session.isOpen && session.close());
     const remote = await accepted;
 

@@ -6,7 +6,7 @@ import { FrameType, decodeFrame, encodeFrame, type Frame } from '../../src/link/
 import { LinkLimitError, LinkLimitsError, type LinkAbortedError } from '../../src/link/link-errors.js';
 import { LinkListener } from '../../src/link/listener.js';
 import { CHANNEL_WINDOW, DEFAULT_LINK_LIMITS, INITIAL_CHANNEL_WINDOW, LinkSession, type LinkLimits } from '../../src/link/session.js';
-import { hostInfo } from '../support/link-hosts.js';
+import { hostApp } from '../support/link-hosts.js';
 import { memoryTransportPair } from '../support/memory-link.js';
 import { sendControl, ControlInbox, ChannelKind, openChannel } from '../../proxy/wire/index.js';
 
@@ -49,7 +49,7 @@ describe('a session caps what its peer can make it hold', () => {
 
   it('refuses such limits when a listener starts, not at every peer\'s handshake', async () => {
     const limits = { maxOpenChannels: 64, maxUnreadBytes: 64 * INITIAL_CHANNEL_WINDOW - 1 };
-    await expect(LinkListener.listen('127.0.0.1', 0, { insecure: true, host: hostInfo('destination'), limits })).rejects.toThrow(LinkLimitsError);
+    await expect(LinkListener.listen('127.0.0.1', 0, { insecure: true, application: hostApp('destination'), limits })).rejects.toThrow(LinkLimitsError);
   });
 
   it('aborts when the peer holds more channels open at once than the cap, and tells the peer', async () => {

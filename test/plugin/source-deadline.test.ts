@@ -11,11 +11,12 @@ import { InFlight } from '../../plugin/in-flight.js';
 import { MigrationRecords } from '../../plugin/migration-records.js';
 import { SourceRole, type Peer } from '../../plugin/source-role.js';
 import { scratchDir } from '../support/scratch.js';
+import { hostHandshake } from '../../proxy/index.js';
 import { sendControl, ControlInbox, ChannelKind, openChannel } from '../../proxy/wire/index.js';
 
 const endpoint: EndpointOptions = {
   insecure: true,
-  host: { criu_version: '4.1.1', page_size: 4096, architecture: process.arch, capabilities: ['pre-copy', 'lazy'], haul_version: '0', role: 'agent' },
+  application: hostHandshake({ criu_version: '4.1.1', page_size: 4096, architecture: process.arch, capabilities: ['pre-copy', 'lazy'], haul_version: '0', role: 'agent' }),
 };
 
 /** incusd as the source role sees it: one running instance, init pid 4242, with no root pool to catch up. */

@@ -5,6 +5,7 @@ import { join } from 'node:path';
 import type { Writable } from 'node:stream';
 import { afterEach, describe, expect, it } from 'vitest';
 import { ImageCache, type CacheEvent } from '../../proxy/image-cache.js';
+import { hostHandshake } from '../../proxy/index.js';
 import { dialLink } from '../../src/link/dialer.js';
 import type { EndpointOptions } from '../../src/link/endpoint-options.js';
 import type { LinkSession } from '../../src/link/session.js';
@@ -13,7 +14,7 @@ import { scratchDir } from '../support/scratch.js';
 import { sendControl, ControlInbox, ChannelKind, openChannel } from '../../proxy/wire/index.js';
 
 const host = { criu_version: '4.1.1', page_size: 4096, architecture: process.arch, capabilities: ['pre-copy', 'lazy'], haul_version: '0', role: 'cache' };
-const endpoint: EndpointOptions = { insecure: true, host };
+const endpoint: EndpointOptions = { insecure: true, application: hostHandshake(host) };
 
 describe('haul cache taking a migration', () => {
   const cleanups: Array<() => unknown> = [];

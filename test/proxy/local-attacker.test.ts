@@ -2,7 +2,7 @@ import { afterEach, expect, it } from 'vitest';
 import { ImageCache } from '../../proxy/image-cache.js';
 import { migrateLazy, migratePreCopy } from '../../proxy/image-proxy.js';
 import { describeOnHost } from '../support/host.js';
-import { hostInfo } from '../support/link-hosts.js';
+import { hostApp } from '../support/link-hosts.js';
 import { LocalAttacker } from '../support/local-attacker.js';
 import { useMigrationScenes } from '../support/migration-scene.js';
 import { CRIU_ON_SECOND_HOST, holdRestoredProcesses } from '../support/second-host.js';
@@ -17,12 +17,12 @@ describeOnHost('a local user racing haul to its loopback listeners during haul m
     it(`changes nothing (${mode}): the migration succeeds, the workload keeps its memory, one copy runs`, async () => {
       const { destination, workload, defer, before } = await scenes.start(`attacked-${mode}`, 32);
       holdRestoredProcesses(destination, defer);
-      const cache = await ImageCache.start({ address: '127.0.0.1', port: 0, dir: `${destination}/cache`, insecure: true, host: hostInfo('destination'), criuBinary: CRIU_ON_SECOND_HOST });
+      const cache = await ImageCache.start({ address: '127.0.0.1', port: 0, dir: `${destination}/cache`, insecure: true, application: hostApp('destination'), criuBinary: CRIU_ON_SECOND_HOST });
       defer(() => void cache.close());
       attacker = await LocalAttacker.start();
 
       const frozenAt = realtimeNs();
-      const options = { pid: workload.pid, to: `ws://127.0.0.1:${cache.port}`, insecure: true, host: hostInfo('source') } as const;
+      const options = { pid: workload.pid, to: `ws://127.0.0.1:${cache.port}`, insecure: true, application: hostApp('source') } as const;
       const summary = mode === 'lazy' ? await migrateLazy(options) : await migratePreCopy(options);
       const attack = await attacker.stop();
       attacker = undefined;

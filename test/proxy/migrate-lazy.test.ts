@@ -3,7 +3,7 @@ import { expect, it } from 'vitest';
 import { ImageCache } from '../../proxy/image-cache.js';
 import { migrateLazy } from '../../proxy/image-proxy.js';
 import { describeOnHost } from '../support/host.js';
-import { hostInfo } from '../support/link-hosts.js';
+import { hostApp } from '../support/link-hosts.js';
 import { useMigrationScenes } from '../support/migration-scene.js';
 import { CRIU_ON_SECOND_HOST, holdRestoredProcesses } from '../support/second-host.js';
 import { realtimeNs, reportFrom } from '../support/workload.js';
@@ -14,11 +14,11 @@ describeOnHost('haul lazy (post-copy) migration of a running process', ['root', 
   it('restores before the memory arrives, moves every page, and only then ends the source', async () => {
     const { destination, workload, defer, before } = await scenes.start('lazymig', 64);
     holdRestoredProcesses(destination, defer);
-    const cache = await ImageCache.start({ address: '127.0.0.1', port: 0, dir: `${destination}/cache`, insecure: true, host: hostInfo('destination'), criuBinary: CRIU_ON_SECOND_HOST });
+    const cache = await ImageCache.start({ address: '127.0.0.1', port: 0, dir: `${destination}/cache`, insecure: true, application: hostApp('destination'), criuBinary: CRIU_ON_SECOND_HOST });
     defer(() => void cache.close());
 
     const frozenAt = realtimeNs();
-    const summary = await migrateLazy({ pid: workload.pid, to: `ws://127.0.0.1:${cache.port}`, insecure: true, host: hostInfo('source') });
+    const summary = await migrateLazy({ pid: workload.pid, to: `ws://127.0.0.1:${cache.port}`, insecure: true, application: hostApp('source') });
     expect(summary.mode).toBe('lazy');
     expect(summary.lazyPages).toBeGreaterThanOrEqual((60 * 1024 * 1024) / 4096);
     await workload.exited;
@@ -31,10 +31,10 @@ describeOnHost('haul lazy (post-copy) migration of a running process', ['root', 
     const { destination, workload, defer, expectContinued } = await scenes.start('lazymig-fail', 16);
     const failing = `${destination}/criu-that-fails.sh`;
     writeFileSync(failing, '#!/bin/sh\nexit 1\n', { mode: 0o755 });
-    const cache = await ImageCache.start({ address: '127.0.0.1', port: 0, dir: `${destination}/cache`, insecure: true, host: hostInfo('destination'), criuBinary: failing });
+    const cache = await ImageCache.start({ address: '127.0.0.1', port: 0, dir: `${destination}/cache`, insecure: true, application: hostApp('destination'), criuBinary: failing });
     defer(() => void cache.close());
     const frozenAt = realtimeNs();
-    await expect(migrateLazy({ pid: workload.pid, to: `ws://127.0.0.1:${cache.port}`, insecure: true, host: hostInfo('source') })).rejects.toThrow(
+    await expect(migrateLazy({ pid: workload.pid, to: `ws://127.0.0.1:${cache.port}`, insecure: true, application: hostApp('source') })).rejects.toThrow(
       /lazy migration of \d+ failed, the source process keeps running: the destination could not restore/,
     );
     await expectContinued(frozenAt);

@@ -5,7 +5,7 @@ import { ImageCache, type CacheEvent } from '../../proxy/image-cache.js';
 import { migrateLazy, migratePreCopy } from '../../proxy/image-proxy.js';
 import { cuttingProxy } from '../support/cutting-proxy.js';
 import { describeOnHost } from '../support/host.js';
-import { hostInfo } from '../support/link-hosts.js';
+import { hostApp } from '../support/link-hosts.js';
 import { useMigrationScenes, type MigrationScene } from '../support/migration-scene.js';
 import { CRIU_ON_SECOND_HOST, holdRestoredProcesses } from '../support/second-host.js';
 import { realtimeNs } from '../support/workload.js';
@@ -38,7 +38,7 @@ async function destinationBehindOutage(scene: MigrationScene, criuBinary: string
   const events: CacheEvent[] = [];
   let outage = (): void => {};
   const cache = await ImageCache.start({
-    address: '127.0.0.1', port: 0, dir: `${scene.destination}/cache`, insecure: true, host: hostInfo('destination'), criuBinary, resumeWindowMs: RESUME_WINDOW_MS,
+    address: '127.0.0.1', port: 0, dir: `${scene.destination}/cache`, insecure: true, application: hostApp('destination'), criuBinary, resumeWindowMs: RESUME_WINDOW_MS,
     onEvent: (event) => {
       events.push(event);
       onEvent(event, outage);
@@ -72,7 +72,7 @@ async function eventually<T>(what: () => T, accept: (value: T) => boolean, ms = 
 
 describeOnHost('a link cut for longer than the resume window, before the destination confirms', ['root', 'criu', 'workload'], () => {
   const scenes = useMigrationScenes();
-  const link = { insecure: true, host: hostInfo('source'), resumeWindowMs: RESUME_WINDOW_MS } as const;
+  const link = { insecure: true, application: hostApp('source'), resumeWindowMs: RESUME_WINDOW_MS } as const;
 
   it('pre-copy, while pages move: the source resumes intact and the destination restores nothing', async () => {
     const scene = await scenes.start('cut-transfer', 128);

@@ -11,7 +11,7 @@ import { CacheStore } from '../../proxy/cache-store.js';
 import { sendImageFiles } from '../../proxy/images-to-link.js';
 import { LinkPagemapSink } from '../../proxy/pages-to-link.js';
 import { describeOnHost } from '../support/host.js';
-import { hostInfo } from '../support/link-hosts.js';
+import { hostApp } from '../support/link-hosts.js';
 import { useMigrationScenes } from '../support/migration-scene.js';
 import { realtimeNs } from '../support/workload.js';
 import { sendControl, ChannelKind, openChannel } from '../../proxy/wire/index.js';
@@ -21,10 +21,10 @@ describeOnHost('pre-copy through haul: criu dump -> image-proxy -> link -> image
 
   it('moves a 64 MiB workload with no page data on the source disk, and it continues intact', async () => {
     const { source, destination, workload, defer, expectContinued } = await scenes.start('pre-copy', 64);
-    const listener = await LinkListener.listen('127.0.0.1', 0, { insecure: true, host: hostInfo('destination') });
+    const listener = await LinkListener.listen('127.0.0.1', 0, { insecure: true, application: hostApp('destination') });
     defer(() => void listener.close());
     const stored = new Promise<CacheStore>((resolve) => listener.once('session', (session: LinkSession) => resolve(new CacheStore(session, destination))));
-    const { session } = await dialLink(`ws://127.0.0.1:${listener.port}`, { insecure: true, host: hostInfo('source') });
+    const { session } = await dialLink(`ws://127.0.0.1:${listener.port}`, { insecure: true, application: hostApp('source') });
     defer(() => session.close());
 
     // the image-proxy: CRIU's page server on loopback, pages straight onto the link

@@ -5,7 +5,7 @@ import { expect, it } from 'vitest';
 import { ImageCache } from '../../proxy/image-cache.js';
 import { migrateLazy, migratePreCopy } from '../../proxy/image-proxy.js';
 import { describeOnHost } from '../support/host.js';
-import { hostInfo } from '../support/link-hosts.js';
+import { hostApp } from '../support/link-hosts.js';
 import { WORKLOAD } from '../support/paths.js';
 import { scratchDir } from '../support/scratch.js';
 import { CRIU_ON_SECOND_HOST, holdRestoredProcesses } from '../support/second-host.js';
@@ -33,7 +33,7 @@ describeOnHost('migrating a process tree through haul', ['root', 'criu', 'worklo
       const defer = (cleanup: () => void): void => void cleanups.push(cleanup);
       try {
         holdRestoredProcesses(scratch.path, defer);
-        const cache = await ImageCache.start({ address: '127.0.0.1', port: 0, dir: `${scratch.path}/cache`, insecure: true, host: hostInfo('destination'), criuBinary: CRIU_ON_SECOND_HOST });
+        const cache = await ImageCache.start({ address: '127.0.0.1', port: 0, dir: `${scratch.path}/cache`, insecure: true, application: hostApp('destination'), criuBinary: CRIU_ON_SECOND_HOST });
         defer(() => void cache.close());
         const root = startTree(scratch.path);
         while (!existsSync(`${scratch.path}/piped`) || !existsSync(`${scratch.path}/w/beat`)) await sleep(50);
@@ -41,7 +41,7 @@ describeOnHost('migrating a process tree through haul', ['root', 'criu', 'worklo
         const frozenAt = realtimeNs();
 
         const migrate = mode === 'lazy' ? migrateLazy : migratePreCopy;
-        await migrate({ pid: root, to: `ws://127.0.0.1:${cache.port}`, insecure: true, host: hostInfo('source') });
+        await migrate({ pid: root, to: `ws://127.0.0.1:${cache.port}`, insecure: true, application: hostApp('source') });
 
         // the parent continues with its memory, and the pipe between the children still carries
         const after = await reportFrom(`${scratch.path}/w`, frozenAt);

@@ -2,11 +2,17 @@ import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { loadOrCreateIdentity, type Identity } from '../../src/link/identity.js';
-import type { HostInfo } from '../../src/link/messages.js';
+import type { ApplicationHandshake } from '../../src/link/index.js';
+import { hostHandshake, type HostHello } from '../../proxy/index.js';
 import { TrustStore } from '../../src/link/trust-store.js';
 
-export function hostInfo(role: 'source' | 'destination', criuVersion = '4.1.1'): HostInfo {
+export function hostInfo(role: 'source' | 'destination', criuVersion = '4.1.1'): HostHello {
   return { criu_version: criuVersion, page_size: 4096, architecture: 'x64', capabilities: ['pre-copy', 'lazy'], haul_version: '0.1.0', role };
+}
+
+/** A migration host's part of the link handshake (proxy/host-hello.ts), as hostInfo describes it. */
+export function hostApp(role: 'source' | 'destination', criuVersion = '4.1.1'): ApplicationHandshake {
+  return hostHandshake(hostInfo(role, criuVersion));
 }
 
 export interface TestLinkHost {

@@ -2,14 +2,16 @@ import { crc32 } from 'node:zlib';
 import { Readable, Writable } from 'node:stream';
 import { FRAME_HEADER_SIZE, FrameType, LinkProtocolError, MAX_FRAME_PAYLOAD, decodeFrame, encodeFrame } from '../../../src/link/frame.js';
 import { PROTOCOL_VERSION, helloFrame, helloReplyFrame, parseHello, parseHelloReply } from '../../../src/link/handshake.js';
-import { Messages, type HostInfo } from '../../../src/link/messages.js';
+import { Messages } from '../../../src/link/messages.js';
 import { TruncatedStreamError } from '../../../src/streams/stream-reader.js';
 import { InvariantBroken, type FuzzTarget } from '../fuzzer.js';
 import { chunked, type Random } from '../mutations.js';
 import { receiveControl, sendControl, ChannelKind, type Control } from '../../../proxy/wire/index.js';
-import { MigrationMessageError, decodeControl, encodeControl } from '../../../proxy/wire/messages.js';
+import { MigrationMessageError, decodeControl, decodeHostHello, encodeControl, encodeHostHello, type HostHello } from '../../../proxy/wire/messages.js';
 
-const HOST: HostInfo = { criu_version: '4.1.1', page_size: 4096, architecture: 'x64', capabilities: ['lazy', 'pre-copy'], haul_version: '0.1.0', role: 'source' };
+const HOST: HostHello = { criu_version: '4.1.1', page_size: 4096, architecture: 'x64', capabilities: ['lazy', 'pre-copy'], haul_version: '0.1.0', role: 'source' };
+/** What the link's handshake carries for the application: opaque to it. */
+const APPLICATION = encodeHostHello(HOST);
 const SESSION_ID = Buffer.from('00112233445566778899aabbccddeeff', 'hex');
 
 const CONTROLS: Control[] = [
@@ -79,17 +81,16 @@ export const linkHandshake: FuzzTarget = {
   decoder: 'src/link/handshake.ts parseHello / parseHelloReply (the first frame each way)',
   expected: [LinkProtocolError],
   seeds: () => [
-    helloFrame({ protocol_version: PROTOCOL_VERSION, session_id: SESSION_ID, resume: false, host: HOST, received: [] }),
-    helloFrame({ protocol_version: PROTOCOL_VERSION, session_id: SESSION_ID, resume: true, host: HOST, received: [{ channel: 3, received: 0x1_0000_0001n, ended: false }, { channel: 5, received: 7n, ended: true }] }),
-    helloReplyFrame({ protocol_version: PROTOCOL_VERSION, resumed: true, host: { ...HOST, role: 'destination' }, received: [{ channel: 2, received: 99n, ended: false }], refusal: '' }),
-    helloReplyFrame({ protocol_version: PROTOCOL_VERSION, resumed: false, host: HOST, received: [], refusal: 'no such session here to resume' }),
+    helloFrame({ protocol_version: PROTOCOL_VERSION, session_id: SESSION_ID, resume: false, application: APPLICATION, received: [] }),
+    helloFrame({ protocol_version: PROTOCOL_VERSION, session_id: SESSION_ID, resume: true, application: APPLICATION, received: [{ channel: 3, received: 0x1_0000_0001n, ended: false }, { channel: 5, received: 7n, ended: true }] }),
+    helloReplyFrame({ protocol_version: PROTOCOL_VERSION, resumed: true, application: encodeHostHello({ ...HOST, role: 'destination' }), received: [{ channel: 2, received: 99n, ended: false }], refusal: '' }),
+    helloReplyFrame({ protocol_version: PROTOCOL_VERSION, resumed: false, application: Buffer.alloc(0), received: [], refusal: 'no such session here to resume' }),
   ],
   repair: repairFrame,
   run(input) {
     // the first byte says which side's frame it is; each parser must refuse the other's
     const hello = input[0] === FrameType.HELLO ? parseHello(input) : parseHelloReply(input);
-    expectShape(hello, { protocol_version: 'number', host: 'object', received: 'array' }, 'the handshake');
-    expectShape(hello.host, HOST_SHAPE, 'the handshake host');
+    expectShape(hello, { protocol_version: 'number', application: 'buffer', received: 'array' }, 'the handshake');
     for (const progress of hello.received) expectShape(progress, { channel: 'number', received: 'bigint', ended: 'boolean' }, 'channel progress');
     return hello;
   },
@@ -97,17 +98,18 @@ export const linkHandshake: FuzzTarget = {
 
 export const linkMessages: FuzzTarget = {
   name: 'link-messages',
-  decoder: 'src/link/messages.ts Messages.*.decode and proxy/wire/messages.ts decodeControl (protobuf payloads; the first byte picks the message)',
+  decoder: 'src/link/messages.ts Messages.*.decode, proxy/wire/messages.ts decodeControl and decodeHostHello (protobuf payloads; the first byte picks the message)',
   expected: [LinkProtocolError, MigrationMessageError],
   seeds: () => [
     ...CONTROLS.map((control) => Buffer.concat([Buffer.from([0]), encodeControl(control)])),
     Buffer.concat([Buffer.from([1]), Messages.abort.encode({ reason: 'the restore failed: criu exited 1', origin: 'listener', code: 'HAUL_LINK_PROTOCOL' })]),
-    Buffer.concat([Buffer.from([2]), Messages.hello.encode({ protocol_version: 1, session_id: SESSION_ID, resume: true, host: HOST, received: [{ channel: 3, received: 5n, ended: true }] })]),
-    Buffer.concat([Buffer.from([3]), Messages.helloReply.encode({ protocol_version: 1, resumed: false, host: HOST, received: [], refusal: 'no' })]),
+    Buffer.concat([Buffer.from([2]), Messages.hello.encode({ protocol_version: 1, session_id: SESSION_ID, resume: true, application: APPLICATION, received: [{ channel: 3, received: 5n, ended: true }] })]),
+    Buffer.concat([Buffer.from([3]), Messages.helloReply.encode({ protocol_version: 1, resumed: false, application: APPLICATION, received: [], refusal: 'no' })]),
+    Buffer.concat([Buffer.from([4]), APPLICATION]),
   ],
   run(input) {
     const body = input.subarray(1);
-    switch ((input[0] ?? 0) % 4) {
+    switch ((input[0] ?? 0) % 5) {
       case 0: {
         const control = decodeControl(body);
         // a oneof: at most one body, whatever the wire repeats
@@ -122,8 +124,13 @@ export const linkMessages: FuzzTarget = {
       }
       case 2:
         return Messages.hello.decode(body);
-      default:
+      case 3:
         return Messages.helloReply.decode(body);
+      default: {
+        const host = decodeHostHello(body);
+        expectShape(host, HOST_SHAPE, 'the host hello');
+        return host;
+      }
     }
   },
 };

@@ -1,0 +1,52 @@
+import type { ApplicationHandshake } from '../src/link/index.js';
+import { decodeHostHello, encodeHostHello, type HostHello } from './wire/messages.js';
+
+export type { HostHello };
+
+/**
+ * Why a process dumped on `source` could not be restored on `destination`, or undefined: a pairing
+ * is refused only where nothing can bridge the difference, and the reason says what to change.
+ */
+export function compatibilityProblem(source: HostHello, destination: HostHello): string | undefined {
+  if (source.page_size !== destination.page_size) {
+    return `page size ${source.page_size} on the source but ${destination.page_size} on the destination`;
+  }
+  if (source.architecture !== destination.architecture) {
+    return `a ${source.architecture} source cannot move processes to a ${destination.architecture} destination`;
+  }
+  const version = (text: string): [number, number] => {
+    const match = /^(\d+)\.(\d+)/.exec(text);
+    return match ? [Number(match[1]), Number(match[2])] : [0, 0];
+  };
+  const atLeast42 = ([major, minor]: [number, number]): boolean => major > 4 || (major === 4 && minor >= 2);
+  // CRIU 4.2 counts a pagemap entry's pages in nr_pages and writes compat_nr_pages as 0
+  // (images/pagemap.proto); an older CRIU reads only compat_nr_pages
+  if (atLeast42(version(source.criu_version)) && !atLeast42(version(destination.criu_version))) {
+    return `CRIU ${source.criu_version} on the source writes pagemaps that CRIU ${destination.criu_version} on the destination reads as empty; install CRIU 4.2 or later there`;
+  }
+  return undefined;
+}
+
+/**
+ * The link handshake's application part for a migration host: says what `self` is, and refuses a
+ * peer it cannot migrate with. Sessions go from the dialler (the source) to the listener.
+ */
+export function hostHandshake(self: HostHello): ApplicationHandshake {
+  return {
+    hello: encodeHostHello(self),
+    check(peerHello, side) {
+      let peer: HostHello;
+      try {
+        peer = decodeHostHello(peerHello);
+      } catch (error) {
+        return `the peer's hello is not a haul host's (${error instanceof Error ? error.message : String(error)})`;
+      }
+      return side === 'dialer' ? compatibilityProblem(self, peer) : compatibilityProblem(peer, self);
+    },
+  };
+}
+
+/** What the peer said of itself in the handshake (a dialled link's `peer`, a listener's session event). */
+export function peerHost(hello: Buffer): HostHello {
+  return decodeHostHello(hello);
+}
