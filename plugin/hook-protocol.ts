@@ -116,3 +116,8 @@ export function argumentOf(args: readonly string[], flag: string): string | unde
   const at = args.indexOf(flag);
   return at >= 0 ? args[at + 1] : undefined;
 }
+
+/** `args` with the value of `flag` (the word after it) set to `value`. */
+export function withArgument(args: readonly string[], flag: string, value: string): string[] {
+  return args.map((arg, at) => (args[at - 1] === flag ? value : arg));
+}

@@ -1,0 +1,32 @@
+import type { DestinationContext, Incoming } from './destination-context.js';
+
+/**
+ * Starts `criu lazy-pages` for a lazy restore in `dir`, served by haul from the link. Resolves
+ * once it listens; `delivered` settles when the daemon has delivered every page (their count: the
+ * source has then heard that the migration is complete). If the link fails first, the daemon is
+ * ended.
+ */
+export async function serveLazyRestore(context: DestinationContext, entry: Incoming, dir: string): Promise<{ readonly delivered: Promise<number> }> {
+  const lazyPages = await entry.lazyPages;
+  // Incus shows a container the guard ended as stopped
+  const service = await entry.migration.serveLazy({ restoreDir: dir, ...(context.criuBinary ? { criuBinary: context.criuBinary } : {}), criuVersion: await context.criuVersion(), restored: () => entry.restored });
+  const { guard } = service;
+  entry.guard = guard;
+  const delivered = (async () => {
+    try {
+      await service.delivered();
+      await guard.release();
+      await entry.restored?.resume(); // every page is here: whatever the link does, it runs
+      await entry.migration.reportLazyComplete(lazyPages.received);
+      return lazyPages.received;
+    } catch (error) {
+      const reason = error instanceof Error ? error.message : String(error);
+      if (entry.session.isOpen) entry.session.abort(`lazy pages could not all be delivered: ${reason}`);
+      throw error;
+    } finally {
+      await lazyPages.close().catch(() => {});
+    }
+  })();
+  delivered.catch(() => {});
+  return { delivered }; // wrapped: a promise returned from an async function would be awaited
+}

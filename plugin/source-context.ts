@@ -1,0 +1,50 @@
+import { readdir } from 'node:fs/promises';
+import type { LinkSession } from '../src/link/index.js';
+import { isPagesFileName, type HeaderLayout } from '../src/criu/index.js';
+import type { SourceMigration } from '../proxy/index.js';
+import type { IncusClient } from './incus-client.js';
+import type { InFlight, MigrationProgress } from './in-flight.js';
+import type { MigrationRecord, MigrationRecords } from './migration-records.js';
+import type { DiskCatchUp } from './source-disk.js';
+
+/** What every step of the agent's source side works with. */
+export interface SourceContext {
+  readonly incus: IncusClient;
+  readonly records: MigrationRecords;
+  readonly log: (line: string) => void;
+  readonly inFlight: InFlight;
+}
+
+/** How long the destination may take to store every page, and to report its restore. */
+export const PAGES_STORED_MS = 10 * 60_000;
+
+/** One migration this agent sends, from the moment its peer accepted it. */
+export interface Outgoing {
+  readonly session: LinkSession;
+  /** What is said between the two hosts about this migration. */
+  readonly migration: SourceMigration;
+  /** Incus' checkpoint directory, the dump's -D as liblxc gives it. */
+  readonly dir: string;
+  readonly record: Omit<MigrationRecord, 'totalMs' | 'result'>;
+  readonly startedAt: Date;
+  readonly progress: MigrationProgress;
+  /** Set where Incus' own transfer leaves the destination's disk older than the frozen source. */
+  readonly disk: DiskCatchUp | undefined;
+}
+
+/** How many page-data files Incus' checkpoint directory holds (none, when every page went through haul). */
+export async function countCheckpointPageFiles(dir: string): Promise<number> {
+  return (await readdir(dir)).filter(isPagesFileName).length;
+}
+
+/** What a mode's start needs besides the migration: where its helpers go, and the dump as liblxc calls it. */
+export interface ModeStart {
+  /** The migration's own directory for its action scripts and page-server socket. */
+  readonly workDir: string;
+  readonly layout: HeaderLayout;
+  /** The action script liblxc gave the dump (Incus' own steps). */
+  readonly incusScript: string;
+  /** The hook's process, which becomes CRIU. */
+  readonly callerPid: number | undefined;
+  readonly args: readonly string[];
+}

@@ -1,0 +1,56 @@
+import { packDiskChanges } from '../proxy/index.js';
+import type { IncusInstance } from './incus-client.js';
+import { PAGES_STORED_MS, type Outgoing, type SourceContext } from './source-context.js';
+
+/** The container's root as the agent reaches it, and the time of the snapshot Incus sent. */
+export interface DiskCatchUp {
+  readonly root: string;
+  readonly sinceMs: number;
+}
+
+/**
+ * Pools whose migration sends the root filesystem once, from a snapshot taken before the dump,
+ * with no sync after the freeze (Incus 6.0.4 sets MultiSync only for rsync-based transfers).
+ */
+const SNAPSHOT_ONCE_DRIVERS = new Set(['btrfs', 'zfs']);
+/** Margin before the migration operation's start, for the kernel's coarse ctime clock: more is sent, never less. */
+const SNAPSHOT_MARGIN_MS = 250;
+
+/**
+ * Whether this move needs haul to carry the disk changes made after Incus' snapshot, and from
+ * when: the instance's root pool sends its volume once before the dump (btrfs, zfs); the
+ * snapshot comes after the move's "Migrating instance" operation began.
+ */
+export async function diskCatchUp(context: SourceContext, instance: IncusInstance, initPid: number, hookCalledAt: Date): Promise<DiskCatchUp | undefined> {
+  const pool = instance.expanded_devices?.['root']?.['pool'];
+  if (!pool || !SNAPSHOT_ONCE_DRIVERS.has(await context.incus.poolDriver(pool))) return undefined;
+  const migrating = (await context.incus.operationsOn(instance.name, 'Migrating instance'))
+    .map((op) => Date.parse(op.created_at))
+    .filter((at) => Number.isFinite(at));
+  // none found (an older Incus, another client): a wide window sends more, never less
+  const began = migrating.length ? Math.max(...migrating) : hookCalledAt.getTime() - 60_000;
+  const sinceMs = began - SNAPSHOT_MARGIN_MS;
+  context.log(`${instance.name}: pool ${pool} sends its disk once before the dump; haul carries what changed since ${new Date(sinceMs).toISOString()}${migrating.length ? '' : " (no 'Migrating instance' operation found: a minute back)"}`);
+  return { root: `/proc/${initPid}/root`, sinceMs };
+}
+
+/**
+ * Both modes, once CRIU has handed over what haul sends (the container still frozen): the disk
+ * changes where the pool needs them, then the count of what was sent, then until the
+ * destination says it stored it all.
+ */
+export async function imagesStored(context: SourceContext, { migration, progress, disk, record }: Outgoing, sent: { readonly pages: number; readonly files: number; readonly pageStreams: number }): Promise<void> {
+  if (disk) {
+    // the memory is dumped and the container still frozen: its disk holds still
+    context.inFlight.update(progress, { pages: sent.pages, phase: 'sending the disk changes since the snapshot' });
+    const packed = packDiskChanges(disk.root, disk.sinceMs);
+    await migration.sendDiskChanges(packed.tar);
+    const carried = await packed.done;
+    const skipped = carried.skipped.length ? `; not carried (device nodes, fifos, sockets): ${carried.skipped.slice(0, 10).join(', ')}` : '';
+    context.log(`${record.instance}: disk changes since the snapshot sent: ${carried.files} files (${carried.bytes} bytes), ${carried.symlinks} symlinks, ${carried.directories} directories${skipped}`);
+  }
+  context.inFlight.update(progress, { pages: sent.pages, phase: 'waiting for the destination to store the pages and restore' });
+  await migration.imagesComplete({ files: sent.files, pageStreams: sent.pageStreams, bytes: 0, filesystemTars: disk ? 1 : 0 });
+  await migration.stored(PAGES_STORED_MS);
+}
+
