@@ -4,7 +4,7 @@ import { setTimeout as sleep } from 'node:timers/promises';
 import { PAGE_SIZE, type HeaderLayout, isPagesFileName, lazyRunsIn, pagesStoredIn } from '../src/criu/index.js';
 import type { LinkSession } from '../src/link/index.js';
 import { identify, isRunning, type ProcessIdentity } from '../src/host/index.js';
-import { LazyDump, lazyServerListening } from '../proxy/index.js';
+import { LazyDump } from '../proxy/index.js';
 import { withArgument, type HookReply } from './hook-protocol.js';
 import { LazyEarlyActions } from './lazy-early-actions.js';
 import { PAGES_STORED_MS, countCheckpointPageFiles, type ModeStart, type Outgoing, type SourceContext } from './source-context.js';
@@ -101,8 +101,7 @@ async function followLazy(context: SourceContext, outgoing: Outgoing, actions: L
     const lazyRuns = await lazyRunsIn(dir); // the pagemaps went with the other images
     const { files } = await migration.sendImages(dumpDir, isPagesFileName);
     await imagesStored(context, outgoing, { pages: eager, files, pageStreams: 0 });
-    await lazyServerListening(actions.statusReady);
-    const client = await dump.lazy.connect(dump.criu, layout);
+    const client = await dump.lazy.connect(dump.criu, layout, actions.statusReady);
     const total = lazyRuns.reduce((sum, run) => sum + run.nrPages, 0);
     context.log(`${record.instance}: ${total} lazy pages to move`);
     context.inFlight.update(progress, { phase: 'restored on the destination; moving its memory', pages: eager, totalPages: eager + total });

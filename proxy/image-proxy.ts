@@ -4,7 +4,7 @@ import { join } from 'node:path';
 import { PAGE_SIZE, startCriu, criuVersion, headerLayoutFor, ActionScript, isPagesFileName, pagesStoredIn, lazyRunsIn } from '../src/criu/index.js';
 import type { EndpointOptions } from '../src/link/index.js';
 import { identify } from '../src/host/index.js';
-import { LazyDump, lazyServerListening } from './lazy-dump.js';
+import { LazyDump } from './lazy-dump.js';
 import { dumpToLinkOver } from './dump-to-link.js';
 import { SourceMigration } from './source-migration.js';
 
@@ -218,9 +218,8 @@ export async function migrateLazy(options: MigrateOptions): Promise<MigrationSum
     // lazy page server
     pastPostDump = true;
     await gate.answer('post-dump', true);
-    await lazyServerListening(listening);
     if (!criuProcess) throw new Error('criu dump did not start');
-    const client = await lazy.connect(criuProcess, layout);
+    const client = await lazy.connect(criuProcess, layout, listening);
     const total = lazyRuns.reduce((sum, run) => sum + run.nrPages, 0);
     progress(`restoring on the destination; ${total} pages to follow`);
     stopReporting = reportPages(progress, 'pages moved', () => pulled);

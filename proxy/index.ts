@@ -17,4 +17,4 @@ export { dumpToLink, dumpToLinkLocal, type DumpToLink } from './dump-to-link.js'
 export type { LazyCopyGuard } from './lazy-copy-guard.js';
 export type { LazyPageStore } from './lazy-page-store.js';
 export type { LazyPageService } from './lazy-restore.js';
-export { LazyDump, lazyServerListening } from './lazy-dump.js';
+export { LazyDump } from './lazy-dump.js';

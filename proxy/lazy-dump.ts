@@ -9,7 +9,7 @@ export const LAZY_SERVER_MS = 60_000;
  * Until CRIU's lazy page server listens (`heard`: its status-ready action), or LAZY_SERVER_MS, then
  * rejects. Its timer goes with it: a process whose migration is over does not wait it out.
  */
-export async function lazyServerListening(heard: Promise<unknown>): Promise<void> {
+async function lazyServerListening(heard: Promise<unknown>): Promise<void> {
   let timer: NodeJS.Timeout | undefined;
   const late = new Promise<never>((_, reject) => {
     timer = setTimeout(() => reject(new Error(`CRIU's lazy page server did not start within ${LAZY_SERVER_MS / 1000} s`)), LAZY_SERVER_MS);
@@ -62,10 +62,11 @@ export class LazyDump {
   }
 
   /**
-   * Once CRIU listens (its status-ready action): haul's client of the lazy page server, checked to
-   * be connected to `criu`. CRIU then stops listening, and the guard goes.
+   * Once CRIU listens (`listening`: its status-ready action), haul's client of the lazy page
+   * server, checked to be connected to `criu`. CRIU then stops listening, and the guard goes.
    */
-  async connect(criu: ProcessIdentity, layout: HeaderLayout): Promise<LazyPagesClient> {
+  async connect(criu: ProcessIdentity, layout: HeaderLayout, listening: Promise<unknown>): Promise<LazyPagesClient> {
+    await lazyServerListening(listening);
     const socket = (this.socket = await this.guard.connect());
     socket.on('error', () => {}); // a reset shows in the checks and reads below, not as a crash
     await expectPeerProcess(socket, criu);
