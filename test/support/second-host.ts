@@ -13,12 +13,28 @@ export function holdRestoredProcesses(dir: string, defer: (cleanup: () => void) 
   writeFileSync(holders, '');
   process.env['HAUL_TEST_HOLDERS'] = holders;
   defer(() => {
-    for (const pid of readFileSync(holders, 'utf8').split('\n').filter(Boolean)) {
+    const pids = readFileSync(holders, 'utf8').split('\n').filter(Boolean).map(Number);
+    for (const pid of pids) {
       try {
-        process.kill(Number(pid), 'SIGKILL');
+        process.kill(pid, 'SIGKILL');
       } catch {
         // already gone
       }
     }
+    // a holder is its namespace's init: the kernel ends its tree before the holder becomes a
+    // zombie, and until then the restored tree may still write into the test's scratch directory
+    // (which the next cleanup removes: a file made meanwhile failed it with ENOTEMPTY)
+    const deadline = Date.now() + 5_000;
+    while (pids.some(isLive) && Date.now() < deadline) Atomics.wait(new Int32Array(new SharedArrayBuffer(4)), 0, 0, 20);
   });
+}
+
+/** Whether `pid` is a process that has not yet exited (a zombie has). */
+function isLive(pid: number): boolean {
+  try {
+    const stat = readFileSync(`/proc/${pid}/stat`, 'utf8');
+    return stat.slice(stat.lastIndexOf(')') + 2, stat.lastIndexOf(')') + 3) !== 'Z';
+  } catch {
+    return false;
+  }
 }
