@@ -27,6 +27,16 @@ export function instanceNameOf(path: string): string {
 /** Incus said no: its error text, with the request that got it. */
 export class IncusError extends Error {
   override readonly name = 'IncusError';
+  constructor(
+    message: string,
+    /** HAUL_INCUS_UNREACHABLE: incusd did not answer; HAUL_INCUS_REFUSED: it answered with an error. */
+    readonly code: 'HAUL_INCUS_UNREACHABLE' | 'HAUL_INCUS_REFUSED',
+    /** The HTTP status of incusd's answer (its error_code), 0 when there was none. */
+    readonly status: number,
+    options?: { readonly cause?: unknown },
+  ) {
+    super(message, options);
+  }
 }
 
 /**
@@ -52,7 +62,7 @@ export class IncusClient {
     const answer = await this.request<{ id?: string }>(method, path, body);
     if (answer.type !== 'async' || !answer.metadata?.id) return;
     const operation = await this.get<{ status: string; err?: string }>(`/1.0/operations/${encodeURIComponent(answer.metadata.id)}/wait?timeout=300`);
-    if (operation.status !== 'Success') throw new IncusError(`${method} ${path}: ${operation.err || operation.status}`);
+    if (operation.status !== 'Success') throw new IncusError(`${method} ${path}: ${operation.err || operation.status}`, 'HAUL_INCUS_REFUSED', 0);
   }
 
   private async request<T>(method: string, path: string, body?: unknown): Promise<{ type: string | undefined; metadata: T }> {
@@ -63,10 +73,12 @@ export class IncusClient {
         ...(body === undefined ? {} : { body: JSON.stringify(body), headers: { 'content-type': 'application/json' } }),
       });
     } catch (error) {
-      throw new IncusError(`incusd at ${this.socketPath} did not answer ${method} ${path}: ${error instanceof Error ? error.message : String(error)}`);
+      throw new IncusError(`incusd at ${this.socketPath} did not answer ${method} ${path}: ${error instanceof Error ? error.message : String(error)}`, 'HAUL_INCUS_UNREACHABLE', 0, { cause: error });
     }
-    const answer = (await response.body.json()) as { type?: string; error?: string; metadata?: T };
-    if (response.statusCode >= 400 || answer.type === 'error') throw new IncusError(`${method} ${path}: ${answer.error ?? `HTTP ${response.statusCode}`}`);
+    const answer = (await response.body.json()) as { type?: string; error?: string; error_code?: number; metadata?: T };
+    if (response.statusCode >= 400 || answer.type === 'error') {
+      throw new IncusError(`${method} ${path}: ${answer.error ?? `HTTP ${response.statusCode}`}`, 'HAUL_INCUS_REFUSED', answer.error_code || response.statusCode);
+    }
     return { type: answer.type, metadata: answer.metadata as T };
   }
 
@@ -90,7 +102,7 @@ export class IncusClient {
     try {
       return await this.get<IncusInstance>(`/1.0/instances/${encodeURIComponent(name)}`);
     } catch (error) {
-      if (error instanceof IncusError && /not found/i.test(error.message)) return undefined;
+      if (error instanceof IncusError && error.status === 404) return undefined;
       throw error;
     }
   }

@@ -21,15 +21,18 @@ export interface DialedLink {
 
 /** Why a connection attempt failed, in words an operator can act on. */
 function explain(error: Error, secure: boolean): Error {
-  const message = error.message;
-  if (/wrong version number|packet length too long|EPROTO/.test(message)) {
-    return new Error(`TLS handshake failed: the peer does not speak TLS (is it listening with --insecure?) [${message}]`);
+  const code = (error as NodeJS.ErrnoException).code ?? '';
+  if (NOT_TLS_CODES.has(code)) {
+    return new LinkProtocolError(`TLS handshake failed: the peer does not speak TLS (is it listening with --insecure?) [${error.message}]`, { code: 'HAUL_LINK_REFUSED', cause: error });
   }
-  if (!secure && /socket hang up|ECONNRESET|Unexpected server response: 400/.test(message)) {
-    return new Error(`the peer closed the connection: it expects TLS, and this side was started with --insecure [${message}]`);
+  if (!secure && code === 'ECONNRESET') {
+    return new LinkProtocolError(`the peer closed the connection: it expects TLS, and this side was started with --insecure [${error.message}]`, { code: 'HAUL_LINK_REFUSED', cause: error });
   }
   return error;
 }
+
+/** What OpenSSL, through node, says of an answer that is not TLS (plain HTTP from an --insecure peer). */
+const NOT_TLS_CODES = new Set(['ERR_SSL_WRONG_VERSION_NUMBER', 'ERR_SSL_PACKET_LENGTH_TOO_LONG', 'EPROTO']);
 
 /** A connection, and the fingerprint of the certificate its peer presented (undefined without TLS). */
 interface Connection {

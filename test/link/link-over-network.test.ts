@@ -79,6 +79,13 @@ describe('the link over TLS with pinned certificates', () => {
     const listener = await LinkListener.listen('127.0.0.1', 0, { ...hosts.destination, application: hostApp('destination') });
     cleanups.push(() => listener.close());
     await expect(dialLink(`ws://127.0.0.1:${listener.port}`, { insecure: true, application: hostApp('source') })).rejects.toThrow(/expects TLS|closed/);
+    // and TLS to a peer that speaks none says so
+    const plain = await LinkListener.listen('127.0.0.1', 0, { insecure: true, application: hostApp('destination') });
+    cleanups.push(() => plain.close());
+    await expect(dialLink(`wss://127.0.0.1:${plain.port}`, { ...hosts.source, application: hostApp('source') })).rejects.toMatchObject({
+      code: 'HAUL_LINK_REFUSED',
+      message: expect.stringMatching(/the peer does not speak TLS \(is it listening with --insecure\?\)/),
+    });
     await expect(LinkListener.listen('0.0.0.0', 0, { insecure: true, application: hostApp('destination') })).rejects.toThrow(/--insecure .* refused on 0\.0\.0\.0/);
     await expect(dialLink('ws://192.0.2.1:8443', { insecure: true, application: hostApp('source') })).rejects.toThrow(/refused on 192\.0\.2\.1/);
   });
