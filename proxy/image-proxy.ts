@@ -7,6 +7,8 @@ import { identify } from '../src/host/index.js';
 import { LazyDump } from './lazy-dump.js';
 import { dumpToLinkOver } from './dump-to-link.js';
 import { SourceMigration } from './source-migration.js';
+import { MigrationFailedError, MigrationInDoubtError } from './migration-errors.js';
+import type { Mode } from './mode.js';
 
 export interface MigrateOptions extends EndpointOptions {
   readonly pid: number;
@@ -18,22 +20,8 @@ export interface MigrateOptions extends EndpointOptions {
   readonly onProgress?: (stage: string) => void;
 }
 
-/**
- * The source ended its copy on the destination's report of a restore, and then the link failed
- * before the destination confirmed it let its copy run: the destination keeps that copy stopped.
- */
-export class MigrationInDoubtError extends Error {
-  override readonly name = 'MigrationInDoubtError';
-  constructor(mode: 'pre-copy' | 'lazy', sourcePid: number, destinationPid: number, cause: unknown) {
-    super(
-      `${mode} migration of ${sourcePid}: the source copy has ended, but the link failed before the destination confirmed it runs its copy (pid ${destinationPid} there, kept stopped until confirmed): check it on the destination and run it with kill -CONT; ${cause instanceof Error ? cause.message : String(cause)}`,
-      { cause },
-    );
-  }
-}
-
 export interface MigrationSummary {
-  readonly mode: 'pre-copy' | 'lazy';
+  readonly mode: Mode;
   readonly pages: number;
   readonly imageBytes: number;
   readonly dumpMs: number;
@@ -68,7 +56,7 @@ function reportPages(progress: (line: string) => void, what: string, count: () =
 const PROGRESS_INTERVAL_MS = 500;
 
 /** Everything both modes set up before CRIU runs. */
-async function startMigration(options: MigrateOptions, mode: 'pre-copy' | 'lazy') {
+async function startMigration(options: MigrateOptions, mode: Mode) {
   const version = await criuVersion(options.criuBinary);
   const ownWorkDir = !options.workDir;
   const workDir = options.workDir ?? (await mkdtemp(join(tmpdir(), 'haul-migrate-')));
@@ -94,8 +82,7 @@ async function startMigration(options: MigrateOptions, mode: 'pre-copy' | 'lazy'
     /** The error to report: the link's reason when it failed first, CRIU's errors being only its echo. */
     failure(error: unknown): Error {
       if (session.isOpen) session.abort(error instanceof Error ? error.message : String(error));
-      const cause = linkFailure ?? error;
-      return new Error(`${mode} migration of ${options.pid} failed, the source process keeps running: ${cause instanceof Error ? cause.message : String(cause)}`, { cause: error });
+      return new MigrationFailedError(mode, options.pid, linkFailure ?? error);
     },
     async cleanUp(): Promise<void> {
       await gate.close();

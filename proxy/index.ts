@@ -5,7 +5,8 @@
 export { MODES, parseMode, type Mode } from './mode.js';
 export { hostHandshake, peerHost, type HostHello } from './host-hello.js';
 export { ChannelKind, openChannel } from './wire/index.js';
-export { migrateLazy, migratePreCopy, MigrationInDoubtError, type MigrateOptions, type MigrationSummary } from './image-proxy.js';
+export { migrateLazy, migratePreCopy, type MigrateOptions, type MigrationSummary } from './image-proxy.js';
+export { MigrationFailedError, MigrationInDoubtError } from './migration-errors.js';
 export { ImageCache, type CacheEvent, type CacheOptions } from './image-cache.js';
 export { SourceMigration, type ImageSetSent, type MigrationAnnouncement } from './source-migration.js';
 export { DestinationMigration, type CommitOutcome, type RestoreOutcome } from './destination-migration.js';

@@ -38,9 +38,10 @@ describeOnHost('haul pre-copy migration of a running process, source held until 
     defer(() => void cache.close());
 
     const frozenAt = realtimeNs();
-    await expect(migratePreCopy({ pid: workload.pid, to: `ws://127.0.0.1:${cache.port}`, insecure: true, application: hostApp('source') })).rejects.toThrow(
-      /pre-copy migration of \d+ failed, the source process keeps running: the destination could not restore: criu restore failed \(1\).*simulated restore failure/s,
-    );
+    await expect(migratePreCopy({ pid: workload.pid, to: `ws://127.0.0.1:${cache.port}`, insecure: true, application: hostApp('source') })).rejects.toMatchObject({
+      code: 'HAUL_MIGRATION_FAILED',
+      message: expect.stringMatching(/pre-copy migration of \d+ failed, the source process keeps running: the destination could not restore: criu restore failed \(1\).*simulated restore failure/s),
+    });
     await expectContinued(frozenAt);
   }, 120_000);
 
