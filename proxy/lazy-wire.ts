@@ -2,15 +2,15 @@ import type { Readable, Writable } from 'node:stream';
 import { PAGE_SIZE } from '../src/criu/index.js';
 import { StreamReader } from '../src/streams/stream-reader.js';
 import { writeChunk } from '../src/streams/writable-writes.js';
+import { pageRunRecord, readPageRun } from './wire/page-records.js';
 
 /**
  * Lazy mode on the link. The cache asks for pages on a LAZY_REQUESTS channel; the proxy sends the
  * pages asked for on a LAZY_ANSWERS channel, which the link sends ahead of bulk traffic, and every
- * other page on a PAGES channel named LAZY_PUSH_CHANNEL, behind them. All use the same 16-byte
- * record, `{u32 pid, u32 nr_pages, u64 vaddr}` little-endian; where pages travel, they follow it.
+ * other page on a PAGES channel named LAZY_PUSH_CHANNEL, behind them. All use migration.proto's
+ * PageRun record (proxy/wire/page-records.ts) with its pid set; where pages travel, they follow it.
  */
 export const LAZY_PUSH_CHANNEL = 'lazy-push';
-const RECORD_SIZE = 16;
 
 /** A lazy page record no haul sends: a page count of zero or above what CRIU asks for at once. */
 export class LazyWireError extends Error {
@@ -24,13 +24,7 @@ export interface PageRun {
   readonly nrPages: number;
 }
 
-function record(run: PageRun): Buffer {
-  const bytes = Buffer.alloc(RECORD_SIZE);
-  bytes.writeUInt32LE(run.pid, 0);
-  bytes.writeUInt32LE(run.nrPages, 4);
-  bytes.writeBigUInt64LE(run.vaddr, 8);
-  return bytes;
-}
+const record = (run: PageRun): Buffer => pageRunRecord({ vaddr: run.vaddr, nr_pages: run.nrPages, pid: run.pid });
 
 // rejects, never waits for good, once the channel is destroyed (its session aborted)
 const write = writeChunk;
@@ -53,9 +47,9 @@ export async function writePages(channel: Writable, run: PageRun, pages: AsyncIt
 async function* records(channel: Readable, withPages: boolean): AsyncGenerator<{ run: PageRun; pages?: AsyncIterable<Buffer> }, void, undefined> {
   const reader = new StreamReader(channel);
   for (;;) {
-    const bytes = await reader.readExactly(RECORD_SIZE, 'lazy page record');
-    if (bytes === null) return;
-    const run = { pid: bytes.readUInt32LE(0), nrPages: bytes.readUInt32LE(4), vaddr: bytes.readBigUInt64LE(8) };
+    const record = await readPageRun(reader, 'lazy page record');
+    if (record === null) return;
+    const run = { pid: record.pid, nrPages: record.nr_pages, vaddr: record.vaddr };
     // CRIU asks for at most 4 MiB at a time (criu/uffd.c MAX_XFER_LEN), and the proxy pushes less
     if (run.nrPages === 0 || run.nrPages > 1024) throw new LazyWireError(`lazy page record of ${run.nrPages} pages`);
     if (!withPages) {

@@ -3,13 +3,13 @@ import { PAGE_SIZE, PageFlag, type PagemapTarget, type PagemapEntry } from '../s
 import { StreamReader } from '../src/streams/stream-reader.js';
 import { checkedName } from '../src/name-grammars.js';
 import { writeChunk } from '../src/streams/writable-writes.js';
+import { pageRunRecord, readPageRun } from './wire/page-records.js';
 
 /**
- * One pagemap on one link channel: a 16-byte record per entry, `{u64 vaddr, u32 nr_pages, u32 flags}`
- * little-endian, followed by the entry's pages when it is PRESENT. The channel is named after the
- * pagemap's image file, so the cache knows what it is writing before the first record arrives.
+ * One pagemap on one link channel: a PageRun record (proxy/wire/page-records.ts) per entry, with
+ * the entry's flags, followed by the entry's pages when it is PRESENT. The channel is named after
+ * the pagemap's image file, so the cache knows what it is writing before the first record arrives.
  */
-const RECORD_SIZE = 16;
 const KNOWN_FLAGS = PageFlag.PRESENT | PageFlag.LAZY | PageFlag.PARENT;
 
 /** A page channel whose name or records no haul writes. */
@@ -43,11 +43,7 @@ const write = writeChunk;
 
 /** Writes one entry and its pages (exactly nrPages of them when PRESENT) to a page channel. */
 export async function writePageRecord(channel: Writable, entry: PagemapEntry, pages: AsyncIterable<Buffer> | undefined): Promise<void> {
-  const record = Buffer.alloc(RECORD_SIZE);
-  record.writeBigUInt64LE(entry.vaddr, 0);
-  record.writeUInt32LE(entry.nrPages, 8);
-  record.writeUInt32LE(entry.flags, 12);
-  await write(channel, record);
+  await write(channel, pageRunRecord({ vaddr: entry.vaddr, nr_pages: entry.nrPages, flags: entry.flags }));
   for await (const chunk of pages ?? []) await write(channel, chunk);
 }
 
@@ -55,9 +51,9 @@ export async function writePageRecord(channel: Writable, entry: PagemapEntry, pa
 export async function* readPageRecords(channel: Readable): AsyncGenerator<{ entry: PagemapEntry; pages: AsyncIterable<Buffer> | undefined }, void, undefined> {
   const reader = new StreamReader(channel);
   for (;;) {
-    const record = await reader.readExactly(RECORD_SIZE, 'page record');
+    const record = await readPageRun(reader, 'page record');
     if (record === null) return;
-    const entry = { vaddr: record.readBigUInt64LE(0), nrPages: record.readUInt32LE(8), flags: record.readUInt32LE(12) };
+    const entry = { vaddr: record.vaddr, nrPages: record.nr_pages, flags: record.flags };
     // the cache writes the flags into the pagemap CRIU restores from, where they say where each
     // page comes from (criu/include/pagemap.h PE_*): no others, and never none
     if ((entry.flags & ~KNOWN_FLAGS) !== 0 || entry.flags === 0) throw new PageStreamError(`page record with flags 0x${entry.flags.toString(16)}`);

@@ -28,3 +28,10 @@ const hostHello = messageCodec<HostHello>(root.lookupType('haul.migration.HostHe
 
 export const encodeHostHello = (hello: HostHello): Buffer => hostHello.encode(hello);
 export const decodeHostHello = (bytes: Buffer): HostHello => hostHello.decode(bytes);
+
+export type PageRun = Migration.PageRun;
+
+const pageRun = messageCodec<PageRun>(root.lookupType('haul.migration.PageRun'), (cause) => new MigrationMessageError(`malformed page record: ${cause instanceof Error ? cause.message : String(cause)}`, { cause }));
+
+export const encodePageRun = (run: PageRun): Buffer => pageRun.encode(run);
+export const decodePageRun = (bytes: Buffer): PageRun => pageRun.decode(bytes);

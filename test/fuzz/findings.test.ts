@@ -4,6 +4,8 @@ import { describe, expect, it } from 'vitest';
 import { HookProtocolError, parseHookRequest } from '../../plugin/hook-protocol.js';
 import { LazyWireError, readPageRequests, readPages } from '../../proxy/lazy-wire.js';
 import { PageStreamError, readPageRecords, targetOfPageChannel } from '../../proxy/page-stream.js';
+import { pageRunRecord } from '../../proxy/wire/page-records.js';
+import { MigrationMessageError } from '../../proxy/wire/messages.js';
 import { receiveDump } from '../../src/criu/page-server/dump-receiver.js';
 import { serveLazyPages } from '../../src/criu/page-server/lazy-pages-server.js';
 import { Command, PageFlag, PageServerProtocolError, encodeHeader, encodeTarget } from '../../src/criu/page-server/protocol.js';
@@ -43,12 +45,19 @@ describe('fuzz findings, fixed', () => {
 
   describe('a lazy page record of a page count CRIU never asks for is refused with an error of the lazy wire', () => {
     // lazy-wire target, seed 1: the record {pid 7, 33686018 pages} ended in a plain Error
-    for (const hex of ['07000000000000000000010000000000', '07000000020202020000010000000000', '07000000010400000000010000000000']) {
-      it(`record ${hex}`, async () => {
-        await expect(drain(readPageRequests(Readable.from([Buffer.from(hex, 'hex')])))).rejects.toBeInstanceOf(LazyWireError);
-        await expect(drain(readPages(Readable.from([Buffer.from(hex, 'hex')])))).rejects.toBeInstanceOf(LazyWireError);
+    for (const nrPages of [0, 33686018, 1025]) {
+      it(`a run of ${nrPages} pages`, async () => {
+        const record = pageRunRecord({ pid: 7, vaddr: 0x10000n, nr_pages: nrPages });
+        await expect(drain(readPageRequests(Readable.from([record])))).rejects.toBeInstanceOf(LazyWireError);
+        await expect(drain(readPages(Readable.from([record])))).rejects.toBeInstanceOf(LazyWireError);
       });
     }
+
+    it('a record longer than any PageRun, or one that does not decode, is refused as a malformed message', async () => {
+      for (const bytes of [Buffer.from([33, ...Buffer.alloc(33)]), Buffer.from([2, 0x08, 0xff])]) {
+        await expect(drain(readPageRequests(Readable.from([bytes])))).rejects.toBeInstanceOf(MigrationMessageError);
+      }
+    });
   });
 
   describe('a page-server command for an address inside a page is refused before anything reads or writes pages there', () => {
@@ -76,9 +85,10 @@ describe('fuzz findings, fixed', () => {
 
   describe('a page record the cache would write into a pagemap for CRIU must carry page flags CRIU knows', () => {
     // page-stream target, seed 1: {vaddr 0x400000, 2 pages, flags 0x1010101} was taken as it came
-    for (const hex of ['00004000000000000200000001010101', '00008000000000006400000000000000', '00008000000000006400000008000000']) {
-      it(`record ${hex}`, async () => {
-        await expect(drain(readPageRecords(Readable.from([Buffer.from(hex, 'hex')])))).rejects.toBeInstanceOf(PageStreamError);
+    for (const flags of [0x1010101, 0, 8]) {
+      it(`a record with flags 0x${flags.toString(16)}`, async () => {
+        const record = pageRunRecord({ vaddr: 0x400000n, nr_pages: 2, flags });
+        await expect(drain(readPageRecords(Readable.from([record])))).rejects.toBeInstanceOf(PageStreamError);
       });
     }
 

@@ -1,6 +1,7 @@
 import { PassThrough, Readable } from 'node:stream';
 import { describe, expect, it } from 'vitest';
 import { pageChannelName, readPageRecords, targetOfPageChannel, writePageRecord } from '../../proxy/page-stream.js';
+import { pageRunRecord } from '../../proxy/wire/page-records.js';
 import { PageFlag } from '../../src/criu/page-server/protocol.js';
 import { TruncatedStreamError } from '../../src/streams/stream-reader.js';
 import { pagesOf } from '../support/page-server-streams.js';
@@ -40,13 +41,11 @@ describe('a pagemap on a link channel', () => {
   });
 
   it('refuses a stream that ends inside a record or its pages', async () => {
-    const record = Buffer.alloc(16);
-    record.writeUInt32LE(4, 8);
-    record.writeUInt32LE(PageFlag.PRESENT, 12);
+    const record = pageRunRecord({ vaddr: 0x400000n, nr_pages: 4, flags: PageFlag.PRESENT });
     const drain = async (bytes: Buffer): Promise<void> => {
       for await (const { pages } of readPageRecords(Readable.from([bytes]))) for await (const _ of pages ?? []);
     };
-    await expect(drain(record.subarray(0, 9))).rejects.toThrow(TruncatedStreamError);
+    await expect(drain(record.subarray(0, record.length - 1))).rejects.toThrow(TruncatedStreamError);
     await expect(drain(Buffer.concat([record, Buffer.alloc(4096)]))).rejects.toThrow(/ended 4096 bytes into 16384 bytes of pages/);
   });
 });
