@@ -12,6 +12,7 @@ import { fileURLToPath } from 'node:url';
 import { Command } from 'commander';
 import { acceptOne, runCriu, startCriu } from '../../src/criu/index.js';
 import { realtimeNs, reportFrom, type WorkloadReport } from '../../test/support/workload.js';
+import { endSecondHost } from '../../test/support/second-host.js';
 
 const WORKLOAD = '/usr/local/bin/haul-workload';
 const REPO = fileURLToPath(new URL('../../..', import.meta.url));
@@ -102,7 +103,7 @@ async function haul(work: string, mib: number, lazy: boolean) {
       proxyPeakRssMib: summary.peakRssMib, cachePeakRssMib: last.peakRssMib, intact: after.checksum === before.checksum,
     };
   } finally {
-    cache.kill('SIGKILL'); // its namespace, with the restored workload, goes with it
+    endSecondHost(cache); // its namespace, with the restored workload, goes with it
   }
 }
 

@@ -1,11 +1,12 @@
 import { execFile, spawn } from 'node:child_process';
-import { mkdirSync, readdirSync, readFileSync, readlinkSync } from 'node:fs';
+import { mkdirSync, readdirSync } from 'node:fs';
 import { createInterface } from 'node:readline';
 import { promisify } from 'node:util';
 import { expect, it } from 'vitest';
 import { HAUL_CLI } from '../support/build-cli.js';
 import { describeOnHost } from '../support/host.js';
 import { useMigrationScenes } from '../support/migration-scene.js';
+import { endSecondHost } from '../support/second-host.js';
 import { realtimeNs } from '../support/workload.js';
 
 /** What haul cache prints, one JSON object per line. */
@@ -17,28 +18,6 @@ interface CacheLine {
   peakRssMib?: number;
 }
 
-/** The pid namespace of the first child of `pid` (unshare's forked namespace init). */
-function childNamespace(pid: number): string | undefined {
-  try {
-    const init = readFileSync(`/proc/${pid}/task/${pid}/children`, 'utf8').trim().split(' ')[0];
-    return init ? readlinkSync(`/proc/${init}/ns/pid`) : undefined;
-  } catch {
-    return undefined;
-  }
-}
-
-/** Whether any process still lives in that pid namespace. */
-function inNamespace(namespace: string): boolean {
-  return readdirSync('/proc').some((name) => {
-    if (!/^\d+$/.test(name)) return false;
-    try {
-      return readlinkSync(`/proc/${name}/ns/pid`) === namespace;
-    } catch {
-      return false;
-    }
-  });
-}
-
 /**
  * `haul cache --insecure` on loopback as a second host: the command runs as the init of its own pid
  * and mount namespace, where the restored process gets its own pid back.
@@ -47,14 +26,7 @@ async function cacheOnSecondHost(dir: string, defer: (cleanup: () => void) => vo
   const child = spawn('unshare', ['--pid', '--fork', '--kill-child', '--mount-proc', process.execPath, HAUL_CLI, 'cache', '--listen', '127.0.0.1:0', '--dir', dir, '--insecure'], {
     stdio: ['ignore', 'pipe', 'inherit'],
   });
-  defer(() => {
-    // the namespace and everything restored in it go with it, but not at once: wait until its
-    // processes are gone, or one may still be writing into the scene's directory as it is removed
-    const namespace = child.pid === undefined ? undefined : childNamespace(child.pid);
-    child.kill('SIGKILL');
-    const deadline = Date.now() + 10_000;
-    while (namespace && Date.now() < deadline && inNamespace(namespace)) Atomics.wait(new Int32Array(new SharedArrayBuffer(4)), 0, 0, 50);
-  });
+  defer(() => endSecondHost(child));
   const lines: CacheLine[] = [];
   const waiters: Array<() => void> = [];
   createInterface({ input: child.stdout }).on('line', (line) => {

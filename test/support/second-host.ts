@@ -38,3 +38,31 @@ function isLive(pid: number): boolean {
     return false;
   }
 }
+
+/**
+ * Ends a second host started as `unshare --pid --fork --kill-child … <init>` (child: the unshare
+ * process) with all it restored, and returns once the namespace's tree is gone: until then a
+ * restored process may still be writing into a directory the caller is about to remove.
+ */
+export function endSecondHost(child: { pid?: number | undefined; kill(signal: NodeJS.Signals): boolean }): void {
+  const init = child.pid === undefined ? undefined : firstChild(child.pid);
+  if (init !== undefined) {
+    try {
+      process.kill(init, 'SIGKILL');
+    } catch {
+      // already gone
+    }
+  }
+  child.kill('SIGKILL');
+  const deadline = Date.now() + 10_000;
+  while (init !== undefined && isLive(init) && Date.now() < deadline) Atomics.wait(new Int32Array(new SharedArrayBuffer(4)), 0, 0, 20);
+}
+
+function firstChild(pid: number): number | undefined {
+  try {
+    const first = readFileSync(`/proc/${pid}/task/${pid}/children`, 'utf8').trim().split(' ')[0];
+    return first ? Number(first) : undefined;
+  } catch {
+    return undefined;
+  }
+}
