@@ -1,13 +1,17 @@
+import { stat } from 'node:fs/promises';
 import { hostname } from 'node:os';
+import { setTimeout as sleep } from 'node:timers/promises';
 import { join } from 'node:path';
 import { Command, InvalidArgumentError, Option } from 'commander';
 import { DEFAULT_CRIU, PAGE_SIZE } from '../src/criu/index.js';
 import { parseListen, thisHost } from './host-and-address.js';
 import { hostHandshake } from '../proxy/index.js';
-import { loadOrCreateIdentity } from '../src/link/index.js';
-import { openTrustStore, stateDirOf } from './trust-commands.js';
+import { loadIdentity, loadOrCreateIdentity } from '../src/link/index.js';
+import { DEFAULT_STATE_DIR, openTrustStore, stateDirOf } from './trust-commands.js';
 import { Agent, InsecureAgentError, diagnose, installHook, uninstallHook, IN_FLIGHT_FILE, readInFlight, type MigrationProgress, MigrationRecords, type MigrationRecord, type HaulMode, type Peer, parseHaulMode } from '../plugin/index.js';
 import { logStrayErrors } from './stray-errors.js';
+import { EXIT } from './exit-codes.js';
+import { formatOf, withFormat, type OutputFormat } from './output-format.js';
 
 const DEFAULT_HOOK_DIR = '/usr/local/lib/haul/hook';
 
@@ -79,43 +83,67 @@ export function addAgentCommands(program: Command, out: (line: string) => void):
       out((await uninstallHook(options.hookDir)) ? `removed ${options.hookDir}/criu` : `no hook in ${options.hookDir}`);
     });
 
-  program
-    .command('doctor')
-    .description('check this host for what routing incus move through haul needs, with a fix for each failure')
-    .option('--incus-dir <dir>', "incusd's INCUS_DIR", process.env['INCUS_DIR'] ?? '/var/lib/incus')
-    .option('--peer <name=host:port>', 'a peer agent to reach (repeat for each)', parsePeer, [])
-    .option('--insecure', 'reach peers over plain WebSocket (loopback only)', false)
-    .option('--criu <path>', 'the real CRIU', DEFAULT_CRIU)
-    .option('--json', 'one JSON array of checks', false)
-    .action(async (options: { incusDir: string; peer: Peer[]; insecure: boolean; criu: string; json: boolean }, command: Command) => {
-      const stateDir = stateDirOf(command);
-      const host = await thisHost('doctor', options.criu, { migrates: false });
-      const security = options.insecure ? { insecure: true } : { identity: await loadOrCreateIdentity(stateDir), trust: await openTrustStore(stateDir) };
-      const scheme = options.insecure ? 'ws' : 'wss';
-      const checks = await diagnose({
-        incusDir: options.incusDir, criuBinary: options.criu, endpoint: { ...security, application: hostHandshake(host), resumeWindowMs: 1000 },
-        peers: options.peer.map((peer) => ({ name: peer.name, url: `${scheme}://${peer.url}` })),
-      });
-      if (options.json) out(JSON.stringify(checks));
-      else for (const c of checks) out(`${c.ok ? 'ok  ' : 'FAIL'} ${c.check}: ${c.found}${c.fix ? `\n     fix: ${c.fix}` : ''}`);
-      if (checks.some((c) => !c.ok)) process.exitCode = 1;
+  withFormat(
+    program
+      .command('doctor')
+      .description('check this host for what routing incus move through haul needs, with a fix for each failure; changes nothing')
+      .option('--incus-dir <dir>', "incusd's INCUS_DIR", process.env['INCUS_DIR'] ?? '/var/lib/incus')
+      .option('--peer <name=host:port>', 'a peer agent to reach (repeat for each)', parsePeer, [])
+      .option('--insecure', 'reach peers over plain WebSocket (loopback only)', false)
+      .option('--criu <path>', 'the real CRIU', DEFAULT_CRIU),
+    'one JSON array of {check, ok, found, fix}',
+  ).action(async (options: { incusDir: string; peer: Peer[]; insecure: boolean; criu: string; format: OutputFormat; json?: boolean }, command: Command) => {
+    const stateDir = stateDirOf(command);
+    const host = await thisHost('doctor', options.criu, { migrates: false });
+    // doctor changes nothing: it uses this host's identity if it has one, and makes none
+    const identity = options.insecure ? undefined : await loadIdentity(stateDir);
+    const security = options.insecure ? { insecure: true } : identity ? { identity, trust: await openTrustStore(stateDir) } : undefined;
+    const scheme = options.insecure ? 'ws' : 'wss';
+    const checks = await diagnose({
+      incusDir: options.incusDir, criuBinary: options.criu, endpoint: security ? { ...security, application: hostHandshake(host), resumeWindowMs: 1000 } : { noIdentityIn: stateDir },
+      peers: options.peer.map((peer) => ({ name: peer.name, url: `${scheme}://${peer.url}` })),
     });
+    if (formatOf(options) === 'json') out(JSON.stringify(checks));
+    else for (const c of checks) out(`${c.ok ? 'ok  ' : 'FAIL'} ${c.check}: ${c.found}${c.fix ? `\n     fix: ${c.fix}` : ''}`);
+    if (checks.some((c) => !c.ok)) process.exitCode = EXIT.failed;
+  });
 
-  program
-    .command('status')
-    .description('the migrations this host\'s agent recorded, newest last')
-    .option('--json', 'one JSON array', false)
-    .option('--recent <n>', 'how many ended migrations to list', (v) => Number.parseInt(v, 10), 20)
-    .action(async (options: { json: boolean; recent: number }, command: Command) => {
-      const stateDir = join(stateDirOf(command), 'agent');
-      const records = await new MigrationRecords(join(stateDir, 'migrations.jsonl')).all();
+  withFormat(
+    program
+      .command('status')
+      .description("the migrations this host's agent has in progress, and the recent ones, newest last")
+      .option('--recent <n>', 'how many ended migrations to list', parseCount, 20)
+      .option('-w, --watch', 'show it again every second, until interrupted', false),
+    'one JSON object {inProgress, recent} (with --watch, one per line)',
+  ).action(async (options: { format: OutputFormat; json?: boolean; recent: number; watch: boolean }, command: Command) => {
+    const stateDir = join(stateDirOf(command), 'agent');
+    // a wrong --state-dir must not read as a quiet host
+    if (!(await stat(stateDir).catch(() => undefined))?.isDirectory()) throw new Error(`no haul agent has kept its state in ${stateDir} (is --state-dir right? the agent's default is ${DEFAULT_STATE_DIR})`);
+    const records = new MigrationRecords(join(stateDir, 'migrations.jsonl'));
+    const show = async (): Promise<void> => {
+      const recent = (await records.all()).slice(-options.recent);
       const moving = await readInFlight(join(stateDir, IN_FLIGHT_FILE));
-      if (options.json) return out(JSON.stringify({ inProgress: moving, recent: records.slice(-options.recent) }));
+      if (formatOf(options) === 'json') return out(JSON.stringify({ inProgress: moving, recent }));
+      if (options.watch && process.stdout.isTTY) process.stdout.write('\x1b[H\x1b[2J');
       out(moving.length ? 'in progress:' : 'no migration in progress');
       for (const m of moving) out(`  ${bar(m)}`);
-      out(records.length ? 'recent:' : 'no migrations recorded');
-      for (const r of records.slice(-options.recent)) out(`  ${describe(r)}`);
-    });
+      out(recent.length ? 'recent:' : 'no migrations recorded');
+      for (const r of recent) out(`  ${describe(r)}`);
+    };
+    await show();
+    if (!options.watch) return;
+    const stop = new AbortController();
+    process.once('SIGINT', () => stop.abort());
+    process.once('SIGTERM', () => stop.abort());
+    for (;;) {
+      try {
+        await sleep(1000, undefined, { signal: stop.signal });
+      } catch {
+        return; // interrupted: the watch is over
+      }
+      await show();
+    }
+  });
 }
 
 /** One migration in progress: a bar when the total is known, else a count; MiB, rate and phase. */
@@ -139,6 +167,12 @@ function agentMode(value: string): HaulMode {
   const mode = parseHaulMode(value);
   if (!mode) throw new InvalidArgumentError(`expected pre-copy, lazy or off, got ${JSON.stringify(value)}`);
   return mode;
+}
+
+function parseCount(value: string): number {
+  const count = Number(value);
+  if (!Number.isInteger(count) || count < 0) throw new InvalidArgumentError(`expected a whole number, got ${JSON.stringify(value)}`);
+  return count;
 }
 
 function parsePositiveSeconds(value: string): number {

@@ -1,9 +1,14 @@
 #!/usr/bin/env node
 // The `haul` executable. cli/ is the top of the dependency graph: it drives proxy/ and plugin/
 // through their index.ts, and nothing imports it.
+import { CommanderError } from 'commander';
+import { exitCodeFor, throwUsageErrors } from './exit-codes.js';
 import { buildProgram } from './program.js';
 
-buildProgram().parseAsync(process.argv).catch((error: unknown) => {
-  process.stderr.write(`haul: ${error instanceof Error ? error.message : String(error)}\n`);
-  process.exitCode = 1;
+const program = buildProgram();
+throwUsageErrors(program);
+program.parseAsync(process.argv).catch((error: unknown) => {
+  // commander has printed its own usage errors, help and version already
+  if (!(error instanceof CommanderError)) process.stderr.write(`haul: ${error instanceof Error ? error.message : String(error)}\n`);
+  process.exitCode = exitCodeFor(error);
 });

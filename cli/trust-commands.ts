@@ -2,6 +2,7 @@ import { readFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { Command } from 'commander';
 import { fingerprintOf, loadOrCreateIdentity, TrustStore } from '../src/link/index.js';
+import { formatOf, withFormat, type OutputFormat } from './output-format.js';
 
 /** Where a host keeps its link identity and trust store, unless --state-dir says otherwise. */
 export const DEFAULT_STATE_DIR = process.env['HAUL_STATE_DIR'] ?? '/var/lib/haul';
@@ -44,12 +45,11 @@ export function addTrustCommands(program: Command, out: (line: string) => void):
       const peer = await store.add(name, await fingerprintFrom(what));
       out(`trusted ${peer.name} ${peer.fingerprint}`);
     });
-  trust
-    .command('list')
-    .description('list trusted peers')
-    .action(async (_options, command: Command) => {
+  withFormat(trust.command('list').description('list trusted peers'), 'one JSON array of {name, fingerprint, added}')
+    .action(async (options: { format: OutputFormat; json?: boolean }, command: Command) => {
       const store = await openTrustStore(stateDirOf(command));
       const peers = store.list();
+      if (formatOf(options) === 'json') return out(JSON.stringify(peers.map(({ name, fingerprint, added }) => ({ name, fingerprint, added }))));
       if (peers.length === 0) out('no trusted peers');
       for (const peer of peers) out(`${peer.name}\t${peer.fingerprint}\t${peer.added}`);
     });

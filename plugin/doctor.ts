@@ -24,8 +24,11 @@ export interface DoctorOptions {
   readonly incusDir: string;
   readonly criuBinary: string;
   readonly peers: readonly Peer[];
-  /** How to reach peers: this host's identity and trust, as the agent uses them. */
-  readonly endpoint: EndpointOptions;
+  /**
+   * How to reach peers: this host's identity and trust, as the agent uses them; or, where this host
+   * has no link identity yet, the state dir it was looked for in (doctor makes none).
+   */
+  readonly endpoint: EndpointOptions | { readonly noIdentityIn: string };
 }
 
 const MIN_PIPE_MAX = 4 * 1024 * 1024;
@@ -80,7 +83,7 @@ export async function diagnose(options: DoctorOptions): Promise<Check[]> {
   try {
     const v = await criuVersion(options.criuBinary);
     localCriu = `${v.major}.${v.minor}.${v.patch}`;
-    add('CRIU', v.major > 4 || (v.major === 4 && v.minor >= 1), `${localCriu} at ${options.criuBinary}`, 'install CRIU 4.1 or later (scripts/setup-host builds 4.1.1)');
+    add('CRIU', v.major > 4 || (v.major === 4 && v.minor >= 1), `${localCriu} at ${options.criuBinary}`, 'install CRIU 4.1 or later (Debian: apt install criu, from trixie on; Zabbly\'s incus package ships /opt/incus/bin/criu) and pass its path with --criu');
   } catch (error) {
     add('CRIU', false, `${options.criuBinary}: ${error instanceof Error ? error.message : String(error)}`, 'install CRIU 4.1 or later and pass its path with --criu');
   }
@@ -125,11 +128,16 @@ export async function diagnose(options: DoctorOptions): Promise<Check[]> {
     socket.once('connect', () => (socket.destroy(), resolve(true)));
     socket.once('error', () => resolve(false));
   });
-  add('haul agent', agentUp, agentUp ? `answers on ${hookSocket}` : `nothing answers on ${hookSocket}`, 'haul agent run --incus-dir … --listen … --peer … (scripts/testbed up starts one per test host)');
+  add('haul agent', agentUp, agentUp ? `answers on ${hookSocket}` : `nothing answers on ${hookSocket}`, 'haul agent run --listen ADDRESS:PORT --peer NAME=HOST:PORT (add --incus-dir where incusd\'s INCUS_DIR is not /var/lib/incus)');
 
+  const endpoint = options.endpoint;
+  if ('noIdentityIn' in endpoint) {
+    add('link identity', false, `none in ${endpoint.noIdentityIn}: peers cannot link with this host, and were not tried`, 'haul identity (makes this host\'s key pair and prints the fingerprint its peers pin with haul trust add)');
+    return checks;
+  }
   for (const peer of options.peers) {
     try {
-      const { session, peer: hello } = await dialLink(peer.url, options.endpoint);
+      const { session, peer: hello } = await dialLink(peer.url, endpoint);
       const info = peerHost(hello);
       session.close();
       const same = localCriu === undefined || info.criu_version === '' || info.criu_version === localCriu;

@@ -24,19 +24,26 @@ export function peerFingerprint(socket: TLSSocket): string | undefined {
   return cert?.raw ? new X509Certificate(cert.raw).fingerprint256.replaceAll(':', '').toLowerCase() : undefined;
 }
 
+/** The identity kept in `stateDir`, or undefined where there is none yet; creates nothing. */
+export async function loadIdentity(stateDir: string): Promise<Identity | undefined> {
+  try {
+    const [key, cert] = await Promise.all([readFile(join(stateDir, 'link.key'), 'utf8'), readFile(join(stateDir, 'link.crt'), 'utf8')]);
+    return { key, cert, fingerprint: fingerprintOf(cert) };
+  } catch (error) {
+    if ((error as NodeJS.ErrnoException).code === 'ENOENT') return undefined;
+    throw error;
+  }
+}
+
 /**
  * Loads the identity kept in `stateDir`, or creates it on first use (an EC P-256 key and a ten-year
  * self-signed certificate, made with openssl; the key file is readable by its owner only).
  */
 export async function loadOrCreateIdentity(stateDir: string): Promise<Identity> {
+  const kept = await loadIdentity(stateDir);
+  if (kept) return kept;
   const keyPath = join(stateDir, 'link.key');
   const certPath = join(stateDir, 'link.crt');
-  try {
-    const [key, cert] = await Promise.all([readFile(keyPath, 'utf8'), readFile(certPath, 'utf8')]);
-    return { key, cert, fingerprint: fingerprintOf(cert) };
-  } catch (error) {
-    if ((error as NodeJS.ErrnoException).code !== 'ENOENT') throw error;
-  }
   await mkdir(stateDir, { recursive: true, mode: 0o700 });
   const tmpKey = `${keyPath}.new`;
   const tmpCert = `${certPath}.new`;

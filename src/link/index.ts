@@ -9,6 +9,6 @@ export { ChannelPriority, type IncomingChannel, type OutgoingChannel } from './c
 export type { ChannelKindCode } from './frame.js';
 export { DEFAULT_RESUME_WINDOW_MS, type ApplicationHandshake, type EndpointOptions } from './endpoint-options.js';
 export { PROTOCOL_VERSION } from './handshake.js';
-export { fingerprintOf, loadOrCreateIdentity, type Identity } from './identity.js';
+export { fingerprintOf, loadIdentity, loadOrCreateIdentity, type Identity } from './identity.js';
 export { TrustStore, normaliseFingerprint, type TrustedPeer } from './trust-store.js';
 export { LinkAbortedError, LinkIntegrityError, LinkLimitError, LinkLimitsError, LinkProtocolError, linkReasonCode, type LinkAbortReasonCode } from './link-errors.js';

@@ -1,9 +1,13 @@
-import { mkdtempSync, rmSync } from 'node:fs';
+import { execFile } from 'node:child_process';
+import { mkdirSync, mkdtempSync, readdirSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { describe, expect, it } from 'vitest';
 import type { Command } from 'commander';
+import { EXIT, exitCodeFor } from '../../cli/exit-codes.js';
 import { buildProgram } from '../../cli/program.js';
+import { MigrationFailedError, MigrationInDoubtError } from '../../proxy/index.js';
+import { HAUL_CLI } from '../support/build-cli.js';
 import packageJson from '../../package.json' with { type: 'json' };
 
 async function run(args: string[]): Promise<{ stdout: string; stderr: string; exitCode: number }> {
@@ -102,5 +106,78 @@ describe('haul migrate and haul cache', () => {
     const result = await run(['migrate', String(process.pid), '--to', '127.0.0.1:1', '--insecure']);
     expect(result.exitCode).not.toBe(0);
     expect(result.stderr).toMatch(/ECONNREFUSED|connect/);
+  });
+});
+
+describe('what the listing commands print, for a person or a program', () => {
+  it('haul trust list: lines, or with --format json (or --json) one array', async () => {
+    const dir = mkdtempSync(join(tmpdir(), 'haul-cli-'));
+    try {
+      const state = ['--state-dir', dir];
+      expect((await run([...state, 'trust', 'list', '--format', 'json'])).stdout).toBe('[]\n');
+      await run([...state, 'trust', 'add', 'dst', 'ab'.repeat(32)]);
+      for (const flags of [['-f', 'json'], ['--json']]) {
+        const peers = JSON.parse((await run([...state, 'trust', 'list', ...flags])).stdout) as Array<{ name: string; fingerprint: string; added: string }>;
+        expect(peers).toEqual([{ name: 'dst', fingerprint: 'ab'.repeat(32), added: expect.any(String) }]);
+      }
+      expect((await run([...state, 'trust', 'list', '--format', 'yaml'])).exitCode).not.toBe(0);
+    } finally {
+      rmSync(dir, { recursive: true, force: true });
+    }
+  });
+
+  it('haul status: one JSON object of what is in progress and what ended; an error, not a quiet host, for a state dir no agent kept', async () => {
+    const dir = mkdtempSync(join(tmpdir(), 'haul-cli-'));
+    try {
+      const missing = await run(['--state-dir', dir, 'status']);
+      expect(missing.exitCode).not.toBe(0);
+      expect(missing.stderr).toMatch(/no haul agent has kept its state in .*is --state-dir right/);
+      mkdirSync(join(dir, 'agent'));
+      writeFileSync(join(dir, 'agent', 'migrations.jsonl'), `${JSON.stringify({ id: 'm1', instance: 'c1', role: 'source', peer: 'dst', mode: 'lazy', pages: 10, bytes: 40960, startedAt: '2026-12-01T00:00:00.000Z', totalMs: 900, result: 'moved', downtimeMs: 120 })}\n`);
+      const listed = JSON.parse((await run(['--state-dir', dir, 'status', '-f', 'json'])).stdout) as { inProgress: unknown[]; recent: Array<{ id: string }> };
+      expect(listed.inProgress).toEqual([]);
+      expect(listed.recent.map((r) => r.id)).toEqual(['m1']);
+      expect((await run(['--state-dir', dir, 'status'])).stdout).toMatch(/c1 to dst lazy: moved, 10 pages, .*down 120 ms/);
+    } finally {
+      rmSync(dir, { recursive: true, force: true });
+    }
+  });
+});
+
+describe('how haul ends, for scripts', () => {
+  const exitOf = (args: string[]): Promise<{ code: number | null; stderr: string }> =>
+    new Promise((resolve) => {
+      const child = execFile(process.execPath, [HAUL_CLI, ...args], (_error, _stdout, stderr) => resolve({ code: child.exitCode, stderr }));
+    });
+
+  it('2 for a wrong command line, 1 for a failure, 0 for help', async () => {
+    expect((await exitOf(['--no-such-option'])).code).toBe(EXIT.usage);
+    expect((await exitOf(['migrate', 'abc', '--to', '127.0.0.1:1'])).code).toBe(EXIT.usage);
+    const unreachable = await exitOf(['migrate', String(process.pid), '--to', '127.0.0.1:1', '--insecure']);
+    expect(unreachable.code).toBe(EXIT.failed);
+    expect(unreachable.stderr).toMatch(/^haul: /);
+    expect((await exitOf(['--help'])).code).toBe(EXIT.ok);
+  });
+
+  it('3 for a migration in doubt, told apart from a failed one by its code', () => {
+    expect(exitCodeFor(new MigrationInDoubtError('lazy', 10, 20, new Error('commit unanswered')))).toBe(EXIT.inDoubt);
+    expect(exitCodeFor(new MigrationFailedError('pre-copy', 10, new Error('the destination could not restore')))).toBe(EXIT.failed);
+  });
+});
+
+describe('haul doctor', () => {
+  it('changes nothing: on a host with no link identity it says so, with the command that makes one, and makes none', async () => {
+    const dir = mkdtempSync(join(tmpdir(), 'haul-cli-'));
+    try {
+      const result = await run(['--state-dir', dir, 'doctor', '--incus-dir', join(dir, 'no-incus'), '--peer', 'dst=127.0.0.1:1', '-f', 'json']);
+      const checks = JSON.parse(result.stdout) as Array<{ check: string; ok: boolean; found: string; fix?: string }>;
+      expect(checks.find((c) => c.check === 'link identity')).toMatchObject({ ok: false, fix: expect.stringMatching(/^haul identity/) });
+      expect(checks.find((c) => c.check === 'incusd')).toMatchObject({ ok: false, fix: expect.stringContaining('--incus-dir') });
+      expect(readdirSync(dir)).toEqual([]);
+      // no fix sends an operator to the repository's own scripts
+      expect(checks.filter((c) => c.fix && /scripts\//.test(c.fix))).toEqual([]);
+    } finally {
+      rmSync(dir, { recursive: true, force: true });
+    }
   });
 });

@@ -22,7 +22,7 @@ function newestSource(dir: string): number {
  * once, before any test file runs, so that tests starting the CLI run the code under test.
  */
 export default function setup(): void {
-  const sources = Math.max(...['src', 'proxy', 'plugin', 'scripts', 'test/support'].map((dir) => newestSource(join(REPO, dir))), statSync(join(REPO, 'package.json')).mtimeMs);
+  const sources = Math.max(...['src', 'proxy', 'plugin', 'cli', 'scripts', 'test/support'].map((dir) => newestSource(join(REPO, dir))), statSync(join(REPO, 'package.json')).mtimeMs);
   if (existsSync(STAMP) && statSync(STAMP).mtimeMs >= sources) return;
   execFileSync('npx', ['tsc', '-p', 'tsconfig.build.json'], { cwd: REPO, stdio: 'inherit' });
   writeFileSync(STAMP, '');
