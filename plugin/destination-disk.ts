@@ -4,8 +4,8 @@ import { join } from 'node:path';
 import { DISK_CHANGES_FILE, applyDiskChanges } from '../proxy/index.js';
 import type { DestinationContext, Incoming } from './destination-context.js';
 import { argumentOf } from './hook-protocol.js';
-import { ownerIdsOf } from './instance-idmap.js';
-import { instanceRestoredBy } from './restore-caller.js';
+import { restoreCaller } from './restore-caller.js';
+import { ownerIdsOfRestore } from './restore-idmap.js';
 
 /**
  * Where the source sent its root filesystem's changes since Incus' snapshot (btrfs and zfs
@@ -17,13 +17,12 @@ export async function bringDiskUpToDate(context: DestinationContext, entry: Inco
   if (!(await stat(changes).catch(() => undefined))) return;
   const root = argumentOf(args, '--root');
   if (!root || !callerPid) throw new Error('the restore names no root filesystem to write the disk changes into');
-  // the peer named the instance; the owners allowed come from the one this restore really is
-  const restoring = await instanceRestoredBy(callerPid, (await context.incus.server()).pid);
-  if (restoring !== entry.instance) throw new Error(`the restore is of ${restoring === undefined ? 'no instance incusd started (its CRIU is not a child of incusd forkmigrate)' : `instance ${restoring}`}, and the disk changes are for ${entry.instance}`);
-  const instance = await context.incus.instance(entry.instance);
-  if (!instance) throw new Error(`incusd here knows no instance ${entry.instance} to write the disk changes for`);
+  // the peer named the instance; the owners allowed come from the restore incusd really runs
+  const caller = await restoreCaller(callerPid, (await context.incus.server()).pid);
+  if (caller?.instance !== entry.instance) throw new Error(`the restore is of ${caller === undefined ? 'no instance incusd started (its CRIU is not a child of incusd forkmigrate)' : `instance ${caller.instance}`}, and the disk changes are for ${entry.instance}`);
+  if (!caller.lxcConfigPath) throw new Error(`incusd's forkmigrate names no liblxc config for the restore of ${entry.instance}: the ids its files may have are not known`);
   // the container wrote these files: they may be owned only by ids its own root could give them
-  const owners = ownerIdsOf(instance);
+  const owners = await ownerIdsOfRestore(caller.lxcConfigPath);
   const applied = await applyDiskChanges(createReadStream(changes), `/proc/${callerPid}/root${root}`, owners ? { owners } : {});
   context.log(`${entry.instance}: disk brought up to the frozen source: ${applied.files} files (${applied.bytes} bytes), ${applied.symlinks} symlinks, ${applied.directories} directories, ${applied.removed} removed`);
 }

@@ -1,6 +1,14 @@
 import { readFile, stat } from 'node:fs/promises';
 import { statFields } from '../src/host/index.js';
 
+/** Who started a `criu restore` that came through the hook, as incusd's forkmigrate says. */
+export interface RestoreCaller {
+  /** The instance, project-prefixed outside the default project. */
+  readonly instance: string;
+  /** The liblxc config incusd wrote for this restore (restore-idmap.ts reads its id map). */
+  readonly lxcConfigPath: string | undefined;
+}
+
 /**
  * The instance a `criu restore` that came through the hook restores, as the processes that started
  * it say, or undefined if they are not Incus' own. liblxc runs CRIU from a fork of Incus'
@@ -10,7 +18,7 @@ import { statFields } from '../src/host/index.js';
  * forkmigrate's do_restore fork, argv intact). What a peer says it moves is checked against this,
  * never the other way round.
  */
-export async function instanceRestoredBy(criuPid: number, incusdPid: number): Promise<string | undefined> {
+export async function restoreCaller(criuPid: number, incusdPid: number): Promise<RestoreCaller | undefined> {
   const parent = Number(statFields(criuPid)?.[1]);
   if (!Number.isInteger(parent) || parent <= 1) return undefined;
   const [argv, parentBinary, incusdBinary] = await Promise.all([
@@ -20,5 +28,6 @@ export async function instanceRestoredBy(criuPid: number, incusdPid: number): Pr
   ]);
   if (!argv || !parentBinary || !incusdBinary) return undefined;
   if (parentBinary.dev !== incusdBinary.dev || parentBinary.ino !== incusdBinary.ino) return undefined;
-  return argv[1] === 'forkmigrate' && argv[2] ? argv[2] : undefined;
+  if (argv[1] !== 'forkmigrate' || !argv[2]) return undefined;
+  return { instance: argv[2], lxcConfigPath: argv[4] || undefined };
 }
