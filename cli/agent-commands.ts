@@ -1,26 +1,21 @@
 import { stat } from 'node:fs/promises';
-import { hostname } from 'node:os';
-import { setTimeout as sleep } from 'node:timers/promises';
 import { join } from 'node:path';
+import { setTimeout as sleep } from 'node:timers/promises';
 import { Command, InvalidArgumentError, Option } from 'commander';
-import { DEFAULT_CRIU, PAGE_SIZE } from '../src/criu/index.js';
+import { PAGE_SIZE } from '../src/criu/index.js';
 import { parseListen, thisHost } from './host-and-address.js';
 import { hostHandshake } from '../proxy/index.js';
 import { loadIdentity, loadOrCreateIdentity } from '../src/link/index.js';
 import { DEFAULT_STATE_DIR, openTrustStore, stateDirOf } from './trust-commands.js';
-import { Agent, InsecureAgentError, diagnose, installHook, uninstallHook, IN_FLIGHT_FILE, readInFlight, type MigrationProgress, MigrationRecords, type MigrationRecord, type HaulMode, type Peer, parseHaulMode } from '../plugin/index.js';
+import { Agent, InsecureAgentError, KNOWN_CRIU_LOCATIONS, diagnose, findRealCriu, installHook, uninstallHook, IN_FLIGHT_FILE, readInFlight, type MigrationProgress, MigrationRecords, type MigrationRecord } from '../plugin/index.js';
 import { logStrayErrors } from './stray-errors.js';
 import { EXIT } from './exit-codes.js';
 import { formatOf, withFormat, type OutputFormat } from './output-format.js';
+import { AgentConfigError, DEFAULT_AGENT_CONFIG } from './agent-config.js';
+import { DEFAULT_RESTORE_TIMEOUT_S, agentSettings, parseAgentMode, parsePeer, parsePositiveSeconds, type AgentFlags } from './agent-settings.js';
+import { logLineFormat } from './log-lines.js';
 
 const DEFAULT_HOOK_DIR = '/usr/local/lib/haul/hook';
-
-function parsePeer(value: string, previous: Peer[]): Peer[] {
-  const match = /^([^=]+)=(.+:\d+)$/.exec(value);
-  if (!match) throw new InvalidArgumentError('expected NAME=HOST:PORT');
-  return [...previous, { name: match[1]!, url: match[2]! }];
-}
-
 
 /** `haul agent …` and `haul status`: the Incus plugin's commands. */
 export function addAgentCommands(program: Command, out: (line: string) => void): void {
@@ -28,34 +23,41 @@ export function addAgentCommands(program: Command, out: (line: string) => void):
 
   agent
     .command('run')
-    .description('run the agent (in the foreground) beside one incusd')
-    .option('--incus-dir <dir>', "incusd's INCUS_DIR", process.env['INCUS_DIR'] ?? '/var/lib/incus')
-    .requiredOption('--listen <address:port>', 'where peers reach this agent', parseListen)
-    .option('--peer <name=host:port>', 'another host\'s agent (repeat for each)', parsePeer, [])
-    .option('--name <name>', 'this host\'s name, as its peers call it', hostname())
-    .addOption(new Option('--default-mode <mode>', 'for instances without user.haul.mode').choices(['pre-copy', 'lazy', 'off', 'precopy']).default('pre-copy').argParser(agentMode))
+    .description(`run the agent (in the foreground) beside one incusd; settings from ${DEFAULT_AGENT_CONFIG} (or --config), flags overriding them`)
+    .option('--config <file>', 'the configuration file (TOML)', DEFAULT_AGENT_CONFIG)
+    .option('--incus-dir <dir>', "incusd's INCUS_DIR (config: incus-dir)", process.env['INCUS_DIR'] ?? '/var/lib/incus')
+    .option('--listen <address:port>', 'where peers reach this agent (config: listen)', parseListen)
+    .option('--peer <name=host:port>', "another host's agent, repeat for each (config: [peers]); flags replace the file's peers", parsePeer, [])
+    .option('--name <name>', "this host's name, as its peers call it (config: name; default: the hostname)")
+    .addOption(new Option('--default-mode <mode>', 'for instances without user.haul.mode (config: default-mode; default: pre-copy)').choices(['pre-copy', 'lazy', 'off', 'precopy']).argParser(parseAgentMode))
     .addOption(new Option('--insecure', 'refused: an agent talks to its peers over TLS only').hideHelp())
-    .option('--criu <path>', 'the real CRIU', DEFAULT_CRIU)
-    .option('--restore-timeout <seconds>', 'kill a restore still running after this long, so the source resumes (per instance: user.haul.restore-timeout)', parsePositiveSeconds, 300)
-    .action(async (options: { incusDir: string; listen: { address: string; port: number }; peer: Peer[]; name: string; defaultMode: HaulMode; insecure: boolean; criu: string; restoreTimeout: number }, command: Command) => {
-      if (options.insecure) throw new InsecureAgentError();
+    .option('--criu <path>', `the real CRIU (config: criu; default: the first of ${KNOWN_CRIU_LOCATIONS.join(', ')})`)
+    .option('--restore-timeout <seconds>', `kill a restore still running after this long, so the source resumes (config: restore-timeout; default: ${DEFAULT_RESTORE_TIMEOUT_S}; per instance: user.haul.restore-timeout)`, parsePositiveSeconds)
+    .action(async (flags: AgentFlags & { insecure?: boolean }, command: Command) => {
+      if (flags.insecure) throw new InsecureAgentError();
+      const settings = await agentSettings(command, flags);
+      if (!settings.criu) throw new AgentConfigError(`no CRIU found (looked at ${KNOWN_CRIU_LOCATIONS.join(', ')}): install one, or name it with --criu or criu in ${flags.config}`);
+      if (!settings.listen) throw new AgentConfigError(`no address to listen on for peers: set listen in ${flags.config}, or pass --listen ADDRESS:PORT`);
       const stateDir = stateDirOf(command);
-      logStrayErrors((line) => out(`${new Date().toISOString()} ${line}`));
+      const line = logLineFormat();
+      logStrayErrors((text) => out(line(text, 'error')));
       const security = { identity: await loadOrCreateIdentity(stateDir), trust: await openTrustStore(stateDir) };
+      const criu = settings.criu;
       const running = await Agent.start({
         ...security,
-        application: hostHandshake(await thisHost('agent', options.criu)),
-        incusDir: options.incusDir,
+        application: hostHandshake(await thisHost('agent', criu)),
+        incusDir: settings.incusDir,
         stateDir: join(stateDir, 'agent'),
-        listen: options.listen,
-        peers: options.peer.map((peer) => ({ name: peer.name, url: `wss://${peer.url}` })),
-        name: options.name,
-        defaultMode: options.defaultMode,
-        criuBinary: options.criu,
-        restoreTimeoutMs: options.restoreTimeout * 1000,
-        log: (line) => out(`${new Date().toISOString()} ${line}`),
+        listen: settings.listen,
+        peers: settings.peers.map((peer) => ({ name: peer.name, url: `wss://${peer.url}` })),
+        name: settings.name,
+        defaultMode: settings.defaultMode,
+        criuBinary: criu,
+        restoreTimeoutMs: settings.restoreTimeoutS * 1000,
+        retention: settings.records,
+        log: (text) => out(line(text)),
       });
-      out(`${new Date().toISOString()} haul agent for ${options.incusDir}: peers on ${options.listen.address}:${running.port}, hook socket ${running.hookSocket}`);
+      out(line(`haul agent ${settings.name} for ${settings.incusDir}: peers on ${settings.listen.address}:${running.port} (${settings.peers.map((peer) => `${peer.name}=${peer.url}`).join(', ') || 'none configured'}), CRIU ${criu}, default mode ${settings.defaultMode}, hook socket ${running.hookSocket}`));
       await new Promise<void>((resolve) => {
         process.once('SIGINT', resolve);
         process.once('SIGTERM', resolve);
@@ -69,10 +71,12 @@ export function addAgentCommands(program: Command, out: (line: string) => void):
     .command('install')
     .description('install the CRIU hook; put its directory first on incusd\'s PATH (and restart incusd)')
     .option('--hook-dir <dir>', 'where the hook goes', DEFAULT_HOOK_DIR)
-    .option('--criu <path>', 'the real CRIU the hook runs', DEFAULT_CRIU)
-    .action(async (options: { hookDir: string; criu: string }) => {
-      const path = await installHook(options.hookDir, options.criu);
-      out(`installed ${path} (runs ${options.criu}); incusd must have ${options.hookDir} first on its PATH`);
+    .option('--criu <path>', `the real CRIU the hook runs (default: the first of ${KNOWN_CRIU_LOCATIONS.join(', ')})`)
+    .action(async (options: { hookDir: string; criu?: string }) => {
+      const criu = options.criu ?? (await findRealCriu());
+      if (!criu) throw new Error(`no CRIU found (looked at ${KNOWN_CRIU_LOCATIONS.join(', ')}): install one, or name it with --criu`);
+      const path = await installHook(options.hookDir, criu);
+      out(`installed ${path} (runs ${criu}); incusd must have ${options.hookDir} first on its PATH`);
     });
 
   agent
@@ -86,24 +90,26 @@ export function addAgentCommands(program: Command, out: (line: string) => void):
   withFormat(
     program
       .command('doctor')
-      .description('check this host for what routing incus move through haul needs, with a fix for each failure; changes nothing')
+      .description(`check this host for what routing incus move through haul needs, with a fix for each failure; changes nothing. Reads the agent's settings (${DEFAULT_AGENT_CONFIG}), flags overriding them`)
+      .option('--config <file>', "the agent's configuration file", DEFAULT_AGENT_CONFIG)
       .option('--incus-dir <dir>', "incusd's INCUS_DIR", process.env['INCUS_DIR'] ?? '/var/lib/incus')
-      .option('--peer <name=host:port>', 'a peer agent to reach (repeat for each)', parsePeer, [])
+      .option('--peer <name=host:port>', 'a peer agent to reach (repeat for each; default: the configured peers)', parsePeer, [])
       .option('--insecure', 'reach peers over plain WebSocket (loopback only)', false)
-      .option('--criu <path>', 'the real CRIU', DEFAULT_CRIU),
+      .option('--criu <path>', `the real CRIU (default: the configured one, else the first of ${KNOWN_CRIU_LOCATIONS.join(', ')})`),
     'one JSON array of {check, ok, found, fix}',
-  ).action(async (options: { incusDir: string; peer: Peer[]; insecure: boolean; criu: string; format: OutputFormat; json?: boolean }, command: Command) => {
+  ).action(async (flags: AgentFlags & { insecure: boolean; format: OutputFormat; json?: boolean }, command: Command) => {
     const stateDir = stateDirOf(command);
-    const host = await thisHost('doctor', options.criu, { migrates: false });
+    const settings = await agentSettings(command, flags);
+    const host = await thisHost('doctor', settings.criu, { migrates: false });
     // doctor changes nothing: it uses this host's identity if it has one, and makes none
-    const identity = options.insecure ? undefined : await loadIdentity(stateDir);
-    const security = options.insecure ? { insecure: true } : identity ? { identity, trust: await openTrustStore(stateDir) } : undefined;
-    const scheme = options.insecure ? 'ws' : 'wss';
+    const identity = flags.insecure ? undefined : await loadIdentity(stateDir);
+    const security = flags.insecure ? { insecure: true } : identity ? { identity, trust: await openTrustStore(stateDir) } : undefined;
+    const scheme = flags.insecure ? 'ws' : 'wss';
     const checks = await diagnose({
-      incusDir: options.incusDir, criuBinary: options.criu, endpoint: security ? { ...security, application: hostHandshake(host), resumeWindowMs: 1000 } : { noIdentityIn: stateDir },
-      peers: options.peer.map((peer) => ({ name: peer.name, url: `${scheme}://${peer.url}` })),
+      incusDir: settings.incusDir, criuBinary: settings.criu, endpoint: security ? { ...security, application: hostHandshake(host), resumeWindowMs: 1000 } : { noIdentityIn: stateDir },
+      peers: settings.peers.map((peer) => ({ name: peer.name, url: `${scheme}://${peer.url}` })),
     });
-    if (formatOf(options) === 'json') out(JSON.stringify(checks));
+    if (formatOf(flags) === 'json') out(JSON.stringify(checks));
     else for (const c of checks) out(`${c.ok ? 'ok  ' : 'FAIL'} ${c.check}: ${c.found}${c.fix ? `\n     fix: ${c.fix}` : ''}`);
     if (checks.some((c) => !c.ok)) process.exitCode = EXIT.failed;
   });
@@ -162,21 +168,9 @@ function describe(r: MigrationRecord): string {
   return `${r.startedAt} ${r.instance} ${r.role === 'source' ? 'to' : 'from'} ${r.peer || '-'} ${r.mode}: ${r.result}, ${r.pages} pages, ${mib} MiB, ${r.totalMs} ms${downtime}${r.error ? ` (${r.error})` : ''}`;
 }
 
-/** A mode, or off; 'precopy', the older spelling of pre-copy, still means it. */
-function agentMode(value: string): HaulMode {
-  const mode = parseHaulMode(value);
-  if (!mode) throw new InvalidArgumentError(`expected pre-copy, lazy or off, got ${JSON.stringify(value)}`);
-  return mode;
-}
-
 function parseCount(value: string): number {
   const count = Number(value);
   if (!Number.isInteger(count) || count < 0) throw new InvalidArgumentError(`expected a whole number, got ${JSON.stringify(value)}`);
   return count;
 }
 
-function parsePositiveSeconds(value: string): number {
-  const seconds = Number(value);
-  if (!Number.isFinite(seconds) || seconds <= 0) throw new InvalidArgumentError(`expected a number of seconds above 0, got ${JSON.stringify(value)}`);
-  return seconds;
-}

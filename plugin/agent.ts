@@ -5,6 +5,7 @@ import { createInterface } from 'node:readline';
 import { criuVersion, type CriuVersion } from '../src/criu/index.js';
 import { type EndpointOptions, LinkListener } from '../src/link/index.js';
 import { DestinationRole } from './destination-role.js';
+import { pruneIncomingDirs } from './incoming-migrations.js';
 import { answerDeadline, hookReplyText, hookSocketPath, parseHookRequest, type HookReply } from './hook-protocol.js';
 import { IncusClient } from './incus-client.js';
 import { IncusEvents } from './incus-events.js';
@@ -30,6 +31,8 @@ export interface AgentOptions extends EndpointOptions {
   /** A restore still running after this long is killed, so that the source resumes. */
   readonly restoreTimeoutMs?: number;
   readonly log?: (line: string) => void;
+  /** How long migration records and incoming migrations' directories are kept; the newest records kept at most. */
+  readonly retention?: { readonly maxAgeDays: number; readonly maxEntries: number };
 }
 
 /**
@@ -59,6 +62,7 @@ export class Agent {
     readonly records: MigrationRecords,
     readonly hookSocket: string,
     private readonly inFlight: InFlight,
+    private readonly pruning: NodeJS.Timeout,
   ) {}
 
   static async start(options: AgentOptions): Promise<Agent> {
@@ -112,7 +116,11 @@ export class Agent {
       });
     });
     await listenPrivately(hookServer, hookSocket); // root's alone from the first moment: see listenPrivately
-    return new Agent(hookServer, listener, events, incus, records, hookSocket, inFlight);
+    const retention = options.retention ?? DEFAULT_RETENTION;
+    const prune = (): Promise<void> => pruneOld(records, join(options.stateDir, 'incoming'), retention, log);
+    await prune();
+    const pruning = setInterval(() => prune().catch(() => {}), PRUNE_EVERY_MS).unref();
+    return new Agent(hookServer, listener, events, incus, records, hookSocket, inFlight, pruning);
   }
 
   get port(): number {
@@ -120,6 +128,7 @@ export class Agent {
   }
 
   async close(): Promise<void> {
+    clearInterval(this.pruning);
     this.events.close();
     await new Promise<void>((resolve) => this.hookServer.close(() => resolve()));
     await rm(this.hookSocket, { force: true });
@@ -144,6 +153,21 @@ async function finishLeftover(left: MigrationProgress, incus: IncusClient, recor
     log(`${left.instance}: after a migration the previous agent left unfinished: ${await repairFailedArrival(incus, left.instance)}`);
   } catch (failure) {
     log(`${left.instance}: after a migration the previous agent left unfinished, could not repair what Incus left: ${failure instanceof Error ? failure.message : String(failure)}`);
+  }
+}
+
+const DEFAULT_RETENTION = { maxAgeDays: 90, maxEntries: 10_000 };
+const PRUNE_EVERY_MS = 86_400_000;
+
+/** Drops records and incoming directories past `retention`; never fails the agent (it says why in the log). */
+async function pruneOld(records: MigrationRecords, incomingDir: string, retention: { readonly maxAgeDays: number; readonly maxEntries: number }, log: (line: string) => void): Promise<void> {
+  const before = Date.now() - retention.maxAgeDays * 86_400_000;
+  try {
+    const dropped = await records.prune(retention.maxAgeDays, retention.maxEntries);
+    const removed = await pruneIncomingDirs(incomingDir, before);
+    if (dropped || removed) log(`kept the last ${retention.maxAgeDays} days (at most ${retention.maxEntries} records): dropped ${dropped} migration records and ${removed} incoming migrations' directories`);
+  } catch (error) {
+    log(`could not prune old migration records and directories: ${error instanceof Error ? error.message : String(error)}`);
   }
 }
 

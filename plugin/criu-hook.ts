@@ -1,4 +1,5 @@
-import { chmod, mkdir, readFile, rm, writeFile } from 'node:fs/promises';
+import { constants } from 'node:fs';
+import { access, chmod, mkdir, open, readFile, rm, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { DUMP_ANSWER_MS, MIGRATION_ID_FILE, RESTORE_ANSWER_MS } from './hook-protocol.js';
 import { shellWord } from '../src/shell-words.js';
@@ -62,6 +63,34 @@ export async function installHook(hookDir: string, realCriu: string): Promise<st
   await writeFile(path, hookScript(realCriu, perlProgram));
   await chmod(path, 0o755);
   return path;
+}
+
+/**
+ * Where operators' packages put the real CRIU, in the order incusd would find them: Zabbly's
+ * beside its Incus (its incusd wrapper puts /opt/incus/bin first on the PATH), Debian's, a build
+ * from source.
+ */
+export const KNOWN_CRIU_LOCATIONS = ['/opt/incus/bin/criu', '/usr/sbin/criu', '/usr/local/sbin/criu'] as const;
+
+/** The first of `candidates` that is an executable and not haul's hook: the CRIU to run when none is named. */
+export async function findRealCriu(candidates: readonly string[] = KNOWN_CRIU_LOCATIONS): Promise<string | undefined> {
+  for (const candidate of candidates) {
+    if (!(await access(candidate, constants.X_OK).then(() => true, () => false))) continue;
+    if (!(await startsWithMark(candidate))) return candidate;
+  }
+  return undefined;
+}
+
+/** Whether the file's first few KiB hold the hook's mark (haul's hook is a short script; CRIU is not). */
+async function startsWithMark(path: string): Promise<boolean> {
+  const file = await open(path).catch(() => undefined);
+  if (!file) return false;
+  try {
+    const { buffer, bytesRead } = await file.read({ buffer: Buffer.alloc(4096) });
+    return buffer.subarray(0, bytesRead).toString('latin1').includes(MARK);
+  } finally {
+    await file.close();
+  }
 }
 
 export async function uninstallHook(hookDir: string): Promise<boolean> {

@@ -7,6 +7,7 @@ import { criuVersion } from '../src/criu/index.js';
 import { canGuardLoopbackPorts, pickPrivilegedLoopbackPort } from '../src/host/index.js';
 import { dialLink, type EndpointOptions } from '../src/link/index.js';
 import { peerHost } from '../proxy/index.js';
+import { KNOWN_CRIU_LOCATIONS } from './criu-hook.js';
 import { hookSocketPath } from './hook-protocol.js';
 import { cutConnections } from './incus-connections.js';
 import { IncusClient } from './incus-client.js';
@@ -22,7 +23,8 @@ export interface Check {
 
 export interface DoctorOptions {
   readonly incusDir: string;
-  readonly criuBinary: string;
+  /** Undefined: none was named and none found where packages put it. */
+  readonly criuBinary: string | undefined;
   readonly peers: readonly Peer[];
   /**
    * How to reach peers: this host's identity and trust, as the agent uses them; or, where this host
@@ -80,7 +82,9 @@ export async function diagnose(options: DoctorOptions): Promise<Check[]> {
   const add = (check: string, ok: boolean, found: string, fix?: string): void => void checks.push({ check, ok, found, ...(ok || !fix ? {} : { fix }) });
 
   let localCriu: string | undefined;
-  try {
+  if (options.criuBinary === undefined) {
+    add('CRIU', false, `none named, and none at ${KNOWN_CRIU_LOCATIONS.join(', ')}`, 'install CRIU 4.1 or later (Debian: apt install criu, from trixie on; Zabbly\'s incus package ships /opt/incus/bin/criu), or name it with --criu or criu in the agent\'s configuration');
+  } else try {
     const v = await criuVersion(options.criuBinary);
     localCriu = `${v.major}.${v.minor}.${v.patch}`;
     add('CRIU', v.major > 4 || (v.major === 4 && v.minor >= 1), `${localCriu} at ${options.criuBinary}`, 'install CRIU 4.1 or later (Debian: apt install criu, from trixie on; Zabbly\'s incus package ships /opt/incus/bin/criu) and pass its path with --criu');

@@ -1,3 +1,4 @@
+import { lstat, readdir, rm } from 'node:fs/promises';
 import { join } from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
 import type { LinkSession } from '../src/link/index.js';
@@ -14,6 +15,28 @@ import { restoreTimeoutFor } from './peer-limits.js';
 /** How long an instance counts as being received after its "Creating instance" operation was seen. */
 const EXPECTED_FOR_MS = 10 * 60_000;
 const EXPECT_WAIT_MS = 5_000;
+
+/** An incoming migration's directory: when it began (ms since the epoch), then a count. */
+const INCOMING_DIR = /^(\d{1,15})-\d{1,9}$/;
+
+/**
+ * Removes the incoming migrations' directories (the restore's logs, a failed move's pages) that
+ * began before `before`; resolves how many. Only names of the agent's own making, only
+ * directories themselves (a link there is left alone, never followed).
+ */
+export async function pruneIncomingDirs(cacheDir: string, before: number): Promise<number> {
+  const names = await readdir(cacheDir).catch(() => [] as string[]);
+  let removed = 0;
+  for (const name of names) {
+    const began = INCOMING_DIR.exec(name);
+    if (!began || Number(began[1]) >= before) continue;
+    const path = join(cacheDir, name);
+    if (!(await lstat(path).catch(() => undefined))?.isDirectory()) continue;
+    await rm(path, { recursive: true, force: true });
+    removed++;
+  }
+  return removed;
+}
 
 /**
  * The migrations peers send this host: each is accepted only for an instance this host's incusd

@@ -3,7 +3,7 @@
  */
 export { Agent, InsecureAgentError } from './agent.js';
 export { diagnose } from './doctor.js';
-export { installHook, uninstallHook } from './criu-hook.js';
+export { KNOWN_CRIU_LOCATIONS, findRealCriu, installHook, uninstallHook } from './criu-hook.js';
 export { IN_FLIGHT_FILE, readInFlight, type MigrationProgress } from './in-flight.js';
 export { MigrationRecords, type MigrationRecord } from './migration-records.js';
 export { parseHaulMode, type HaulMode } from './haul-mode.js';

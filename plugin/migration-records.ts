@@ -1,4 +1,4 @@
-import { appendFile, readFile } from 'node:fs/promises';
+import { appendFile, readFile, rename, writeFile } from 'node:fs/promises';
 import type { HaulMode } from './haul-mode.js';
 
 /** One migration as the agent saw it, appended to its record file when it ends (or is skipped). */
@@ -62,5 +62,21 @@ export class MigrationRecords {
       return [];
     }
     return text.split('\n').filter(Boolean).map((line) => JSON.parse(line) as MigrationRecord);
+  }
+
+  /**
+   * Keeps the records of the last `maxAgeDays` days, at most the newest `maxEntries` of them;
+   * resolves how many it dropped. A record added meanwhile may be lost, so the agent prunes when it
+   * starts and then once a day, never in the middle of a burst of moves.
+   */
+  async prune(maxAgeDays: number, maxEntries: number, now = Date.now()): Promise<number> {
+    const all = await this.all();
+    const since = now - maxAgeDays * 86_400_000;
+    const kept = all.filter((record) => !(Date.parse(record.startedAt) < since)).slice(-maxEntries);
+    if (kept.length === all.length) return 0;
+    const fresh = `${this.path}.pruned`;
+    await writeFile(fresh, kept.map((record) => `${JSON.stringify(record)}\n`).join(''), { mode: 0o600 });
+    await rename(fresh, this.path);
+    return all.length - kept.length;
   }
 }

@@ -5,6 +5,7 @@ import { join } from 'node:path';
 import { describe, expect, it } from 'vitest';
 import type { Command } from 'commander';
 import { EXIT, exitCodeFor } from '../../cli/exit-codes.js';
+import { logLineFormat } from '../../cli/log-lines.js';
 import { buildProgram } from '../../cli/program.js';
 import { MigrationFailedError, MigrationInDoubtError } from '../../proxy/index.js';
 import { HAUL_CLI } from '../support/build-cli.js';
@@ -179,5 +180,50 @@ describe('haul doctor', () => {
     } finally {
       rmSync(dir, { recursive: true, force: true });
     }
+  });
+});
+
+describe("haul doctor and haul agent run read the agent's configuration, flags first", () => {
+  it('checks the peers and the CRIU the file names, and the flags\' instead where they are given', async () => {
+    const dir = mkdtempSync(join(tmpdir(), 'haul-cli-'));
+    try {
+      const config = join(dir, 'agent.conf');
+      writeFileSync(config, 'criu = "/nonexistent/criu"\n[peers]\nfar = "127.0.0.1:1"\nnear = "127.0.0.1:2"\n');
+      const doctor = async (...flags: string[]) => JSON.parse((await run(['--state-dir', dir, 'doctor', '--insecure', '--incus-dir', join(dir, 'none'), '--config', config, '-f', 'json', ...flags])).stdout) as Array<{ check: string; found: string }>;
+      const fromFile = await doctor();
+      expect(fromFile.filter((c) => c.check.startsWith('peer ')).map((c) => c.check)).toEqual(['peer far', 'peer near']);
+      expect(fromFile.find((c) => c.check === 'CRIU')?.found).toContain('/nonexistent/criu');
+      const fromFlags = await doctor('--peer', 'other=127.0.0.1:3', '--criu', '/also/nonexistent');
+      expect(fromFlags.filter((c) => c.check.startsWith('peer ')).map((c) => c.check)).toEqual(['peer other']);
+      expect(fromFlags.find((c) => c.check === 'CRIU')?.found).toContain('/also/nonexistent');
+    } finally {
+      rmSync(dir, { recursive: true, force: true });
+    }
+  });
+
+  it('haul agent run refuses a configuration it cannot use before it starts anything', async () => {
+    const dir = mkdtempSync(join(tmpdir(), 'haul-cli-'));
+    try {
+      const config = join(dir, 'agent.conf');
+      writeFileSync(config, 'default-mode = "sideways"\n');
+      const bad = await run(['--state-dir', dir, 'agent', 'run', '--config', config, '--listen', '127.0.0.1:0', '--criu', '/bin/true']);
+      expect(bad.exitCode).not.toBe(0);
+      expect(bad.stderr).toMatch(/agent\.conf: default-mode: expected pre-copy, lazy or off/);
+      writeFileSync(config, '');
+      const noListen = await run(['--state-dir', dir, 'agent', 'run', '--config', config, '--criu', '/bin/true']);
+      expect(noListen.stderr).toMatch(/no address to listen on for peers: set listen in .*agent\.conf, or pass --listen/);
+      expect(readdirSync(dir)).toEqual(['agent.conf']);
+    } finally {
+      rmSync(dir, { recursive: true, force: true });
+    }
+  });
+});
+
+describe('log lines of the long-running commands', () => {
+  it('under systemd carry a journal priority and no timestamp of their own; elsewhere an ISO timestamp', () => {
+    expect(logLineFormat(true)('moved c1', 'info')).toBe('<6>moved c1');
+    expect(logLineFormat(true)('BUG: x', 'error')).toBe('<3>BUG: x');
+    expect(logLineFormat(false)('moved c1')).toMatch(/^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z moved c1$/);
+    expect(logLineFormat(false)('BUG: x', 'error')).toMatch(/Z error: BUG: x$/);
   });
 });

@@ -1,0 +1,45 @@
+import { mkdirSync, mkdtempSync, readdirSync, rmSync, symlinkSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { afterEach, describe, expect, it } from 'vitest';
+import { pruneIncomingDirs } from '../../plugin/incoming-migrations.js';
+import { MigrationRecords, type MigrationRecord } from '../../plugin/migration-records.js';
+
+const dirs: string[] = [];
+afterEach(() => dirs.splice(0).forEach((dir) => rmSync(dir, { recursive: true, force: true })));
+const scratch = (): string => {
+  const dir = mkdtempSync(join(tmpdir(), 'haul-retention-'));
+  dirs.push(dir);
+  return dir;
+};
+const DAY = 86_400_000;
+const NOW = Date.parse('2026-12-01T00:00:00.000Z');
+const record = (id: string, daysAgo: number): MigrationRecord => ({ id, instance: 'c1', role: 'source', peer: 'dst', mode: 'lazy', pages: 1, bytes: 4096, startedAt: new Date(NOW - daysAgo * DAY).toISOString(), totalMs: 1, result: 'moved' });
+
+describe('what the agent keeps of past migrations', () => {
+  it('records of the last days, at most the newest so many, in their order', async () => {
+    const records = new MigrationRecords(join(scratch(), 'migrations.jsonl'));
+    for (const [id, days] of [['old', 100], ['a', 20], ['b', 10], ['c', 1]] as const) await records.add(record(id, days));
+    expect(await records.prune(90, 10, NOW)).toBe(1);
+    expect((await records.all()).map((r) => r.id)).toEqual(['a', 'b', 'c']);
+    expect(await records.prune(90, 2, NOW)).toBe(1);
+    expect((await records.all()).map((r) => r.id)).toEqual(['b', 'c']);
+    expect(await records.prune(90, 2, NOW)).toBe(0);
+  });
+
+  it("incoming migrations' directories that began before the cut, and nothing else there", async () => {
+    const incoming = scratch();
+    const old = `${NOW - 100 * DAY}-1`;
+    const recent = `${NOW - DAY}-2`;
+    mkdirSync(join(incoming, old));
+    writeFileSync(join(incoming, old, 'restore.log'), 'x');
+    mkdirSync(join(incoming, recent));
+    mkdirSync(join(incoming, 'not-ours'));
+    const elsewhere = scratch();
+    symlinkSync(elsewhere, join(incoming, `${NOW - 200 * DAY}-3`));
+    writeFileSync(join(elsewhere, 'keep'), 'x');
+    expect(await pruneIncomingDirs(incoming, NOW - 90 * DAY)).toBe(1);
+    expect(readdirSync(incoming).sort()).toEqual([recent, `${NOW - 200 * DAY}-3`, 'not-ours'].sort());
+    expect(readdirSync(elsewhere)).toEqual(['keep']); // a link is never followed
+  });
+});
