@@ -1,4 +1,4 @@
-import { readFileSync, writeFileSync } from 'node:fs';
+import { readdirSync, readFileSync, readlinkSync, writeFileSync } from 'node:fs';
 import { REPO } from './paths.js';
 
 /** `criu` for the destination of a migration on this one machine: restores in its own pid namespace. */
@@ -41,11 +41,12 @@ function isLive(pid: number): boolean {
 
 /**
  * Ends a second host started as `unshare --pid --fork --kill-child … <init>` (child: the unshare
- * process) with all it restored, and returns once the namespace's tree is gone: until then a
- * restored process may still be writing into a directory the caller is about to remove.
+ * process) with all it restored, and returns once no process of its pid namespace is left: until
+ * then a restored process may still be writing into a directory the caller is about to remove.
  */
 export function endSecondHost(child: { pid?: number | undefined; kill(signal: NodeJS.Signals): boolean }): void {
   const init = child.pid === undefined ? undefined : firstChild(child.pid);
+  const namespace = init === undefined ? undefined : pidNamespaceOf(init);
   if (init !== undefined) {
     try {
       process.kill(init, 'SIGKILL');
@@ -54,8 +55,9 @@ export function endSecondHost(child: { pid?: number | undefined; kill(signal: No
     }
   }
   child.kill('SIGKILL');
-  const deadline = Date.now() + 10_000;
-  while (init !== undefined && isLive(init) && Date.now() < deadline) Atomics.wait(new Int32Array(new SharedArrayBuffer(4)), 0, 0, 20);
+  const deadline = Date.now() + 30_000;
+  const left = (): boolean => (init !== undefined && isLive(init)) || (namespace !== undefined && inNamespace(namespace));
+  while (left() && Date.now() < deadline) Atomics.wait(new Int32Array(new SharedArrayBuffer(4)), 0, 0, 20);
 }
 
 function firstChild(pid: number): number | undefined {
@@ -65,4 +67,17 @@ function firstChild(pid: number): number | undefined {
   } catch {
     return undefined;
   }
+}
+
+function pidNamespaceOf(pid: number): string | undefined {
+  try {
+    return readlinkSync(`/proc/${pid}/ns/pid`);
+  } catch {
+    return undefined;
+  }
+}
+
+/** Whether any process still lives in that pid namespace (a zombie does not count). */
+function inNamespace(namespace: string): boolean {
+  return readdirSync('/proc').some((name) => /^\d+$/.test(name) && isLive(Number(name)) && pidNamespaceOf(Number(name)) === namespace);
 }
