@@ -16,6 +16,8 @@ import { DEFAULT_RESTORE_TIMEOUT_S, agentSettings, parseAgentMode, parsePeer, pa
 import { logLineFormat } from './log-lines.js';
 
 const DEFAULT_HOOK_DIR = '/usr/local/lib/haul/hook';
+/** How long a stopping agent waits for its moves in progress; haul-agent.service's TimeoutStopSec is longer. */
+const DRAIN_MS = 14 * 60_000;
 
 /** `haul agent …` and `haul status`: the Incus plugin's commands. */
 export function addAgentCommands(program: Command, out: (line: string) => void): void {
@@ -58,11 +60,19 @@ export function addAgentCommands(program: Command, out: (line: string) => void):
         log: (text) => out(line(text)),
       });
       out(line(`haul agent ${settings.name} for ${settings.incusDir}: peers on ${settings.listen.address}:${running.port} (${settings.peers.map((peer) => `${peer.name}=${peer.url}`).join(', ') || 'none configured'}), CRIU ${criu}, default mode ${settings.defaultMode}, hook socket ${running.hookSocket}`));
-      await new Promise<void>((resolve) => {
-        process.once('SIGINT', resolve);
-        process.once('SIGTERM', resolve);
-      });
-      // migrations in flight end with the process (CRIU then resumes their sources): do not hang on them
+      const signalled = (): Promise<void> =>
+        new Promise<void>((resolve) => {
+          process.once('SIGINT', resolve);
+          process.once('SIGTERM', resolve);
+        });
+      await signalled();
+      // a stop (systemctl stop, a package upgrade) lets the moves in progress finish first; a second
+      // signal stops at once, and the moves then end with the process (CRIU resumes their sources)
+      if (running.movesInProgress > 0) {
+        out(line(`stopping: ${running.movesInProgress} moves in progress; taking no new one and waiting up to ${DRAIN_MS / 60_000} min for them (signal again to stop now)`, 'warning'));
+        const left = await Promise.race([running.drain(DRAIN_MS), signalled().then(() => running.movesInProgress)]);
+        if (left > 0) out(line(`stopping with ${left} moves in progress: their sources resume`, 'warning'));
+      }
       await Promise.race([running.close(), new Promise((resolve) => setTimeout(resolve, 3000).unref())]);
       process.exit(0);
     });

@@ -8,7 +8,7 @@ export const EXIT = {
   ok: 0,
   /** The command failed; for a migration: the source runs on, the destination kept nothing. */
   failed: 1,
-  /** The command line was wrong: nothing was done. */
+  /** The command line, or the configuration file, was wrong: nothing was done. */
   usage: 2,
   /** A migration whose outcome this host cannot know (the commit's answer was lost). */
   inDoubt: 3,
@@ -18,7 +18,10 @@ export const EXIT = {
 export function exitCodeFor(error: unknown): number {
   if (error instanceof CommanderError) return error.exitCode === 0 ? EXIT.ok : EXIT.usage;
   const code = error instanceof Error && 'code' in error ? (error as { code: unknown }).code : undefined;
-  return code === 'HAUL_MIGRATION_IN_DOUBT' ? EXIT.inDoubt : EXIT.failed;
+  if (code === 'HAUL_MIGRATION_IN_DOUBT') return EXIT.inDoubt;
+  // systemd does not restart an agent whose configuration is wrong (RestartPreventExitStatus=2)
+  if (code === 'HAUL_AGENT_CONFIG') return EXIT.usage;
+  return EXIT.failed;
 }
 
 /**

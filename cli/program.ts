@@ -14,7 +14,7 @@ export function buildProgram(out: (line: string) => void = (line) => void proces
     .showHelpAfterError()
     .addHelpText(
       'after',
-      '\nExit codes: 0 done; 1 failed (a migration\'s source runs on, nothing lost); 2 wrong command line, nothing done;\n3 a migration in doubt (its outcome could not be learnt: check both hosts before acting).',
+      '\nExit codes: 0 done; 1 failed (a migration\'s source runs on, nothing lost); 2 wrong command line or configuration, nothing done;\n3 a migration in doubt (its outcome could not be learnt: check both hosts before acting).',
     );
   addTrustCommands(program, out);
   addMigrationCommands(program, out);

@@ -1,6 +1,7 @@
 import { mkdir, rm } from 'node:fs/promises';
 import { createConnection, createServer, type Server } from 'node:net';
 import { join } from 'node:path';
+import { setTimeout as sleep } from 'node:timers/promises';
 import { createInterface } from 'node:readline';
 import { criuVersion, type CriuVersion } from '../src/criu/index.js';
 import { type EndpointOptions, LinkListener } from '../src/link/index.js';
@@ -55,6 +56,7 @@ export class InsecureAgentError extends Error {
  */
 export class Agent {
   private constructor(
+    private readonly draining: { on: boolean },
     private readonly hookServer: Server,
     readonly listener: LinkListener,
     private readonly events: IncusEvents,
@@ -86,8 +88,13 @@ export class Agent {
     const events = new IncusEvents(join(options.incusDir, 'unix.socket'));
     events.on('event', (event) => destination.onEvent(event));
     events.on('disconnected', (error) => log(`incusd's event stream ended${error ? ` (${error.message})` : ''}; reconnecting, and asking for operations meanwhile`));
+    const draining = { on: false };
     const listener = await LinkListener.listen(options.listen.address, options.listen.port, options);
-    listener.on('session', (session, _host, remoteAddress) => destination.serve(session, remoteAddress));
+    listener.on('session', (session, _host, remoteAddress) => {
+      // a draining agent takes no new move: its peer's source falls back to another peer, or native
+      if (draining.on) return session.close();
+      destination.serve(session, remoteAddress);
+    });
     listener.on('refused', (error) => log(error.message));
 
     await rm(hookSocket, { force: true });
@@ -104,6 +111,8 @@ export class Agent {
         void (async (): Promise<HookReply> => {
           const request = parseHookRequest(line);
           const hook = { deadline: answerDeadline(request, receivedAt), gaveUp: gaveUp.signal };
+          // a restore belongs to a move already under way, which a draining agent still carries
+          if (request.call === 'dump' && draining.on) return { args: request.args, note: 'native move: this haul agent is stopping, and takes no new move' };
           return request.call === 'dump' ? source.dump(request.args, request.pid, hook) : destination.restore(request.args, request.pid);
         })()
           .catch((error: Error): HookReply => ({ error: `haul agent: ${error.message}` }))
@@ -120,7 +129,24 @@ export class Agent {
     const prune = (): Promise<void> => pruneOld(records, join(options.stateDir, 'incoming'), retention, log);
     await prune();
     const pruning = setInterval(() => prune().catch(() => {}), PRUNE_EVERY_MS).unref();
-    return new Agent(hookServer, listener, events, incus, records, hookSocket, inFlight, pruning);
+    return new Agent(draining, hookServer, listener, events, incus, records, hookSocket, inFlight, pruning);
+  }
+
+  /**
+   * Takes no new move (dumps pass through to a native move, peers' links are closed) and resolves
+   * once the moves in progress have ended, or after `maxMs` with how many are left; for a stop
+   * that must not end a move half-way (a package upgrade, systemctl stop).
+   */
+  async drain(maxMs: number): Promise<number> {
+    this.draining.on = true;
+    const deadline = Date.now() + maxMs;
+    while (this.inFlight.size > 0 && Date.now() < deadline) await sleep(250);
+    return this.inFlight.size;
+  }
+
+  /** How many moves this agent is carrying now. */
+  get movesInProgress(): number {
+    return this.inFlight.size;
   }
 
   get port(): number {

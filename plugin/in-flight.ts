@@ -44,6 +44,11 @@ export class InFlight {
     await this.write();
   }
 
+  /** How many migrations are in progress. */
+  get size(): number {
+    return this.entries.size;
+  }
+
   start(entry: MigrationProgress): MigrationProgress {
     this.entries.set(entry.id, entry);
     this.changed();
