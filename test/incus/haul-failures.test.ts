@@ -28,6 +28,16 @@ async function expectSameWorkload(container: TestContainer, before: WorkloadRepo
   expect(now.tick).toBeGreaterThan(before.tick);
 }
 
+/** Whether `pid` runs (a zombie no longer does). */
+function isRunning(pid: number): boolean {
+  try {
+    const stat = readFileSync(`/proc/${pid}/stat`, 'utf8');
+    return stat.slice(stat.lastIndexOf(')') + 2, stat.lastIndexOf(')') + 3) !== 'Z';
+  } catch {
+    return false;
+  }
+}
+
 /** Processes of a `criu restore` of this container still there (a killed CRIU must take them along). */
 function restoreLeftovers(instance: string): number[] {
   const left: number[] = [];
@@ -69,6 +79,30 @@ describeOnHost('incus move when haul is missing or fails', ['root', 'criu', 'tes
     }
     expect(await recordsOf('src', container.name)).toEqual([]);
     expect(await recordsOf('dst', container.name)).toEqual([]);
+  }, 600_000);
+
+  it('lets a move in progress finish when its source agent is stopped (systemctl stop, a package upgrade), and only then ends', async () => {
+    const container = await TestContainer.launch('busybox', 'src', '/tmp/counter', ['--config', 'user.haul.mode=lazy']);
+    containers.push(container);
+    await container.exec(['haul-workload', 'start', '--dir', '/run/big', '--mib', '256']);
+    const before = await container.workloadReport('/run/big');
+    const since = realtimeNs();
+    const move = container.moveTo('dst');
+    move.catch(() => {});
+    const deadline = Date.now() + 60_000;
+    while (!inFlight('src').some((m) => m.instance === container.name) && Date.now() < deadline) await sleep(20);
+    const pid = agentPid('src');
+    const logged = readFileSync('/var/lib/haul-testbed/src/log/agent.log', 'utf8').length;
+    process.kill(pid, 'SIGTERM');
+    await move;
+    expect(await container.whereabouts()).toEqual({ src: undefined, dst: 'RUNNING' });
+    await expectSameWorkload(container, before, since);
+    expect((await recordsOf('src', container.name)).at(-1)).toMatchObject({ result: 'moved' });
+    expect(readFileSync('/var/lib/haul-testbed/src/log/agent.log', 'utf8').slice(logged)).toMatch(/stopping: 1 moves in progress; taking no new one/);
+    // and once the move is over, the agent ends by itself
+    const ends = Date.now() + 30_000;
+    while (isRunning(pid) && Date.now() < ends) await sleep(100);
+    expect(isRunning(pid)).toBe(false);
   }, 600_000);
 
   it("keeps the source running with its memory when the destination's agent dies in the middle of a move, and a later move succeeds", async () => {
