@@ -1,4 +1,6 @@
-import { stat } from 'node:fs/promises';
+import { execFile } from 'node:child_process';
+import { mkdir, readFile, rm, stat, writeFile } from 'node:fs/promises';
+import { promisify } from 'node:util';
 import { join } from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { Command, InvalidArgumentError, Option } from 'commander';
@@ -7,7 +9,7 @@ import { parseListen, thisHost } from './host-and-address.js';
 import { hostHandshake } from '../proxy/index.js';
 import { loadIdentity, loadOrCreateIdentity } from '../src/link/index.js';
 import { DEFAULT_STATE_DIR, openTrustStore, stateDirOf } from './trust-commands.js';
-import { Agent, InsecureAgentError, KNOWN_CRIU_LOCATIONS, diagnose, findRealCriu, installHook, uninstallHook, IN_FLIGHT_FILE, readInFlight, type MigrationProgress, MigrationRecords, type MigrationRecord } from '../plugin/index.js';
+import { Agent, InsecureAgentError, KNOWN_CRIU_LOCATIONS, diagnose, uninstallHook, unwireHook, wireHook, type HookWiring, type IncusPackaging, IN_FLIGHT_FILE, readInFlight, type MigrationProgress, MigrationRecords, type MigrationRecord } from '../plugin/index.js';
 import { logStrayErrors } from './stray-errors.js';
 import { EXIT } from './exit-codes.js';
 import { formatOf, withFormat, type OutputFormat } from './output-format.js';
@@ -16,6 +18,19 @@ import { DEFAULT_RESTORE_TIMEOUT_S, agentSettings, parseAgentMode, parsePeer, pa
 import { logLineFormat } from './log-lines.js';
 
 const DEFAULT_HOOK_DIR = '/usr/local/lib/haul/hook';
+/** In the state dir: what `haul agent install` did, for `haul agent uninstall`. */
+const HOOK_WIRING_FILE = 'hook-wiring.json';
+const PACKAGING_WORDS: Record<IncusPackaging, string> = {
+  zabbly: "Zabbly's package (/opt/incus), its CRIU replaced by the hook",
+  systemd: 'incus.service under systemd, its PATH set by a drop-in with the hook first',
+  'by-hand': 'started by hand (no incus.service, no /opt/incus)',
+};
+const RESTART_KEEPS_CONTAINERS = 'running containers keep running: incus.service stops incusd with SIGTERM alone, which leaves them running';
+
+async function restartIncusd(): Promise<void> {
+  await promisify(execFile)('systemctl', ['daemon-reload']);
+  await promisify(execFile)('systemctl', ['restart', 'incus.service']);
+}
 /** How long a stopping agent waits for its moves in progress; haul-agent.service's TimeoutStopSec is longer. */
 const DRAIN_MS = 14 * 60_000;
 
@@ -79,22 +94,39 @@ export function addAgentCommands(program: Command, out: (line: string) => void):
 
   agent
     .command('install')
-    .description('install the CRIU hook; put its directory first on incusd\'s PATH (and restart incusd)')
-    .option('--hook-dir <dir>', 'where the hook goes', DEFAULT_HOOK_DIR)
-    .option('--criu <path>', `the real CRIU the hook runs (default: the first of ${KNOWN_CRIU_LOCATIONS.join(', ')})`)
-    .action(async (options: { hookDir: string; criu?: string }) => {
-      const criu = options.criu ?? (await findRealCriu());
-      if (!criu) throw new Error(`no CRIU found (looked at ${KNOWN_CRIU_LOCATIONS.join(', ')}): install one, or name it with --criu`);
-      const path = await installHook(options.hookDir, criu);
-      out(`installed ${path} (runs ${criu}); incusd must have ${options.hookDir} first on its PATH`);
+    .description("put the CRIU hook where this host's incusd finds it first, as its packaging allows (Zabbly: a dpkg-divert of its CRIU; a systemd unit: a drop-in; else the hook's dir, to put first on incusd's PATH by hand)")
+    .option('--hook-dir <dir>', 'where the hook goes (not for Zabbly, whose CRIU it replaces)', DEFAULT_HOOK_DIR)
+    .option('--criu <path>', 'the real CRIU the hook runs (default: the one incusd would have run)')
+    .option('--restart', 'restart incusd (systemctl restart incus) where it must be restarted to find the hook', false)
+    .action(async (options: { hookDir: string; criu?: string; restart: boolean }, command: Command) => {
+      const wiringFile = join(stateDirOf(command), HOOK_WIRING_FILE);
+      const wiring = await wireHook({ hookDir: options.hookDir, ...(options.criu ? { realCriu: options.criu } : {}) });
+      await mkdir(stateDirOf(command), { recursive: true, mode: 0o700 });
+      await writeFile(wiringFile, `${JSON.stringify(wiring, null, 2)}\n`, { mode: 0o600 });
+      out(`installed the hook ${wiring.hook} (runs ${wiring.realCriu}); incusd here: ${PACKAGING_WORDS[wiring.packaging]}${wiring.files.length ? `; wrote ${wiring.files.join(', ')}` : ''}${wiring.diversion ? `; ${wiring.diversion.path} diverted to ${wiring.diversion.divertedTo}` : ''}`);
+      if (wiring.packaging === 'by-hand') return out(`start incusd with ${options.hookDir} first on its PATH`);
+      if (!wiring.needsRestart) return out('incusd finds the hook from its next CRIU call on: no restart needed');
+      if (!options.restart) return out(`restart incusd to take it: systemctl restart incus (${RESTART_KEEPS_CONTAINERS}), or run this again with --restart`);
+      await restartIncusd();
+      out(`restarted incusd (${RESTART_KEEPS_CONTAINERS})`);
     });
 
   agent
     .command('uninstall')
-    .description('remove the CRIU hook (moves are native again)')
-    .option('--hook-dir <dir>', 'where the hook is', DEFAULT_HOOK_DIR)
-    .action(async (options: { hookDir: string }) => {
-      out((await uninstallHook(options.hookDir)) ? `removed ${options.hookDir}/criu` : `no hook in ${options.hookDir}`);
+    .description('undo what haul agent install did (moves are native again)')
+    .option('--hook-dir <dir>', 'where the hook is, for a hook installed before install kept a record', DEFAULT_HOOK_DIR)
+    .option('--restart', 'restart incusd where it must be restarted to stop finding the hook', false)
+    .action(async (options: { hookDir: string; restart: boolean }, command: Command) => {
+      const wiringFile = join(stateDirOf(command), HOOK_WIRING_FILE);
+      const kept = await readFile(wiringFile, 'utf8').then((text) => JSON.parse(text) as HookWiring, () => undefined);
+      if (!kept) return out((await uninstallHook(options.hookDir)) ? `removed ${options.hookDir}/criu` : `no hook in ${options.hookDir}`);
+      await unwireHook(kept);
+      await rm(wiringFile, { force: true });
+      out(`removed the hook ${kept.hook}${kept.files.length ? ` and ${kept.files.join(', ')}` : ''}${kept.diversion ? `; ${kept.diversion.path} is the package's CRIU again` : ''}`);
+      if (!kept.needsRestart || kept.packaging === 'by-hand') return;
+      if (!options.restart) return out(`restart incusd to stop using it: systemctl restart incus (${RESTART_KEEPS_CONTAINERS})`);
+      await restartIncusd();
+      out('restarted incusd');
     });
 
   withFormat(

@@ -4,6 +4,7 @@
 export { Agent, InsecureAgentError } from './agent.js';
 export { diagnose } from './doctor.js';
 export { KNOWN_CRIU_LOCATIONS, findRealCriu, installHook, uninstallHook } from './criu-hook.js';
+export { detectIncusPackaging, unwireHook, wireHook, type HookWiring, type IncusPackaging } from './incus-wiring.js';
 export { IN_FLIGHT_FILE, readInFlight, type MigrationProgress } from './in-flight.js';
 export { MigrationRecords, type MigrationRecord } from './migration-records.js';
 export { parseHaulMode, type HaulMode } from './haul-mode.js';
