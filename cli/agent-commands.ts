@@ -147,7 +147,9 @@ export function addAgentCommands(program: Command, out: (line: string) => void):
     const identity = flags.insecure ? undefined : await loadIdentity(stateDir);
     const security = flags.insecure ? { insecure: true } : identity ? { identity, trust: await openTrustStore(stateDir) } : undefined;
     const scheme = flags.insecure ? 'ws' : 'wss';
+    const wiring = await readFile(join(stateDir, HOOK_WIRING_FILE), 'utf8').then((text) => JSON.parse(text) as HookWiring, () => undefined);
     const checks = await diagnose({
+      ...(wiring ? { wiring } : {}),
       incusDir: settings.incusDir, criuBinary: settings.criu, endpoint: security ? { ...security, application: hostHandshake(host), resumeWindowMs: 1000 } : { noIdentityIn: stateDir },
       peers: settings.peers.map((peer) => ({ name: peer.name, url: `${scheme}://${peer.url}` })),
     });

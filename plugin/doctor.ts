@@ -2,12 +2,15 @@ import { once } from 'node:events';
 import { accessSync, constants, readFileSync } from 'node:fs';
 import { connect, createConnection, createServer } from 'node:net';
 import { setTimeout as sleep } from 'node:timers/promises';
-import { join } from 'node:path';
+import { execFile } from 'node:child_process';
+import { dirname, join } from 'node:path';
+import { promisify } from 'node:util';
 import { criuVersion } from '../src/criu/index.js';
 import { canGuardLoopbackPorts, pickPrivilegedLoopbackPort } from '../src/host/index.js';
 import { dialLink, type EndpointOptions } from '../src/link/index.js';
 import { peerHost } from '../proxy/index.js';
 import { KNOWN_CRIU_LOCATIONS } from './criu-hook.js';
+import type { HookWiring } from './incus-wiring.js';
 import { hookSocketPath } from './hook-protocol.js';
 import { cutConnections } from './incus-connections.js';
 import { IncusClient } from './incus-client.js';
@@ -23,6 +26,8 @@ export interface Check {
 
 export interface DoctorOptions {
   readonly incusDir: string;
+  /** What `haul agent install` recorded it did (its hook-wiring.json), if it ran. */
+  readonly wiring?: HookWiring;
   /** Undefined: none was named and none found where packages put it. */
   readonly criuBinary: string | undefined;
   readonly peers: readonly Peer[];
@@ -50,6 +55,54 @@ function firstCriu(path: string): string | undefined {
     }
   }
   return undefined;
+}
+
+function readFileOr(path: string): string {
+  try {
+    return readFileSync(path, 'utf8');
+  } catch {
+    return '';
+  }
+}
+
+/** The network-lock a CRIU configuration file sets (criu(8): one option per line, without its dashes). */
+function networkLockOf(config: string): string | undefined {
+  let lock: string | undefined;
+  for (const match of config.matchAll(/^\s*network-lock\s+(\S+)/gm)) lock = match[1];
+  return lock;
+}
+
+function firstOnPath(name: string): string | undefined {
+  for (const dir of (process.env['PATH'] ?? '/usr/sbin:/usr/bin:/sbin:/bin').split(':').filter(Boolean)) {
+    try {
+      accessSync(join(dir, name), constants.X_OK);
+      return join(dir, name);
+    } catch {
+      // not here
+    }
+  }
+  return undefined;
+}
+
+/** Whether what `haul agent install` did is still in place: the hook, its files, its diversion. */
+async function wiringFound(wiring: HookWiring): Promise<[boolean, string, string]> {
+  const fix = 'haul agent install (it puts back what is missing)';
+  const missing = [wiring.hook, ...wiring.files].filter((path) => {
+    try {
+      accessSync(path, constants.F_OK);
+      return false;
+    } catch {
+      return true;
+    }
+  });
+  if (missing.length) return [false, `${wiring.packaging}: missing ${missing.join(', ')}`, fix];
+  if (!readFileOr(wiring.hook).includes('haul-criu-hook')) return [false, `${wiring.hook} is not haul's hook any more (a package upgrade?)`, fix];
+  if (wiring.diversion) {
+    const by = await promisify(execFile)('dpkg-divert', ['--listpackage', wiring.diversion.path]).then(({ stdout }) => stdout.trim(), () => '');
+    if (by !== 'haul') return [false, `${wiring.diversion.path} is not diverted by haul (${by || 'not diverted'})`, fix];
+  }
+  const how = { zabbly: `${wiring.diversion?.path} diverted to ${wiring.diversion?.divertedTo}, the hook in its place`, systemd: `incus.service drop-in ${wiring.files.join(', ')}`, 'by-hand': `the hook in ${dirname(wiring.hook)}` }[wiring.packaging];
+  return [true, `${how}; runs ${wiring.realCriu}`, fix];
 }
 
 /** Cuts a loopback connection of this process's own, the way a failed restore's are cut. */
@@ -109,6 +162,13 @@ export async function diagnose(options: DoctorOptions): Promise<Check[]> {
   const guard = await canCutConnections();
   add('failed-restore guard (ss -K)', guard.ok, guard.found, "as root, with iproute2 installed and a kernel built with CONFIG_INET_DIAG_DESTROY: after a failed restore haul cuts Incus' migration connections, so that Incus cannot report the failure as a success");
 
+  const lock = networkLockOf(readFileOr('/etc/criu/default.conf'));
+  const hasIptables = [firstOnPath('iptables-restore'), firstOnPath('ip6tables-restore')].every(Boolean);
+  add("CRIU's network lock", lock === 'nftables' || lock === 'skip' || hasIptables, lock ? `network-lock ${lock} in /etc/criu/default.conf` : `CRIU's default (iptables)${hasIptables ? '' : ', but iptables-restore or ip6tables-restore is missing'}`, "echo 'network-lock nftables' >> /etc/criu/default.conf (CRIU locks a dumped container's network with iptables unless told otherwise, and its dump fails without both iptables-restore and ip6tables-restore)");
+
+  if (options.wiring) add('hook wiring', ...(await wiringFound(options.wiring)));
+  else add('hook wiring', false, 'haul agent install has not run with this --state-dir', 'haul agent install (then, where it says so, restart incusd: systemctl restart incus)');
+
   const incus = new IncusClient(join(options.incusDir, 'unix.socket'));
   try {
     const server = await incus.get<{ environment?: { server_pid?: number; server_version?: string } }>('/1.0');
@@ -120,6 +180,11 @@ export async function diagnose(options: DoctorOptions): Promise<Check[]> {
       const isHook = criu !== undefined && readFileSync(criu, 'utf8').includes('haul-criu-hook');
       add('CRIU hook first on incusd\'s PATH', isHook, criu ? `${criu}${isHook ? '' : ' (not the hook)'}` : 'no criu on its PATH', 'haul agent install, then restart incusd with the hook\'s directory first on its PATH');
     }
+    // a move through haul is a live move: Incus makes it only of an instance that allows it
+    const notLive = (await incus.instances())
+      .filter((instance) => (instance.expanded_config['user.haul.mode'] ?? '') !== 'off' && instance.expanded_config['user.haul.mode'] !== undefined && instance.expanded_config['migration.stateful'] !== 'true')
+      .map((instance) => instance.name);
+    add('instances haul moves can move live', notLive.length === 0, notLive.length ? `user.haul.mode set but not migration.stateful=true: ${notLive.slice(0, 10).join(', ')}` : 'every instance that sets user.haul.mode sets migration.stateful=true', `incus config set ${notLive[0] ?? 'NAME'} migration.stateful=true (for each; Incus moves the others stopped, without haul)`);
   } catch (error) {
     add('incusd', false, error instanceof Error ? error.message : String(error), `start incusd, or pass its INCUS_DIR with --incus-dir (looked at ${options.incusDir})`);
   } finally {

@@ -22,7 +22,7 @@ describeOnHost('haul doctor on the test bed', ['root', 'criu', 'testbed'], () =>
     for (const [host, peer] of [['src', 'dst=127.0.0.1:18454'], ['dst', 'src=127.0.0.1:18453']] as const) {
       const { code, checks } = await doctor(host, peer);
       expect(checks.filter((c) => !c.ok)).toEqual([]);
-      expect(checks.map((c) => c.check)).toEqual(expect.arrayContaining(['CRIU', 'vm.unprivileged_userfaultfd', 'fs.pipe-max-size', 'incusd', 'failed-restore guard (ss -K)', 'loopback guard (nftables)', 'lazy page-server port', "CRIU hook first on incusd's PATH", 'haul agent', `peer ${peer.split('=')[0]}`]));
+      expect(checks.map((c) => c.check)).toEqual(expect.arrayContaining(['CRIU', 'vm.unprivileged_userfaultfd', 'fs.pipe-max-size', 'incusd', 'failed-restore guard (ss -K)', 'loopback guard (nftables)', 'lazy page-server port', "CRIU's network lock", 'hook wiring', "CRIU hook first on incusd's PATH", 'instances haul moves can move live', 'haul agent', `peer ${peer.split('=')[0]}`]));
       expect(code).toBe(0);
     }
   }, 60_000);
