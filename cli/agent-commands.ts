@@ -7,14 +7,14 @@ import { Command, InvalidArgumentError, Option } from 'commander';
 import { PAGE_SIZE } from '../src/criu/index.js';
 import { parseListen, thisHost } from './host-and-address.js';
 import { hostHandshake } from '../proxy/index.js';
-import { loadIdentity, loadOrCreateIdentity } from '../src/link/index.js';
+import { PairingOffers, decodePairingToken, encodePairingToken, joinPeer, loadIdentity, loadOrCreateIdentity, peerName } from '../src/link/index.js';
 import { DEFAULT_STATE_DIR, openTrustStore, stateDirOf } from './trust-commands.js';
 import { Agent, InsecureAgentError, KNOWN_CRIU_LOCATIONS, diagnose, uninstallHook, unwireHook, wireHook, type HookWiring, type IncusPackaging, IN_FLIGHT_FILE, readInFlight, type MigrationProgress, MigrationRecords, type MigrationRecord } from '../plugin/index.js';
 import { logStrayErrors } from './stray-errors.js';
 import { EXIT } from './exit-codes.js';
 import { formatOf, withFormat, type OutputFormat } from './output-format.js';
 import { AgentConfigError, DEFAULT_AGENT_CONFIG } from './agent-config.js';
-import { DEFAULT_RESTORE_TIMEOUT_S, agentSettings, parseAgentMode, parsePeer, parsePositiveSeconds, type AgentFlags } from './agent-settings.js';
+import { DEFAULT_RESTORE_TIMEOUT_S, agentSettings, parseAgentMode, parsePeer, parsePositiveMinutes, parsePositiveSeconds, type AgentFlags } from './agent-settings.js';
 import { logLineFormat } from './log-lines.js';
 
 const DEFAULT_HOOK_DIR = '/usr/local/lib/haul/hook';
@@ -26,6 +26,9 @@ const PACKAGING_WORDS: Record<IncusPackaging, string> = {
   'by-hand': 'started by hand (no incus.service, no /opt/incus)',
 };
 const RESTART_KEEPS_CONTAINERS = 'running containers keep running: incus.service stops incusd with SIGTERM alone, which leaves them running';
+
+/** The pairing tokens this host issued and its agent has not yet seen used. */
+const pairingOffers = (stateDir: string): PairingOffers => new PairingOffers(join(stateDir, 'pairing-offers.json'));
 
 async function restartIncusd(): Promise<void> {
   await promisify(execFile)('systemctl', ['daemon-reload']);
@@ -59,9 +62,12 @@ export function addAgentCommands(program: Command, out: (line: string) => void):
       const line = logLineFormat();
       logStrayErrors((text) => out(line(text, 'error')));
       const security = { identity: await loadOrCreateIdentity(stateDir), trust: await openTrustStore(stateDir) };
+      // `haul agent token` issues, this agent answers the other host's `haul agent join`
+      const pairing = { offers: pairingOffers(stateDir), trust: security.trust, name: settings.name, onPaired: (peer: string, fingerprint: string) => out(line(`paired with ${peer}: trusts its certificate ${fingerprint} (add it to [peers] in ${flags.config} to move to it)`)) };
       const criu = settings.criu;
       const running = await Agent.start({
         ...security,
+        pairing,
         application: hostHandshake(await thisHost('agent', criu)),
         incusDir: settings.incusDir,
         stateDir: join(stateDir, 'agent'),
@@ -90,6 +96,40 @@ export function addAgentCommands(program: Command, out: (line: string) => void):
       }
       await Promise.race([running.close(), new Promise((resolve) => setTimeout(resolve, 3000).unref())]);
       process.exit(0);
+    });
+
+  agent
+    .command('token')
+    .description('a one-time token with which another host pairs with this one (haul agent join there); this host\'s agent must be running to answer it')
+    .option('--config <file>', "the agent's configuration file", DEFAULT_AGENT_CONFIG)
+    .option('--address <host:port>', 'where the other host reaches this one (default: listen in the configuration, unless it is a wildcard)')
+    .option('--name <name>', "this host's name, as the other host will call it (default: name in the configuration, else the hostname)")
+    .option('--expires <minutes>', 'how long the token is good for', parsePositiveMinutes, 10)
+    .action(async (flags: { config: string; address?: string; name?: string; expires: number }, command: Command) => {
+      const stateDir = stateDirOf(command);
+      const settings = await agentSettings(command, { config: flags.config, incusDir: '/var/lib/incus', peer: [], ...(flags.name ? { name: flags.name } : {}) });
+      const listen = settings.listen;
+      const address = flags.address ?? (listen && !['0.0.0.0', '::', ''].includes(listen.address) ? `${listen.address.includes(':') ? `[${listen.address}]` : listen.address}:${listen.port}` : undefined);
+      if (!address) throw new AgentConfigError(`this host's agent listens on ${listen ? `${listen.address}:${listen.port}` : 'no address yet'}: say where the other host reaches it, --address HOST:PORT`);
+      const identity = await loadOrCreateIdentity(stateDir);
+      const secret = await pairingOffers(stateDir).issue(flags.expires * 60_000);
+      out(encodePairingToken({ name: peerName(settings.name), address, fingerprint: identity.fingerprint, secret }));
+      process.stderr.write(`on the other host, within ${flags.expires} min: haul agent join <this token> (it is good once)\n`);
+    });
+
+  agent
+    .command('join')
+    .description('pair with the host that printed <token> (haul agent token): each then trusts the other\'s certificate')
+    .argument('<token>')
+    .option('--config <file>', "the agent's configuration file", DEFAULT_AGENT_CONFIG)
+    .option('--name <name>', "this host's name, as the other host will call it (default: name in the configuration, else the hostname)")
+    .action(async (text: string, flags: { config: string; name?: string }, command: Command) => {
+      const stateDir = stateDirOf(command);
+      const settings = await agentSettings(command, { config: flags.config, incusDir: '/var/lib/incus', peer: [], ...(flags.name ? { name: flags.name } : {}) });
+      const token = decodePairingToken(text.trim());
+      const peer = await joinPeer(token, { identity: await loadOrCreateIdentity(stateDir), trust: await openTrustStore(stateDir), name: settings.name });
+      out(`paired with ${peer} (${token.address}): each host trusts the other, ${peer} calls this one ${settings.name}`);
+      out(`to move containers there, add under [peers] in ${flags.config}: ${peer} = "${token.address}", then systemctl restart haul-agent (and the same for this host there)`);
     });
 
   agent

@@ -45,6 +45,12 @@ export function parseAgentMode(value: string): HaulMode {
   return mode;
 }
 
+export function parsePositiveMinutes(value: string): number {
+  const minutes = Number(value);
+  if (!Number.isFinite(minutes) || minutes <= 0) throw new InvalidArgumentError(`expected a number of minutes above 0, got ${JSON.stringify(value)}`);
+  return minutes;
+}
+
 export function parsePositiveSeconds(value: string): number {
   const seconds = Number(value);
   if (!Number.isFinite(seconds) || seconds <= 0) throw new InvalidArgumentError(`expected a number of seconds above 0, got ${JSON.stringify(value)}`);

@@ -1,4 +1,5 @@
 import type { Identity } from './identity.js';
+import type { PairingService } from './pairing.js';
 import type { LinkLimits } from './session.js';
 import type { TrustStore } from './trust-store.js';
 
@@ -28,6 +29,8 @@ export interface EndpointOptions {
   readonly keepaliveMs?: number;
   /** What each session lets its peer make it hold (default DEFAULT_LINK_LIMITS, session.ts). */
   readonly limits?: Partial<LinkLimits>;
+  /** A listener that answers pairing requests (pairing.ts) with a secret this host issued. */
+  readonly pairing?: PairingService;
 }
 
 export const DEFAULT_RESUME_WINDOW_MS = 30_000;

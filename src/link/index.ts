@@ -11,4 +11,5 @@ export { DEFAULT_RESUME_WINDOW_MS, type ApplicationHandshake, type EndpointOptio
 export { PROTOCOL_VERSION } from './handshake.js';
 export { fingerprintOf, loadIdentity, loadOrCreateIdentity, type Identity } from './identity.js';
 export { TrustStore, normaliseFingerprint, type TrustedPeer } from './trust-store.js';
+export { PairingError, PairingOffers, decodePairingToken, encodePairingToken, joinPeer, peerName, type PairingService, type PairingToken } from './pairing.js';
 export { LinkAbortedError, LinkIntegrityError, LinkLimitError, LinkLimitsError, LinkProtocolError, linkReasonCode, type LinkAbortReasonCode } from './link-errors.js';

@@ -1,5 +1,5 @@
 import { EventEmitter } from 'node:events';
-import { createServer as createHttpServer, type IncomingMessage, type Server } from 'node:http';
+import { createServer as createHttpServer, type IncomingMessage, type Server, type ServerResponse } from 'node:http';
 import { createServer as createHttpsServer } from 'node:https';
 import type { TLSSocket } from 'node:tls';
 import { WebSocketServer, type WebSocket } from 'ws';
@@ -8,6 +8,7 @@ import { FRAME_HEADER_SIZE, MAX_FRAME_PAYLOAD } from './frame.js';
 import { PROTOCOL_VERSION, helloReplyFrame, parseHello } from './handshake.js';
 import { peerFingerprint } from './identity.js';
 import { LinkProtocolError, type LinkProtocolCode } from './link-errors.js';
+import { PAIRING_PATH, answerPairing } from './pairing.js';
 import { LinkSession, resolveLinkLimits } from './session.js';
 import { firstMessage, webSocketTransport } from './ws-transport.js';
 
@@ -92,6 +93,24 @@ export class LinkListener extends EventEmitter<ListenerEvents> {
     const bound = server.address();
     if (bound === null || typeof bound === 'string') throw new Error('the link listener has no TCP port');
     const listener = new LinkListener(server, options, bound.port);
+    // plain requests: pairing, where this host offers it (its own TLS, its own checks); nothing else
+    server.on('request', (request: IncomingMessage, response: ServerResponse) => {
+      if (!(identity && options.pairing && request.method === 'POST' && request.url === PAIRING_PATH)) {
+        response.writeHead(426, { upgrade: 'websocket', 'content-type': 'text/plain' }).end('a haul link speaks WebSocket\n');
+        return;
+      }
+      let fingerprint: string | undefined;
+      try {
+        fingerprint = peerFingerprint(request.socket as TLSSocket);
+      } catch {
+        fingerprint = undefined; // unreadable: answerPairing refuses it
+      }
+      answerPairing(request, response, fingerprint, options.pairing).catch((error: unknown) => {
+        listener.emit('refused', new LinkProtocolError('a pairing request failed', { cause: error }));
+        if (!response.headersSent) response.writeHead(500).end();
+        else response.destroy();
+      });
+    });
     wss.on('connection', (ws, request: IncomingMessage) => {
       // a peer that breaks the protocol makes ws emit 'error' (then 'close', which the handshake
       // and the transport hear): unheard, it would end the process before any handshake

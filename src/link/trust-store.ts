@@ -1,3 +1,4 @@
+import { readFileSync, statSync } from 'node:fs';
 import { mkdir, readFile, rename, writeFile } from 'node:fs/promises';
 import { dirname } from 'node:path';
 
@@ -16,12 +17,34 @@ export function normaliseFingerprint(text: string): string {
   return fingerprint;
 }
 
-/** The peers this host trusts, pinned by certificate fingerprint, kept as JSON in the state folder. */
+/**
+ * The peers this host trusts, pinned by certificate fingerprint, kept as JSON in the state folder.
+ * A running agent sees what `haul trust add|remove` (another process) wrote there since: each look
+ * re-reads the file when it changed.
+ */
 export class TrustStore {
+  private loaded: string;
+
   private constructor(
     private readonly path: string,
     private peers: TrustedPeer[],
-  ) {}
+  ) {
+    this.loaded = mtimeOf(path);
+  }
+
+  /** The file's peers, if another process changed it since this store last read or wrote it. */
+  private refresh(): void {
+    const changed = mtimeOf(this.path);
+    if (changed === this.loaded) return;
+    try {
+      const parsed = JSON.parse(readFileSync(this.path, 'utf8')) as { peers?: TrustedPeer[] };
+      this.peers = (parsed.peers ?? []).filter((peer) => typeof peer.name === 'string' && typeof peer.fingerprint === 'string' && FINGERPRINT.test(peer.fingerprint));
+    } catch {
+      // half-written or gone: keep what was read last, look again next time
+      return;
+    }
+    this.loaded = changed;
+  }
 
   static async open(path: string): Promise<TrustStore> {
     try {
@@ -34,14 +57,17 @@ export class TrustStore {
   }
 
   list(): readonly TrustedPeer[] {
+    this.refresh();
     return this.peers;
   }
 
   trusts(fingerprint: string): TrustedPeer | undefined {
+    this.refresh();
     return this.peers.find((peer) => peer.fingerprint === fingerprint);
   }
 
   async add(name: string, fingerprint: string): Promise<TrustedPeer> {
+    this.refresh();
     const normalised = normaliseFingerprint(fingerprint);
     if (this.peers.some((peer) => peer.name === name)) throw new Error(`a peer named ${name} is already trusted`);
     const peer = { name, fingerprint: normalised, added: new Date().toISOString() };
@@ -51,6 +77,7 @@ export class TrustStore {
   }
 
   async remove(nameOrFingerprint: string): Promise<boolean> {
+    this.refresh();
     const before = this.peers.length;
     this.peers = this.peers.filter((peer) => peer.name !== nameOrFingerprint && peer.fingerprint !== nameOrFingerprint.toLowerCase());
     if (this.peers.length === before) return false;
@@ -62,5 +89,16 @@ export class TrustStore {
     await mkdir(dirname(this.path), { recursive: true, mode: 0o700 });
     await writeFile(`${this.path}.new`, `${JSON.stringify({ peers: this.peers }, null, 2)}\n`, { mode: 0o600 });
     await rename(`${this.path}.new`, this.path);
+    this.loaded = mtimeOf(this.path);
+  }
+}
+
+/** Which version of the file is there: its inode (each save renames a new one in) and its change time. */
+function mtimeOf(path: string): string {
+  try {
+    const stat = statSync(path, { bigint: true });
+    return `${stat.ino}:${stat.mtimeNs}`;
+  } catch {
+    return 'none';
   }
 }
