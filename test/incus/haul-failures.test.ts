@@ -6,6 +6,7 @@ import { afterAll, afterEach, expect, it } from 'vitest';
 import type { MigrationProgress } from '../../plugin/in-flight.js';
 import { MigrationRecords } from '../../plugin/migration-records.js';
 import { describeOnHost } from '../support/host.js';
+import { isLive } from '../support/second-host.js';
 import { NativeMoveDefect, TestContainer, agentPid, incus, killAgent, startAgents, type TestHost } from '../support/testbed.js';
 import { expectedChecksum, realtimeNs, type WorkloadReport } from '../support/workload.js';
 
@@ -28,14 +29,21 @@ async function expectSameWorkload(container: TestContainer, before: WorkloadRepo
   expect(now.tick).toBeGreaterThan(before.tick);
 }
 
-/** Whether `pid` runs (a zombie no longer does). */
-function isRunning(pid: number): boolean {
-  try {
-    const stat = readFileSync(`/proc/${pid}/stat`, 'utf8');
-    return stat.slice(stat.lastIndexOf(')') + 2, stat.lastIndexOf(')') + 3) !== 'Z';
-  } catch {
-    return false;
-  }
+/**
+ * A container on src with the 256 MiB workload in /run/big, moving to dst in `mode`, once src's
+ * agent shows the move in progress as `underWay` says (the move not awaited: the caller decides).
+ */
+async function moveUnderWay(mode: 'pre-copy' | 'lazy', containers: TestContainer[], underWay: (move: MigrationProgress) => boolean) {
+  const container = await TestContainer.launch('busybox', 'src', '/tmp/counter', ['--config', `user.haul.mode=${mode}`]);
+  containers.push(container);
+  await container.exec(['haul-workload', 'start', '--dir', '/run/big', '--mib', '256']);
+  const before = await container.workloadReport('/run/big');
+  const since = realtimeNs();
+  const move = container.moveTo('dst');
+  move.catch(() => {});
+  const deadline = Date.now() + 60_000;
+  while (!inFlight('src').some((m) => m.instance === container.name && underWay(m)) && Date.now() < deadline) await sleep(20);
+  return { container, before, since, move };
 }
 
 /** Processes of a `criu restore` of this container still there (a killed CRIU must take them along). */
@@ -82,15 +90,7 @@ describeOnHost('incus move when haul is missing or fails', ['root', 'criu', 'tes
   }, 600_000);
 
   it('lets a move in progress finish when its source agent is stopped (systemctl stop, a package upgrade), and only then ends', async () => {
-    const container = await TestContainer.launch('busybox', 'src', '/tmp/counter', ['--config', 'user.haul.mode=lazy']);
-    containers.push(container);
-    await container.exec(['haul-workload', 'start', '--dir', '/run/big', '--mib', '256']);
-    const before = await container.workloadReport('/run/big');
-    const since = realtimeNs();
-    const move = container.moveTo('dst');
-    move.catch(() => {});
-    const deadline = Date.now() + 60_000;
-    while (!inFlight('src').some((m) => m.instance === container.name) && Date.now() < deadline) await sleep(20);
+    const { container, before, since, move } = await moveUnderWay('lazy', containers, () => true);
     const pid = agentPid('src');
     const logged = readFileSync('/var/lib/haul-testbed/src/log/agent.log', 'utf8').length;
     process.kill(pid, 'SIGTERM');
@@ -101,21 +101,13 @@ describeOnHost('incus move when haul is missing or fails', ['root', 'criu', 'tes
     expect(readFileSync('/var/lib/haul-testbed/src/log/agent.log', 'utf8').slice(logged)).toMatch(/stopping: 1 moves in progress; taking no new one/);
     // and once the move is over, the agent ends by itself
     const ends = Date.now() + 30_000;
-    while (isRunning(pid) && Date.now() < ends) await sleep(100);
-    expect(isRunning(pid)).toBe(false);
+    while (isLive(pid) && Date.now() < ends) await sleep(100);
+    expect(isLive(pid)).toBe(false);
   }, 600_000);
 
   it("keeps the source running with its memory when the destination's agent dies in the middle of a move, and a later move succeeds", async () => {
-    const container = await TestContainer.launch('busybox', 'src', '/tmp/counter', ['--config', 'user.haul.mode=pre-copy']);
-    containers.push(container);
-    await container.exec(['haul-workload', 'start', '--dir', '/run/big', '--mib', '256']);
-    const before = await container.workloadReport('/run/big');
-    const since = realtimeNs();
-    const move = container.moveTo('dst');
-    move.catch(() => {});
     // the middle: pages are on their way through haul
-    const deadline = Date.now() + 60_000;
-    while (!inFlight('src').some((m) => m.instance === container.name && m.pages > 1000) && Date.now() < deadline) await sleep(20);
+    const { container, before, since, move } = await moveUnderWay('pre-copy', containers, (m) => m.pages > 1000);
     await killAgent('dst');
     await expect(move).rejects.toThrow();
     expect((await container.whereabouts()).src).toBe('RUNNING');

@@ -30,7 +30,7 @@ export function holdRestoredProcesses(dir: string, defer: (cleanup: () => void) 
 }
 
 /** Whether `pid` is a process that has not yet exited (a zombie has). */
-function isLive(pid: number): boolean {
+export function isLive(pid: number): boolean {
   try {
     const stat = readFileSync(`/proc/${pid}/stat`, 'utf8');
     return stat.slice(stat.lastIndexOf(')') + 2, stat.lastIndexOf(')') + 3) !== 'Z';
