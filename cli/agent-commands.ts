@@ -1,5 +1,6 @@
 import { execFile } from 'node:child_process';
 import { mkdir, readFile, rm, stat, writeFile } from 'node:fs/promises';
+import { createInterface } from 'node:readline';
 import { promisify } from 'node:util';
 import { join } from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
@@ -28,7 +29,7 @@ const PACKAGING_WORDS: Record<IncusPackaging, string> = {
 const RESTART_KEEPS_CONTAINERS = 'running containers keep running: incus.service stops incusd with SIGTERM alone, which leaves them running';
 
 /** The pairing tokens this host issued and its agent has not yet seen used. */
-const pairingOffers = (stateDir: string): PairingOffers => new PairingOffers(join(stateDir, 'pairing-offers.json'));
+const pairingOffers = (stateDir: string): PairingOffers => new PairingOffers(join(stateDir, 'pairing-offers'));
 
 async function restartIncusd(): Promise<void> {
   await promisify(execFile)('systemctl', ['daemon-reload']);
@@ -114,17 +115,26 @@ export function addAgentCommands(program: Command, out: (line: string) => void):
       const identity = await loadOrCreateIdentity(stateDir);
       const secret = await pairingOffers(stateDir).issue(flags.expires * 60_000);
       out(encodePairingToken({ name: peerName(settings.name), address, fingerprint: identity.fingerprint, secret }));
-      process.stderr.write(`on the other host, within ${flags.expires} min: haul agent join <this token> (it is good once)\n`);
+      process.stderr.write(`on the other host, within ${flags.expires} min: haul agent join, and paste this token (it is good once; keep it from others)\n`);
     });
 
   agent
     .command('join')
-    .description('pair with the host that printed <token> (haul agent token): each then trusts the other\'s certificate')
-    .argument('<token>')
+    .description("pair with the host whose `haul agent token` printed the token read from stdin: each then trusts the other's certificate")
     .option('--config <file>', "the agent's configuration file", DEFAULT_AGENT_CONFIG)
     .option('--name <name>', "this host's name, as the other host will call it (default: name in the configuration, else the hostname)")
-    .action(async (text: string, flags: { config: string; name?: string }, command: Command) => {
+    .action(async (flags: { config: string; name?: string }, command: Command) => {
       const stateDir = stateDirOf(command);
+      // from stdin, never an argument: any local user can read a process' arguments (ps), and
+      // whoever has the token first can pair a certificate of their own in this host's place
+      if (process.stdin.isTTY) process.stderr.write('the token from haul agent token on the other host: ');
+      const text = (await new Promise<string>((resolve, reject) => {
+        const lines = createInterface({ input: process.stdin });
+        lines.once('line', (line) => (lines.close(), resolve(line)));
+        lines.once('close', () => resolve(''));
+        process.stdin.once('error', reject);
+      })).trim();
+      if (!text) throw new AgentConfigError('no pairing token on stdin (haul agent join < file, or paste it when asked)');
       const settings = await agentSettings(command, { config: flags.config, incusDir: '/var/lib/incus', peer: [], ...(flags.name ? { name: flags.name } : {}) });
       const token = decodePairingToken(text.trim());
       const peer = await joinPeer(token, { identity: await loadOrCreateIdentity(stateDir), trust: await openTrustStore(stateDir), name: settings.name });
@@ -140,13 +150,16 @@ export function addAgentCommands(program: Command, out: (line: string) => void):
     .option('--restart', 'restart incusd (systemctl restart incus) where it must be restarted to find the hook', false)
     .action(async (options: { hookDir: string; criu?: string; restart: boolean }, command: Command) => {
       const wiringFile = join(stateDirOf(command), HOOK_WIRING_FILE);
+      // an earlier install is undone first: one wiring at a time, and its record always the one in place
+      const earlier = await readFile(wiringFile, 'utf8').then((text) => JSON.parse(text) as HookWiring, () => undefined);
+      if (earlier) await unwireHook(earlier);
       const wiring = await wireHook({ hookDir: options.hookDir, ...(options.criu ? { realCriu: options.criu } : {}) });
       await mkdir(stateDirOf(command), { recursive: true, mode: 0o700 });
       await writeFile(wiringFile, `${JSON.stringify(wiring, null, 2)}\n`, { mode: 0o600 });
       out(`installed the hook ${wiring.hook} (runs ${wiring.realCriu}); incusd here: ${PACKAGING_WORDS[wiring.packaging]}${wiring.files.length ? `; wrote ${wiring.files.join(', ')}` : ''}${wiring.diversion ? `; ${wiring.diversion.path} diverted to ${wiring.diversion.divertedTo}` : ''}`);
       if (wiring.packaging === 'by-hand') return out(`start incusd with ${options.hookDir} first on its PATH`);
       if (!wiring.needsRestart) return out('incusd finds the hook from its next CRIU call on: no restart needed');
-      if (!options.restart) return out(`restart incusd to take it: systemctl restart incus (${RESTART_KEEPS_CONTAINERS}), or run this again with --restart`);
+      if (!options.restart) return out(`restart incusd to take it: systemctl restart incus (${RESTART_KEEPS_CONTAINERS}; systemd has re-read the unit), or run this again with --restart`);
       await restartIncusd();
       out(`restarted incusd (${RESTART_KEEPS_CONTAINERS})`);
     });

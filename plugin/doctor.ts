@@ -206,7 +206,7 @@ export async function diagnose(options: DoctorOptions): Promise<Check[]> {
   }
   for (const peer of options.peers) {
     try {
-      const { session, peer: hello } = await dialLink(peer.url, endpoint);
+      const { session, peer: hello } = await dialLink(peer.url, endpoint, { peerName: peer.name });
       const info = peerHost(hello);
       session.close();
       const same = localCriu === undefined || info.criu_version === '' || info.criu_version === localCriu;

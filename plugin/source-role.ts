@@ -96,7 +96,7 @@ export class SourceRole {
       let session: LinkSession | undefined;
       let idWritten = false;
       try {
-        ({ session } = await withinHookDeadline(dialLink(peer.url, this.endpoint), hook, (late) => late.session.close()));
+        ({ session } = await withinHookDeadline(dialLink(peer.url, this.endpoint, { peerName: peer.name }), hook, (late) => late.session.close()));
         // before any await: the peer opens its channels as soon as the session exists
         const migration = SourceMigration.over(session, mode);
         const version3 = `${version.major}.${version.minor}.${version.patch}`;

@@ -40,7 +40,7 @@ interface Connection {
   readonly fingerprint: string | undefined;
 }
 
-async function connectOnce(url: string, secure: { identity?: Identity; trust?: TrustStore }): Promise<Connection> {
+async function connectOnce(url: string, secure: { identity?: Identity; trust?: TrustStore }, peerName?: string): Promise<Connection> {
   const ws = new WebSocket(url, {
     maxPayload: FRAME_HEADER_SIZE + MAX_FRAME_PAYLOAD,
     handshakeTimeout: HANDSHAKE_TIMEOUT_MS,
@@ -56,8 +56,13 @@ async function connectOnce(url: string, secure: { identity?: Identity; trust?: T
     ws.once('upgrade', (response: IncomingMessage) => {
       if (!secure.trust) return;
       fingerprint = peerFingerprint(response.socket as TLSSocket) ?? 'none';
-      if (!secure.trust.trusts(fingerprint)) {
+      const trusted = secure.trust.trusts(fingerprint);
+      if (!trusted) {
         pinningError = new LinkProtocolError(`untrusted certificate: the peer at ${url} presented ${fingerprint}, which is not in this host's trust store (haul trust add NAME ${fingerprint})`, { code: 'HAUL_LINK_UNTRUSTED' });
+        ws.terminate();
+      } else if (peerName !== undefined && trusted.name !== peerName) {
+        // another trusted host's certificate at this peer's address: that host is not this peer
+        pinningError = new LinkProtocolError(`the peer at ${url} presented the certificate this host trusts as ${trusted.name}, not ${peerName}'s`, { code: 'HAUL_LINK_UNTRUSTED' });
         ws.terminate();
       }
     });
@@ -84,16 +89,17 @@ async function handshake(ws: WebSocket, session: LinkSession, options: EndpointO
 /**
  * Dials a link listener and opens a session. If the connection drops, it re-dials (backing off up
  * to a second between tries) and resumes the session where every channel stopped; after the resume
- * window the session is aborted with the reason.
+ * window the session is aborted with the reason. `peerName`: the listener's certificate must be the
+ * one trusted under that name, not merely any trusted one.
  */
-export async function dialLink(url: string, options: EndpointOptions): Promise<DialedLink> {
+export async function dialLink(url: string, options: EndpointOptions, dial: { readonly peerName?: string } = {}): Promise<DialedLink> {
   const { hostname } = new URL(url);
   const secure = requireSecurity(options, hostname);
   if (url.startsWith('ws:') && !options.insecure) throw new Error(`${url} is plain WebSocket: use wss://, or --insecure on loopback`);
   const session = new LinkSession('dialer', randomBytes(16), !secure.identity, options.limits);
   const keepaliveMs = options.keepaliveMs ?? DEFAULT_KEEPALIVE_MS;
   // a resume must reach the same listener: the certificate this first connection presented
-  const { ws, fingerprint: pinned } = await connectOnce(url, secure);
+  const { ws, fingerprint: pinned } = await connectOnce(url, secure, dial.peerName);
   const reply = await handshake(ws, session, options, false);
   const problem = options.application.check(reply.application, 'dialer');
   if (problem) {

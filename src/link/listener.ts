@@ -64,6 +64,7 @@ export class LinkListener extends EventEmitter<ListenerEvents> {
       ? createHttpsServer({ key: identity.key, cert: identity.cert, requestCert: true, rejectUnauthorized: false, handshakeTimeout: PRE_SESSION_MS })
       : createHttpServer();
     server.headersTimeout = PRE_SESSION_MS;
+    server.requestTimeout = PRE_SESSION_MS;
     server.maxConnections = MAX_CONNECTIONS;
     const wss = new WebSocketServer({
       server,

@@ -1,6 +1,7 @@
-import { createHash, randomBytes, timingSafeEqual } from 'node:crypto';
+import { createHash, randomBytes } from 'node:crypto';
 import { once } from 'node:events';
-import { readFile, rename, writeFile } from 'node:fs/promises';
+import { mkdir, readdir, readFile, unlink, writeFile } from 'node:fs/promises';
+import { join } from 'node:path';
 import { request as httpRequest, type IncomingMessage, type ServerResponse } from 'node:http';
 import { connect as tlsConnect, type TLSSocket } from 'node:tls';
 import { checkedName } from '../name-grammars.js';
@@ -19,6 +20,10 @@ const TOKEN_PREFIX = 'haul-pair-1.';
 /** Host names as the agents call each other (the [peers] of agent.conf, trust store names). */
 const PEER_NAME = /^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$/;
 const MAX_BODY = 4096;
+/** How long a pairing request may take to arrive whole. */
+const REQUEST_MS = 10_000;
+/** An offer's file: the hex sha256 of its secret. */
+const OFFER_NAME = /^[0-9a-f]{64}$/;
 
 /** A pairing that cannot go on, and why: a token that is not one, a wrong or used secret, the wrong certificate. */
 export class PairingError extends Error {
@@ -67,47 +72,48 @@ export function decodePairingToken(text: string): PairingToken {
 const digest = (secret: string): Buffer => createHash('sha256').update(secret).digest();
 
 /**
- * The invitations this host has issued and not yet seen redeemed, kept in a file of its state dir
- * (the command line issues them, the running agent redeems them): their secrets' hashes and when
- * each expires. A secret is good once.
+ * The invitations this host has issued and not yet seen redeemed: one file per secret in a folder
+ * of its state dir (the command line issues them, the running agent redeems them), named by the
+ * secret's hash and holding when it expires. Redeeming is removing that file, which only one
+ * caller can do: a secret is good once, however many joins race for it.
  */
 export class PairingOffers {
-  constructor(private readonly path: string) {}
+  constructor(private readonly dir: string) {}
 
-  private async read(now: number): Promise<Array<{ hash: string; expiresAt: number }>> {
-    const text = await readFile(this.path, 'utf8').catch(() => '[]');
-    let offers: unknown;
-    try {
-      offers = JSON.parse(text);
-    } catch {
-      offers = [];
-    }
-    return (Array.isArray(offers) ? offers : []).filter((offer: { hash?: unknown; expiresAt?: unknown }) => typeof offer.hash === 'string' && typeof offer.expiresAt === 'number' && offer.expiresAt > now);
-  }
-
-  private async write(offers: Array<{ hash: string; expiresAt: number }>): Promise<void> {
-    await writeFile(`${this.path}.new`, JSON.stringify(offers), { mode: 0o600 });
-    await rename(`${this.path}.new`, this.path);
+  private pathOf(secret: string): string {
+    return join(this.dir, digest(secret).toString('hex'));
   }
 
   /** A new secret, good for one pairing within `ttlMs`. */
   async issue(ttlMs: number, now = Date.now()): Promise<string> {
+    await mkdir(this.dir, { recursive: true, mode: 0o700 });
+    await this.dropExpired(now);
     const secret = randomBytes(32).toString('base64url');
-    await this.write([...(await this.read(now)), { hash: digest(secret).toString('hex'), expiresAt: now + ttlMs }]);
+    await writeFile(this.pathOf(secret), String(now + ttlMs), { flag: 'wx', mode: 0o600 });
     return secret;
+  }
+
+  /** Whether any invitation is outstanding (a listener with none answers a join without reading it). */
+  async any(now = Date.now()): Promise<boolean> {
+    await this.dropExpired(now);
+    return (await readdir(this.dir).catch(() => [] as string[])).some((name) => OFFER_NAME.test(name));
   }
 
   /** Whether `secret` is one issued, not expired, not used; using it up. */
   async redeem(secret: string, now = Date.now()): Promise<boolean> {
-    const offers = await this.read(now);
-    const presented = digest(secret);
-    const match = offers.find((offer) => {
-      const hash = Buffer.from(offer.hash, 'hex');
-      return hash.length === presented.length && timingSafeEqual(hash, presented);
-    });
-    if (!match) return false;
-    await this.write(offers.filter((offer) => offer !== match));
-    return true;
+    const path = this.pathOf(secret);
+    const expiresAt = Number(await readFile(path, 'utf8').catch(() => 'NaN'));
+    // whoever removes the file has the offer; every other caller finds it gone
+    if (!(await unlink(path).then(() => true, () => false))) return false;
+    return expiresAt > now;
+  }
+
+  private async dropExpired(now: number): Promise<void> {
+    for (const name of await readdir(this.dir).catch(() => [] as string[])) {
+      if (!OFFER_NAME.test(name)) continue;
+      const expiresAt = Number(await readFile(join(this.dir, name), 'utf8').catch(() => 'NaN'));
+      if (!(expiresAt > now)) await unlink(join(this.dir, name)).catch(() => {});
+    }
   }
 }
 
@@ -125,14 +131,25 @@ export interface PairingService {
  * good secret, the client's certificate is trusted under the name it gave.
  */
 export async function answerPairing(request: IncomingMessage, response: ServerResponse, fingerprint: string | undefined, service: PairingService): Promise<void> {
-  const reply = (status: number, body: Record<string, unknown>): void => void response.writeHead(status, { 'content-type': 'application/json' }).end(JSON.stringify(body));
+  const reply = (status: number, body: Record<string, unknown>): void => {
+    if (response.headersSent) return;
+    response.writeHead(status, { 'content-type': 'application/json', connection: 'close' }).end(JSON.stringify(body));
+  };
   if (!fingerprint) return reply(401, { error: 'a client certificate is required' });
+  // nobody gets to hold a connection on a request that cannot succeed, or that trickles in
+  if (!(await service.offers.any())) return reply(403, { error: 'no pairing token is outstanding on this host: haul agent token there first' });
+  if (Number(request.headers['content-length'] ?? MAX_BODY + 1) > MAX_BODY) return reply(413, { error: `a pairing request is a JSON body of at most ${MAX_BODY} bytes, with its length` });
+  const deadline = setTimeout(() => request.destroy(), REQUEST_MS);
   const chunks: Buffer[] = [];
   let size = 0;
-  for await (const chunk of request as AsyncIterable<Buffer>) {
-    size += chunk.length;
-    if (size > MAX_BODY) return reply(413, { error: 'too large' });
-    chunks.push(chunk);
+  try {
+    for await (const chunk of request as AsyncIterable<Buffer>) {
+      size += chunk.length;
+      if (size > MAX_BODY) return reply(413, { error: 'too large' });
+      chunks.push(chunk);
+    }
+  } finally {
+    clearTimeout(deadline);
   }
   let name: string;
   let secret: unknown;
@@ -143,9 +160,10 @@ export async function answerPairing(request: IncomingMessage, response: ServerRe
   } catch (error) {
     return reply(400, { error: error instanceof Error ? error.message : 'malformed request' });
   }
-  if (typeof secret !== 'string' || !(await service.offers.redeem(secret))) return reply(403, { error: 'no such pairing token: expired, used, or never issued here' });
+  // a name this host gives another certificate is refused before the token is used up
   const known = service.trust.list().find((peer) => peer.name === name);
   if (known && known.fingerprint !== fingerprint) return reply(409, { error: `this host already trusts another certificate as ${name}: haul trust remove ${name} there first` });
+  if (typeof secret !== 'string' || !(await service.offers.redeem(secret))) return reply(403, { error: 'no such pairing token: expired, used, or never issued here' });
   if (!known) await service.trust.add(name, fingerprint);
   service.onPaired?.(name, fingerprint);
   reply(200, { name: service.name });

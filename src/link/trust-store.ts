@@ -1,3 +1,4 @@
+import { randomBytes } from 'node:crypto';
 import { readFileSync, statSync } from 'node:fs';
 import { mkdir, readFile, rename, writeFile } from 'node:fs/promises';
 import { dirname } from 'node:path';
@@ -36,6 +37,12 @@ export class TrustStore {
   private refresh(): void {
     const changed = mtimeOf(this.path);
     if (changed === this.loaded) return;
+    // removed: trusting no one is what an emptied store means
+    if (changed === 'none') {
+      this.peers = [];
+      this.loaded = changed;
+      return;
+    }
     try {
       const parsed = JSON.parse(readFileSync(this.path, 'utf8')) as { peers?: TrustedPeer[] };
       this.peers = (parsed.peers ?? []).filter((peer) => typeof peer.name === 'string' && typeof peer.fingerprint === 'string' && FINGERPRINT.test(peer.fingerprint));
@@ -87,8 +94,10 @@ export class TrustStore {
 
   private async save(): Promise<void> {
     await mkdir(dirname(this.path), { recursive: true, mode: 0o700 });
-    await writeFile(`${this.path}.new`, `${JSON.stringify({ peers: this.peers }, null, 2)}\n`, { mode: 0o600 });
-    await rename(`${this.path}.new`, this.path);
+    // a name of its own: the agent and a command line may save at once
+    const fresh = `${this.path}.${process.pid}.${randomBytes(4).toString('hex')}.new`;
+    await writeFile(fresh, `${JSON.stringify({ peers: this.peers }, null, 2)}\n`, { mode: 0o600 });
+    await rename(fresh, this.path);
     this.loaded = mtimeOf(this.path);
   }
 }
