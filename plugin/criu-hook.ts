@@ -1,6 +1,6 @@
 import { constants } from 'node:fs';
-import { access, chmod, mkdir, open, readFile, rm, writeFile } from 'node:fs/promises';
-import { join } from 'node:path';
+import { access, chmod, mkdir, open, readFile, realpath, rename, rm, writeFile } from 'node:fs/promises';
+import { isAbsolute, join } from 'node:path';
 import { DUMP_ANSWER_MS, MIGRATION_ID_FILE, RESTORE_ANSWER_MS } from './hook-protocol.js';
 import { shellWord } from '../src/shell-words.js';
 import { packageFile } from '../src/package-files.js';
@@ -50,27 +50,45 @@ exec ${PERL} ${shellWord(perlProgram)} "$real_criu" "$socket" ${shellWord(MIGRAT
 `;
 }
 
-export async function installHook(hookDir: string, realCriu: string): Promise<string> {
+/**
+ * Writes the hook as `hookDir`/criu, running `realCriu` (a host path; `root`: where the host's / is,
+ * for tests). The real CRIU must be an absolute path to an executable that is not the hook itself,
+ * by any name (a hook that runs itself would hang every CRIU call incusd makes).
+ */
+export async function installHook(hookDir: string, realCriu: string, root = '/'): Promise<string> {
   const path = join(hookDir, 'criu');
-  if (path === realCriu) throw new Error(`the hook would replace the real CRIU at ${realCriu}: install it into another directory`);
+  if (!isAbsolute(realCriu)) throw new Error(`the real CRIU must be an absolute path, not ${JSON.stringify(realCriu)} (a name would be looked up on incusd's PATH, where the hook comes first)`);
+  const real = join(root, realCriu);
+  if (!(await access(real, constants.X_OK).then(() => true, () => false))) throw new Error(`${realCriu} is not an executable CRIU`);
+  const [realTarget, hookTarget] = await Promise.all([realpath(real), realpath(path).catch(() => undefined)]);
+  if (realTarget === hookTarget || (await startsWithMark(real))) throw new Error(`${realCriu} is haul's hook itself: name the CRIU it should run`);
   const existing = await readFile(path, 'utf8').catch(() => undefined);
   if (existing !== undefined && !existing.includes(MARK)) throw new Error(`${path} exists and is not haul's hook; not replacing it`);
   await mkdir(hookDir, { recursive: true });
   // a copy of its own: the hook keeps working while the package is replaced under it
-  const perlProgram = join(hookDir, HOOK_PERL);
-  await writeFile(perlProgram, await readFile(ASK_AGENT_THEN_EXEC));
-  await chmod(perlProgram, 0o644);
-  await writeFile(path, hookScript(realCriu, perlProgram));
-  await chmod(path, 0o755);
+  await replaceFile(join(hookDir, HOOK_PERL), await readFile(ASK_AGENT_THEN_EXEC), 0o644);
+  await replaceFile(path, hookScript(realCriu, join(hookDir, HOOK_PERL).slice(root === '/' ? 0 : root.length)), 0o755);
   return path;
 }
 
 /**
- * Where operators' packages put the real CRIU, in the order incusd would find them: Zabbly's
- * beside its Incus (its incusd wrapper puts /opt/incus/bin first on the PATH), Debian's, a build
- * from source.
+ * Puts `content` at `path` whole or not at all (a CRIU call that runs the hook meanwhile sees the
+ * old one or the new one), never writing through a link planted at either name.
  */
-export const KNOWN_CRIU_LOCATIONS = ['/opt/incus/bin/criu', '/usr/sbin/criu', '/usr/local/sbin/criu'] as const;
+async function replaceFile(path: string, content: string | Buffer, mode: number): Promise<void> {
+  const fresh = `${path}.haul-new`;
+  await rm(fresh, { force: true });
+  await writeFile(fresh, content, { flag: 'wx', mode });
+  await chmod(fresh, mode);
+  await rename(fresh, path);
+}
+
+/**
+ * Where operators' packages put the real CRIU, in the order incusd would find them: Zabbly's
+ * beside its Incus (its incusd wrapper puts /opt/incus/bin first on the PATH; once haul agent
+ * install diverted it, under its diverted name), Debian's, a build from source.
+ */
+export const KNOWN_CRIU_LOCATIONS = ['/opt/incus/bin/criu.haul-real', '/opt/incus/bin/criu', '/usr/sbin/criu', '/usr/local/sbin/criu'] as const;
 
 /** The first of `candidates` that is an executable and not haul's hook: the CRIU to run when none is named. */
 export async function findRealCriu(candidates: readonly string[] = KNOWN_CRIU_LOCATIONS): Promise<string | undefined> {

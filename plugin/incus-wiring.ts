@@ -1,7 +1,7 @@
 import { execFile } from 'node:child_process';
 import { constants } from 'node:fs';
-import { access, mkdir, readFile, rm, rmdir, writeFile } from 'node:fs/promises';
-import { dirname, join } from 'node:path';
+import { access, mkdir, readdir, readFile, rm, rmdir, writeFile } from 'node:fs/promises';
+import { dirname, isAbsolute, join } from 'node:path';
 import { promisify } from 'node:util';
 import { findRealCriu, installHook, uninstallHook } from './criu-hook.js';
 
@@ -52,20 +52,38 @@ export async function detectIncusPackaging(root = '/'): Promise<IncusPackaging> 
   return 'by-hand';
 }
 
-/** The PATH incus.service gives incusd: its EnvironmentFile's PATH (Debian: /etc/default/incus), else systemd's default. */
+/**
+ * The PATH incus.service gives incusd without haul: the last PATH its Environment= and
+ * EnvironmentFile= lines set (Debian: /etc/default/incus), in the unit and then its drop-ins in
+ * name order (haul's own left out), else systemd's default. Read from the files, as systemd would
+ * at its next daemon-reload.
+ */
 async function unitPath(root: string): Promise<string> {
+  let unit: string | undefined;
   for (const dir of UNIT_DIRS) {
-    const unit = await readFile(join(root, dir, 'incus.service'), 'utf8').catch(() => undefined);
-    if (unit === undefined) continue;
-    let path: string | undefined;
-    for (const match of unit.matchAll(/^\s*Environment=(?:"?)PATH=([^"\s]+)/gm)) path = match[1];
-    for (const match of unit.matchAll(/^\s*EnvironmentFile=-?(\S+)/gm)) {
-      const file = await readFile(join(root, match[1]!), 'utf8').catch(() => '');
-      for (const line of file.matchAll(/^\s*PATH=["']?([^"'\s]+)/gm)) path = line[1];
-    }
-    return path ?? SYSTEMD_DEFAULT_PATH;
+    unit = await readFile(join(root, dir, 'incus.service'), 'utf8').catch(() => undefined);
+    if (unit !== undefined) break;
   }
-  return SYSTEMD_DEFAULT_PATH;
+  if (unit === undefined) return SYSTEMD_DEFAULT_PATH;
+  const dropIns: string[] = [];
+  for (const dir of [...UNIT_DIRS, '/run/systemd/system']) {
+    const names = await readdir(join(root, dir, 'incus.service.d')).catch(() => [] as string[]);
+    for (const name of names) if (name.endsWith('.conf') && join(dir, 'incus.service.d', name) !== DROP_IN) dropIns.push(join(dir, 'incus.service.d', name));
+  }
+  dropIns.sort((a, b) => (a.split('/').pop()! < b.split('/').pop()! ? -1 : 1));
+  let path: string | undefined;
+  for (const text of [unit, ...(await Promise.all(dropIns.map((file) => readFile(join(root, file), 'utf8').catch(() => ''))))]) {
+    for (const line of text.split('\n')) {
+      const environment = /^\s*Environment=(.*)$/.exec(line);
+      const fromSetting = environment ? /(?:^|\s)"?PATH=([^"\s]+)/.exec(environment[1]!) : null;
+      if (fromSetting) path = fromSetting[1];
+      const file = /^\s*EnvironmentFile=-?(\S+)/.exec(line);
+      if (!file) continue;
+      const content = await readFile(join(root, file[1]!), 'utf8').catch(() => '');
+      for (const setting of content.matchAll(/^\s*PATH=["']?([^"'\s]+)/gm)) path = setting[1];
+    }
+  }
+  return path ?? SYSTEMD_DEFAULT_PATH;
 }
 
 const dpkgDivert = (root: string, args: readonly string[]): Promise<unknown> =>
@@ -78,31 +96,50 @@ const dpkgDivert = (root: string, args: readonly string[]): Promise<unknown> =>
  */
 export async function wireHook(options: { readonly hookDir: string; readonly realCriu?: string; readonly root?: string }): Promise<HookWiring> {
   const root = options.root ?? '/';
+  if (!isAbsolute(options.hookDir)) throw new Error(`the hook's directory must be an absolute path, not ${JSON.stringify(options.hookDir)}: it goes on incusd's PATH as given`);
   const packaging = await detectIncusPackaging(root);
   if (packaging === 'zabbly') {
     const divertedTo = `${ZABBLY_CRIU}.haul-real`;
+    const diverted = await exists(join(root, divertedTo));
     // a second install keeps the diversion it made; the package's CRIU is then the diverted one
-    if (!(await exists(join(root, divertedTo)))) await dpkgDivert(root, ['--divert', divertedTo, '--rename', '--add', ZABBLY_CRIU]);
+    if (!diverted) {
+      // checked before anything moves: a named CRIU that cannot be the real one leaves the host as it was
+      if (options.realCriu !== undefined && (!isAbsolute(options.realCriu) || options.realCriu === ZABBLY_CRIU)) throw new Error(`on Zabbly's packages the hook takes ${ZABBLY_CRIU}'s place: name another CRIU, by an absolute path, or none (the package's, diverted)`);
+      await dpkgDivert(root, ['--divert', divertedTo, '--rename', '--add', ZABBLY_CRIU]);
+    }
     const realCriu = options.realCriu ?? divertedTo;
-    await installHook(join(root, dirname(ZABBLY_CRIU)), realCriu);
+    try {
+      await installHook(join(root, dirname(ZABBLY_CRIU)), realCriu, root);
+    } catch (error) {
+      // the package's CRIU goes back where it was, unless an earlier install had moved it
+      if (!diverted) await dpkgDivert(root, ['--rename', '--remove', ZABBLY_CRIU]).catch(() => {});
+      throw error;
+    }
     return { packaging, hook: ZABBLY_CRIU, realCriu, files: [], diversion: { path: ZABBLY_CRIU, divertedTo }, needsRestart: false };
   }
   if (packaging === 'systemd') {
     const path = await unitPath(root);
     const realCriu = options.realCriu ?? (await findRealCriu(path.split(':').filter(Boolean).map((dir) => join(root, dir, 'criu'))))?.slice(root === '/' ? 0 : root.length);
     if (!realCriu) throw new Error(`no CRIU on incusd's PATH (${path}): install one, or name it with --criu`);
-    await installHook(join(root, options.hookDir), realCriu);
+    await installHook(join(root, options.hookDir), realCriu, root);
     const hookFirst = [options.hookDir, ...path.split(':').filter((dir) => dir && dir !== options.hookDir)].join(':');
     await mkdir(dirname(join(root, PATH_FILE)), { recursive: true });
     await writeFile(join(root, PATH_FILE), `# written by haul agent install, removed by haul agent uninstall\nPATH=${hookFirst}\n`);
     await mkdir(dirname(join(root, DROP_IN)), { recursive: true });
-    await writeFile(join(root, DROP_IN), `# written by haul agent install, removed by haul agent uninstall: haul's CRIU hook first on\n# incusd's PATH (read after the unit's own EnvironmentFile=, so that this PATH wins)\n[Service]\nEnvironmentFile=${PATH_FILE}\n`);
+    // "-": should the PATH file go without the drop-in (an admin's hand), incusd still starts
+    await writeFile(join(root, DROP_IN), `# written by haul agent install, removed by haul agent uninstall: haul's CRIU hook first on\n# incusd's PATH (read after the unit's own EnvironmentFile=, so that this PATH wins)\n[Service]\nEnvironmentFile=-${PATH_FILE}\n`);
+    await reloadSystemd(root);
     return { packaging, hook: join(options.hookDir, 'criu'), realCriu, files: [DROP_IN, PATH_FILE], needsRestart: true };
   }
   const realCriu = options.realCriu ?? (await findRealCriu());
   if (!realCriu) throw new Error('no CRIU found: install one, or name it with --criu');
-  await installHook(join(root, options.hookDir), realCriu);
+  await installHook(join(root, options.hookDir), realCriu, root);
   return { packaging, hook: join(options.hookDir, 'criu'), realCriu, files: [], needsRestart: true };
+}
+
+/** systemd reads a unit's drop-ins at daemon-reload: without it a restart would start incusd as before. */
+async function reloadSystemd(root: string): Promise<void> {
+  if (root === '/' && (await exists('/run/systemd/system'))) await promisify(execFile)('systemctl', ['daemon-reload']);
 }
 
 /** Undoes `wiring` exactly: the hook, the files, the diversion (the package's CRIU back in place). */
@@ -112,4 +149,5 @@ export async function unwireHook(wiring: HookWiring, root = '/'): Promise<void> 
   // the drop-in's directory goes too, if haul's was all it held
   if (wiring.files.includes(DROP_IN)) await rmdir(join(root, dirname(DROP_IN))).catch(() => {});
   if (wiring.diversion) await dpkgDivert(root, ['--rename', '--remove', wiring.diversion.path]);
+  if (wiring.files.includes(DROP_IN)) await reloadSystemd(root);
 }

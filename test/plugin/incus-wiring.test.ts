@@ -46,7 +46,7 @@ describeOnHost('haul agent install on the Incus that Debian and Zabbly ship', ['
     const wiring = await wireHook({ hookDir: '/usr/local/lib/haul/hook', root });
     expect(wiring).toMatchObject({ packaging: 'systemd', hook: '/usr/local/lib/haul/hook/criu', realCriu: '/usr/sbin/criu', needsRestart: true });
     const dropIn = readFileSync(join(root, 'etc/systemd/system/incus.service.d/haul.conf'), 'utf8');
-    const pathFile = /^EnvironmentFile=(\S+)$/m.exec(dropIn)![1]!;
+    const pathFile = /^EnvironmentFile=-(\S+)$/m.exec(dropIn)![1]!;
     expect(readFileSync(join(root, pathFile), 'utf8')).toMatch(/^PATH=\/usr\/local\/lib\/haul\/hook:\/usr\/libexec\/incus:\/usr\/sbin:\/usr\/bin:\/sbin:\/bin$/m);
     expect(readFileSync(join(root, 'usr/local/lib/haul/hook/criu'), 'utf8')).toContain('/usr/sbin/criu');
 
@@ -80,9 +80,26 @@ describeOnHost('haul agent install on the Incus that Debian and Zabbly ship', ['
   it('an incusd no unit starts (systemd not running the host, as on the test bed): the hook alone, in its directory', async () => {
     const root = host();
     put(root, 'usr/lib/systemd/system/incus.service', '[Service]\nExecStart=/usr/libexec/incus/incusd\n');
+    put(root, 'usr/local/sbin/criu', '#!/bin/sh\necho CRIU\n', 0o755);
     expect(await detectIncusPackaging(root)).toBe('by-hand');
     const wiring = await wireHook({ hookDir: '/hook', realCriu: '/usr/local/sbin/criu', root });
     expect(wiring).toMatchObject({ packaging: 'by-hand', hook: '/hook/criu', files: [], needsRestart: true });
     expect(readdirSync(join(root, 'hook')).sort()).toEqual(['criu', 'criu-hook.pl']);
+  });
+
+  it('refuses a CRIU that would be the hook itself, by any name, and leaves the host as it was', async () => {
+    const root = host();
+    put(root, 'opt/incus/lib/systemd/incusd', '#!/bin/sh\n', 0o755);
+    put(root, 'opt/incus/bin/criu', '#!/bin/sh\necho ZABBLY CRIU\n', 0o755);
+    put(root, 'var/lib/dpkg/diversions', '');
+    const before = tree(root);
+    for (const realCriu of ['/opt/incus/bin/criu', 'criu']) {
+      await expect(wireHook({ hookDir: '/usr/local/lib/haul/hook', realCriu, root })).rejects.toThrow(/takes \/opt\/incus\/bin\/criu's place/);
+    }
+    expect(tree(root)).toEqual(before);
+    await expect(wireHook({ hookDir: 'relative/hook', root })).rejects.toThrow(/absolute path/);
+    const plain = host();
+    put(plain, 'hook/criu', '#!/bin/sh\n# haul-criu-hook: an older one\n', 0o755);
+    await expect(wireHook({ hookDir: '/hook', realCriu: '/hook/criu', root: plain })).rejects.toThrow(/haul's hook itself/);
   });
 });
