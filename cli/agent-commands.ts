@@ -130,7 +130,10 @@ export function addAgentCommands(program: Command, out: (line: string) => void):
       if (process.stdin.isTTY) process.stderr.write('the token from haul agent token on the other host: ');
       const text = (await new Promise<string>((resolve, reject) => {
         const lines = createInterface({ input: process.stdin });
-        lines.once('line', (line) => (lines.close(), resolve(line)));
+        lines.once('line', (line) => {
+          resolve(line);
+          lines.close();
+        });
         lines.once('close', () => resolve(''));
         process.stdin.once('error', reject);
       })).trim();
