@@ -27,6 +27,8 @@ export interface HookWiring {
   readonly realCriu: string;
   /** Files haul wrote for the wiring besides the hook (host paths). */
   readonly files: readonly string[];
+  /** Directories that install made (host paths, deepest first), removed again when empty. */
+  readonly directories?: readonly string[];
   /** zabbly: the package's CRIU, moved aside by dpkg-divert. */
   readonly diversion?: { readonly path: string; readonly divertedTo: string };
   /** Whether incusd must be restarted to find the hook (a PATH is read at its start). */
@@ -42,6 +44,15 @@ const PATH_FILE = '/etc/haul/incusd-path.env';
 const SYSTEMD_DEFAULT_PATH = '/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin';
 
 const exists = (path: string): Promise<boolean> => access(path, constants.F_OK).then(() => true, () => false);
+
+/** The directories of `paths` (host paths) not there yet, deepest first: what an install will make. */
+async function missingDirectories(root: string, paths: readonly string[]): Promise<string[]> {
+  const missing = new Set<string>();
+  for (const path of paths) {
+    for (let dir = path; dir !== '/' && !(await exists(join(root, dir))); dir = dirname(dir)) missing.add(dir);
+  }
+  return [...missing].sort((a, b) => b.length - a.length);
+}
 
 /** `root`: where the host's / is (a test's scratch tree; / on a host). */
 export async function detectIncusPackaging(root = '/'): Promise<IncusPackaging> {
@@ -118,6 +129,7 @@ export async function wireHook(options: { readonly hookDir: string; readonly rea
     return { packaging, hook: ZABBLY_CRIU, realCriu, files: [], diversion: { path: ZABBLY_CRIU, divertedTo }, needsRestart: false };
   }
   if (packaging === 'systemd') {
+    const directories = await missingDirectories(root, [options.hookDir, dirname(PATH_FILE), dirname(DROP_IN)]);
     const path = await unitPath(root);
     const realCriu = options.realCriu ?? (await findRealCriu(path.split(':').filter(Boolean).map((dir) => join(root, dir, 'criu'))))?.slice(root === '/' ? 0 : root.length);
     if (!realCriu) throw new Error(`no CRIU on incusd's PATH (${path}): install one, or name it with --criu`);
@@ -129,12 +141,13 @@ export async function wireHook(options: { readonly hookDir: string; readonly rea
     // "-": should the PATH file go without the drop-in (an admin's hand), incusd still starts
     await writeFile(join(root, DROP_IN), `# written by haul agent install, removed by haul agent uninstall: haul's CRIU hook first on\n# incusd's PATH (read after the unit's own EnvironmentFile=, so that this PATH wins)\n[Service]\nEnvironmentFile=-${PATH_FILE}\n`);
     await reloadSystemd(root);
-    return { packaging, hook: join(options.hookDir, 'criu'), realCriu, files: [DROP_IN, PATH_FILE], needsRestart: true };
+    return { packaging, hook: join(options.hookDir, 'criu'), realCriu, files: [DROP_IN, PATH_FILE], directories, needsRestart: true };
   }
   const realCriu = options.realCriu ?? (await findRealCriu());
   if (!realCriu) throw new Error('no CRIU found: install one, or name it with --criu');
+  const directories = await missingDirectories(root, [options.hookDir]);
   await installHook(join(root, options.hookDir), realCriu, root);
-  return { packaging, hook: join(options.hookDir, 'criu'), realCriu, files: [], needsRestart: true };
+  return { packaging, hook: join(options.hookDir, 'criu'), realCriu, files: [], directories, needsRestart: true };
 }
 
 /** systemd reads a unit's drop-ins at daemon-reload: without it a restart would start incusd as before. */
@@ -146,8 +159,8 @@ async function reloadSystemd(root: string): Promise<void> {
 export async function unwireHook(wiring: HookWiring, root = '/'): Promise<void> {
   await uninstallHook(join(root, dirname(wiring.hook)));
   for (const file of wiring.files) await rm(join(root, file), { force: true });
-  // the drop-in's directory goes too, if haul's was all it held
-  if (wiring.files.includes(DROP_IN)) await rmdir(join(root, dirname(DROP_IN))).catch(() => {});
+  // the directories install made go too, where what haul put there was all they held
+  for (const dir of wiring.directories ?? []) await rmdir(join(root, dir)).catch(() => {});
   if (wiring.diversion) await dpkgDivert(root, ['--rename', '--remove', wiring.diversion.path]);
   if (wiring.files.includes(DROP_IN)) await reloadSystemd(root);
 }

@@ -53,6 +53,9 @@ describeOnHost('haul agent install on the Incus that Debian and Zabbly ship', ['
     await unwireHook(wiring, root);
     const after = tree(root);
     expect(after).toEqual(before);
+    // and the directories it made are gone again
+    expect(readdirSync(join(root, 'usr'))).toEqual(['lib', 'sbin']);
+    expect(readdirSync(join(root, 'etc')).sort()).toEqual(['default']);
   });
 
   it("Zabbly's /opt/incus: its CRIU diverted (package upgrades write to the diverted name), the hook in its place, and undone exactly", async () => {
