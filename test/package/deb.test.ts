@@ -1,4 +1,5 @@
-import { execFileSync } from 'node:child_process';
+import { execFile, execFileSync } from 'node:child_process';
+import { promisify } from 'node:util';
 import { readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { afterAll, beforeAll, expect, it } from 'vitest';
@@ -11,8 +12,9 @@ describeOnHost('the Debian package (npm run package)', ['root'], () => {
   const scratch = scratchDir('package');
   let deb = '';
   const root = join(scratch.path, 'root');
-  beforeAll(() => {
-    deb = execFileSync(join(REPO, 'scripts/package'), [join(scratch.path, 'out')], { cwd: REPO, encoding: 'utf8', stdio: ['ignore', 'pipe', 'inherit'] }).trim();
+  beforeAll(async () => {
+    // asynchronously: a worker blocked while the package builds misses vitest's own calls
+    deb = (await promisify(execFile)(join(REPO, 'scripts/package'), [join(scratch.path, 'out')], { cwd: REPO, encoding: 'utf8', maxBuffer: 16 * 1024 * 1024 })).stdout.trim();
     execFileSync('dpkg-deb', ['-x', deb, root]);
   }, 300_000);
   afterAll(() => scratch.remove());
