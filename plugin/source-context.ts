@@ -5,7 +5,6 @@ import type { SourceMigration } from '../proxy/index.js';
 import type { IncusClient } from './incus-client.js';
 import type { InFlight, MigrationProgress } from './in-flight.js';
 import type { MigrationRecord, MigrationRecords } from './migration-records.js';
-import type { DiskCatchUp } from './source-disk.js';
 
 /** What every step of the agent's source side works with. */
 export interface SourceContext {
@@ -17,6 +16,12 @@ export interface SourceContext {
 
 /** How long the destination may take to store every page, and to report its restore. */
 export const PAGES_STORED_MS = 10 * 60_000;
+
+/** The container's root as the agent reaches it, and the time of the snapshot Incus sent. */
+export interface DiskCatchUp {
+  readonly root: string;
+  readonly sinceMs: number;
+}
 
 /** One migration this agent sends, from the moment its peer accepted it. */
 export interface Outgoing {

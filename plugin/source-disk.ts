@@ -1,12 +1,7 @@
 import { packDiskChanges } from '../proxy/index.js';
 import type { IncusInstance } from './incus-client.js';
-import { PAGES_STORED_MS, type Outgoing, type SourceContext } from './source-context.js';
+import { PAGES_STORED_MS, type DiskCatchUp, type Outgoing, type SourceContext } from './source-context.js';
 
-/** The container's root as the agent reaches it, and the time of the snapshot Incus sent. */
-export interface DiskCatchUp {
-  readonly root: string;
-  readonly sinceMs: number;
-}
 
 /**
  * Pools whose migration sends the root filesystem once, from a snapshot taken before the dump,

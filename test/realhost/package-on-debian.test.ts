@@ -46,7 +46,9 @@ describeOnHost('the package on a Debian 12 host booted by systemd, with Debian\'
   let pathBefore: string | undefined;
 
   beforeAll(async () => {
-    // asynchronously: a worker blocked for the minute this can take misses vitest's own calls
+    // asynchronously: a worker blocked for the minute this can take misses vitest's own calls;
+    // a fresh host, whatever an interrupted run left of the last one
+    await run(join(REPO, 'scripts/realhost'), ['down', HOST]);
     await run(join(REPO, 'scripts/realhost'), ['up', HOST], { encoding: 'utf8', maxBuffer: 16 * 1024 * 1024 });
     const deb = (await run(join(REPO, 'scripts/package'), [join(scratch.path, 'out')], { cwd: REPO, encoding: 'utf8', maxBuffer: 16 * 1024 * 1024 })).stdout.trim();
     copyFileSync(deb, `${ROOT}/var/tmp/haul.deb`);
