@@ -35,18 +35,28 @@ export interface MigrationRecord {
  * (a full disk) is said in the log, and never stops a caller.
  */
 export class MigrationRecords {
+  /** The writes so far, one after another: a prune rewrites the file, and no append may fall between its read and its rename. */
+  private writes: Promise<unknown> = Promise.resolve();
+
   constructor(
     readonly path: string,
     private readonly hostName = '',
     private readonly log: (line: string) => void = () => {},
   ) {}
 
+  /** Runs `write` once the writes before it have ended, whatever their outcome. */
+  private inTurn<T>(write: () => Promise<T>): Promise<T> {
+    const turn = this.writes.then(write, write);
+    this.writes = turn.catch(() => {});
+    return turn;
+  }
+
   /** Appends `record`; resolves false (and logs why) when it could not be written, never rejects. */
   async add(record: MigrationRecord): Promise<boolean> {
     const ends = record.role === 'source' ? { source: this.hostName, target: record.peer } : { source: record.peer, target: this.hostName };
     const whole = { ...ends, ...record };
     try {
-      await appendFile(this.path, `${JSON.stringify(whole)}\n`, { mode: 0o600 });
+      await this.inTurn(() => appendFile(this.path, `${JSON.stringify(whole)}\n`, { mode: 0o600 }));
       return true;
     } catch (error) {
       this.log(`could not record migration ${record.id} of ${record.instance} (${record.result}) in ${this.path}: ${error instanceof Error ? error.message : String(error)}`);
@@ -66,17 +76,18 @@ export class MigrationRecords {
 
   /**
    * Keeps the records of the last `maxAgeDays` days, at most the newest `maxEntries` of them;
-   * resolves how many it dropped. A record added meanwhile may be lost, so the agent prunes when it
-   * starts and then once a day, never in the middle of a burst of moves.
+   * resolves how many it dropped. Records added meanwhile wait for it, and are kept.
    */
-  async prune(maxAgeDays: number, maxEntries: number, now = Date.now()): Promise<number> {
-    const all = await this.all();
-    const since = now - maxAgeDays * 86_400_000;
-    const kept = all.filter((record) => !(Date.parse(record.startedAt) < since)).slice(-maxEntries);
-    if (kept.length === all.length) return 0;
-    const fresh = `${this.path}.pruned`;
-    await writeFile(fresh, kept.map((record) => `${JSON.stringify(record)}\n`).join(''), { mode: 0o600 });
-    await rename(fresh, this.path);
-    return all.length - kept.length;
+  prune(maxAgeDays: number, maxEntries: number, now = Date.now()): Promise<number> {
+    return this.inTurn(async () => {
+      const all = await this.all();
+      const since = now - maxAgeDays * 86_400_000;
+      const kept = all.filter((record) => !(Date.parse(record.startedAt) < since)).slice(-maxEntries);
+      if (kept.length === all.length) return 0;
+      const fresh = `${this.path}.pruned`;
+      await writeFile(fresh, kept.map((record) => `${JSON.stringify(record)}\n`).join(''), { mode: 0o600 });
+      await rename(fresh, this.path);
+      return all.length - kept.length;
+    });
   }
 }

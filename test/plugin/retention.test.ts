@@ -27,6 +27,13 @@ describe('what the agent keeps of past migrations', () => {
     expect(await records.prune(90, 2, NOW)).toBe(0);
   });
 
+  it('loses no record added while a prune rewrites the file', async () => {
+    const records = new MigrationRecords(join(scratch(), 'migrations.jsonl'));
+    await records.add(record('old', 100));
+    await Promise.all([records.prune(90, 10, NOW), records.add(record('new', 0)), records.add(record('newer', 0))]);
+    expect((await records.all()).map((r) => r.id)).toEqual(['new', 'newer']);
+  });
+
   it("incoming migrations' directories that began before the cut, and nothing else there", async () => {
     const incoming = scratch();
     const old = `${NOW - 100 * DAY}-1`;
