@@ -15,7 +15,7 @@ import { logStrayErrors } from './stray-errors.js';
 import { EXIT } from './exit-codes.js';
 import { formatOf, withFormat, type OutputFormat } from './output-format.js';
 import { AgentConfigError, DEFAULT_AGENT_CONFIG } from './agent-config.js';
-import { DEFAULT_RESTORE_TIMEOUT_S, agentSettings, parseAgentMode, parsePeer, parsePositiveMinutes, parsePositiveSeconds, type AgentFlags } from './agent-settings.js';
+import { DEFAULT_RESTORE_TIMEOUT_S, agentSettings, parseAgentMode, parsePeer, parsePositiveSeconds, positiveNumber, type AgentFlags } from './agent-settings.js';
 import { logLineFormat } from './log-lines.js';
 
 const DEFAULT_HOOK_DIR = '/usr/local/lib/haul/hook';
@@ -31,10 +31,14 @@ const RESTART_KEEPS_CONTAINERS = 'running containers keep running: incus.service
 /** The pairing tokens this host issued and its agent has not yet seen used. */
 const pairingOffers = (stateDir: string): PairingOffers => new PairingOffers(join(stateDir, 'pairing-offers'));
 
+/** wireHook and unwireHook have had systemd re-read the unit already. */
 async function restartIncusd(): Promise<void> {
-  await promisify(execFile)('systemctl', ['daemon-reload']);
   await promisify(execFile)('systemctl', ['restart', 'incus.service']);
 }
+
+/** What `haul agent install` recorded it did in `stateDir`, if it ran there (a file only root writes). */
+const readHookWiring = (stateDir: string): Promise<HookWiring | undefined> =>
+  readFile(join(stateDir, HOOK_WIRING_FILE), 'utf8').then((text) => JSON.parse(text) as HookWiring, () => undefined);
 /** How long a stopping agent waits for its moves in progress; haul-agent.service's TimeoutStopSec is longer. */
 const DRAIN_MS = 14 * 60_000;
 
@@ -105,7 +109,7 @@ export function addAgentCommands(program: Command, out: (line: string) => void):
     .option('--config <file>', "the agent's configuration file", DEFAULT_AGENT_CONFIG)
     .option('--address <host:port>', 'where the other host reaches this one (default: listen in the configuration, unless it is a wildcard)')
     .option('--name <name>', "this host's name, as the other host will call it (default: name in the configuration, else the hostname)")
-    .option('--expires <minutes>', 'how long the token is good for', parsePositiveMinutes, 10)
+    .option('--expires <minutes>', 'how long the token is good for', positiveNumber('minutes'), 10)
     .action(async (flags: { config: string; address?: string; name?: string; expires: number }, command: Command) => {
       const stateDir = stateDirOf(command);
       const settings = await agentSettings(command, { config: flags.config, incusDir: '/var/lib/incus', peer: [], ...(flags.name ? { name: flags.name } : {}) });
@@ -139,7 +143,7 @@ export function addAgentCommands(program: Command, out: (line: string) => void):
       })).trim();
       if (!text) throw new AgentConfigError('no pairing token on stdin (haul agent join < file, or paste it when asked)');
       const settings = await agentSettings(command, { config: flags.config, incusDir: '/var/lib/incus', peer: [], ...(flags.name ? { name: flags.name } : {}) });
-      const token = decodePairingToken(text.trim());
+      const token = decodePairingToken(text);
       const peer = await joinPeer(token, { identity: await loadOrCreateIdentity(stateDir), trust: await openTrustStore(stateDir), name: settings.name });
       out(`paired with ${peer} (${token.address}): each host trusts the other, ${peer} calls this one ${settings.name}`);
       out(`to move containers there, add under [peers] in ${flags.config}: ${peer} = "${token.address}", then systemctl restart haul-agent (and the same for this host there)`);
@@ -154,7 +158,7 @@ export function addAgentCommands(program: Command, out: (line: string) => void):
     .action(async (options: { hookDir: string; criu?: string; restart: boolean }, command: Command) => {
       const wiringFile = join(stateDirOf(command), HOOK_WIRING_FILE);
       // an earlier install is undone first: one wiring at a time, and its record always the one in place
-      const earlier = await readFile(wiringFile, 'utf8').then((text) => JSON.parse(text) as HookWiring, () => undefined);
+      const earlier = await readHookWiring(stateDirOf(command));
       if (earlier) await unwireHook(earlier);
       const wiring = await wireHook({ hookDir: options.hookDir, ...(options.criu ? { realCriu: options.criu } : {}) });
       await mkdir(stateDirOf(command), { recursive: true, mode: 0o700 });
@@ -174,7 +178,7 @@ export function addAgentCommands(program: Command, out: (line: string) => void):
     .option('--restart', 'restart incusd where it must be restarted to stop finding the hook', false)
     .action(async (options: { hookDir: string; restart: boolean }, command: Command) => {
       const wiringFile = join(stateDirOf(command), HOOK_WIRING_FILE);
-      const kept = await readFile(wiringFile, 'utf8').then((text) => JSON.parse(text) as HookWiring, () => undefined);
+      const kept = await readHookWiring(stateDirOf(command));
       if (!kept) return out((await uninstallHook(options.hookDir)) ? `removed ${options.hookDir}/criu` : `no hook in ${options.hookDir}`);
       await unwireHook(kept);
       await rm(wiringFile, { force: true });
@@ -203,7 +207,7 @@ export function addAgentCommands(program: Command, out: (line: string) => void):
     const identity = flags.insecure ? undefined : await loadIdentity(stateDir);
     const security = flags.insecure ? { insecure: true } : identity ? { identity, trust: await openTrustStore(stateDir) } : undefined;
     const scheme = flags.insecure ? 'ws' : 'wss';
-    const wiring = await readFile(join(stateDir, HOOK_WIRING_FILE), 'utf8').then((text) => JSON.parse(text) as HookWiring, () => undefined);
+    const wiring = await readHookWiring(stateDir);
     const checks = await diagnose({
       ...(wiring ? { wiring } : {}),
       incusDir: settings.incusDir, criuBinary: settings.criu, endpoint: security ? { ...security, application: hostHandshake(host), resumeWindowMs: 1000 } : { noIdentityIn: stateDir },

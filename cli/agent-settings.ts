@@ -1,6 +1,6 @@
 import { hostname } from 'node:os';
 import { InvalidArgumentError, type Command } from 'commander';
-import { findRealCriu, parseHaulMode, type HaulMode, type Peer } from '../plugin/index.js';
+import { DEFAULT_RETENTION, findRealCriu, parseHaulMode, type HaulMode, type Peer, type Retention } from '../plugin/index.js';
 import { AgentConfigError, readAgentConfig, type AgentConfig } from './agent-config.js';
 import { parseListen } from './host-and-address.js';
 
@@ -14,7 +14,7 @@ export interface AgentSettings {
   /** Undefined where none is named and none of KNOWN_CRIU_LOCATIONS is there. */
   readonly criu: string | undefined;
   readonly restoreTimeoutS: number;
-  readonly records: { readonly maxAgeDays: number; readonly maxEntries: number };
+  readonly records: Retention;
 }
 
 /** The flags `haul agent run` and `haul doctor` share with agent.conf, as commander parsed them. */
@@ -30,7 +30,6 @@ export interface AgentFlags {
 }
 
 export const DEFAULT_RESTORE_TIMEOUT_S = 300;
-const DEFAULT_RECORDS = { maxAgeDays: 90, maxEntries: 10_000 };
 
 export function parsePeer(value: string, previous: Peer[]): Peer[] {
   const match = /^([^=]+)=(.+:\d+)$/.exec(value);
@@ -45,17 +44,16 @@ export function parseAgentMode(value: string): HaulMode {
   return mode;
 }
 
-export function parsePositiveMinutes(value: string): number {
-  const minutes = Number(value);
-  if (!Number.isFinite(minutes) || minutes <= 0) throw new InvalidArgumentError(`expected a number of minutes above 0, got ${JSON.stringify(value)}`);
-  return minutes;
+/** A commander parser of a number above 0, in `unit` (its error names the unit). */
+export function positiveNumber(unit: 'seconds' | 'minutes'): (value: string) => number {
+  return (value) => {
+    const number = Number(value);
+    if (!Number.isFinite(number) || number <= 0) throw new InvalidArgumentError(`expected a number of ${unit} above 0, got ${JSON.stringify(value)}`);
+    return number;
+  };
 }
 
-export function parsePositiveSeconds(value: string): number {
-  const seconds = Number(value);
-  if (!Number.isFinite(seconds) || seconds <= 0) throw new InvalidArgumentError(`expected a number of seconds above 0, got ${JSON.stringify(value)}`);
-  return seconds;
-}
+export const parsePositiveSeconds = positiveNumber('seconds');
 
 /** Reads agent.conf (the --config file) and lays the flags given on the command line over it. */
 export async function agentSettings(command: Command, flags: AgentFlags): Promise<AgentSettings> {
@@ -85,8 +83,8 @@ export async function agentSettings(command: Command, flags: AgentFlags): Promis
     criu,
     restoreTimeoutS: pick('restoreTimeout', flags.restoreTimeout, 'restore-timeout', parsePositiveSeconds) ?? DEFAULT_RESTORE_TIMEOUT_S,
     records: {
-      maxAgeDays: config.records?.['max-age-days'] ?? DEFAULT_RECORDS.maxAgeDays,
-      maxEntries: config.records?.['max-entries'] ?? DEFAULT_RECORDS.maxEntries,
+      maxAgeDays: config.records?.['max-age-days'] ?? DEFAULT_RETENTION.maxAgeDays,
+      maxEntries: config.records?.['max-entries'] ?? DEFAULT_RETENTION.maxEntries,
     },
   };
 }

@@ -33,7 +33,7 @@ export interface AgentOptions extends EndpointOptions {
   readonly restoreTimeoutMs?: number;
   readonly log?: (line: string) => void;
   /** How long migration records and incoming migrations' directories are kept; the newest records kept at most. */
-  readonly retention?: { readonly maxAgeDays: number; readonly maxEntries: number };
+  readonly retention?: Retention;
 }
 
 /**
@@ -182,11 +182,17 @@ async function finishLeftover(left: MigrationProgress, incus: IncusClient, recor
   }
 }
 
-const DEFAULT_RETENTION = { maxAgeDays: 90, maxEntries: 10_000 };
+/** How long the agent keeps migration records and incoming migrations' directories, and how many records at most. */
+export interface Retention {
+  readonly maxAgeDays: number;
+  readonly maxEntries: number;
+}
+
+export const DEFAULT_RETENTION: Retention = { maxAgeDays: 90, maxEntries: 10_000 };
 const PRUNE_EVERY_MS = 86_400_000;
 
 /** Drops records and incoming directories past `retention`; never fails the agent (it says why in the log). */
-async function pruneOld(records: MigrationRecords, incomingDir: string, retention: { readonly maxAgeDays: number; readonly maxEntries: number }, log: (line: string) => void): Promise<void> {
+async function pruneOld(records: MigrationRecords, incomingDir: string, retention: Retention, log: (line: string) => void): Promise<void> {
   const before = Date.now() - retention.maxAgeDays * 86_400_000;
   try {
     const dropped = await records.prune(retention.maxAgeDays, retention.maxEntries);

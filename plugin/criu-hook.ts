@@ -61,7 +61,7 @@ export async function installHook(hookDir: string, realCriu: string, root = '/')
   const real = join(root, realCriu);
   if (!(await access(real, constants.X_OK).then(() => true, () => false))) throw new Error(`${realCriu} is not an executable CRIU`);
   const [realTarget, hookTarget] = await Promise.all([realpath(real), realpath(path).catch(() => undefined)]);
-  if (realTarget === hookTarget || (await startsWithMark(real))) throw new Error(`${realCriu} is haul's hook itself: name the CRIU it should run`);
+  if (realTarget === hookTarget || (await isHaulHook(real))) throw new Error(`${realCriu} is haul's hook itself: name the CRIU it should run`);
   const existing = await readFile(path, 'utf8').catch(() => undefined);
   if (existing !== undefined && !existing.includes(MARK)) throw new Error(`${path} exists and is not haul's hook; not replacing it`);
   await mkdir(hookDir, { recursive: true });
@@ -94,13 +94,13 @@ export const KNOWN_CRIU_LOCATIONS = ['/opt/incus/bin/criu.haul-real', '/opt/incu
 export async function findRealCriu(candidates: readonly string[] = KNOWN_CRIU_LOCATIONS): Promise<string | undefined> {
   for (const candidate of candidates) {
     if (!(await access(candidate, constants.X_OK).then(() => true, () => false))) continue;
-    if (!(await startsWithMark(candidate))) return candidate;
+    if (!(await isHaulHook(candidate))) return candidate;
   }
   return undefined;
 }
 
-/** Whether the file's first few KiB hold the hook's mark (haul's hook is a short script; CRIU is not). */
-async function startsWithMark(path: string): Promise<boolean> {
+/** Whether the file is haul's hook: its first few KiB hold the hook's mark (the hook is a short script; CRIU is not). */
+export async function isHaulHook(path: string): Promise<boolean> {
   const file = await open(path).catch(() => undefined);
   if (!file) return false;
   try {

@@ -9,7 +9,7 @@ import { criuVersion } from '../src/criu/index.js';
 import { canGuardLoopbackPorts, pickPrivilegedLoopbackPort } from '../src/host/index.js';
 import { dialLink, type EndpointOptions } from '../src/link/index.js';
 import { peerHost } from '../proxy/index.js';
-import { KNOWN_CRIU_LOCATIONS } from './criu-hook.js';
+import { KNOWN_CRIU_LOCATIONS, isHaulHook } from './criu-hook.js';
 import type { HookWiring } from './incus-wiring.js';
 import { hookSocketPath } from './hook-protocol.js';
 import { cutConnections } from './incus-connections.js';
@@ -44,12 +44,12 @@ function sysctl(name: string): string {
   return readFileSync(`/proc/sys/${name.replace(/\./g, '/')}`, 'utf8').trim();
 }
 
-/** The first executable named `criu` on a PATH, and that PATH. */
-function firstCriu(path: string): string | undefined {
+/** The first executable named `name` in the directories of `path` (a PATH), if any. */
+function firstOnPath(name: string, path: string): string | undefined {
   for (const dir of path.split(':').filter(Boolean)) {
     try {
-      accessSync(join(dir, 'criu'), constants.X_OK);
-      return join(dir, 'criu');
+      accessSync(join(dir, name), constants.X_OK);
+      return join(dir, name);
     } catch {
       // not here
     }
@@ -72,17 +72,6 @@ function networkLockOf(config: string): string | undefined {
   return lock;
 }
 
-function firstOnPath(name: string): string | undefined {
-  for (const dir of (process.env['PATH'] ?? '/usr/sbin:/usr/bin:/sbin:/bin').split(':').filter(Boolean)) {
-    try {
-      accessSync(join(dir, name), constants.X_OK);
-      return join(dir, name);
-    } catch {
-      // not here
-    }
-  }
-  return undefined;
-}
 
 /** Whether what `haul agent install` did is still in place: the hook, its files, its diversion. */
 async function wiringFound(wiring: HookWiring): Promise<[boolean, string, string]> {
@@ -96,7 +85,7 @@ async function wiringFound(wiring: HookWiring): Promise<[boolean, string, string
     }
   });
   if (missing.length) return [false, `${wiring.packaging}: missing ${missing.join(', ')}`, fix];
-  if (!readFileOr(wiring.hook).includes('haul-criu-hook')) return [false, `${wiring.hook} is not haul's hook any more (a package upgrade?)`, fix];
+  if (!(await isHaulHook(wiring.hook))) return [false, `${wiring.hook} is not haul's hook any more (a package upgrade?)`, fix];
   if (wiring.diversion) {
     const by = await promisify(execFile)('dpkg-divert', ['--listpackage', wiring.diversion.path]).then(({ stdout }) => stdout.trim(), () => '');
     if (by !== 'haul') return [false, `${wiring.diversion.path} is not diverted by haul (${by || 'not diverted'})`, fix];
@@ -163,7 +152,8 @@ export async function diagnose(options: DoctorOptions): Promise<Check[]> {
   add('failed-restore guard (ss -K)', guard.ok, guard.found, "as root, with iproute2 installed and a kernel built with CONFIG_INET_DIAG_DESTROY: after a failed restore haul cuts Incus' migration connections, so that Incus cannot report the failure as a success");
 
   const lock = networkLockOf(readFileOr('/etc/criu/default.conf'));
-  const hasIptables = [firstOnPath('iptables-restore'), firstOnPath('ip6tables-restore')].every(Boolean);
+  const ownPath = process.env['PATH'] ?? '/usr/sbin:/usr/bin:/sbin:/bin';
+  const hasIptables = [firstOnPath('iptables-restore', ownPath), firstOnPath('ip6tables-restore', ownPath)].every(Boolean);
   add("CRIU's network lock", lock === 'nftables' || lock === 'skip' || hasIptables, lock ? `network-lock ${lock} in /etc/criu/default.conf` : `CRIU's default (iptables)${hasIptables ? '' : ', but iptables-restore or ip6tables-restore is missing'}`, "echo 'network-lock nftables' >> /etc/criu/default.conf (CRIU locks a dumped container's network with iptables unless told otherwise, and its dump fails without both iptables-restore and ip6tables-restore)");
 
   if (options.wiring) add('hook wiring', ...(await wiringFound(options.wiring)));
@@ -176,13 +166,13 @@ export async function diagnose(options: DoctorOptions): Promise<Check[]> {
     add('incusd', true, `Incus ${server.environment?.server_version ?? '?'}, pid ${pid ?? '?'}, at ${incus.socketPath}`);
     if (pid) {
       const path = readFileSync(`/proc/${pid}/environ`, 'utf8').split('\0').find((entry) => entry.startsWith('PATH='))?.slice(5) ?? '';
-      const criu = firstCriu(path);
-      const isHook = criu !== undefined && readFileSync(criu, 'utf8').includes('haul-criu-hook');
+      const criu = firstOnPath('criu', path);
+      const isHook = criu !== undefined && (await isHaulHook(criu));
       add('CRIU hook first on incusd\'s PATH', isHook, criu ? `${criu}${isHook ? '' : ' (not the hook)'}` : 'no criu on its PATH', 'haul agent install, then restart incusd with the hook\'s directory first on its PATH');
     }
     // a move through haul is a live move: Incus makes it only of an instance that allows it
     const notLive = (await incus.instances())
-      .filter((instance) => (instance.expanded_config['user.haul.mode'] ?? '') !== 'off' && instance.expanded_config['user.haul.mode'] !== undefined && instance.expanded_config['migration.stateful'] !== 'true')
+      .filter(({ expanded_config: config }) => config['user.haul.mode'] !== undefined && config['user.haul.mode'] !== 'off' && config['migration.stateful'] !== 'true')
       .map((instance) => instance.name);
     add('instances haul moves can move live', notLive.length === 0, notLive.length ? `user.haul.mode set but not migration.stateful=true: ${notLive.slice(0, 10).join(', ')}` : 'every instance that sets user.haul.mode sets migration.stateful=true', `incus config set ${notLive[0] ?? 'NAME'} migration.stateful=true (for each; Incus moves the others stopped, without haul)`);
   } catch (error) {

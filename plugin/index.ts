@@ -1,7 +1,7 @@
 /**
  * The Incus extension: an agent beside incusd, its CRIU hook, and what the agent records.
  */
-export { Agent, InsecureAgentError } from './agent.js';
+export { Agent, DEFAULT_RETENTION, InsecureAgentError, type Retention } from './agent.js';
 export { diagnose } from './doctor.js';
 export { KNOWN_CRIU_LOCATIONS, findRealCriu, installHook, uninstallHook } from './criu-hook.js';
 export { detectIncusPackaging, unwireHook, wireHook, type HookWiring, type IncusPackaging } from './incus-wiring.js';

@@ -30,12 +30,12 @@ export class TrustStore {
     private readonly path: string,
     private peers: TrustedPeer[],
   ) {
-    this.loaded = mtimeOf(path);
+    this.loaded = versionOf(path);
   }
 
   /** The file's peers, if another process changed it since this store last read or wrote it. */
   private refresh(): void {
-    const changed = mtimeOf(this.path);
+    const changed = versionOf(this.path);
     if (changed === this.loaded) return;
     // removed: trusting no one is what an emptied store means
     if (changed === 'none') {
@@ -98,12 +98,12 @@ export class TrustStore {
     const fresh = `${this.path}.${process.pid}.${randomBytes(4).toString('hex')}.new`;
     await writeFile(fresh, `${JSON.stringify({ peers: this.peers }, null, 2)}\n`, { mode: 0o600 });
     await rename(fresh, this.path);
-    this.loaded = mtimeOf(this.path);
+    this.loaded = versionOf(this.path);
   }
 }
 
 /** Which version of the file is there: its inode (each save renames a new one in) and its change time. */
-function mtimeOf(path: string): string {
+function versionOf(path: string): string {
   try {
     const stat = statSync(path, { bigint: true });
     return `${stat.ino}:${stat.mtimeNs}`;
