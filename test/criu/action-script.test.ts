@@ -1,7 +1,7 @@
 import { spawn } from 'node:child_process';
 import { once } from 'node:events';
 import { createInterface } from 'node:readline';
-import { chmodSync, mkdirSync, readFileSync, writeFileSync } from 'node:fs';
+import { chmodSync, mkdirSync, readdirSync, readFileSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { describe, expect, it } from 'vitest';
@@ -161,6 +161,23 @@ describe('the action script haul writes', () => {
       expect(await exited).toBe(0);
       expect(await detached.innerStatus('post-dump')).toBe(7);
       await detached.close();
+    } finally {
+      scratch.remove();
+    }
+  });
+
+  it('leaves nothing behind when a detached step ends after haul closed and removed its directory', async () => {
+    const scratch = scratchDir('actions-late');
+    try {
+      const inner = join(scratch.path, 'slow-inner.sh');
+      writeFileSync(inner, `#!/bin/sh\nsleep 0.3\nexit 0\n`, { mode: 0o755 });
+      const dir = join(scratch.path, 'actions');
+      const script = await ActionScript.create(dir, { inner, steps: { 'post-dump': { inner: 'detach' } } });
+      expect(await run(script, 'post-dump')).toBe(0);
+      await script.close({ remove: true });
+      mkdirSync(dir); // made again, as the next run's would be
+      await sleep(800);
+      expect(readdirSync(dir)).toEqual([]);
     } finally {
       scratch.remove();
     }

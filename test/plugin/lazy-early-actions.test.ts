@@ -19,8 +19,10 @@ async function act(script: string, action: string): Promise<number> {
 }
 
 describe("the action script of a lazy Incus dump (haul's own image directory)", () => {
-  const cleanups: Array<() => void> = [];
-  afterEach(() => cleanups.splice(0).reverse().forEach((cleanup) => cleanup()));
+  const cleanups: Array<() => void | Promise<unknown>> = [];
+  afterEach(async () => {
+    for (const cleanup of cleanups.splice(0).reverse()) await cleanup();
+  });
 
   function setUp(incusScriptBody: string) {
     const scratch = scratchDir('lazy-actions');
@@ -38,7 +40,7 @@ describe("the action script of a lazy Incus dump (haul's own image directory)", 
     const { dir, dumpDir, checkpointDir, incusScript } = setUp('sleep 1; exit 3');
     for (const name of ['inventory.img', 'pstree.img', 'pagemap-1.img', 'pagemap-shmem-9.img', 'pages-1.img', 'pages-2.img', 'name with space.img']) writeFileSync(`${dumpDir}/${name}`, name);
     const actions = await LazyEarlyActions.create(`${dir}/work`, incusScript, { dumpDir, checkpointDir });
-    cleanups.push(() => void actions.close());
+    cleanups.push(() => actions.close());
     const started = Date.now();
     expect(await act(actions.scriptPath, 'post-dump')).toBe(0);
     expect(Date.now() - started).toBeLessThan(900); // Incus' step (1 s here) runs on, detached
@@ -54,7 +56,7 @@ describe("the action script of a lazy Incus dump (haul's own image directory)", 
     const { dir, dumpDir, incusScript } = setUp('exit 0');
     writeFileSync(`${dumpDir}/pstree.img`, 'x');
     const actions = await LazyEarlyActions.create(`${dir}/work`, incusScript, { dumpDir, checkpointDir: `${dir}/no-such-dir` });
-    cleanups.push(() => void actions.close());
+    cleanups.push(() => actions.close());
     expect(await act(actions.scriptPath, 'post-dump')).not.toBe(0);
     await sleep(200);
     expect(readdirSync(dir)).not.toContain('incus-ran');
@@ -63,7 +65,7 @@ describe("the action script of a lazy Incus dump (haul's own image directory)", 
   it("passes CRIU's other actions to Incus' script and reports when the lazy page server listens", async () => {
     const { dir, dumpDir, checkpointDir, incusScript } = setUp('exit 0');
     const actions = await LazyEarlyActions.create(`${dir}/work`, incusScript, { dumpDir, checkpointDir });
-    cleanups.push(() => void actions.close());
+    cleanups.push(() => actions.close());
     expect(await act(actions.scriptPath, 'network-lock')).toBe(0);
     expect(await act(actions.scriptPath, 'status-ready')).toBe(0);
     await actions.statusReady;
@@ -74,7 +76,7 @@ describe("the action script of a lazy Incus dump (haul's own image directory)", 
     const { dir, dumpDir, checkpointDir, incusScript } = setUp('exit 0');
     writeFileSync(`${dumpDir}/pstree.img`, 'x');
     const actions = await LazyEarlyActions.create(`${dir}/work`, incusScript, { dumpDir, checkpointDir });
-    cleanups.push(() => void actions.close());
+    cleanups.push(() => actions.close());
     expect(actions.abandon()).toBe(true); // not past post-dump: it fails there
     expect(await act(actions.scriptPath, 'post-dump')).not.toBe(0);
     await expect(actions.postDump).rejects.toThrow(/abandoned/);
@@ -85,9 +87,10 @@ describe("the action script of a lazy Incus dump (haul's own image directory)", 
   it('leaves the source to CRIU\'s lazy page server once past post-dump', async () => {
     const { dir, dumpDir, checkpointDir, incusScript } = setUp('exit 0');
     const actions = await LazyEarlyActions.create(`${dir}/work`, incusScript, { dumpDir, checkpointDir });
-    cleanups.push(() => void actions.close());
+    cleanups.push(() => actions.close());
     expect(await act(actions.scriptPath, 'post-dump')).toBe(0);
     await actions.postDump;
     expect(actions.abandon()).toBe(false);
+    expect(await actions.incusPostDump).toBe(0); // Incus' step, detached, ends before the test does
   });
 });

@@ -58,6 +58,8 @@ const PERL = '/usr/bin/perl';
  * once when no writer holds it.
  */
 const HOLD_ANSWER = packageFile('src/criu/run/hold-answer.pl', import.meta.url);
+/** How the script tells haul a line (tell-haul.pl): never makes a file where the FIFO has gone. */
+const TELL_HAUL = packageFile('src/criu/run/tell-haul.pl', import.meta.url);
 
 interface Waiter<T> {
   readonly promise: Promise<T>;
@@ -78,8 +80,9 @@ function waiter<T>(): Waiter<T> {
  * tells haul about the actions named in its plan through a FIFO, and waits for haul's answer on a
  * second one where the plan holds an action. haul's side of both is non-blocking and read through
  * the event loop: a blocking FIFO open would hold one of libuv's four threads until CRIU got
- * there. The script opens the events FIFO read-write (`1<>`), so its writes never wait for a
- * reader that may be gone; haul holds the answers FIFO open read-write until it closes, and the
+ * there. haul holds the events FIFO open read-write, and the script writes to it without waiting
+ * (tell-haul.pl), so a line to a haul that is gone is dropped, never waited on, and never leaves a
+ * file behind; haul holds the answers FIFO open read-write until it closes, and the
  * script waits on it without blocking (hold-answer.pl), so the wait ends at once, in a failure,
  * when haul is no longer there to answer.
  */
@@ -190,10 +193,10 @@ function scriptText(plan: ActionScriptPlan, eventsPath: string, answersPath: str
     else if (step.tell) lines.push('tell');
     const then = inner ? (step.inner ?? 'run') : 'skip';
     if (then === 'run') lines.push(runInner);
-    if (then === 'report') lines.push('"$inner"', 'status=$?', 'echo "$CRTOOLS_SCRIPT_ACTION status $status" 1<> "$events"', 'exit "$status"');
+    if (then === 'report') lines.push('"$inner"', 'status=$?', 'say "$CRTOOLS_SCRIPT_ACTION status $status"', 'exit "$status"');
     if (then === 'detach') {
       // its own session, its output nowhere: CRIU goes on at once, and does not wait for it
-      lines.push(`setsid -f /bin/sh -c '"$1"; echo "$3 status $?" 1<> "$2"' sh "$inner" "$events" "$CRTOOLS_SCRIPT_ACTION" </dev/null >/dev/null 2>&1`, 'exit 0');
+      lines.push(`setsid -f /bin/sh -c '"$1"; ${PERL} "$2" "$3" "$4 status $?"' sh "$inner" ${shellWord(TELL_HAUL)} "$events" "$CRTOOLS_SCRIPT_ACTION" </dev/null >/dev/null 2>&1`, 'exit 0');
     }
     if (then === 'skip') lines.push('exit 0');
     return `  ${action})\n${lines.map((line) => `    ${line}`).join('\n')} ;;`;
@@ -203,7 +206,8 @@ function scriptText(plan: ActionScriptPlan, eventsPath: string, answersPath: str
 events=${shellWord(eventsPath)}
 answers=${shellWord(answersPath)}
 inner=${shellWord(inner ?? '')}
-tell() { echo "$CRTOOLS_SCRIPT_ACTION \${CRTOOLS_INIT_PID:-0}" 1<> "$events"; }
+say() { ${PERL} ${shellWord(TELL_HAUL)} "$events" "$1"; }
+tell() { say "$CRTOOLS_SCRIPT_ACTION \${CRTOOLS_INIT_PID:-0}"; }
 hold() {
   tell
   ${PERL} ${shellWord(HOLD_ANSWER)} "$answers" || exit 1
