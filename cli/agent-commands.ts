@@ -83,7 +83,7 @@ export function addAgentCommands(program: Command, out: (line: string) => void):
         criuBinary: criu,
         restoreTimeoutMs: settings.restoreTimeoutS * 1000,
         retention: settings.records,
-        log: (text) => out(line(text)),
+        log: (text, level) => out(line(text, level)),
       });
       out(line(`haul agent ${settings.name} for ${settings.incusDir}: peers on ${settings.listen.address}:${running.port} (${settings.peers.map((peer) => `${peer.name}=${peer.url}`).join(', ') || 'none configured'}), CRIU ${criu}, default mode ${settings.defaultMode}, hook socket ${running.hookSocket}`));
       const signalled = (): Promise<void> =>

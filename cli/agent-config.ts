@@ -14,7 +14,7 @@ export interface AgentConfig {
   readonly criu?: string;
   /** peer name → HOST:PORT of its agent */
   readonly peers?: Readonly<Record<string, string>>;
-  readonly records?: { readonly 'max-age-days'?: number; readonly 'max-entries'?: number };
+  readonly records?: { readonly 'max-age-days'?: number; readonly 'max-entries'?: number; readonly 'max-incoming-mib'?: number };
 }
 
 /** A configuration file haul cannot use: it says which file and which setting. */
@@ -25,7 +25,7 @@ export class AgentConfigError extends Error {
 
 const STRINGS = ['listen', 'name', 'incus-dir', 'default-mode', 'criu'] as const;
 const NUMBERS = ['restore-timeout'] as const;
-const RECORD_NUMBERS = ['max-age-days', 'max-entries'] as const;
+const RECORD_NUMBERS = ['max-age-days', 'max-entries', 'max-incoming-mib'] as const;
 
 /**
  * The agent's configuration from `path` (TOML). A missing file is an empty configuration when it

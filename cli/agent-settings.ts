@@ -85,6 +85,7 @@ export async function agentSettings(command: Command, flags: AgentFlags): Promis
     records: {
       maxAgeDays: config.records?.['max-age-days'] ?? DEFAULT_RETENTION.maxAgeDays,
       maxEntries: config.records?.['max-entries'] ?? DEFAULT_RETENTION.maxEntries,
+      maxIncomingMiB: config.records?.['max-incoming-mib'] ?? DEFAULT_RETENTION.maxIncomingMiB,
     },
   };
 }

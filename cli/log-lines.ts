@@ -1,6 +1,5 @@
 import { fstatSync } from 'node:fs';
-
-export type LogLevel = 'info' | 'warning' | 'error';
+import type { LogLevel } from '../plugin/index.js';
 
 /** syslog priorities, which journald reads from a `<N>` prefix (sd-daemon(3)). */
 const PRIORITY: Record<LogLevel, number> = { error: 3, warning: 4, info: 6 };

@@ -16,6 +16,7 @@ import { MigrationRecords } from './migration-records.js';
 import { listenPrivately } from './private-socket.js';
 import type { HaulMode } from './haul-mode.js';
 import { SourceRole, type Peer } from './source-role.js';
+import type { AgentLog } from './agent-log.js';
 
 export interface AgentOptions extends EndpointOptions {
   /** incusd's INCUS_DIR: its unix.socket is there, and the hook finds the agent's socket there. */
@@ -31,7 +32,7 @@ export interface AgentOptions extends EndpointOptions {
   readonly criuBinary?: string;
   /** A restore still running after this long is killed, so that the source resumes. */
   readonly restoreTimeoutMs?: number;
-  readonly log?: (line: string) => void;
+  readonly log?: AgentLog;
   /** How long migration records and incoming migrations' directories are kept; the newest records kept at most. */
   readonly retention?: Retention;
 }
@@ -87,7 +88,7 @@ export class Agent {
     for (const left of leftovers) void finishLeftover(left, incus, records, log).catch(() => {});
     const events = new IncusEvents(join(options.incusDir, 'unix.socket'));
     events.on('event', (event) => destination.onEvent(event));
-    events.on('disconnected', (error) => log(`incusd's event stream ended${error ? ` (${error.message})` : ''}; reconnecting, and asking for operations meanwhile`));
+    events.on('disconnected', (error) => log(`incusd's event stream ended${error ? ` (${error.message})` : ''}; reconnecting, and asking for operations meanwhile`, 'warning'));
     const draining = { on: false };
     const listener = await LinkListener.listen(options.listen.address, options.listen.port, options);
     listener.on('session', (session, _host, remoteAddress) => {
@@ -95,7 +96,7 @@ export class Agent {
       if (draining.on) return session.close();
       destination.serve(session, remoteAddress);
     });
-    listener.on('refused', (error) => log(error.message));
+    listener.on('refused', (error) => log(error.message, 'warning'));
 
     await rm(hookSocket, { force: true });
     const hookServer = createServer((socket) => {
@@ -117,7 +118,7 @@ export class Agent {
         })()
           .catch((error: Error): HookReply => ({ error: `haul agent: ${error.message}` }))
           .then((reply) => {
-            if ('error' in reply) log(reply.error);
+            if ('error' in reply) log(reply.error, 'error');
             else if (reply.note) log(reply.note);
             answered = true;
             socket.end(hookReplyText(reply));
@@ -170,36 +171,40 @@ export class Agent {
  * (the previous agent would have: see repairFailedArrival, which never touches an instance Incus
  * kept). The source needs nothing: without its agent the link fails, and CRIU resumes the source.
  */
-async function finishLeftover(left: MigrationProgress, incus: IncusClient, records: MigrationRecords, log: (line: string) => void): Promise<void> {
+async function finishLeftover(left: MigrationProgress, incus: IncusClient, records: MigrationRecords, log: AgentLog): Promise<void> {
   const error = `the agent ended during the migration (phase: ${left.phase})`;
-  log(`${left.instance}: migration ${left.id} (${left.role}) was left unfinished by the previous agent`);
+  log(`${left.instance}: migration ${left.id} (${left.role}) was left unfinished by the previous agent`, 'warning');
   await records.add({ id: left.id, instance: left.instance, role: left.role, peer: left.peer, mode: left.mode, pages: left.pages, bytes: 0, startedAt: left.startedAt, totalMs: Date.now() - Date.parse(left.startedAt), result: 'failed', error });
   if (left.role !== 'destination') return;
   try {
     log(`${left.instance}: after a migration the previous agent left unfinished: ${await repairFailedArrival(incus, left.instance)}`);
   } catch (failure) {
-    log(`${left.instance}: after a migration the previous agent left unfinished, could not repair what Incus left: ${failure instanceof Error ? failure.message : String(failure)}`);
+    log(`${left.instance}: after a migration the previous agent left unfinished, could not repair what Incus left: ${failure instanceof Error ? failure.message : String(failure)}`, 'error');
   }
 }
 
-/** How long the agent keeps migration records and incoming migrations' directories, and how many records at most. */
+/**
+ * How long the agent keeps migration records and incoming migrations' directories, how many records
+ * at most, and how much the directories may hold in all.
+ */
 export interface Retention {
   readonly maxAgeDays: number;
   readonly maxEntries: number;
+  readonly maxIncomingMiB: number;
 }
 
-export const DEFAULT_RETENTION: Retention = { maxAgeDays: 90, maxEntries: 10_000 };
+export const DEFAULT_RETENTION: Retention = { maxAgeDays: 90, maxEntries: 10_000, maxIncomingMiB: 4096 };
 const PRUNE_EVERY_MS = 86_400_000;
 
 /** Drops records and incoming directories past `retention`; never fails the agent (it says why in the log). */
-async function pruneOld(records: MigrationRecords, incomingDir: string, retention: Retention, log: (line: string) => void): Promise<void> {
+async function pruneOld(records: MigrationRecords, incomingDir: string, retention: Retention, log: AgentLog): Promise<void> {
   const before = Date.now() - retention.maxAgeDays * 86_400_000;
   try {
     const dropped = await records.prune(retention.maxAgeDays, retention.maxEntries);
-    const removed = await pruneIncomingDirs(incomingDir, before);
-    if (dropped || removed) log(`kept the last ${retention.maxAgeDays} days (at most ${retention.maxEntries} records): dropped ${dropped} migration records and ${removed} incoming migrations' directories`);
+    const removed = await pruneIncomingDirs(incomingDir, { since: before, maxBytes: retention.maxIncomingMiB * 1024 * 1024 });
+    if (dropped || removed) log(`kept the last ${retention.maxAgeDays} days (at most ${retention.maxEntries} records, ${retention.maxIncomingMiB} MiB of incoming migrations): dropped ${dropped} migration records and ${removed} incoming migrations' directories`);
   } catch (error) {
-    log(`could not prune old migration records and directories: ${error instanceof Error ? error.message : String(error)}`);
+    log(`could not prune old migration records and directories: ${error instanceof Error ? error.message : String(error)}`, 'error');
   }
 }
 

@@ -3,6 +3,7 @@ import type { CriuVersion, RestoredTree } from '../src/criu/index.js';
 import type { DestinationMigration, LazyCopyGuard, LazyPageStore, Mode } from '../proxy/index.js';
 import type { IncusClient } from './incus-client.js';
 import type { InFlight, MigrationProgress } from './in-flight.js';
+import type { AgentLog } from './agent-log.js';
 import type { MigrationRecords } from './migration-records.js';
 
 /** What every step of the agent's destination side works with. */
@@ -11,7 +12,7 @@ export interface DestinationContext {
   /** One directory per incoming migration below this one, and the restores' helpers. */
   readonly cacheDir: string;
   readonly records: MigrationRecords;
-  readonly log: (line: string) => void;
+  readonly log: AgentLog;
   readonly criuVersion: () => Promise<CriuVersion>;
   readonly criuBinary: string | undefined;
   readonly inFlight: InFlight;

@@ -20,6 +20,7 @@ import { serveLazyRestore } from './lazy-restore-pages.js';
 import { followRestore, gateRestoreLog } from './restore-follow.js';
 import { RestoreWatch } from './restore-watch.js';
 import { placeImageFiles, readPlainFile } from './restore-dir-files.js';
+import type { AgentLog } from './agent-log.js';
 
 /**
  * The agent's destination side: takes the pages of an instance this host's incusd is receiving
@@ -37,7 +38,7 @@ export class DestinationRole {
     incus: IncusClient,
     private readonly cacheDir: string,
     records: MigrationRecords,
-    log: (line: string) => void,
+    log: AgentLog,
     criuVersion: () => Promise<CriuVersion>,
     criuBinary: string | undefined,
     /** How long a restore may run before haul kills it (Incus has no limit); per instance: user.haul.restore-timeout. */
@@ -62,19 +63,18 @@ export class DestinationRole {
   /** `callerPid`: the hook's process, in the mount namespace the restore runs in (liblxc's own). */
   async restore(args: readonly string[], callerPid?: number): Promise<HookReply> {
     const dir = argumentOf(args, '-D');
-    if (!dir) return { args };
+    if (!dir) return { args, note: 'criu restore without -D: run unchanged' };
     let id: string;
     try {
       // it came with Incus' rsync from the source: not through a link, and only a migration id
       const text = await readPlainFile(join(dir, MIGRATION_ID_FILE));
-      if (text === undefined) return { args }; // a native move: nothing of haul's in it
+      if (text === undefined) return { args, note: `criu restore from ${dir}: nothing of haul's in it (a stateful start or a native move), run unchanged` };
       id = migrationId((JSON.parse(text) as { id?: unknown }).id);
     } catch (error) {
       const code = error instanceof Error && 'code' in error ? ` (${String(error.code)})` : '';
       const why = error instanceof SyntaxError ? `is not JSON (${error.message})` : `is not haul's${code}: ${error instanceof Error ? error.message : String(error)}`;
       const reason = `haul: refused the restore in ${dir}: its ${MIGRATION_ID_FILE} ${why}`;
-      this.context.log(reason);
-      return { error: reason };
+      return { error: reason }; // the agent logs it
     }
     // Incus made the restore dir 0700 for the container's root; CRIU 4.1.1's restored init may open
     // timens-N.img before its uid map is written (criu/cr-restore.c: prepare_timens() runs before
@@ -137,7 +137,7 @@ export class DestinationRole {
       const log = await gating;
       const restoreArgs = log ? args.map((arg, at) => (at > 0 && args[at - 1] === '-o' ? log.path : arg)) : args;
       followRestore(this.context, entry, record, eager, watch && criuPid ? { watch, criuPid, criu: identify(criuPid), timeoutMs, ...(log ? { log } : {}) } : undefined, lazy)
-        .catch((error: Error) => this.context.log(`${entry.instance}: following the restore of migration ${id} failed: ${error.message}`));
+        .catch((error: Error) => this.context.log(`${entry.instance}: following the restore of migration ${id} failed: ${error.message}`, 'error'));
       this.context.log(`${entry.instance}: pages of migration ${id} placed; restoring${lazy ? ' lazily, the memory following through haul' : ''}`);
       return { args: [...restoreArgs, ...(lazy ? ['--lazy-pages'] : []), ...(watch ? ['--action-script', watch.scriptPath] : [])] };
     } catch (error) {

@@ -21,10 +21,10 @@ export async function cutIncusMigration(context: DestinationContext, entry: Inco
     const { pid } = await context.incus.server();
     const cut = await cutConnections(pid, entry.sourceManagerAddresses);
     if (cut.length === 0) throw new Error(`incusd here holds no connection to the source's incusd at ${entry.sourceManagerAddresses.join(', ')}`);
-    context.log(`${entry.instance}: the restore failed; ${cut.length} connections of incusd here to the source's incusd (${entry.sourceManagerAddresses.join(', ')}) cut, so that Incus fails the move rather than report it as a success`);
+    context.log(`${entry.instance}: the restore failed; ${cut.length} connections of incusd here to the source's incusd (${entry.sourceManagerAddresses.join(', ')}) cut, so that Incus fails the move rather than report it as a success`, 'warning');
     await sleep(CUT_SETTLE_MS);
   } catch (error) {
-    context.log(`${entry.instance}: the restore failed, and Incus' migration could not be cut short (${error instanceof Error ? error.message : String(error)}); Incus may report the failed restore as a success`);
+    context.log(`${entry.instance}: the restore failed, and Incus' migration could not be cut short (${error instanceof Error ? error.message : String(error)}); Incus may report the failed restore as a success`, 'error');
   }
 }
 
@@ -32,6 +32,6 @@ export async function cutIncusMigration(context: DestinationContext, entry: Inco
 export function afterFailedArrival(context: DestinationContext, instance: string): void {
   void repairFailedArrival(context.incus, instance).then(
     (what) => context.log(`${instance}: after the failed move: ${what}`),
-    (error: Error) => context.log(`${instance}: after the failed move, could not repair what Incus left: ${error.message}`),
+    (error: Error) => context.log(`${instance}: after the failed move, could not repair what Incus left: ${error.message}`, 'error'),
   );
 }

@@ -19,23 +19,59 @@ const EXPECT_WAIT_MS = 5_000;
 /** An incoming migration's directory: when it began (ms since the epoch), then a count. */
 const INCOMING_DIR = /^(\d{1,15})-\d{1,9}$/;
 
+/** No migration runs this long: a directory younger may be one in progress, and is kept whatever its size. */
+export const INCOMING_IN_USE_MS = 86_400_000;
+
+/** What `pruneIncomingDirs` keeps: directories begun since `since`, of at most `maxBytes` in all. */
+export interface IncomingRetention {
+  readonly since: number;
+  readonly maxBytes: number;
+  readonly now?: number;
+}
+
 /**
  * Removes the incoming migrations' directories (the restore's logs, a failed move's pages) that
- * began before `before`; resolves how many. Only names of the agent's own making, only
- * directories themselves (a link there is left alone, never followed).
+ * began before `since`, then the oldest of the others until they hold at most `maxBytes` (never one
+ * begun in the last INCOMING_IN_USE_MS); resolves how many it removed. Only names of the agent's
+ * own making, only directories themselves (a link there is left alone, never followed).
  */
-export async function pruneIncomingDirs(cacheDir: string, before: number): Promise<number> {
-  const names = await readdir(cacheDir).catch(() => [] as string[]);
-  let removed = 0;
-  for (const name of names) {
+export async function pruneIncomingDirs(cacheDir: string, retention: IncomingRetention): Promise<number> {
+  const now = retention.now ?? Date.now();
+  const dirs: Array<{ path: string; began: number }> = [];
+  for (const name of await readdir(cacheDir).catch(() => [] as string[])) {
     const began = INCOMING_DIR.exec(name);
-    if (!began || Number(began[1]) >= before) continue;
+    if (!began) continue;
     const path = join(cacheDir, name);
-    if (!(await lstat(path).catch(() => undefined))?.isDirectory()) continue;
-    await rm(path, { recursive: true, force: true });
+    if ((await lstat(path).catch(() => undefined))?.isDirectory()) dirs.push({ path, began: Number(began[1]) });
+  }
+  dirs.sort((a, b) => a.began - b.began);
+  let removed = 0;
+  const kept: Array<{ path: string; began: number; bytes: number }> = [];
+  for (const dir of dirs) {
+    if (dir.began < retention.since) {
+      await rm(dir.path, { recursive: true, force: true });
+      removed++;
+    } else kept.push({ ...dir, bytes: await bytesBelow(dir.path) });
+  }
+  let total = kept.reduce((sum, dir) => sum + dir.bytes, 0);
+  for (const dir of kept) {
+    if (total <= retention.maxBytes || dir.began > now - INCOMING_IN_USE_MS) break;
+    await rm(dir.path, { recursive: true, force: true });
+    total -= dir.bytes;
     removed++;
   }
   return removed;
+}
+
+/** The bytes the files below `dir` take on disk, links not followed. */
+async function bytesBelow(dir: string): Promise<number> {
+  let bytes = 0;
+  for (const entry of await readdir(dir, { withFileTypes: true }).catch(() => [])) {
+    const path = join(dir, entry.name);
+    if (entry.isDirectory()) bytes += await bytesBelow(path);
+    else bytes += ((await lstat(path).catch(() => undefined))?.blocks ?? 0) * 512;
+  }
+  return bytes;
 }
 
 /**
@@ -114,7 +150,7 @@ export class IncomingMigrations {
         id = migrationId(start.migration_id);
       } catch (error) {
         if (!(error instanceof BadNameError)) throw error;
-        context.log(`a migration from ${peer} refused: ${error.message}`);
+        context.log(`a migration from ${peer} refused: ${error.message}`, 'warning');
         return turnDown(`${error.code}: ${error.message}`);
       }
       if (!(await this.isReceiving(instance))) return turnDown(`this host is not receiving an instance named ${JSON.stringify(instance)}`);
@@ -132,15 +168,15 @@ export class IncomingMigrations {
         context.inFlight.end(id);
       });
       const restoreTimeoutMs = restoreTimeoutFor(start.restore_timeout_ms, this.restoreTimeoutMs);
-      if (restoreTimeoutMs < start.restore_timeout_ms) context.log(`${instance}: ${peer} asks for a restore timeout of ${start.restore_timeout_ms / 1000} s; this host allows at most ${this.restoreTimeoutMs / 1000} s (--restore-timeout)`);
+      if (restoreTimeoutMs < start.restore_timeout_ms) context.log(`${instance}: ${peer} asks for a restore timeout of ${start.restore_timeout_ms / 1000} s; this host allows at most ${this.restoreTimeoutMs / 1000} s (--restore-timeout)`, 'warning');
       const manager = cuttableEndpoints(start.manager_addresses, peerAddress);
-      if (manager.ignored.length) context.log(`${instance}: ignored incusd addresses from ${peer} that are not IP addresses of the link's peer (${peerAddress ?? 'unknown'}) or past the first few: ${manager.ignored.slice(0, 8).join(', ')}`);
+      if (manager.ignored.length) context.log(`${instance}: ignored incusd addresses from ${peer} that are not IP addresses of the link's peer (${peerAddress ?? 'unknown'}) or past the first few: ${manager.ignored.slice(0, 8).join(', ')}`, 'warning');
       this.incoming.set(id, { mode, session, migration, lazyPages, instance, peer, dir, startedAt, complete: store.complete, progress, restoreTimeoutMs, sourceManagerAddresses: manager.endpoints });
       // the source gave up before the restore came: nothing is in progress here any more
       session.once('aborted', () => {
         if (!this.incoming.has(id)) return;
         context.inFlight.end(id);
-        discardImages(dir).catch((error: Error) => context.log(`${instance}: the pages of migration ${id} could not be discarded: ${error.message}`));
+        discardImages(dir).catch((error: Error) => context.log(`${instance}: the pages of migration ${id} could not be discarded: ${error.message}`, 'error'));
         // kept a while, so that a restore Incus still starts fails at once, saying why, instead of
         // waiting for pages that will not come; then forgotten
         setTimeout(() => this.incoming.get(id)?.session === session && this.incoming.delete(id), PAGES_WAIT_MS).unref();
@@ -157,6 +193,6 @@ export class IncomingMigrations {
         if (session.isOpen) await migration.reportStored(reason).catch(() => {});
         throw error;
       }
-    })().catch((error: Error) => context.log(`an incoming migration failed: ${error.message}`));
+    })().catch((error: Error) => context.log(`an incoming migration failed: ${error.message}`, 'error'));
   }
 }

@@ -1,6 +1,7 @@
 /**
  * The Incus extension: an agent beside incusd, its CRIU hook, and what the agent records.
  */
+export type { AgentLog, LogLevel } from './agent-log.js';
 export { Agent, DEFAULT_RETENTION, InsecureAgentError, type Retention } from './agent.js';
 export { diagnose } from './doctor.js';
 export { KNOWN_CRIU_LOCATIONS, findRealCriu, installHook, uninstallHook } from './criu-hook.js';

@@ -1,5 +1,6 @@
 import { appendFile, readFile, rename, writeFile } from 'node:fs/promises';
 import type { HaulMode } from './haul-mode.js';
+import type { AgentLog } from './agent-log.js';
 
 /** One migration as the agent saw it, appended to its record file when it ends (or is skipped). */
 export interface MigrationRecord {
@@ -41,7 +42,7 @@ export class MigrationRecords {
   constructor(
     readonly path: string,
     private readonly hostName = '',
-    private readonly log: (line: string) => void = () => {},
+    private readonly log: AgentLog = () => {},
   ) {}
 
   /** Runs `write` once the writes before it have ended, whatever their outcome. */
@@ -59,7 +60,7 @@ export class MigrationRecords {
       await this.inTurn(() => appendFile(this.path, `${JSON.stringify(whole)}\n`, { mode: 0o600 }));
       return true;
     } catch (error) {
-      this.log(`could not record migration ${record.id} of ${record.instance} (${record.result}) in ${this.path}: ${error instanceof Error ? error.message : String(error)}`);
+      this.log(`could not record migration ${record.id} of ${record.instance} (${record.result}) in ${this.path}: ${error instanceof Error ? error.message : String(error)}`, 'error');
       return false;
     }
   }

@@ -34,7 +34,7 @@ export type DestinationRecord = Omit<MigrationRecord, 'pages' | 'bytes' | 'total
 export async function gateRestoreLog(context: DestinationContext, entry: Incoming, args: readonly string[], timeoutMs: number, criuPid: number): Promise<WatchedRestore['log']> {
   const incusLog = argumentOf(args, '-o');
   if (!incusLog?.startsWith('/')) {
-    context.log(`${entry.instance}: the restore names no log by its full path (-o ${incusLog ?? ''}): Incus is not held back on a failed restore`);
+    context.log(`${entry.instance}: the restore names no log by its full path (-o ${incusLog ?? ''}): Incus is not held back on a failed restore`, 'warning');
     return undefined;
   }
   const path = join(entry.dir, 'restore.log');
@@ -45,7 +45,7 @@ export async function gateRestoreLog(context: DestinationContext, entry: Incomin
     const criu = identify(criuPid);
     return { path, gate: await RestoreLogGate.open(incusLog, path, PAGES_WAIT_MS + timeoutMs + 60_000, { cutFilters, ...(criu ? { criu } : {}) }) };
   } catch (error) {
-    context.log(`${entry.instance}: Incus is not held back on a failed restore: ${error instanceof Error ? error.message : String(error)}`);
+    context.log(`${entry.instance}: Incus is not held back on a failed restore: ${error instanceof Error ? error.message : String(error)}`, 'warning');
     return undefined;
   }
 }
@@ -106,7 +106,7 @@ async function restoreToItsEnd(context: DestinationContext, entry: Incoming, rec
   entry.migration.end();
   const totalMs = Date.now() - entry.startedAt.getTime();
   if (failure) {
-    context.log(`${entry.instance}: migration ${record.id} failed: ${failure}`);
+    context.log(`${entry.instance}: migration ${record.id} failed: ${failure}`, 'error');
     if (!outcome.ok) afterFailedArrival(context, entry.instance);
     await context.records.add({ ...record, pages, bytes: pages * PAGE_SIZE, totalMs, result: 'failed', error: failure });
     return;

@@ -4,13 +4,14 @@ import { isPagesFileName, type HeaderLayout } from '../src/criu/index.js';
 import type { SourceMigration } from '../proxy/index.js';
 import type { IncusClient } from './incus-client.js';
 import type { InFlight, MigrationProgress } from './in-flight.js';
+import type { AgentLog } from './agent-log.js';
 import type { MigrationRecord, MigrationRecords } from './migration-records.js';
 
 /** What every step of the agent's source side works with. */
 export interface SourceContext {
   readonly incus: IncusClient;
   readonly records: MigrationRecords;
-  readonly log: (line: string) => void;
+  readonly log: AgentLog;
   readonly inFlight: InFlight;
 }
 

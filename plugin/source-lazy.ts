@@ -36,7 +36,7 @@ export async function startLazy(context: SourceContext, outgoing: Outgoing, how:
   // nothing but haul's lazy client is to connect there: root's other sockets neither (an
   // Incus proxy device's forkproxy)
   const lazy = await LazyDump.prepare();
-  if (lazy.bindableByAnyone) context.log(`${record.instance}: warning: ${lazy.bindableByAnyone}; a local user who binds port ${lazy.port} first can make this move fail (not take it over)`);
+  if (lazy.bindableByAnyone) context.log(`${record.instance}: ${lazy.bindableByAnyone}; a local user who binds port ${lazy.port} first can make this move fail (not take it over)`, 'warning');
   const actions = await LazyEarlyActions.create(workDir, incusScript, { dumpDir, checkpointDir: dir }).catch(async (error: unknown) => {
     await lazy.releaseWhenGone(undefined);
     throw error;
@@ -48,7 +48,7 @@ export async function startLazy(context: SourceContext, outgoing: Outgoing, how:
     throw new Error('the link to the destination failed while the dump was prepared');
   }
   followLazy(context, outgoing, actions, layout, { dumpDir, lazy, criu })
-    .catch((error: Error) => context.log(`${record.instance}: following lazy migration ${record.id} failed: ${error.message}`));
+    .catch((error: Error) => context.log(`${record.instance}: following lazy migration ${record.id} failed: ${error.message}`, 'error'));
   const lazyArgs = withArgument(withArgument(args, '--action-script', actions.scriptPath), '-D', dumpDir);
   return { args: [...lazyArgs, ...lazy.criuArgs()] };
 }
@@ -128,9 +128,9 @@ async function followLazy(context: SourceContext, outgoing: Outgoing, actions: L
     const reason = error instanceof Error ? error.message : String(error);
     // CRIU resumes the source: it fails post-dump when not past it yet, else haul ends its lazy
     // page server's session with a bad header (CRIU would wait for a lazy client for good)
-    if (!actions.abandon()) resuming = dump.lazy.resume(actions.statusReady).catch((failure: Error) => context.log(`${record.instance}: could not end CRIU's lazy page server: ${failure.message}`));
+    if (!actions.abandon()) resuming = dump.lazy.resume(actions.statusReady).catch((failure: Error) => context.log(`${record.instance}: could not end CRIU's lazy page server: ${failure.message}`, 'error'));
     if (session.isOpen) session.abort(reason);
-    context.log(`${record.instance}: lazy migration ${record.id} failed: ${reason}`);
+    context.log(`${record.instance}: lazy migration ${record.id} failed: ${reason}`, 'error');
     await context.records.add({ ...record, totalMs: Date.now() - startedAt.getTime(), result: 'failed', error: reason });
   } finally {
     context.inFlight.end(record.id);
@@ -138,8 +138,8 @@ async function followLazy(context: SourceContext, outgoing: Outgoing, actions: L
     // page server all the same), and would take any client then: the guard goes only with CRIU,
     // or by its own timeout (released already when haul was seen connected to CRIU)
     dump.lazy.releaseWhenGone(dump.criu).then((released) => {
-      if (released === 'criu-runs') context.log(`${record.instance}: CRIU's lazy dump ${dump.criu.pid} still runs; its port stays guarded until the guard expires`);
-    }).catch((failure: Error) => context.log(`${record.instance}: could not release the guard of port ${dump.lazy.port}: ${failure.message}`));
+      if (released === 'criu-runs') context.log(`${record.instance}: CRIU's lazy dump ${dump.criu.pid} still runs; its port stays guarded until the guard expires`, 'warning');
+    }).catch((failure: Error) => context.log(`${record.instance}: could not release the guard of port ${dump.lazy.port}: ${failure.message}`, 'warning'));
     // the resume waits for CRIU's status-ready, which the script reports: not closed before it
     await resuming;
     await actions.close();

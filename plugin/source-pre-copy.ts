@@ -26,11 +26,11 @@ export async function startPreCopy(context: SourceContext, outgoing: Outgoing, h
   const local = fitsUnixSocketPath(socketPath);
   const forward = local
     ? await dumpToLinkLocal(session, layout, socketPath)
-    : await dumpToLink(session, layout, criuOf(callerPid), { onRefused: (refused) => context.log(`${record.instance}: refused a connection to the dump's page server: ${refused instanceof Error ? refused.message : String(refused)}`) });
+    : await dumpToLink(session, layout, criuOf(callerPid), { onRefused: (refused) => context.log(`${record.instance}: refused a connection to the dump's page server: ${refused instanceof Error ? refused.message : String(refused)}`, 'warning') });
   const counting = setInterval(() => context.inFlight.update(progress, { pages: forward.pages.pagesSent }), 500);
   void forward.received.finally(() => clearInterval(counting)).catch(() => {});
   const observed = await ObservedPostDump.create(workDir, incusScript);
-  follow(context, outgoing, forward, observed).catch((error: Error) => context.log(`${record.instance}: following migration ${record.id} failed: ${error.message}`));
+  follow(context, outgoing, forward, observed).catch((error: Error) => context.log(`${record.instance}: following migration ${record.id} failed: ${error.message}`, 'error'));
   const pageServer = 'port' in forward ? ['--page-server', '--address', '127.0.0.1', '--port', String(forward.port)] : ['--page-server'];
   return { args: [...withArgument(args, '--action-script', observed.scriptPath), ...pageServer], ...(local ? { pageServerSocket: socketPath } : {}) };
 }
@@ -66,7 +66,7 @@ async function follow(context: SourceContext, outgoing: Outgoing, forward: DumpT
     if (!(report instanceof Error) && !report.result.ok) {
       throw new Error(`Incus reported the restore as a success, but it failed on the destination (${report.result.error}); Incus 6.0.4 then lets incus move delete the source: the destination keeps a stopped copy with the disk`);
     }
-    if (report instanceof Error) context.log(`${record.instance}: haul's destination did not confirm the restore (${report.message}); Incus says it succeeded`);
+    if (report instanceof Error) context.log(`${record.instance}: haul's destination did not confirm the restore (${report.message}); Incus says it succeeded`, 'warning');
     migration.finish();
     const downtimeMs = report instanceof Error ? undefined : report.at - startedAt.getTime();
     await context.records.add({ ...record, pages, bytes: pages * PAGE_SIZE, checkpointPageFiles, totalMs: Date.now() - startedAt.getTime(), ...(downtimeMs === undefined ? {} : { downtimeMs }), result: 'moved' });
@@ -74,7 +74,7 @@ async function follow(context: SourceContext, outgoing: Outgoing, forward: DumpT
     const reason = error instanceof Error ? error.message : String(error);
     if (!stored) forward.abandon(); // CRIU's dump fails, and Incus resumes the container
     if (session.isOpen) session.abort(reason);
-    context.log(`${record.instance}: migration ${record.id} failed: ${reason}`);
+    context.log(`${record.instance}: migration ${record.id} failed: ${reason}`, 'error');
     await context.records.add({ ...record, totalMs: Date.now() - startedAt.getTime(), result: 'failed', error: reason });
   } finally {
     observed.close();

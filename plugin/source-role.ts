@@ -14,6 +14,7 @@ import type { Outgoing, SourceContext } from './source-context.js';
 import { diskCatchUp } from './source-disk.js';
 import { startLazy } from './source-lazy.js';
 import { startPreCopy } from './source-pre-copy.js';
+import type { AgentLog } from './agent-log.js';
 
 export type { HookCall } from './hook-deadline.js';
 
@@ -49,7 +50,7 @@ export class SourceRole {
     records: MigrationRecords,
     private readonly defaultMode: HaulMode,
     private readonly criuVersion: () => Promise<CriuVersion>,
-    log: (line: string) => void,
+    log: AgentLog,
     /** Where migrations keep their action scripts and page-server sockets. */
     private readonly workDir: string,
     /** This host's name, as its peers know it. */
@@ -69,7 +70,7 @@ export class SourceRole {
     const pid = Number(argumentOf(args, '-t'));
     const dir = argumentOf(args, '-D');
     // not the final dump of a live move, or someone else already chose where pages go
-    if (!pid || !dir || !args.includes('--action-script') || args.includes('--page-server') || args.includes('--lazy-pages')) return { args };
+    if (!pid || !dir || !args.includes('--action-script') || args.includes('--page-server') || args.includes('--lazy-pages')) return { args, note: `criu dump of pid ${pid || '?'} is not the final dump of a live move (a stateful stop or snapshot): run unchanged` };
     const instance = await this.context.incus.instanceWithInit(pid);
     if (!instance) return { args, note: `no Incus instance has init pid ${pid}` };
     const mode = modeOf(instance, this.defaultMode);
@@ -77,7 +78,7 @@ export class SourceRole {
     const base = { instance: instance.name, role: 'source' as const, mode, pages: 0, bytes: 0, startedAt: startedAt.toISOString() };
     if (mode === 'off') {
       await this.context.records.add({ ...base, id: randomUUID(), peer: '', totalMs: 0, result: 'passed-through', error: 'user.haul.mode is off' });
-      return { args };
+      return { args, note: `native move: user.haul.mode of ${instance.name} is off` };
     }
     const id = randomUUID();
     // where the destination's incusd reaches this one for Incus' own migration (see DestinationRole.cutIncusMigration)
@@ -114,7 +115,7 @@ export class SourceRole {
         await writeFile(idFile, `${JSON.stringify({ id, source: peer.name, mode })}\n`, { mode: 0o644 });
         const taken = session;
         const abandon = (): void => {
-          this.context.log(`${instance.name}: the CRIU hook gave up waiting for this agent; migration ${id} to ${peer.name} abandoned, the dump runs natively`);
+          this.context.log(`${instance.name}: the CRIU hook gave up waiting for this agent; migration ${id} to ${peer.name} abandoned, the dump runs natively`, 'warning');
           void rm(idFile, { force: true }).catch(() => {});
           if (taken.isOpen) taken.abort("the source's CRIU hook gave up waiting for its agent: the dump runs natively");
         };

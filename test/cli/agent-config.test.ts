@@ -21,7 +21,7 @@ describe("the agent's configuration file", () => {
     const uncommented = shipped.replace(/^#(?=\[|[a-z-]+ = )/gm, '');
     expect(await readAgentConfig(file(uncommented), true)).toEqual({
       listen: '0.0.0.0:7444', name: 'host-a', 'default-mode': 'pre-copy', 'restore-timeout': 300, criu: '/usr/sbin/criu', 'incus-dir': '/var/lib/incus',
-      peers: { 'host-b': 'host-b.example:7444' }, records: { 'max-age-days': 90, 'max-entries': 10000 },
+      peers: { 'host-b': 'host-b.example:7444' }, records: { 'max-age-days': 90, 'max-entries': 10000, 'max-incoming-mib': 4096 },
     });
   });
 

@@ -139,7 +139,9 @@ describeOnHost('incus move when haul is missing or fails', ['root', 'criu', 'tes
       expect(failure).not.toBeInstanceOf(NativeMoveDefect);
       // the killed restore's processes went with it (CRIU killed alone leaves them waiting for good)
       await expect.poll(() => restoreLeftovers(container.name), { timeout: 10_000 }).toEqual([]);
-      expect(readFileSync('/var/lib/haul-testbed/dst/log/agent.log', 'utf8')).toMatch(new RegExp(`${container.name}: the restore failed; [1-9]\\d* connections of incusd here to the source's incusd`));
+      const dstLog = readFileSync('/var/lib/haul-testbed/dst/log/agent.log', 'utf8');
+      expect(dstLog).toMatch(new RegExp(`warning: ${container.name}: the restore failed; [1-9]\\d* connections of incusd here to the source's incusd`));
+      expect(dstLog).toMatch(new RegExp(`error: ${container.name}: migration \\S+ failed: `)); // at its level, as the journal gets it
       expect((await container.whereabouts()).src).toBe('RUNNING');
       await expectSameWorkload(container, before, since);
       await expect.poll(async () => (await recordsOf('src', container.name)).at(-1)?.result, { timeout: 30_000 }).toBe('failed');

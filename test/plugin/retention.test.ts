@@ -45,8 +45,23 @@ describe('what the agent keeps of past migrations', () => {
     const elsewhere = scratch();
     symlinkSync(elsewhere, join(incoming, `${NOW - 200 * DAY}-3`));
     writeFileSync(join(elsewhere, 'keep'), 'x');
-    expect(await pruneIncomingDirs(incoming, NOW - 90 * DAY)).toBe(1);
+    expect(await pruneIncomingDirs(incoming, { since: NOW - 90 * DAY, maxBytes: Number.MAX_SAFE_INTEGER, now: NOW })).toBe(1);
     expect(readdirSync(incoming).sort()).toEqual([recent, `${NOW - 200 * DAY}-3`, 'not-ours'].sort());
     expect(readdirSync(elsewhere)).toEqual(['keep']); // a link is never followed
+  });
+
+  it("the oldest incoming migrations' directories past the size bound, never one of the last day", async () => {
+    const incoming = scratch();
+    const names = [`${NOW - 30 * DAY}-1`, `${NOW - 20 * DAY}-2`, `${NOW - 10 * DAY}-3`, `${NOW - 60_000}-4`];
+    for (const name of names) {
+      mkdirSync(join(incoming, name, 'images'), { recursive: true });
+      writeFileSync(join(incoming, name, 'images', 'pages-1.img'), Buffer.alloc(1024 * 1024, 1)); // a failed move's pages
+    }
+    // 4 MiB in all, at most 2.5 kept: the two oldest go
+    expect(await pruneIncomingDirs(incoming, { since: NOW - 90 * DAY, maxBytes: 2.5 * 1024 * 1024, now: NOW })).toBe(2);
+    expect(readdirSync(incoming).sort()).toEqual(names.slice(2).sort());
+    // nothing may stay: all but the one a migration may still be using
+    expect(await pruneIncomingDirs(incoming, { since: NOW - 90 * DAY, maxBytes: 0, now: NOW })).toBe(1);
+    expect(readdirSync(incoming)).toEqual([names[3]]);
   });
 });
