@@ -202,7 +202,7 @@ export async function diagnose(options: DoctorOptions): Promise<Check[]> {
       const same = localCriu === undefined || info.criu_version === '' || info.criu_version === localCriu;
       add(`peer ${peer.name}`, true, `${peer.url} trusted both ways, CRIU ${info.criu_version || '?'}${same ? '' : ` (this host: ${localCriu}; the handshake accepted the pairing)`}`);
     } catch (error) {
-      add(`peer ${peer.name}`, false, `${peer.url}: ${error instanceof Error ? error.message : String(error)}`, `check it runs haul agent, and that each side trusts the other (haul identity there, haul trust add ${peer.name} <fingerprint> here, and the reverse)`);
+      add(`peer ${peer.name}`, false, `${peer.url}: ${error instanceof Error ? error.message : String(error)}`, `check that haul-agent runs there (systemctl status haul-agent), and that each side trusts the other: haul agent token there, then haul agent join here with that token (or haul trust add ${peer.name} <fingerprint> here, and the reverse there)`);
     }
   }
   return checks;

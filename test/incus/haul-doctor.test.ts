@@ -30,6 +30,6 @@ describeOnHost('haul doctor on the test bed', ['root', 'criu', 'testbed'], () =>
   it('names an unreachable peer, with the fix, and exits non-zero', async () => {
     const { code, checks } = await doctor('src', `nowhere=127.0.0.1:${await freePort()}`);
     expect(code).toBe(1);
-    expect(checks.find((c) => c.check === 'peer nowhere')).toMatchObject({ ok: false, fix: expect.stringMatching(/haul trust add nowhere/) });
+    expect(checks.find((c) => c.check === 'peer nowhere')).toMatchObject({ ok: false, fix: expect.stringMatching(/haul agent token there, then haul agent join here.*haul trust add nowhere/) });
   }, 60_000);
 });

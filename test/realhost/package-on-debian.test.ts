@@ -10,15 +10,32 @@ import { REPO } from '../support/paths.js';
 import { scratchDir } from '../support/scratch.js';
 
 const run = promisify(execFile);
+/** Two hosts on a LAN of their own (scripts/realhost up NAME ADDRESS): A is installed, paired, then left as it was. */
 const HOST = 'haul-real-a';
-const ROOT = `/var/lib/haul-testbed/realhost/${HOST}`;
+const OTHER = 'haul-real-b';
+const ADDRESS: Record<string, string> = { [HOST]: '10.231.0.11', [OTHER]: '10.231.0.12' };
+const rootOf = (host: string): string => `/var/lib/haul-testbed/realhost/${host}`;
 /** What a package may change on a host and leave changed: logs, caches, package databases, runtime state. */
 const VOLATILE = ['/proc', '/sys', '/dev', '/run', '/tmp', '/var/tmp', '/var/log', '/var/cache', '/var/lib/apt', '/var/lib/dpkg', '/var/lib/systemd', '/var/lib/incus', '/var/lib/ucf'];
 
 const realhost = (...args: string[]): string => execFileSync(join(REPO, 'scripts/realhost'), args, { encoding: 'utf8', stdio: ['ignore', 'pipe', 'pipe'], maxBuffer: 64 * 1024 * 1024 });
-const inHost = (...command: string[]): string => realhost('run', HOST, ...command);
+const on = (host: string, ...command: string[]): string => realhost('run', host, ...command);
+const inHost = (...command: string[]): string => on(HOST, ...command);
 /** For what may take seconds (apt, restarting incusd): the worker stays free to answer vitest meanwhile. */
-const inHostAsync = async (...command: string[]): Promise<string> => (await run(join(REPO, 'scripts/realhost'), ['run', HOST, ...command], { encoding: 'utf8', maxBuffer: 16 * 1024 * 1024 })).stdout;
+const onAsync = async (host: string, command: string[], input?: string): Promise<string> => {
+  const child = run(join(REPO, 'scripts/realhost'), ['run', host, ...command], { encoding: 'utf8', maxBuffer: 16 * 1024 * 1024 });
+  if (input !== undefined) child.child.stdin!.end(input);
+  return (await child).stdout;
+};
+const inHostAsync = (...command: string[]): Promise<string> => onAsync(HOST, command);
+const journalOf = (host: string, unit: string): string => on(host, 'journalctl', '-u', unit, '-o', 'cat', '--no-pager');
+const doctorOn = (host: string): Array<{ check: string; ok: boolean; found: string }> => {
+  try {
+    return JSON.parse(on(host, 'haul', 'doctor', '-f', 'json')) as Array<{ check: string; ok: boolean; found: string }>;
+  } catch (error) {
+    return JSON.parse((error as { stdout: string }).stdout) as Array<{ check: string; ok: boolean; found: string }>; // exits 1 on a failed check
+  }
+};
 const filesOfHost = (): string[] => inHost('sh', '-c', `find / -xdev \\( ${VOLATILE.map((dir) => `-path ${dir}`).join(' -o ')} \\) -prune -o -print | sort`).split('\n');
 const incusdPath = (): string | undefined => {
   const pid = inHost('systemctl', 'show', '-p', 'MainPID', '--value', 'incus.service').trim();
@@ -47,29 +64,35 @@ describeOnHost('the package on a Debian 12 host booted by systemd, with Debian\'
 
   beforeAll(async () => {
     // asynchronously: a worker blocked for the minute this can take misses vitest's own calls;
-    // a fresh host, whatever an interrupted run left of the last one
-    await run(join(REPO, 'scripts/realhost'), ['down', HOST]);
-    await run(join(REPO, 'scripts/realhost'), ['up', HOST], { encoding: 'utf8', maxBuffer: 16 * 1024 * 1024 });
+    // fresh hosts, whatever an interrupted run left of the last ones
+    for (const host of [HOST, OTHER]) await run(join(REPO, 'scripts/realhost'), ['down', host]);
+    for (const host of [HOST, OTHER]) await run(join(REPO, 'scripts/realhost'), ['up', host, ADDRESS[host]!], { encoding: 'utf8', maxBuffer: 16 * 1024 * 1024 });
     const deb = (await run(join(REPO, 'scripts/package'), [join(scratch.path, 'out')], { cwd: REPO, encoding: 'utf8', maxBuffer: 16 * 1024 * 1024 })).stdout.trim();
-    copyFileSync(deb, `${ROOT}/var/tmp/haul.deb`);
-    // the CRIU the hook will run: the test bed's (bookworm's own fails on this kernel)
-    copyFileSync('/usr/local/sbin/criu', `${ROOT}/usr/local/sbin/criu`);
-    inHost('chmod', '755', '/usr/local/sbin/criu');
-    // incus.socket starts incusd on its first client; the comparison needs it running from the start
-    await inHostAsync('systemctl', 'start', 'incus.service');
+    for (const host of [HOST, OTHER]) {
+      copyFileSync(deb, `${rootOf(host)}/var/tmp/haul.deb`);
+      // the CRIU the hook will run: the test bed's (bookworm's own fails on this kernel)
+      copyFileSync('/usr/local/sbin/criu', `${rootOf(host)}/usr/local/sbin/criu`);
+      on(host, 'chmod', '755', '/usr/local/sbin/criu');
+      // what README's install section has an operator do on a host without iptables, before haul
+      on(host, 'sh', '-c', "mkdir -p /etc/criu && echo 'network-lock nftables' >> /etc/criu/default.conf");
+      // incus.socket starts incusd on its first client; the comparison needs it running from the start
+      await onAsync(host, ['systemctl', 'start', 'incus.service']);
+    }
     before = filesOfHost();
     pathBefore = incusdPath();
   }, 600_000);
   afterAll(async () => {
-    await run(join(REPO, 'scripts/realhost'), ['down', HOST]);
+    for (const host of [HOST, OTHER]) await run(join(REPO, 'scripts/realhost'), ['down', host]);
     scratch.remove();
   });
 
   it('installs with apt: haul on the PATH with its own runtime, and haul-agent enabled', async () => {
-    await inHostAsync('env', 'DEBIAN_FRONTEND=noninteractive', 'apt-get', 'install', '-y', '-q', '--no-install-recommends', '/var/tmp/haul.deb');
-    expect(inHost('haul', '--version').trim()).toBe(packageJson.version);
-    expect(inHost('systemctl', 'is-enabled', 'haul-agent.service').trim()).toBe('enabled');
-  }, 120_000);
+    for (const host of [HOST, OTHER]) {
+      await onAsync(host, ['env', 'DEBIAN_FRONTEND=noninteractive', 'apt-get', 'install', '-y', '-q', '--no-install-recommends', '/var/tmp/haul.deb']);
+      expect(on(host, 'haul', '--version').trim()).toBe(packageJson.version);
+      expect(on(host, 'systemctl', 'is-enabled', 'haul-agent.service').trim()).toBe('enabled');
+    }
+  }, 180_000);
 
   it('haul agent install --restart: incusd, started by systemd, runs with the hook first on its PATH', async () => {
     await inHostAsync('haul', 'agent', 'install', '--criu', '/usr/local/sbin/criu', '--restart');
@@ -78,13 +101,13 @@ describeOnHost('the package on a Debian 12 host booted by systemd, with Debian\'
   }, 120_000);
 
   it('haul-agent runs under systemd, logs without a timestamp of its own, and comes back after a kill', async () => {
-    inHost('sh', '-c', 'printf \'listen = "127.0.0.1:7444"\\ncriu = "/usr/local/sbin/criu"\\n\' >> /etc/haul/agent.conf');
+    inHost('sh', '-c', `printf 'listen = "${ADDRESS[HOST]}:7444"\\ncriu = "/usr/local/sbin/criu"\\n' >> /etc/haul/agent.conf`);
     await inHostAsync('systemctl', 'start', 'haul-agent.service');
     const first = await until('haul-agent active', () => {
       const pid = inHost('systemctl', 'show', '-p', 'MainPID', '--value', 'haul-agent.service').trim();
       return inHost('systemctl', 'is-active', 'haul-agent.service').trim() === 'active' && pid !== '0' ? pid : undefined;
     });
-    await until('the agent saying it listens', () => (/^haul agent \S+ for \/var\/lib\/incus: peers on 127\.0\.0\.1:7444/m.test(inHost('journalctl', '-u', 'haul-agent', '-o', 'cat', '--no-pager')) ? true : undefined));
+    await until('the agent saying it listens', () => (new RegExp(`^haul agent \\S+ for /var/lib/incus: peers on ${ADDRESS[HOST]!.replaceAll('.', '\\.')}:7444`, 'm').test(journalOf(HOST, 'haul-agent')) ? true : undefined));
     inHost('kill', '-9', first);
     const second = await until('haul-agent back under a new pid', () => {
       const pid = inHost('systemctl', 'show', '-p', 'MainPID', '--value', 'haul-agent.service').trim();
@@ -92,6 +115,28 @@ describeOnHost('the package on a Debian 12 host booted by systemd, with Debian\'
     });
     expect(second).not.toBe(first);
   }, 120_000);
+
+  it("haul agent join pairs two such hosts in one step: each trusts the other's certificate, and each host's doctor reaches the other", async () => {
+    on(OTHER, 'sh', '-c', `printf 'listen = "${ADDRESS[OTHER]}:7444"\\ncriu = "/usr/local/sbin/criu"\\n' >> /etc/haul/agent.conf`);
+    await onAsync(OTHER, ['systemctl', 'restart', 'haul-agent.service']);
+    const token = (await inHostAsync('haul', 'agent', 'token')).trim();
+    expect(token).toMatch(/^haul-pair-1\./);
+    // the token on stdin, as an operator pastes it
+    const joined = await onAsync(OTHER, ['haul', 'agent', 'join'], `${token}\n`);
+    expect(joined).toMatch(new RegExp(`^paired with ${HOST} \\(${ADDRESS[HOST]!.replaceAll('.', '\\.')}:7444\\): each host trusts the other`, 'm'));
+    await until("A's agent saying it paired", () => (journalOf(HOST, 'haul-agent').includes(`paired with ${OTHER}: trusts its certificate`) ? true : undefined));
+    // good once: the same token again is refused by A
+    await expect(onAsync(OTHER, ['haul', 'agent', 'join'], `${token}\n`)).rejects.toMatchObject({ stderr: expect.stringMatching(/refused the pairing/) });
+    // what join tells the operator to do next: each names the other under [peers]
+    for (const [host, peer] of [[HOST, OTHER], [OTHER, HOST]] as const) {
+      on(host, 'sh', '-c', `printf '[peers]\\n${peer} = "${ADDRESS[peer]}:7444"\\n' >> /etc/haul/agent.conf`);
+      await onAsync(host, ['systemctl', 'restart', 'haul-agent.service']);
+    }
+    for (const [host, peer] of [[HOST, OTHER], [OTHER, HOST]] as const) {
+      const check = await until(`${host}'s doctor reaching ${peer}`, () => doctorOn(host).find((line) => line.check === `peer ${peer}` && line.ok));
+      expect(check.found).toMatch(new RegExp(`^wss://${ADDRESS[peer]!.replaceAll('.', '\\.')}:7444 trusted both ways`));
+    }
+  }, 180_000);
 
   it('haul agent uninstall --restart and apt purge leave the host as it was', async () => {
     await inHostAsync('haul', 'agent', 'uninstall', '--restart');
