@@ -1,6 +1,7 @@
 import { hostname } from 'node:os';
 import { InvalidArgumentError, type Command } from 'commander';
 import { DEFAULT_RETENTION, findRealCriu, parseHaulMode, type HaulMode, type Peer, type Retention } from '../plugin/index.js';
+import { peerName } from '../src/link/index.js';
 import { AgentConfigError, readAgentConfig, type AgentConfig } from './agent-config.js';
 import { parseListen } from './host-and-address.js';
 
@@ -34,7 +35,23 @@ export const DEFAULT_RESTORE_TIMEOUT_S = 300;
 export function parsePeer(value: string, previous: Peer[]): Peer[] {
   const match = /^([^=]+)=(.+:\d+)$/.exec(value);
   if (!match) throw new InvalidArgumentError('expected NAME=HOST:PORT');
-  return [...previous, { name: match[1]!, url: match[2]! }];
+  // the name binds a certificate in the trust store and names records: the trust store's grammar
+  let name: string;
+  try {
+    name = peerName(match[1]);
+  } catch (error) {
+    throw new InvalidArgumentError(error instanceof Error ? error.message : String(error));
+  }
+  return [...previous, { name, url: match[2]! }];
+}
+
+/** This host's own name, as its peers will call it: the same grammar as theirs. */
+function checkedPeerName(value: string): string {
+  try {
+    return peerName(value);
+  } catch (error) {
+    throw new InvalidArgumentError(error instanceof Error ? error.message : String(error));
+  }
 }
 
 /** A mode, or off; 'precopy', the older spelling of pre-copy, still means it. */
@@ -78,7 +95,7 @@ export async function agentSettings(command: Command, flags: AgentFlags): Promis
     incusDir: pick('incusDir', flags.incusDir, 'incus-dir', String)!,
     listen: pick('listen', flags.listen, 'listen', parseListen),
     peers: given('peer') || peersFromFile.length === 0 ? flags.peer : peersFromFile,
-    name: pick('name', flags.name, 'name', String) ?? hostname(),
+    name: pick('name', flags.name === undefined ? undefined : checkedPeerName(flags.name), 'name', checkedPeerName) ?? checkedPeerName(hostname()),
     defaultMode: pick('defaultMode', flags.defaultMode, 'default-mode', parseAgentMode) ?? 'pre-copy',
     criu,
     restoreTimeoutS: pick('restoreTimeout', flags.restoreTimeout, 'restore-timeout', parsePositiveSeconds) ?? DEFAULT_RESTORE_TIMEOUT_S,

@@ -212,6 +212,12 @@ describe("haul doctor and haul agent run read the agent's configuration, flags f
       writeFileSync(config, '');
       const noListen = await run(['--state-dir', dir, 'agent', 'run', '--config', config, '--criu', '/bin/true']);
       expect(noListen.stderr).toMatch(/no address to listen on for peers: set listen in .*agent\.conf, or pass --listen/);
+      // a peer's name binds a certificate and names records: one that could be a path is refused
+      writeFileSync(config, '[peers]\n"../b" = "b.example:7444"\n');
+      const badPeer = await run(['--state-dir', dir, 'agent', 'run', '--config', config, '--listen', '127.0.0.1:0', '--criu', '/bin/true']);
+      expect(badPeer.stderr).toMatch(/agent\.conf: peers\.\.\.\/b: .*peer name.*letters, digits/);
+      const badName = await run(['--state-dir', dir, 'agent', 'run', '--config', config, '--listen', '127.0.0.1:0', '--criu', '/bin/true', '--peer', 'b=b.example:7444', '--name', 'a b']);
+      expect(badName.stderr).toMatch(/peer name.*letters, digits/);
       expect(readdirSync(dir)).toEqual(['agent.conf']);
     } finally {
       rmSync(dir, { recursive: true, force: true });
