@@ -1,7 +1,8 @@
 import { randomBytes } from 'node:crypto';
 import { readFileSync, statSync } from 'node:fs';
-import { mkdir, readFile, rename, writeFile } from 'node:fs/promises';
+import { mkdir, open, readFile, rename, rm, writeFile } from 'node:fs/promises';
 import { dirname } from 'node:path';
+import { setTimeout as sleep } from 'node:timers/promises';
 
 export interface TrustedPeer {
   readonly name: string;
@@ -74,31 +75,76 @@ export class TrustStore {
   }
 
   async add(name: string, fingerprint: string): Promise<TrustedPeer> {
-    this.refresh();
     const normalised = normaliseFingerprint(fingerprint);
-    if (this.peers.some((peer) => peer.name === name)) throw new Error(`a peer named ${name} is already trusted`);
-    const peer = { name, fingerprint: normalised, added: new Date().toISOString() };
-    this.peers = [...this.peers.filter((p) => p.fingerprint !== normalised), peer];
-    await this.save();
-    return peer;
+    return this.changing(async () => {
+      if (this.peers.some((peer) => peer.name === name)) throw new Error(`a peer named ${name} is already trusted`);
+      const peer = { name, fingerprint: normalised, added: new Date().toISOString() };
+      this.peers = [...this.peers.filter((p) => p.fingerprint !== normalised), peer];
+      await this.save();
+      return peer;
+    });
   }
 
   async remove(nameOrFingerprint: string): Promise<boolean> {
-    this.refresh();
-    const before = this.peers.length;
-    this.peers = this.peers.filter((peer) => peer.name !== nameOrFingerprint && peer.fingerprint !== nameOrFingerprint.toLowerCase());
-    if (this.peers.length === before) return false;
-    await this.save();
-    return true;
+    return this.changing(async () => {
+      const before = this.peers.length;
+      this.peers = this.peers.filter((peer) => peer.name !== nameOrFingerprint && peer.fingerprint !== nameOrFingerprint.toLowerCase());
+      if (this.peers.length === before) return false;
+      await this.save();
+      return true;
+    });
+  }
+
+  /**
+   * A change, read from the file and written back while this store holds its lock: the agent (a
+   * pairing) and `haul trust` (another process) may change it at once, and neither may lose the
+   * other's peer.
+   */
+  private async changing<T>(change: () => Promise<T>): Promise<T> {
+    await mkdir(dirname(this.path), { recursive: true, mode: 0o700 });
+    const lock = `${this.path}.lock`;
+    const deadline = Date.now() + LOCK_WAIT_MS;
+    for (;;) {
+      try {
+        const handle = await open(lock, 'wx', 0o600);
+        await handle.writeFile(String(process.pid)).finally(() => handle.close());
+        break;
+      } catch (error) {
+        if ((error as NodeJS.ErrnoException).code !== 'EEXIST') throw error;
+        // a holder that died holding it left it behind (an empty file: one still writing its pid)
+        const holder = Number((await readFile(lock, 'utf8').catch(() => '')).trim());
+        if (holder > 0 && !isAlive(holder)) {
+          await rm(lock, { force: true });
+          continue;
+        }
+        if (Date.now() > deadline) throw new Error(`the trust store ${this.path} stayed locked by process ${holder || '?'} for ${LOCK_WAIT_MS / 1000} s (${lock})`);
+        await sleep(20);
+      }
+    }
+    try {
+      this.refresh();
+      return await change();
+    } finally {
+      await rm(lock, { force: true });
+    }
   }
 
   private async save(): Promise<void> {
-    await mkdir(dirname(this.path), { recursive: true, mode: 0o700 });
-    // a name of its own: the agent and a command line may save at once
     const fresh = `${this.path}.${process.pid}.${randomBytes(4).toString('hex')}.new`;
     await writeFile(fresh, `${JSON.stringify({ peers: this.peers }, null, 2)}\n`, { mode: 0o600 });
     await rename(fresh, this.path);
     this.loaded = versionOf(this.path);
+  }
+}
+
+const LOCK_WAIT_MS = 10_000;
+
+function isAlive(pid: number): boolean {
+  try {
+    process.kill(pid, 0);
+    return true;
+  } catch (error) {
+    return (error as NodeJS.ErrnoException).code === 'EPERM';
   }
 }
 
