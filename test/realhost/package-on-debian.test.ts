@@ -1,6 +1,6 @@
 import { execFile, execFileSync } from 'node:child_process';
 import { promisify } from 'node:util';
-import { copyFileSync } from 'node:fs';
+import { chmodSync, copyFileSync, mkdirSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { afterAll, beforeAll, expect, it } from 'vitest';
@@ -13,6 +13,8 @@ const run = promisify(execFile);
 /** Two hosts on a LAN of their own (scripts/realhost up NAME ADDRESS): A is installed, paired, then left as it was. */
 const HOST = 'haul-real-a';
 const OTHER = 'haul-real-b';
+/** A third host, where Zabbly's layout stands in for Debian's Incus. */
+const ZABBLY = 'haul-real-z';
 const ADDRESS: Record<string, string> = { [HOST]: '10.231.0.11', [OTHER]: '10.231.0.12' };
 const rootOf = (host: string): string => `/var/lib/haul-testbed/realhost/${host}`;
 /** What a package may change on a host and leave changed: logs, caches, package databases, runtime state. */
@@ -57,7 +59,7 @@ async function until<T>(what: string, probe: () => T | undefined, ms = 30_000): 
   }
 }
 
-describeOnHost('the package on a Debian 12 host booted by systemd, with Debian\'s Incus (scripts/realhost)', ['root'], () => {
+describeOnHost('the package on Debian 12 hosts booted by systemd, with Debian\'s Incus or Zabbly\'s layout (scripts/realhost)', ['root'], () => {
   const scratch = scratchDir('realhost');
   let before: string[] = [];
   let pathBefore: string | undefined;
@@ -65,7 +67,7 @@ describeOnHost('the package on a Debian 12 host booted by systemd, with Debian\'
   beforeAll(async () => {
     // asynchronously: a worker blocked for the minute this can take misses vitest's own calls;
     // fresh hosts, whatever an interrupted run left of the last ones
-    for (const host of [HOST, OTHER]) await run(join(REPO, 'scripts/realhost'), ['down', host]);
+    for (const host of [HOST, OTHER, ZABBLY]) await run(join(REPO, 'scripts/realhost'), ['down', host]);
     for (const host of [HOST, OTHER]) await run(join(REPO, 'scripts/realhost'), ['up', host, ADDRESS[host]!], { encoding: 'utf8', maxBuffer: 16 * 1024 * 1024 });
     const deb = (await run(join(REPO, 'scripts/package'), [join(scratch.path, 'out')], { cwd: REPO, encoding: 'utf8', maxBuffer: 16 * 1024 * 1024 })).stdout.trim();
     for (const host of [HOST, OTHER]) {
@@ -82,7 +84,7 @@ describeOnHost('the package on a Debian 12 host booted by systemd, with Debian\'
     pathBefore = incusdPath();
   }, 600_000);
   afterAll(async () => {
-    for (const host of [HOST, OTHER]) await run(join(REPO, 'scripts/realhost'), ['down', host]);
+    for (const host of [HOST, OTHER, ZABBLY]) await run(join(REPO, 'scripts/realhost'), ['down', host]);
     scratch.remove();
   });
 
@@ -144,4 +146,55 @@ describeOnHost('the package on a Debian 12 host booted by systemd, with Debian\'
     await inHostAsync('env', 'DEBIAN_FRONTEND=noninteractive', 'apt-get', 'purge', '-y', '-q', 'haul');
     expect(filesOfHost()).toEqual(before);
   }, 120_000);
+
+  it("on Zabbly's layout, with dpkg for real: its CRIU diverted, the hook in its place through a package upgrade, and all undone", async () => {
+    await run(join(REPO, 'scripts/realhost'), ['up', ZABBLY], { encoding: 'utf8' });
+    // no Debian Incus on this one: Zabbly's package named incus, with its CRIU in /opt/incus/bin
+    await onAsync(ZABBLY, ['env', 'DEBIAN_FRONTEND=noninteractive', 'apt-get', 'purge', '-y', '-q', 'incus-base', 'incus-client']);
+    for (const version of ['1', '2']) {
+      copyFileSync(zabblyLikePackage(join(scratch.path, `zabbly-${version}`), version), `${rootOf(ZABBLY)}/var/tmp/incus-${version}.deb`);
+    }
+    copyFileSync(`${rootOf(HOST)}/var/tmp/haul.deb`, `${rootOf(ZABBLY)}/var/tmp/haul.deb`);
+    await onAsync(ZABBLY, ['dpkg', '-i', '/var/tmp/incus-1.deb']);
+    const zabblyFiles = (): string[] => on(ZABBLY, 'sh', '-c', `find / -xdev \\( ${VOLATILE.map((dir) => `-path ${dir}`).join(' -o ')} \\) -prune -o -print | sort`).split('\n');
+    const before = zabblyFiles();
+    await onAsync(ZABBLY, ['env', 'DEBIAN_FRONTEND=noninteractive', 'apt-get', 'install', '-y', '-q', '--no-install-recommends', '/var/tmp/haul.deb']);
+
+    const installed = await onAsync(ZABBLY, ['haul', 'agent', 'install']);
+    expect(installed).toMatch(/\/opt\/incus\/bin\/criu diverted to \/opt\/incus\/bin\/criu\.haul-real/);
+    expect(installed).toMatch(/no restart needed/);
+    expect(on(ZABBLY, 'dpkg-divert', '--list', '/opt/incus/bin/criu')).toMatch(/diversion of \/opt\/incus\/bin\/criu to \/opt\/incus\/bin\/criu\.haul-real by haul/);
+    // what incusd runs now is the hook, which passes a call it has no part in to Zabbly's CRIU
+    expect(on(ZABBLY, '/opt/incus/bin/criu', 'check').trim()).toBe('zabbly criu 1 check');
+
+    // an upgrade of Zabbly's package writes its CRIU to the diverted name: the hook stays
+    await onAsync(ZABBLY, ['dpkg', '-i', '/var/tmp/incus-2.deb']);
+    expect(on(ZABBLY, '/opt/incus/bin/criu', 'check').trim()).toBe('zabbly criu 2 check');
+    expect(doctorOn(ZABBLY).find((line) => line.check === 'hook wiring')).toMatchObject({ ok: true, found: expect.stringMatching(/\/opt\/incus\/bin\/criu diverted/) });
+
+    await onAsync(ZABBLY, ['haul', 'agent', 'uninstall']);
+    expect(on(ZABBLY, '/opt/incus/bin/criu', 'check').trim()).toBe('zabbly criu 2 check');
+    expect(on(ZABBLY, 'dpkg-divert', '--list')).not.toMatch(/by haul/);
+    await onAsync(ZABBLY, ['env', 'DEBIAN_FRONTEND=noninteractive', 'apt-get', 'purge', '-y', '-q', 'haul']);
+    expect(zabblyFiles()).toEqual(before);
+  }, 240_000);
 });
+
+/**
+ * A package laid out as Zabbly's incus is (REAL-HOSTS.md): incusd started through a wrapper in
+ * /opt/incus/lib/systemd that puts /opt/incus/bin first, and its own CRIU there; this CRIU says
+ * which version of the package it is and what it was asked.
+ */
+function zabblyLikePackage(dir: string, version: string): string {
+  const put = (path: string, text: string, mode = 0o644): void => {
+    mkdirSync(join(dir, 'tree', path, '..'), { recursive: true });
+    writeFileSync(join(dir, 'tree', path), text);
+    chmodSync(join(dir, 'tree', path), mode);
+  };
+  put('DEBIAN/control', `Package: incus\nVersion: 1:7.0.${version}-zabbly\nArchitecture: all\nMaintainer: haul tests <tests@haul.invalid>\nDescription: stands in for Zabbly's incus in haul's tests\n`);
+  put('opt/incus/lib/systemd/incusd', '#!/bin/sh\nexport PATH=/opt/incus/bin:$PATH\nexec /opt/incus/bin/incusd "$@"\n', 0o755);
+  put('opt/incus/bin/incusd', '#!/bin/sh\nexit 0\n', 0o755);
+  put('opt/incus/bin/criu', `#!/bin/sh\necho "zabbly criu ${version} $*"\n`, 0o755);
+  execFileSync('dpkg-deb', ['--root-owner-group', '--build', join(dir, 'tree'), join(dir, 'incus.deb')], { stdio: 'ignore' });
+  return join(dir, 'incus.deb');
+}
