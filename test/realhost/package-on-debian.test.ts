@@ -1,63 +1,29 @@
-import { execFile, execFileSync } from 'node:child_process';
-import { promisify } from 'node:util';
+import { execFileSync } from 'node:child_process';
 import { chmodSync, copyFileSync, mkdirSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
-import { setTimeout as sleep } from 'node:timers/promises';
 import { afterAll, beforeAll, expect, it } from 'vitest';
 import packageJson from '../../package.json' with { type: 'json' };
 import { describeOnHost } from '../support/host.js';
-import { REPO } from '../support/paths.js';
+import { buildPackage, doctorOn, downHost, freshHost, journalOf, on, onAsync, rootOf, until } from '../support/realhost.js';
 import { scratchDir } from '../support/scratch.js';
 
-const run = promisify(execFile);
 /** Two hosts on a LAN of their own (scripts/realhost up NAME ADDRESS): A is installed, paired, then left as it was. */
 const HOST = 'haul-real-a';
 const OTHER = 'haul-real-b';
 /** A third host, where Zabbly's layout stands in for Debian's Incus. */
 const ZABBLY = 'haul-real-z';
 const ADDRESS: Record<string, string> = { [HOST]: '10.231.0.11', [OTHER]: '10.231.0.12' };
-const rootOf = (host: string): string => `/var/lib/haul-testbed/realhost/${host}`;
 /** What a package may change on a host and leave changed: logs, caches, package databases, runtime state. */
 const VOLATILE = ['/proc', '/sys', '/dev', '/run', '/tmp', '/var/tmp', '/var/log', '/var/cache', '/var/lib/apt', '/var/lib/dpkg', '/var/lib/systemd', '/var/lib/incus', '/var/lib/ucf'];
 
-const realhost = (...args: string[]): string => execFileSync(join(REPO, 'scripts/realhost'), args, { encoding: 'utf8', stdio: ['ignore', 'pipe', 'pipe'], maxBuffer: 64 * 1024 * 1024 });
-const on = (host: string, ...command: string[]): string => realhost('run', host, ...command);
 const inHost = (...command: string[]): string => on(HOST, ...command);
-/** For what may take seconds (apt, restarting incusd): the worker stays free to answer vitest meanwhile. */
-const onAsync = async (host: string, command: string[], input?: string): Promise<string> => {
-  const child = run(join(REPO, 'scripts/realhost'), ['run', host, ...command], { encoding: 'utf8', maxBuffer: 16 * 1024 * 1024 });
-  if (input !== undefined) child.child.stdin!.end(input);
-  return (await child).stdout;
-};
 const inHostAsync = (...command: string[]): Promise<string> => onAsync(HOST, command);
-const journalOf = (host: string, unit: string): string => on(host, 'journalctl', '-u', unit, '-o', 'cat', '--no-pager');
-const doctorOn = (host: string): Array<{ check: string; ok: boolean; found: string }> => {
-  try {
-    return JSON.parse(on(host, 'haul', 'doctor', '-f', 'json')) as Array<{ check: string; ok: boolean; found: string }>;
-  } catch (error) {
-    return JSON.parse((error as { stdout: string }).stdout) as Array<{ check: string; ok: boolean; found: string }>; // exits 1 on a failed check
-  }
-};
-const filesOfHost = (): string[] => inHost('sh', '-c', `find / -xdev \\( ${VOLATILE.map((dir) => `-path ${dir}`).join(' -o ')} \\) -prune -o -print | sort`).split('\n');
+const filesOf = (host: string): string[] => on(host, 'sh', '-c', `find / -xdev \\( ${VOLATILE.map((dir) => `-path ${dir}`).join(' -o ')} \\) -prune -o -print | sort`).split('\n');
+const filesOfHost = (): string[] => filesOf(HOST);
 const incusdPath = (): string | undefined => {
   const pid = inHost('systemctl', 'show', '-p', 'MainPID', '--value', 'incus.service').trim();
   return inHost('cat', `/proc/${pid}/environ`).split('\0').find((entry) => entry.startsWith('PATH='))?.slice(5);
 };
-async function until<T>(what: string, probe: () => T | undefined, ms = 30_000): Promise<T> {
-  const deadline = Date.now() + ms;
-  for (;;) {
-    const seen = (() => {
-      try {
-        return probe();
-      } catch {
-        return undefined;
-      }
-    })();
-    if (seen !== undefined) return seen;
-    if (Date.now() > deadline) throw new Error(`not within ${ms / 1000} s: ${what}`);
-    await sleep(250);
-  }
-}
 
 describeOnHost('the package on Debian 12 hosts booted by systemd, with Debian\'s Incus or Zabbly\'s layout (scripts/realhost)', ['root'], () => {
   const scratch = scratchDir('realhost');
@@ -67,9 +33,9 @@ describeOnHost('the package on Debian 12 hosts booted by systemd, with Debian\'s
   beforeAll(async () => {
     // asynchronously: a worker blocked for the minute this can take misses vitest's own calls;
     // fresh hosts, whatever an interrupted run left of the last ones
-    for (const host of [HOST, OTHER, ZABBLY]) await run(join(REPO, 'scripts/realhost'), ['down', host]);
-    for (const host of [HOST, OTHER]) await run(join(REPO, 'scripts/realhost'), ['up', host, ADDRESS[host]!], { encoding: 'utf8', maxBuffer: 16 * 1024 * 1024 });
-    const deb = (await run(join(REPO, 'scripts/package'), [join(scratch.path, 'out')], { cwd: REPO, encoding: 'utf8', maxBuffer: 16 * 1024 * 1024 })).stdout.trim();
+    await downHost(ZABBLY);
+    for (const host of [HOST, OTHER]) await freshHost(host, ADDRESS[host]);
+    const deb = await buildPackage(join(scratch.path, 'out'));
     for (const host of [HOST, OTHER]) {
       copyFileSync(deb, `${rootOf(host)}/var/tmp/haul.deb`);
       // the CRIU the hook will run: the test bed's (bookworm's own fails on this kernel)
@@ -84,7 +50,7 @@ describeOnHost('the package on Debian 12 hosts booted by systemd, with Debian\'s
     pathBefore = incusdPath();
   }, 600_000);
   afterAll(async () => {
-    for (const host of [HOST, OTHER, ZABBLY]) await run(join(REPO, 'scripts/realhost'), ['down', host]);
+    for (const host of [HOST, OTHER, ZABBLY]) await downHost(host);
     scratch.remove();
   });
 
@@ -148,7 +114,7 @@ describeOnHost('the package on Debian 12 hosts booted by systemd, with Debian\'s
   }, 120_000);
 
   it("on Zabbly's layout, with dpkg for real: its CRIU diverted, the hook in its place through a package upgrade, and all undone", async () => {
-    await run(join(REPO, 'scripts/realhost'), ['up', ZABBLY], { encoding: 'utf8' });
+    await freshHost(ZABBLY);
     // no Debian Incus on this one: Zabbly's package named incus, with its CRIU in /opt/incus/bin
     await onAsync(ZABBLY, ['env', 'DEBIAN_FRONTEND=noninteractive', 'apt-get', 'purge', '-y', '-q', 'incus-base', 'incus-client']);
     for (const version of ['1', '2']) {
@@ -156,7 +122,7 @@ describeOnHost('the package on Debian 12 hosts booted by systemd, with Debian\'s
     }
     copyFileSync(`${rootOf(HOST)}/var/tmp/haul.deb`, `${rootOf(ZABBLY)}/var/tmp/haul.deb`);
     await onAsync(ZABBLY, ['dpkg', '-i', '/var/tmp/incus-1.deb']);
-    const zabblyFiles = (): string[] => on(ZABBLY, 'sh', '-c', `find / -xdev \\( ${VOLATILE.map((dir) => `-path ${dir}`).join(' -o ')} \\) -prune -o -print | sort`).split('\n');
+    const zabblyFiles = (): string[] => filesOf(ZABBLY);
     const before = zabblyFiles();
     await onAsync(ZABBLY, ['env', 'DEBIAN_FRONTEND=noninteractive', 'apt-get', 'install', '-y', '-q', '--no-install-recommends', '/var/tmp/haul.deb']);
 
