@@ -6,6 +6,11 @@ HAUL_ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
 HAUL_CRIU_VERSION=4.1.1
 HAUL_CRIU_ORIG_SHA256=f80a66cb3726bb2116266d4759ce3bcbfab7abdb6b6d430bf20dd41911717afe
 HAUL_CRIU_BIN=/usr/local/sbin/criu
+# CRIU 4.2.1 beside it, from sid's source package (its page-server header is 32 bytes, not 24):
+# never on a PATH, named where a test or a move wants it
+HAUL_CRIU_NEXT_VERSION=4.2.1
+HAUL_CRIU_NEXT_ORIG_SHA256=29ec0ee09e296479fe7048c80980e8ef1d0684d0b0204c2b101dfea19f6725b9
+HAUL_CRIU_NEXT_BIN=/usr/local/lib/haul-testbed/criu-4.2.1/criu
 HAUL_WORKLOAD_BIN=/usr/local/bin/haul-workload
 
 HAUL_CACHE=/var/cache/haul                 # build trees and image tarballs, safe to delete
