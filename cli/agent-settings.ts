@@ -54,6 +54,15 @@ function checkedPeerName(value: string): string {
   }
 }
 
+/** The hostname, the default name: said as such when it cannot be one. */
+function hostNameAsPeerName(name: string): string {
+  try {
+    return peerName(name);
+  } catch {
+    throw new AgentConfigError(`this host's hostname ${JSON.stringify(name)} cannot be its name for its peers (letters, digits, ".", "_" and "-", at most 63, starting with a letter or digit): set name in the agent's configuration, or pass --name`);
+  }
+}
+
 /** A mode, or off; 'precopy', the older spelling of pre-copy, still means it. */
 export function parseAgentMode(value: string): HaulMode {
   const mode = parseHaulMode(value);
@@ -95,7 +104,7 @@ export async function agentSettings(command: Command, flags: AgentFlags): Promis
     incusDir: pick('incusDir', flags.incusDir, 'incus-dir', String)!,
     listen: pick('listen', flags.listen, 'listen', parseListen),
     peers: given('peer') || peersFromFile.length === 0 ? flags.peer : peersFromFile,
-    name: pick('name', flags.name === undefined ? undefined : checkedPeerName(flags.name), 'name', checkedPeerName) ?? checkedPeerName(hostname()),
+    name: pick('name', flags.name === undefined ? undefined : checkedPeerName(flags.name), 'name', checkedPeerName) ?? hostNameAsPeerName(hostname()),
     defaultMode: pick('defaultMode', flags.defaultMode, 'default-mode', parseAgentMode) ?? 'pre-copy',
     criu,
     restoreTimeoutS: pick('restoreTimeout', flags.restoreTimeout, 'restore-timeout', parsePositiveSeconds) ?? DEFAULT_RESTORE_TIMEOUT_S,

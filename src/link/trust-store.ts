@@ -1,8 +1,11 @@
 import { randomBytes } from 'node:crypto';
 import { readFileSync, statSync } from 'node:fs';
-import { mkdir, open, readFile, rename, rm, writeFile } from 'node:fs/promises';
+import { spawn } from 'node:child_process';
+import { once } from 'node:events';
+import { mkdir, readFile, rename, writeFile } from 'node:fs/promises';
 import { dirname } from 'node:path';
-import { setTimeout as sleep } from 'node:timers/promises';
+import { createInterface } from 'node:readline';
+import { packageFile } from '../package-files.js';
 
 export interface TrustedPeer {
   readonly name: string;
@@ -98,34 +101,17 @@ export class TrustStore {
   /**
    * A change, read from the file and written back while this store holds its lock: the agent (a
    * pairing) and `haul trust` (another process) may change it at once, and neither may lose the
-   * other's peer.
+   * other's peer. The lock is the kernel's (flock, held by hold-lock.pl): it ends with its holder,
+   * whatever way that ends, so none is ever left behind or taken from a live holder.
    */
   private async changing<T>(change: () => Promise<T>): Promise<T> {
     await mkdir(dirname(this.path), { recursive: true, mode: 0o700 });
-    const lock = `${this.path}.lock`;
-    const deadline = Date.now() + LOCK_WAIT_MS;
-    for (;;) {
-      try {
-        const handle = await open(lock, 'wx', 0o600);
-        await handle.writeFile(String(process.pid)).finally(() => handle.close());
-        break;
-      } catch (error) {
-        if ((error as NodeJS.ErrnoException).code !== 'EEXIST') throw error;
-        // a holder that died holding it left it behind (an empty file: one still writing its pid)
-        const holder = Number((await readFile(lock, 'utf8').catch(() => '')).trim());
-        if (holder > 0 && !isAlive(holder)) {
-          await rm(lock, { force: true });
-          continue;
-        }
-        if (Date.now() > deadline) throw new Error(`the trust store ${this.path} stayed locked by process ${holder || '?'} for ${LOCK_WAIT_MS / 1000} s (${lock})`);
-        await sleep(20);
-      }
-    }
+    const holder = await holdLock(`${this.path}.lock`);
     try {
       this.refresh();
       return await change();
     } finally {
-      await rm(lock, { force: true });
+      await holder.release();
     }
   }
 
@@ -137,15 +123,30 @@ export class TrustStore {
   }
 }
 
-const LOCK_WAIT_MS = 10_000;
+const LOCK_WAIT_S = 10;
+/** Part of Debian's perl-base, which is Essential. */
+const PERL = '/usr/bin/perl';
 
-function isAlive(pid: number): boolean {
-  try {
-    process.kill(pid, 0);
-    return true;
-  } catch (error) {
-    return (error as NodeJS.ErrnoException).code === 'EPERM';
-  }
+/** Holds `path` locked (flock) until `release`; rejects when it stays locked past LOCK_WAIT_S. */
+async function holdLock(path: string): Promise<{ release(): Promise<void> }> {
+  // looked up when a change is made: a command that only reads the store needs no perl program
+  const holder = spawn(PERL, [packageFile('src/link/hold-lock.pl', import.meta.url), path, String(LOCK_WAIT_S)], { stdio: ['pipe', 'pipe', 'pipe'] });
+  holder.stdin.on('error', () => {});
+  let said = '';
+  holder.stderr.on('data', (chunk: Buffer) => (said += chunk.toString()));
+  const exited = once(holder, 'exit').then(() => {}, () => {});
+  await new Promise<void>((resolve, reject) => {
+    const lines = createInterface({ input: holder.stdout });
+    lines.once('line', (line) => (line === 'locked' ? resolve() : reject(new Error(`the lock on ${path}: ${line}`))));
+    holder.once('error', (error) => reject(new Error(`cannot lock ${path}: ${error.message}`, { cause: error })));
+    holder.once('exit', () => reject(new Error(`cannot lock the trust store: ${said.trim() || `${path} could not be locked`}`)));
+  });
+  return {
+    release: async () => {
+      holder.stdin.end();
+      await exited;
+    },
+  };
 }
 
 /** Which version of the file is there: its inode (each save renames a new one in) and its change time. */

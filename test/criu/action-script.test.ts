@@ -1,7 +1,7 @@
 import { spawn } from 'node:child_process';
 import { once } from 'node:events';
 import { createInterface } from 'node:readline';
-import { chmodSync, mkdirSync, readdirSync, readFileSync, writeFileSync } from 'node:fs';
+import { chmodSync, existsSync, mkdirSync, readdirSync, readFileSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { describe, expect, it } from 'vitest';
@@ -169,14 +169,20 @@ describe('the action script haul writes', () => {
   it('leaves nothing behind when a detached step ends after haul closed and removed its directory', async () => {
     const scratch = scratchDir('actions-late');
     try {
+      // the step ends only once the test says so, and says when it has told haul (outside `dir`)
+      const go = join(scratch.path, 'go');
+      const done = join(scratch.path, 'done');
       const inner = join(scratch.path, 'slow-inner.sh');
-      writeFileSync(inner, `#!/bin/sh\nsleep 0.3\nexit 0\n`, { mode: 0o755 });
+      writeFileSync(inner, `#!/bin/sh\nwhile [ ! -e ${go} ]; do sleep 0.05; done\nexit 0\n`, { mode: 0o755 });
       const dir = join(scratch.path, 'actions');
       const script = await ActionScript.create(dir, { inner, steps: { 'post-dump': { inner: 'detach' } } });
+      // what the detached step runs after the inner script: its report, then the marker
+      writeFileSync(script.path, readFileSync(script.path, 'utf8').replace(/"\$4 status \$\?"'/, `"$4 status $?"; touch ${done}'`));
       expect(await run(script, 'post-dump')).toBe(0);
       await script.close({ remove: true });
       mkdirSync(dir); // made again, as the next run's would be
-      await sleep(800);
+      writeFileSync(go, '');
+      await expect.poll(() => existsSync(done), { timeout: 10_000 }).toBe(true);
       expect(readdirSync(dir)).toEqual([]);
     } finally {
       scratch.remove();

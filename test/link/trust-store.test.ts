@@ -1,7 +1,12 @@
-import { readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { spawn } from 'node:child_process';
+import { once } from 'node:events';
+import { readFileSync } from 'node:fs';
 import { join } from 'node:path';
+import { createInterface } from 'node:readline';
+import { setTimeout as sleep } from 'node:timers/promises';
 import { afterEach, describe, expect, it } from 'vitest';
 import { TrustStore } from '../../src/link/index.js';
+import { REPO } from '../support/paths.js';
 import { scratchDir } from '../support/scratch.js';
 
 const fingerprint = (digit: string): string => digit.repeat(64);
@@ -25,22 +30,23 @@ describe('the trust store shared by the agent and haul trust', () => {
     expect((await TrustStore.open(path)).list().map((peer) => peer.name).sort()).toEqual(['a', 'b', 'c', 'd']);
   });
 
-  it('takes over a lock left by a writer that died holding it, and waits for one that lives', async () => {
+  it('waits for a writer that holds the lock, and goes on at once when that writer is killed', async () => {
     const path = storePath();
-    writeFileSync(`${path}.lock`, '2147483646'); // no such process
     const store = await TrustStore.open(path);
     await store.add('a', fingerprint('a'));
-    writeFileSync(`${path}.lock`, String(process.pid)); // held, by a process that lives
-    const added = store.add('b', fingerprint('b'));
+    // another writer, holding the lock as haul does, then killed mid-change (kill -9: no clean-up)
+    const other = spawn('/usr/bin/perl', [join(REPO, 'src/link/hold-lock.pl'), `${path}.lock`, '10'], { stdio: ['pipe', 'pipe', 'ignore'] });
+    const [line] = (await once(createInterface({ input: other.stdout! }), 'line')) as [string];
+    expect(line).toBe('locked');
     let done = false;
-    void added.then(() => (done = true));
-    await new Promise((resolve) => setTimeout(resolve, 200));
+    const added = store.add('b', fingerprint('b')).then(() => (done = true));
+    await sleep(300);
     expect(done).toBe(false);
-    writeFileSync(`${path}.lock`, ''); // an empty lock is one being taken: still waited for
-    await new Promise((resolve) => setTimeout(resolve, 100));
-    expect(done).toBe(false);
-    rmSync(`${path}.lock`);
+    other.kill('SIGKILL');
     await added;
     expect(store.list().map((peer) => peer.name)).toEqual(['a', 'b']);
+    // and nothing of the lock is in the way of the next change
+    await store.add('c', fingerprint('c'));
+    expect((await TrustStore.open(path)).list().map((peer) => peer.name)).toEqual(['a', 'b', 'c']);
   });
 });

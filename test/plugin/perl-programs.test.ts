@@ -13,8 +13,8 @@ describe("haul's perl programs", () => {
       .map((name) => join(dir, name)),
   );
 
-  it('are the hook, the gatekeeper, the wait for a held action and the line told to haul', () => {
-    expect(programs.sort()).toEqual(['plugin/criu-hook.pl', 'plugin/restore-log-keeper.pl', 'src/criu/run/hold-answer.pl', 'src/criu/run/tell-haul.pl']);
+  it("are the hook, the gatekeeper, the wait for a held action, the line told to haul and the trust store's lock", () => {
+    expect(programs.sort()).toEqual(['plugin/criu-hook.pl', 'plugin/restore-log-keeper.pl', 'src/criu/run/hold-answer.pl', 'src/criu/run/tell-haul.pl', 'src/link/hold-lock.pl']);
   });
 
   it.each(programs)('%s compiles under strict (perl -c)', (program) => {

@@ -1,3 +1,4 @@
+import { randomBytes } from 'node:crypto';
 import { mkdirSync, mkdtempSync, readdirSync, rmSync, symlinkSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -55,7 +56,7 @@ describe('what the agent keeps of past migrations', () => {
     const names = [`${NOW - 30 * DAY}-1`, `${NOW - 20 * DAY}-2`, `${NOW - 10 * DAY}-3`, `${NOW - 60_000}-4`];
     for (const name of names) {
       mkdirSync(join(incoming, name, 'images'), { recursive: true });
-      writeFileSync(join(incoming, name, 'images', 'pages-1.img'), Buffer.alloc(1024 * 1024, 1)); // a failed move's pages
+      writeFileSync(join(incoming, name, 'images', 'pages-1.img'), randomBytes(1024 * 1024)); // a failed move's pages (random: a compressing filesystem keeps them whole)
     }
     // 4 MiB in all, at most 2.5 kept: the two oldest go
     expect(await pruneIncomingDirs(incoming, { since: NOW - 90 * DAY, maxBytes: 2.5 * 1024 * 1024, now: NOW })).toBe(2);

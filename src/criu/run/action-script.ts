@@ -209,7 +209,7 @@ inner=${shellWord(inner ?? '')}
 say() { ${PERL} ${shellWord(TELL_HAUL)} "$events" "$1"; }
 tell() { say "$CRTOOLS_SCRIPT_ACTION \${CRTOOLS_INIT_PID:-0}"; }
 hold() {
-  tell
+  tell || exit 1
   ${PERL} ${shellWord(HOLD_ANSWER)} "$answers" || exit 1
 }
 case "$CRTOOLS_SCRIPT_ACTION" in
