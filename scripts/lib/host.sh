@@ -25,6 +25,12 @@ HAUL_INCUS_PATH=$HAUL_HOOK_DIR:/usr/libexec/incus:/usr/local/sbin:/usr/local/bin
 
 say() { printf '%s %s\n' "[$(basename "$0")]" "$*" >&2; }
 die() { say "error: $*"; exit 1; }
+# the Debian mirror this host installs from (its debian.sources), else Debian's own
+debian_mirror() {
+  local mirror
+  mirror=$(awk '/^URIs:/ {print $2; exit}' /etc/apt/sources.list.d/debian.sources 2>/dev/null || true)
+  echo "${mirror:-http://deb.debian.org/debian}"
+}
 
 require_root() {
   [ "$(id -u)" = 0 ] || die "must run as root (it installs packages and starts incusd)"
