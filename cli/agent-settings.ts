@@ -36,16 +36,10 @@ export function parsePeer(value: string, previous: Peer[]): Peer[] {
   const match = /^([^=]+)=(.+:\d+)$/.exec(value);
   if (!match) throw new InvalidArgumentError('expected NAME=HOST:PORT');
   // the name binds a certificate in the trust store and names records: the trust store's grammar
-  let name: string;
-  try {
-    name = peerName(match[1]);
-  } catch (error) {
-    throw new InvalidArgumentError(error instanceof Error ? error.message : String(error));
-  }
-  return [...previous, { name, url: match[2]! }];
+  return [...previous, { name: checkedPeerName(match[1]!), url: match[2]! }];
 }
 
-/** This host's own name, as its peers will call it: the same grammar as theirs. */
+/** A peer's name, or this host's own as its peers will call it: a commander parse error when it is not one. */
 function checkedPeerName(value: string): string {
   try {
     return peerName(value);

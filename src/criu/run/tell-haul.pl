@@ -14,7 +14,7 @@ exit 1 unless -p $fifo;
 for (my $tries = 0; $tries < 250; $tries++) {
   my $written = syswrite($fifo, "$line\n");
   exit 0 if defined $written && $written == length($line) + 1;
-  exit 1 unless !defined $written && ($!{EAGAIN} || $!{EINTR});
+  exit 1 if defined $written || !($!{EAGAIN} || $!{EINTR});
   select(undef, undef, undef, 0.02);
 }
 exit 1;
