@@ -1,5 +1,5 @@
 import { InvalidArgumentError } from 'commander';
-import { MODES, type HostHello } from '../proxy/index.js';
+import { MODES, type HostSelf } from '../proxy/index.js';
 import { criuVersion, PAGE_SIZE } from '../src/criu/index.js';
 import { readPackageInfo } from './package-info.js';
 
@@ -15,7 +15,7 @@ export function parseListen(value: string): { address: string; port: number } {
  * (page size, architecture, CRIU versions). `migrates`: false for a host that only checks it can
  * link (haul doctor), which works without CRIU and offers no mode.
  */
-export async function thisHost(role: string, criuBinary?: string, options: { readonly migrates?: boolean } = {}): Promise<HostHello> {
+export async function thisHost(role: string, criuBinary?: string, options: { readonly migrates?: boolean } = {}): Promise<HostSelf> {
   const migrates = options.migrates ?? true;
   const version = migrates ? await criuVersion(criuBinary) : await criuVersion(criuBinary).catch(() => undefined);
   return {

@@ -183,16 +183,9 @@ export class IncomingMigrations {
       });
       this.arrivals.splice(0).forEach((wake) => wake());
       await migration.accept();
-      try {
-        await store.complete;
-        await migration.reportStored();
-        context.log(`${instance}: pages of migration ${id} stored, waiting for the restore`);
-        context.inFlight.update(progress, { phase: 'pages stored; waiting for Incus to restore' });
-      } catch (error) {
-        const reason = error instanceof Error ? error.message : String(error);
-        if (session.isOpen) await migration.reportStored(reason).catch(() => {});
-        throw error;
-      }
+      await migration.receive();
+      context.log(`${instance}: pages of migration ${id} stored, waiting for the restore`);
+      context.inFlight.update(progress, { phase: 'pages stored; waiting for Incus to restore' });
     })().catch((error: Error) => context.log(`an incoming migration failed: ${error.message}`, 'error'));
   }
 }

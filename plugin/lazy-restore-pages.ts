@@ -14,11 +14,10 @@ export async function serveLazyRestore(context: DestinationContext, entry: Incom
   entry.guard = guard;
   const delivered = (async () => {
     try {
-      await service.delivered();
-      await guard.release();
-      await entry.restored?.resume(); // every page is here: whatever the link does, it runs
-      await entry.migration.reportLazyComplete(lazyPages.received);
-      return lazyPages.received;
+      return await entry.migration.lazyDelivered(service, async () => {
+        await guard.release();
+        await entry.restored?.resume(); // every page is here: whatever the link does, it runs
+      });
     } catch (error) {
       const reason = error instanceof Error ? error.message : String(error);
       if (entry.session.isOpen) entry.session.abort(`lazy pages could not all be delivered: ${reason}`);

@@ -8,6 +8,30 @@ import { LazyPageStore } from './lazy-page-store.js';
 import { startLazyPageService, type LazyPageService } from './lazy-restore.js';
 import { ChannelKind, sendControl, type MigrationStart, openChannel } from './wire/index.js';
 
+const IDLE_CHECK_MS = 250;
+
+/** Until the store's image set is complete; fails once no page has arrived for `idleMs`. */
+async function completeWhileArriving(store: CacheStore, idleMs: number): Promise<void> {
+  let seen = store.pagesStored;
+  let lastProgress = Date.now();
+  let timer: NodeJS.Timeout | undefined;
+  const stalled = new Promise<never>((_, reject) => {
+    timer = setInterval(() => {
+      if (store.pagesStored !== seen) {
+        seen = store.pagesStored;
+        lastProgress = Date.now();
+      } else if (Date.now() - lastProgress >= idleMs) {
+        reject(new Error(`no progress from the source for ${idleMs / 1000} s before its image set was complete`));
+      }
+    }, Math.min(IDLE_CHECK_MS, idleMs));
+  });
+  try {
+    await Promise.race([store.complete, stalled]);
+  } finally {
+    clearInterval(timer);
+  }
+}
+
 export type RestoreOutcome = { readonly ok: true; readonly pid: number } | { readonly ok: false; readonly error: string };
 
 /** What the source's commit wait came to (awaitCommit). */
@@ -79,8 +103,24 @@ export class DestinationMigration {
     await this.forget();
   }
 
+  /**
+   * Until every stream the source announced is stored here, whole; then the source hears so (or
+   * why not: the error is rethrown too). With `idleMs`, it fails once no page arrived for that
+   * long before the set was complete: a source that keeps the link up and sends nothing would
+   * otherwise hold the migration for good.
+   */
+  async receive(options: { readonly idleMs?: number } = {}): Promise<void> {
+    try {
+      await (options.idleMs === undefined ? this.store.complete : completeWhileArriving(this.store, options.idleMs));
+    } catch (error) {
+      if (this.session.isOpen) await this.reportStored(error instanceof Error ? error.message : String(error)).catch(() => {});
+      throw error;
+    }
+    await this.reportStored();
+  }
+
   /** Every announced stream is stored, whole (or why not): the source's signal that the restore can come. */
-  async reportStored(error?: string): Promise<void> {
+  private async reportStored(error?: string): Promise<void> {
     await sendControl(this.answers.writable, { images_stored: error === undefined ? { ok: true, error: '' } : { ok: false, error } });
   }
 
@@ -106,8 +146,21 @@ export class DestinationMigration {
     });
   }
 
+  /**
+   * Lazy mode: until `criu lazy-pages` has delivered every page to the restored copy; from then
+   * losing the link no longer ends that copy. `beforeReport` (letting it run, say) comes before
+   * the source hears that every page is here, and may end its own. Resolves the pages delivered.
+   */
+  async lazyDelivered(service: LazyPageService, beforeReport?: () => Promise<void>): Promise<number> {
+    const pages = await service.delivered();
+    service.guard.pagesComplete();
+    await beforeReport?.();
+    await this.reportLazyComplete(pages);
+    return pages;
+  }
+
   /** Every lazy page has reached the restored copy: the source may end its own. */
-  async reportLazyComplete(pages: number): Promise<void> {
+  private async reportLazyComplete(pages: number): Promise<void> {
     await sendControl(this.answers.writable, { lazy_complete: { pages: BigInt(pages) } });
     this.lastReceipt = { what: "every page's arrival", detached: !this.session.attached, attachments: this.session.attachments };
   }

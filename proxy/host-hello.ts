@@ -4,10 +4,24 @@ import { decodeHostHello, encodeHostHello, type HostHello } from './wire/message
 export type { HostHello };
 
 /**
+ * The version of what the engine's two sides say to each other (proxy/wire/migration.proto's
+ * control messages and when each is sent). 2: the destination of `haul migrate` reports its
+ * image set stored, as the plugin's always did, and the source waits for it.
+ */
+export const MIGRATION_PROTOCOL = 2;
+
+/** What a host says of itself; the migration protocol is filled in by the handshake. */
+export type HostSelf = Omit<HostHello, 'migration_protocol'>;
+
+/**
  * Why a process dumped on `source` could not be restored on `destination`, or undefined: a pairing
  * is refused only where nothing can bridge the difference, and the reason says what to change.
  */
 export function compatibilityProblem(source: HostHello, destination: HostHello): string | undefined {
+  if (source.migration_protocol !== destination.migration_protocol) {
+    const speaks = (hello: HostHello): string => `migration protocol ${hello.migration_protocol}${hello.haul_version ? ` (haul ${hello.haul_version})` : ''}`;
+    return `the source speaks ${speaks(source)} and the destination ${speaks(destination)}: run the same haul version on both hosts`;
+  }
   if (source.page_size !== destination.page_size) {
     return `page size ${source.page_size} on the source but ${destination.page_size} on the destination`;
   }
@@ -31,7 +45,8 @@ export function compatibilityProblem(source: HostHello, destination: HostHello):
  * The link handshake's application part for a migration host: says what `self` is, and refuses a
  * peer it cannot migrate with. Sessions go from the dialler (the source) to the listener.
  */
-export function hostHandshake(self: HostHello): ApplicationHandshake {
+export function hostHandshake(host: HostSelf): ApplicationHandshake {
+  const self: HostHello = { ...host, migration_protocol: MIGRATION_PROTOCOL };
   return {
     hello: encodeHostHello(self),
     check(peerHello, side) {

@@ -2,7 +2,7 @@ import { mkdir } from 'node:fs/promises';
 import { join } from 'node:path';
 import { runCriu, RestoredTree } from '../src/criu/index.js';
 import { type EndpointOptions, LinkListener, type LinkSession } from '../src/link/index.js';
-import { type CacheStore, discardImages } from './cache-store.js';
+import { discardImages } from './cache-store.js';
 import { DestinationMigration } from './destination-migration.js';
 
 export interface CacheOptions extends EndpointOptions {
@@ -20,32 +20,6 @@ export interface CacheOptions extends EndpointOptions {
 
 const DEFAULT_IDLE_MS = 2 * 60_000;
 const DEFAULT_COMMIT_WITHIN_MS = 2 * 60_000;
-const IDLE_CHECK_MS = 250;
-
-/**
- * Until the store's image set is complete; fails once no page has arrived for `idleMs` (a source
- * that keeps the link up and sends nothing would otherwise hold the migration for good).
- */
-async function completeWhileArriving(store: CacheStore, idleMs: number): Promise<void> {
-  let seen = store.pagesStored;
-  let lastProgress = Date.now();
-  let timer: NodeJS.Timeout | undefined;
-  const stalled = new Promise<never>((_, reject) => {
-    timer = setInterval(() => {
-      if (store.pagesStored !== seen) {
-        seen = store.pagesStored;
-        lastProgress = Date.now();
-      } else if (Date.now() - lastProgress >= idleMs) {
-        reject(new Error(`no progress from the source for ${idleMs / 1000} s before its image set was complete`));
-      }
-    }, Math.min(IDLE_CHECK_MS, idleMs));
-  });
-  try {
-    await Promise.race([store.complete, stalled]);
-  } finally {
-    clearInterval(timer);
-  }
-}
 
 export type CacheEvent =
   | { readonly kind: 'migration'; readonly id: string; readonly dir: string }
@@ -103,7 +77,7 @@ export class ImageCache {
       this.options.onEvent?.({ kind: 'in-doubt', id, pid: held.pid, error });
     };
     try {
-      await completeWhileArriving(store, this.options.idleMs ?? DEFAULT_IDLE_MS);
+      await migration.receive({ idleMs: this.options.idleMs ?? DEFAULT_IDLE_MS });
       const lazy = store.control.messages.some((message) => message.migration_start?.mode === 'lazy');
       if (!lazy) {
         // held stopped until the source says its own copy has ended: never two running copies
@@ -138,10 +112,8 @@ export class ImageCache {
         await migration.reportRestore({ ok: true, pid: tree.pid });
         reported = true;
         this.options.onEvent?.({ kind: 'restored', id, pid: tree.pid });
-        await service.delivered();
-        guard.pagesComplete();
         // every page is here: the source ends its copy when it hears so, and commits
-        await migration.reportLazyComplete(lazyPages.received);
+        await migration.lazyDelivered(service);
         const commit = await migration.awaitCommit(commitWithinMs);
         if (!commit.committed) {
           await guard.release();

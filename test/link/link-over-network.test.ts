@@ -11,9 +11,10 @@ import { LinkProtocolError } from '../../src/link/link-errors.js';
 import { LinkListener } from '../../src/link/listener.js';
 import type { LinkSession } from '../../src/link/session.js';
 import { cuttingProxy } from '../support/cutting-proxy.js';
-import { hostApp, linkHost, trustingPair } from '../support/link-hosts.js';
+import { hostApp, hostInfo, linkHost, trustingPair } from '../support/link-hosts.js';
 import { ChannelKind, openChannel } from '../../proxy/wire/index.js';
-import { peerHost } from '../../proxy/index.js';
+import { MIGRATION_PROTOCOL, peerHost } from '../../proxy/index.js';
+import { encodeHostHello } from '../../proxy/wire/messages.js';
 
 const cleanups: Array<() => unknown> = [];
 afterEach(async () => {
@@ -95,6 +96,16 @@ describe('the link over TLS with pinned certificates', () => {
     cleanups.push(() => listener.close());
     await expect(dialLink(`ws://127.0.0.1:${listener.port}`, { insecure: true, application: hostApp('source', '4.2') })).rejects.toThrow(
       /refused the link: CRIU 4\.2 on the source writes pagemaps that CRIU 4\.1\.1 on the destination reads as empty; install CRIU 4\.2 or later there/,
+    );
+  });
+
+  it('refuses a peer whose haul speaks another migration protocol, naming both', async () => {
+    const listener = await LinkListener.listen('127.0.0.1', 0, { insecure: true, application: hostApp('destination') });
+    cleanups.push(() => listener.close());
+    // an older haul's hello: the same fields, without the migration protocol
+    const older = { hello: encodeHostHello({ ...hostInfo('source'), haul_version: '0.0.9', migration_protocol: 0 }), check: () => undefined };
+    await expect(dialLink(`ws://127.0.0.1:${listener.port}`, { insecure: true, application: older })).rejects.toThrow(
+      new RegExp(`the source speaks migration protocol 0 \\(haul 0\\.0\\.9\\) and the destination migration protocol ${MIGRATION_PROTOCOL} \\(haul 0\\.1\\.0\\): run the same haul version on both hosts`),
     );
   });
 

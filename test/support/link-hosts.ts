@@ -3,10 +3,10 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { loadOrCreateIdentity, type Identity } from '../../src/link/identity.js';
 import type { ApplicationHandshake } from '../../src/link/index.js';
-import { hostHandshake, type HostHello } from '../../proxy/index.js';
+import { hostHandshake, type HostSelf } from '../../proxy/index.js';
 import { TrustStore } from '../../src/link/trust-store.js';
 
-export function hostInfo(role: 'source' | 'destination', criuVersion = '4.1.1'): HostHello {
+export function hostInfo(role: 'source' | 'destination', criuVersion = '4.1.1'): HostSelf {
   return { criu_version: criuVersion, page_size: 4096, architecture: 'x64', capabilities: ['pre-copy', 'lazy'], haul_version: '0.1.0', role };
 }
 
