@@ -15,9 +15,6 @@ export interface SourceContext {
   readonly inFlight: InFlight;
 }
 
-/** How long the destination may take to store every page, and to report its restore. */
-export const PAGES_STORED_MS = 10 * 60_000;
-
 /** The container's root as the agent reaches it, and the time of the snapshot Incus sent. */
 export interface DiskCatchUp {
   readonly root: string;

@@ -1,6 +1,6 @@
 import { packDiskChanges } from '../proxy/index.js';
 import type { IncusInstance } from './incus-client.js';
-import { PAGES_STORED_MS, type DiskCatchUp, type Outgoing, type SourceContext } from './source-context.js';
+import type { DiskCatchUp, Outgoing, SourceContext } from './source-context.js';
 
 
 /**
@@ -31,21 +31,19 @@ export async function diskCatchUp(context: SourceContext, instance: IncusInstanc
 
 /**
  * Both modes, once CRIU has handed over what haul sends (the container still frozen): the disk
- * changes where the pool needs them, then the count of what was sent, then until the
- * destination says it stored it all.
+ * changes where the pool needs them; resolves how many tars went (the engine counts them in the
+ * image set it announces, then waits for the destination to store it all).
  */
-export async function imagesStored(context: SourceContext, { migration, progress, disk, record }: Outgoing, sent: { readonly pages: number; readonly files: number; readonly pageStreams: number }): Promise<void> {
+export async function sendDiskChanges(context: SourceContext, { migration, progress, disk, record }: Outgoing, pages: number): Promise<number> {
   if (disk) {
     // the memory is dumped and the container still frozen: its disk holds still
-    context.inFlight.update(progress, { pages: sent.pages, phase: 'sending the disk changes since the snapshot' });
+    context.inFlight.update(progress, { pages, phase: 'sending the disk changes since the snapshot' });
     const packed = packDiskChanges(disk.root, disk.sinceMs);
     await migration.sendDiskChanges(packed.tar);
     const carried = await packed.done;
     const skipped = carried.skipped.length ? `; not carried (device nodes, fifos, sockets): ${carried.skipped.slice(0, 10).join(', ')}` : '';
     context.log(`${record.instance}: disk changes since the snapshot sent: ${carried.files} files (${carried.bytes} bytes), ${carried.symlinks} symlinks, ${carried.directories} directories${skipped}`);
   }
-  context.inFlight.update(progress, { pages: sent.pages, phase: 'waiting for the destination to store the pages and restore' });
-  await migration.imagesComplete({ files: sent.files, pageStreams: sent.pageStreams, bytes: 0, filesystemTars: disk ? 1 : 0 });
-  await migration.stored(PAGES_STORED_MS);
+  context.inFlight.update(progress, { pages, phase: 'waiting for the destination to store the pages and restore' });
+  return disk ? 1 : 0;
 }
-

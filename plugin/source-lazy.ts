@@ -1,19 +1,15 @@
-import { mkdir, readdir, rm } from 'node:fs/promises';
+import { mkdir } from 'node:fs/promises';
 import { join } from 'node:path';
-import { setTimeout as sleep } from 'node:timers/promises';
-import { PAGE_SIZE, type HeaderLayout, isPagesFileName, lazyRunsIn, pagesStoredIn } from '../src/criu/index.js';
-import type { LinkSession } from '../src/link/index.js';
-import { identify, isRunning, type ProcessIdentity } from '../src/host/index.js';
-import { LazyDump } from '../proxy/index.js';
+import { PAGE_SIZE, type HeaderLayout, isPagesFileName } from '../src/criu/index.js';
+import { identify, type ProcessIdentity } from '../src/host/index.js';
+import { LazyDump, runLazySource } from '../proxy/index.js';
 import { withArgument, type HookReply } from './hook-protocol.js';
 import { LazyEarlyActions } from './lazy-early-actions.js';
-import { PAGES_STORED_MS, countCheckpointPageFiles, type ModeStart, type Outgoing, type SourceContext } from './source-context.js';
-import { imagesStored } from './source-disk.js';
+import { countCheckpointPageFiles, type ModeStart, type Outgoing, type SourceContext } from './source-context.js';
+import { sendDiskChanges } from './source-disk.js';
 
 /** Lazy: how long the push of pages nobody faulted waits for the destination's restore report. */
 const PUSH_HOLD_MS = 10_000;
-/** How often a lazy dump's CRIU is looked at until post-dump. */
-const DUMP_POLL_MS = 250;
 
 /**
  * Lazy (post-copy) through haul, the dump written as LazyDump (proxy/lazy-dump.ts) sets it up:
@@ -54,82 +50,61 @@ export async function startLazy(context: SourceContext, outgoing: Outgoing, how:
 }
 
 /**
- * Until the lazy dump is over and its images are in Incus' directory; fails when the link does,
- * or when CRIU ends without getting there (it failed, and the source runs on).
- */
-async function dumpOver(actions: LazyEarlyActions, session: LinkSession, criu: ProcessIdentity | undefined): Promise<void> {
-  let over = false;
-  // the link may have failed while the hook's answer was made, before anything listened
-  const aborted = session.isOpen ? new Promise<never>((_, reject) => session.once('aborted', (error: Error) => reject(error))) : Promise.reject(new Error('the link to the destination failed before the dump began'));
-  aborted.catch(() => {});
-  const criuEnded = (async (): Promise<never> => {
-    while (!over && (!criu || isRunning(criu))) await sleep(DUMP_POLL_MS);
-    throw new Error('criu dump ended before its post-dump step: the dump failed (see its log in the instance\'s log directory)');
-  })();
-  criuEnded.catch(() => {});
-  try {
-    await Promise.race([actions.postDump, aborted, criuEnded]);
-  } finally {
-    over = true;
-  }
-}
-
-/**
- * Lazy: once the dump is over, the pages that could not be lazy (as files) and the disk changes;
- * then, once CRIU's lazy page server listens on the guarded port, every lazy page, faults first. The
- * source ends (its page-server session closes) only when the destination has every page and
- * Incus' own post-dump step reported the restore; on any failure a bad header makes CRIU resume
- * it. `criu`: the dump's process, so that a dump that fails before post-dump is not waited for.
+ * Lazy, the engine's run (runLazySource) with Incus' post-dump step beside it: the pagemaps went
+ * into Incus' directory with the other images at post-dump (LazyEarlyActions), the few pages that
+ * cannot be lazy go over as files with the disk changes, and the source ends only when the
+ * destination has every page and Incus' own post-dump step reported the restore too.
  */
 async function followLazy(context: SourceContext, outgoing: Outgoing, actions: LazyEarlyActions, layout: HeaderLayout, dump: { readonly dumpDir: string; readonly lazy: LazyDump; readonly criu: ProcessIdentity }): Promise<void> {
-  const { session, migration, dir, record, startedAt, progress } = outgoing;
+  const { migration, dir, record, startedAt, progress } = outgoing;
   const { dumpDir } = dump;
-  let resuming: Promise<void> | undefined;
   let incusFailure: string | undefined;
   void actions.incusPostDump.then((status) => status !== 0 && (incusFailure = `Incus' post-dump step failed (${status}): the destination did not restore`)).catch(() => {});
-  // haul's destination reports the restore itself too: Incus' word alone can call a failure a success
-  let restoreFailure: string | undefined;
-  let restoredAt: number | undefined;
-  const restoreReported = migration.restoreReport(PAGES_STORED_MS).then(
-    (result) => void (result.ok ? (restoredAt = Date.now()) : (restoreFailure = `the restore failed on the destination: ${result.error}`)),
-    () => {},
-  );
+  let eager = 0;
+  let checkpointPageFiles = 0;
   try {
-    await dumpOver(actions, session, dump.criu);
-    const eager = await pagesStoredIn(dumpDir);
-    const checkpointPageFiles = await countCheckpointPageFiles(dir);
-    const lazyRuns = await lazyRunsIn(dir); // the pagemaps went with the other images
-    const { files } = await migration.sendImages(dumpDir, isPagesFileName);
-    await imagesStored(context, outgoing, { pages: eager, files, pageStreams: 0 });
-    const client = await dump.lazy.connect(dump.criu, layout, actions.statusReady);
-    const total = lazyRuns.reduce((sum, run) => sum + run.nrPages, 0);
-    context.log(`${record.instance}: ${total} lazy pages to move`);
-    context.inFlight.update(progress, { phase: 'restored on the destination; moving its memory', pages: eager, totalPages: eager + total });
-    const pulled = await migration.movePages(client, lazyRuns, {
-      stop: () => incusFailure ?? restoreFailure,
-      // while the destination restores, its faults alone: pushing the rest then (a whole
-      // container's memory at 1 GiB) slowed the restore and Incus' own steps on the way to it
-      pushFrom: Promise.race([restoreReported, actions.incusPostDump, sleep(PUSH_HOLD_MS)]),
+    const run = await runLazySource(migration, dump.lazy, {
+      criu: dump.criu,
+      layout,
+      postDump: actions.postDump,
+      statusReady: actions.statusReady,
+      dumpDir,
+      pagemapDir: dir,
+      sendRest: async (eagerPages) => {
+        eager = eagerPages;
+        checkpointPageFiles = await countCheckpointPageFiles(dir);
+        const { files } = await migration.sendImages(dumpDir, isPagesFileName);
+        return { files, bytes: 0, filesystemTars: await sendDiskChanges(context, outgoing, eagerPages) };
+      },
+      // CRIU resumes the source: it fails post-dump when not past it yet, else haul ends its lazy
+      // page server's session with a bad header (CRIU would wait for a lazy client for good)
+      failPostDump: async () => actions.abandon(),
+      onResumeUnreached: (failure) => context.log(`${record.instance}: could not end CRIU's lazy page server: ${failure.message}`, 'error'),
+      managerFailure: () => incusFailure,
+      holdPush: { hint: actions.incusPostDump, atMostMs: PUSH_HOLD_MS },
+      onPhase: (phase, { eagerPages, lazyPages }) => {
+        if (phase === 'moving-lazy-pages') {
+          context.log(`${record.instance}: ${lazyPages} lazy pages to move`);
+          context.inFlight.update(progress, { phase: 'restored on the destination; moving its memory', pages: eagerPages, totalPages: eagerPages + lazyPages });
+        }
+        if (phase === 'awaiting-last-page') {
+          context.inFlight.update(progress, { phase: "waiting for the destination's last page and Incus' restore report" });
+          context.log(`${record.instance}: all lazy pages sent; waiting for the destination and for Incus' restore report`);
+        }
+      },
       onPages: (moved) => context.inFlight.update(progress, { pages: eager + moved }),
+      managerVerdict: async () => {
+        const status = await actions.incusPostDump;
+        context.log(`${record.instance}: Incus' post-dump step ended with ${status}`);
+        if (status !== 0) throw new Error(incusFailure ?? `Incus' post-dump step failed (${status})`);
+      },
     });
-    context.inFlight.update(progress, { phase: "waiting for the destination's last page and Incus' restore report" });
-    context.log(`${record.instance}: all ${pulled} lazy pages sent; waiting for the destination and for Incus' restore report`);
-    await migration.lazyComplete(PAGES_STORED_MS);
-    const status = await actions.incusPostDump;
-    context.log(`${record.instance}: Incus' post-dump step ended with ${status}`);
-    if (status !== 0) throw new Error(incusFailure!);
-    if (restoreFailure) throw new Error(restoreFailure);
-    await dump.lazy.end(); // every page has moved and Incus restored it: CRIU ends the source
     migration.finish();
-    const pages = eager + pulled;
-    const downtimeMs = restoredAt === undefined ? undefined : restoredAt - startedAt.getTime();
-    await context.records.add({ ...record, pages, bytes: pages * PAGE_SIZE, checkpointPageFiles, totalMs: Date.now() - startedAt.getTime(), ...(downtimeMs === undefined ? {} : { downtimeMs }), result: 'moved' });
+    const pages = run.eagerPages + run.lazyPages;
+    const downtimeMs = run.restoredAt - startedAt.getTime();
+    await context.records.add({ ...record, pages, bytes: pages * PAGE_SIZE, checkpointPageFiles, totalMs: Date.now() - startedAt.getTime(), downtimeMs, result: 'moved' });
   } catch (error) {
     const reason = error instanceof Error ? error.message : String(error);
-    // CRIU resumes the source: it fails post-dump when not past it yet, else haul ends its lazy
-    // page server's session with a bad header (CRIU would wait for a lazy client for good)
-    if (!actions.abandon()) resuming = dump.lazy.resume(actions.statusReady).catch((failure: Error) => context.log(`${record.instance}: could not end CRIU's lazy page server: ${failure.message}`, 'error'));
-    if (session.isOpen) session.abort(reason);
     context.log(`${record.instance}: lazy migration ${record.id} failed: ${reason}`, 'error');
     await context.records.add({ ...record, totalMs: Date.now() - startedAt.getTime(), result: 'failed', error: reason });
   } finally {
@@ -140,11 +115,6 @@ async function followLazy(context: SourceContext, outgoing: Outgoing, actions: L
     dump.lazy.releaseWhenGone(dump.criu).then((released) => {
       if (released === 'criu-runs') context.log(`${record.instance}: CRIU's lazy dump ${dump.criu.pid} still runs; its port stays guarded until the guard expires`, 'warning');
     }).catch((failure: Error) => context.log(`${record.instance}: could not release the guard of port ${dump.lazy.port}: ${failure.message}`, 'warning'));
-    // the resume waits for CRIU's status-ready, which the script reports: not closed before it
-    await resuming;
     await actions.close();
-    // the page data haul sent; the rest of the directory is swept later (CRIU writes its stats
-    // there as it ends)
-    for (const name of await readdir(dumpDir).catch(() => [])) if (isPagesFileName(name)) await rm(join(dumpDir, name), { force: true });
   }
 }

@@ -9,6 +9,8 @@ export { migrateLazy, migratePreCopy, type MigrateOptions, type MigrationSummary
 export { MigrationFailedError, MigrationInDoubtError } from './migration-errors.js';
 export { ImageCache, type CacheEvent, type CacheOptions } from './image-cache.js';
 export { SourceMigration, type ImageSetSent, type MigrationAnnouncement } from './source-migration.js';
+export { runPreCopySource, type PreCopySourceSeams, type RestOfImageSet, type SourcePhase } from './source-pre-copy.js';
+export { runLazySource, type LazySourceSeams } from './source-lazy.js';
 export { DestinationMigration, type CommitOutcome, type RestoreOutcome } from './destination-migration.js';
 export { DISK_CHANGES_FILE, discardImages } from './cache-store.js';
 export { applyDiskChanges, type OwnerIds } from './disk-changes-apply.js';

@@ -4,7 +4,7 @@ import type { LazyPagesClient } from '../src/criu/index.js';
 import { dialLink, type EndpointOptions, type LinkSession, type OutgoingChannel } from '../src/link/index.js';
 import { DISK_CHANGES_FILE } from './cache-store.js';
 import { sendImageFiles, type SentImages } from './images-to-link.js';
-import { FaultQueue, moveLazyPages } from './lazy-source.js';
+import { FaultQueue, moveLazyPages } from './lazy-pages-to-link.js';
 import type { Mode } from './mode.js';
 import { ChannelKind, ControlInbox, sendControl, type MigrationStart, type RestoreResult, openChannel } from './wire/index.js';
 
@@ -27,6 +27,9 @@ export interface ImageSetSent {
  * choice; the steps between the two hosts are these.
  */
 export class SourceMigration {
+  private failedByItself: Error | undefined;
+  private abortedHere = false;
+
   private constructor(
     readonly session: LinkSession,
     readonly mode: Mode,
@@ -35,7 +38,16 @@ export class SourceMigration {
     readonly answers: ControlInbox,
     /** Lazy mode: the page faults the destination asks the source to serve. */
     private readonly faults: FaultQueue,
-  ) {}
+  ) {
+    session.once('aborted', (error) => {
+      if (!this.abortedHere) this.failedByItself = error;
+    });
+  }
+
+  /** Why the link failed, when it failed by itself or by the peer (not by `abort` here): what to report first, CRIU's errors being only its echo. */
+  get linkFailure(): Error | undefined {
+    return this.failedByItself;
+  }
 
   /** Starts on a session just dialled: everything the destination opens is listened for before any await. */
   static over(session: LinkSession, mode: Mode): SourceMigration {
@@ -119,6 +131,8 @@ export class SourceMigration {
 
   /** Ends the session with `reason` for the destination, if it is still open. */
   abort(reason: string): void {
-    if (this.session.isOpen) this.session.abort(reason);
+    if (!this.session.isOpen) return;
+    this.abortedHere = true;
+    this.session.abort(reason);
   }
 }
