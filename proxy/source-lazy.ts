@@ -75,12 +75,11 @@ export interface LazySourceResult {
  * before, the source resumes: at post-dump, or by a bad header on the lazy page server.
  */
 export async function runLazySource(migration: SourceMigration, dump: LazyDump, seams: LazySourceSeams): Promise<LazySourceResult> {
-  let restoredAt: number | undefined;
+  // the restored copy runs from the moment the destination reports it; a failed restore stops the
+  // pulling. No deadline of its own: the wait ends with the session, and the pages' moving has its own
+  const report = migration.restoreReport().then((result) => ({ result, at: Date.now() }));
   let restoreFailure: string | undefined;
-  const restoreReported = migration.restoreReport(DESTINATION_REPORT_MS).then(
-    (result) => void (result.ok ? (restoredAt = Date.now()) : (restoreFailure = `the destination could not restore: ${result.error}`)),
-    () => {},
-  );
+  const restoreReported = report.then(({ result }) => void (result.ok || (restoreFailure = `the destination could not restore: ${result.error}`)), () => {});
   let pastReturn = false;
   let releasedPostDump = false;
   try {
@@ -113,23 +112,26 @@ export async function runLazySource(migration: SourceMigration, dump: LazyDump, 
       ...(hold ? { pushFrom: Promise.race([restoreReported, hold.hint ?? new Promise(() => {}), sleep(hold.atMostMs)]) } : {}),
     });
     seams.onPhase?.('awaiting-last-page', { eagerPages, lazyPages: total });
-    await migration.lazyComplete(DESTINATION_REPORT_MS);
-    const result = await migration.restoreReport(DESTINATION_REPORT_MS);
+    // the restore's report first: a failed restore ends the destination's answers without lazy_complete
+    const { result, at: restoredAt } = await report;
     if (!result.ok) throw new Error(`the destination could not restore: ${result.error}`);
+    await migration.lazyComplete(DESTINATION_REPORT_MS);
     await seams.managerVerdict?.();
     // the destination holds every page and runs its copy: from here the source ends whatever
     // happens, never resumes
     pastReturn = true;
     await dump.end();
     await seams.sourceEnded?.(result.pid);
-    return { eagerPages, lazyPages, rest, restoredPid: result.pid, dumpedAt, sentAt, restoredAt: restoredAt ?? Date.now() };
+    return { eagerPages, lazyPages, rest, restoredPid: result.pid, dumpedAt, sentAt, restoredAt };
   } catch (error) {
-    const reason = error instanceof Error ? error.message : String(error);
+    // the destination hears first, and ends its copy, before the source resumes
+    migration.abort(error instanceof Error ? error.message : String(error));
     if (!pastReturn) {
-      const failedThere = !releasedPostDump && (await seams.failPostDump().catch(() => false));
+      // a held post-dump whose answer could not be written fails all the same, once the front end
+      // closes its action script: that counts as failed there
+      const failedThere = !releasedPostDump && (await seams.failPostDump().catch(() => true));
       if (!failedThere) await dump.resume(seams.statusReady).catch((unreached: Error) => seams.onResumeUnreached(unreached));
     }
-    migration.abort(reason);
     throw error;
   } finally {
     await removePageFiles(seams.dumpDir).catch(() => {});

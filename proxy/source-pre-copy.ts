@@ -68,7 +68,9 @@ export interface PreCopySourceResult extends RestoreSettled {
  * the front end resume it, and ends the session with the reason.
  */
 export async function runPreCopySource(migration: SourceMigration, intake: DumpToLink, seams: PreCopySourceSeams): Promise<PreCopySourceResult> {
-  const report = migration.restoreReport(DESTINATION_REPORT_MS).then((result) => ({ result, at: Date.now() }));
+  // no deadline of its own: a large image set takes what it takes, and the restore target decides
+  // how long it waits once the restore is under way (the wait ends with the session in any case)
+  const report = migration.restoreReport().then((result) => ({ result, at: Date.now() }));
   report.catch(() => {});
   const counting = setInterval(() => seams.onPages?.(intake.pages.pagesSent), PAGE_COUNT_MS);
   try {
@@ -87,10 +89,11 @@ export async function runPreCopySource(migration: SourceMigration, intake: DumpT
     return { ...settled, pages: summary.pagesReceived, pageStreams: intake.pages.pageStreams, rest, dumpedAt, sentAt };
   } catch (error) {
     if (seams.isPastReturn?.(error)) throw error;
+    // the destination hears first, and drops its copy, before the source resumes
+    migration.abort(error instanceof Error ? error.message : String(error));
     // a page server gone mid-dump fails the dump (after it ended, nothing is dropped)
     intake.abandon();
     await seams.resumeSource().catch(() => {});
-    migration.abort(error instanceof Error ? error.message : String(error));
     throw error;
   }
 }

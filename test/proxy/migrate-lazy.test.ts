@@ -39,4 +39,18 @@ describeOnHost('haul lazy (post-copy) migration of a running process', ['root', 
     );
     await expectContinued(frozenAt);
   }, 120_000);
+
+  it("says why when the destination's restore fails after every page was sent, and the source runs on", async () => {
+    const { destination, workload, defer, expectContinued } = await scenes.start('lazymig-late', 16);
+    // the lazy-pages daemon is real, so the pages all go; the restore fails only after
+    const lateFailing = `${destination}/criu-restore-fails-late.sh`;
+    writeFileSync(lateFailing, `#!/bin/sh\nif [ "$1" = restore ]; then sleep 3; echo 'simulated late restore failure' >&2; exit 1; fi\nexec ${CRIU_ON_SECOND_HOST} "$@"\n`, { mode: 0o755 });
+    const cache = await ImageCache.start({ address: '127.0.0.1', port: 0, dir: `${destination}/cache`, insecure: true, application: hostApp('destination'), criuBinary: lateFailing });
+    defer(() => void cache.close());
+    const frozenAt = realtimeNs();
+    await expect(migrateLazy({ pid: workload.pid, to: `ws://127.0.0.1:${cache.port}`, insecure: true, application: hostApp('source') })).rejects.toThrow(
+      /lazy migration of \d+ failed, the source process keeps running: the destination could not restore: .*simulated late restore failure/s,
+    );
+    await expectContinued(frozenAt);
+  }, 120_000);
 });
