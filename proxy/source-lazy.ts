@@ -93,7 +93,11 @@ export async function runLazySource(migration: SourceMigration, dump: LazyDump, 
     await migration.imagesComplete({ files: rest.files, pageStreams: 0, bytes: rest.bytes, filesystemTars: rest.filesystemTars });
     // the few pages that could not be lazy are on the link now: none stays on the source's disk
     await removePageFiles(seams.dumpDir);
-    await migration.stored(DESTINATION_REPORT_MS);
+    // CRIU's lazy page server starts while the destination stores them (its restore needs both):
+    // waiting for the one before starting the other would put CRIU's start inside the downtime
+    const stored = migration.stored(DESTINATION_REPORT_MS);
+    let storeFailure: string | undefined;
+    stored.catch((error: Error) => (storeFailure = error.message));
     const sentAt = Date.now();
     // CRIU starts its lazy page server only once post-dump returns, and the restore needs pages
     // before it can finish, so post-dump must succeed now; from here, failure is signalled on the
@@ -106,12 +110,13 @@ export async function runLazySource(migration: SourceMigration, dump: LazyDump, 
     const hold = seams.holdPush;
     const lazyPages = await migration.movePages(client, lazyRuns, {
       onPages: (moved) => seams.onPages?.(moved),
-      stop: () => seams.managerFailure?.() ?? restoreFailure,
+      stop: () => seams.managerFailure?.() ?? restoreFailure ?? storeFailure,
       // while the destination restores, its faults alone: pushing the rest then (a whole
       // container's memory at 1 GiB) slowed the restore and Incus' own steps on the way to it
       ...(hold ? { pushFrom: Promise.race([restoreReported, hold.hint ?? new Promise(() => {}), sleep(hold.atMostMs)]) } : {}),
     });
     seams.onPhase?.('awaiting-last-page', { eagerPages, lazyPages: total });
+    await stored;
     // the restore's report first: a failed restore ends the destination's answers without lazy_complete
     const { result, at: restoredAt } = await report;
     if (!result.ok) throw new Error(`the destination could not restore: ${result.error}`);
