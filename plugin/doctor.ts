@@ -172,7 +172,7 @@ export async function diagnose(options: DoctorOptions): Promise<Check[]> {
     }
     // a move through haul is a live move: Incus makes it only of an instance that allows it
     const notLive = (await incus.instances())
-      .filter(({ expanded_config: config }) => config['user.haul.mode'] !== undefined && config['user.haul.mode'] !== 'off' && config['migration.stateful'] !== 'true')
+      .filter(({ expanded_config: config = {} }) => config['user.haul.mode'] !== undefined && config['user.haul.mode'] !== 'off' && config['migration.stateful'] !== 'true')
       .map((instance) => instance.name);
     add('instances haul moves can move live', notLive.length === 0, notLive.length ? `user.haul.mode set but not migration.stateful=true: ${notLive.slice(0, 10).join(', ')}` : 'every instance that sets user.haul.mode sets migration.stateful=true', `incus config set ${notLive[0] ?? 'NAME'} migration.stateful=true (for each; Incus moves the others stopped, without haul)`);
   } catch (error) {

@@ -11,6 +11,6 @@ export function parseHaulMode(text: string | undefined): HaulMode | undefined {
 
 /** The instance's user.haul.mode (own or from a profile), else the agent's default. */
 export function modeOf(instance: IncusInstance, fallback: HaulMode): HaulMode {
-  const value = instance.expanded_config['user.haul.mode'];
+  const value = instance.expanded_config?.['user.haul.mode'];
   return parseHaulMode(value) ?? fallback;
 }

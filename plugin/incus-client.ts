@@ -6,7 +6,8 @@ export interface IncusInstance {
   readonly status: string;
   readonly project?: string;
   readonly config: Record<string, string>;
-  readonly expanded_config: Record<string, string>;
+  /** Absent for an instance Incus is still creating or already deleting (a move in progress, or one that failed). */
+  readonly expanded_config?: Record<string, string>;
   readonly expanded_devices?: Record<string, Record<string, string>>;
   readonly state?: { readonly pid: number; readonly status: string } | null;
 }

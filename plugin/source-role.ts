@@ -30,7 +30,7 @@ export interface Peer {
 
 /** The instance's user.haul.restore-timeout (seconds) in ms, 0 when it sets none (or nonsense). */
 function restoreTimeoutMs(instance: IncusInstance): number {
-  const seconds = Number(instance.expanded_config['user.haul.restore-timeout']);
+  const seconds = Number(instance.expanded_config?.['user.haul.restore-timeout']);
   return Number.isFinite(seconds) && seconds > 0 ? Math.max(1, Math.round(seconds * 1000)) : 0;
 }
 

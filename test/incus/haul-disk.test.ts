@@ -1,6 +1,6 @@
 import { afterAll, expect, it } from 'vitest';
 import { describeOnHost } from '../support/host.js';
-import { TestContainer } from '../support/testbed.js';
+import { TestContainer, CLEANUP_MS, deleteAll } from '../support/testbed.js';
 
 /** A shell in the container appending its next number to a file on the root filesystem every 10 ms. */
 const APPENDER = 'i=0; while :; do i=$((i+1)); echo $i >> /root/seq; sleep 0.01; done';
@@ -19,7 +19,7 @@ function missingLines(text: string): number[] {
 
 describeOnHost('incus move through haul keeps what the container wrote to its disk', ['root', 'criu', 'testbed'], () => {
   const containers: TestContainer[] = [];
-  afterAll(async () => Promise.all(containers.map((c) => c.delete())));
+  afterAll(() => deleteAll(containers), CLEANUP_MS);
 
   // btrfs (the test bed's default pool) sends the root filesystem once, before the dump: natively,
   // what the container writes until the freeze is lost there (docs/incus-native-move.md)

@@ -7,7 +7,7 @@ import type { MigrationProgress } from '../../plugin/in-flight.js';
 import { MigrationRecords } from '../../plugin/migration-records.js';
 import { describeOnHost } from '../support/host.js';
 import { isLive } from '../support/second-host.js';
-import { NativeMoveDefect, TestContainer, agentPid, incus, killAgent, startAgents, type TestHost } from '../support/testbed.js';
+import { NativeMoveDefect, TestContainer, agentPid, incus, killAgent, startAgents, type TestHost, CLEANUP_MS, deleteAll } from '../support/testbed.js';
 import { expectedChecksum, realtimeNs, type WorkloadReport } from '../support/workload.js';
 
 const recordsOf = async (host: TestHost, instance: string) =>
@@ -68,7 +68,7 @@ async function incusConfigUnset(container: TestContainer, key: string): Promise<
 describeOnHost('incus move when haul is missing or fails', ['root', 'criu', 'testbed'], () => {
   const containers: TestContainer[] = [];
   afterEach(async () => startAgents()); // whatever a test stopped comes back for the next
-  afterAll(async () => Promise.all(containers.map((c) => c.delete())));
+  afterAll(() => deleteAll(containers), CLEANUP_MS);
 
   it('moves natively from a host whose agent is not running', async () => {
     await killAgent('src');

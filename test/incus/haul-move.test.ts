@@ -6,7 +6,7 @@ import { IN_FLIGHT_FILE, type MigrationProgress } from '../../plugin/in-flight.j
 import { MigrationRecords, type MigrationRecord } from '../../plugin/migration-records.js';
 import { HAUL_CLI } from '../support/build-cli.js';
 import { describeOnHost } from '../support/host.js';
-import { NativeMoveDefect, TestContainer, type TestHost } from '../support/testbed.js';
+import { NativeMoveDefect, TestContainer, type TestHost, CLEANUP_MS, deleteAll } from '../support/testbed.js';
 import { expectedChecksum, realtimeNs } from '../support/workload.js';
 
 /** Where `scripts/testbed up` keeps each host's agent state. */
@@ -41,7 +41,7 @@ const BIG = { dir: '/run/big', mib: 256 };
 
 describeOnHost('incus move through haul (the test bed routes every move through its agents)', ['root', 'criu', 'testbed'], () => {
   const containers: TestContainer[] = [];
-  afterAll(async () => Promise.all(containers.map((c) => c.delete())));
+  afterAll(() => deleteAll(containers), CLEANUP_MS);
 
   for (const mode of ['pre-copy', 'lazy'] as const) {
   for (const pool of ['default', 'dir']) {

@@ -2,7 +2,7 @@ import { afterAll, afterEach, expect, it } from 'vitest';
 import { MigrationRecords } from '../../plugin/migration-records.js';
 import { describeOnHost } from '../support/host.js';
 import { LocalAttacker } from '../support/local-attacker.js';
-import { TestContainer } from '../support/testbed.js';
+import { TestContainer, CLEANUP_MS, deleteAll } from '../support/testbed.js';
 import { expectedChecksum, realtimeNs } from '../support/workload.js';
 
 const WORKLOAD = { dir: '/run/big', mib: 64 };
@@ -11,7 +11,7 @@ describeOnHost('a local user racing haul to its loopback listeners during incus 
   const containers: TestContainer[] = [];
   let attacker: LocalAttacker | undefined;
   afterEach(async () => void (await attacker?.stop()));
-  afterAll(async () => Promise.all(containers.map((c) => c.delete())));
+  afterAll(() => deleteAll(containers), CLEANUP_MS);
 
   for (const mode of ['pre-copy', 'lazy'] as const) {
     it(`changes nothing (${mode}): the move succeeds, the container keeps its memory, one copy runs`, async () => {

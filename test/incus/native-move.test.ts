@@ -1,6 +1,6 @@
 import { afterAll, expect, it } from 'vitest';
 import { describeOnHost } from '../support/host.js';
-import { NativeMoveDefect, TestContainer, type TestHost } from '../support/testbed.js';
+import { NativeMoveDefect, TestContainer, type TestHost, CLEANUP_MS, deleteAll } from '../support/testbed.js';
 import { expectedChecksum, realtimeNs } from '../support/workload.js';
 
 const WORKLOAD_DIR = '/run/haul';
@@ -8,7 +8,7 @@ const ATTEMPTS = 6;
 
 describeOnHost('native incus move between the test hosts (the baseline haul improves on)', ['root', 'criu', 'testbed'], () => {
   const containers: TestContainer[] = [];
-  afterAll(async () => Promise.all(containers.map((c) => c.delete())));
+  afterAll(() => deleteAll(containers), CLEANUP_MS);
 
   /**
    * Native moves here fail in about one case in six with a known CRIU race (see NativeMoveDefect), and

@@ -10,6 +10,9 @@ import { parseReport, reportArgs, type WorkloadReport } from './workload.js';
 /** The incus client configuration that `scripts/testbed up` writes: remotes src and dst. */
 export const INCUS_CONF = '/var/lib/haul-testbed/client';
 export type TestHost = 'src' | 'dst';
+const otherHost = (host: TestHost): TestHost => (host === 'src' ? 'dst' : 'src');
+/** How long a delete may take before the host's incusd is taken to hold a leaked lock. */
+const DELETE_MS = 30_000;
 
 /**
  * Runs the incus client against the test bed; fails with incus's own error text. Its stdin is
@@ -170,9 +173,28 @@ export class TestContainer {
       .join('\n');
   }
 
+  /**
+   * Deletes the container wherever it is. A native move that hit a NativeMoveDefect leaves Incus
+   * holding a lock on the name that makes a delete wait for good: when one does not end in time,
+   * that host's incusd is restarted (its other containers run on) and the delete tried again.
+   */
   async delete(): Promise<void> {
-    await incus(['delete', '--force', this.ref]).catch(() => undefined);
+    for (const host of [this.host, otherHost(this.host)]) {
+      const ref = `${host}:${this.name}`;
+      if (await incus(['delete', '--force', ref], DELETE_MS).then(() => true, () => false)) continue;
+      if (!(await incus(['list', `${host}:`, '--format', 'csv', '--columns', 'n'], DELETE_MS).catch(() => '')).split('\n').includes(this.name)) continue;
+      await promisify(execFile)(`${REPO}/scripts/testbed`, ['restart-incusd', host], { maxBuffer: 16 * 1024 * 1024 });
+      await incus(['delete', '--force', ref], DELETE_MS).catch(() => undefined);
+    }
   }
+}
+
+/** How long a test file's cleanup may take: each delete may wait out a leaked lock and a restart of incusd. */
+export const CLEANUP_MS = 600_000;
+
+/** Deletes the containers one after another (a restart of incusd that one needs must not meet another's). */
+export async function deleteAll(containers: readonly TestContainer[]): Promise<void> {
+  for (const container of containers) await container.delete();
 }
 
 /** The pid of a test host's haul agent, from the file `scripts/testbed up` keeps. */
