@@ -8,6 +8,7 @@ import { Entries, type EntryCodec } from '../../src/criu/images/schemas.js';
 import { runCriu } from '../../src/criu/run/criu-process.js';
 import { describeOnHost } from '../support/host.js';
 import { useMigrationScenes } from '../support/migration-scene.js';
+import { CRIU_VERSION } from '../support/paths.js';
 
 /** Decodes every entry of an image file with its schema, encodes it again, and rebuilds the file. */
 async function reencode(path: string, header: ImageHeader, codecs: readonly EntryCodec<unknown>[]): Promise<{ bytes: Buffer; messages: unknown[] }> {
@@ -24,7 +25,7 @@ async function reencode(path: string, header: ImageHeader, codecs: readonly Entr
   return { bytes: encodeImage(header, entries), messages };
 }
 
-describeOnHost('CRIU 4.1.1 images through haul\'s schemas', ['root', 'criu', 'workload'], () => {
+describeOnHost(`CRIU ${CRIU_VERSION} images through haul's schemas`, ['root', 'criu', 'workload'], () => {
   const scenes = useMigrationScenes();
 
   it('decode and re-encode byte for byte: inventory, pstree, pagemaps and stats', async () => {

@@ -6,14 +6,16 @@
 # root inside that namespace; it is rewritten to the pid this machine's root namespace knows it by,
 # which is what the caller (the image-cache, outside the namespace) signals.
 set -u
+# the destination's CRIU build (test/support/criu-matrix.ts sets it for each pass of the matrix)
+criu=${HAUL_TEST_DESTINATION_CRIU:-/usr/local/sbin/criu}
 # what CRIU this is: asked of it directly (haul reads the version of the CRIU it is given); and
 # the lazy-pages daemon runs where it did for the restores these tests were written with, in this
 # machine's pid namespace, which sees the restored tasks of every namespace below it
-case "${1:-}" in --version|lazy-pages) exec /usr/local/sbin/criu "$@" ;; esac
+case "${1:-}" in --version|lazy-pages) exec "$criu" "$@" ;; esac
 state=$(mktemp -d)
 setsid unshare --pid --fork --kill-child --mount-proc /bin/sh -c '
   "$@"; echo $? > "'"$state"'/rc"
-  while :; do sleep 3600 & wait $!; done' sh /usr/local/sbin/criu "$@" </dev/null >/dev/null 2>&1 &
+  while :; do sleep 3600 & wait $!; done' sh "$criu" "$@" </dev/null >/dev/null 2>&1 &
 holder=$!
 echo $holder >> "${HAUL_TEST_HOLDERS:-/dev/null}"
 while [ ! -s "$state/rc" ]; do sleep 0.05; done

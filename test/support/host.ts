@@ -1,10 +1,10 @@
 import { spawnSync } from 'node:child_process';
 import { accessSync, constants } from 'node:fs';
 import { describe, it } from 'vitest';
-import { CRIU, CRIU_VERSION, REPO, WORKLOAD } from './paths.js';
+import { CRIU, CRIU_BUILDS, CRIU_VERSION, REPO, WORKLOAD } from './paths.js';
 
 /** What a test needs of the machine; each check says what is missing, or nothing. */
-export type Need = 'root' | 'criu' | 'workload' | 'testbed';
+export type Need = 'root' | 'criu' | 'criu-builds' | 'workload' | 'testbed';
 
 const checks: Record<Need, () => string | undefined> = {
   root: () => (process.getuid?.() === 0 ? undefined : 'root (CRIU and Incus need it)'),
@@ -13,6 +13,11 @@ const checks: Record<Need, () => string | undefined> = {
     return out.stdout?.includes(`Version: ${CRIU_VERSION}`)
       ? undefined
       : `CRIU ${CRIU_VERSION} at ${CRIU} (scripts/setup-host builds it)`;
+  },
+  // every CRIU build of the matrix, for a test that moves between them itself
+  'criu-builds': () => {
+    const missing = Object.entries(CRIU_BUILDS).filter(([version, binary]) => !spawnSync(binary, ['--version'], { encoding: 'utf8' }).stdout?.includes(`Version: ${version}`));
+    return missing.length ? missing.map(([version, binary]) => `CRIU ${version} at ${binary} (scripts/setup-host builds it)`).join(', ') : undefined;
   },
   workload: () => {
     try {

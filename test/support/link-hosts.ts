@@ -5,14 +5,16 @@ import { loadOrCreateIdentity, type Identity } from '../../src/link/identity.js'
 import type { ApplicationHandshake } from '../../src/link/index.js';
 import { hostHandshake, type HostSelf } from '../../proxy/index.js';
 import { TrustStore } from '../../src/link/trust-store.js';
+import { CRIU_VERSION, DESTINATION_CRIU_VERSION } from './paths.js';
 
-export function hostInfo(role: 'source' | 'destination', criuVersion = '4.1.1'): HostSelf {
+/** A host of this pass of the CRIU matrix (test/support/paths.ts), unless told another CRIU version. */
+export function hostInfo(role: 'source' | 'destination', criuVersion = role === 'source' ? CRIU_VERSION : DESTINATION_CRIU_VERSION): HostSelf {
   return { criu_version: criuVersion, page_size: 4096, architecture: 'x64', capabilities: ['pre-copy', 'lazy'], haul_version: '0.1.0', role };
 }
 
 /** A migration host's part of the link handshake (proxy/host-hello.ts), as hostInfo describes it. */
-export function hostApp(role: 'source' | 'destination', criuVersion = '4.1.1'): ApplicationHandshake {
-  return hostHandshake(hostInfo(role, criuVersion));
+export function hostApp(role: 'source' | 'destination', criuVersion?: string): ApplicationHandshake {
+  return hostHandshake(criuVersion === undefined ? hostInfo(role) : hostInfo(role, criuVersion));
 }
 
 export interface TestLinkHost {

@@ -3,7 +3,8 @@ import { readFile } from 'node:fs/promises';
 import type { Socket } from 'node:net';
 import { getDefaultHighWaterMark, setDefaultHighWaterMark, type Readable } from 'node:stream';
 
-export const DEFAULT_CRIU = '/usr/local/sbin/criu';
+/** The CRIU haul runs where none is named (--criu): HAUL_CRIU from the environment, else scripts/setup-host's. */
+export const DEFAULT_CRIU = process.env['HAUL_CRIU'] || '/usr/local/sbin/criu';
 
 /** CRIU failed; the message quotes the `Error (file:line): …` lines of its log. */
 export class CriuError extends Error {
