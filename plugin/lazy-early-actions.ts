@@ -1,7 +1,7 @@
 import { constants } from 'node:fs';
 import { copyFile, readdir, rename, rm, unlink } from 'node:fs/promises';
 import { join } from 'node:path';
-import { ActionScript, isPagesFileName } from '../src/criu/index.js';
+import { ActionScript, isPagesFileName, writePagemapsForEveryCriu } from '../src/criu/index.js';
 
 /**
  * The action script haul gives a lazy dump in place of Incus' own ("lazy-early",
@@ -45,6 +45,9 @@ export class LazyEarlyActions {
     const postDump = script.reached('post-dump').then(async () => {
       try {
         if (state.abandoned) throw new Error('the migration was abandoned before the dump reached post-dump');
+        // as the engine's lazy run does where the images stay (proxy/source-lazy.ts): before they
+        // leave for Incus' rsync, in the form a destination's older CRIU reads too
+        await writePagemapsForEveryCriu(images.dumpDir);
         await moveImages(images.dumpDir, images.checkpointDir);
         // abandoned while they moved: still in time to fail post-dump
         if (state.abandoned) throw new Error('the migration was abandoned at post-dump');

@@ -28,16 +28,8 @@ export function compatibilityProblem(source: HostHello, destination: HostHello):
   if (source.architecture !== destination.architecture) {
     return `a ${source.architecture} source cannot move processes to a ${destination.architecture} destination`;
   }
-  const version = (text: string): [number, number] => {
-    const match = /^(\d+)\.(\d+)/.exec(text);
-    return match ? [Number(match[1]), Number(match[2])] : [0, 0];
-  };
-  const atLeast42 = ([major, minor]: [number, number]): boolean => major > 4 || (major === 4 && minor >= 2);
-  // CRIU 4.2 counts a pagemap entry's pages in nr_pages and writes compat_nr_pages as 0
-  // (images/pagemap.proto); an older CRIU reads only compat_nr_pages
-  if (atLeast42(version(source.criu_version)) && !atLeast42(version(destination.criu_version))) {
-    return `CRIU ${source.criu_version} on the source writes pagemaps that CRIU ${destination.criu_version} on the destination reads as empty; install CRIU 4.2 or later there`;
-  }
+  // CRIU 4.1 and 4.2 restore each other's images once haul has written the pagemaps in the form
+  // both read (src/criu/images/pagemap.ts): no pairing of the two is refused (README, Compatibility)
   return undefined;
 }
 

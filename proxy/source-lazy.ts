@@ -1,7 +1,7 @@
 import { readdir, rm } from 'node:fs/promises';
 import { join } from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
-import { isPagesFileName, lazyRunsIn, pagesStoredIn, type HeaderLayout } from '../src/criu/index.js';
+import { isPagesFileName, lazyRunsIn, pagesStoredIn, writePagemapsForEveryCriu, type HeaderLayout } from '../src/criu/index.js';
 import { isRunning, type ProcessIdentity } from '../src/host/index.js';
 import type { LazyDump } from './lazy-dump.js';
 import { DESTINATION_REPORT_MS, type RestOfImageSet, type SourcePhase } from './source-pre-copy.js';
@@ -85,6 +85,10 @@ export async function runLazySource(migration: SourceMigration, dump: LazyDump, 
   try {
     await dumpOver(migration, seams);
     const dumpedAt = Date.now();
+    // a destination's CRIU older than 4.2 reads CRIU 4.2's pagemaps as empty: written in the form
+    // every CRIU reads, where they still are (the plugin rewrites them before it moves them into
+    // Incus' directory, lazy-early-actions.ts)
+    await writePagemapsForEveryCriu(seams.dumpDir);
     const eagerPages = await pagesStoredIn(seams.dumpDir);
     const lazyRuns = await lazyRunsIn(seams.pagemapDir);
     const total = lazyRuns.reduce((sum, run) => sum + run.nrPages, 0);

@@ -1,8 +1,9 @@
+import { readFileSync, readdirSync, writeFileSync } from 'node:fs';
 import { Readable } from 'node:stream';
 import { describe, expect, it } from 'vitest';
 import { encodeImage, ImageReader, MAX_ENTRY_SIZE } from '../../src/criu/images/image-file.js';
 import { TypeMagic, type ImageHeader } from '../../src/criu/images/magic.js';
-import { entryFromMessage, entryToMessage, lazyRunsIn, PAGEMAP_HEADER, PagemapWriter } from '../../src/criu/images/pagemap.js';
+import { entryFromMessage, entryToMessage, lazyRunsIn, PAGEMAP_HEADER, PagemapWriter, writePagemapsForEveryCriu } from '../../src/criu/images/pagemap.js';
 import { Entries, ImageFormatError } from '../../src/criu/images/schemas.js';
 import { PAGE_SIZE, PageFlag } from '../../src/criu/page-server/protocol.js';
 import { scratchDir } from '../support/scratch.js';
@@ -90,6 +91,33 @@ describe('pagemap entries', () => {
         { pid: 3, vaddr: 0x9000n, nrPages: 2 },
         { pid: 12, vaddr: 0x400000n, nrPages: 3 },
       ]);
+    } finally {
+      scratch.remove();
+    }
+  });
+
+  it('are rewritten where CRIU 4.2 counted them in its own field, so that a CRIU before 4.2 finds the same pages', async () => {
+    const scratch = scratchDir('pagemaps-for-every-criu');
+    try {
+      const head = Entries.pagemapHead.encode({ pages_id: 1 });
+      const as42 = [
+        { vaddr: 0x1000n, compat_nr_pages: 0, flags: PageFlag.PRESENT, nr_pages: 2n },
+        { vaddr: 0x400000n, compat_nr_pages: 0, flags: PageFlag.LAZY, nr_pages: 300n },
+      ];
+      writeFileSync(`${scratch.path}/pagemap-12.img`, encodeImage(PAGEMAP_HEADER, [head, ...as42.map((entry) => Entries.pagemapEntry.encode(entry))]));
+      const as41 = encodeImage(PAGEMAP_HEADER, [head, Entries.pagemapEntry.encode({ vaddr: 0x2000n, compat_nr_pages: 4, flags: PageFlag.PRESENT })]);
+      writeFileSync(`${scratch.path}/pagemap-13.img`, as41);
+      writeFileSync(`${scratch.path}/pages-1.img`, Buffer.alloc(2 * PAGE_SIZE));
+
+      expect(await writePagemapsForEveryCriu(scratch.path)).toBe(1);
+      const rewritten = (await entriesOf(readFileSync(`${scratch.path}/pagemap-12.img`), PAGEMAP_HEADER)).slice(1).map((bytes) => Entries.pagemapEntry.decode(bytes));
+      // what CRIU 4.1 reads (compat_nr_pages), and nothing else changed
+      expect(rewritten).toEqual([
+        { vaddr: 0x1000n, compat_nr_pages: 2, flags: PageFlag.PRESENT },
+        { vaddr: 0x400000n, compat_nr_pages: 300, flags: PageFlag.LAZY },
+      ]);
+      expect(readFileSync(`${scratch.path}/pagemap-13.img`)).toEqual(as41);
+      expect(readdirSync(scratch.path).sort()).toEqual(['pagemap-12.img', 'pagemap-13.img', 'pages-1.img']);
     } finally {
       scratch.remove();
     }

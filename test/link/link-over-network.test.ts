@@ -91,19 +91,19 @@ describe('the link over TLS with pinned certificates', () => {
     await expect(dialLink('ws://192.0.2.1:8443', { insecure: true, application: hostApp('source') })).rejects.toThrow(/refused on 192\.0\.2\.1/);
   });
 
-  it('refuses a CRIU pairing that cannot be bridged, saying what to install', async () => {
+  it('links a CRIU 4.2 source with a CRIU 4.1 destination: haul bridges their pagemaps', async () => {
     const listener = await LinkListener.listen('127.0.0.1', 0, { insecure: true, application: hostApp('destination', '4.1.1') });
     cleanups.push(() => listener.close());
-    await expect(dialLink(`ws://127.0.0.1:${listener.port}`, { insecure: true, application: hostApp('source', '4.2') })).rejects.toThrow(
-      /refused the link: CRIU 4\.2 on the source writes pagemaps that CRIU 4\.1\.1 on the destination reads as empty; install CRIU 4\.2 or later there/,
-    );
+    const { session, peer } = await dialLink(`ws://127.0.0.1:${listener.port}`, { insecure: true, application: hostApp('source', '4.2.1') });
+    expect(peerHost(peer).criu_version).toBe('4.1.1');
+    session.close();
   });
 
   it('refuses a peer whose haul speaks another migration protocol, naming both', async () => {
     const listener = await LinkListener.listen('127.0.0.1', 0, { insecure: true, application: hostApp('destination') });
     cleanups.push(() => listener.close());
     // an older haul's hello: the same fields, without the migration protocol
-    const older = { hello: encodeHostHello({ ...hostInfo('source'), haul_version: '0.0.9', migration_protocol: 0 }), check: () => undefined };
+    const older = { hello: encodeHostHello({ ...hostInfo('source'), haul_version: '0.0.9', incus_version: '', migration_protocol: 0 }), check: () => undefined };
     await expect(dialLink(`ws://127.0.0.1:${listener.port}`, { insecure: true, application: older })).rejects.toThrow(
       new RegExp(`the source speaks migration protocol 0 \\(haul 0\\.0\\.9\\) and the destination migration protocol ${MIGRATION_PROTOCOL} \\(haul 0\\.1\\.0\\): run the same haul version on both hosts`),
     );

@@ -1,5 +1,5 @@
 import { createWriteStream, type WriteStream } from 'node:fs';
-import { open, readdir, stat, type FileHandle } from 'node:fs/promises';
+import { open, readdir, rename, rm, stat, type FileHandle } from 'node:fs/promises';
 import { join } from 'node:path';
 import { once } from 'node:events';
 import { discardWriting, finishWriting, writeChunk } from '../../streams/writable-writes.js';
@@ -72,6 +72,64 @@ export async function readPagemap(dir: string, target: PagemapTarget): Promise<P
       if (entry.flags & PageFlag.PRESENT) offset += entry.nrPages * PAGE_SIZE;
     }
     return { pagesId, entries };
+  } finally {
+    image.close();
+  }
+}
+
+/** The most pages an entry may count in its compat field (a uint32, images/pagemap.proto). */
+const MAX_COMPAT_PAGES = 0xffff_ffff;
+
+/**
+ * Rewrites every pagemap in `dir` that counts its pages in CRIU 4.2's field (nr_pages, with 0 in
+ * compat_nr_pages) into the form every CRIU reads: the count in compat_nr_pages, nothing else
+ * changed. CRIU before 4.2 reads only compat_nr_pages, so it would find every entry empty (the
+ * restore then fails on the missing vdso first, criu/pie/util-vdso.c "ELF header magic
+ * mismatch"); CRIU 4.2 reads compat_nr_pages where nr_pages is absent (criu/pagemap.c
+ * init_compat_pagemap_entry). For a directory of haul's own: each file is written anew beside the
+ * old, then renamed over it. Resolves how many files were rewritten.
+ */
+export async function writePagemapsForEveryCriu(dir: string): Promise<number> {
+  let rewritten = 0;
+  for (const name of (await readdir(dir)).filter((n) => /^pagemap-(shmem-)?\d+\.img$/.test(n))) {
+    const path = join(dir, name);
+    if (!(await countsInNewField(path))) continue;
+    const temporary = `${path}.compat`;
+    const out = await open(temporary, 'wx', 0o644);
+    try {
+      const image = await ImageReader.openFile(path, PAGEMAP_HEADER);
+      try {
+        const head = await image.next();
+        if (head === null) throw new ImageFormatError(`${name} has no pagemap head`);
+        await out.write(Buffer.concat([headerBytes(PAGEMAP_HEADER), lengthPrefix(head.length), head]));
+        for await (const bytes of image.entries()) {
+          const { nr_pages: pages, ...rest } = Entries.pagemapEntry.decode(bytes);
+          if (pages !== undefined && pages > BigInt(MAX_COMPAT_PAGES)) throw new ImageFormatError(`${name}: an entry of ${pages} pages does not fit the count CRIU before 4.2 reads`);
+          const entry = Entries.pagemapEntry.encode(pages === undefined ? { ...rest } : { ...rest, compat_nr_pages: Number(pages) });
+          await out.write(Buffer.concat([lengthPrefix(entry.length), entry]));
+        }
+      } finally {
+        image.close();
+      }
+      await out.close();
+      await rename(temporary, path);
+      rewritten++;
+    } catch (error) {
+      await out.close().catch(() => {});
+      await rm(temporary, { force: true });
+      throw error;
+    }
+  }
+  return rewritten;
+}
+
+/** Whether any entry of the pagemap at `path` counts its pages in nr_pages (CRIU 4.2's field). */
+async function countsInNewField(path: string): Promise<boolean> {
+  const image = await ImageReader.openFile(path, PAGEMAP_HEADER);
+  try {
+    await image.next();
+    for await (const bytes of image.entries()) if (Entries.pagemapEntry.decode(bytes).nr_pages !== undefined) return true;
+    return false;
   } finally {
     image.close();
   }
