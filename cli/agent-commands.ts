@@ -10,7 +10,7 @@ import { parseListen, thisHost } from './host-and-address.js';
 import { hostHandshake } from '../proxy/index.js';
 import { PairingOffers, decodePairingToken, encodePairingToken, joinPeer, loadIdentity, loadOrCreateIdentity, peerName } from '../src/link/index.js';
 import { DEFAULT_STATE_DIR, openTrustStore, stateDirOf } from './trust-commands.js';
-import { Agent, InsecureAgentError, KNOWN_CRIU_LOCATIONS, diagnose, uninstallHook, unwireHook, wireHook, type HookWiring, type IncusPackaging, IN_FLIGHT_FILE, readInFlight, type MigrationProgress, MigrationRecords, type MigrationRecord } from '../plugin/index.js';
+import { Agent, InsecureAgentError, KNOWN_CRIU_LOCATIONS, diagnose, incusVersionAt, uninstallHook, unwireHook, wireHook, type HookWiring, type IncusPackaging, IN_FLIGHT_FILE, readInFlight, type MigrationProgress, MigrationRecords, type MigrationRecord } from '../plugin/index.js';
 import { logStrayErrors } from './stray-errors.js';
 import { EXIT } from './exit-codes.js';
 import { formatOf, withFormat, type OutputFormat } from './output-format.js';
@@ -41,6 +41,8 @@ const readHookWiring = (stateDir: string): Promise<HookWiring | undefined> =>
   readFile(join(stateDir, HOOK_WIRING_FILE), 'utf8').then((text) => JSON.parse(text) as HookWiring, () => undefined);
 /** How long a stopping agent waits for its moves in progress; haul-agent.service's TimeoutStopSec is longer. */
 const DRAIN_MS = 14 * 60_000;
+/** How long an agent's start waits for incusd to say its version. */
+const INCUS_VERSION_WAIT_MS = 3_000;
 
 /** `haul agent …` and `haul status`: the Incus plugin's commands. */
 export function addAgentCommands(program: Command, out: (line: string) => void): void {
@@ -73,7 +75,8 @@ export function addAgentCommands(program: Command, out: (line: string) => void):
       const running = await Agent.start({
         ...security,
         pairing,
-        application: hostHandshake(await thisHost('agent', criu)),
+        // what this host runs, for its peers' haul doctor
+        application: hostHandshake(await thisHost('agent', criu, { incusVersion: await incusVersionAt(settings.incusDir, INCUS_VERSION_WAIT_MS) })),
         incusDir: settings.incusDir,
         stateDir: join(stateDir, 'agent'),
         listen: settings.listen,
@@ -210,7 +213,7 @@ export function addAgentCommands(program: Command, out: (line: string) => void):
     const wiring = await readHookWiring(stateDir);
     const checks = await diagnose({
       ...(wiring ? { wiring } : {}),
-      incusDir: settings.incusDir, criuBinary: settings.criu, endpoint: security ? { ...security, application: hostHandshake(host), resumeWindowMs: 1000 } : { noIdentityIn: stateDir },
+      self: host, incusDir: settings.incusDir, criuBinary: settings.criu, endpoint: security ? { ...security, application: hostHandshake(host), resumeWindowMs: 1000 } : { noIdentityIn: stateDir },
       peers: settings.peers.map((peer) => ({ name: peer.name, url: `${scheme}://${peer.url}` })),
     });
     if (formatOf(flags) === 'json') out(JSON.stringify(checks));

@@ -12,10 +12,11 @@ export function parseListen(value: string): { address: string; port: number } {
 
 /**
  * What this host tells its peers in the link's handshake, which refuses a pairing that cannot work
- * (page size, architecture, CRIU versions). `migrates`: false for a host that only checks it can
- * link (haul doctor), which works without CRIU and offers no mode.
+ * (page size, architecture, the migration protocol). `migrates`: false for a host that only checks it can
+ * link (haul doctor), which works without CRIU and offers no mode; `incusVersion`: the Incus an
+ * agent serves, for its peers' haul doctor.
  */
-export async function thisHost(role: string, criuBinary?: string, options: { readonly migrates?: boolean } = {}): Promise<HostSelf> {
+export async function thisHost(role: string, criuBinary?: string, options: { readonly migrates?: boolean; readonly incusVersion?: string } = {}): Promise<HostSelf> {
   const migrates = options.migrates ?? true;
   const version = migrates ? await criuVersion(criuBinary) : await criuVersion(criuBinary).catch(() => undefined);
   return {
@@ -25,5 +26,6 @@ export async function thisHost(role: string, criuBinary?: string, options: { rea
     capabilities: migrates ? [...MODES] : [],
     haul_version: readPackageInfo().version,
     role,
+    incus_version: options.incusVersion ?? '',
   };
 }

@@ -8,7 +8,7 @@ import { promisify } from 'node:util';
 import { criuVersion } from '../src/criu/index.js';
 import { canGuardLoopbackPorts, pickPrivilegedLoopbackPort } from '../src/host/index.js';
 import { dialLink, type EndpointOptions } from '../src/link/index.js';
-import { peerHost } from '../proxy/index.js';
+import { MODES, compatibilityProblem, helloOf, peerHost, type HostSelf } from '../proxy/index.js';
 import { KNOWN_CRIU_LOCATIONS, isHaulHook } from './criu-hook.js';
 import type { HookWiring } from './incus-wiring.js';
 import { hookSocketPath } from './hook-protocol.js';
@@ -36,9 +36,16 @@ export interface DoctorOptions {
    * has no link identity yet, the state dir it was looked for in (doctor makes none).
    */
   readonly endpoint: EndpointOptions | { readonly noIdentityIn: string };
+  /** What this host says of itself in the handshake (its CRIU and Incus versions are read here). */
+  readonly self: HostSelf;
 }
 
 const MIN_PIPE_MAX = 4 * 1024 * 1024;
+
+/** A host's versions as its hello says them ('?' where it said none). */
+function versionsOf(host: { readonly haul_version: string; readonly incus_version: string; readonly criu_version: string }): string {
+  return `haul ${host.haul_version || '?'}, Incus ${host.incus_version || '?'}, CRIU ${host.criu_version || '?'}`;
+}
 
 function sysctl(name: string): string {
   return readFileSync(`/proc/sys/${name.replace(/\./g, '/')}`, 'utf8').trim();
@@ -160,10 +167,12 @@ export async function diagnose(options: DoctorOptions): Promise<Check[]> {
   else add('hook wiring', false, 'haul agent install has not run with this --state-dir', 'haul agent install (then, where it says so, restart incusd: systemctl restart incus)');
 
   const incus = new IncusClient(join(options.incusDir, 'unix.socket'));
+  let localIncus = '';
   try {
     const server = await incus.get<{ environment?: { server_pid?: number; server_version?: string } }>('/1.0');
     const pid = server.environment?.server_pid;
-    add('incusd', true, `Incus ${server.environment?.server_version ?? '?'}, pid ${pid ?? '?'}, at ${incus.socketPath}`);
+    localIncus = server.environment?.server_version ?? '';
+    add('incusd', true, `Incus ${localIncus || '?'}, pid ${pid ?? '?'}, at ${incus.socketPath}`);
     if (pid) {
       const path = readFileSync(`/proc/${pid}/environ`, 'utf8').split('\0').find((entry) => entry.startsWith('PATH='))?.slice(5) ?? '';
       const criu = firstOnPath('criu', path);
@@ -199,8 +208,15 @@ export async function diagnose(options: DoctorOptions): Promise<Check[]> {
       const { session, peer: hello } = await dialLink(peer.url, endpoint, { peerName: peer.name });
       const info = peerHost(hello);
       session.close();
-      const same = localCriu === undefined || info.criu_version === '' || info.criu_version === localCriu;
-      add(`peer ${peer.name}`, true, `${peer.url} trusted both ways, CRIU ${info.criu_version || '?'}${same ? '' : ` (this host: ${localCriu}; the handshake accepted the pairing)`}`);
+      add(`peer ${peer.name}`, true, `${peer.url} trusted both ways; ${versionsOf(info)}`);
+      // each direction as the handshake of a move would judge it (proxy/host-hello.ts)
+      // the agent on this host, not this doctor: it takes every mode where it has a CRIU
+      const here = helloOf({ ...options.self, criu_version: localCriu ?? '', incus_version: localIncus, capabilities: localCriu ? [...MODES] : [] });
+      for (const [check, source, destination] of [[`moves to ${peer.name}`, here, info], [`moves from ${peer.name}`, info, here]] as const) {
+        const problem = compatibilityProblem(source, destination);
+        const modes = source.capabilities.filter((mode) => destination.capabilities.includes(mode));
+        add(check, problem === undefined, problem === undefined ? `${modes.length ? modes.join(' and ') : 'no mode both take'}: ${versionsOf(source)} -> ${versionsOf(destination)}` : `refused: ${problem}`, 'upgrade the host the reason names (CRIU, or haul on both), then run haul agent doctor again');
+      }
     } catch (error) {
       add(`peer ${peer.name}`, false, `${peer.url}: ${error instanceof Error ? error.message : String(error)}`, `check that haul-agent runs there (systemctl status haul-agent), and that each side trusts the other: haul agent token there, then haul agent join here with that token (or haul trust add ${peer.name} <fingerprint> here, and the reverse there)`);
     }

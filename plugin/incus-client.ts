@@ -1,3 +1,4 @@
+import { join } from 'node:path';
 import { Client } from 'undici';
 
 /** What the agent reads of an instance (GET /1.0/instances?recursion=2). */
@@ -44,6 +45,23 @@ export class IncusError extends Error {
  * incusd's REST API over its unix socket (plain HTTP/1.1; the host name is arbitrary). Every
  * response is Incus' envelope {type, status_code, metadata, error}; errors become IncusError.
  */
+/**
+ * The version of the incusd whose INCUS_DIR is `incusDir`, or '' when it does not answer within
+ * `withinMs` (an agent that starts before incusd still runs; its peers' doctor shows '?').
+ */
+export async function incusVersionAt(incusDir: string, withinMs: number): Promise<string> {
+  const incus = new IncusClient(join(incusDir, 'unix.socket'));
+  let timer: NodeJS.Timeout | undefined;
+  const late = new Promise<string>((resolve) => (timer = setTimeout(() => resolve(''), withinMs)));
+  try {
+    return await Promise.race([incus.version().catch(() => ''), late]);
+  } finally {
+    clearTimeout(timer);
+    // not waited for: a request still out (a hung incusd) would hold it until undici's timeout
+    incus.close().catch(() => {});
+  }
+}
+
 export class IncusClient {
   private readonly client: Client;
 
@@ -87,6 +105,12 @@ export class IncusClient {
   async server(): Promise<{ readonly pid: number; readonly addresses: readonly string[] }> {
     const { environment } = await this.get<{ environment: { server_pid: number; addresses?: string[] | null } }>('/1.0');
     return { pid: environment.server_pid, addresses: environment.addresses ?? [] };
+  }
+
+  /** incusd's version (server_version), e.g. 6.0.4. */
+  async version(): Promise<string> {
+    const { environment } = await this.get<{ environment: { server_version?: string } }>('/1.0');
+    return environment.server_version ?? '';
   }
 
   instances(): Promise<IncusInstance[]> {

@@ -10,8 +10,13 @@ export type { HostHello };
  */
 export const MIGRATION_PROTOCOL = 2;
 
-/** What a host says of itself; the migration protocol is filled in by the handshake. */
-export type HostSelf = Omit<HostHello, 'migration_protocol'>;
+/** What a host says of itself; the migration protocol is filled in by the handshake, and no Incus is ''. */
+export type HostSelf = Omit<HostHello, 'migration_protocol' | 'incus_version'> & { readonly incus_version?: string };
+
+/** `host` as its hello says it: the migration protocol this haul speaks, no Incus unless named. */
+export function helloOf(host: HostSelf): HostHello {
+  return { ...host, incus_version: host.incus_version ?? '', migration_protocol: MIGRATION_PROTOCOL };
+}
 
 /**
  * Why a process dumped on `source` could not be restored on `destination`, or undefined: a pairing
@@ -38,7 +43,7 @@ export function compatibilityProblem(source: HostHello, destination: HostHello):
  * peer it cannot migrate with. Sessions go from the dialler (the source) to the listener.
  */
 export function hostHandshake(host: HostSelf): ApplicationHandshake {
-  const self: HostHello = { ...host, migration_protocol: MIGRATION_PROTOCOL };
+  const self = helloOf(host);
   return {
     hello: encodeHostHello(self),
     check(peerHello, side) {

@@ -9,7 +9,7 @@ import { chunked, type Random } from '../mutations.js';
 import { receiveControl, sendControl, ChannelKind, type Control } from '../../../proxy/wire/index.js';
 import { MigrationMessageError, decodeControl, decodeHostHello, encodeControl, encodeHostHello, type HostHello } from '../../../proxy/wire/messages.js';
 
-const HOST: HostHello = { criu_version: '4.1.1', page_size: 4096, architecture: 'x64', capabilities: ['lazy', 'pre-copy'], haul_version: '0.1.0', role: 'source', migration_protocol: 2 };
+const HOST: HostHello = { criu_version: '4.1.1', page_size: 4096, architecture: 'x64', capabilities: ['lazy', 'pre-copy'], haul_version: '0.1.0', role: 'source', migration_protocol: 2, incus_version: '6.0.4' };
 /** What the link's handshake carries for the application: opaque to it. */
 const APPLICATION = encodeHostHello(HOST);
 const SESSION_ID = Buffer.from('00112233445566778899aabbccddeeff', 'hex');
@@ -59,7 +59,7 @@ function expectShape(value: unknown, shape: Record<string, 'string' | 'number' |
   }
 }
 
-const HOST_SHAPE = { criu_version: 'string', page_size: 'number', architecture: 'string', capabilities: 'array', haul_version: 'string', role: 'string', migration_protocol: 'number' } as const;
+const HOST_SHAPE = { criu_version: 'string', page_size: 'number', architecture: 'string', capabilities: 'array', haul_version: 'string', role: 'string', migration_protocol: 'number', incus_version: 'string' } as const;
 
 export const linkFrame: FuzzTarget = {
   name: 'link-frame',
