@@ -4,6 +4,10 @@ import { setTimeout as sleep } from 'node:timers/promises';
 import { promisify } from 'node:util';
 import { afterEach, describe, expect, it } from 'vitest';
 import { LazyEarlyActions } from '../../plugin/lazy-early-actions.js';
+import { encodeImage } from '../../src/criu/images/image-file.js';
+import { PAGEMAP_HEADER } from '../../src/criu/images/pagemap.js';
+import { Entries } from '../../src/criu/images/schemas.js';
+import { PageFlag } from '../../src/criu/page-server/protocol.js';
 import { scratchDir } from '../support/scratch.js';
 
 const run = promisify(execFile);
@@ -38,7 +42,12 @@ describe("the action script of a lazy Incus dump (haul's own image directory)", 
 
   it("at post-dump moves every image but the page data into Incus' directory, then starts Incus' step without waiting for it", async () => {
     const { dir, dumpDir, checkpointDir, incusScript } = setUp('sleep 1; exit 3');
-    for (const name of ['inventory.img', 'pstree.img', 'pagemap-1.img', 'pagemap-shmem-9.img', 'pages-1.img', 'pages-2.img', 'name with space.img']) writeFileSync(`${dumpDir}/${name}`, name);
+    for (const name of ['inventory.img', 'pstree.img', 'pages-1.img', 'pages-2.img', 'name with space.img']) writeFileSync(`${dumpDir}/${name}`, name);
+    // pagemaps as CRIU 4.2 writes them (the count in nr_pages): they leave in the form CRIU 4.1 reads too
+    const head = Entries.pagemapHead.encode({ pages_id: 1 });
+    for (const name of ['pagemap-1.img', 'pagemap-shmem-9.img']) {
+      writeFileSync(`${dumpDir}/${name}`, encodeImage(PAGEMAP_HEADER, [head, Entries.pagemapEntry.encode({ vaddr: 0x1000n, compat_nr_pages: 0, flags: PageFlag.LAZY, nr_pages: 5n })]));
+    }
     const actions = await LazyEarlyActions.create(`${dir}/work`, incusScript, { dumpDir, checkpointDir });
     cleanups.push(() => actions.close());
     const started = Date.now();
@@ -48,6 +57,8 @@ describe("the action script of a lazy Incus dump (haul's own image directory)", 
     expect(readdirSync(dumpDir).sort()).toEqual(['pages-1.img', 'pages-2.img']);
     expect(readdirSync(checkpointDir).sort()).toEqual(['inventory.img', 'name with space.img', 'pagemap-1.img', 'pagemap-shmem-9.img', 'pstree.img']);
     expect(readFileSync(`${checkpointDir}/pstree.img`, 'utf8')).toBe('pstree.img');
+    const moved = encodeImage(PAGEMAP_HEADER, [head, Entries.pagemapEntry.encode({ vaddr: 0x1000n, compat_nr_pages: 5, flags: PageFlag.LAZY })]);
+    expect(readFileSync(`${checkpointDir}/pagemap-1.img`)).toEqual(moved);
     expect(await actions.incusPostDump).toBe(3);
     expect(readFileSync(`${dir}/incus-ran`, 'utf8')).toBe('post-dump\n');
   });
