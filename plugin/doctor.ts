@@ -8,7 +8,7 @@ import { promisify } from 'node:util';
 import { criuVersion } from '../src/criu/index.js';
 import { canGuardLoopbackPorts, pickPrivilegedLoopbackPort } from '../src/host/index.js';
 import { dialLink, type EndpointOptions } from '../src/link/index.js';
-import { MODES, compatibilityProblem, helloOf, peerHost, type HostSelf } from '../proxy/index.js';
+import { MODES, compatibilityProblem, helloOf, peerHost, shownVersion, type HostSelf } from '../proxy/index.js';
 import { KNOWN_CRIU_LOCATIONS, isHaulHook } from './criu-hook.js';
 import type { HookWiring } from './incus-wiring.js';
 import { hookSocketPath } from './hook-protocol.js';
@@ -42,9 +42,9 @@ export interface DoctorOptions {
 
 const MIN_PIPE_MAX = 4 * 1024 * 1024;
 
-/** A host's versions as its hello says them ('?' where it said none). */
+/** A host's versions as its hello says them (a peer's words: shownVersion quotes what is not a version). */
 function versionsOf(host: { readonly haul_version: string; readonly incus_version: string; readonly criu_version: string }): string {
-  return `haul ${host.haul_version || '?'}, Incus ${host.incus_version || '?'}, CRIU ${host.criu_version || '?'}`;
+  return `haul ${shownVersion(host.haul_version)}, Incus ${shownVersion(host.incus_version)}, CRIU ${shownVersion(host.criu_version)}`;
 }
 
 function sysctl(name: string): string {
@@ -203,6 +203,8 @@ export async function diagnose(options: DoctorOptions): Promise<Check[]> {
     add('link identity', false, `none in ${endpoint.noIdentityIn}: peers cannot link with this host, and were not tried`, 'haul identity (makes this host\'s key pair and prints the fingerprint its peers pin with haul trust add)');
     return checks;
   }
+  // the agent on this host, not this doctor: it takes every mode where it has a CRIU
+  const here = helloOf({ ...options.self, criu_version: localCriu ?? '', incus_version: localIncus, capabilities: localCriu ? [...MODES] : [] });
   for (const peer of options.peers) {
     try {
       const { session, peer: hello } = await dialLink(peer.url, endpoint, { peerName: peer.name });
@@ -210,8 +212,6 @@ export async function diagnose(options: DoctorOptions): Promise<Check[]> {
       session.close();
       add(`peer ${peer.name}`, true, `${peer.url} trusted both ways; ${versionsOf(info)}`);
       // each direction as the handshake of a move would judge it (proxy/host-hello.ts)
-      // the agent on this host, not this doctor: it takes every mode where it has a CRIU
-      const here = helloOf({ ...options.self, criu_version: localCriu ?? '', incus_version: localIncus, capabilities: localCriu ? [...MODES] : [] });
       for (const [check, source, destination] of [[`moves to ${peer.name}`, here, info], [`moves from ${peer.name}`, info, here]] as const) {
         const problem = compatibilityProblem(source, destination);
         const modes = source.capabilities.filter((mode) => destination.capabilities.includes(mode));

@@ -18,13 +18,25 @@ export function helloOf(host: HostSelf): HostHello {
   return { ...host, incus_version: host.incus_version ?? '', migration_protocol: MIGRATION_PROTOCOL };
 }
 
+/** What a version looks like (6.0.4, 4.2.1, 0.1.0-rc1+deb12u1): anything else from a peer is shown quoted. */
+const VERSION = /^[0-9A-Za-z][0-9A-Za-z.+~-]{0,63}$/;
+
+/**
+ * A version a host's hello states, fit for a log line or a terminal: as it is when it looks like a
+ * version, '?' when empty, else quoted (JSON escapes control characters) and cut to 64 characters.
+ */
+export function shownVersion(version: string): string {
+  if (version === '') return '?';
+  return VERSION.test(version) ? version : JSON.stringify(version.slice(0, 64));
+}
+
 /**
  * Why a process dumped on `source` could not be restored on `destination`, or undefined: a pairing
  * is refused only where nothing can bridge the difference, and the reason says what to change.
  */
 export function compatibilityProblem(source: HostHello, destination: HostHello): string | undefined {
   if (source.migration_protocol !== destination.migration_protocol) {
-    const speaks = (hello: HostHello): string => `migration protocol ${hello.migration_protocol}${hello.haul_version ? ` (haul ${hello.haul_version})` : ''}`;
+    const speaks = (hello: HostHello): string => `migration protocol ${hello.migration_protocol}${hello.haul_version ? ` (haul ${shownVersion(hello.haul_version)})` : ''}`;
     return `the source speaks ${speaks(source)} and the destination ${speaks(destination)}: run the same haul version on both hosts`;
   }
   if (source.page_size !== destination.page_size) {

@@ -109,6 +109,15 @@ describe('the link over TLS with pinned certificates', () => {
     );
   });
 
+  it("quotes a peer's version that is not one, control characters escaped, in the refusal it causes", async () => {
+    const listener = await LinkListener.listen('127.0.0.1', 0, { insecure: true, application: hostApp('destination') });
+    cleanups.push(() => listener.close());
+    const hostile = { hello: encodeHostHello({ ...hostInfo('source'), haul_version: '0.0.9\n\u001b[2J', incus_version: '', migration_protocol: 0 }), check: () => undefined };
+    const refused = dialLink(`ws://127.0.0.1:${listener.port}`, { insecure: true, application: hostile });
+    await expect(refused).rejects.toThrow('migration protocol 0 (haul "0.0.9\\n\\u001b[2J")');
+    await expect(refused).rejects.not.toThrow('\u001b');
+  });
+
   it('leaves the handshake\'s application part to the application: its hello crosses both ways, and its check refuses', async () => {
     const heard: Array<[string, string]> = [];
     const application = (hello: string, refuseOn?: 'dialer' | 'listener') => ({

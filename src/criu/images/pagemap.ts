@@ -26,6 +26,11 @@ export function pagesFileName(pagesId: number): string {
   return `pages-${pagesId}.img`;
 }
 
+/** Whether `name` is a pagemap image, a task's or a shared memory segment's (as pagemapFileName names them). */
+export function isPagemapFileName(name: string): boolean {
+  return /^pagemap-(shmem-)?\d+\.img$/.test(name);
+}
+
 /** Whether `name` is a pages image (raw page data, as pagesFileName names them). */
 export function isPagesFileName(name: string): boolean {
   return /^pages-\d+\.img$/.test(name);
@@ -91,7 +96,7 @@ const MAX_COMPAT_PAGES = 0xffff_ffff;
  */
 export async function writePagemapsForEveryCriu(dir: string): Promise<number> {
   let rewritten = 0;
-  for (const name of (await readdir(dir)).filter((n) => /^pagemap-(shmem-)?\d+\.img$/.test(n))) {
+  for (const name of (await readdir(dir)).filter(isPagemapFileName)) {
     const path = join(dir, name);
     if (!(await countsInNewField(path))) continue;
     const temporary = `${path}.compat`;
