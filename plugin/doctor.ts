@@ -8,7 +8,7 @@ import { promisify } from 'node:util';
 import { criuVersion } from '../src/criu/index.js';
 import { canGuardLoopbackPorts, pickPrivilegedLoopbackPort } from '../src/host/index.js';
 import { dialLink, type EndpointOptions } from '../src/link/index.js';
-import { MODES, compatibilityProblem, helloOf, peerHost, shownVersion, type HostSelf } from '../proxy/index.js';
+import { MODES, compatibilityProblem, helloOf, peerHost, shownWord, type HostSelf } from '../proxy/index.js';
 import { KNOWN_CRIU_LOCATIONS, isHaulHook } from './criu-hook.js';
 import type { HookWiring } from './incus-wiring.js';
 import { hookSocketPath } from './hook-protocol.js';
@@ -42,9 +42,9 @@ export interface DoctorOptions {
 
 const MIN_PIPE_MAX = 4 * 1024 * 1024;
 
-/** A host's versions as its hello says them (a peer's words: shownVersion quotes what is not a version). */
+/** A host's versions as its hello says them (a peer's words: shownWord quotes what is not a version). */
 function versionsOf(host: { readonly haul_version: string; readonly incus_version: string; readonly criu_version: string }): string {
-  return `haul ${shownVersion(host.haul_version)}, Incus ${shownVersion(host.incus_version)}, CRIU ${shownVersion(host.criu_version)}`;
+  return `haul ${shownWord(host.haul_version)}, Incus ${shownWord(host.incus_version)}, CRIU ${shownWord(host.criu_version)}`;
 }
 
 function sysctl(name: string): string {

@@ -18,16 +18,17 @@ export function helloOf(host: HostSelf): HostHello {
   return { ...host, incus_version: host.incus_version ?? '', migration_protocol: MIGRATION_PROTOCOL };
 }
 
-/** What a version looks like (6.0.4, 4.2.1, 0.1.0-rc1+deb12u1): anything else from a peer is shown quoted. */
-const VERSION = /^[0-9A-Za-z][0-9A-Za-z.+~-]{0,63}$/;
+/** What a version or an architecture looks like (6.0.4, 0.1.0-rc1+deb12u1, x86_64): anything else from a peer is shown quoted. */
+const PLAIN_WORD = /^[0-9A-Za-z][0-9A-Za-z._+~-]{0,63}$/;
 
 /**
- * A version a host's hello states, fit for a log line or a terminal: as it is when it looks like a
- * version, '?' when empty, else quoted (JSON escapes control characters) and cut to 64 characters.
+ * A word a host's hello states (a version, its architecture), fit for a log line or a terminal: as
+ * it is when it looks like one, '?' when empty, else quoted (JSON escapes control characters) and
+ * cut to 64 characters.
  */
-export function shownVersion(version: string): string {
-  if (version === '') return '?';
-  return VERSION.test(version) ? version : JSON.stringify(version.slice(0, 64));
+export function shownWord(word: string): string {
+  if (word === '') return '?';
+  return PLAIN_WORD.test(word) ? word : JSON.stringify(word.slice(0, 64));
 }
 
 /**
@@ -36,14 +37,14 @@ export function shownVersion(version: string): string {
  */
 export function compatibilityProblem(source: HostHello, destination: HostHello): string | undefined {
   if (source.migration_protocol !== destination.migration_protocol) {
-    const speaks = (hello: HostHello): string => `migration protocol ${hello.migration_protocol}${hello.haul_version ? ` (haul ${shownVersion(hello.haul_version)})` : ''}`;
+    const speaks = (hello: HostHello): string => `migration protocol ${hello.migration_protocol}${hello.haul_version ? ` (haul ${shownWord(hello.haul_version)})` : ''}`;
     return `the source speaks ${speaks(source)} and the destination ${speaks(destination)}: run the same haul version on both hosts`;
   }
   if (source.page_size !== destination.page_size) {
     return `page size ${source.page_size} on the source but ${destination.page_size} on the destination`;
   }
   if (source.architecture !== destination.architecture) {
-    return `a ${source.architecture} source cannot move processes to a ${destination.architecture} destination`;
+    return `a ${shownWord(source.architecture)} source cannot move processes to a ${shownWord(destination.architecture)} destination`;
   }
   // CRIU 4.1 and 4.2 restore each other's images once haul has written the pagemaps in the form
   // both read (src/criu/images/pagemap.ts): no pairing of the two is refused (README, Compatibility)

@@ -3,7 +3,7 @@
  * steps the Incus plugin drives between them.
  */
 export { MODES, parseMode, type Mode } from './mode.js';
-export { compatibilityProblem, helloOf, hostHandshake, peerHost, shownVersion, MIGRATION_PROTOCOL, type HostHello, type HostSelf } from './host-hello.js';
+export { compatibilityProblem, helloOf, hostHandshake, peerHost, shownWord, MIGRATION_PROTOCOL, type HostHello, type HostSelf } from './host-hello.js';
 export { ChannelKind, openChannel } from './wire/index.js';
 export { migrateLazy, migratePreCopy, type MigrateOptions, type MigrationSummary } from './image-proxy.js';
 export { MigrationFailedError, MigrationInDoubtError } from './migration-errors.js';

@@ -118,6 +118,15 @@ describe('the link over TLS with pinned certificates', () => {
     await expect(refused).rejects.not.toThrow('\u001b');
   });
 
+  it("refuses a peer of another architecture, naming both, the peer's quoted where it is not a plain word", async () => {
+    const listener = await LinkListener.listen('127.0.0.1', 0, { insecure: true, application: hostApp('destination') });
+    cleanups.push(() => listener.close());
+    const hostile = { hello: encodeHostHello({ ...hostInfo('source'), architecture: 'arm64\r\u001b[1A', incus_version: '', migration_protocol: MIGRATION_PROTOCOL }), check: () => undefined };
+    const refused = dialLink(`ws://127.0.0.1:${listener.port}`, { insecure: true, application: hostile });
+    await expect(refused).rejects.toThrow('a "arm64\\r\\u001b[1A" source cannot move processes to a x64 destination');
+    await expect(refused).rejects.not.toThrow('\u001b');
+  });
+
   it('leaves the handshake\'s application part to the application: its hello crosses both ways, and its check refuses', async () => {
     const heard: Array<[string, string]> = [];
     const application = (hello: string, refuseOn?: 'dialer' | 'listener') => ({
