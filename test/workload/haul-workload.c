@@ -112,16 +112,27 @@ static void path_in(char *out, size_t size, const char *dir, const char *name) {
     }
 }
 
+/*
+ * Writes DIR/NAME whole, by rename. In a test the copy a migration restores may share DIR with the
+ * source, both frozen at the same point of this function: the one that runs first renames the
+ * temporary file away, and the other's rename then finds none. That is not a failure of the
+ * write: it is written again, whole (the other copy is held stopped by then, or gone).
+ */
 static int write_atomically(const char *dir, const char *name, const char *text) {
     char tmp[4096], final[4096];
     path_in(tmp, sizeof tmp, dir, ".tmp");
     path_in(final, sizeof final, dir, name);
-    int fd = open(tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
-    if (fd < 0) return -1;
-    size_t len = strlen(text);
-    int ok = write(fd, text, len) == (ssize_t)len;
-    close(fd);
-    return ok && rename(tmp, final) == 0 ? 0 : -1;
+    for (int attempt = 0; attempt < 3; attempt++) {
+        int fd = open(tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
+        if (fd < 0) return -1;
+        size_t len = strlen(text);
+        int ok = write(fd, text, len) == (ssize_t)len;
+        close(fd);
+        if (!ok) return -1;
+        if (rename(tmp, final) == 0) return 0;
+        if (errno != ENOENT) return -1;
+    }
+    return -1;
 }
 
 static uint64_t memory_checksum(const uint64_t *mem, size_t pages) {
