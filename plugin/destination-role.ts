@@ -19,7 +19,7 @@ import { afterFailedArrival, cutIncusMigration } from './failed-restore.js';
 import { serveLazyRestore } from './lazy-restore-pages.js';
 import { followRestore, gateRestoreLog } from './restore-follow.js';
 import { RestoreWatch } from './restore-watch.js';
-import { placeImageFiles, readPlainFile } from './restore-dir-files.js';
+import { netnsImagesForEveryCriu, placeImageFiles, readPlainFile } from './restore-dir-files.js';
 import type { AgentLog } from './agent-log.js';
 
 /**
@@ -113,6 +113,8 @@ export class DestinationRole {
         await Promise.race([entry.complete, sleep(Math.max(0, deadline - Date.now())).then(() => Promise.reject(new Error(`not complete after ${PAGES_WAIT_MS / 1000} s`)))]);
         // the restored tasks read these themselves, as the container's root: world-readable
         await placeImageFiles(entry.dir, dir, (await readdir(entry.dir)).filter((n) => /^(pagemap|pages)-.*\.img$/.test(n)), containerRoot);
+        // the container's network namespace, from a source's CRIU 4.2, in a form this host's CRIU 4.1 restores too
+        await netnsImagesForEveryCriu(dir);
         await bringDiskUpToDate(this.context, entry, args, callerPid);
       } catch (error) {
         return refuse(entry, `haul: the pages or disk changes of migration ${id} are not usable: ${error instanceof Error ? error.message : String(error)}`);

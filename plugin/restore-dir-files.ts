@@ -1,6 +1,7 @@
 import { constants, createReadStream } from 'node:fs';
-import { link, lstat, open, unlink, type FileHandle } from 'node:fs/promises';
+import { link, lstat, open, readdir, unlink, type FileHandle } from 'node:fs/promises';
 import { join } from 'node:path';
+import { isNetnsImageName, netnsImageForEveryCriu } from '../src/criu/index.js';
 import { ensureRoomFor } from '../proxy/index.js';
 
 /**
@@ -95,4 +96,51 @@ export async function placeImageFiles(fromDir: string, restoreDir: string, names
       await placed.close();
     }
   }
+}
+
+/** A network namespace's image holds a few sysctls and ids: far below this. */
+const MAX_NETNS_IMAGE_BYTES = 1024 * 1024;
+
+/**
+ * Every netns-<id>.img Incus' rsync put into `restoreDir`, in the form every CRIU restores
+ * (src/criu/images/netns.ts: a source's CRIU 4.2 writes one that CRIU 4.1 fails on), owned and
+ * moded as it was. Resolves how many were rewritten; one that is not a plain file, or far too
+ * large for what it is, fails the restore.
+ */
+export async function netnsImagesForEveryCriu(restoreDir: string): Promise<number> {
+  let rewritten = 0;
+  for (const name of (await readdir(restoreDir)).filter(isNetnsImageName)) {
+    const path = join(restoreDir, name);
+    let file: FileHandle;
+    try {
+      file = await open(path, O_RDONLY | O_NOFOLLOW | constants.O_NONBLOCK);
+    } catch (error) {
+      if ((error as NodeJS.ErrnoException).code === 'ELOOP') throw new NotAPlainFileError(path, error);
+      throw error;
+    }
+    let image: Buffer;
+    let owner: { uid: number; gid: number; mode: number };
+    try {
+      const stats = await file.stat();
+      if (!stats.isFile()) throw new NotAPlainFileError(path);
+      if (stats.size > MAX_NETNS_IMAGE_BYTES) throw new Error(`${path} holds ${stats.size} bytes: not a network namespace's image`);
+      owner = { uid: stats.uid, gid: stats.gid, mode: stats.mode & 0o777 };
+      image = await file.readFile();
+    } finally {
+      await file.close();
+    }
+    const replacement = await netnsImageForEveryCriu(image, path);
+    if (!replacement) continue;
+    await removeName(path);
+    const written = await open(path, O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW, 0o600);
+    try {
+      for (let at = 0; at < replacement.length; ) at += (await written.write(replacement, at)).bytesWritten;
+      await written.chown(owner.uid, owner.gid);
+      await written.chmod(owner.mode);
+    } finally {
+      await written.close();
+    }
+    rewritten++;
+  }
+  return rewritten;
 }

@@ -1,6 +1,6 @@
 import { mkdir } from 'node:fs/promises';
 import { join } from 'node:path';
-import { runCriu, RestoredTree } from '../src/criu/index.js';
+import { runCriu, RestoredTree, writeNetnsImagesForEveryCriu } from '../src/criu/index.js';
 import { type EndpointOptions, LinkListener, type LinkSession } from '../src/link/index.js';
 import { discardImages } from './cache-store.js';
 import { DestinationMigration } from './destination-migration.js';
@@ -78,6 +78,8 @@ export class ImageCache {
     };
     try {
       await migration.receive({ idleMs: this.options.idleMs ?? DEFAULT_IDLE_MS });
+      // a source's CRIU 4.2 writes a network namespace's image in a form CRIU 4.1 cannot restore
+      await writeNetnsImagesForEveryCriu(dir);
       const lazy = store.control.messages.some((message) => message.migration_start?.mode === 'lazy');
       if (!lazy) {
         // held stopped until the source says its own copy has ended: never two running copies

@@ -1,7 +1,10 @@
-import { chmodSync, lstatSync, mkdirSync, mkdtempSync, rmSync, readFileSync, statSync, symlinkSync, writeFileSync } from 'node:fs';
+import { chmodSync, chownSync, lstatSync, mkdirSync, mkdtempSync, rmSync, readFileSync, statSync, symlinkSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { afterEach, describe, expect, it } from 'vitest';
-import { placeImageFiles } from '../../plugin/restore-dir-files.js';
+import { NotAPlainFileError, netnsImagesForEveryCriu, placeImageFiles } from '../../plugin/restore-dir-files.js';
+import { encodeImage } from '../../src/criu/images/image-file.js';
+import { TypeMagic } from '../../src/criu/images/magic.js';
+import { Entries, type NetnsEntryMessage } from '../../src/criu/images/schemas.js';
 import { scratchDir } from '../support/scratch.js';
 
 const cleanups: Array<() => void> = [];
@@ -42,4 +45,30 @@ describe("placing the pages into Incus' restore directory, which the source fill
       }
     });
   }
+});
+
+/** A network namespace's image as CRIU 4.2 dumps a container's: ping_group_range at its default, without a value. */
+function netnsImageOf42(): Buffer {
+  const entry = { unix_conf: [{ type: 6, iarg: 10 }], ipv4_sysctl: [{ type: 5 }] } as unknown as NetnsEntryMessage;
+  return encodeImage({ kind: 'common', typeMagic: TypeMagic.NETNS }, [Entries.netnsEntry.encode(entry)]);
+}
+
+describe("rewriting the container's network namespace image in Incus' restore directory for an older CRIU", () => {
+  it('writes it anew with the owner and mode it had, never through a link planted at its name', async () => {
+    const paths = setUp(false);
+    const image = join(paths.restore, 'netns-9.img');
+    writeFileSync(image, netnsImageOf42(), { mode: 0o640 });
+    chownSync(image, 1_000_000, 1_000_000);
+    expect(await netnsImagesForEveryCriu(paths.restore)).toBe(1);
+    const rewritten = lstatSync(image);
+    expect(rewritten.isFile()).toBe(true);
+    expect([rewritten.uid, rewritten.gid, rewritten.mode & 0o777]).toEqual([1_000_000, 1_000_000, 0o640]);
+    expect(readFileSync(image).length).toBeLessThan(netnsImageOf42().length);
+    // and once in the form every CRIU reads, it is left alone
+    expect(await netnsImagesForEveryCriu(paths.restore)).toBe(0);
+
+    symlinkSync(paths.victim, join(paths.restore, 'netns-10.img'));
+    await expect(netnsImagesForEveryCriu(paths.restore)).rejects.toThrow(NotAPlainFileError);
+    expect(readFileSync(paths.victim, 'utf8')).toBe("not haul's to write");
+  });
 });

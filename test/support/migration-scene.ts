@@ -20,19 +20,19 @@ export interface MigrationScene {
 }
 
 /** Call inside a describe block; each started scene is torn down after its test. */
-export function useMigrationScenes(): { start(label: string, mib: number): Promise<MigrationScene> } {
+export function useMigrationScenes(): { start(label: string, mib: number, options?: { readonly ownNetworkNamespace?: boolean }): Promise<MigrationScene> } {
   const cleanups: Array<() => void> = [];
   afterEach(() => cleanups.splice(0).reverse().forEach((cleanup) => cleanup()));
   const defer = (cleanup: () => void): void => void cleanups.push(cleanup);
   return {
-    async start(label, mib) {
+    async start(label, mib, options = {}) {
       const scratch = scratchDir(label);
       defer(scratch.remove);
       const source = `${scratch.path}/source`;
       const destination = `${scratch.path}/destination`;
       mkdirSync(source);
       mkdirSync(destination);
-      const workload = await LocalWorkload.start(`${scratch.path}/workload`, mib);
+      const workload = await LocalWorkload.start(`${scratch.path}/workload`, mib, options);
       defer(() => stopWorkload(workload.pid));
       const before = await workload.report();
       expect(before.checksum).toBe(await expectedChecksum(mib));

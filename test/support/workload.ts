@@ -78,8 +78,11 @@ export class LocalWorkload {
     readonly exited: Promise<void>,
   ) {}
 
-  static async start(dir: string, mib: number): Promise<LocalWorkload> {
-    const child: ChildProcess = spawn(WORKLOAD, ['run', '--dir', dir, '--mib', String(mib)], {
+  /** `ownNetworkNamespace`: in a network namespace of its own (unshare execs the workload: the same pid). */
+  static async start(dir: string, mib: number, options: { readonly ownNetworkNamespace?: boolean } = {}): Promise<LocalWorkload> {
+    const command = [WORKLOAD, 'run', '--dir', dir, '--mib', String(mib)];
+    const [program, ...args] = options.ownNetworkNamespace ? ['unshare', '--net', ...command] : command;
+    const child: ChildProcess = spawn(program!, args, {
       detached: true,
       stdio: 'ignore',
     });

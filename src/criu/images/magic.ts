@@ -16,6 +16,7 @@ export const TypeMagic = {
   FDINFO: 0x56213732,
   FILES: 0x56303138,
   STATS: 0x57093306,
+  NETNS: 0x55933752,
 } as const;
 
 /** How an image file starts. */

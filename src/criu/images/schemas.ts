@@ -4,6 +4,7 @@ import protobuf from 'protobufjs';
 import { bigintsFromWire, bigintsToWire } from '../../protobuf-bigint.js';
 import { packageFile } from '../../package-files.js';
 import type { inventory_entry } from './proto/generated/inventory.js';
+import type { netns_entry } from './proto/generated/netdev.js';
 import type { pagemap_entry, pagemap_head } from './proto/generated/pagemap.js';
 import type { pstree_entry } from './proto/generated/pstree.js';
 import type { stats_entry } from './proto/generated/stats.js';
@@ -14,7 +15,7 @@ export class ImageFormatError extends Error {
 }
 
 /** CRIU's own schemas, vendored unchanged (src/criu/images/proto/SOURCE, scripts/sync-criu-protos). */
-const SCHEMA_FILES = ['inventory.proto', 'pstree.proto', 'pagemap.proto', 'stats.proto'];
+const SCHEMA_FILES = ['inventory.proto', 'pstree.proto', 'pagemap.proto', 'stats.proto', 'netdev.proto'];
 
 // opts.proto, which CRIU's schemas import for their printing hints, imports
 // google/protobuf/descriptor.proto: protobufjs ships it
@@ -58,6 +59,7 @@ export type PagemapEntryMessage = pagemap_entry;
 export type PstreeEntryMessage = pstree_entry;
 export type InventoryEntryMessage = inventory_entry;
 export type StatsEntryMessage = stats_entry;
+export type NetnsEntryMessage = netns_entry;
 
 export const Entries = {
   pagemapHead: codec<PagemapHeadMessage>('pagemap_head'),
@@ -65,4 +67,5 @@ export const Entries = {
   pstreeEntry: codec<PstreeEntryMessage>('pstree_entry'),
   inventoryEntry: codec<InventoryEntryMessage>('inventory_entry'),
   statsEntry: codec<StatsEntryMessage>('stats_entry'),
+  netnsEntry: codec<NetnsEntryMessage>('netns_entry'),
 };
