@@ -34,7 +34,8 @@ interface Spread {
   max: number;
 }
 
-const HOOK_DIR = '/usr/local/lib/haul/hook';
+/** Each test-bed host's hook (scripts/lib/host.sh hook_dir), and the CRIU it runs by default. */
+const HOOK_DIRS = ['/usr/local/lib/haul/hook-src', '/usr/local/lib/haul/hook-dst'];
 const HAUL = fileURLToPath(new URL('../../cli/haul.js', import.meta.url));
 const haul = (args: string[]): void => void execFileSync(process.execPath, [HAUL, ...args], { stdio: ['ignore', 'ignore', 'inherit'] });
 
@@ -137,11 +138,11 @@ async function main(): Promise<void> {
     for (const [name, workload] of [['counter', COUNTER], ...sizes.map((mib) => [`workload-${mib}mib`, { dir: '/run/big', mib }] as const)] as const) {
       for (const mode of modes) {
         // native is native: haul's hook out of incusd's PATH, not just asked to stand aside
-        if (mode === 'off') haul(['agent', 'uninstall', '--hook-dir', HOOK_DIR]);
+        if (mode === 'off') for (const dir of HOOK_DIRS) haul(['agent', 'uninstall', '--hook-dir', dir]);
         try {
           scenarios.push(await measureScenario(name, workload, pool, mode, options.roundTrips));
         } finally {
-          if (mode === 'off') haul(['agent', 'install', '--hook-dir', HOOK_DIR, '--criu', '/usr/local/sbin/criu']);
+          if (mode === 'off') for (const dir of HOOK_DIRS) haul(['agent', 'install', '--hook-dir', dir, '--criu', '/usr/local/sbin/criu']);
         }
       }
     }

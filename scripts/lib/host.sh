@@ -19,9 +19,19 @@ HAUL_INCUS_CONF=$HAUL_TESTBED/client        # INCUS_CONF of the client that know
 
 # incusd and liblxc find criu through PATH; Debian's /etc/default/incus would put /usr/sbin (criu 3.17,
 # which fails on this kernel) first, so every incusd we start gets /usr/local/sbin ahead of it, and
-# haul's CRIU hook (`haul agent install`) ahead of everything.
-HAUL_HOOK_DIR=/usr/local/lib/haul/hook
-HAUL_INCUS_PATH=$HAUL_HOOK_DIR:/usr/libexec/incus:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin
+# haul's CRIU hook (`haul agent install`) ahead of everything: a hook of its own per test-bed host, so
+# that each host may run another CRIU build (the hook execs the one it was installed with).
+hook_dir() { echo "/usr/local/lib/haul/hook-$1"; }
+incus_path() { echo "$(hook_dir "$1"):/usr/libexec/incus:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"; }
+
+# the binary of a CRIU build setup-host installs, by version
+criu_build() {
+  case $1 in
+    "$HAUL_CRIU_VERSION") echo "$HAUL_CRIU_BIN" ;;
+    "$HAUL_CRIU_NEXT_VERSION") echo "$HAUL_CRIU_NEXT_BIN" ;;
+    *) die "no CRIU $1 here (setup-host installs $HAUL_CRIU_VERSION and $HAUL_CRIU_NEXT_VERSION)" ;;
+  esac
+}
 
 say() { printf '%s %s\n' "[$(basename "$0")]" "$*" >&2; }
 die() { say "error: $*"; exit 1; }
