@@ -28,14 +28,20 @@ describeOnHost('haul-workload, the process every test migrates', ['workload'], (
     const since = realtimeNs();
     const workload = await LocalWorkload.start(`${scratch.path}/w`, 8);
     cleanups.push(() => stopWorkload(workload.pid));
-    await new Promise((resolve) => setTimeout(resolve, 500));
-    const report = await workload.report(since);
+    // asked until it has beaten 30 times: how soon depends on how busy the machine is (a CI run
+    // saw 19 beats in 500 ms), what each report says does not
+    let report = await workload.report(since);
+    for (const deadline = Date.now() + 20_000; report.windowBeats < 30 && Date.now() < deadline; ) {
+      await new Promise((resolve) => setTimeout(resolve, 100));
+      report = await workload.report(since);
+    }
     expect(report.pid).toBe(workload.pid);
     expect(report.mib).toBe(8);
     expect(report.checksum).toBe(await expectedChecksum(8));
     expect(report.windowBeats).toBeGreaterThanOrEqual(30);
     expect(report.tick).toBeGreaterThanOrEqual(report.windowBeats);
-    expect(report.maxGapNs).toBeLessThan(200_000_000n);
+    // beats follow each other: no pause anywhere near what a freeze of a migration would show
+    expect(report.maxGapNs).toBeLessThan(1_000_000_000n);
   });
 
   it('shows a pause as the largest gap, and only inside the asked window', async () => {
