@@ -1,7 +1,7 @@
-import { constants, createReadStream } from 'node:fs';
+import { constants, createReadStream, type Stats } from 'node:fs';
 import { link, lstat, open, readdir, unlink, type FileHandle } from 'node:fs/promises';
 import { join } from 'node:path';
-import { isNetnsImageName, netnsImageForEveryCriu } from '../src/criu/index.js';
+import { isNetnsImageName, netnsImageForEveryCriu, readNetnsImage } from '../src/criu/index.js';
 import { ensureRoomFor } from '../proxy/index.js';
 
 /**
@@ -24,8 +24,11 @@ export class NotAPlainFileError extends Error {
   }
 }
 
-/** The text of a plain file in the restore dir; undefined if there is none; NotAPlainFileError if the name is a link or anything else. */
-export async function readPlainFile(path: string): Promise<string | undefined> {
+/**
+ * A plain file in the restore dir, opened for reading and checked to be one, with what fstat says of
+ * it; undefined if there is none; NotAPlainFileError if the name is a link or anything else.
+ */
+async function openPlainFile(path: string): Promise<{ readonly file: FileHandle; readonly stats: Stats } | undefined> {
   let file: FileHandle;
   try {
     // O_NONBLOCK: a FIFO planted there must not hold the restore waiting for a writer
@@ -36,10 +39,23 @@ export async function readPlainFile(path: string): Promise<string | undefined> {
     throw error;
   }
   try {
-    if (!(await file.stat()).isFile()) throw new NotAPlainFileError(path);
-    return await file.readFile('utf8');
-  } finally {
+    const stats = await file.stat();
+    if (!stats.isFile()) throw new NotAPlainFileError(path);
+    return { file, stats };
+  } catch (error) {
     await file.close();
+    throw error;
+  }
+}
+
+/** The text of a plain file in the restore dir; undefined if there is none; NotAPlainFileError if the name is a link or anything else. */
+export async function readPlainFile(path: string): Promise<string | undefined> {
+  const opened = await openPlainFile(path);
+  if (!opened) return undefined;
+  try {
+    return await opened.file.readFile('utf8');
+  } finally {
+    await opened.file.close();
   }
 }
 
@@ -51,10 +67,12 @@ async function removeName(path: string): Promise<void> {
   }
 }
 
+async function writeAll(file: FileHandle, bytes: Buffer): Promise<void> {
+  for (let at = 0; at < bytes.length; ) at += (await file.write(bytes, at)).bytesWritten;
+}
+
 async function copyInto(file: FileHandle, from: string): Promise<void> {
-  for await (const chunk of createReadStream(from) as AsyncIterable<Buffer>) {
-    for (let at = 0; at < chunk.length; ) at += (await file.write(chunk, at)).bytesWritten;
-  }
+  for await (const chunk of createReadStream(from) as AsyncIterable<Buffer>) await writeAll(file, chunk);
 }
 
 /**
@@ -98,9 +116,6 @@ export async function placeImageFiles(fromDir: string, restoreDir: string, names
   }
 }
 
-/** A network namespace's image holds a few sysctls and ids: far below this. */
-const MAX_NETNS_IMAGE_BYTES = 1024 * 1024;
-
 /**
  * Every netns-<id>.img Incus' rsync put into `restoreDir`, in the form every CRIU restores
  * (src/criu/images/netns.ts: a source's CRIU 4.2 writes one that CRIU 4.1 fails on), owned and
@@ -111,21 +126,12 @@ export async function netnsImagesForEveryCriu(restoreDir: string): Promise<numbe
   let rewritten = 0;
   for (const name of (await readdir(restoreDir)).filter(isNetnsImageName)) {
     const path = join(restoreDir, name);
-    let file: FileHandle;
-    try {
-      file = await open(path, O_RDONLY | O_NOFOLLOW | constants.O_NONBLOCK);
-    } catch (error) {
-      if ((error as NodeJS.ErrnoException).code === 'ELOOP') throw new NotAPlainFileError(path, error);
-      throw error;
-    }
+    const opened = await openPlainFile(path);
+    if (!opened) continue; // gone since the listing
+    const { file, stats } = opened;
     let image: Buffer;
-    let owner: { uid: number; gid: number; mode: number };
     try {
-      const stats = await file.stat();
-      if (!stats.isFile()) throw new NotAPlainFileError(path);
-      if (stats.size > MAX_NETNS_IMAGE_BYTES) throw new Error(`${path} holds ${stats.size} bytes: not a network namespace's image`);
-      owner = { uid: stats.uid, gid: stats.gid, mode: stats.mode & 0o777 };
-      image = await file.readFile();
+      image = await readNetnsImage(file, stats.size, path);
     } finally {
       await file.close();
     }
@@ -134,9 +140,9 @@ export async function netnsImagesForEveryCriu(restoreDir: string): Promise<numbe
     await removeName(path);
     const written = await open(path, O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW, 0o600);
     try {
-      for (let at = 0; at < replacement.length; ) at += (await written.write(replacement, at)).bytesWritten;
-      await written.chown(owner.uid, owner.gid);
-      await written.chmod(owner.mode);
+      await writeAll(written, replacement);
+      await written.chown(stats.uid, stats.gid);
+      await written.chmod(stats.mode & 0o777);
     } finally {
       await written.close();
     }

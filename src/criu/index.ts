@@ -9,7 +9,7 @@ export { LazyPagesClient, type PagesAnswer } from './page-server/lazy-pages-clie
 export type { PageSource } from './page-server/lazy-pages-server.js';
 export { criuImageName, isCriuImageName } from './images/image-names.js';
 export { FIRST_PAGES_ID } from './images/image-dir-sink.js';
-export { isNetnsImageName, netnsImageForEveryCriu, writeNetnsImagesForEveryCriu } from './images/netns.js';
+export { isNetnsImageName, netnsImageForEveryCriu, readNetnsImage, writeNetnsImagesForEveryCriu } from './images/netns.js';
 export { PagemapWriter, isPagesFileName, lazyRunsIn, pagesStoredIn, writePagemapsForEveryCriu, type LazyRun, type PagemapEntry } from './images/pagemap.js';
 export { CriuError, DEFAULT_CRIU, criuLogErrors, runCriu, startCriu, type CriuOptions, type CriuProcess } from './run/criu-process.js';
 export { criuVersion, headerLayoutFor, type CriuVersion } from './run/criu-version.js';

@@ -1,4 +1,4 @@
-import { readFile, readdir, rename, rm, writeFile } from 'node:fs/promises';
+import { open, readdir, rename, rm, writeFile, type FileHandle } from 'node:fs/promises';
 import { join } from 'node:path';
 import { Readable } from 'node:stream';
 import { ImageReader, encodeImage } from './image-file.js';
@@ -6,6 +6,21 @@ import { TypeMagic, type ImageHeader } from './magic.js';
 import { Entries, ImageFormatError } from './schemas.js';
 
 const NETNS_HEADER: ImageHeader = { kind: 'common', typeMagic: TypeMagic.NETNS };
+
+/** A network namespace's image holds a few sysctls and ids: far below this. */
+const MAX_NETNS_IMAGE_BYTES = 1024 * 1024;
+
+/**
+ * The bytes of an open netns-<id>.img of `size` bytes (named `source` in errors), read whole since
+ * it is small: one larger than a network namespace's image could be is refused unread.
+ */
+export async function readNetnsImage(file: FileHandle, size: number, source: string): Promise<Buffer> {
+  if (size > MAX_NETNS_IMAGE_BYTES) throw new ImageFormatError(`${source} holds ${size} bytes: not a network namespace's image`);
+  const bytes = Buffer.alloc(size);
+  let at = 0;
+  for (let read = -1; read !== 0 && at < size; at += read) read = (await file.read(bytes, at, size - at, at)).bytesRead;
+  return bytes.subarray(0, at);
+}
 
 /** A network namespace's image, netns-<id>.img (criu/image-desc.c); not netns-ct- or netns-exp-. */
 export function isNetnsImageName(name: string): boolean {
@@ -55,7 +70,13 @@ export async function writeNetnsImagesForEveryCriu(dir: string): Promise<number>
   let rewritten = 0;
   for (const name of (await readdir(dir)).filter(isNetnsImageName)) {
     const path = join(dir, name);
-    const image = await readFile(path);
+    const file = await open(path, 'r');
+    let image: Buffer;
+    try {
+      image = await readNetnsImage(file, (await file.stat()).size, path);
+    } finally {
+      await file.close();
+    }
     const rewrittenImage = await netnsImageForEveryCriu(image, path);
     if (!rewrittenImage) continue;
     const temporary = `${path}.compat`;
