@@ -13,6 +13,7 @@ import { IncusEvents } from './incus-events.js';
 import { IN_FLIGHT_FILE, InFlight, readInFlight, type MigrationProgress } from './in-flight.js';
 import { repairFailedArrival } from './arrival-repair.js';
 import { MigrationRecords } from './migration-records.js';
+import { mendLiblxcArguments } from './liblxc-arguments.js';
 import { listenPrivately } from './private-socket.js';
 import type { HaulMode } from './haul-mode.js';
 import { SourceRole, type Peer } from './source-role.js';
@@ -112,9 +113,11 @@ export class Agent {
         void (async (): Promise<HookReply> => {
           const request = parseHookRequest(line);
           const hook = { deadline: answerDeadline(request, receivedAt), gaveUp: gaveUp.signal };
+          const { args, changes } = mendLiblxcArguments(request.call, request.args);
+          if (changes.length > 0) log(`criu ${request.call}: liblxc's arguments mended: ${changes.join('; ')}`);
           // a restore belongs to a move already under way, which a draining agent still carries
-          if (request.call === 'dump' && draining.on) return { args: request.args, note: 'native move: this haul agent is stopping, and takes no new move' };
-          return request.call === 'dump' ? source.dump(request.args, request.pid, hook) : destination.restore(request.args, request.pid);
+          if (request.call === 'dump' && draining.on) return { args, note: 'native move: this haul agent is stopping, and takes no new move' };
+          return request.call === 'dump' ? source.dump(args, request.pid, hook) : destination.restore(args, request.pid);
         })()
           .catch((error: Error): HookReply => ({ error: `haul agent: ${error.message}` }))
           .then((reply) => {
