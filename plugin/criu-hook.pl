@@ -27,6 +27,59 @@ sub native {
   if (needs_haul()) { print STDERR "haul: this restore needs the pages haul moved, and " . ($missing // "no haul agent answered") . "\n"; exit 1; }
   run_criu(@args);
 }
+# /proc/PID/stat from its state on (the command name before it may hold spaces): [0] state,
+# [1] parent, [19] start time
+sub stat_of {
+  my $pid = shift;
+  open(my $f, "<", "/proc/$pid/stat") or return;
+  my $text = <$f>;
+  close $f;
+  return unless defined $text && $text =~ s/^.*\) //s;
+  return split / /, $text;
+}
+# liblxc's monitor of the container whose init is $_[0] (the init's parent, named "[lxc monitor]"
+# by liblxc's setproctitle): its pid and start time, or nothing
+sub monitor_of {
+  my $init = shift;
+  return unless defined $init && $init =~ /^\d+$/;
+  my @init = stat_of($init) or return;
+  my $parent = $init[1];
+  open(my $f, "<", "/proc/$parent/cmdline") or return;
+  my $cmdline = do { local $/; <$f> };
+  close $f;
+  return unless defined $cmdline && index($cmdline, "[lxc monitor]") == 0;
+  my @monitor = stat_of($parent) or return;
+  return ($parent, $monitor[19]);
+}
+# The final dump of a live move (liblxc passes an action script only then) kills the container,
+# and Incus deletes the source instance as soon as the move's operation ends; liblxc 7's monitor
+# of the killed container is still going away then, so the delete finds the instance running and
+# `incus move` fails after the container had moved (docs/INCUS-7-PROBE.md). So this process waits:
+# a child asks the agent and becomes CRIU, as for every other call (the agent knows CRIU by that
+# child's pid), and this one ends with CRIU's status once CRIU has ended and the monitor has gone,
+# at most MONITOR_WAIT_S later. Never for a restore: liblxc finds the restored init among its own
+# children there.
+my $MONITOR_WAIT_S = 10;
+if ($args[0] eq "dump" && grep { $_ eq "--action-script" } @args) {
+  my $init; for my $i (0 .. $#args - 1) { $init = $args[$i + 1] if $args[$i] eq "-t"; }
+  my ($monitor, $monitor_start) = monitor_of($init);
+  my $child = defined $monitor ? fork() : undef;
+  if ($child) {
+    $SIG{$_} = sub { kill $_[0], $child } for qw(TERM INT HUP QUIT);
+    my $waited;
+    do { $waited = waitpid($child, 0) } while ($waited == -1 && $!{EINTR});
+    my $status = $?;
+    if ($status == 0) {
+      my $until = time + $MONITOR_WAIT_S;
+      while (time < $until) {
+        my @now = stat_of($monitor);
+        last unless @now && $now[19] eq $monitor_start && $now[0] ne "Z";
+        select(undef, undef, undef, 0.05);
+      }
+    }
+    exit($status & 127 ? 128 + ($status & 127) : $status >> 8);
+  }
+}
 native(undef, "no haul agent listens at $path") unless -S $path;
 $SIG{PIPE} = "IGNORE"; # an agent gone mid-request: a failed write, said on stderr, not a silent death
 socket(my $s, PF_UNIX, SOCK_STREAM, 0) or native("no socket: $!");

@@ -1,4 +1,5 @@
-import { execFile } from 'node:child_process';
+import { execFile, spawn } from 'node:child_process';
+import { once } from 'node:events';
 import { mkdirSync, writeFileSync } from 'node:fs';
 import { createServer, type Server } from 'node:net';
 import { createInterface } from 'node:readline';
@@ -168,6 +169,39 @@ describe('the CRIU hook that haul agent install puts first on incusd\'s PATH', (
     expect(run.code).toBe(1);
     expect(run.lines).toEqual([]);
     expect(run.stderr).toMatch(/needs the pages haul moved, and no haul agent listens/);
+  });
+
+  it("ends a live move's final dump only once liblxc's monitor of the killed container has gone, with CRIU's status and pid the agent was told", async () => {
+    const { dir, incusDir, remove } = setUp();
+    cleanups.push(remove);
+    // a CRIU that kills the container's init, as a final dump does, and exits with what it is told
+    const realCriu = `${dir}/killing-criu`;
+    writeFileSync(realCriu, '#!/bin/sh\necho "pid $$"\nkill -9 "$3"\nexit "$(cat "$0.status")"\n', { mode: 0o755 });
+    const hook = await installHook(`${dir}/hook`, realCriu);
+    const asked: HookRequest[] = [];
+    const agent = await fakeAgent(incusDir, (request) => (asked.push(request), { args: request.args }));
+    cleanups.push(() => agent.close());
+    /** A stand-in for liblxc's monitor, named as liblxc names it: the init's parent, gone 1.5 s after the init. */
+    const fakeMonitor = async (): Promise<{ init: number; gone: Promise<number> }> => {
+      const monitor = spawn('bash', ['-c', `exec -a '[lxc monitor] /var/lib/incus/containers c1' perl -e '$| = 1; my $c = fork; if (!$c) { exec "sleep", "60" } print "$c\\n"; waitpid($c, 0); select(undef, undef, undef, 1.5)'`], { stdio: ['ignore', 'pipe', 'ignore'] });
+      cleanups.push(() => monitor.kill('SIGKILL'));
+      const gone = once(monitor, 'exit').then(() => Date.now());
+      const [line] = (await once(createInterface({ input: monitor.stdout! }), 'line')) as [string];
+      return { init: Number(line), gone };
+    };
+
+    writeFileSync(`${realCriu}.status`, '0\n');
+    const monitor = await fakeMonitor();
+    const dumped = await runHook(hook, incusDir, ['dump', '-t', String(monitor.init), '--action-script', '/x/action.sh']);
+    expect(Date.now()).toBeGreaterThanOrEqual(await monitor.gone);
+    expect(dumped.code).toBe(0);
+    // the process the agent was told of is the one that became CRIU
+    expect(dumped.lines).toEqual([`pid ${asked[0]!.pid}`]);
+
+    // a failed dump leaves the container running: nothing to wait for, and CRIU's status is the hook's
+    writeFileSync(`${realCriu}.status`, '3\n');
+    const failed = await runHook(hook, incusDir, ['dump', '-t', String((await fakeMonitor()).init), '--action-script', '/x/action.sh']);
+    expect(failed.code).toBe(3);
   });
 
   it('is removed by uninstall, which leaves a criu that is not haul\'s alone', async () => {
