@@ -14,6 +14,7 @@ import type { HookWiring } from './incus-wiring.js';
 import { hookSocketPath } from './hook-protocol.js';
 import { cutConnections } from './incus-connections.js';
 import { IncusClient } from './incus-client.js';
+import { incusMoveProblem } from './incus-versions.js';
 import type { Peer } from './source-role.js';
 
 /** One finding of `haul doctor`: what was checked, what was found, and how to fix it if it failed. */
@@ -213,9 +214,9 @@ export async function diagnose(options: DoctorOptions): Promise<Check[]> {
       add(`peer ${peer.name}`, true, `${peer.url} trusted both ways; ${versionsOf(info)}`);
       // each direction as the handshake of a move would judge it (proxy/host-hello.ts)
       for (const [check, source, destination] of [[`moves to ${peer.name}`, here, info], [`moves from ${peer.name}`, info, here]] as const) {
-        const problem = compatibilityProblem(source, destination);
+        const problem = compatibilityProblem(source, destination) ?? incusMoveProblem(source.incus_version, destination.incus_version);
         const modes = source.capabilities.filter((mode) => destination.capabilities.includes(mode));
-        add(check, problem === undefined, problem === undefined ? `${modes.length ? modes.join(' and ') : 'no mode both take'}: ${versionsOf(source)} -> ${versionsOf(destination)}` : `refused: ${problem}`, 'upgrade the host the reason names (CRIU, or haul on both), then run haul agent doctor again');
+        add(check, problem === undefined, problem === undefined ? `${modes.length ? modes.join(' and ') : 'no mode both take'}: ${versionsOf(source)} -> ${versionsOf(destination)}` : `refused: ${problem}`, 'upgrade the host the reason names (CRIU, Incus, or haul on both), then run haul agent doctor again');
       }
     } catch (error) {
       add(`peer ${peer.name}`, false, `${peer.url}: ${error instanceof Error ? error.message : String(error)}`, `check that haul-agent runs there (systemctl status haul-agent), and that each side trusts the other: haul agent token there, then haul agent join here with that token (or haul trust add ${peer.name} <fingerprint> here, and the reverse there)`);

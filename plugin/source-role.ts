@@ -3,12 +3,13 @@ import { mkdir, readdir, rm, stat, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { headerLayoutFor, type CriuVersion } from '../src/criu/index.js';
 import { dialLink, type EndpointOptions, type LinkSession } from '../src/link/index.js';
-import { SourceMigration } from '../proxy/index.js';
+import { SourceMigration, peerHost } from '../proxy/index.js';
 import { modeOf, type HaulMode } from './haul-mode.js';
 import type { InFlight } from './in-flight.js';
 import { MIGRATION_ID_FILE, argumentOf, type HookReply } from './hook-protocol.js';
 import { HOOK_GAVE_UP, tooLateToOffer, withinHookDeadline, type HookCall } from './hook-deadline.js';
 import type { IncusClient, IncusInstance } from './incus-client.js';
+import { incusMoveProblem } from './incus-versions.js';
 import type { MigrationRecords } from './migration-records.js';
 import type { Outgoing, SourceContext } from './source-context.js';
 import { diskCatchUp } from './source-disk.js';
@@ -83,6 +84,7 @@ export class SourceRole {
     const id = randomUUID();
     // where the destination's incusd reaches this one for Incus' own migration (see DestinationRole.cutIncusMigration)
     const managerAddresses = this.context.incus.server().then((server) => [...server.addresses], () => []);
+    const incusHere = this.context.incus.version().catch(() => '');
     await this.sweepWorkDir();
     const version = await this.criuVersion();
     const disk = await diskCatchUp(this.context, instance, pid, startedAt);
@@ -97,7 +99,8 @@ export class SourceRole {
       let session: LinkSession | undefined;
       let idWritten = false;
       try {
-        ({ session } = await withinHookDeadline(dialLink(peer.url, this.endpoint, { peerName: peer.name }), hook, (late) => late.session.close()));
+        let peerHello: Buffer;
+        ({ session, peer: peerHello } = await withinHookDeadline(dialLink(peer.url, this.endpoint, { peerName: peer.name }), hook, (late) => late.session.close()));
         // before any await: the peer opens its channels as soon as the session exists
         const migration = SourceMigration.over(session, mode);
         const version3 = `${version.major}.${version.minor}.${version.patch}`;
@@ -107,6 +110,15 @@ export class SourceRole {
           refusals.push(`${peer.name}: ${accepted.error}`);
           session.close();
           continue;
+        }
+        // the peer receives this instance: where its Incus cannot restore what this one dumps, a
+        // native move would fail there too, after the container was frozen; fail the dump first
+        const problem = incusMoveProblem(await incusHere, peerHost(peerHello).incus_version);
+        if (problem) {
+          session.abort(`refused: ${problem}`);
+          const error = `haul: ${instance.name} cannot move to ${peer.name}: ${problem}`;
+          await this.context.records.add({ ...base, id, peer: peer.name, totalMs: Date.now() - startedAt.getTime(), result: 'failed', error });
+          return { error };
         }
         const layout = headerLayoutFor(version);
         const workDir = join(this.workDir, id);

@@ -25,6 +25,7 @@ function fakeIncus(): IncusClient {
   return {
     instanceWithInit: async (pid: number) => (pid === 4242 ? instance : undefined),
     server: async () => ({ pid: 1, addresses: ['127.0.0.1:18443'] }),
+    version: async () => '6.0.4',
   } as unknown as IncusClient;
 }
 
