@@ -13,7 +13,7 @@ function majorOf(version: string): number | undefined {
  * Incus 7 gives every container its systemd credentials as a bind mount at
  * /dev/.incus-systemd-credentials, which liblxc hands CRIU as an external mount; Incus 6 knows no
  * such mount and maps none on the restore, so CRIU fails it ("mnt: No mapping for … mountpoint",
- * criu/mount.c), natively or through haul (docs/INCUS-7-PROBE.md, "Across versions"). Moving up
+ * criu/mount.c), through haul and, with the same images and restore, natively (docs/INCUS-7-PROBE.md, "Across versions"). Moving up
  * (6 to 7) works: a mount Incus 7 maps and the image lacks is not asked for.
  */
 export function incusMoveProblem(source: string, destination: string): string | undefined {
