@@ -1,5 +1,5 @@
 import { mkdirSync } from 'node:fs';
-import { chmod, chown, lstat, readdir } from 'node:fs/promises';
+import { readdir } from 'node:fs/promises';
 import { join } from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
 import type { LinkSession } from '../src/link/index.js';
@@ -19,7 +19,7 @@ import { afterFailedArrival, cutIncusMigration } from './failed-restore.js';
 import { serveLazyRestore } from './lazy-restore-pages.js';
 import { followRestore, gateRestoreLog } from './restore-follow.js';
 import { RestoreWatch } from './restore-watch.js';
-import { netnsImagesForEveryCriu, placeImageFiles, readPlainFile } from './restore-dir-files.js';
+import { makeSearchableByRoot, netnsImagesForEveryCriu, placeImageFiles, readPlainFile } from './restore-dir-files.js';
 import type { AgentLog } from './agent-log.js';
 
 /**
@@ -64,6 +64,9 @@ export class DestinationRole {
   async restore(args: readonly string[], callerPid?: number): Promise<HookReply> {
     const dir = argumentOf(args, '-D');
     if (!dir) return { args, note: 'criu restore without -D: run unchanged' };
+    // every restore, haul's or not: see makeSearchableByRoot
+    // (before CRIU runs, so awaited here; a failure fails only a restore of haul's, below)
+    const restoreDir = await makeSearchableByRoot(dir).then((owner) => owner ?? new Error('it is not a directory'), (error: Error) => error);
     let id: string;
     try {
       // it came with Incus' rsync from the source: not through a link, and only a migration id
@@ -76,15 +79,7 @@ export class DestinationRole {
       const reason = `haul: refused the restore in ${dir}: its ${MIGRATION_ID_FILE} ${why}`;
       return { error: reason }; // the agent logs it
     }
-    // Incus made the restore dir 0700 for the container's root; CRIU 4.1.1's restored init may open
-    // timens-N.img before its uid map is written (criu/cr-restore.c: prepare_timens() runs before
-    // the PREPARE_NAMESPACES stage), as host uid 0 and gid 0 without capabilities here, and then
-    // cannot search it: about one native move in six fails so here. Searchable by group 0 (root's),
-    // and by no other user: the pages placed in it are the container's memory.
-    const restoreDir = await lstat(dir);
-    if (!restoreDir.isDirectory()) return { error: `haul: the restore dir ${dir} is not a directory` };
-    await chown(dir, restoreDir.uid, 0);
-    await chmod(dir, 0o710);
+    if (restoreDir instanceof Error) return { error: `haul: the restore dir ${dir} cannot be used: ${restoreDir.message}` };
     const containerRoot = { uid: restoreDir.uid, gid: 0 };
     const started = Date.now();
     const deadline = started + PAGES_WAIT_MS;

@@ -150,3 +150,32 @@ export async function netnsImagesForEveryCriu(restoreDir: string): Promise<numbe
   }
   return rewritten;
 }
+
+/**
+ * Makes the restore dir searchable by group 0 and by no one else, through its descriptor (a link
+ * in its place is not followed), and says who owns it: undefined when `dir` is not a directory.
+ *
+ * Incus makes it 0700 for the container's root; CRIU's restored init may open timens-N.img before
+ * its uid map is written (criu/cr-restore.c: prepare_timens() runs before the PREPARE_NAMESPACES
+ * stage), as host uid 0 and gid 0 without capabilities over the host's files, and then cannot
+ * search it. About one restore in six failed so here, natively (a stateful start, a move) as
+ * through haul; group 0 is root's, and the pages in the dir are the container's memory.
+ */
+export async function makeSearchableByRoot(dir: string): Promise<{ readonly uid: number } | undefined> {
+  let handle: FileHandle;
+  try {
+    handle = await open(dir, O_RDONLY | O_NOFOLLOW | constants.O_DIRECTORY);
+  } catch (error) {
+    const code = (error as NodeJS.ErrnoException).code;
+    if (code === 'ENOTDIR' || code === 'ELOOP' || code === 'ENOENT') return undefined;
+    throw error;
+  }
+  try {
+    const { uid } = await handle.stat();
+    await handle.chown(uid, 0);
+    await handle.chmod(0o710);
+    return { uid };
+  } finally {
+    await handle.close();
+  }
+}

@@ -1,7 +1,7 @@
 import { chmodSync, chownSync, lstatSync, mkdirSync, mkdtempSync, rmSync, readFileSync, statSync, symlinkSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { afterEach, describe, expect, it } from 'vitest';
-import { NotAPlainFileError, netnsImagesForEveryCriu, placeImageFiles } from '../../plugin/restore-dir-files.js';
+import { NotAPlainFileError, makeSearchableByRoot, netnsImagesForEveryCriu, placeImageFiles } from '../../plugin/restore-dir-files.js';
 import { encodeImage } from '../../src/criu/images/image-file.js';
 import { TypeMagic } from '../../src/criu/images/magic.js';
 import { Entries, type NetnsEntryMessage } from '../../src/criu/images/schemas.js';
@@ -70,5 +70,22 @@ describe("rewriting the container's network namespace image in Incus' restore di
     symlinkSync(paths.victim, join(paths.restore, 'netns-10.img'));
     await expect(netnsImagesForEveryCriu(paths.restore)).rejects.toThrow(NotAPlainFileError);
     expect(readFileSync(paths.victim, 'utf8')).toBe("not haul's to write");
+  });
+});
+
+describe("Incus' restore directory before any restore, haul's or a stateful start's", () => {
+  it("is made searchable by group 0 alone, its owner kept; a link in its place is not followed", async () => {
+    const paths = setUp(false);
+    chownSync(paths.restore, 1_000_000, 1_000_000);
+    expect(await makeSearchableByRoot(paths.restore)).toEqual({ uid: 1_000_000 });
+    const made = statSync(paths.restore);
+    expect([made.mode & 0o777, made.uid, made.gid]).toEqual([0o710, 1_000_000, 0]);
+
+    const planted = join(paths.store, 'restore-link');
+    symlinkSync(paths.restore, planted);
+    chmodSync(paths.restore, 0o700);
+    expect(await makeSearchableByRoot(planted)).toBeUndefined();
+    expect(await makeSearchableByRoot(paths.victim)).toBeUndefined();
+    expect(statSync(paths.restore).mode & 0o777).toBe(0o700);
   });
 });
