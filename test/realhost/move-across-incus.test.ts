@@ -3,7 +3,8 @@ import { afterAll, beforeAll, expect, it } from 'vitest';
 import { describeOnHost } from '../support/host.js';
 import { buildPackage, doctorOn, downHost, incusHostWithHaul, journalOf, movesRecorded, on, onAsync, pairHosts, type Release } from '../support/realhost.js';
 import { scratchDir } from '../support/scratch.js';
-import { parseReport, realtimeNs, reportArgs } from '../support/workload.js';
+import { realtimeNs } from '../support/workload.js';
+import { counterReport, expectMovesThroughHaul } from '../support/realhost-moves.js';
 
 /**
  * Three hosts booted by systemd on a LAN of their own: one on Debian 12 (Incus 6.0.4, liblxc 5.0,
@@ -32,44 +33,25 @@ describeOnHost('incus move through haul between Incus 6.0 and 7.0 hosts (scripts
     scratch.remove();
   });
 
-  /** Launches a counter on `source`, moves it to `target` through haul, and checks it arrived as it was. */
-  async function movesThroughHaul(source: string, target: string, name: string, mode: 'pre-copy' | 'lazy'): Promise<void> {
-    await onAsync(source, ['incus', 'launch', 'busybox', name, '--quiet', '--config', `user.haul.mode=${mode}`]);
-    const report = async (host: string, since?: bigint) => parseReport(await onAsync(host, ['incus', 'exec', name, '--', 'haul-workload', ...reportArgs('/run/haul', since)]));
-    const before = await report(source);
-    const since = realtimeNs();
-    await onAsync(source, ['incus', 'move', name, `${target}:`, '--quiet']);
-
-    const after = await report(target, since);
-    expect(after.pid).toBe(before.pid);
-    expect(after.checksum).toBe(before.checksum);
-    expect(after.tick).toBeGreaterThan(before.tick);
-    expect(on(source, 'incus', 'list', '-f', 'csv', '-c', 'n')).not.toMatch(new RegExp(`^${name}$`, 'm'));
-    for (const [host, role, result, peer] of [[source, 'source', 'moved', target], [target, 'destination', 'restored', source]] as const) {
-      expect(movesRecorded(host, name)).toEqual([expect.objectContaining({ role, mode, result, peer })]);
-    }
-  }
-
   it.each(['pre-copy', 'lazy'] as const)('moves a running container %s between two Incus 7.0 hosts on CRIU 4.2.1', async (mode) => {
-    await movesThroughHaul(INCUS_7, INCUS_7_OTHER, `c7-${mode}`, mode);
+    await expectMovesThroughHaul(INCUS_7, INCUS_7_OTHER, `c7-${mode}`, mode);
     // liblxc 7's arguments, as plugin/liblxc-arguments.ts mends them
     const said = journalOf(INCUS_7_OTHER, 'haul-agent');
     expect(said).toContain(`criu restore: liblxc's arguments mended: --cgroup-root lxc.payload.c7-${mode} → /lxc.payload.c7-${mode}; --mntns-compat-mode added (the credentials mount)`);
   }, 180_000);
 
   it.each(['pre-copy', 'lazy'] as const)('moves a running container %s from Incus 6.0.4 on CRIU 4.1.1 to Incus 7.0 on CRIU 4.2.1', async (mode) => {
-    await movesThroughHaul(INCUS_6, INCUS_7, `c6-${mode}`, mode);
+    await expectMovesThroughHaul(INCUS_6, INCUS_7, `c6-${mode}`, mode);
   }, 180_000);
 
   it.each(['pre-copy', 'lazy'] as const)('refuses %s from Incus 7.0 to Incus 6.0.4 before the container is frozen, saying why; it runs on where it was', async (mode) => {
     const name = `c76-${mode}`;
     await onAsync(INCUS_7, ['incus', 'launch', 'busybox', name, '--quiet', '--config', `user.haul.mode=${mode}`]);
-    const report = async (since?: bigint) => parseReport(await onAsync(INCUS_7, ['incus', 'exec', name, '--', 'haul-workload', ...reportArgs('/run/haul', since)]));
-    const before = await report();
+    const before = await counterReport(INCUS_7, name);
     await expect(onAsync(INCUS_7, ['incus', 'move', name, `${INCUS_6}:`, '--quiet'])).rejects.toThrow(/Failed migration on source/);
 
     const since = realtimeNs();
-    const after = await report(since);
+    const after = await counterReport(INCUS_7, name, since);
     expect(after.pid).toBe(before.pid);
     expect(after.checksum).toBe(before.checksum);
     expect(after.tick).toBeGreaterThan(before.tick);

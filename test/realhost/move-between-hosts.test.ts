@@ -1,9 +1,9 @@
 import { join } from 'node:path';
 import { afterAll, beforeAll, expect, it } from 'vitest';
 import { describeOnHost } from '../support/host.js';
-import { buildPackage, downHost, incusHostWithHaul, journalOf, movesRecorded, on, onAsync, pairHosts } from '../support/realhost.js';
+import { buildPackage, downHost, incusHostWithHaul, journalOf, on, onAsync, pairHosts } from '../support/realhost.js';
+import { counterReport, expectMovesThroughHaul } from '../support/realhost-moves.js';
 import { scratchDir } from '../support/scratch.js';
-import { parseReport, realtimeNs, reportArgs } from '../support/workload.js';
 
 /** Two Debian 12 hosts booted by systemd, on a LAN of their own, each with Debian's Incus and haul's package. */
 const SOURCE = 'haul-real-c';
@@ -24,32 +24,18 @@ describeOnHost('incus move between two real hosts through haul (scripts/realhost
   });
 
   it.each(['pre-copy', 'lazy'] as const)('moves a running container %s: the same processes, their memory intact, and haul says so on both hosts', async (mode) => {
-    const name = `c-${mode}`;
-    await onAsync(SOURCE, ['incus', 'launch', 'busybox', name, '--quiet', '--config', `user.haul.mode=${mode}`]);
-    const report = async (host: string, since?: bigint) => parseReport(await onAsync(host, ['incus', 'exec', name, '--', 'haul-workload', ...reportArgs('/run/haul', since)]));
-    const before = await report(SOURCE);
-    const since = realtimeNs();
-    await onAsync(SOURCE, ['incus', 'move', name, `${TARGET}:`, '--quiet']);
-
-    const after = await report(TARGET, since);
-    expect(after.pid).toBe(before.pid);
-    expect(after.checksum).toBe(before.checksum);
-    expect(after.tick).toBeGreaterThan(before.tick);
-    expect(on(SOURCE, 'incus', 'list', '-f', 'csv', '-c', 'n')).not.toMatch(new RegExp(`^${name}$`, 'm'));
-    for (const [host, role, result, peer] of [[SOURCE, 'source', 'moved', TARGET], [TARGET, 'destination', 'restored', SOURCE]] as const) {
-      expect(movesRecorded(host, name)).toEqual([expect.objectContaining({ role, mode, result, peer })]);
-    }
+    await expectMovesThroughHaul(SOURCE, TARGET, `c-${mode}`, mode);
   }, 180_000);
 
-  it("passes a stateful stop and start through the hook and the agent to CRIU, liblxc's cgroup root mended and nothing else, and the container comes back as it was", async () => {
+  it("passes a stateful stop and start through the hook and the agent to CRIU, liblxc's cgroup root mended, and the container comes back as it was", async () => {
     const name = 'c-stateful';
     await onAsync(SOURCE, ['incus', 'launch', 'busybox', name, '--quiet']);
-    const before = parseReport(await onAsync(SOURCE, ['incus', 'exec', name, '--', 'haul-workload', ...reportArgs('/run/haul')]));
+    const before = await counterReport(SOURCE, name);
     const logged = journalOf(SOURCE, 'haul-agent').length;
     await onAsync(SOURCE, ['incus', 'stop', '--stateful', name]);
     expect(on(SOURCE, 'incus', 'list', name, '-f', 'csv', '-c', 's').trim()).toBe('STOPPED');
     await onAsync(SOURCE, ['incus', 'start', name]);
-    const after = parseReport(await onAsync(SOURCE, ['incus', 'exec', name, '--', 'haul-workload', ...reportArgs('/run/haul')]));
+    const after = await counterReport(SOURCE, name);
     expect(after.pid).toBe(before.pid);
     expect(after.checksum).toBe(before.checksum);
     const said = journalOf(SOURCE, 'haul-agent').slice(logged);
