@@ -9,7 +9,7 @@ import type { InFlight } from './in-flight.js';
 import { MIGRATION_ID_FILE, argumentOf, type HookReply } from './hook-protocol.js';
 import { HOOK_GAVE_UP, tooLateToOffer, withinHookDeadline, type HookCall } from './hook-deadline.js';
 import type { IncusClient, IncusInstance } from './incus-client.js';
-import { incusMoveProblem } from './incus-versions.js';
+import { dumpRestoreProblem } from './incus-versions.js';
 import type { MigrationRecords } from './migration-records.js';
 import type { Outgoing, SourceContext } from './source-context.js';
 import { diskCatchUp } from './source-disk.js';
@@ -113,7 +113,7 @@ export class SourceRole {
         }
         // the peer receives this instance: where its Incus cannot restore what this one dumps, a
         // native move would fail there too, after the container was frozen; fail the dump first
-        const problem = incusMoveProblem(await incusHere, peerHost(peerHello).incus_version);
+        const problem = dumpRestoreProblem(args, await incusHere, peerHost(peerHello).incus_version);
         if (problem) {
           session.abort(`refused: ${problem}`);
           const error = `haul: ${instance.name} cannot move to ${peer.name}: ${problem}`;

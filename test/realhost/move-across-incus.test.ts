@@ -56,7 +56,7 @@ describeOnHost('incus move through haul between Incus 6.0 and 7.0 hosts (scripts
     expect(after.checksum).toBe(before.checksum);
     expect(after.tick).toBeGreaterThan(before.tick);
     expect(on(INCUS_6, 'incus', 'list', '-f', 'csv', '-c', 'n')).not.toMatch(new RegExp(`^${name}$`, 'm'));
-    const why = /Incus 7\.0\.\d+ has Incus 7's credentials mount \(\/dev\/\.incus-systemd-credentials\), which Incus 6\.0\.4 cannot give back/;
+    const why = /Incus 7\.\d+\.\d+ has Incus' credentials mount \(\/dev\/\.incus-systemd-credentials, Incus 6\.18 and later\), which Incus 6\.0\.4 cannot give back/;
     expect(movesRecorded(INCUS_7, name)).toEqual([expect.objectContaining({ role: 'source', mode, result: 'failed', peer: INCUS_6, error: expect.stringMatching(why) })]);
     // haul doctor says so before anyone tries
     const doctor = doctorOn(INCUS_7);
