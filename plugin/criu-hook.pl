@@ -29,13 +29,17 @@ sub native {
 }
 # /proc/PID/stat from its state on (the command name before it may hold spaces): [0] state,
 # [1] parent, [19] start time
+# (the whole file, cut after the last ')': a command name may hold ') ' and newlines, and the
+# container names its own init)
 sub stat_of {
   my $pid = shift;
   open(my $f, "<", "/proc/$pid/stat") or return;
-  my $text = <$f>;
+  my $text = do { local $/; <$f> };
   close $f;
-  return unless defined $text && $text =~ s/^.*\) //s;
-  return split / /, $text;
+  return unless defined $text;
+  my $end = rindex($text, ") ");
+  return if $end < 0;
+  return split / /, substr($text, $end + 2);
 }
 # liblxc's monitor of the container whose init is $_[0] (the init's parent, named "[lxc monitor]"
 # by liblxc's setproctitle): its pid and start time, or nothing
@@ -63,15 +67,17 @@ my $MONITOR_WAIT_S = 10;
 if ($args[0] eq "dump" && grep { $_ eq "--action-script" } @args) {
   my $init; for my $i (0 .. $#args - 1) { $init = $args[$i + 1] if $args[$i] eq "-t"; }
   my ($monitor, $monitor_start) = monitor_of($init);
+  $SIG{CHLD} = "DEFAULT"; # an ignored SIGCHLD inherited from the caller would lose CRIU's status
   my $child = defined $monitor ? fork() : undef;
   if ($child) {
     $SIG{$_} = sub { kill $_[0], $child } for qw(TERM INT HUP QUIT);
     my $waited;
     do { $waited = waitpid($child, 0) } while ($waited == -1 && $!{EINTR});
     my $status = $?;
+    $SIG{$_} = "DEFAULT" for qw(TERM INT HUP QUIT); # CRIU's pid is free for another process now
     if ($status == 0) {
-      my $until = time + $MONITOR_WAIT_S;
-      while (time < $until) {
+      # counted in steps, not by the clock, which may be set back meanwhile
+      for (1 .. $MONITOR_WAIT_S * 20) {
         my @now = stat_of($monitor);
         last unless @now && $now[19] eq $monitor_start && $now[0] ne "Z";
         select(undef, undef, undef, 0.05);
