@@ -27,7 +27,7 @@ export interface Incoming {
   readonly session: LinkSession;
   /** What the source sends, stored here, and what this host says back. */
   readonly migration: DestinationMigration;
-  readonly lazyPages: Promise<LazyPageStore>;
+  readonly lazyPages: LazyPageStore;
   readonly instance: string;
   readonly peer: string;
   readonly dir: string;

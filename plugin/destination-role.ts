@@ -118,7 +118,7 @@ export class DestinationRole {
       const eager = await pagesStoredIn(entry.dir);
       let lazy: Promise<number> | undefined;
       if (entry.mode === 'pre-copy') {
-        await (await entry.lazyPages).close(); // unused in pre-copy
+        await entry.lazyPages.close(); // unused in pre-copy
       } else {
         try {
           lazy = (await serveLazyRestore(this.context, entry, dir)).delivered;

@@ -7,7 +7,7 @@ import type { DestinationContext, Incoming } from './destination-context.js';
  * ended.
  */
 export async function serveLazyRestore(context: DestinationContext, entry: Incoming, dir: string): Promise<{ readonly delivered: Promise<number> }> {
-  const lazyPages = await entry.lazyPages;
+  const lazyPages = entry.lazyPages;
   // Incus shows a container the guard ended as stopped
   const service = await entry.migration.serveLazy({ restoreDir: dir, ...(context.criuBinary ? { criuBinary: context.criuBinary } : {}), criuVersion: await context.criuVersion(), restored: () => entry.restored });
   const { guard } = service;

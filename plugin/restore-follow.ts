@@ -92,7 +92,7 @@ async function restoreToItsEnd(context: DestinationContext, entry: Incoming, rec
   let failure = outcome.ok ? undefined : `the restore failed: ${outcome.error}`;
   if (failure && lazy && entry.session.isOpen) entry.session.abort(failure); // ends the lazy-pages daemon too
   if (!failure && lazy) {
-    const lazyPages = await entry.lazyPages;
+    const lazyPages = entry.lazyPages;
     context.inFlight.update(entry.progress, { phase: 'restored; its memory arriving' });
     const counting = setInterval(() => context.inFlight.update(entry.progress, { pages: eager + lazyPages.received }), 500);
     void lazy.finally(() => clearInterval(counting)).catch(() => {});

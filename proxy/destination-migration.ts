@@ -58,7 +58,7 @@ interface Receipt {
 export class DestinationMigration {
   readonly store: CacheStore;
   /** The lazy pages' store (lazy mode asks the source for faults through it). */
-  readonly lazyPages: Promise<LazyPageStore>;
+  readonly lazyPages: LazyPageStore;
   private readonly answers: OutgoingChannel;
   private lastReceipt: Receipt | undefined;
 
@@ -75,9 +75,9 @@ export class DestinationMigration {
     this.store = new CacheStore(session, dir, options);
     this.answers = openChannel(session, ChannelKind.CONTROL, 'answers');
     this.lazyPages = LazyPageStore.forSession(session, join(dir, 'lazy-pages.bin'));
-    this.lazyPages.catch(() => {});
     session.once('aborted', (error) => {
-      this.lazyPages.then((pages) => (pages.fail(error), pages.close())).catch(() => {});
+      this.lazyPages.fail(error);
+      this.lazyPages.close().catch(() => {});
     });
   }
 
@@ -137,7 +137,7 @@ export class DestinationMigration {
   async serveLazy(options: { readonly restoreDir: string; readonly criuBinary?: string; readonly criuVersion?: CriuVersion; readonly restored: () => RestoredTree | undefined }): Promise<LazyPageService> {
     return startLazyPageService({
       session: this.session,
-      pages: await this.lazyPages,
+      pages: this.lazyPages,
       dir: options.restoreDir,
       logFile: join(this.dir, 'lazy-pages.log'),
       restored: options.restored,
@@ -192,7 +192,7 @@ export class DestinationMigration {
 
   /** Drops the lazy pages' store and the directory: the migration never got anywhere. */
   async forget(): Promise<void> {
-    await (await this.lazyPages).close().catch(() => {});
+    await this.lazyPages.close().catch(() => {});
     await rm(this.dir, { recursive: true, force: true });
   }
 }

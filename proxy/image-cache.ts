@@ -64,7 +64,7 @@ export class ImageCache {
     const id = `${new Date().toISOString().replace(/[:.]/g, '-')}-${++this.migrations}`;
     const migration = DestinationMigration.begin(session, join(this.options.dir, id));
     const { dir, store } = migration;
-    const lazyPages = await migration.lazyPages;
+    const lazyPages = migration.lazyPages;
     this.options.onEvent?.({ kind: 'migration', id, dir });
     const commitWithinMs = this.options.commitWithinMs ?? DEFAULT_COMMIT_WITHIN_MS;
     const criuBinary = this.options.criuBinary ? { binary: this.options.criuBinary } : {};

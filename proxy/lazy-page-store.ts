@@ -7,117 +7,256 @@ import { PageTable } from './page-table.js';
 import { ChannelKind, openChannel } from './wire/index.js';
 
 const page = BigInt(PAGE_SIZE);
-/** Pages read from the file into one buffer at most, when answering criu lazy-pages. */
-const MAX_PAGES_PER_READ = 64;
 
 /**
- * The cache's side of lazy mode: keeps the pages the proxy sends (asked for or pushed ahead) in a
- * file, and answers the destination's `criu lazy-pages` from it. A page it does not have yet is
- * asked for from the source, and the answer waits for it; CRIU accepts short answers, so an answer
- * covers the run of pages present from the one asked for on.
+ * Pushed pages the store holds in memory, not yet asked for by `criu lazy-pages`, before it stops
+ * reading the push channel (the source then waits for credit). Enough for CRIU's background
+ * requests, one at a time per process and 4 MiB at most (criu/uffd.c MAX_XFER_LEN), to find their
+ * pages here while the next ones are on the way.
+ */
+export const DEFAULT_LAZY_HOLD_BYTES = 32 * 1024 * 1024;
+
+/** Spilled pages read from the file into one buffer at most, when answering criu lazy-pages. */
+const MAX_PAGES_PER_READ = 64;
+
+/** A page's state in the store: here in memory, or in the spill file; or handed to CRIU, which never asks twice. */
+const HELD = 1;
+const SERVED = 2;
+const SPILLED = 3;
+
+/** The store was asked for a page it already handed to `criu lazy-pages`. */
+export class LazyPageStoreError extends Error {
+  override readonly name = 'LazyPageStoreError';
+  readonly code = 'HAUL_LAZY_PAGE_SERVED_TWICE';
+}
+
+/**
+ * The cache's side of lazy mode: holds the pages the proxy sends (asked for, or pushed ahead) until
+ * `criu lazy-pages` asks for them, and answers it. A page it does not have yet is asked for from
+ * the source, and the answer waits for it; CRIU accepts short answers, so an answer covers the run
+ * of pages present from the one asked for on.
+ *
+ * CRIU asks for each page once (criu/uffd.c takes a range out of its list of missing pages before
+ * it asks, and a fault on a page already asked for waits for that answer), so a page goes as soon
+ * as it is handed over. The source pushes in address order, the order CRIU's background transfer
+ * asks in, so pushed pages are mostly asked for soon after they arrive: they are held in memory, at
+ * most `holdBytes` of them, and beyond that the push channel waits (the source then waits for
+ * credit). Writing every pushed page to a file first, as the store once did, held a 1 GiB lazy
+ * migration to the disk's write rate, about 130 MB/s on the test machine.
+ *
+ * The source asks CRIU for every page once too, so a page CRIU wants may be in the push channel,
+ * behind pages it does not want yet (while the restore runs, or when it takes the tasks in another
+ * order than the source pushes them). Whenever a read waits for a page, pushed pages beyond the
+ * bound go to a spill file instead of waiting, until the page is here: memory stays bounded and no
+ * read waits for good.
  */
 export class LazyPageStore implements PageSource {
-  private readonly where = new PageTable(); // offset in the file
+  private readonly state = new PageTable();
+  private readonly held = new Map<number, Map<number, Buffer>>(); // by pid, then page number
+  private heldBytes = 0;
   private readonly waiting = new Map<string, Array<() => void>>(); // by "pid:vaddr": few, faults only
   private readonly asked = new PageTable();
-  private end = 0;
-  private closed = false;
+  private roomWaiters: Array<() => void> = [];
+  private spill: FileHandle | undefined;
+  private spillEnd = 0;
+  private readonly spilledAt = new PageTable(); // offset in the spill file
+  private dropping = false;
   private failure: Error | undefined;
   private wakeOnFailure!: () => void;
   private readonly failed = new Promise<void>((resolve) => (this.wakeOnFailure = resolve));
+  /** Pages that arrived (each counted once). */
   received = 0;
 
-  private constructor(
-    private readonly file: FileHandle,
+  constructor(
     private readonly requests: Writable,
+    /** The spill file's path; it is created only if a page has to go there. */
+    private readonly spillPath: string,
+    private readonly holdBytes = DEFAULT_LAZY_HOLD_BYTES,
   ) {}
-
-  static async create(path: string, requests: Writable): Promise<LazyPageStore> {
-    return new LazyPageStore(await open(path, 'w+', 0o600), requests);
-  }
 
   /**
    * The store of a destination's session: asks for faults on a LAZY_REQUESTS channel it opens, and
    * takes the pages that arrive on the two lazy channels (answers, and the rest pushed). Call it as
    * soon as the session exists: the channels are listened for before anything is awaited.
    */
-  static forSession(session: LinkSession, path: string): Promise<LazyPageStore> {
-    const store = LazyPageStore.create(path, openChannel(session, ChannelKind.LAZY_REQUESTS, 'lazy-requests').writable);
-    store.catch(() => {});
+  static forSession(session: LinkSession, spillPath: string, holdBytes = DEFAULT_LAZY_HOLD_BYTES): LazyPageStore {
+    const store = new LazyPageStore(openChannel(session, ChannelKind.LAZY_REQUESTS, 'lazy-requests').writable, spillPath, holdBytes);
     session.on('channel', (channel) => {
-      const lazy = channel.kind === ChannelKind.LAZY_ANSWERS || (channel.kind === ChannelKind.PAGES && channel.name === LAZY_PUSH_CHANNEL);
-      if (!lazy) return;
+      const answers = channel.kind === ChannelKind.LAZY_ANSWERS;
+      const pushed = channel.kind === ChannelKind.PAGES && channel.name === LAZY_PUSH_CHANNEL;
+      if (!answers && !pushed) return;
       void (async () => {
-        const pages = await store;
-        for await (const { run, pages: data } of readPages(channel.readable)) await pages.add(run, data!);
+        for await (const { run, pages } of readPages(channel.readable)) await store.add(run, pages!, { pushed });
       })().catch((error: Error) => session.isOpen && session.abort(`bad lazy pages from the source: ${error.message}`));
     });
     return store;
   }
 
   /**
-   * A run of pages from the proxy, written to the file as its chunks arrive (never joined in
-   * memory); once the migration is over (closed), late ones are read and dropped.
+   * A run of pages from the proxy, kept as its chunks arrive (a page split across two chunks is
+   * joined, no other copy is made). Pushed pages wait for room first, or go to the spill file while
+   * a read waits; answers to faults never wait, since CRIU may be waiting for them to ask for the
+   * pages that would make room. Once every page was handed over, or the migration is over, late
+   * ones are read and dropped.
    */
-  async add(run: PageRun, pages: AsyncIterable<Buffer>): Promise<void> {
-    const offset = this.end;
-    this.end += run.nrPages * PAGE_SIZE;
-    let at = offset;
+  async add(run: PageRun, pages: AsyncIterable<Buffer>, options: { readonly pushed?: boolean } = {}): Promise<void> {
+    let index = 0;
+    let partial: Buffer | undefined;
+    let partialFill = 0;
     for await (const chunk of pages) {
-      if (this.closed) continue;
-      try {
-        await this.file.write(chunk, 0, chunk.length, at);
-      } catch (error) {
-        if (!this.closed) throw error; // closed while writing: the migration ended meanwhile
+      const whole: Buffer[] = [];
+      let at = 0;
+      if (partial) {
+        const part = Math.min(PAGE_SIZE - partialFill, chunk.length);
+        chunk.copy(partial, partialFill, 0, part);
+        partialFill += part;
+        at = part;
+        if (partialFill === PAGE_SIZE) {
+          whole.push(partial);
+          partial = undefined;
+        }
       }
-      at += chunk.length;
+      const end = at + Math.floor((chunk.length - at) / PAGE_SIZE) * PAGE_SIZE;
+      if (end > at) whole.push(chunk.subarray(at, end));
+      if (end < chunk.length) {
+        partial = Buffer.allocUnsafe(PAGE_SIZE);
+        partialFill = chunk.copy(partial, 0, end);
+      }
+      const spill = options.pushed ? await this.roomOrSpill() : false;
+      for (const bytes of whole) {
+        const first = run.vaddr + BigInt(index) * page;
+        index += bytes.length / PAGE_SIZE;
+        if (spill) await this.spillPages(run.pid, first, bytes);
+        else for (let i = 0; i < bytes.length; i += PAGE_SIZE) this.keep(run.pid, first + BigInt(i / PAGE_SIZE) * page, bytes.subarray(i, i + PAGE_SIZE));
+      }
     }
-    if (this.closed) return;
-    for (let i = 0; i < run.nrPages; i++) {
-      const vaddr = run.vaddr + BigInt(i) * page;
-      if (this.where.has(run.pid, vaddr)) continue;
-      this.where.set(run.pid, vaddr, offset + i * PAGE_SIZE);
-      this.received++;
-      if (this.waiting.size === 0) continue;
-      const key = `${run.pid}:${vaddr}`;
-      this.waiting.get(key)?.forEach((wake) => wake());
-      this.waiting.delete(key);
+  }
+
+  /** Resolves false once there is room in memory, or true while a read waits and there is none. */
+  private async roomOrSpill(): Promise<boolean> {
+    for (;;) {
+      if (this.dropping || this.heldBytes < this.holdBytes) return false;
+      if (this.waiting.size > 0) return true;
+      await new Promise<void>((resolve) => this.roomWaiters.push(resolve));
     }
+  }
+
+  private async spillPages(pid: number, first: bigint, bytes: Buffer): Promise<void> {
+    if (this.dropping) return;
+    if (!this.spill) {
+      const file = await open(this.spillPath, 'wx+', 0o600);
+      if (this.dropping) return void (await file.close());
+      this.spill = file;
+    }
+    const offset = this.spillEnd;
+    this.spillEnd += bytes.length;
+    await this.spill.write(bytes, 0, bytes.length, offset).catch((error: unknown) => {
+      if (!this.dropping) throw error; // closed while writing: the migration ended meanwhile
+    });
+    for (let i = 0; i < bytes.length / PAGE_SIZE; i++) {
+      const vaddr = first + BigInt(i) * page;
+      if (this.dropping || this.state.has(pid, vaddr)) continue;
+      this.state.set(pid, vaddr, SPILLED);
+      this.spilledAt.set(pid, vaddr, offset + i * PAGE_SIZE);
+      this.arrived(pid, vaddr);
+    }
+  }
+
+  private keep(pid: number, vaddr: bigint, bytes: Buffer): void {
+    if (this.dropping || this.state.has(pid, vaddr)) return;
+    this.state.set(pid, vaddr, HELD);
+    let pages = this.held.get(pid);
+    if (!pages) this.held.set(pid, (pages = new Map()));
+    pages.set(pageNumber(vaddr), bytes);
+    this.heldBytes += PAGE_SIZE;
+    this.arrived(pid, vaddr);
+  }
+
+  private arrived(pid: number, vaddr: bigint): void {
+    this.received++;
+    if (this.waiting.size === 0) return;
+    const key = `${pid}:${vaddr}`;
+    this.waiting.get(key)?.forEach((wake) => wake());
+    this.waiting.delete(key);
   }
 
   async read(pid: number, vaddr: bigint, nrPages: number): Promise<{ nrPages: number; pages: AsyncIterable<Buffer> }> {
     if (this.failure) throw this.failure;
-    if (!this.where.has(pid, vaddr)) {
+    if (this.state.get(pid, vaddr) === SERVED) throw new LazyPageStoreError(`criu lazy-pages asked again for page 0x${vaddr.toString(16)} of task ${pid}, which it was given`);
+    if (!this.state.has(pid, vaddr)) {
       const key = `${pid}:${vaddr}`;
       const arrived = new Promise<void>((resolve) => this.waiting.set(key, [...(this.waiting.get(key) ?? []), resolve]));
+      this.wakePushes(); // the page may be in the push channel, behind a full store
       if (!this.asked.has(pid, vaddr)) {
         this.asked.set(pid, vaddr, 1);
         await writePageRequest(this.requests, { pid, vaddr, nrPages });
       }
       await Promise.race([arrived, this.failed]);
       if (this.failure) throw this.failure;
+      if (this.state.get(pid, vaddr) === SERVED) throw new LazyPageStoreError(`criu lazy-pages asked twice at once for page 0x${vaddr.toString(16)} of task ${pid}`);
     }
-    const offsets: number[] = [];
-    for (let i = 0; i < nrPages; i++) {
-      const offset = this.where.get(pid, vaddr + BigInt(i) * page);
-      if (offset === undefined) break;
-      offsets.push(offset);
+    // the pages here from vaddr on, each handed over once and let go: those in memory joined where
+    // they lie next to each other in one chunk of the link, so CRIU's socket gets few large writes
+    const pages = this.held.get(pid);
+    const taken: Array<Buffer | { readonly offset: number; readonly length: number }> = [];
+    let count = 0;
+    for (; count < nrPages; count++) {
+      const at = vaddr + BigInt(count) * page;
+      const state = this.state.get(pid, at);
+      if (state === SPILLED) {
+        const offset = this.spilledAt.get(pid, at)!;
+        this.spilledAt.delete(pid, at);
+        const last = taken[taken.length - 1];
+        if (last && !Buffer.isBuffer(last) && last.offset + last.length === offset && last.length < MAX_PAGES_PER_READ * PAGE_SIZE) taken[taken.length - 1] = { offset: last.offset, length: last.length + PAGE_SIZE };
+        else taken.push({ offset, length: PAGE_SIZE });
+      } else if (state === HELD) {
+        const number = pageNumber(at);
+        const bytes = pages!.get(number)!;
+        pages!.delete(number);
+        this.heldBytes -= PAGE_SIZE;
+        const last = taken[taken.length - 1];
+        if (last && Buffer.isBuffer(last) && last.buffer === bytes.buffer && last.byteOffset + last.length === bytes.byteOffset) taken[taken.length - 1] = Buffer.from(last.buffer, last.byteOffset, last.length + bytes.length);
+        else taken.push(bytes);
+      } else break;
+      this.state.set(pid, at, SERVED);
     }
-    const file = this.file;
-    // pages pushed in one run sit next to each other in the file: read each such stretch at once,
-    // up to a bound (the pushes land back to back, so a stretch can be most of the workload, and
-    // CRIU asks for whole ranges: one buffer per stretch held the cache above its memory bound)
-    async function* pages(): AsyncGenerator<Buffer, void, undefined> {
-      for (let i = 0; i < offsets.length; ) {
-        let run = 1;
-        while (run < MAX_PAGES_PER_READ && i + run < offsets.length && offsets[i + run] === offsets[i]! + run * PAGE_SIZE) run++;
-        const bytes = Buffer.allocUnsafe(run * PAGE_SIZE);
-        await file.read(bytes, 0, bytes.length, offsets[i]!);
-        yield bytes;
-        i += run;
+    this.makeRoom();
+    return { nrPages: count, pages: this.bytesOf(taken) };
+  }
+
+  private async *bytesOf(taken: ReadonlyArray<Buffer | { readonly offset: number; readonly length: number }>): AsyncGenerator<Buffer, void, undefined> {
+    for (const part of taken) {
+      if (Buffer.isBuffer(part)) {
+        yield part;
+        continue;
       }
+      const bytes = Buffer.allocUnsafe(part.length);
+      const { bytesRead } = await this.spill!.read(bytes, 0, part.length, part.offset);
+      if (bytesRead !== part.length) throw new Error(`the lazy pages' spill file ends before offset ${part.offset + part.length}`);
+      yield bytes;
     }
-    return { nrPages: offsets.length, pages: pages() };
+  }
+
+  /** Lets a push waiting for room look again: there is room, or a read waits. */
+  private wakePushes(): void {
+    const waiters = this.roomWaiters;
+    this.roomWaiters = [];
+    for (const wake of waiters) wake();
+  }
+
+  private makeRoom(): void {
+    if (this.heldBytes < this.holdBytes || this.dropping) this.wakePushes();
+  }
+
+  /**
+   * `criu lazy-pages` has every page it will ask for: what still comes (pushes that crossed its
+   * last answers on the link) is dropped, so the source's push channel drains.
+   */
+  allServed(): void {
+    this.dropping = true;
+    this.held.clear();
+    this.heldBytes = 0;
+    this.wakePushes();
   }
 
   /** The source can no longer send pages: every read waiting for one fails now, and later ones at once. */
@@ -126,9 +265,16 @@ export class LazyPageStore implements PageSource {
     this.wakeOnFailure();
   }
 
+  /** The migration is over: nothing more is kept. */
   async close(): Promise<void> {
-    if (this.closed) return;
-    this.closed = true;
-    await this.file.close();
+    this.allServed();
+    const spill = this.spill;
+    this.spill = undefined;
+    await spill?.close();
   }
+}
+
+function pageNumber(vaddr: bigint): number {
+  // page numbers of user addresses stay below 2^53 (47- or 56-bit address spaces): exact as numbers
+  return Number(vaddr / page);
 }

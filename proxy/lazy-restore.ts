@@ -54,6 +54,7 @@ export async function startLazyPageService(options: LazyPageServiceOptions): Pro
     async delivered() {
       await daemon.exited;
       await served;
+      options.pages.allServed();
       return options.pages.received;
     },
   };
