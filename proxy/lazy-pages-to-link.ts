@@ -75,6 +75,10 @@ export async function moveLazyPages(
   const answers = openChannel(session, ChannelKind.LAZY_ANSWERS, 'lazy-answers');
   const pushes = openChannel(session, ChannelKind.PAGES, LAZY_PUSH_CHANNEL);
   const fetched = new PageTable();
+  // one wait for the push channel's drain, however many faults wake the loop meanwhile: a drain
+  // listener per wake-up piled up on the channel while it stayed full
+  let drained: Promise<unknown> | undefined;
+  const pushDrained = (): Promise<unknown> => (drained ??= once(pushes.writable, 'drain').finally(() => (drained = undefined)));
   let background = 0;
   let pulled = 0;
   // Pipelined: up to PIPELINE requests are out at CRIU's page server at once; answers come back
@@ -120,7 +124,7 @@ export async function moveLazyPages(
     const oldest = inFlight.shift();
     if (!oldest) {
       if (background >= runs.length) break;
-      await Promise.race([faults.next(), ...(pushing ? [] : [pushStarts]), ...(pushes.writable.writableNeedDrain ? [once(pushes.writable, 'drain')] : [])]);
+      await Promise.race([faults.next(), ...(pushing ? [] : [pushStarts]), ...(pushes.writable.writableNeedDrain ? [pushDrained()] : [])]);
       continue;
     }
     const answer = await oldest.answer;
