@@ -25,7 +25,9 @@ export type CacheEvent =
   | { readonly kind: 'migration'; readonly id: string; readonly dir: string }
   | { readonly kind: 'restored'; readonly id: string; readonly pid: number }
   | { readonly kind: 'failed'; readonly id: string; readonly error: string }
-  /** Lazy mode: every page has reached the restored copy; the migration is over. */
+  /** Lazy mode: every page has reached the restored copy, which no longer depends on the source; the source is told so and commits next. */
+  | { readonly kind: 'pages-delivered'; readonly id: string; readonly pages: number }
+  /** Lazy mode: the source has committed; the migration is over. */
   | { readonly kind: 'lazy-complete'; readonly id: string; readonly pages: number }
   /** The link failed between reporting the restore and the source's commit: the tree is kept stopped. */
   | { readonly kind: 'in-doubt'; readonly id: string; readonly pid: number; readonly error: string };
@@ -115,7 +117,8 @@ export class ImageCache {
         reported = true;
         this.options.onEvent?.({ kind: 'restored', id, pid: tree.pid });
         // every page is here: the source ends its copy when it hears so, and commits
-        await migration.lazyDelivered(service);
+        const delivered = await migration.lazyDelivered(service);
+        this.options.onEvent?.({ kind: 'pages-delivered', id, pages: delivered });
         const commit = await migration.awaitCommit(commitWithinMs);
         if (!commit.committed) {
           await guard.release();

@@ -1,9 +1,10 @@
 /**
- * The link's throughput on loopback: 1 GiB over one channel, plain and with TLS, against a raw TCP
- * copy of the same bytes in the same run (the anchor). Two more copies show the ceilings the link
- * is built on: the bare ws library (plain WebSocket messages) and a bare Node TLS socket. The
- * receiving side runs in a child process, as it would on another host, so each side has its own
- * event loop. Prints one JSON document.
+ * The link's throughput on loopback: 1 GiB over one channel, plain and with TLS, against the
+ * ceilings it is built on, in the same run: a raw TCP copy of the same bytes, the bare ws library
+ * (plain WebSocket messages: the anchor of the plain link) and a bare Node TLS socket (the anchor
+ * of the TLS link). The receiving side runs in a child process, as it would on another host, so
+ * each side has its own event loop. Every copy runs `--repetitions` times, interleaved. Prints one
+ * JSON document.
  */
 import { spawn } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
@@ -19,6 +20,7 @@ import { Command } from 'commander';
 import WebSocket, { WebSocketServer } from 'ws';
 import { dialLink, type ApplicationHandshake, type EndpointOptions, loadOrCreateIdentity, LinkListener, TrustStore } from '../../src/link/index.js';
 import { ChannelKind, openChannel } from '../../proxy/index.js';
+import { ratio, spread } from './spread.js';
 
 type Mode = 'raw' | 'raw-tls' | 'raw-ws' | 'plain' | 'tls';
 const BLOCK = randomBytes(4 * 1024 * 1024);
@@ -107,36 +109,39 @@ async function measure(mode: Mode, total: number, dirs: [string, string]): Promi
 async function main(): Promise<void> {
   const options = new Command('link')
     .option('--mib <n>', 'bytes to send, in MiB', (v) => Number.parseInt(v, 10), 1024)
+    .option('--repetitions <n>', 'copies of each kind', (v) => Number.parseInt(v, 10), 5)
     .option('--receive <mode>')
     .option('--own <dir>')
     .option('--peer <dir>')
     .parse()
-    .opts<{ mib: number; receive?: Mode; own?: string; peer?: string }>();
+    .opts<{ mib: number; repetitions: number; receive?: Mode; own?: string; peer?: string }>();
   if (options.receive) return receive(options.receive, options.own!, options.peer!);
 
   const total = options.mib * 1024 * 1024;
   const dirs: [string, string] = [mkdtempSync(join(tmpdir(), 'haul-bench-src-')), mkdtempSync(join(tmpdir(), 'haul-bench-dst-'))];
   try {
-    const raw = Math.min(await measure('raw', total, dirs), await measure('raw', total, dirs));
-    const rawWs = await measure('raw-ws', total, dirs);
-    const rawTls = await measure('raw-tls', total, dirs);
-    const plain = await measure('plain', total, dirs);
-    const tls = await measure('tls', total, dirs);
-    const mbps = (seconds: number): number => Math.round((total / seconds / 1e6) * 10) / 10;
-    const ratio = (seconds: number): number => Math.round((raw / seconds) * 1000) / 1000;
+    const modes: Mode[] = ['raw', 'raw-ws', 'raw-tls', 'plain', 'tls'];
+    const seconds = new Map<Mode, number[]>(modes.map((mode) => [mode, []]));
+    for (let repetition = 0; repetition < options.repetitions; repetition++) {
+      for (const mode of modes) seconds.get(mode)!.push(await measure(mode, total, dirs));
+    }
+    const rate = (mode: Mode) => spread(seconds.get(mode)!.map((s) => total / s / 1e6));
+    const [raw, rawWs, rawTls, plain, tls] = modes.map(rate) as [ReturnType<typeof rate>, ReturnType<typeof rate>, ReturnType<typeof rate>, ReturnType<typeof rate>, ReturnType<typeof rate>];
     const result = {
       benchmark: 'link',
-      description: 'one channel over the haul link on loopback vs a raw TCP copy of the same bytes, same run, receiver in a second process',
+      description: 'one channel over the haul link on loopback beside raw TCP, bare ws messages and a bare Node TLS socket, same run, receiver in a second process; MB/s, median and spread',
       date: new Date().toISOString(),
       bytes: total,
-      rawTcp: { seconds: raw, MBps: mbps(raw) },
-      // the ceilings under the link: bare ws messages, and a bare Node TLS socket
-      bareWebSocket: { seconds: rawWs, MBps: mbps(rawWs), ratioToRaw: ratio(rawWs) },
-      bareTls: { seconds: rawTls, MBps: mbps(rawTls), ratioToRaw: ratio(rawTls) },
-      linkPlain: { seconds: plain, MBps: mbps(plain), ratioToRaw: ratio(plain), ratioToBareWebSocket: Math.round((rawWs / plain) * 1000) / 1000 },
-      linkTls: { seconds: tls, MBps: mbps(tls), ratioToRaw: ratio(tls), ratioToBareTls: Math.round((rawTls / tls) * 1000) / 1000 },
-      targets: { linkPlainRatio: 0.8, linkTlsRatio: 0.5 },
-      targetsMet: ratio(plain) >= 0.8 && ratio(tls) >= 0.5,
+      repetitions: options.repetitions,
+      rawTcpMBps: raw,
+      bareWebSocketMBps: rawWs,
+      bareTlsMBps: rawTls,
+      linkPlainMBps: plain,
+      linkTlsMBps: tls,
+      linkPlainVsBareWebSocket: ratio(plain.median, rawWs.median),
+      linkTlsVsBareTls: ratio(tls.median, rawTls.median),
+      linkPlainVsRawTcp: ratio(plain.median, raw.median),
+      targets: { linkPlainVsBareWebSocket: 0.8, linkTlsVsBareTls: 0.8 },
     };
     process.stdout.write(`${JSON.stringify(result, null, 2)}\n`);
   } finally {

@@ -21,6 +21,10 @@ export interface WorkloadReport {
   readonly windowBeats: number;
   readonly maxGapNs: bigint;
   readonly maxGapEndTick: number;
+  /** CLOCK_REALTIME of the beat that ended the largest gap: when the process ran again. */
+  readonly maxGapEndRealNs: bigint;
+  /** With --touch: the pages read after the first freeze (0 until that pass is done) and how long each read took. */
+  readonly touch: { readonly pages: number; readonly p50Ns: number; readonly p99Ns: number; readonly maxNs: number; readonly totalNs: number };
 }
 
 export function parseReport(text: string): WorkloadReport {
@@ -48,6 +52,14 @@ export function parseReport(text: string): WorkloadReport {
     windowBeats: Number(field('window_beats')),
     maxGapNs: BigInt(field('max_gap_ns')),
     maxGapEndTick: Number(field('max_gap_end_tick')),
+    maxGapEndRealNs: BigInt(field('max_gap_end_real_ns')),
+    touch: {
+      pages: Number(field('touch_pages')),
+      p50Ns: Number(field('touch_p50_ns')),
+      p99Ns: Number(field('touch_p99_ns')),
+      maxNs: Number(field('touch_max_ns')),
+      totalNs: Number(field('touch_ns')),
+    },
   };
 }
 

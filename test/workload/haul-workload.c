@@ -1,8 +1,10 @@
 /*
  * haul-workload: the process every haul test and benchmark migrates.
  *
- *   haul-workload run    --dir DIR [--mib N]   hold N MiB of patterned memory, beat every 10 ms
- *   haul-workload start  --dir DIR [--mib N]   the same, detached into its own session; returns
+ *   haul-workload run    --dir DIR [--mib N] [--touch PERCENT]
+ *                                              hold N MiB of patterned memory, beat every 10 ms
+ *   haul-workload start  --dir DIR [--mib N] [--touch PERCENT]
+ *                                              the same, detached into its own session; returns
  *                                              once the memory is filled, printing the pid
  *   haul-workload report --dir DIR [--since REALTIME_NS] [--timeout S]
  *                                              ask the running workload for a report (below)
@@ -17,9 +19,16 @@
  * A report is requested through DIR/request (no signals, no pids: the workload may live in another
  * pid namespace than the asker). It answers in DIR/report:
  *   nonce, pid, mib, checksum (of the patterned memory), tick, mono_ns, real_ns,
- *   window_beats, max_gap_ns, max_gap_end_tick  (over the beats since --since, default all kept).
+ *   window_beats, max_gap_ns, max_gap_end_tick, max_gap_end_real_ns (when the process ran again
+ *   after that gap)  (over the beats since --since, default all kept).
  * The memory is written once, page by page from a generator seeded by the page number, and never
  * changed, so its checksum depends on N alone and proves every page came back intact.
+ *
+ * With --touch, the first freeze the workload notices (beats more than 100 ms apart: a checkpoint
+ * and restore) makes it read one word of PERCENT% of its pages, spread evenly, at once, and time
+ * each read: after a lazy restore, that is the page-fault service time a workload sees. The beat
+ * goes on between reads. The report adds touch_pages (0 until done), touch_p50_ns, touch_p99_ns,
+ * touch_max_ns and touch_ns (the whole pass).
  */
 #define _GNU_SOURCE
 #include <errno.h>
@@ -39,6 +48,7 @@
 #define PAGE 4096
 #define BEAT_NS 10000000ULL
 #define RING (1u << 17) /* beats kept: about 21 minutes */
+#define FREEZE_NS 100000000ULL /* a gap between beats this long was a freeze */
 
 struct beat { uint64_t tick, real_ns; };
 
@@ -63,6 +73,11 @@ static void fill_page(uint64_t *page, uint64_t index) {
     }
 }
 
+static int compare_u64(const void *a, const void *b) {
+    uint64_t x = *(const uint64_t *)a, y = *(const uint64_t *)b;
+    return x < y ? -1 : x > y;
+}
+
 static uint64_t hash_words(uint64_t h, const uint64_t *w, size_t n) {
     for (size_t i = 0; i < n; i++) h = (h ^ w[i]) * 0x100000001b3ULL;
     return h;
@@ -77,16 +92,16 @@ static void die(const char *what) {
 
 static void usage(void) {
     fprintf(stderr,
-            "usage: haul-workload run|start --dir DIR [--mib N]\n"
+            "usage: haul-workload run|start --dir DIR [--mib N] [--touch PERCENT]\n"
             "       haul-workload report --dir DIR [--since REALTIME_NS] [--timeout SECONDS]\n"
             "       haul-workload checksum [--mib N]\n");
     exit(2);
 }
 
-struct options { const char *dir; long mib; uint64_t since; double timeout; };
+struct options { const char *dir; long mib; uint64_t since; double timeout; long touch; };
 
 static struct options parse(int argc, char **argv) {
-    struct options o = { NULL, 1, 0, 10 };
+    struct options o = { NULL, 1, 0, 10, 0 };
     for (int i = 2; i < argc; i++) {
         if (i + 1 >= argc) usage();
         char *end;
@@ -97,6 +112,9 @@ static struct options parse(int argc, char **argv) {
         } else if (!strcmp(argv[i], "--since")) {
             o.since = strtoull(argv[++i], &end, 10);
             if (*end) usage();
+        } else if (!strcmp(argv[i], "--touch")) {
+            o.touch = strtol(argv[++i], &end, 10);
+            if (*end || o.touch < 1 || o.touch > 100) usage();
         } else if (!strcmp(argv[i], "--timeout")) {
             o.timeout = strtod(argv[++i], &end);
             if (*end || o.timeout <= 0) usage();
@@ -139,8 +157,11 @@ static uint64_t memory_checksum(const uint64_t *mem, size_t pages) {
     return hash_words(HASH_SEED, mem, pages * (PAGE / 8));
 }
 
+/* What the touch pass after the first freeze measured (all 0 until it is done). */
+struct touch_stats { uint64_t pages, p50_ns, p99_ns, max_ns, total_ns; };
+
 static void answer_request(const char *dir, const struct options *o, const uint64_t *mem, size_t pages,
-                           const struct beat *ring, uint64_t ticks) {
+                           const struct beat *ring, uint64_t ticks, const struct touch_stats *touch) {
     char path[4096], request[128] = "";
     path_in(path, sizeof path, dir, "request");
     int fd = open(path, O_RDONLY | O_CLOEXEC);
@@ -154,22 +175,63 @@ static void answer_request(const char *dir, const struct options *o, const uint6
     unsigned long long since = 0;
     if (sscanf(request, "%63s %llu", nonce, &since) < 1) return;
 
-    uint64_t kept = ticks < RING ? ticks : RING, window = 0, max_gap = 0, gap_end = 0, prev = 0;
+    uint64_t kept = ticks < RING ? ticks : RING, window = 0, max_gap = 0, gap_end = 0, gap_end_real = 0, prev = 0;
     for (uint64_t t = ticks - kept + 1; t <= ticks; t++) {
         const struct beat *b = &ring[t % RING];
         if (b->real_ns >= since) {
             window++;
-            if (prev && b->real_ns > prev && b->real_ns - prev > max_gap) { max_gap = b->real_ns - prev; gap_end = b->tick; }
+            if (prev && b->real_ns > prev && b->real_ns - prev > max_gap) { max_gap = b->real_ns - prev; gap_end = b->tick; gap_end_real = b->real_ns; }
         }
         prev = b->real_ns;
     }
     char text[1024];
     snprintf(text, sizeof text,
              "nonce %s\npid %d\nmib %ld\nchecksum %016" PRIx64 "\ntick %" PRIu64 "\nmono_ns %" PRIu64
-             "\nreal_ns %" PRIu64 "\nwindow_beats %" PRIu64 "\nmax_gap_ns %" PRIu64 "\nmax_gap_end_tick %" PRIu64 "\n",
+             "\nreal_ns %" PRIu64 "\nwindow_beats %" PRIu64 "\nmax_gap_ns %" PRIu64 "\nmax_gap_end_tick %" PRIu64
+             "\nmax_gap_end_real_ns %" PRIu64 "\ntouch_pages %" PRIu64 "\ntouch_p50_ns %" PRIu64 "\ntouch_p99_ns %" PRIu64 "\ntouch_max_ns %" PRIu64
+             "\ntouch_ns %" PRIu64 "\n",
              nonce, getpid(), o->mib, memory_checksum(mem, pages), ticks, now_ns(CLOCK_MONOTONIC),
-             now_ns(CLOCK_REALTIME), window, max_gap, gap_end);
+             now_ns(CLOCK_REALTIME), window, max_gap, gap_end, gap_end_real, touch->pages, touch->p50_ns, touch->p99_ns,
+             touch->max_ns, touch->total_ns);
     write_atomically(dir, "report", text);
+}
+
+static void beat(const char *dir, struct beat *ring, uint64_t tick) {
+    char text[128];
+    uint64_t mono = now_ns(CLOCK_MONOTONIC), real = now_ns(CLOCK_REALTIME);
+    ring[tick % RING] = (struct beat){ tick, real };
+    snprintf(text, sizeof text, "%" PRIu64 " %" PRIu64 " %" PRIu64 "\n", tick, mono, real);
+    if (write_atomically(dir, "beat", text) < 0) die("write beat");
+}
+
+/*
+ * Reads one word of every (100 / percent)-th page, timing each read, beating on the way; the
+ * latencies go to memory mapped now, after the restore, which no lazy restore has to bring over.
+ */
+static void touch_pass(const struct options *o, const volatile uint64_t *mem, size_t pages, struct beat *ring,
+                       uint64_t *tick, struct touch_stats *stats) {
+    size_t stride = (size_t)(100 / o->touch), count = (pages + stride - 1) / stride;
+    if (!count) return;
+    uint64_t *latency = mmap(NULL, count * sizeof *latency, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+    if (latency == MAP_FAILED) die("mmap");
+    uint64_t started = now_ns(CLOCK_MONOTONIC), next_beat = started + BEAT_NS, sink = 0;
+    for (size_t i = 0; i < count; i++) {
+        uint64_t before = now_ns(CLOCK_MONOTONIC);
+        sink += mem[i * stride * (PAGE / 8)];
+        uint64_t after = now_ns(CLOCK_MONOTONIC);
+        latency[i] = after - before;
+        if (after >= next_beat) {
+            beat(o->dir, ring, ++*tick);
+            next_beat = after + BEAT_NS;
+        }
+    }
+    stats->total_ns = now_ns(CLOCK_MONOTONIC) - started;
+    qsort(latency, count, sizeof *latency, compare_u64);
+    stats->p50_ns = latency[count / 2];
+    stats->p99_ns = latency[(count * 99) / 100 < count ? (count * 99) / 100 : count - 1];
+    stats->max_ns = latency[count - 1] + (sink & 0); /* sink keeps the reads */
+    stats->pages = count;
+    munmap(latency, count * sizeof *latency);
 }
 
 static _Noreturn void run(const struct options *o, int ready_fd) {
@@ -187,21 +249,27 @@ static _Noreturn void run(const struct options *o, int ready_fd) {
     snprintf(text, sizeof text, "%d\n", getpid());
     if (write_atomically(o->dir, "pid", text) < 0) die("write pid");
 
-    uint64_t next = now_ns(CLOCK_MONOTONIC);
+    struct touch_stats touch = { 0 };
+    int touched = 0;
+    uint64_t next = now_ns(CLOCK_MONOTONIC), last_real = 0;
     for (uint64_t tick = 1;; tick++) {
-        uint64_t mono = now_ns(CLOCK_MONOTONIC), real = now_ns(CLOCK_REALTIME);
-        ring[tick % RING] = (struct beat){ tick, real };
-        snprintf(text, sizeof text, "%" PRIu64 " %" PRIu64 " %" PRIu64 "\n", tick, mono, real);
-        if (write_atomically(o->dir, "beat", text) < 0) die("write beat");
+        beat(o->dir, ring, tick);
+        uint64_t real = ring[tick % RING].real_ns;
+        if (o->touch && !touched && last_real && real - last_real > FREEZE_NS) {
+            touched = 1;
+            touch_pass(o, mem, pages, ring, &tick, &touch);
+            real = ring[tick % RING].real_ns;
+        }
+        last_real = real;
         if (ready_fd >= 0) {
             /* the starter only waits for this; the pipe must not be open at checkpoint time */
             if (write(ready_fd, "ok\n", 3) != 3) {}
             close(ready_fd);
             ready_fd = -1;
         }
-        answer_request(o->dir, o, mem, pages, ring, tick);
+        answer_request(o->dir, o, mem, pages, ring, tick, &touch);
         next += BEAT_NS;
-        mono = now_ns(CLOCK_MONOTONIC);
+        uint64_t mono = now_ns(CLOCK_MONOTONIC);
         if (next < mono) next = mono + BEAT_NS; /* after a freeze: carry on, do not catch up */
         struct timespec ts = { (time_t)(next / 1000000000ULL), (long)(next % 1000000000ULL) };
         while (clock_nanosleep(CLOCK_MONOTONIC, TIMER_ABSTIME, &ts, NULL) == EINTR) {}
