@@ -6,9 +6,10 @@ export type { HostHello };
 /**
  * The version of what the engine's two sides say to each other (proxy/wire/migration.proto's
  * control messages and when each is sent). 2: the destination of `haul migrate` reports its
- * image set stored, as the plugin's always did, and the source waits for it.
+ * image set stored, as the plugin's always did, and the source waits for it. 3: a lazy request may
+ * say `again` (the destination no longer keeps pages it handed over), and the source answers it.
  */
-export const MIGRATION_PROTOCOL = 2;
+export const MIGRATION_PROTOCOL = 3;
 
 /** What a host says of itself; the migration protocol is filled in by the handshake, and no Incus is ''. */
 export type HostSelf = Omit<HostHello, 'migration_protocol' | 'incus_version'> & { readonly incus_version?: string };

@@ -13,24 +13,17 @@ const page = BigInt(PAGE_SIZE);
  * reading the push channel (the source then waits for credit). Enough for CRIU's background
  * requests, one at a time per process and 4 MiB at most (criu/uffd.c MAX_XFER_LEN), to find their
  * pages here while the next ones are on the way. 32 MiB was no faster at 1 GiB (window 6.4 s
- * against 5.1 s, two runs each) and held the cache's peak RSS 27 MiB higher: pages held longer
- * outlive the young generation, and what they leave waits for a full collection.
+ * against 5.1 s, two runs each) and held the cache's peak RSS 27 MiB higher.
  */
 export const DEFAULT_LAZY_HOLD_BYTES = 8 * 1024 * 1024;
 
 /** Spilled pages read from the file into one buffer at most, when answering criu lazy-pages. */
 const MAX_PAGES_PER_READ = 64;
 
-/** A page's state in the store: here in memory, or in the spill file; or handed to CRIU, which never asks twice. */
+/** A page's state in the store: here in memory, or in the spill file; or handed to CRIU, and let go. */
 const HELD = 1;
 const SERVED = 2;
 const SPILLED = 3;
-
-/** The store was asked for a page it already handed to `criu lazy-pages`. */
-export class LazyPageStoreError extends Error {
-  override readonly name = 'LazyPageStoreError';
-  readonly code = 'HAUL_LAZY_PAGE_SERVED_TWICE';
-}
 
 /**
  * The cache's side of lazy mode: holds the pages the proxy sends (asked for, or pushed ahead) until
@@ -38,9 +31,12 @@ export class LazyPageStoreError extends Error {
  * the source, and the answer waits for it; CRIU accepts short answers, so an answer covers the run
  * of pages present from the one asked for on.
  *
- * CRIU asks for each page once (criu/uffd.c takes a range out of its list of missing pages before
- * it asks, and a fault on a page already asked for waits for that answer), so a page goes as soon
- * as it is handed over. The source pushes in address order, the order CRIU's background transfer
+ * CRIU asks for a page once, as a rule (criu/uffd.c takes a range out of its list of missing pages
+ * before it asks, and a fault on a page already asked for waits for that answer), so a page goes as
+ * soon as it is handed over. Where CRIU asks again (a task forked while its pages were on the way
+ * copies its parent's list, in flight included; a copy into the task that failed, say while an
+ * unmap was pending, is asked for anew), the store asks the source again, saying so, and the
+ * source, whose CRIU keeps every page, sends those pages once more. The source pushes in address order, the order CRIU's background transfer
  * asks in, so pushed pages are mostly asked for soon after they arrive: they are held in memory, at
  * most `holdBytes` of them, and beyond that the push channel waits (the source then waits for
  * credit). Writing every pushed page to a file first, as the store once did, held a 1 GiB lazy
@@ -184,18 +180,21 @@ export class LazyPageStore implements PageSource {
 
   async read(pid: number, vaddr: bigint, nrPages: number): Promise<{ nrPages: number; pages: AsyncIterable<Buffer> }> {
     if (this.failure) throw this.failure;
-    if (this.state.get(pid, vaddr) === SERVED) throw new LazyPageStoreError(`criu lazy-pages asked again for page 0x${vaddr.toString(16)} of task ${pid}, which it was given`);
+    // pages handed over before and asked for again: forgotten, to come from the source once more
+    let again = 0;
+    while (again < nrPages && this.state.get(pid, vaddr + BigInt(again) * page) === SERVED) this.state.delete(pid, vaddr + BigInt(again++) * page);
+    this.received -= again;
     if (!this.state.has(pid, vaddr)) {
       const key = `${pid}:${vaddr}`;
       const arrived = new Promise<void>((resolve) => this.waiting.set(key, [...(this.waiting.get(key) ?? []), resolve]));
       this.wakePushes(); // the page may be in the push channel, behind a full store
-      if (!this.asked.has(pid, vaddr)) {
+      if (again > 0) await writePageRequest(this.requests, { pid, vaddr, nrPages: again }, { again: true });
+      else if (!this.asked.has(pid, vaddr)) {
         this.asked.set(pid, vaddr, 1);
         await writePageRequest(this.requests, { pid, vaddr, nrPages });
       }
       await Promise.race([arrived, this.failed]);
       if (this.failure) throw this.failure;
-      if (this.state.get(pid, vaddr) === SERVED) throw new LazyPageStoreError(`criu lazy-pages asked twice at once for page 0x${vaddr.toString(16)} of task ${pid}`);
     }
     // the pages here from vaddr on, each handed over once and let go: those in memory joined where
     // they lie next to each other in one chunk of the link, so CRIU's socket gets few large writes
@@ -232,8 +231,9 @@ export class LazyPageStore implements PageSource {
         yield part;
         continue;
       }
+      if (!this.spill) throw this.failure ?? new Error('the lazy page store was closed while an answer was read from it');
       const bytes = Buffer.allocUnsafe(part.length);
-      const { bytesRead } = await this.spill!.read(bytes, 0, part.length, part.offset);
+      const { bytesRead } = await this.spill.read(bytes, 0, part.length, part.offset);
       if (bytesRead !== part.length) throw new Error(`the lazy pages' spill file ends before offset ${part.offset + part.length}`);
       yield bytes;
     }

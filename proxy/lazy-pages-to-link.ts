@@ -1,4 +1,5 @@
 import { once } from 'node:events';
+import { setTimeout as sleep } from 'node:timers/promises';
 import type { Readable } from 'node:stream';
 import { type LazyPagesClient, PAGE_SIZE } from '../src/criu/index.js';
 import { type LinkSession } from '../src/link/index.js';
@@ -9,28 +10,31 @@ import { ChannelKind, openChannel } from './wire/index.js';
 /** Pages pushed ahead per request to CRIU's page server, and requests out at once. */
 const PUSH_PAGES = 128;
 const PIPELINE = 2;
+/** Once every page is sent, how often the wait for the destination's last word looks at `stop`. */
+const STOP_POLL_MS = 250;
 
 /**
  * The page faults the destination asks the source to serve, oldest first. The destination opens its
  * request channel as soon as the session exists: create this before awaiting anything.
  */
 export class FaultQueue {
-  private readonly faults: PageRun[] = [];
+  private readonly faults: Array<{ readonly run: PageRun; readonly again: boolean }> = [];
   private wake: (() => void) | undefined;
 
   constructor(session: LinkSession) {
     session.on('channel', (channel) => {
       if (channel.kind !== ChannelKind.LAZY_REQUESTS) return;
       void (async () => {
-        for await (const { run } of readPageRequests(channel.readable as Readable)) {
-          this.faults.push(run);
+        for await (const fault of readPageRequests(channel.readable as Readable)) {
+          this.faults.push(fault);
           this.wake?.();
         }
       })().catch(() => {});
     });
   }
 
-  shift(): PageRun | undefined {
+  /** The oldest fault; `again`: pages sent before, which the destination is asked for anew. */
+  shift(): { readonly run: PageRun; readonly again: boolean } | undefined {
     return this.faults.shift();
   }
 
@@ -64,7 +68,18 @@ export async function moveLazyPages(
   client: LazyPagesClient,
   lazyRuns: readonly PageRun[],
   faults: FaultQueue,
-  options: { onPages?: (moved: number) => void; stop?: () => string | undefined; pushFrom?: Promise<unknown> } = {},
+  options: {
+    onPages?: (moved: number) => void;
+    stop?: () => string | undefined;
+    pushFrom?: Promise<unknown>;
+    /**
+     * Faults are answered until this settles (the destination has every page), after every page was
+     * sent too: the destination may ask again for pages it handed over (LazyPageStore).
+     */
+    servesUntil?: Promise<unknown>;
+    /** Every page of the runs has been sent. */
+    onAllSent?: () => void;
+  } = {},
 ): Promise<number> {
   let pushing = options.pushFrom === undefined;
   const pushStarts = (options.pushFrom ?? Promise.resolve()).then(
@@ -72,6 +87,12 @@ export async function moveLazyPages(
     () => void (pushing = true),
   );
   const runs = pushRequests(lazyRuns);
+  let served = options.servesUntil === undefined;
+  const servedOrFailed = (options.servesUntil ?? Promise.resolve()).then(
+    () => void (served = true),
+    () => void (served = true),
+  );
+  let allSent = false;
   const answers = openChannel(session, ChannelKind.LAZY_ANSWERS, 'lazy-answers');
   const pushes = openChannel(session, ChannelKind.PAGES, LAZY_PUSH_CHANNEL);
   const fetched = new PageTable();
@@ -91,8 +112,13 @@ export async function moveLazyPages(
     return -1;
   };
   const nextRun = (): (PageRun & { fault: boolean }) | undefined => {
-    let run = faults.shift();
-    while (run && asked(run.pid, run.vaddr)) run = faults.shift();
+    let next = faults.shift();
+    // a page asked for before is on its way (pushed, or answered), unless the destination asks again
+    // for pages it had: CRIU's page server keeps every page (criu/page-pipe.c page_pipe_read tees
+    // them out of its pipes), so they can be sent once more
+    while (next && !next.again && asked(next.run.pid, next.run.vaddr)) next = faults.shift();
+    if (next?.again) return { ...next.run, fault: true };
+    let run = next?.run;
     const fault = run !== undefined;
     // background pages wait while the push channel is full, so faults never queue behind them
     if (!run && (!pushing || pushes.writable.writableNeedDrain)) return undefined;
@@ -123,7 +149,15 @@ export async function moveLazyPages(
     }
     const oldest = inFlight.shift();
     if (!oldest) {
-      if (background >= runs.length) break;
+      if (background >= runs.length) {
+        if (!allSent) {
+          allSent = true;
+          options.onAllSent?.();
+        }
+        if (served) break;
+        await Promise.race([faults.next(), servedOrFailed, sleep(STOP_POLL_MS)]);
+        continue;
+      }
       await Promise.race([faults.next(), ...(pushing ? [] : [pushStarts]), ...(pushes.writable.writableNeedDrain ? [pushDrained()] : [])]);
       continue;
     }

@@ -29,8 +29,9 @@ const record = (run: PageRun): Buffer => pageRunRecord({ vaddr: run.vaddr, nr_pa
 // rejects, never waits for good, once the channel is destroyed (its session aborted)
 const write = writeChunk;
 
-export async function writePageRequest(channel: Writable, run: PageRun): Promise<void> {
-  await write(channel, record(run));
+/** Asks the source for pages; `again`: pages it sent before, which the destination handed over and is asked for anew. */
+export async function writePageRequest(channel: Writable, run: PageRun, options: { readonly again?: boolean } = {}): Promise<void> {
+  await write(channel, pageRunRecord({ vaddr: run.vaddr, nr_pages: run.nrPages, pid: run.pid, again: options.again ?? false }));
 }
 
 /** Writes a run and its pages; with waitForDrain false the caller bounds what it buffers. */
@@ -44,7 +45,7 @@ export async function writePages(channel: Writable, run: PageRun, pages: AsyncIt
  * The records on a channel; with pages, each comes with its pages as they arrive, which the caller
  * must consume before asking for the next record.
  */
-async function* records(channel: Readable, withPages: boolean): AsyncGenerator<{ run: PageRun; pages?: AsyncIterable<Buffer> }, void, undefined> {
+async function* records(channel: Readable, withPages: boolean): AsyncGenerator<{ run: PageRun; again: boolean; pages?: AsyncIterable<Buffer> }, void, undefined> {
   const reader = new StreamReader(channel);
   for (;;) {
     const record = await readPageRun(reader, 'lazy page record');
@@ -53,12 +54,12 @@ async function* records(channel: Readable, withPages: boolean): AsyncGenerator<{
     // CRIU asks for at most 4 MiB at a time (criu/uffd.c MAX_XFER_LEN), and the proxy pushes less
     if (run.nrPages === 0 || run.nrPages > 1024) throw new LazyWireError(`lazy page record of ${run.nrPages} pages`);
     if (!withPages) {
-      yield { run };
+      yield { run, again: record.again };
       continue;
     }
-    yield { run, pages: reader.readChunks(run.nrPages * PAGE_SIZE, 'lazy pages') };
+    yield { run, again: false, pages: reader.readChunks(run.nrPages * PAGE_SIZE, 'lazy pages') };
   }
 }
 
-export const readPageRequests = (channel: Readable): AsyncGenerator<{ run: PageRun }, void, undefined> => records(channel, false) as AsyncGenerator<{ run: PageRun }, void, undefined>;
+export const readPageRequests = (channel: Readable): AsyncGenerator<{ run: PageRun; again: boolean }, void, undefined> => records(channel, false);
 export const readPages = (channel: Readable): AsyncGenerator<{ run: PageRun; pages?: AsyncIterable<Buffer> }, void, undefined> => records(channel, true);

@@ -114,12 +114,12 @@ export async function runLazySource(migration: SourceMigration, dump: LazyDump, 
     const hold = seams.holdPush;
     const lazyPages = await migration.movePages(client, lazyRuns, {
       onPages: (moved) => seams.onPages?.(moved),
+      onAllSent: () => seams.onPhase?.('awaiting-last-page', { eagerPages, lazyPages: total }),
       stop: () => seams.managerFailure?.() ?? restoreFailure ?? storeFailure,
       // while the destination restores, its faults alone: pushing the rest then (a whole
       // container's memory at 1 GiB) slowed the restore and Incus' own steps on the way to it
       ...(hold ? { pushFrom: Promise.race([restoreReported, hold.hint ?? new Promise(() => {}), sleep(hold.atMostMs)]) } : {}),
     });
-    seams.onPhase?.('awaiting-last-page', { eagerPages, lazyPages: total });
     await stored;
     // the restore's report first: a failed restore ends the destination's answers without lazy_complete
     const { result, at: restoredAt } = await report;

@@ -104,9 +104,14 @@ export class SourceMigration {
     await this.answers.next('lazy_complete', withinMs);
   }
 
-  /** Lazy mode: every page of `runs` from CRIU's lazy page server to the destination, its faults first (moveLazyPages). */
+  /**
+   * Lazy mode: every page of `runs` from CRIU's lazy page server to the destination, its faults
+   * first (moveLazyPages), and its faults answered until it says every page reached the copy.
+   */
   movePages(client: LazyPagesClient, runs: Parameters<typeof moveLazyPages>[2], options: Parameters<typeof moveLazyPages>[4] = {}): Promise<number> {
-    return moveLazyPages(this.session, client, runs, this.faults, options);
+    const lastPage = this.answers.next('lazy_complete');
+    lastPage.catch(() => {});
+    return moveLazyPages(this.session, client, runs, this.faults, { servesUntil: lastPage, ...options });
   }
 
   /**

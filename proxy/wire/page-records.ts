@@ -11,7 +11,7 @@ const MAX_RECORD = 32;
 
 /** `run` as a record: its length in one byte, then the message. */
 export function pageRunRecord(run: Partial<PageRun> & Pick<PageRun, 'vaddr' | 'nr_pages'>): Buffer {
-  const message = encodePageRun({ flags: 0, pid: 0, ...run });
+  const message = encodePageRun({ flags: 0, pid: 0, again: false, ...run });
   return Buffer.concat([Buffer.from([message.length]), message]);
 }
 
