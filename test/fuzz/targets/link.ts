@@ -8,8 +8,9 @@ import { InvariantBroken, type FuzzTarget } from '../fuzzer.js';
 import { chunked, type Random } from '../mutations.js';
 import { receiveControl, sendControl, ChannelKind, type Control } from '../../../proxy/wire/index.js';
 import { MigrationMessageError, decodeControl, decodeHostHello, encodeControl, encodeHostHello, type HostHello } from '../../../proxy/wire/messages.js';
+import { MIGRATION_PROTOCOL } from '../../../proxy/host-hello.js';
 
-const HOST: HostHello = { criu_version: '4.1.1', page_size: 4096, architecture: 'x64', capabilities: ['lazy', 'pre-copy'], haul_version: '0.1.0', role: 'source', migration_protocol: 2, incus_version: '6.0.4' };
+const HOST: HostHello = { criu_version: '4.1.1', page_size: 4096, architecture: 'x64', capabilities: ['lazy', 'pre-copy'], haul_version: '0.1.0', role: 'source', migration_protocol: MIGRATION_PROTOCOL, incus_version: '6.0.4' };
 /** What the link's handshake carries for the application: opaque to it. */
 const APPLICATION = encodeHostHello(HOST);
 const SESSION_ID = Buffer.from('00112233445566778899aabbccddeeff', 'hex');
