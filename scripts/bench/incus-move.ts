@@ -44,8 +44,8 @@ const onHost = (host: TestHost, args: string[]): void => void execFileSync(proce
 /** Native is native: haul's hooks out of incusd's PATH while `measure` runs, then back, each with the CRIU it ran. */
 async function withoutHooks<T>(measure: () => Promise<T>): Promise<T> {
   const criu = new Map(HOSTS.map((host) => [host, /^real_criu='([^']*)'$/m.exec(readFileSync(`${hookDir(host)}/criu`, 'utf8'))?.[1] ?? '/usr/local/sbin/criu']));
-  for (const host of HOSTS) onHost(host, ['agent', 'uninstall', '--hook-dir', hookDir(host)]);
   try {
+    for (const host of HOSTS) onHost(host, ['agent', 'uninstall', '--hook-dir', hookDir(host)]);
     return await measure();
   } finally {
     for (const host of HOSTS) onHost(host, ['agent', 'install', '--hook-dir', hookDir(host), '--criu', criu.get(host)!]);

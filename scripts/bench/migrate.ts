@@ -15,11 +15,12 @@
  * CPU 1), as two hosts would have them. Prints one JSON document: every run, each case's median
  * and spread, and haul's ratios to its anchor.
  */
-import { execFileSync, spawn } from 'node:child_process';
-import { chmodSync, mkdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { execFile, execFileSync, spawn } from 'node:child_process';
+import { chmodSync, existsSync, mkdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { createInterface } from 'node:readline';
 import { join } from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
+import { promisify } from 'node:util';
 import { fileURLToPath } from 'node:url';
 import { Command } from 'commander';
 import { DEFAULT_CRIU, acceptOne, runCriu, startCriu } from '../../src/criu/index.js';
@@ -33,6 +34,7 @@ const CRIU_ON_SECOND_HOST = join(REPO, 'test/support/criu-in-pid-namespace.sh');
 const HAUL_CLI = join(REPO, 'dist/cli/haul.js');
 const WORK = '/var/tmp/haul-bench-migrate';
 const progress = (line: string): void => void process.stderr.write(`[migrate] ${line}\n`);
+const execFileAsync = promisify(execFile);
 
 export type Placement = 'unpinned' | 'pinned';
 type Side = 'source' | 'destination';
@@ -48,7 +50,10 @@ export type CaseName = (typeof CASES)[number];
 /** One run of one case. Times in ms; the fault service times the workload saw in µs. */
 interface Run {
   totalMs: number;
+  /** The freeze the workload saw: the longest gap between its beats (lazy: the gap that started its read pass). */
   downtimeMs: number;
+  /** The longest gap between its beats, a lazy run's reads that waited included. */
+  stallMs: number;
   /** Lazy: from the restored process running again (its first beat after the freeze) to the last page on the destination. */
   windowMs?: number;
   /** Lazy: how long `criu restore` (CRIU alone) or the destination's restore step took. */
@@ -83,16 +88,14 @@ function startWorkload(placement: Placement, dir: string, mib: number, touch?: T
 }
 
 const gapMs = (report: WorkloadReport): number => Math.round(Number(report.maxGapNs) / 1e6);
-/** The post-copy window: the workload's own clock says when it ran again, on the same machine's realtime as `lastPageAt` (ms). */
-const windowMs = (report: WorkloadReport, lastPageAt: number): number => Math.max(0, Math.round(lastPageAt - Number(report.maxGapEndRealNs / 1_000_000n)));
 
 /** The workload's report once its touch pass is done (it starts on the restore's first beat). */
 async function touchedReport(dir: string, since: bigint): Promise<WorkloadReport> {
-  const deadline = Date.now() + 120_000;
+  const deadline = Date.now() + 60_000;
   for (;;) {
     const report = await reportFrom(dir, since);
     if (report.touch.pages > 0) return report;
-    if (Date.now() > deadline) throw new Error(`the workload in ${dir} did not finish reading its memory within 120 s of the restore`);
+    if (Date.now() > deadline) throw new Error(`the workload in ${dir} did not finish reading its memory within 60 s of the restore`);
     await sleep(100);
   }
 }
@@ -106,6 +109,7 @@ const faultTimes = (report: WorkloadReport): Pick<Run, 'faultP50Us' | 'faultP99U
 
 /** The restored tree lives in a pid namespace of its own, held by an init whose pid lands in `holders`. */
 function killHolders(file: string): void {
+  if (!existsSync(file)) return;
   for (const pid of readFileSync(file, 'utf8').split('\n').filter(Boolean)) {
     try {
       process.kill(Number(pid), 'SIGKILL');
@@ -113,9 +117,9 @@ function killHolders(file: string): void {
   }
 }
 
-function restoreOnSecondHost(work: string, destinationCriu: string, args: readonly string[]): void {
+function restoreOnSecondHost(work: string, destinationCriu: string, args: readonly string[], timeoutMs: number): void {
   writeFileSync(join(work, 'holders'), '', { flag: 'a' });
-  execFileSync(CRIU_ON_SECOND_HOST, ['restore', ...args], { env: { ...process.env, HAUL_TEST_HOLDERS: join(work, 'holders'), HAUL_TEST_DESTINATION_CRIU: destinationCriu } });
+  execFileSync(CRIU_ON_SECOND_HOST, ['restore', ...args], { timeout: timeoutMs, env: { ...process.env, HAUL_TEST_HOLDERS: join(work, 'holders'), HAUL_TEST_DESTINATION_CRIU: destinationCriu } });
 }
 
 const imageFiles = (dir: string): string[] => execFileSync('find', [dir, '-maxdepth', '1', '-type', 'f', '-name', '*.img'], { encoding: 'utf8' }).split('\n').filter(Boolean);
@@ -126,122 +130,179 @@ async function freePort(): Promise<number> {
   return listener.port;
 }
 
+/** Ends the workload (the source copy, where a run left it running) and the namespaces holding restored copies. */
+function cleanUp(work: string, sourcePid: number | undefined): void {
+  if (sourcePid !== undefined) {
+    try {
+      process.kill(sourcePid, 'SIGKILL');
+    } catch {}
+  }
+  try {
+    killHolders(join(work, 'holders'));
+  } catch {}
+}
+
+/** A step that may hang (a CRIU waiting for a peer that failed): it fails after `ms` instead. */
+async function within<T>(ms: number, what: string, step: Promise<T>): Promise<T> {
+  let timer: NodeJS.Timeout | undefined;
+  const late = new Promise<never>((_, reject) => (timer = setTimeout(() => reject(new Error(`${what} took longer than ${ms / 1000} s`)), ms)));
+  try {
+    return await Promise.race([step, late]);
+  } finally {
+    clearTimeout(timer);
+  }
+}
+
+/** How long a run may take: generous, but a hung run must not hold up the benchmark for good. */
+const runDeadlineMs = (mib: number): number => 60_000 + mib * 60;
+
 /**
  * CRIU alone, pre-copy. By default the dump ends the source as CRIU does; `holdSource` keeps it
  * stopped (--leave-stopped) until the restore is done, as a migration that must not lose the
  * process has to, and as haul does. On this VM that costs time too: memory the ended source just
- * freed is cheap for the restore to take, fresh memory costs the host's page faults.
+ * freed is cheap for the restore to take, fresh memory costs the host's page faults. The total
+ * runs from starting the page server, as haul's from starting `haul migrate`.
  */
 async function criuPreCopy(work: string, mib: number, placement: Placement, holdSource: boolean): Promise<Run> {
   const [source, destination] = [join(work, 'source'), join(work, 'destination')];
   mkdirSync(source, { recursive: true });
   mkdirSync(destination, { recursive: true });
   const pid = startWorkload(placement, join(work, 'w'), mib);
-  const before = await reportFrom(join(work, 'w'));
-  const port = await freePort();
-  const pageServer = startCriu('page-server', ['--images-dir', destination, '--address', '127.0.0.1', '--port', String(port)], { logFile: join(work, 'ps.log'), statusFd: true, binary: criuFor(placement, 'destination') });
-  await pageServer.ready;
-  const since = realtimeNs();
-  const started = Date.now();
-  await runCriu('dump', ['-t', String(pid), '-D', source, '--page-server', '--address', '127.0.0.1', '--port', String(port), ...(holdSource ? ['--leave-stopped'] : [])], { logFile: join(work, 'dump.log'), binary: criuFor(placement, 'source') });
-  await pageServer.exited;
-  execFileSync('cp', ['-n', ...imageFiles(source), destination]);
-  restoreOnSecondHost(work, criuFor(placement, 'destination'), ['-D', destination, '-d', '-o', join(work, 'restore.log')]);
-  if (holdSource) process.kill(pid, 'SIGKILL');
-  const totalMs = Date.now() - started;
-  const after = await reportFrom(join(work, 'w'), since);
-  killHolders(join(work, 'holders'));
-  return { totalMs, downtimeMs: gapMs(after), intact: after.checksum === before.checksum && after.pid === before.pid };
+  let pageServer: ReturnType<typeof startCriu> | undefined;
+  try {
+    const before = await reportFrom(join(work, 'w'));
+    const port = await freePort();
+    const since = realtimeNs();
+    const started = Date.now();
+    pageServer = startCriu('page-server', ['--images-dir', destination, '--address', '127.0.0.1', '--port', String(port)], { logFile: join(work, 'ps.log'), statusFd: true, binary: criuFor(placement, 'destination') });
+    await within(30_000, 'criu page-server start', pageServer.ready);
+    const deadline = runDeadlineMs(mib);
+    await within(deadline, 'criu dump', runCriu('dump', ['-t', String(pid), '-D', source, '--page-server', '--address', '127.0.0.1', '--port', String(port), ...(holdSource ? ['--leave-stopped'] : [])], { logFile: join(work, 'dump.log'), binary: criuFor(placement, 'source') }));
+    await within(deadline, 'criu page-server', pageServer.exited);
+    execFileSync('cp', ['-n', ...imageFiles(source), destination]);
+    restoreOnSecondHost(work, criuFor(placement, 'destination'), ['-D', destination, '-d', '-o', join(work, 'restore.log')], deadline);
+    if (holdSource) process.kill(pid, 'SIGKILL');
+    const totalMs = Date.now() - started;
+    const after = await reportFrom(join(work, 'w'), since);
+    return { totalMs, downtimeMs: gapMs(after), stallMs: gapMs(after), intact: after.checksum === before.checksum && after.pid === before.pid };
+  } finally {
+    pageServer?.child.kill('SIGKILL');
+    cleanUp(work, pid);
+  }
+}
+
+/**
+ * A lazy run's downtime and window, from the workload's touch pass: the freeze that started it, and
+ * from the moment the process ran again to `lastPageAt` (ms, this machine's realtime).
+ */
+function lazyFigures(report: WorkloadReport, lastPageAt: number): Pick<Run, 'downtimeMs' | 'windowMs'> {
+  return {
+    downtimeMs: Math.round(report.touch.freezeNs / 1e6),
+    windowMs: Math.round(lastPageAt - Number(report.touch.startedRealNs / 1_000_000n)),
+  };
 }
 
 /**
  * CRIU alone, lazy: the dump leaves its lazy page server running, `criu lazy-pages` on the
- * destination pulls from it directly and serves the lazy restore. The post-copy window ends when
- * the daemon has every page and exits.
+ * destination pulls from it directly and serves the lazy restore. The last page is there when the
+ * daemon exits.
  */
 async function criuLazy(work: string, mib: number, placement: Placement, touch: Touch): Promise<Run> {
   const [source, destination] = [join(work, 'source'), join(work, 'destination')];
   mkdirSync(source, { recursive: true });
   mkdirSync(destination, { recursive: true });
   const pid = startWorkload(placement, join(work, 'w'), mib, touch);
-  const before = await reportFrom(join(work, 'w'));
-  const port = await freePort();
-  const since = realtimeNs();
-  const started = Date.now();
-  const dump = startCriu('dump', ['-t', String(pid), '-D', source, '--lazy-pages', '--address', '127.0.0.1', '--port', String(port)], { logFile: join(work, 'dump.log'), statusFd: true, binary: criuFor(placement, 'source') });
+  let dump: ReturnType<typeof startCriu> | undefined;
+  let daemon: ReturnType<typeof startCriu> | undefined;
   try {
-    await dump.ready;
+    const before = await reportFrom(join(work, 'w'), undefined, { armTouch: true });
+    const port = await freePort();
+    const since = realtimeNs();
+    const started = Date.now();
+    const deadline = runDeadlineMs(mib);
+    dump = startCriu('dump', ['-t', String(pid), '-D', source, '--lazy-pages', '--address', '127.0.0.1', '--port', String(port)], { logFile: join(work, 'dump.log'), statusFd: true, binary: criuFor(placement, 'source') });
+    await within(deadline, 'criu dump --lazy-pages', dump.ready);
     execFileSync('cp', ['-n', ...imageFiles(source), destination]);
-    const daemon = startCriu('lazy-pages', ['--page-server', '--address', '127.0.0.1', '--port', String(port), '-D', destination], { logFile: join(work, 'lazy-pages.log'), statusFd: true, cwd: destination, binary: criuFor(placement, 'destination') });
-    await daemon.ready;
+    daemon = startCriu('lazy-pages', ['--page-server', '--address', '127.0.0.1', '--port', String(port), '-D', destination], { logFile: join(work, 'lazy-pages.log'), statusFd: true, cwd: destination, binary: criuFor(placement, 'destination') });
+    await within(30_000, 'criu lazy-pages start', daemon.ready);
     const restoreStarted = Date.now();
-    restoreOnSecondHost(work, criuFor(placement, 'destination'), ['-D', destination, '-d', '--lazy-pages', '-o', join(work, 'restore.log')]);
+    restoreOnSecondHost(work, criuFor(placement, 'destination'), ['-D', destination, '-d', '--lazy-pages', '-o', join(work, 'restore.log')], deadline);
     const restored = Date.now();
-    await daemon.exited;
+    await within(deadline, 'criu lazy-pages', daemon.exited);
     const complete = Date.now();
-    await dump.exited;
+    await within(deadline, 'criu dump --lazy-pages', dump.exited);
     const after = await touchedReport(join(work, 'w'), since);
     return {
-      totalMs: complete - started, downtimeMs: gapMs(after), windowMs: windowMs(after, complete), restoreMs: restored - restoreStarted,
+      totalMs: complete - started, ...lazyFigures(after, complete), stallMs: gapMs(after), restoreMs: restored - restoreStarted,
       ...faultTimes(after), intact: after.checksum === before.checksum && after.pid === before.pid,
     };
   } finally {
-    dump.child.kill('SIGKILL');
-    killHolders(join(work, 'holders'));
+    dump?.child.kill('SIGKILL');
+    daemon?.child.kill('SIGKILL');
+    cleanUp(work, pid);
   }
 }
+
+interface CacheEvent {
+  readonly kind: string;
+  readonly at: number;
+  readonly port?: number;
+  readonly peakRssMib?: number;
+  readonly error?: string;
+}
+
+/** Where `haul cache` stops for good: its last word on a migration. */
+const LAST_EVENTS = new Set(['restored', 'lazy-complete', 'failed', 'in-doubt']);
 
 /**
  * haul as users run it: `haul cache --insecure` as the init of its own pid namespace (a second host
  * on loopback) and `haul migrate --insecure --json`, each its own process, so that each one's peak
- * RSS is its own. The cache's events are timed as they come: the post-copy window runs from its
- * restore to its last page.
+ * RSS is its own. `haul migrate` runs beside this process's event loop, which times the cache's
+ * events as they come: the last page is there when the cache says pages-delivered.
  */
 async function haul(work: string, mib: number, placement: Placement, touch?: Touch): Promise<Run> {
   mkdirSync(work, { recursive: true });
   const lazy = touch !== undefined;
   const [command, args] = onSide(placement, 'destination', 'unshare', ['--pid', '--fork', '--kill-child', '--mount-proc', process.execPath, HAUL_CLI, 'cache', '--listen', '127.0.0.1:0', '--dir', join(work, 'cache'), '--insecure']);
   const cache = spawn(command, args, { stdio: ['ignore', 'pipe', 'inherit'] });
+  let pid: number | undefined;
   try {
-    const lines = createInterface({ input: cache.stdout })[Symbol.asyncIterator]();
-    const nextEvent = async (): Promise<{ kind: string; at: number; port?: number; peakRssMib?: number; error?: string }> => {
-      const next = await lines.next();
-      if (next.done) throw new Error('haul cache exited');
-      return { ...JSON.parse(next.value as string), at: Date.now() };
+    const events: CacheEvent[] = [];
+    const waiters: Array<() => void> = [];
+    createInterface({ input: cache.stdout }).on('line', (line) => {
+      events.push({ ...(JSON.parse(line) as Omit<CacheEvent, 'at'>), at: Date.now() });
+      waiters.splice(0).forEach((wake) => wake());
+    });
+    const event = async (accept: (kind: string) => boolean): Promise<CacheEvent> => {
+      for (;;) {
+        const found = events.find((e) => accept(e.kind));
+        if (found) return found;
+        if (cache.exitCode !== null) throw new Error('haul cache exited');
+        await new Promise<void>((resolve) => waiters.push(resolve));
+      }
     };
-    const { port } = await nextEvent();
-    const pid = startWorkload(placement, join(work, 'w'), mib, touch);
-    const before = await reportFrom(join(work, 'w'));
+    const { port } = await within(30_000, 'haul cache start', event((kind) => kind === 'listening'));
+    pid = startWorkload(placement, join(work, 'w'), mib, touch);
+    const before = await reportFrom(join(work, 'w'), undefined, { armTouch: lazy });
     const since = realtimeNs();
     const started = Date.now();
-    const events: Array<Promise<Awaited<ReturnType<typeof nextEvent>>>> = [];
-    // the cache's events are read while the migration runs, so each is timed as it comes
-    const reading = (async () => {
-      for (;;) {
-        const event = nextEvent();
-        events.push(event);
-        const { kind } = await event;
-        if (kind === (lazy ? 'lazy-complete' : 'restored') || kind === 'failed') return;
-      }
-    })();
+    const deadline = runDeadlineMs(mib);
     const [migrateCommand, migrateArgs] = onSide(placement, 'source', process.execPath, [HAUL_CLI, 'migrate', String(pid), '--to', `127.0.0.1:${port}`, '--insecure', '--json', ...(lazy ? ['--lazy'] : [])]);
-    const out = execFileSync(migrateCommand, migrateArgs, { encoding: 'utf8' });
+    const { stdout } = await within(deadline, 'haul migrate', execFileAsync(migrateCommand, migrateArgs, { encoding: 'utf8' }));
     const totalMs = Date.now() - started;
-    await reading;
-    const seen = await Promise.all(events);
-    const failed = seen.find((event) => event.kind === 'failed');
-    if (failed) throw new Error(`haul cache: ${failed.error}`);
-    const delivered = seen.find((event) => event.kind === 'pages-delivered');
-    const last = seen[seen.length - 1]!;
-    const summary = JSON.parse(out.trim().split('\n').pop()!) as { downtimeMs: number; peakRssMib: number };
+    const last = await within(deadline, 'haul cache', event((kind) => (lazy ? kind !== 'restored' : true) && LAST_EVENTS.has(kind)));
+    if (last.kind === 'failed' || last.kind === 'in-doubt') throw new Error(`haul cache: ${last.kind}: ${last.error}`);
+    const summary = JSON.parse(stdout.trim().split('\n').pop()!) as { downtimeMs: number; peakRssMib: number };
     const after = lazy ? await touchedReport(join(work, 'w'), since) : await reportFrom(join(work, 'w'), since);
+    const delivered = events.find((e) => e.kind === 'pages-delivered');
     return {
-      totalMs, downtimeMs: gapMs(after), ...(lazy ? { windowMs: windowMs(after, delivered!.at), ...faultTimes(after) } : {}),
+      totalMs, ...(lazy ? { ...lazyFigures(after, delivered!.at), ...faultTimes(after) } : { downtimeMs: gapMs(after) }), stallMs: gapMs(after),
       proxyPeakRssMib: summary.peakRssMib, ...(last.peakRssMib !== undefined ? { cachePeakRssMib: last.peakRssMib } : {}),
       intact: after.checksum === before.checksum,
     };
   } finally {
     endSecondHost(cache); // its namespace, with the restored workload, goes with it
+    cleanUp(work, pid);
   }
 }
 
@@ -264,6 +325,7 @@ export interface CaseResult {
   readonly runs: readonly Run[];
   readonly totalMs: Spread;
   readonly downtimeMs: Spread;
+  readonly stallMs: Spread;
   readonly throughputMBps: Spread;
   readonly windowMs?: Spread;
   readonly restoreMs?: Spread;
@@ -285,6 +347,7 @@ function summarise(name: CaseName, placement: Placement, mib: number, runs: Run[
     name, placement, mib, runs,
     totalMs: spread(runs.map((run) => run.totalMs)),
     downtimeMs: spread(runs.map((run) => run.downtimeMs)),
+    stallMs: spread(runs.map((run) => run.stallMs)),
     throughputMBps: spread(runs.map((run) => (mib * 1.048576) / (run.totalMs / 1000))),
     ...optional('windowMs'), ...optional('restoreMs'), ...optional('proxyPeakRssMib'), ...optional('cachePeakRssMib'), ...optional('faultP50Us'), ...optional('faultP99Us'), ...optional('faultMaxUs'), ...optional('touchPassMs'),
     allIntact: runs.every((run) => run.intact),

@@ -33,6 +33,22 @@ const QUICK: Plan = {
   incusMove: ['--pools', 'default', '--sizes', '', '--round-trips', '2'],
 };
 
+/** A plan with the sizes or repetition count given on the command line in place of its own. */
+function withOverrides(plan: Plan, options: { sizes?: string; repetitions?: string }): Plan {
+  const replace = (args: readonly string[], flag: string, value: string | undefined): string[] => {
+    const out = [...args];
+    const at = out.indexOf(flag);
+    if (value !== undefined && at >= 0) out[at + 1] = value;
+    return out;
+  };
+  const trips = options.repetitions === undefined ? undefined : String(Math.ceil(Number(options.repetitions) / 2));
+  return {
+    migrate: replace(replace(plan.migrate, '--sizes', options.sizes), '--repetitions', options.repetitions),
+    link: replace(plan.link, '--repetitions', options.repetitions),
+    incusMove: replace(replace(plan.incusMove, '--sizes', options.sizes?.split(',').filter((mib) => Number(mib) >= 256).join(',')), '--round-trips', trips),
+  };
+}
+
 /** Runs one benchmark's compiled script; resolves the JSON it printed. */
 function runBenchmark(name: string, args: readonly string[]): Promise<unknown> {
   progress(`${name} ${args.join(' ')}`);
@@ -81,29 +97,31 @@ async function main(): Promise<void> {
   const options = new Command('bench')
     .option('--quick', 'the smallest sizes, three runs each (a few minutes)', false)
     .option('--only <list>', 'some of: migrate, link, incus-move')
+    .option('--sizes <list>', 'workload sizes in MiB, for migrate and incus-move (instead of the plan\'s)')
+    .option('--repetitions <n>', 'runs of every case (instead of the plan\'s)')
     .parse()
-    .opts<{ quick: boolean; only?: string }>();
-  const plan = options.quick ? QUICK : FULL;
+    .opts<{ quick: boolean; only?: string; sizes?: string; repetitions?: string }>();
+  const plan = withOverrides(options.quick ? QUICK : FULL, options);
   const only = new Set((options.only ?? 'migrate,link,incus-move').split(',').map((v) => v.trim()));
   const started = new Date();
-  const results = {
-    generated: started.toISOString(),
-    quick: options.quick,
-    machine: machine(),
-    plan,
-    ...(only.has('migrate') ? { migrate: await runBenchmark('migrate', plan.migrate) } : {}),
-    ...(only.has('link') ? { link: await runBenchmark('link', plan.link) } : {}),
-    ...(only.has('incus-move') ? { incusMove: await runBenchmark('incus-move', plan.incusMove) } : {}),
-    minutes: 0,
-  };
-  results.minutes = Math.round((Date.now() - started.getTime()) / 6000) / 10;
+  const results: Record<string, unknown> = { generated: started.toISOString(), quick: options.quick, machine: machine(), plan, minutes: 0 };
   const out = join(REPO, 'bench');
   mkdirSync(out, { recursive: true });
-  writeFileSync(join(out, 'results.json'), `${JSON.stringify(results, null, 2)}\n`);
-  const report = renderReport(results as Parameters<typeof renderReport>[0]);
-  for (const [name, svg] of Object.entries(report.pictures)) writeFileSync(join(out, name), svg);
-  writeFileSync(join(REPO, 'BENCHMARKS.md'), report.markdown);
-  progress(`wrote bench/results.json, ${Object.keys(report.pictures).map((name) => `bench/${name}`).join(', ')} and BENCHMARKS.md (${results.minutes} min)`);
+  // written again after each benchmark, so that one failing late loses nothing measured before it
+  const write = (): void => {
+    results['minutes'] = Math.round((Date.now() - started.getTime()) / 6000) / 10;
+    writeFileSync(join(out, 'results.json'), `${JSON.stringify(results, null, 2)}\n`);
+    const report = renderReport(results as unknown as Parameters<typeof renderReport>[0]);
+    for (const [name, svg] of Object.entries(report.pictures)) writeFileSync(join(out, name), svg);
+    writeFileSync(join(REPO, 'BENCHMARKS.md'), report.markdown);
+  };
+  for (const [name, key, args] of [['migrate', 'migrate', plan.migrate], ['link', 'link', plan.link], ['incus-move', 'incusMove', plan.incusMove]] as const) {
+    if (!only.has(name)) continue;
+    results[key] = await runBenchmark(name, args);
+    write();
+  }
+  write();
+  progress(`wrote bench/results.json, the pictures in bench/ and BENCHMARKS.md (${String(results['minutes'])} min)`);
 }
 
 main().catch((error: unknown) => {

@@ -87,6 +87,12 @@ describeOnHost('haul migrate and haul cache, as commands, between two hosts on l
 
         const finished = await cache.next(mode === 'lazy' ? 'lazy-complete' : 'restored');
         expect(finished.kind).not.toBe('failed');
+        if (mode === 'lazy') {
+          // the moment the copy stops depending on the source is said before the source's commit
+          const delivered = cache.lines.findIndex((line) => line.kind === 'pages-delivered');
+          expect(delivered).toBeGreaterThan(cache.lines.findIndex((line) => line.kind === 'restored'));
+          expect(delivered).toBeLessThan(cache.lines.indexOf(finished));
+        }
         await scene.workload.exited; // the source copy ended
         await scene.expectContinued(frozenAt); // and the same process beats on the second host
         // CRIU's log and small images stay where asked; no page data is left on the source (a lazy

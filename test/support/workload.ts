@@ -23,8 +23,11 @@ export interface WorkloadReport {
   readonly maxGapEndTick: number;
   /** CLOCK_REALTIME of the beat that ended the largest gap: when the process ran again. */
   readonly maxGapEndRealNs: bigint;
-  /** With --touch: the pages read after the first freeze (0 until that pass is done) and how long each read took. */
-  readonly touch: { readonly pages: number; readonly p50Ns: number; readonly p99Ns: number; readonly maxNs: number; readonly totalNs: number };
+  /**
+   * With --touch, once armed: the pages read after the first freeze (0 until that pass is done), how
+   * long each read took, the freeze that started the pass and when the process ran again after it.
+   */
+  readonly touch: { readonly pages: number; readonly p50Ns: number; readonly p99Ns: number; readonly maxNs: number; readonly totalNs: number; readonly freezeNs: number; readonly startedRealNs: bigint };
 }
 
 export function parseReport(text: string): WorkloadReport {
@@ -59,6 +62,8 @@ export function parseReport(text: string): WorkloadReport {
       p99Ns: Number(field('touch_p99_ns')),
       maxNs: Number(field('touch_max_ns')),
       totalNs: Number(field('touch_ns')),
+      freezeNs: Number(field('touch_freeze_ns')),
+      startedRealNs: BigInt(field('touch_started_real_ns')),
     },
   };
 }
@@ -115,8 +120,9 @@ export class LocalWorkload {
 }
 
 /** Asks whichever workload beats in `dir` (restored ones included) for a report. */
-export async function reportFrom(dir: string, sinceNs?: bigint): Promise<WorkloadReport> {
-  const { stdout } = await execFileAsync(WORKLOAD, reportArgs(dir, sinceNs));
+/** The workload's report; `armTouch`: its --touch pass may run from now on, after the next freeze. */
+export async function reportFrom(dir: string, sinceNs?: bigint, options: { readonly armTouch?: boolean } = {}): Promise<WorkloadReport> {
+  const { stdout } = await execFileAsync(WORKLOAD, [...reportArgs(dir, sinceNs), ...(options.armTouch ? ['--arm-touch'] : [])]);
   return parseReport(stdout);
 }
 

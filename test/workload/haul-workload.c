@@ -6,7 +6,7 @@
  *   haul-workload start  --dir DIR [--mib N] [--touch PERCENT]
  *                                              the same, detached into its own session; returns
  *                                              once the memory is filled, printing the pid
- *   haul-workload report --dir DIR [--since REALTIME_NS] [--timeout S]
+ *   haul-workload report --dir DIR [--since REALTIME_NS] [--timeout S] [--arm-touch]
  *                                              ask the running workload for a report (below)
  *   haul-workload checksum [--mib N]           the checksum an intact N MiB workload reports
  *
@@ -24,11 +24,14 @@
  * The memory is written once, page by page from a generator seeded by the page number, and never
  * changed, so its checksum depends on N alone and proves every page came back intact.
  *
- * With --touch, the first freeze the workload notices (beats more than 100 ms apart: a checkpoint
- * and restore) makes it read one word of PERCENT% of its pages, spread evenly, at once, and time
- * each read: after a lazy restore, that is the page-fault service time a workload sees. The beat
- * goes on between reads. The report adds touch_pages (0 until done), touch_p50_ns, touch_p99_ns,
- * touch_max_ns and touch_ns (the whole pass).
+ * With --touch, once armed (`report --arm-touch`, just before the migration, so that a stall of
+ * the machine before it does not count), the first freeze the workload notices (beats more than
+ * 50 ms apart: a checkpoint and restore) makes it read one word of PERCENT% of its pages, spread
+ * evenly, at once, and time each read: after a lazy restore, that is the page-fault service time a
+ * workload sees. The beat goes on between reads. The report adds touch_pages (0 until done),
+ * touch_p50_ns, touch_p99_ns, touch_max_ns, touch_ns (the whole pass), touch_freeze_ns (the gap
+ * that started it: the freeze alone, where max_gap_ns may be a read that waited longer) and
+ * touch_started_real_ns (CLOCK_REALTIME of the first beat after the freeze).
  */
 #define _GNU_SOURCE
 #include <errno.h>
@@ -48,7 +51,7 @@
 #define PAGE 4096
 #define BEAT_NS 10000000ULL
 #define RING (1u << 17) /* beats kept: about 21 minutes */
-#define FREEZE_NS 100000000ULL /* a gap between beats this long was a freeze */
+#define FREEZE_NS 50000000ULL /* a gap between beats this long was a freeze: 5 beats missed */
 
 struct beat { uint64_t tick, real_ns; };
 
@@ -93,16 +96,17 @@ static void die(const char *what) {
 static void usage(void) {
     fprintf(stderr,
             "usage: haul-workload run|start --dir DIR [--mib N] [--touch PERCENT]\n"
-            "       haul-workload report --dir DIR [--since REALTIME_NS] [--timeout SECONDS]\n"
+            "       haul-workload report --dir DIR [--since REALTIME_NS] [--timeout SECONDS] [--arm-touch]\n"
             "       haul-workload checksum [--mib N]\n");
     exit(2);
 }
 
-struct options { const char *dir; long mib; uint64_t since; double timeout; long touch; };
+struct options { const char *dir; long mib; uint64_t since; double timeout; long touch; int arm_touch; };
 
 static struct options parse(int argc, char **argv) {
-    struct options o = { NULL, 1, 0, 10, 0 };
+    struct options o = { NULL, 1, 0, 10, 0, 0 };
     for (int i = 2; i < argc; i++) {
+        if (!strcmp(argv[i], "--arm-touch")) { o.arm_touch = 1; continue; }
         if (i + 1 >= argc) usage();
         char *end;
         if (!strcmp(argv[i], "--dir")) o.dir = argv[++i];
@@ -158,10 +162,10 @@ static uint64_t memory_checksum(const uint64_t *mem, size_t pages) {
 }
 
 /* What the touch pass after the first freeze measured (all 0 until it is done). */
-struct touch_stats { uint64_t pages, p50_ns, p99_ns, max_ns, total_ns; };
+struct touch_stats { int armed; uint64_t pages, p50_ns, p99_ns, max_ns, total_ns, freeze_ns, started_real_ns; };
 
 static void answer_request(const char *dir, const struct options *o, const uint64_t *mem, size_t pages,
-                           const struct beat *ring, uint64_t ticks, const struct touch_stats *touch) {
+                           const struct beat *ring, uint64_t ticks, struct touch_stats *touch) {
     char path[4096], request[128] = "";
     path_in(path, sizeof path, dir, "request");
     int fd = open(path, O_RDONLY | O_CLOEXEC);
@@ -171,9 +175,10 @@ static void answer_request(const char *dir, const struct options *o, const uint6
     unlink(path);
     if (n <= 0) return;
     request[n] = 0;
-    char nonce[64] = "";
+    char nonce[64] = "", arm[8] = "";
     unsigned long long since = 0;
-    if (sscanf(request, "%63s %llu", nonce, &since) < 1) return;
+    if (sscanf(request, "%63s %llu %7s", nonce, &since, arm) < 1) return;
+    if (!strcmp(arm, "arm")) touch->armed = 1;
 
     uint64_t kept = ticks < RING ? ticks : RING, window = 0, max_gap = 0, gap_end = 0, gap_end_real = 0, prev = 0;
     for (uint64_t t = ticks - kept + 1; t <= ticks; t++) {
@@ -189,10 +194,10 @@ static void answer_request(const char *dir, const struct options *o, const uint6
              "nonce %s\npid %d\nmib %ld\nchecksum %016" PRIx64 "\ntick %" PRIu64 "\nmono_ns %" PRIu64
              "\nreal_ns %" PRIu64 "\nwindow_beats %" PRIu64 "\nmax_gap_ns %" PRIu64 "\nmax_gap_end_tick %" PRIu64
              "\nmax_gap_end_real_ns %" PRIu64 "\ntouch_pages %" PRIu64 "\ntouch_p50_ns %" PRIu64 "\ntouch_p99_ns %" PRIu64 "\ntouch_max_ns %" PRIu64
-             "\ntouch_ns %" PRIu64 "\n",
+             "\ntouch_ns %" PRIu64 "\ntouch_freeze_ns %" PRIu64 "\ntouch_started_real_ns %" PRIu64 "\n",
              nonce, getpid(), o->mib, memory_checksum(mem, pages), ticks, now_ns(CLOCK_MONOTONIC),
              now_ns(CLOCK_REALTIME), window, max_gap, gap_end, gap_end_real, touch->pages, touch->p50_ns, touch->p99_ns,
-             touch->max_ns, touch->total_ns);
+             touch->max_ns, touch->total_ns, touch->freeze_ns, touch->started_real_ns);
     write_atomically(dir, "report", text);
 }
 
@@ -255,8 +260,10 @@ static _Noreturn void run(const struct options *o, int ready_fd) {
     for (uint64_t tick = 1;; tick++) {
         beat(o->dir, ring, tick);
         uint64_t real = ring[tick % RING].real_ns;
-        if (o->touch && !touched && last_real && real - last_real > FREEZE_NS) {
+        if (o->touch && touch.armed && !touched && last_real && real - last_real > FREEZE_NS) {
             touched = 1;
+            touch.freeze_ns = real - last_real;
+            touch.started_real_ns = real;
             touch_pass(o, mem, pages, ring, &tick, &touch);
             real = ring[tick % RING].real_ns;
         }
@@ -310,7 +317,7 @@ static int start(const struct options *o) {
 static int report(const struct options *o) {
     char nonce[64], request[128], path[4096];
     snprintf(nonce, sizeof nonce, "%d-%" PRIu64, getpid(), now_ns(CLOCK_MONOTONIC));
-    snprintf(request, sizeof request, "%s %" PRIu64 "\n", nonce, o->since);
+    snprintf(request, sizeof request, "%s %" PRIu64 "%s\n", nonce, o->since, o->arm_touch ? " arm" : "");
     char tmp[4096], final[4096];
     path_in(tmp, sizeof tmp, o->dir, ".request.tmp");
     path_in(final, sizeof final, o->dir, "request");
