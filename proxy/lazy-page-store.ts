@@ -24,6 +24,8 @@ const MAX_PAGES_PER_READ = 64;
 const HELD = 1;
 const SERVED = 2;
 const SPILLED = 3;
+/** Handed over, then asked for again by CRIU, and asked of the source again: until it comes. */
+const ASKED_AGAIN = 4;
 
 /**
  * The cache's side of lazy mode: holds the pages the proxy sends (asked for, or pushed ahead) until
@@ -153,15 +155,21 @@ export class LazyPageStore implements PageSource {
     });
     for (let i = 0; i < bytes.length / PAGE_SIZE; i++) {
       const vaddr = first + BigInt(i) * page;
-      if (this.dropping || this.state.has(pid, vaddr)) continue;
+      if (!this.wanted(pid, vaddr)) continue;
       this.state.set(pid, vaddr, SPILLED);
       this.spilledAt.set(pid, vaddr, offset + i * PAGE_SIZE);
       this.arrived(pid, vaddr);
     }
   }
 
+  /** Whether a page that arrives is one the store takes: not here yet, or asked for again. */
+  private wanted(pid: number, vaddr: bigint): boolean {
+    const state = this.state.get(pid, vaddr);
+    return !this.dropping && (state === undefined || state === ASKED_AGAIN);
+  }
+
   private keep(pid: number, vaddr: bigint, bytes: Buffer): void {
-    if (this.dropping || this.state.has(pid, vaddr)) return;
+    if (!this.wanted(pid, vaddr)) return;
     this.state.set(pid, vaddr, HELD);
     let pages = this.held.get(pid);
     if (!pages) this.held.set(pid, (pages = new Map()));
@@ -180,11 +188,16 @@ export class LazyPageStore implements PageSource {
 
   async read(pid: number, vaddr: bigint, nrPages: number): Promise<{ nrPages: number; pages: AsyncIterable<Buffer> }> {
     if (this.failure) throw this.failure;
-    // pages handed over before and asked for again: forgotten, to come from the source once more
+    // pages handed over before and asked for again: to come from the source once more, saying so
+    // (the source skips pages it sent, unless told); asked for again while on the way, they are
+    // asked for again, once more
     let again = 0;
-    while (again < nrPages && this.state.get(pid, vaddr + BigInt(again) * page) === SERVED) this.state.delete(pid, vaddr + BigInt(again++) * page);
-    this.received -= again;
-    if (!this.state.has(pid, vaddr)) {
+    for (let state; again < nrPages && ((state = this.state.get(pid, vaddr + BigInt(again) * page)) === SERVED || state === ASKED_AGAIN); again++) {
+      if (state === SERVED) this.received--;
+      this.state.set(pid, vaddr + BigInt(again) * page, ASKED_AGAIN);
+    }
+    const here = (state: number | undefined): boolean => state === HELD || state === SPILLED;
+    if (!here(this.state.get(pid, vaddr))) {
       const key = `${pid}:${vaddr}`;
       const arrived = new Promise<void>((resolve) => this.waiting.set(key, [...(this.waiting.get(key) ?? []), resolve]));
       this.wakePushes(); // the page may be in the push channel, behind a full store

@@ -104,20 +104,20 @@ export async function moveLazyPages(
   let pulled = 0;
   // Pipelined: up to PIPELINE requests are out at CRIU's page server at once; answers come back
   // in order. A fault goes out ahead of every background request not yet sent.
-  const inFlight: Array<{ run: PageRun; fault: boolean; answer: Promise<{ nrPages: number; pages: AsyncIterable<Buffer> }> }> = [];
+  const inFlight: Array<{ run: PageRun; fault: boolean; again: boolean; answer: Promise<{ nrPages: number; pages: AsyncIterable<Buffer> }> }> = [];
   const asked = (pid: number, vaddr: bigint): boolean => fetched.has(pid, vaddr);
   /** The first page of `run` not asked for yet, as an offset in pages; -1 when all were. */
   const firstUnasked = (run: PageRun): number => {
     for (let i = 0; i < run.nrPages; i++) if (!asked(run.pid, run.vaddr + BigInt(i * PAGE_SIZE))) return i;
     return -1;
   };
-  const nextRun = (): (PageRun & { fault: boolean }) | undefined => {
+  const nextRun = (): (PageRun & { fault: boolean; again: boolean }) | undefined => {
     let next = faults.shift();
     // a page asked for before is on its way (pushed, or answered), unless the destination asks again
     // for pages it had: CRIU's page server keeps every page (criu/page-pipe.c page_pipe_read tees
     // them out of its pipes), so they can be sent once more
     while (next && !next.again && asked(next.run.pid, next.run.vaddr)) next = faults.shift();
-    if (next?.again) return { ...next.run, fault: true };
+    if (next?.again) return { ...next.run, fault: true, again: true };
     let run = next?.run;
     const fault = run !== undefined;
     // background pages wait while the push channel is full, so faults never queue behind them
@@ -134,7 +134,7 @@ export async function moveLazyPages(
     let count = 0;
     while (count < run.nrPages && !asked(run.pid, run.vaddr + BigInt(count * PAGE_SIZE))) count++;
     for (let i = 0; i < count; i++) fetched.set(run.pid, run.vaddr + BigInt(i * PAGE_SIZE), 1);
-    return { pid: run.pid, vaddr: run.vaddr, nrPages: count, fault };
+    return { pid: run.pid, vaddr: run.vaddr, nrPages: count, fault, again: false };
   };
   // Done when every page of every run has been asked for and every answer consumed; counting pages
   // would not do, since a fault can ask for pages outside the runs, and an answer left unread
@@ -145,7 +145,7 @@ export async function moveLazyPages(
     while (inFlight.length < PIPELINE) {
       const run = nextRun();
       if (!run) break;
-      inFlight.push({ run, fault: run.fault, answer: client.get(run.pid, run.vaddr, run.nrPages) });
+      inFlight.push({ run, fault: run.fault, again: run.again, answer: client.get(run.pid, run.vaddr, run.nrPages) });
     }
     const oldest = inFlight.shift();
     if (!oldest) {
@@ -162,12 +162,14 @@ export async function moveLazyPages(
       continue;
     }
     const answer = await oldest.answer;
-    if (answer.nrPages !== oldest.run.nrPages) {
-      // a short answer: the rest of that run is asked for again later
+    if (answer.nrPages !== oldest.run.nrPages && !oldest.again) {
+      // a short answer: the rest of that run is asked for again later (pages sent again were all
+      // sent before: the destination asks for the rest again itself)
       for (let i = answer.nrPages; i < oldest.run.nrPages; i++) fetched.delete(oldest.run.pid, oldest.run.vaddr + BigInt(i * PAGE_SIZE));
       background = 0;
     }
-    pulled += answer.nrPages;
+    // pages sent again are counted once: both sides' records say how many pages moved
+    if (!oldest.again) pulled += answer.nrPages;
     options.onPages?.(pulled);
     const run = { pid: oldest.run.pid, vaddr: oldest.run.vaddr, nrPages: answer.nrPages };
     if (oldest.fault) await writePages(answers.writable, run, answer.pages);
