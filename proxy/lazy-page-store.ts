@@ -38,10 +38,11 @@ const ASKED_AGAIN = 4;
  * soon as it is handed over. Where CRIU asks again (a task forked while its pages were on the way
  * copies its parent's list, in flight included; a copy into the task that failed, say while an
  * unmap was pending, is asked for anew), the store asks the source again, saying so, and the
- * source, whose CRIU keeps every page, sends those pages once more. The source pushes in address order, the order CRIU's background transfer
- * asks in, so pushed pages are mostly asked for soon after they arrive: they are held in memory, at
- * most `holdBytes` of them, and beyond that the push channel waits (the source then waits for
- * credit). Writing every pushed page to a file first, as the store once did, held a 1 GiB lazy
+ * source, whose CRIU keeps every page, sends those pages once more.
+ *
+ * The source pushes in address order, the order CRIU's background transfer asks in, so pushed
+ * pages are mostly asked for soon after they arrive: they are held in memory, at most `holdBytes`
+ * of them, and beyond that the push channel waits (the source then waits for credit). Writing every pushed page to a file first, as the store once did, held a 1 GiB lazy
  * migration to the disk's write rate, about 130 MB/s on the test machine.
  *
  * The source asks CRIU for every page once too, so a page CRIU wants may be in the push channel,
@@ -196,8 +197,8 @@ export class LazyPageStore implements PageSource {
       if (state === SERVED) this.received--;
       this.state.set(pid, vaddr + BigInt(again) * page, ASKED_AGAIN);
     }
-    const here = (state: number | undefined): boolean => state === HELD || state === SPILLED;
-    if (!here(this.state.get(pid, vaddr))) {
+    const first = this.state.get(pid, vaddr);
+    if (first !== HELD && first !== SPILLED) {
       const key = `${pid}:${vaddr}`;
       const arrived = new Promise<void>((resolve) => this.waiting.set(key, [...(this.waiting.get(key) ?? []), resolve]));
       this.wakePushes(); // the page may be in the push channel, behind a full store
