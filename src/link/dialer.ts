@@ -1,5 +1,6 @@
 import { randomBytes } from 'node:crypto';
 import type { IncomingMessage } from 'node:http';
+import type { Duplex } from 'node:stream';
 import type { TLSSocket } from 'node:tls';
 import { setTimeout as sleep } from 'node:timers/promises';
 import WebSocket from 'ws';
@@ -37,6 +38,8 @@ const NOT_TLS_CODES = new Set(['ERR_SSL_WRONG_VERSION_NUMBER', 'ERR_SSL_PACKET_L
 /** A connection, and the fingerprint of the certificate its peer presented (undefined without TLS). */
 interface Connection {
   readonly ws: WebSocket;
+  /** The connection under the WebSocket, as the upgrade handed it over. */
+  readonly socket: Duplex;
   readonly fingerprint: string | undefined;
 }
 
@@ -53,7 +56,9 @@ async function connectOnce(url: string, secure: { identity?: Identity; trust?: T
   return new Promise((resolve, reject) => {
     let pinningError: Error | undefined;
     let fingerprint: string | undefined;
+    let socket: Duplex | undefined;
     ws.once('upgrade', (response: IncomingMessage) => {
+      socket = response.socket;
       if (!secure.trust) return;
       fingerprint = peerFingerprint(response.socket as TLSSocket) ?? 'none';
       const trusted = secure.trust.trusts(fingerprint);
@@ -70,7 +75,7 @@ async function connectOnce(url: string, secure: { identity?: Identity; trust?: T
       ws.terminate();
       reject(new Error(`the peer refused the connection: ${response.statusCode} ${response.statusMessage ?? ''}`.trim() + (response.statusCode === 403 ? ' (it does not trust this host\'s certificate: haul trust add there)' : '')));
     });
-    ws.once('open', () => (pinningError ? reject(pinningError) : resolve({ ws, fingerprint })));
+    ws.once('open', () => (pinningError ? reject(pinningError) : socket ? resolve({ ws, socket, fingerprint }) : reject(new Error(`${url} opened without an upgrade`))));
     ws.on('error', (error) => reject(pinningError ?? explain(error, Boolean(secure.identity))));
     ws.once('close', () => reject(pinningError ?? new Error(`the connection to ${url} closed during the handshake`)));
   });
@@ -99,7 +104,7 @@ export async function dialLink(url: string, options: EndpointOptions, dial: { re
   const session = new LinkSession('dialer', randomBytes(16), !secure.identity, options.limits);
   const keepaliveMs = options.keepaliveMs ?? DEFAULT_KEEPALIVE_MS;
   // a resume must reach the same listener: the certificate this first connection presented
-  const { ws, fingerprint: pinned } = await connectOnce(url, secure, dial.peerName);
+  const { ws, socket, fingerprint: pinned } = await connectOnce(url, secure, dial.peerName);
   const reply = await handshake(ws, session, options, false);
   const problem = options.application.check(reply.application, 'dialer');
   if (problem) {
@@ -109,7 +114,7 @@ export async function dialLink(url: string, options: EndpointOptions, dial: { re
   // The transport takes the socket over now (holding whatever came behind the reply), but attaches
   // once the caller has had its turn: channels the peer opened at once are announced then, to
   // 'channel' listeners the caller added right after dialLink resolved.
-  const transport = webSocketTransport(ws, keepaliveMs);
+  const transport = webSocketTransport(ws, socket, keepaliveMs);
   setImmediate(() => session.attach(transport));
 
   const window = options.resumeWindowMs ?? DEFAULT_RESUME_WINDOW_MS;
@@ -119,7 +124,7 @@ export async function dialLink(url: string, options: EndpointOptions, dial: { re
       let lastError: Error | undefined;
       for (let delay = 50; session.isOpen && Date.now() < deadline; delay = Math.min(delay * 2, 1000)) {
         try {
-          const { ws: next, fingerprint } = await connectOnce(url, secure);
+          const { ws: next, socket: nextSocket, fingerprint } = await connectOnce(url, secure);
           if (fingerprint !== pinned) {
             next.terminate(); // before the handshake: the session id is not for another host's ears
             throw new LinkProtocolError(`${url} now presents certificate ${fingerprint}, not ${pinned} that the session began with`, { code: 'HAUL_LINK_FOREIGN_PEER' });
@@ -130,7 +135,7 @@ export async function dialLink(url: string, options: EndpointOptions, dial: { re
             throw new LinkProtocolError(`${url} answered the resume as a new session`, { code: 'HAUL_LINK_REFUSED' });
           }
           if (!session.isOpen) return next.close(1000, 'session ended');
-          session.attach(webSocketTransport(next, keepaliveMs), resumed.received);
+          session.attach(webSocketTransport(next, nextSocket, keepaliveMs), resumed.received);
           return;
         } catch (error) {
           lastError = error instanceof Error ? error : new Error(String(error));

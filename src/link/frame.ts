@@ -2,16 +2,20 @@ import { crc32 } from 'node:zlib';
 import { LinkProtocolError } from './link-errors.js';
 
 /**
- * The haul link's frame: every message on the connection is one frame, a fixed header and a payload.
+ * The haul link's frame: a fixed header and a payload.
  *
  *   0  u8  type          4  u32 channel       16 u32 payload length
  *   1  u8  channel kind  8  u64 offset        20 u32 crc32 of bytes 0..19 and the payload (or 0)
- *   2  u16 flags: bit 0 = the CRC is present
+ *   2  u16 flags: bit 0 = the CRC is present, bit 1 = the payload is the next message
  *
- * Each frame is one WebSocket message, so frames can never run into each other; the length still
- * makes a mis-sliced frame an error instead of data. The CRC guards frames on plain links; over TLS
- * every record is already authenticated, and computing it would cost nearly as much as hashing the
- * stream, so TLS links leave it out.
+ * A frame is one WebSocket message, header and payload; or, for a payload of SEPARATE_PAYLOAD_MIN
+ * bytes or more, two: the header alone with bit 1 set, then the payload alone. WebSocket messages
+ * arrive whole and in order, so frames can never run into each other, and a payload message can only
+ * be the one right after its header; the length still makes a mis-sliced frame an error instead of
+ * data. Sending a large payload as a message of its own spares the sender a copy of every page
+ * behind the header (and the fresh memory that copy needs). The CRC guards frames on plain links;
+ * over TLS every record is already authenticated, and computing it would cost nearly as much as
+ * hashing the stream, so TLS links leave it out.
  */
 export const FRAME_HEADER_SIZE = 24;
 export const MAX_FRAME_PAYLOAD = 1024 * 1024;
@@ -58,19 +62,73 @@ export interface Frame {
 export { LinkProtocolError };
 
 const CRC_PRESENT = 1;
+const PAYLOAD_FOLLOWS = 2;
 
+/** Payloads from this size on go as a message of their own (below it, copying costs less than a message). */
+export const SEPARATE_PAYLOAD_MIN = 16 * 1024;
+
+/** A frame as one message, header and payload together. */
 export function encodeFrame(frame: Frame, withCrc = true): Buffer {
-  if (frame.payload.length > MAX_FRAME_PAYLOAD) throw new LinkProtocolError(`frame payload of ${frame.payload.length} bytes`);
   const bytes = Buffer.allocUnsafe(FRAME_HEADER_SIZE + frame.payload.length);
+  writeHeader(bytes, frame, withCrc ? CRC_PRESENT : 0);
+  frame.payload.copy(bytes, FRAME_HEADER_SIZE);
+  if (withCrc) bytes.writeUInt32LE(frameCrc(bytes, frame.payload), 20);
+  return bytes;
+}
+
+/** A frame as the messages it goes in: one, or the header and then the payload (SEPARATE_PAYLOAD_MIN). */
+export function encodeFrameMessages(frame: Frame, withCrc = true): Buffer[] {
+  if (frame.payload.length < SEPARATE_PAYLOAD_MIN) return [encodeFrame(frame, withCrc)];
+  const header = Buffer.allocUnsafe(FRAME_HEADER_SIZE);
+  writeHeader(header, frame, PAYLOAD_FOLLOWS | (withCrc ? CRC_PRESENT : 0));
+  if (withCrc) header.writeUInt32LE(frameCrc(header, frame.payload), 20);
+  return [header, frame.payload];
+}
+
+function writeHeader(bytes: Buffer, frame: Frame, flags: number): void {
+  if (frame.payload.length > MAX_FRAME_PAYLOAD) throw new LinkProtocolError(`frame payload of ${frame.payload.length} bytes`);
   bytes.writeUInt8(frame.type, 0);
   bytes.writeUInt8(frame.kind, 1);
-  bytes.writeUInt16LE(withCrc ? CRC_PRESENT : 0, 2);
+  bytes.writeUInt16LE(flags, 2);
   bytes.writeUInt32LE(frame.channel, 4);
   bytes.writeBigUInt64LE(frame.offset, 8);
   bytes.writeUInt32LE(frame.payload.length, 16);
-  frame.payload.copy(bytes, FRAME_HEADER_SIZE);
-  bytes.writeUInt32LE(withCrc ? crc32(frame.payload, crc32(bytes.subarray(0, 20))) : 0, 20);
-  return bytes;
+  bytes.writeUInt32LE(0, 20);
+}
+
+function frameCrc(header: Buffer, payload: Buffer): number {
+  return crc32(payload, crc32(header.subarray(0, 20)));
+}
+
+/**
+ * Reads frames from a connection's messages in order: each message completes a frame, or is the
+ * header of one whose payload is the next message. Whatever is wrong with a message is a
+ * LinkProtocolError; the connection's frames cannot be trusted after one.
+ */
+export class FrameReader {
+  private header: Buffer | undefined;
+
+  /** `requireCrc`: a plain link's reader refuses frames without a CRC. */
+  constructor(private readonly requireCrc = true) {}
+
+  /** The frame this message completes, or undefined when it is a header whose payload comes next. */
+  read(message: Buffer): Frame | undefined {
+    const header = this.header;
+    if (header) {
+      this.header = undefined;
+      const length = header.readUInt32LE(16);
+      if (message.length !== length) throw new LinkProtocolError(`${message.length < length ? 'truncated' : 'overlong'} frame: a ${message.length}-byte payload message for a ${length}-byte payload`);
+      return checkedFrame(header, message, this.requireCrc);
+    }
+    if (message.length >= FRAME_HEADER_SIZE && message.readUInt16LE(2) & PAYLOAD_FOLLOWS) {
+      if (message.length !== FRAME_HEADER_SIZE) throw new LinkProtocolError(`a ${message.length}-byte frame header whose payload is to follow, the header alone is ${FRAME_HEADER_SIZE}`);
+      const length = message.readUInt32LE(16);
+      if (length === 0 || length > MAX_FRAME_PAYLOAD) throw new LinkProtocolError(`a frame header whose payload is to follow with a ${length}-byte payload`);
+      this.header = message;
+      return undefined;
+    }
+    return decodeFrame(message, this.requireCrc);
+  }
 }
 
 /**
@@ -84,16 +142,20 @@ export function decodeFrame(bytes: Buffer, requireCrc = true): Frame {
   if (bytes.length !== FRAME_HEADER_SIZE + length) {
     throw new LinkProtocolError(`${bytes.length < FRAME_HEADER_SIZE + length ? 'truncated' : 'overlong'} frame: ${bytes.length} bytes for a ${length}-byte payload`);
   }
-  const payload = bytes.subarray(FRAME_HEADER_SIZE);
-  const flags = bytes.readUInt16LE(2);
-  if (flags & ~CRC_PRESENT) throw new LinkProtocolError('reserved frame bits set');
+  if (bytes.readUInt16LE(2) & PAYLOAD_FOLLOWS) throw new LinkProtocolError('a frame header whose payload is to follow, read as a whole frame');
+  return checkedFrame(bytes, bytes.subarray(FRAME_HEADER_SIZE), requireCrc);
+}
+
+function checkedFrame(header: Buffer, payload: Buffer, requireCrc: boolean): Frame {
+  const flags = header.readUInt16LE(2);
+  if (flags & ~(CRC_PRESENT | PAYLOAD_FOLLOWS)) throw new LinkProtocolError('reserved frame bits set');
   if (flags & CRC_PRESENT) {
-    if (bytes.readUInt32LE(20) !== crc32(payload, crc32(bytes.subarray(0, 20)))) throw new LinkProtocolError('corrupted frame: CRC mismatch');
+    if (header.readUInt32LE(20) !== frameCrc(header, payload)) throw new LinkProtocolError('corrupted frame: CRC mismatch');
   } else if (requireCrc) {
     throw new LinkProtocolError('frame without a CRC on a link that needs one (a plain link)');
   }
-  const type = bytes.readUInt8(0);
-  const kind = bytes.readUInt8(1);
+  const type = header.readUInt8(0);
+  const kind = header.readUInt8(1);
   if (!TYPES.has(type)) throw new LinkProtocolError(`unknown frame type 0x${type.toString(16)}`);
-  return { type: type as FrameTypeCode, kind, channel: bytes.readUInt32LE(4), offset: bytes.readBigUInt64LE(8), payload };
+  return { type: type as FrameTypeCode, kind, channel: header.readUInt32LE(4), offset: header.readBigUInt64LE(8), payload };
 }

@@ -7,8 +7,9 @@ import { Messages, type Hello, type HelloReply } from './messages.js';
  * 2: a channel opens with INITIAL_CHANNEL_WINDOW of credit, not CHANNEL_WINDOW; a version-1 sender
  * would overrun it. 3: the handshake carries the application's hello as opaque bytes (checked by
  * its own callback), and the migration's messages moved with it (proxy/wire/migration.proto).
+ * 4: a large payload goes as a message of its own behind its header (frame.ts).
  */
-export const PROTOCOL_VERSION = 3;
+export const PROTOCOL_VERSION = 4;
 
 export function helloFrame(hello: Hello): Buffer {
   return encodeFrame({ type: FrameType.HELLO, kind: 0, channel: 0, offset: 0n, payload: Messages.hello.encode(hello) });

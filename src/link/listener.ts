@@ -1,6 +1,7 @@
 import { EventEmitter } from 'node:events';
 import { createServer as createHttpServer, type IncomingMessage, type Server, type ServerResponse } from 'node:http';
 import { createServer as createHttpsServer } from 'node:https';
+import type { Socket } from 'node:net';
 import type { TLSSocket } from 'node:tls';
 import { WebSocketServer, type WebSocket } from 'ws';
 import { DEFAULT_KEEPALIVE_MS, DEFAULT_RESUME_WINDOW_MS, HANDSHAKE_TIMEOUT_MS, requireSecurity, type EndpointOptions } from './endpoint-options.js';
@@ -117,7 +118,7 @@ export class LinkListener extends EventEmitter<ListenerEvents> {
       // and the transport hear): unheard, it would end the process before any handshake
       ws.on('error', () => {});
       const fingerprint = identity ? peerFingerprint(request.socket as TLSSocket) : undefined;
-      listener.accept(ws, fingerprint, request.socket.remoteAddress).catch((error: unknown) => {
+      listener.accept(ws, request.socket, fingerprint).catch((error: unknown) => {
         ws.terminate();
         listener.emit('refused', error instanceof Error ? error : new Error(String(error)));
       });
@@ -125,7 +126,7 @@ export class LinkListener extends EventEmitter<ListenerEvents> {
     return listener;
   }
 
-  private async accept(ws: WebSocket, fingerprint: string | undefined, remoteAddress: string | undefined): Promise<void> {
+  private async accept(ws: WebSocket, socket: Socket, fingerprint: string | undefined): Promise<void> {
     const refuse = (reason: string, code: LinkProtocolCode = 'HAUL_LINK_PROTOCOL'): void => {
       ws.send(helloReplyFrame({ protocol_version: PROTOCOL_VERSION, resumed: false, application: Buffer.from(this.options.application.hello), received: [], refusal: reason }), () => ws.close(1008, 'refused'));
       this.emit('refused', new LinkProtocolError(reason, { code }));
@@ -148,11 +149,11 @@ export class LinkListener extends EventEmitter<ListenerEvents> {
 
     const entry = known ?? { session: new LinkSession('listener', hello.session_id, !this.options.identity || Boolean(this.options.insecure), this.options.limits), fingerprint };
     if (!known) this.track(key, entry);
-    const transport = webSocketTransport(ws, this.options.keepaliveMs ?? DEFAULT_KEEPALIVE_MS);
+    const transport = webSocketTransport(ws, socket, this.options.keepaliveMs ?? DEFAULT_KEEPALIVE_MS);
     const reply = { protocol_version: PROTOCOL_VERSION, resumed: Boolean(known), application: Buffer.from(this.options.application.hello), received: entry.session.progress(), refusal: '' };
     ws.send(helloReplyFrame(reply));
     entry.session.attach(transport, known ? hello.received : undefined);
-    if (!known) this.emit('session', entry.session, hello.application, remoteAddress);
+    if (!known) this.emit('session', entry.session, hello.application, socket.remoteAddress);
   }
 
   // Keeps a session for resumption while it is detached, for at most the resume window.

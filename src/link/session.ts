@@ -1,5 +1,5 @@
 import { EventEmitter } from 'node:events';
-import { FrameType, decodeFrame, encodeFrame, type ChannelKindCode, type Frame } from './frame.js';
+import { FrameReader, FrameType, encodeFrameMessages, type ChannelKindCode, type Frame } from './frame.js';
 import { ChannelPriority, IncomingChannel, OutgoingChannel, WindowPool, type ChannelCredit } from './channels.js';
 
 const PRIORITIES = Object.values(ChannelPriority);
@@ -71,10 +71,19 @@ export function resolveLinkLimits(limits: Partial<LinkLimits> = {}): LinkLimits 
   return resolved;
 }
 
-/** One connection's worth of frame exchange; the session outlives it when the link resumes. */
+/**
+ * One connection's worth of message exchange; the session outlives it when the link resumes. It
+ * carries messages whole and in order, and a frame is one message or two (frame.ts).
+ */
 export interface FrameTransport {
-  send(frame: Buffer, done: (error?: Error) => void): void;
-  /** Frames and the end of the connection go to these once the session attaches. */
+  send(message: Buffer, done: (error?: Error) => void): void;
+  /**
+   * Runs `sends` with what they send gathered into one write to the connection, where it can: a
+   * frame's header and payload, and every frame one turn of the pump sends, cost one system call
+   * and one loopback segment train instead of one per message.
+   */
+  batch?(sends: () => void): void;
+  /** Messages and the end of the connection go to these once the session attaches. */
   deliverTo(handlers: { frame(bytes: Buffer): void; closed(reason: string): void }): void;
   close(reason: string): void;
 }
@@ -189,8 +198,9 @@ export class LinkSession extends EventEmitter<SessionEvents> {
     this.transport = transport;
     this.attachCount++;
     this.inFlight = 0;
+    const reader = new FrameReader(this.frameCrc);
     transport.deliverTo({
-      frame: (bytes) => this.receive(bytes, transport),
+      frame: (bytes) => this.receive(reader, bytes, transport),
       closed: (reason) => {
         if (this.transport !== transport) return;
         this.transport = undefined;
@@ -247,7 +257,8 @@ export class LinkSession extends EventEmitter<SessionEvents> {
     if (transport) {
       const closeTransport = (): void => transport.close(state === 'closed' ? 'session closed' : 'session aborted');
       try {
-        transport.send(encodeFrame(frame, this.frameCrc), closeTransport);
+        const messages = encodeFrameMessages(frame, this.frameCrc);
+        messages.forEach((message, i) => transport.send(message, i === messages.length - 1 ? closeTransport : ignoreSent));
       } catch {
         closeTransport(); // a broken transport: the peer learns from the connection's end
       }
@@ -262,10 +273,11 @@ export class LinkSession extends EventEmitter<SessionEvents> {
     for (const channel of this.outgoing.values()) if (!channel.endSent) channel.writable.destroy(error ?? new Error('the session closed'));
   }
 
-  private receive(bytes: Buffer, from: FrameTransport): void {
+  private receive(reader: FrameReader, bytes: Buffer, from: FrameTransport): void {
     if (from !== this.transport || this.state !== 'open') return;
     try {
-      this.handle(decodeFrame(bytes, this.frameCrc));
+      const frame = reader.read(bytes);
+      if (frame) this.handle(frame);
     } catch (error) {
       this.fail(error);
     }
@@ -368,16 +380,26 @@ export class LinkSession extends EventEmitter<SessionEvents> {
 
   private pumpFrames(): void {
     const transport = this.transport;
-    while (transport && this.transport === transport && this.inFlight < MAX_IN_FLIGHT) {
+    if (!transport) return;
+    if (transport.batch) transport.batch(() => this.sendFrames(transport));
+    else this.sendFrames(transport);
+  }
+
+  private sendFrames(transport: FrameTransport): void {
+    while (this.transport === transport && this.inFlight < MAX_IN_FLIGHT) {
       const frame = this.control.shift() ?? this.nextChannelFrame();
       if (!frame) return;
-      const bytes = encodeFrame(frame, this.frameCrc);
-      this.inFlight += bytes.length;
-      transport.send(bytes, () => {
-        if (this.transport !== transport) return;
-        this.inFlight -= bytes.length;
-        this.schedulePump();
-      });
+      const messages = encodeFrameMessages(frame, this.frameCrc);
+      const bytes = messages.reduce((sum, message) => sum + message.length, 0);
+      this.inFlight += bytes;
+      // a frame's messages go out back to back; the last one's callback says the frame has gone
+      messages.forEach((message, i) =>
+        transport.send(message, i < messages.length - 1 ? ignoreSent : () => {
+          if (this.transport !== transport) return;
+          this.inFlight -= bytes;
+          this.schedulePump();
+        }),
+      );
     }
   }
 
@@ -397,6 +419,9 @@ export class LinkSession extends EventEmitter<SessionEvents> {
     return undefined;
   }
 }
+
+/** A frame's header message: its payload's callback carries what became of the frame. */
+function ignoreSent(): void {}
 
 function creditFrame(channel: number, acked: bigint, limit: bigint): Frame {
   const payload = Buffer.alloc(8);

@@ -1,12 +1,14 @@
+import type { Duplex } from 'node:stream';
 import type WebSocket from 'ws';
 import type { FrameTransport } from './session.js';
 
 /**
  * A WebSocket as the link's frame transport: one frame per binary message. A keepalive ping goes
  * out every `keepaliveMs`; a peer that answers nothing for three of them is taken for dead and the
- * connection dropped, which lets the session resume on a new one.
+ * connection dropped, which lets the session resume on a new one. `socket`: the connection under
+ * the WebSocket (the upgrade's), corked while the session sends a batch.
  */
-export function webSocketTransport(ws: WebSocket, keepaliveMs: number): FrameTransport {
+export function webSocketTransport(ws: WebSocket, socket: Duplex, keepaliveMs: number): FrameTransport {
   let handlers: { frame(bytes: Buffer): void; closed(reason: string): void } | undefined;
   const early: Buffer[] = [];
   let closedReason: string | undefined;
@@ -43,6 +45,15 @@ export function webSocketTransport(ws: WebSocket, keepaliveMs: number): FrameTra
     send(frame, done) {
       if (ws.readyState !== ws.OPEN) return done(new Error('connection closed'));
       ws.send(frame, { binary: true }, (error) => done(error ?? undefined));
+    },
+    batch(sends) {
+      // ws writes each message as its own corked write; corking around them all makes one writev
+      socket.cork();
+      try {
+        sends();
+      } finally {
+        socket.uncork();
+      }
     },
     deliverTo(h) {
       handlers = h;

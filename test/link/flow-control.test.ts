@@ -2,7 +2,7 @@ import { randomBytes } from 'node:crypto';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { describe, expect, it } from 'vitest';
 import type { IncomingChannel } from '../../src/link/channels.js';
-import { FrameType, decodeFrame, encodeFrame, type Frame } from '../../src/link/frame.js';
+import { FrameReader, FrameType, encodeFrame, type Frame } from '../../src/link/frame.js';
 import type { LinkAbortedError } from '../../src/link/link-errors.js';
 import { Messages } from '../../src/link/messages.js';
 import { CHANNEL_WINDOW, INITIAL_CHANNEL_WINDOW, LinkSession, type FrameTransport, type LinkLimits } from '../../src/link/session.js';
@@ -186,7 +186,7 @@ describe('flow control: a receiver holds no more than it granted, and an honest 
       const pair = memoryTransportPair();
       session.attach(pair.b);
       const back: Frame[] = [];
-      pair.a.deliverTo({ frame: (bytes) => back.push(decodeFrame(bytes)), closed: () => {} });
+      pair.a.deliverTo({ frame: readFrames(back), closed: () => {} });
       return { session, back, send: (frame) => pair.a.send(encodeFrame(frame), () => {}) };
     }
     const pagesFrame = (type: Frame['type'], channel: number, offset: bigint, payload: Buffer): Frame => ({ type, kind: ChannelKind.PAGES, channel, offset, payload });
@@ -223,3 +223,12 @@ describe('flow control: a receiver holds no more than it granted, and an honest 
     });
   });
 });
+
+/** Collects the frames a session sends, from its messages. */
+function readFrames(into: Frame[]): (message: Buffer) => void {
+  const reader = new FrameReader();
+  return (message) => {
+    const frame = reader.read(message);
+    if (frame) into.push(frame);
+  };
+}

@@ -1,5 +1,5 @@
 import { describe, expect, it } from 'vitest';
-import { FRAME_HEADER_SIZE, FrameType, LinkProtocolError, MAX_FRAME_PAYLOAD, decodeFrame, encodeFrame, type Frame } from '../../src/link/frame.js';
+import { FRAME_HEADER_SIZE, FrameReader, FrameType, LinkProtocolError, MAX_FRAME_PAYLOAD, SEPARATE_PAYLOAD_MIN, decodeFrame, encodeFrame, encodeFrameMessages, type Frame } from '../../src/link/frame.js';
 import { ChannelKind } from '../../proxy/wire/index.js';
 
 const frame: Frame = { type: FrameType.DATA, kind: ChannelKind.PAGES, channel: 7, offset: 123456789012n, payload: Buffer.from('pages') };
@@ -37,5 +37,58 @@ describe('link frames', () => {
     expect(() => decodeFrame(flipped)).toThrow(LinkProtocolError);
     expect(() => decodeFrame(flipped)).toThrow(/corrupted frame: CRC mismatch/);
     expect(() => encodeFrame({ ...frame, payload: Buffer.alloc(MAX_FRAME_PAYLOAD + 1) })).toThrow(/frame payload/);
+  });
+
+  describe('with a large payload', () => {
+    const large: Frame = { ...frame, payload: Buffer.alloc(SEPARATE_PAYLOAD_MIN, 7) };
+
+    it('go as the header and then the payload itself, which is not copied, and read back as one frame', () => {
+      const messages = encodeFrameMessages(large);
+      expect(messages).toHaveLength(2);
+      expect(messages[0]!.length).toBe(FRAME_HEADER_SIZE);
+      expect(messages[1]).toBe(large.payload);
+      const reader = new FrameReader();
+      expect(reader.read(messages[0]!)).toBeUndefined();
+      expect(reader.read(messages[1]!)).toEqual(large);
+      // and the reader goes on with the next frame, in one message
+      expect(reader.read(encodeFrame(frame))).toEqual(frame);
+      expect(encodeFrameMessages(frame)).toEqual([encodeFrame(frame)]);
+    });
+
+    it('refuse a payload message of another length, a damaged one, and a header read as a whole frame', () => {
+      const [header, payload] = encodeFrameMessages(large) as [Buffer, Buffer];
+      expect(() => {
+        const reader = new FrameReader();
+        reader.read(header);
+        reader.read(payload.subarray(1));
+      }).toThrow(/truncated frame: a 16383-byte payload message for a 16384-byte payload/);
+      expect(() => {
+        const reader = new FrameReader();
+        reader.read(header);
+        reader.read(Buffer.concat([payload, Buffer.from([0])]));
+      }).toThrow(/overlong frame/);
+      expect(() => {
+        const reader = new FrameReader();
+        reader.read(header);
+        const flipped = Buffer.from(payload);
+        flipped[100]! ^= 1;
+        reader.read(flipped);
+      }).toThrow(/corrupted frame: CRC mismatch/);
+      expect(() => decodeFrame(header)).toThrow(/truncated frame/);
+      expect(() => new FrameReader().read(Buffer.concat([header, Buffer.alloc(4)]))).toThrow(/whose payload is to follow/);
+      const empty = Buffer.from(header);
+      empty.writeUInt32LE(0, 16);
+      expect(() => new FrameReader().read(empty)).toThrow(/with a 0-byte payload/);
+    });
+
+    it('leave the CRC out on a TLS link alike', () => {
+      const messages = encodeFrameMessages(large, false);
+      const reader = new FrameReader(false);
+      reader.read(messages[0]!);
+      expect(reader.read(messages[1]!)).toEqual(large);
+      const strict = new FrameReader(true);
+      strict.read(messages[0]!);
+      expect(() => strict.read(messages[1]!)).toThrow(/without a CRC/);
+    });
   });
 });

@@ -2,7 +2,7 @@ import { randomBytes } from 'node:crypto';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { describe, expect, it } from 'vitest';
 import type { IncomingChannel } from '../../src/link/channels.js';
-import { FrameType, decodeFrame, encodeFrame, type Frame } from '../../src/link/frame.js';
+import { FrameReader, FrameType, encodeFrame, type Frame } from '../../src/link/frame.js';
 import { LinkLimitError, LinkLimitsError, type LinkAbortedError } from '../../src/link/link-errors.js';
 import { LinkListener } from '../../src/link/listener.js';
 import { CHANNEL_WINDOW, DEFAULT_LINK_LIMITS, INITIAL_CHANNEL_WINDOW, LinkSession, type LinkLimits } from '../../src/link/session.js';
@@ -156,7 +156,7 @@ describe('a session caps what its peer can make it hold', () => {
       const pair = memoryTransportPair();
       session.attach(pair.a);
       const frames: Frame[] = [];
-      pair.b.deliverTo({ frame: (bytes) => frames.push(decodeFrame(bytes)), closed: () => {} });
+      pair.b.deliverTo({ frame: readFrames(frames), closed: () => {} });
       return { session, frames, send: (frame) => pair.b.send(encodeFrame(frame), () => {}) };
     }
     const credit = (channel: number, acked: bigint, limit: bigint): Frame => {
@@ -199,3 +199,12 @@ describe('a session caps what its peer can make it hold', () => {
     });
   });
 });
+
+/** Collects the frames a session sends, from its messages. */
+function readFrames(into: Frame[]): (message: Buffer) => void {
+  const reader = new FrameReader();
+  return (message) => {
+    const frame = reader.read(message);
+    if (frame) into.push(frame);
+  };
+}

@@ -1,7 +1,7 @@
 import { randomBytes } from 'node:crypto';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { describe, expect, it } from 'vitest';
-import { FrameType, decodeFrame } from '../../src/link/frame.js';
+import { FrameReader, FrameType } from '../../src/link/frame.js';
 import { LinkSession } from '../../src/link/session.js';
 import { memoryTransportPair } from '../support/memory-link.js';
 import { seededRandom } from '../support/seeded-random.js';
@@ -40,9 +40,10 @@ describe('the link session', () => {
     listener.on('channel', (channel) => channel.readable.resume());
     const wire: Array<{ channel: number; type: number }> = [];
     const send = pair.a.send.bind(pair.a);
+    const reader = new FrameReader();
     pair.a.send = (bytes, done) => {
-      const frame = decodeFrame(bytes);
-      wire.push({ channel: frame.channel, type: frame.type });
+      const frame = reader.read(bytes);
+      if (frame) wire.push({ channel: frame.channel, type: frame.type });
       send(bytes, done);
     };
     // eight bulk channels keep the connection busy
