@@ -3,10 +3,8 @@ import type { Writable } from 'node:stream';
 import { type PageSource, PAGE_SIZE } from '../src/criu/index.js';
 import { type LinkSession } from '../src/link/index.js';
 import { LAZY_PUSH_CHANNEL, readPages, writePageRequest, type PageRun } from './lazy-wire.js';
-import { PageTable } from './page-table.js';
+import { PageTable, pageOf } from './page-table.js';
 import { ChannelKind, openChannel } from './wire/index.js';
-
-const page = BigInt(PAGE_SIZE);
 
 /**
  * Pushed pages the store holds in memory, not yet asked for by `criu lazy-pages`, before it stops
@@ -55,7 +53,7 @@ export class LazyPageStore implements PageSource {
   private readonly state = new PageTable();
   private readonly held = new Map<number, Map<number, Buffer>>(); // by pid, then page number
   private heldBytes = 0;
-  private readonly waiting = new Map<string, Array<() => void>>(); // by "pid:vaddr": few, faults only
+  private readonly waiting = new Map<string, Array<() => void>>(); // by "pid:page number": few, faults only
   private readonly asked = new PageTable();
   private roomWaiters: Array<() => void> = [];
   private spill: FileHandle | undefined;
@@ -101,6 +99,7 @@ export class LazyPageStore implements PageSource {
    * ones are read and dropped.
    */
   async add(run: PageRun, pages: AsyncIterable<Buffer>, options: { readonly pushed?: boolean } = {}): Promise<void> {
+    const firstPage = pageOf(run.vaddr);
     let index = 0;
     let partial: Buffer | undefined;
     let partialFill = 0;
@@ -125,10 +124,10 @@ export class LazyPageStore implements PageSource {
       }
       const spill = options.pushed ? await this.roomOrSpill() : false;
       for (const bytes of whole) {
-        const first = run.vaddr + BigInt(index) * page;
+        const first = firstPage + index;
         index += bytes.length / PAGE_SIZE;
         if (spill) await this.spillPages(run.pid, first, bytes);
-        else for (let i = 0; i < bytes.length; i += PAGE_SIZE) this.keep(run.pid, first + BigInt(i / PAGE_SIZE) * page, bytes.subarray(i, i + PAGE_SIZE));
+        else for (let i = 0; i < bytes.length / PAGE_SIZE; i++) this.keep(run.pid, first + i, bytes.subarray(i * PAGE_SIZE, (i + 1) * PAGE_SIZE));
       }
     }
   }
@@ -142,7 +141,7 @@ export class LazyPageStore implements PageSource {
     }
   }
 
-  private async spillPages(pid: number, first: bigint, bytes: Buffer): Promise<void> {
+  private async spillPages(pid: number, first: number, bytes: Buffer): Promise<void> {
     if (this.dropping) return;
     if (!this.spill) {
       const file = await open(this.spillPath, 'wx+', 0o600);
@@ -155,34 +154,33 @@ export class LazyPageStore implements PageSource {
       if (!this.dropping) throw error; // closed while writing: the migration ended meanwhile
     });
     for (let i = 0; i < bytes.length / PAGE_SIZE; i++) {
-      const vaddr = first + BigInt(i) * page;
-      if (!this.wanted(pid, vaddr)) continue;
-      this.state.set(pid, vaddr, SPILLED);
-      this.spilledAt.set(pid, vaddr, offset + i * PAGE_SIZE);
-      this.arrived(pid, vaddr);
+      if (!this.wanted(pid, first + i)) continue;
+      this.state.setPage(pid, first + i, SPILLED);
+      this.spilledAt.setPage(pid, first + i, offset + i * PAGE_SIZE);
+      this.arrived(pid, first + i);
     }
   }
 
   /** Whether a page that arrives is one the store takes: not here yet, or asked for again. */
-  private wanted(pid: number, vaddr: bigint): boolean {
-    const state = this.state.get(pid, vaddr);
+  private wanted(pid: number, pageNumber: number): boolean {
+    const state = this.state.getPage(pid, pageNumber);
     return !this.dropping && (state === undefined || state === ASKED_AGAIN);
   }
 
-  private keep(pid: number, vaddr: bigint, bytes: Buffer): void {
-    if (!this.wanted(pid, vaddr)) return;
-    this.state.set(pid, vaddr, HELD);
+  private keep(pid: number, pageNumber: number, bytes: Buffer): void {
+    if (!this.wanted(pid, pageNumber)) return;
+    this.state.setPage(pid, pageNumber, HELD);
     let pages = this.held.get(pid);
     if (!pages) this.held.set(pid, (pages = new Map()));
-    pages.set(pageNumber(vaddr), bytes);
+    pages.set(pageNumber, bytes);
     this.heldBytes += PAGE_SIZE;
-    this.arrived(pid, vaddr);
+    this.arrived(pid, pageNumber);
   }
 
-  private arrived(pid: number, vaddr: bigint): void {
+  private arrived(pid: number, pageNumber: number): void {
     this.received++;
     if (this.waiting.size === 0) return;
-    const key = `${pid}:${vaddr}`;
+    const key = `${pid}:${pageNumber}`;
     this.waiting.get(key)?.forEach((wake) => wake());
     this.waiting.delete(key);
   }
@@ -192,19 +190,20 @@ export class LazyPageStore implements PageSource {
     // pages handed over before and asked for again: to come from the source once more, saying so
     // (the source skips pages it sent, unless told); asked for again while on the way, they are
     // asked for again, once more
+    const firstPage = pageOf(vaddr);
     let again = 0;
-    for (let state; again < nrPages && ((state = this.state.get(pid, vaddr + BigInt(again) * page)) === SERVED || state === ASKED_AGAIN); again++) {
+    for (let state; again < nrPages && ((state = this.state.getPage(pid, firstPage + again)) === SERVED || state === ASKED_AGAIN); again++) {
       if (state === SERVED) this.received--;
-      this.state.set(pid, vaddr + BigInt(again) * page, ASKED_AGAIN);
+      this.state.setPage(pid, firstPage + again, ASKED_AGAIN);
     }
-    const first = this.state.get(pid, vaddr);
+    const first = this.state.getPage(pid, firstPage);
     if (first !== HELD && first !== SPILLED) {
-      const key = `${pid}:${vaddr}`;
+      const key = `${pid}:${firstPage}`;
       const arrived = new Promise<void>((resolve) => this.waiting.set(key, [...(this.waiting.get(key) ?? []), resolve]));
       this.wakePushes(); // the page may be in the push channel, behind a full store
       if (again > 0) await writePageRequest(this.requests, { pid, vaddr, nrPages: again }, { again: true });
-      else if (!this.asked.has(pid, vaddr)) {
-        this.asked.set(pid, vaddr, 1);
+      else if (this.asked.getPage(pid, firstPage) === undefined) {
+        this.asked.setPage(pid, firstPage, 1);
         await writePageRequest(this.requests, { pid, vaddr, nrPages });
       }
       await Promise.race([arrived, this.failed]);
@@ -214,27 +213,37 @@ export class LazyPageStore implements PageSource {
     // they lie next to each other in one chunk of the link, so CRIU's socket gets few large writes
     const pages = this.held.get(pid);
     const taken: Array<Buffer | { readonly offset: number; readonly length: number }> = [];
+    // the held pages being joined: where they lie, as numbers until the run breaks (a Buffer per
+    // page joined was an allocation per page)
+    let joined: { buffer: ArrayBufferLike; byteOffset: number; length: number } | undefined;
+    const endJoined = (): void => {
+      if (joined) taken.push(Buffer.from(joined.buffer, joined.byteOffset, joined.length));
+      joined = undefined;
+    };
     let count = 0;
     for (; count < nrPages; count++) {
-      const at = vaddr + BigInt(count) * page;
-      const state = this.state.get(pid, at);
+      const at = firstPage + count;
+      const state = this.state.getPage(pid, at);
       if (state === SPILLED) {
-        const offset = this.spilledAt.get(pid, at)!;
-        this.spilledAt.delete(pid, at);
+        endJoined();
+        const offset = this.spilledAt.getPage(pid, at)!;
+        this.spilledAt.deletePage(pid, at);
         const last = taken[taken.length - 1];
         if (last && !Buffer.isBuffer(last) && last.offset + last.length === offset && last.length < MAX_PAGES_PER_READ * PAGE_SIZE) taken[taken.length - 1] = { offset: last.offset, length: last.length + PAGE_SIZE };
         else taken.push({ offset, length: PAGE_SIZE });
       } else if (state === HELD) {
-        const number = pageNumber(at);
-        const bytes = pages!.get(number)!;
-        pages!.delete(number);
+        const bytes = pages!.get(at)!;
+        pages!.delete(at);
         this.heldBytes -= PAGE_SIZE;
-        const last = taken[taken.length - 1];
-        if (last && Buffer.isBuffer(last) && last.buffer === bytes.buffer && last.byteOffset + last.length === bytes.byteOffset) taken[taken.length - 1] = Buffer.from(last.buffer, last.byteOffset, last.length + bytes.length);
-        else taken.push(bytes);
+        if (joined && joined.buffer === bytes.buffer && joined.byteOffset + joined.length === bytes.byteOffset) joined.length += bytes.length;
+        else {
+          endJoined();
+          joined = { buffer: bytes.buffer, byteOffset: bytes.byteOffset, length: bytes.length };
+        }
       } else break;
-      this.state.set(pid, at, SERVED);
+      this.state.setPage(pid, at, SERVED);
     }
+    endJoined();
     this.makeRoom();
     return { nrPages: count, pages: this.bytesOf(taken) };
   }
@@ -288,9 +297,4 @@ export class LazyPageStore implements PageSource {
     this.spill = undefined;
     await spill?.close();
   }
-}
-
-function pageNumber(vaddr: bigint): number {
-  // page numbers of user addresses stay below 2^53 (47- or 56-bit address spaces): exact as numbers
-  return Number(vaddr / page);
 }

@@ -4,7 +4,7 @@ import type { Readable } from 'node:stream';
 import { type LazyPagesClient, PAGE_SIZE } from '../src/criu/index.js';
 import { type LinkSession } from '../src/link/index.js';
 import { LAZY_PUSH_CHANNEL, readPageRequests, writePages, type PageRun } from './lazy-wire.js';
-import { PageTable } from './page-table.js';
+import { PageTable, pageOf } from './page-table.js';
 import { ChannelKind, openChannel } from './wire/index.js';
 
 /** Pages pushed ahead per request to CRIU's page server, and requests out at once. */
@@ -105,10 +105,12 @@ export async function moveLazyPages(
   // Pipelined: up to PIPELINE requests are out at CRIU's page server at once; answers come back
   // in order. A fault goes out ahead of every background request not yet sent.
   const inFlight: Array<{ run: PageRun; fault: boolean; again: boolean; answer: Promise<{ nrPages: number; pages: AsyncIterable<Buffer> }> }> = [];
-  const asked = (pid: number, vaddr: bigint): boolean => fetched.has(pid, vaddr);
+  // by page number: a loop over a run's pages allocates nothing
+  const asked = (pid: number, page: number): boolean => fetched.getPage(pid, page) !== undefined;
   /** The first page of `run` not asked for yet, as an offset in pages; -1 when all were. */
   const firstUnasked = (run: PageRun): number => {
-    for (let i = 0; i < run.nrPages; i++) if (!asked(run.pid, run.vaddr + BigInt(i * PAGE_SIZE))) return i;
+    const first = pageOf(run.vaddr);
+    for (let i = 0; i < run.nrPages; i++) if (!asked(run.pid, first + i)) return i;
     return -1;
   };
   const nextRun = (): (PageRun & { fault: boolean; again: boolean }) | undefined => {
@@ -116,7 +118,7 @@ export async function moveLazyPages(
     // a page asked for before is on its way (pushed, or answered), unless the destination asks again
     // for pages it had: CRIU's page server keeps every page (criu/page-pipe.c page_pipe_read tees
     // them out of its pipes), so they can be sent once more
-    while (next && !next.again && asked(next.run.pid, next.run.vaddr)) next = faults.shift();
+    while (next && !next.again && asked(next.run.pid, pageOf(next.run.vaddr))) next = faults.shift();
     if (next?.again) return { ...next.run, fault: true, again: true };
     let run = next?.run;
     const fault = run !== undefined;
@@ -131,9 +133,10 @@ export async function moveLazyPages(
     }
     if (!run) return undefined;
     // ask only for pages not asked for yet, from the first one on, and count them asked now
+    const first = pageOf(run.vaddr);
     let count = 0;
-    while (count < run.nrPages && !asked(run.pid, run.vaddr + BigInt(count * PAGE_SIZE))) count++;
-    for (let i = 0; i < count; i++) fetched.set(run.pid, run.vaddr + BigInt(i * PAGE_SIZE), 1);
+    while (count < run.nrPages && !asked(run.pid, first + count)) count++;
+    for (let i = 0; i < count; i++) fetched.setPage(run.pid, first + i, 1);
     return { pid: run.pid, vaddr: run.vaddr, nrPages: count, fault, again: false };
   };
   // Done when every page of every run has been asked for and every answer consumed; counting pages
@@ -165,7 +168,8 @@ export async function moveLazyPages(
     if (answer.nrPages !== oldest.run.nrPages && !oldest.again) {
       // a short answer: the rest of that run is asked for again later (pages sent again were all
       // sent before: the destination asks for the rest again itself)
-      for (let i = answer.nrPages; i < oldest.run.nrPages; i++) fetched.delete(oldest.run.pid, oldest.run.vaddr + BigInt(i * PAGE_SIZE));
+      const first = pageOf(oldest.run.vaddr);
+      for (let i = answer.nrPages; i < oldest.run.nrPages; i++) fetched.deletePage(oldest.run.pid, first + i);
       background = 0;
     }
     // pages sent again are counted once: both sides' records say how many pages moved

@@ -20,36 +20,55 @@ export class PageTable {
   }
 
   get(pid: number, vaddr: bigint): number | undefined {
-    const { block, slot } = this.locate(pid, vaddr, false);
-    const value = block?.[slot];
-    return value === undefined || Number.isNaN(value) ? undefined : value;
+    return this.getPage(pid, pageOf(vaddr));
   }
 
   has(pid: number, vaddr: bigint): boolean {
-    return this.get(pid, vaddr) !== undefined;
+    return this.getPage(pid, pageOf(vaddr)) !== undefined;
   }
 
   set(pid: number, vaddr: bigint, value: number): void {
-    const { block, slot } = this.locate(pid, vaddr, true);
-    if (Number.isNaN(block![slot]!)) this.count++;
-    block![slot] = value;
+    this.setPage(pid, pageOf(vaddr), value);
   }
 
   delete(pid: number, vaddr: bigint): void {
-    const { block, slot } = this.locate(pid, vaddr, false);
+    this.deletePage(pid, pageOf(vaddr));
+  }
+
+  // By page number (the address over PAGE_SIZE), for loops over runs of pages: they count pages
+  // as numbers, where an address per page would be a BigInt allocated per page.
+
+  getPage(pid: number, page: number): number | undefined {
+    const value = this.block(pid, page, false)?.[page % BLOCK_PAGES];
+    return value === undefined || Number.isNaN(value) ? undefined : value;
+  }
+
+  setPage(pid: number, page: number, value: number): void {
+    const block = this.block(pid, page, true)!;
+    const slot = page % BLOCK_PAGES;
+    if (Number.isNaN(block[slot]!)) this.count++;
+    block[slot] = value;
+  }
+
+  deletePage(pid: number, page: number): void {
+    const block = this.block(pid, page, false);
+    const slot = page % BLOCK_PAGES;
     if (!block || Number.isNaN(block[slot]!)) return;
     block[slot] = NaN;
     this.count--;
   }
 
-  private locate(pid: number, vaddr: bigint, create: boolean): { block: Float64Array | undefined; slot: number } {
-    // page numbers of user addresses stay below 2^53 (47- or 56-bit address spaces): exact as numbers
-    const page = Number(vaddr / PAGE);
+  private block(pid: number, page: number, create: boolean): Float64Array | undefined {
     const key = Math.floor(page / BLOCK_PAGES);
     let blocks = this.blocks.get(pid);
     if (!blocks && create) this.blocks.set(pid, (blocks = new Map()));
     let block = blocks?.get(key);
     if (!block && create) blocks!.set(key, (block = new Float64Array(BLOCK_PAGES).fill(NaN)));
-    return { block, slot: page % BLOCK_PAGES };
+    return block;
   }
+}
+
+/** The page number of an address: user addresses' stay below 2^53 (47- or 56-bit address spaces), exact as numbers. */
+export function pageOf(vaddr: bigint): number {
+  return Number(vaddr / PAGE);
 }
