@@ -3,13 +3,19 @@ import { setTimeout as sleep } from 'node:timers/promises';
 import type { Readable } from 'node:stream';
 import { type LazyPagesClient, PAGE_SIZE } from '../src/criu/index.js';
 import { type LinkSession } from '../src/link/index.js';
-import { LAZY_PUSH_CHANNEL, readPageRequests, writePages, type PageRun } from './lazy-wire.js';
+import { LAZY_PUSH_CHANNEL, LazyWireError, readPageRequests, writePages, type PageRun } from './lazy-wire.js';
 import { PageTable, pageOf } from './page-table.js';
 import { ChannelKind, openChannel } from './wire/index.js';
 
 /** Pages pushed ahead per request to CRIU's page server, and requests out at once. */
 const PUSH_PAGES = 128;
 const PIPELINE = 2;
+/**
+ * How often one page may be sent again on the destination's word. CRIU asks again for a page of a
+ * task only when copying it into that task failed and is retried (criu/uffd.c), a handful of times
+ * at most; a destination that asks for more would make this host read and send pages without end.
+ */
+export const MAX_SENT_AGAIN = 8;
 /** Once every page is sent, how often the wait for the destination's last word looks at `stop`. */
 const STOP_POLL_MS = 250;
 
@@ -106,7 +112,18 @@ export async function moveLazyPages(
   // in order. A fault goes out ahead of every background request not yet sent.
   const inFlight: Array<{ run: PageRun; fault: boolean; again: boolean; answer: Promise<{ nrPages: number; pages: AsyncIterable<Buffer> }> }> = [];
   // by page number: a loop over a run's pages allocates nothing
+  // a page's value in `fetched`: how often it was sent (asked of CRIU), the first time included
   const asked = (pid: number, page: number): boolean => fetched.getPage(pid, page) !== undefined;
+  const countSentAgain = (run: PageRun): void => {
+    const first = pageOf(run.vaddr);
+    for (let i = 0; i < run.nrPages; i++) {
+      const sent = (fetched.getPage(run.pid, first + i) ?? 0) + 1;
+      if (sent > 1 + MAX_SENT_AGAIN) {
+        throw new LazyWireError(`the destination asked for page 0x${(run.vaddr + BigInt(i * PAGE_SIZE)).toString(16)} of pid ${run.pid} again ${sent - 1} times; CRIU asks again only to retry a failed copy, at most ${MAX_SENT_AGAIN} times here`);
+      }
+      fetched.setPage(run.pid, first + i, sent);
+    }
+  };
   /** The first page of `run` not asked for yet, as an offset in pages; -1 when all were. */
   const firstUnasked = (run: PageRun): number => {
     const first = pageOf(run.vaddr);
@@ -119,7 +136,10 @@ export async function moveLazyPages(
     // for pages it had: CRIU's page server keeps every page (criu/page-pipe.c page_pipe_read tees
     // them out of its pipes), so they can be sent once more
     while (next && !next.again && asked(next.run.pid, pageOf(next.run.vaddr))) next = faults.shift();
-    if (next?.again) return { ...next.run, fault: true, again: true };
+    if (next?.again) {
+      countSentAgain(next.run);
+      return { ...next.run, fault: true, again: true };
+    }
     let run = next?.run;
     const fault = run !== undefined;
     // background pages wait while the push channel is full, so faults never queue behind them
