@@ -118,7 +118,7 @@ export class LinkListener extends EventEmitter<ListenerEvents> {
       // and the transport hear): unheard, it would end the process before any handshake
       ws.on('error', () => {});
       const fingerprint = identity ? peerFingerprint(request.socket as TLSSocket) : undefined;
-      listener.accept(ws, request.socket, fingerprint).catch((error: unknown) => {
+      listener.accept(ws, request.socket, fingerprint, request.socket.remoteAddress).catch((error: unknown) => {
         ws.terminate();
         listener.emit('refused', error instanceof Error ? error : new Error(String(error)));
       });
@@ -126,7 +126,7 @@ export class LinkListener extends EventEmitter<ListenerEvents> {
     return listener;
   }
 
-  private async accept(ws: WebSocket, socket: Socket, fingerprint: string | undefined): Promise<void> {
+  private async accept(ws: WebSocket, socket: Socket, fingerprint: string | undefined, remoteAddress: string | undefined): Promise<void> {
     const refuse = (reason: string, code: LinkProtocolCode = 'HAUL_LINK_PROTOCOL'): void => {
       ws.send(helloReplyFrame({ protocol_version: PROTOCOL_VERSION, resumed: false, application: Buffer.from(this.options.application.hello), received: [], refusal: reason }), () => ws.close(1008, 'refused'));
       this.emit('refused', new LinkProtocolError(reason, { code }));
@@ -153,7 +153,7 @@ export class LinkListener extends EventEmitter<ListenerEvents> {
     const reply = { protocol_version: PROTOCOL_VERSION, resumed: Boolean(known), application: Buffer.from(this.options.application.hello), received: entry.session.progress(), refusal: '' };
     ws.send(helloReplyFrame(reply));
     entry.session.attach(transport, known ? hello.received : undefined);
-    if (!known) this.emit('session', entry.session, hello.application, socket.remoteAddress);
+    if (!known) this.emit('session', entry.session, hello.application, remoteAddress);
   }
 
   // Keeps a session for resumption while it is detached, for at most the resume window.

@@ -3,7 +3,7 @@ import type WebSocket from 'ws';
 import type { FrameTransport } from './session.js';
 
 /**
- * A WebSocket as the link's frame transport: one frame per binary message. A keepalive ping goes
+ * A WebSocket as the link's frame transport: one binary message per message of a frame (frame.ts). A keepalive ping goes
  * out every `keepaliveMs`; a peer that answers nothing for three of them is taken for dead and the
  * connection dropped, which lets the session resume on a new one. `socket`: the connection under
  * the WebSocket (the upgrade's), corked while the session sends a batch.
