@@ -40,8 +40,9 @@ const ASKED_AGAIN = 4;
  *
  * The source pushes in address order, the order CRIU's background transfer asks in, so pushed
  * pages are mostly asked for soon after they arrive: they are held in memory, at most `holdBytes`
- * of them, and beyond that the push channel waits (the source then waits for credit). Writing every pushed page to a file first, as the store once did, held a 1 GiB lazy
- * migration to the disk's write rate, about 130 MB/s on the test machine.
+ * of them, and beyond that the push channel waits (the source then waits for credit). Writing
+ * every pushed page to a file first, as the store once did, held a 1 GiB lazy migration to the
+ * disk's write rate, about 130 MB/s on the test machine.
  *
  * The source asks CRIU for every page once too, so a page CRIU wants may be in the push channel,
  * behind pages it does not want yet (while the restore runs, or when it takes the tasks in another

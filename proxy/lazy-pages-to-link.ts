@@ -111,8 +111,8 @@ export async function moveLazyPages(
   // Pipelined: up to PIPELINE requests are out at CRIU's page server at once; answers come back
   // in order. A fault goes out ahead of every background request not yet sent.
   const inFlight: Array<{ run: PageRun; fault: boolean; again: boolean; answer: Promise<{ nrPages: number; pages: AsyncIterable<Buffer> }> }> = [];
-  // by page number: a loop over a run's pages allocates nothing
-  // a page's value in `fetched`: how often it was sent (asked of CRIU), the first time included
+  // by page number, so a loop over a run's pages allocates nothing; a page's value in `fetched` is
+  // how often it was sent (asked of CRIU), the first time included
   const asked = (pid: number, page: number): boolean => fetched.getPage(pid, page) !== undefined;
   const countSentAgain = (run: PageRun): void => {
     const first = pageOf(run.vaddr);

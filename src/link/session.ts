@@ -257,8 +257,7 @@ export class LinkSession extends EventEmitter<SessionEvents> {
     if (transport) {
       const closeTransport = (): void => transport.close(state === 'closed' ? 'session closed' : 'session aborted');
       try {
-        const messages = encodeFrameMessages(frame, this.frameCrc);
-        messages.forEach((message, i) => transport.send(message, i === messages.length - 1 ? closeTransport : ignoreSent));
+        sendFrame(transport, encodeFrameMessages(frame, this.frameCrc), closeTransport);
       } catch {
         closeTransport(); // a broken transport: the peer learns from the connection's end
       }
@@ -392,14 +391,11 @@ export class LinkSession extends EventEmitter<SessionEvents> {
       const messages = encodeFrameMessages(frame, this.frameCrc);
       const bytes = messages.reduce((sum, message) => sum + message.length, 0);
       this.inFlight += bytes;
-      // a frame's messages go out back to back; the last one's callback says the frame has gone
-      messages.forEach((message, i) =>
-        transport.send(message, i < messages.length - 1 ? ignoreSent : () => {
-          if (this.transport !== transport) return;
-          this.inFlight -= bytes;
-          this.schedulePump();
-        }),
-      );
+      sendFrame(transport, messages, () => {
+        if (this.transport !== transport) return;
+        this.inFlight -= bytes;
+        this.schedulePump();
+      });
     }
   }
 
@@ -420,8 +416,10 @@ export class LinkSession extends EventEmitter<SessionEvents> {
   }
 }
 
-/** A frame's header message: its payload's callback carries what became of the frame. */
-function ignoreSent(): void {}
+/** A frame's messages, back to back; `done` is the last one's callback: it says what became of the frame. */
+function sendFrame(transport: FrameTransport, messages: readonly Buffer[], done: (error?: Error) => void): void {
+  messages.forEach((message, i) => transport.send(message, i === messages.length - 1 ? done : () => {}));
+}
 
 function creditFrame(channel: number, acked: bigint, limit: bigint): Frame {
   const payload = Buffer.alloc(8);

@@ -3,10 +3,10 @@ import type WebSocket from 'ws';
 import type { FrameTransport } from './session.js';
 
 /**
- * A WebSocket as the link's frame transport: one binary message per message of a frame (frame.ts). A keepalive ping goes
- * out every `keepaliveMs`; a peer that answers nothing for three of them is taken for dead and the
- * connection dropped, which lets the session resume on a new one. `socket`: the connection under
- * the WebSocket (the upgrade's), corked while the session sends a batch.
+ * A WebSocket as the link's frame transport: one binary message per message of a frame (frame.ts).
+ * A keepalive ping goes out every `keepaliveMs`; a peer that answers nothing for three of them is
+ * taken for dead and the connection dropped, which lets the session resume on a new one. `socket`:
+ * the connection under the WebSocket (the upgrade's), corked while the session sends a batch.
  */
 export function webSocketTransport(ws: WebSocket, socket: Duplex, keepaliveMs: number): FrameTransport {
   let handlers: { frame(bytes: Buffer): void; closed(reason: string): void } | undefined;
@@ -42,9 +42,9 @@ export function webSocketTransport(ws: WebSocket, socket: Duplex, keepaliveMs: n
   });
   ws.on('error', () => {}); // 'close' follows and carries the news
   return {
-    send(frame, done) {
+    send(message, done) {
       if (ws.readyState !== ws.OPEN) return done(new Error('connection closed'));
-      ws.send(frame, { binary: true }, (error) => done(error ?? undefined));
+      ws.send(message, { binary: true }, (error) => done(error ?? undefined));
     },
     batch(sends) {
       // ws writes each message as its own corked write; corking around them all makes one writev
