@@ -82,8 +82,7 @@ export class Agent {
     const leftovers = await readInFlight(join(options.stateDir, IN_FLIGHT_FILE));
     const inFlight = new InFlight(join(options.stateDir, IN_FLIGHT_FILE));
     await inFlight.replaceLeftovers().catch(() => {});
-    let version: Promise<CriuVersion> | undefined;
-    const criu = (): Promise<CriuVersion> => (version ??= criuVersion(options.criuBinary));
+    const criu = (): Promise<CriuVersion> => criuVersion(options.criuBinary);
     const source = new SourceRole(incus, options.peers, options, records, options.defaultMode, criu, log, join(options.stateDir, 'outgoing'), options.name, inFlight);
     const destination = new DestinationRole(incus, join(options.stateDir, 'incoming'), records, log, criu, options.criuBinary, options.restoreTimeoutMs ?? 300_000, inFlight);
     for (const left of leftovers) void finishLeftover(left, incus, records, log).catch(() => {});
