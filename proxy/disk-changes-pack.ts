@@ -1,7 +1,8 @@
-import { constants, type Stats } from 'node:fs';
-import { type FileHandle, lstat, open, readdir, readlink, stat } from 'node:fs/promises';
+import { constants, lstatSync, readdirSync, type Stats } from 'node:fs';
+import { type FileHandle, open, readlink, stat } from 'node:fs/promises';
 import { Readable } from 'node:stream';
 import { pipeline } from 'node:stream/promises';
+import { setImmediate as nextTurn } from 'node:timers/promises';
 import tar from 'tar-stream';
 import { asUtf8, type DataSegment, DEFAULT_MAX_DISK_CHANGES_BYTES, DISK_PAX, DiskChangesError, encodeNames, encodeSparseMap } from './disk-changes-format.js';
 
@@ -25,6 +26,13 @@ const HOLE_BLOCK = 4096;
 const READ_CHUNK = 1024 * 1024;
 const ZEROES = Buffer.alloc(READ_CHUNK);
 const SLASH = Buffer.from('/');
+/**
+ * Entries looked at between two turns of the event loop. Every entry's inode is looked at while the
+ * container is frozen, so the walk is inside the downtime: an lstat or readdir through the thread
+ * pool took about 40 µs (a Debian minbase root, 6665 entries: 250-320 ms); a synchronous one takes
+ * a few, and turns in between keep the agent answering its other links and Incus.
+ */
+const ENTRIES_PER_TURN = 512;
 
 /**
  * Packs what changed in the filesystem under `root` since `sinceMs` (by ctime, which a process
@@ -95,9 +103,10 @@ export function packDiskChanges(root: string, sinceMs: number, options: PackDisk
     }
   };
 
+  let lookedAt = 0;
   const walk = async (relative: Buffer | undefined, info: Stats, device: number): Promise<void> => {
     const path = pathOf(relative);
-    const names = (await readdir(path, { encoding: 'buffer' })).sort(Buffer.compare);
+    const names = readdirSync(path, { encoding: 'buffer' }).sort(Buffer.compare);
     if (changed(info)) {
       const header = headerFor(relative, info);
       plan(header, 0, header.name);
@@ -110,7 +119,8 @@ export function packDiskChanges(root: string, sinceMs: number, options: PackDisk
     }
     for (const name of names) {
       const childRelative = relative ? Buffer.concat([relative, SLASH, name]) : name;
-      const child = await lstat(pathOf(childRelative));
+      if (++lookedAt % ENTRIES_PER_TURN === 0) await nextTurn();
+      const child = lstatSync(pathOf(childRelative));
       if (child.dev !== device) continue; // another filesystem mounted here
       if (child.isDirectory()) {
         await walk(childRelative, child, device);

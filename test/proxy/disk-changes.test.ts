@@ -91,6 +91,30 @@ describe('disk changes: what a container wrote after the snapshot reaches the de
     expect(describeTree(copy)).toEqual(describeTree(source));
   });
 
+  it('walks a large tree without holding up the agent: timers run while it packs', async () => {
+    const scratch = scratchDir('disk-changes-large');
+    scratches.push(scratch);
+    const since = Date.now() - 1000;
+    for (let d = 0; d < 40; d++) {
+      mkdirSync(`${scratch.path}/root/d${d}`, { recursive: true });
+      for (let f = 0; f < 100; f++) writeFileSync(`${scratch.path}/root/d${d}/f${f}`, '');
+    }
+    let turns = 0;
+    const ticker = setInterval(() => turns++, 0);
+    try {
+      const packed = packDiskChanges(`${scratch.path}/root`, Date.now() + 60_000); // nothing changed since
+      packed.tar.resume();
+      await packed.done;
+    } finally {
+      clearInterval(ticker);
+    }
+    expect(turns).toBeGreaterThan(2);
+    // and what changed in it is all there
+    const packed = packDiskChanges(`${scratch.path}/root`, since);
+    packed.tar.resume();
+    expect(await packed.done).toMatchObject({ files: 4000, directories: 41 });
+  });
+
   it('refuses names that leave the root, and never writes through a symlink the container made', async () => {
     const { copy } = await rootAndSnapshot();
     const outside = `${copy}/../outside`;
