@@ -9,7 +9,7 @@ import { PAGE_SIZE } from '../src/criu/index.js';
 import { parseListen, thisHost } from './host-and-address.js';
 import { hostHandshake } from '../proxy/index.js';
 import { PairingOffers, decodePairingToken, encodePairingToken, joinPeer, loadIdentity, loadOrCreateIdentity, peerName } from '../src/link/index.js';
-import { DEFAULT_STATE_DIR, openTrustStore, stateDirOf } from './trust-commands.js';
+import { DEFAULT_STATE_DIR, openTrustStore, stateDirOf } from './state-dir.js';
 import { Agent, InsecureAgentError, KNOWN_CRIU_LOCATIONS, diagnose, incusVersionAt, uninstallHook, unwireHook, wireHook, type HookWiring, type IncusPackaging, IN_FLIGHT_FILE, readInFlight, type MigrationProgress, MigrationRecords, type MigrationRecord } from '../plugin/index.js';
 import { logStrayErrors } from './stray-errors.js';
 import { EXIT } from './exit-codes.js';

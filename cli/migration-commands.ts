@@ -2,7 +2,7 @@ import { Command, InvalidArgumentError } from 'commander';
 import { ImageCache, MigrationInDoubtError, hostHandshake, migrateLazy, migratePreCopy } from '../proxy/index.js';
 import { type EndpointOptions, loadOrCreateIdentity } from '../src/link/index.js';
 import { parseListen, thisHost } from './host-and-address.js';
-import { openTrustStore, stateDirOf } from './trust-commands.js';
+import { openTrustStore, stateDirOf } from './state-dir.js';
 import { logStrayErrors } from './stray-errors.js';
 
 async function endpoint(stateDir: string, insecure: boolean, role: 'source' | 'destination'): Promise<EndpointOptions> {

@@ -1,17 +1,8 @@
 import { readFile } from 'node:fs/promises';
-import { join } from 'node:path';
 import { Command } from 'commander';
-import { fingerprintOf, loadOrCreateIdentity, TrustStore } from '../src/link/index.js';
+import { fingerprintOf, loadOrCreateIdentity } from '../src/link/index.js';
 import { formatOf, withFormat, type OutputFormat } from './output-format.js';
-
-/** Where a host keeps its link identity and trust store, unless --state-dir says otherwise. */
-export const DEFAULT_STATE_DIR = process.env['HAUL_STATE_DIR'] ?? '/var/lib/haul';
-
-/** The --state-dir a (sub)command runs with. */
-export const stateDirOf = (command: Command): string => (command.optsWithGlobals() as { stateDir: string }).stateDir;
-
-/** This host's trust store, kept in its state folder. */
-export const openTrustStore = (stateDir: string): Promise<TrustStore> => TrustStore.open(join(stateDir, 'trust.json'));
+import { openTrustStore, stateDirOf } from './state-dir.js';
 
 async function fingerprintFrom(argument: string): Promise<string> {
   if (/^[0-9a-fA-F:]{64,95}$/.test(argument)) return argument;

@@ -3,10 +3,10 @@ import { mkdirSync, mkdtempSync, readdirSync, rmSync, writeFileSync } from 'node
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { describe, expect, it } from 'vitest';
-import type { Command } from 'commander';
+import { Command } from 'commander';
 import { EXIT, exitCodeFor } from '../../cli/exit-codes.js';
 import { logLineFormat } from '../../cli/log-lines.js';
-import { buildProgram } from '../../cli/program.js';
+import { COMMAND_GROUPS, buildProgram, commandNamed } from '../../cli/program.js';
 import { MigrationFailedError, MigrationInDoubtError } from '../../proxy/index.js';
 import { HAUL_CLI } from '../support/build-cli.js';
 import packageJson from '../../package.json' with { type: 'json' };
@@ -14,7 +14,7 @@ import packageJson from '../../package.json' with { type: 'json' };
 async function run(args: string[]): Promise<{ stdout: string; stderr: string; exitCode: number }> {
   let stdout = '';
   let stderr = '';
-  const program: Command = buildProgram((line) => (stdout += `${line}\n`));
+  const program: Command = await buildProgram((line) => (stdout += `${line}\n`), args);
   // subcommands take these settings only when made after them, so set them on every command
   const capture = (command: Command): void => {
     command.exitOverride().configureOutput({ writeOut: (s) => (stdout += s), writeErr: (s) => (stderr += s) });
@@ -45,6 +45,25 @@ describe('the haul command line', () => {
     expect(stdout).toMatch(/^Usage: haul \[options\]/);
     expect(stdout).toContain('--version');
     expect(stdout).toContain('CRIU');
+  });
+
+  it('lists every command in --help, and suggests the right one for a misspelt command', async () => {
+    const { stdout } = await run(['--help']);
+    for (const name of COMMAND_GROUPS.flatMap((group) => group.commands)) expect(stdout).toMatch(new RegExp(`^  ${name}\\b`, 'm'));
+    const { stderr, exitCode } = await run(['migrat']);
+    expect(exitCode).not.toBe(0);
+    expect(stderr).toContain('(Did you mean migrate?)');
+  });
+
+  it('loads, for a command, the group that adds it, which adds exactly the commands it is listed with', async () => {
+    for (const group of COMMAND_GROUPS) {
+      const program = new Command('haul');
+      (await group.load())(program, () => {});
+      expect(program.commands.map((command) => command.name()).sort()).toEqual([...group.commands].sort());
+    }
+    expect(commandNamed(['--state-dir', 'migrate', 'cache', '--listen', '0:1'])).toBe('cache');
+    expect(commandNamed(['--state-dir=/x', 'migrate', '1'])).toBe('migrate');
+    expect(commandNamed(['--help'])).toBeUndefined();
   });
 
   it('rejects an unknown option with a usage error, not a crash', async () => {
