@@ -8,12 +8,15 @@ import { ChannelKind, openChannel } from './wire/index.js';
 
 /**
  * Pushed pages the store holds in memory, not yet asked for by `criu lazy-pages`, before it stops
- * reading the push channel (the source then waits for credit). Enough for CRIU's background
- * requests, one at a time per process and 4 MiB at most (criu/uffd.c MAX_XFER_LEN), to find their
- * pages here while the next ones are on the way. 32 MiB was no faster at 1 GiB (window 6.4 s
- * against 5.1 s, two runs each) and held the cache's peak RSS 27 MiB higher.
+ * reading the push channel (the source then waits for credit). CRIU's background requests, one at
+ * a time per process and 4 MiB at most (criu/uffd.c MAX_XFER_LEN), find their pages here while the
+ * next ones are on the way; where fewer are here, the answer is short and CRIU asks for the rest
+ * next. 2 MiB against 8 MiB, each side pinned to a core: the 1 GiB window 6.7-7.7 s against
+ * 7.2-10.4 s (five runs each), 2 GiB 14.5-16.9 s against 14.1-16.3 s, 64 and 256 MiB alike, and the
+ * cache's peak RSS 10-15 MiB lower (2 GiB: 144-149 MiB against 156-159). 32 MiB was no faster than
+ * 8 and held the peak 27 MiB higher.
  */
-export const DEFAULT_LAZY_HOLD_BYTES = 8 * 1024 * 1024;
+export const DEFAULT_LAZY_HOLD_BYTES = 2 * 1024 * 1024;
 
 /** Spilled pages read from the file into one buffer at most, when answering criu lazy-pages. */
 const MAX_PAGES_PER_READ = 64;
