@@ -1,6 +1,6 @@
 import { crc32 } from 'node:zlib';
 import { Readable, Writable } from 'node:stream';
-import { FRAME_HEADER_SIZE, FrameType, LinkProtocolError, MAX_FRAME_PAYLOAD, decodeFrame, encodeFrame } from '../../../src/link/frame.js';
+import { FRAME_HEADER_SIZE, FrameReader, FrameType, LinkProtocolError, MAX_FRAME_PAYLOAD, SEPARATE_PAYLOAD_MIN, decodeFrame, encodeFrame, encodeFrameMessages } from '../../../src/link/frame.js';
 import { PROTOCOL_VERSION, helloFrame, helloReplyFrame, parseHello, parseHelloReply } from '../../../src/link/handshake.js';
 import { Messages } from '../../../src/link/messages.js';
 import { TruncatedStreamError } from '../../../src/streams/stream-reader.js';
@@ -74,6 +74,75 @@ export const linkFrame: FuzzTarget = {
       throw new InvariantBroken(`a ${frame.payload.length}-byte payload from a ${input.length}-byte frame`);
     }
     return frame;
+  },
+};
+
+/**
+ * A connection's messages as one input: each a u32 length, then its bytes. A length past the end
+ * takes what is left, so every input is some sequence of messages.
+ */
+function splitMessages(input: Buffer): Buffer[] {
+  const messages: Buffer[] = [];
+  for (let at = 0; at + 4 <= input.length;) {
+    const length = Math.min(input.readUInt32LE(at), input.length - at - 4);
+    messages.push(input.subarray(at + 4, at + 4 + length));
+    at += 4 + length;
+  }
+  return messages;
+}
+
+function joinMessages(messages: readonly Buffer[]): Buffer {
+  return Buffer.concat(messages.flatMap((message) => {
+    const length = Buffer.alloc(4);
+    length.writeUInt32LE(message.length);
+    return [length, message];
+  }));
+}
+
+const PAYLOAD_FOLLOWS = 2;
+
+export const linkFrameMessages: FuzzTarget = {
+  name: 'link-frame-messages',
+  decoder: "src/link/frame.ts FrameReader (a connection's messages in order, large payloads in a message of their own)",
+  expected: [LinkProtocolError],
+  seeds: () => {
+    const frame = (payload: number, offset: bigint): Buffer[] => encodeFrameMessages({ type: FrameType.DATA, kind: ChannelKind.PAGES, channel: 3, offset, payload: Buffer.alloc(payload, 0x5a) });
+    return [
+      joinMessages([...frame(SEPARATE_PAYLOAD_MIN, 0n)]),
+      joinMessages([...frame(100, 0n), ...frame(SEPARATE_PAYLOAD_MIN + 4096, 100n), ...frame(SEPARATE_PAYLOAD_MIN - 1, 20580n)]),
+      joinMessages([...frame(SEPARATE_PAYLOAD_MIN, 0n), ...frame(SEPARATE_PAYLOAD_MIN, 16384n)]),
+    ];
+  },
+  // a header whose payload follows is made to agree with the message after it: its length, its CRC
+  repair(input, random) {
+    const messages = splitMessages(input).map((message) => Buffer.from(message));
+    for (let i = 0; i + 1 < messages.length; i++) {
+      const header = messages[i]!;
+      if (header.length !== FRAME_HEADER_SIZE || !(header.readUInt16LE(2) & PAYLOAD_FOLLOWS) || !random.chance(0.8)) continue;
+      header.writeUInt32LE(messages[i + 1]!.length, 16);
+      if (header.readUInt16LE(2) & 1) header.writeUInt32LE(crc32(messages[i + 1]!, crc32(header.subarray(0, 20))), 20);
+    }
+    return joinMessages(messages);
+  },
+  run(input, random) {
+    const reader = new FrameReader(random.chance(0.5));
+    const frames = [];
+    let header: Buffer | undefined;
+    for (const message of splitMessages(input)) {
+      const frame = reader.read(message);
+      const wasHeader = header;
+      header = undefined;
+      if (!frame) {
+        if (wasHeader || message.length !== FRAME_HEADER_SIZE) throw new InvariantBroken(`a ${message.length}-byte message${wasHeader ? ' after a header' : ''} completed no frame`);
+        header = message;
+        continue;
+      }
+      const expected = wasHeader ? message.length : message.length - FRAME_HEADER_SIZE;
+      if (frame.payload.length !== expected || frame.payload.length > MAX_FRAME_PAYLOAD) throw new InvariantBroken(`a ${frame.payload.length}-byte payload from a ${message.length}-byte message`);
+      if (wasHeader && frame.payload.length !== wasHeader.readUInt32LE(16)) throw new InvariantBroken('a payload of another length than its header says');
+      frames.push(frame);
+    }
+    return frames;
   },
 };
 
