@@ -1,6 +1,7 @@
 import { execFile } from 'node:child_process';
-import { stat } from 'node:fs/promises';
-import { delimiter, isAbsolute, join } from 'node:path';
+import { constants } from 'node:fs';
+import { access, stat } from 'node:fs/promises';
+import { delimiter, join, resolve } from 'node:path';
 import { promisify } from 'node:util';
 import type { HeaderLayout } from '../page-server/protocol.js';
 import { DEFAULT_CRIU } from './criu-process.js';
@@ -20,31 +21,45 @@ export function parseCriuVersion(output: string): CriuVersion {
 
 /** Versions asked of a binary, by the file's identity: a CRIU replaced in place (an upgrade) is asked anew. */
 const versions = new Map<string, Promise<CriuVersion>>();
+/** `criu --version` answers at once; one that does not is not waited for. */
+const VERSION_TIMEOUT_MS = 10_000;
 
 /**
  * The version of `binary`: asked of it once, then known for as long as the file stays the same.
  * A lazy restore needs it (the page-server header layout) between the freeze and the restore, where
- * running `criu --version` cost 30-40 ms of the workload's downtime on the test machine.
+ * running `criu --version` cost 30-40 ms of the workload's downtime on the test machine. A package
+ * upgrade replaces the file (dpkg writes every file of the new version anew), wrappers included.
  */
 export async function criuVersion(binary = DEFAULT_CRIU): Promise<CriuVersion> {
-  const file = await identity(binary);
-  const key = file ?? `unresolved:${binary}`;
-  let version = versions.get(key);
+  const file = await resolveBinary(binary);
+  // not found as execvp would find it: asked as given (execFile says what is wrong), never kept
+  if (!file) return ask(binary);
+  let version = versions.get(file.identity);
   if (!version) {
-    version = promisify(execFile)(binary, ['--version']).then(({ stdout }) => parseCriuVersion(stdout));
-    versions.set(key, version);
+    version = ask(file.path);
+    versions.set(file.identity, version);
     // a failure is not kept: the next call asks again
-    version.catch(() => versions.delete(key));
+    version.catch(() => versions.delete(file.identity));
   }
   return version;
 }
 
-/** The file `binary` runs (as execFile finds it on PATH), as path, inode and change time; undefined if not found. */
-async function identity(binary: string): Promise<string | undefined> {
-  const candidates = binary.includes('/') ? [binary] : (process.env['PATH'] ?? '').split(delimiter).filter(isAbsolute).map((dir) => join(dir, binary));
+async function ask(binary: string): Promise<CriuVersion> {
+  const { stdout } = await promisify(execFile)(binary, ['--version'], { timeout: VERSION_TIMEOUT_MS });
+  return parseCriuVersion(stdout);
+}
+
+/**
+ * The file `binary` names, found as execvp finds a bare name (the first executable file on PATH,
+ * /bin:/usr/bin without one), with its identity: path, inode, size and times.
+ */
+async function resolveBinary(binary: string): Promise<{ path: string; identity: string } | undefined> {
+  const dirs = (process.env['PATH'] ?? '/bin:/usr/bin').split(delimiter);
+  const candidates = binary.includes('/') ? [binary] : dirs.map((dir) => join(dir || '.', binary));
   for (const path of candidates) {
     const file = await stat(path).catch(() => undefined);
-    if (file?.isFile()) return `${path}:${file.dev}:${file.ino}:${file.size}:${file.mtimeMs}:${file.ctimeMs}`;
+    if (!file?.isFile() || !(await access(path, constants.X_OK).then(() => true, () => false))) continue;
+    return { path, identity: `${resolve(path)}:${file.dev}:${file.ino}:${file.size}:${file.mtimeMs}:${file.ctimeMs}` };
   }
   return undefined;
 }
