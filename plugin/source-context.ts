@@ -17,6 +17,8 @@ export interface SourceContext {
 
 /** The container's root as the agent reaches it, and the time of the snapshot Incus sent. */
 export interface DiskCatchUp {
+  /** The container's init, whose root and mounts are walked. */
+  readonly initPid: number;
   readonly root: string;
   readonly sinceMs: number;
 }

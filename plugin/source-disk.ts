@@ -1,4 +1,5 @@
 import { packDiskChanges } from '../proxy/index.js';
+import { mountPointsOf } from '../src/host/index.js';
 import type { IncusInstance } from './incus-client.js';
 import type { DiskCatchUp, Outgoing, SourceContext } from './source-context.js';
 
@@ -26,7 +27,7 @@ export async function diskCatchUp(context: SourceContext, instance: IncusInstanc
   const began = migrating.length ? Math.max(...migrating) : hookCalledAt.getTime() - 60_000;
   const sinceMs = began - SNAPSHOT_MARGIN_MS;
   context.log(`${instance.name}: pool ${pool} sends its disk once before the dump; haul carries what changed since ${new Date(sinceMs).toISOString()}${migrating.length ? '' : " (no 'Migrating instance' operation found: a minute back)"}`);
-  return { root: `/proc/${initPid}/root`, sinceMs };
+  return { initPid, root: `/proc/${initPid}/root`, sinceMs };
 }
 
 /**
@@ -38,7 +39,8 @@ export async function sendDiskChanges(context: SourceContext, { migration, progr
   if (disk) {
     // the memory is dumped and the container still frozen: its disk holds still
     context.inFlight.update(progress, { pages, phase: 'sending the disk changes since the snapshot' });
-    const packed = packDiskChanges(disk.root, disk.sinceMs);
+    // its mounts hold still too: none is looked into, or at (a hung network share would hang the walk)
+    const packed = packDiskChanges(disk.root, disk.sinceMs, { mountPoints: await mountPointsOf(disk.initPid) });
     await migration.sendDiskChanges(packed.tar);
     const carried = await packed.done;
     const skipped = carried.skipped.length ? `; not carried (device nodes, fifos, sockets): ${carried.skipped.slice(0, 10).join(', ')}` : '';

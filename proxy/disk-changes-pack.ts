@@ -1,4 +1,4 @@
-import { constants, lstatSync, readdirSync, type Stats } from 'node:fs';
+import { constants, lstatSync, opendirSync, type Stats } from 'node:fs';
 import { type FileHandle, open, readlink, stat } from 'node:fs/promises';
 import { Readable } from 'node:stream';
 import { pipeline } from 'node:stream/promises';
@@ -19,6 +19,12 @@ export interface DiskChangesPacked {
 export interface PackDiskChangesOptions {
   /** Bytes of tar past which the pack fails (DiskChangesError HAUL_DISK_CHANGES_TOO_LARGE). */
   readonly maxBytes?: number;
+  /**
+   * The mount points under `root`, as paths inside it (src/host mountPointsOf): named in their
+   * directory's list, never looked at. Another filesystem mounted in the container (an Incus disk
+   * device, a network share) may hang on a look, and the walk looks synchronously.
+   */
+  readonly mountPoints?: readonly Buffer[];
 }
 
 /** The unit holes are found in: a page, the block size of btrfs, ext4 and zfs' default recordsize's smallest. */
@@ -103,10 +109,30 @@ export function packDiskChanges(root: string, sinceMs: number, options: PackDisk
     }
   };
 
+  // as latin1 strings, which map bytes one to one
+  const mountPoints = new Set((options.mountPoints ?? []).map((point) => point.toString('latin1').replace(/^\/+/, '')).filter((point) => point !== ''));
   let lookedAt = 0;
+  const lookedAtOne = async (): Promise<void> => {
+    if (++lookedAt % ENTRIES_PER_TURN === 0) await nextTurn();
+  };
+  /** A directory's names, read a batch at a time with turns in between: a directory can hold millions. */
+  const namesIn = async (path: Buffer): Promise<Buffer[]> => {
+    const names: Buffer[] = [];
+    // node's Dir takes 'buffer' as readdir does (its names come as Buffers), which @types/node leaves out
+    const dir = opendirSync(path, { encoding: 'buffer' as BufferEncoding, bufferSize: 128 });
+    try {
+      for (let entry; (entry = dir.readSync()) !== null;) {
+        names.push(entry.name as unknown as Buffer);
+        await lookedAtOne();
+      }
+    } finally {
+      dir.closeSync();
+    }
+    return names.sort(Buffer.compare);
+  };
   const walk = async (relative: Buffer | undefined, info: Stats, device: number): Promise<void> => {
     const path = pathOf(relative);
-    const names = readdirSync(path, { encoding: 'buffer' }).sort(Buffer.compare);
+    const names = await namesIn(path);
     if (changed(info)) {
       const header = headerFor(relative, info);
       plan(header, 0, header.name);
@@ -119,7 +145,8 @@ export function packDiskChanges(root: string, sinceMs: number, options: PackDisk
     }
     for (const name of names) {
       const childRelative = relative ? Buffer.concat([relative, SLASH, name]) : name;
-      if (++lookedAt % ENTRIES_PER_TURN === 0) await nextTurn();
+      if (mountPoints.has(childRelative.toString('latin1'))) continue; // another filesystem, or another view of one
+      await lookedAtOne();
       const child = lstatSync(pathOf(childRelative));
       if (child.dev !== device) continue; // another filesystem mounted here
       if (child.isDirectory()) {

@@ -5,3 +5,4 @@ export { canGuardLoopbackPorts, guardLoopbackPort, guardNewLoopbackPort, Loopbac
 export { pickPrivilegedLoopbackPort, type PickedPort } from './loopback-ports.js';
 export { hasEnded, identify, isRunning, statFields, type ProcessIdentity } from './process-identity.js';
 export { killRestoreTree } from './process-tree.js';
+export { mountPointsOf } from './mount-points.js';

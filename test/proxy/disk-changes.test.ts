@@ -115,6 +115,29 @@ describe('disk changes: what a container wrote after the snapshot reaches the de
     expect(await packed.done).toMatchObject({ files: 4000, directories: 41 });
   });
 
+  it('names a mount point in its directory but never looks at it or below it', async () => {
+    const scratch = scratchDir('disk-changes-mounts');
+    scratches.push(scratch);
+    const root = `${scratch.path}/root`;
+    mkdirSync(`${root}/mnt/share`, { recursive: true });
+    writeFileSync(`${root}/mnt/share/data`, 'on another filesystem');
+    writeFileSync(`${root}/kept`, 'changed');
+    const packed = packDiskChanges(root, Date.now() - 60_000, { mountPoints: [Buffer.from('/'), Buffer.from('/mnt/share')] });
+    const names: string[] = [];
+    const extract = tar.extract();
+    extract.on('entry', (header, stream, next) => {
+      names.push(header.name);
+      stream.resume();
+      stream.on('end', next);
+    });
+    const extracted = new Promise((resolve, reject) => extract.on('finish', resolve).on('error', reject));
+    packed.tar.pipe(extract as unknown as NodeJS.WritableStream);
+    await Promise.all([packed.done, extracted]);
+    expect(names).toContain('kept');
+    expect(names).toContain('mnt');
+    expect(names.some((name) => name.startsWith('mnt/share'))).toBe(false);
+  });
+
   it('refuses names that leave the root, and never writes through a symlink the container made', async () => {
     const { copy } = await rootAndSnapshot();
     const outside = `${copy}/../outside`;
