@@ -18,6 +18,15 @@ import { ChannelKind, openChannel } from './wire/index.js';
  */
 export const DEFAULT_LAZY_HOLD_BYTES = 2 * 1024 * 1024;
 
+/**
+ * How long a push waits for `criu lazy-pages` to make room before the oldest held pages go to the
+ * spill file. CRIU takes the held pages in well under this while it keeps up (2 MiB at 100 MB/s is
+ * 20 ms); a store that stays full for longer holds pages CRIU is not asking for now, or never will
+ * (the task unmapped them, or exited: criu/uffd.c drops those ranges), which would otherwise hold
+ * every later push to the pace of CRIU's reads.
+ */
+const EVICT_AFTER_MS = 100;
+
 /** Spilled pages read from the file into one buffer at most, when answering criu lazy-pages. */
 const MAX_PAGES_PER_READ = 64;
 
@@ -69,6 +78,8 @@ export class LazyPageStore implements PageSource {
   private readonly failed = new Promise<void>((resolve) => (this.wakeOnFailure = resolve));
   /** Pages that arrived (each counted once). */
   received = 0;
+  /** Held pages moved to the spill file because the store stayed full (EVICT_AFTER_MS). */
+  evicted = 0;
 
   constructor(
     private readonly requests: Writable,
@@ -136,25 +147,73 @@ export class LazyPageStore implements PageSource {
     }
   }
 
-  /** Resolves false once there is room in memory, or true while a read waits and there is none. */
+  /**
+   * Resolves false once there is room in memory, or true while a read waits and there is none.
+   * Where no room comes for EVICT_AFTER_MS, the oldest half of what is held goes to the spill file.
+   */
   private async roomOrSpill(): Promise<boolean> {
     for (;;) {
       if (this.dropping || this.heldBytes < this.holdBytes) return false;
       if (this.waiting.size > 0) return true;
-      await new Promise<void>((resolve) => this.roomWaiters.push(resolve));
+      let timer: NodeJS.Timeout | undefined;
+      const roomCame = await Promise.race([
+        new Promise<boolean>((resolve) => this.roomWaiters.push(() => resolve(true))),
+        new Promise<boolean>((resolve) => (timer = setTimeout(() => resolve(false), EVICT_AFTER_MS))),
+      ]);
+      clearTimeout(timer);
+      if (!roomCame) await this.evictOldest(this.holdBytes / 2);
     }
   }
 
-  private async spillPages(pid: number, first: number, bytes: Buffer): Promise<void> {
-    if (this.dropping) return;
+  /** The spill file, created on first use; undefined once the migration is over. */
+  private async spillFile(): Promise<FileHandle | undefined> {
+    if (this.dropping) return undefined;
     if (!this.spill) {
       const file = await open(this.spillPath, 'wx+', 0o600);
       if (this.dropping) return void (await file.close());
       this.spill = file;
     }
+    return this.spill;
+  }
+
+  /**
+   * Moves at least `bytes` of the pages held longest to the spill file, process by process in the
+   * order they came. They stay held, and can be handed over, until their copy is written; a page
+   * handed over meanwhile is not moved.
+   */
+  private async evictOldest(bytes: number): Promise<void> {
+    const moving: Array<{ pid: number; page: number; bytes: Buffer }> = [];
+    for (const [pid, pages] of this.held) {
+      for (const [page, pageBytes] of pages) {
+        if (moving.length * PAGE_SIZE >= bytes) break;
+        moving.push({ pid, page, bytes: pageBytes });
+      }
+    }
+    const spill = moving.length > 0 ? await this.spillFile() : undefined;
+    if (!spill) return;
+    const offset = this.spillEnd;
+    this.spillEnd += moving.length * PAGE_SIZE;
+    await spill.write(Buffer.concat(moving.map((page) => page.bytes)), 0, moving.length * PAGE_SIZE, offset).catch((error: unknown) => {
+      if (!this.dropping) throw error; // closed while writing: the migration ended meanwhile
+    });
+    if (this.dropping) return;
+    moving.forEach(({ pid, page, bytes: pageBytes }, i) => {
+      // handed over meanwhile (and perhaps here again since, in another buffer): not this copy's
+      if (this.held.get(pid)?.get(page) !== pageBytes) return;
+      this.held.get(pid)!.delete(page);
+      this.heldBytes -= PAGE_SIZE;
+      this.state.setPage(pid, page, SPILLED);
+      this.spilledAt.setPage(pid, page, offset + i * PAGE_SIZE);
+    });
+    this.evicted += moving.length;
+  }
+
+  private async spillPages(pid: number, first: number, bytes: Buffer): Promise<void> {
+    const spill = await this.spillFile();
+    if (!spill) return;
     const offset = this.spillEnd;
     this.spillEnd += bytes.length;
-    await this.spill.write(bytes, 0, bytes.length, offset).catch((error: unknown) => {
+    await spill.write(bytes, 0, bytes.length, offset).catch((error: unknown) => {
       if (!this.dropping) throw error; // closed while writing: the migration ended meanwhile
     });
     for (let i = 0; i < bytes.length / PAGE_SIZE; i++) {

@@ -120,6 +120,24 @@ describe('the lazy page store of a destination', () => {
     await store.close();
   });
 
+  it('moves held pages nobody asks for to disk, so the push goes on without reads', async () => {
+    // pages criu lazy-pages will never ask for (unmapped after the restore) must not hold up the rest
+    const path = spillPath();
+    const store = new LazyPageStore(new PassThrough(), path, 4 * PAGE_SIZE);
+    const pushing = store.add({ pid: PID, vaddr: at(0), nrPages: 12 }, arriving(0, 12, 2 * PAGE_SIZE), { pushed: true });
+    expect(await settledWithin(pushing, 2000)).toBe(true);
+    expect(store.evicted).toBeGreaterThanOrEqual(8);
+    expect(existsSync(path)).toBe(true);
+    // every page reads back the same, from disk or memory
+    let taken = 0;
+    while (taken < 12) {
+      const answer = await store.read(PID, at(taken), 12 - taken);
+      expect(await collect(answer.pages)).toEqual(pagesOf(at(taken), answer.nrPages));
+      taken += answer.nrPages;
+    }
+    await store.close();
+  });
+
   it('writes nothing to disk while criu lazy-pages keeps up with the push', async () => {
     const path = spillPath();
     const store = new LazyPageStore(new PassThrough(), path, 8 * PAGE_SIZE);
