@@ -179,6 +179,15 @@ describe('how haul ends, for scripts', () => {
     expect((await exitOf(['--help'])).code).toBe(EXIT.ok);
   });
 
+  it('the same with only a command\'s own group loaded: a misspelt command, help for one, options before it', async () => {
+    const misspelt = await exitOf(['migrat', '1']);
+    expect(misspelt.code).toBe(EXIT.usage);
+    expect(misspelt.stderr).toContain('(Did you mean migrate?)');
+    expect((await exitOf(['help', 'cache'])).code).toBe(EXIT.ok);
+    expect((await exitOf(['--state-dir', tmpdir(), 'migrate', '-h'])).code).toBe(EXIT.ok);
+    expect((await exitOf(['--state-dir', tmpdir(), 'agent', 'run', '--no-such-option'])).code).toBe(EXIT.usage);
+  });
+
   it('3 for a migration in doubt, told apart from a failed one by its code', () => {
     expect(exitCodeFor(new MigrationInDoubtError('lazy', 10, 20, new Error('commit unanswered')))).toBe(EXIT.inDoubt);
     expect(exitCodeFor(new MigrationFailedError('pre-copy', 10, new Error('the destination could not restore')))).toBe(EXIT.failed);
