@@ -124,6 +124,8 @@ export class FrameReader {
       if (message.length !== FRAME_HEADER_SIZE) throw new LinkProtocolError(`a ${message.length}-byte frame header whose payload is to follow, the header alone is ${FRAME_HEADER_SIZE}`);
       const length = message.readUInt32LE(16);
       if (length === 0 || length > MAX_FRAME_PAYLOAD) throw new LinkProtocolError(`a frame header whose payload is to follow with a ${length}-byte payload`);
+      // below it a payload travels behind its header in one message (encodeFrameMessages)
+      if (length < SEPARATE_PAYLOAD_MIN) throw new LinkProtocolError(`a frame header whose ${length}-byte payload is to follow alone; under ${SEPARATE_PAYLOAD_MIN} bytes it comes with its header`);
       this.header = message;
       return undefined;
     }

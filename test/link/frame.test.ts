@@ -79,6 +79,10 @@ describe('link frames', () => {
       const empty = Buffer.from(header);
       empty.writeUInt32LE(0, 16);
       expect(() => new FrameReader().read(empty)).toThrow(/with a 0-byte payload/);
+      // a payload small enough to travel with its header never comes alone
+      const small = Buffer.from(header);
+      small.writeUInt32LE(100, 16);
+      expect(() => new FrameReader().read(small)).toThrow(/under 16384 bytes it comes with its header/);
     });
 
     it('leave the CRC out on a TLS link alike', () => {

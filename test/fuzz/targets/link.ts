@@ -106,26 +106,37 @@ export const linkFrameMessages: FuzzTarget = {
   decoder: "src/link/frame.ts FrameReader (a connection's messages in order, large payloads in a message of their own)",
   expected: [LinkProtocolError],
   seeds: () => {
-    const frame = (payload: number, offset: bigint): Buffer[] => encodeFrameMessages({ type: FrameType.DATA, kind: ChannelKind.PAGES, channel: 3, offset, payload: Buffer.alloc(payload, 0x5a) });
+    const frame = (payload: number, offset: bigint, withCrc = true): Buffer[] =>
+      encodeFrameMessages({ type: FrameType.DATA, kind: ChannelKind.PAGES, channel: 3, offset, payload: Buffer.alloc(payload, Number(offset & 0xffn)) }, withCrc);
     return [
       joinMessages([...frame(SEPARATE_PAYLOAD_MIN, 0n)]),
       joinMessages([...frame(100, 0n), ...frame(SEPARATE_PAYLOAD_MIN + 4096, 100n), ...frame(SEPARATE_PAYLOAD_MIN - 1, 20580n)]),
       joinMessages([...frame(SEPARATE_PAYLOAD_MIN, 0n), ...frame(SEPARATE_PAYLOAD_MIN, 16384n)]),
+      // a TLS link's frames carry no CRC
+      joinMessages([...frame(SEPARATE_PAYLOAD_MIN, 0n, false), ...frame(300, 16384n, false)]),
     ];
   },
-  // a header whose payload follows is made to agree with the message after it: its length, its CRC
+  // each message made to agree with itself (a whole frame), or a header with the message after it:
+  // lengths and CRCs, so that mutations reach the checks behind them
   repair(input, random) {
-    const messages = splitMessages(input).map((message) => Buffer.from(message));
-    for (let i = 0; i + 1 < messages.length; i++) {
+    const messages: Buffer[] = splitMessages(input).map((message) => Buffer.from(message));
+    for (let i = 0; i < messages.length; i++) {
       const header = messages[i]!;
-      if (header.length !== FRAME_HEADER_SIZE || !(header.readUInt16LE(2) & PAYLOAD_FOLLOWS) || !random.chance(0.8)) continue;
+      if (header.length < FRAME_HEADER_SIZE) continue;
+      if (!(header.readUInt16LE(2) & PAYLOAD_FOLLOWS)) {
+        messages[i] = repairFrame(header, random);
+        continue;
+      }
+      if (i + 1 >= messages.length || header.length !== FRAME_HEADER_SIZE || !random.chance(0.8)) continue;
       header.writeUInt32LE(messages[i + 1]!.length, 16);
       if (header.readUInt16LE(2) & 1) header.writeUInt32LE(crc32(messages[i + 1]!, crc32(header.subarray(0, 20))), 20);
+      i++;
     }
     return joinMessages(messages);
   },
   run(input, random) {
-    const reader = new FrameReader(random.chance(0.5));
+    const requireCrc = random.chance(0.5);
+    const reader = new FrameReader(requireCrc);
     const frames = [];
     let header: Buffer | undefined;
     for (const message of splitMessages(input)) {
@@ -137,9 +148,13 @@ export const linkFrameMessages: FuzzTarget = {
         header = message;
         continue;
       }
-      const expected = wasHeader ? message.length : message.length - FRAME_HEADER_SIZE;
-      if (frame.payload.length !== expected || frame.payload.length > MAX_FRAME_PAYLOAD) throw new InvariantBroken(`a ${frame.payload.length}-byte payload from a ${message.length}-byte message`);
-      if (wasHeader && frame.payload.length !== wasHeader.readUInt32LE(16)) throw new InvariantBroken('a payload of another length than its header says');
+      const head = wasHeader ?? message.subarray(0, FRAME_HEADER_SIZE);
+      const payload = wasHeader ? message : message.subarray(FRAME_HEADER_SIZE);
+      if (frame.payload.length > MAX_FRAME_PAYLOAD || !frame.payload.equals(payload)) throw new InvariantBroken(`a ${frame.payload.length}-byte payload from a ${message.length}-byte message, not its bytes`);
+      if (frame.payload.length !== head.readUInt32LE(16)) throw new InvariantBroken('a payload of another length than its header says');
+      if (frame.type !== head[0] || frame.kind !== head[1] || frame.channel !== head.readUInt32LE(4) || frame.offset !== head.readBigUInt64LE(8)) throw new InvariantBroken("a frame whose fields are not its header's");
+      const flags = head.readUInt16LE(2);
+      if (requireCrc && (!(flags & 1) || head.readUInt32LE(20) !== crc32(payload, crc32(head.subarray(0, 20))))) throw new InvariantBroken('a plain link took a frame without a good CRC');
       frames.push(frame);
     }
     return frames;
