@@ -84,7 +84,7 @@ export class Agent {
     await inFlight.replaceLeftovers().catch(() => {});
     const criu = (): Promise<CriuVersion> => criuVersion(options.criuBinary);
     const source = new SourceRole(incus, options.peers, options, records, options.defaultMode, criu, log, join(options.stateDir, 'outgoing'), options.name, inFlight);
-    const destination = new DestinationRole(incus, join(options.stateDir, 'incoming'), records, log, criu, options.criuBinary, options.restoreTimeoutMs ?? 300_000, inFlight);
+    const destination = new DestinationRole(incus, join(options.stateDir, 'incoming'), records, log, options.criuBinary, options.restoreTimeoutMs ?? 300_000, inFlight);
     for (const left of leftovers) void finishLeftover(left, incus, records, log).catch(() => {});
     const events = new IncusEvents(join(options.incusDir, 'unix.socket'));
     events.on('event', (event) => destination.onEvent(event));

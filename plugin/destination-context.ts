@@ -1,5 +1,5 @@
 import type { LinkSession } from '../src/link/index.js';
-import type { CriuVersion, RestoredTree } from '../src/criu/index.js';
+import type { RestoredTree } from '../src/criu/index.js';
 import type { DestinationMigration, LazyCopyGuard, LazyPageStore, Mode } from '../proxy/index.js';
 import type { IncusClient } from './incus-client.js';
 import type { InFlight, MigrationProgress } from './in-flight.js';
@@ -13,7 +13,6 @@ export interface DestinationContext {
   readonly cacheDir: string;
   readonly records: MigrationRecords;
   readonly log: AgentLog;
-  readonly criuVersion: () => Promise<CriuVersion>;
   readonly criuBinary: string | undefined;
   readonly inFlight: InFlight;
 }

@@ -3,7 +3,7 @@ import { readdir } from 'node:fs/promises';
 import { join } from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
 import type { LinkSession } from '../src/link/index.js';
-import { pagesStoredIn, type CriuVersion } from '../src/criu/index.js';
+import { pagesStoredIn } from '../src/criu/index.js';
 import { identify } from '../src/host/index.js';
 import { discardImages } from '../proxy/index.js';
 import { migrationId } from '../src/name-grammars.js';
@@ -39,14 +39,13 @@ export class DestinationRole {
     private readonly cacheDir: string,
     records: MigrationRecords,
     log: AgentLog,
-    criuVersion: () => Promise<CriuVersion>,
     criuBinary: string | undefined,
     /** How long a restore may run before haul kills it (Incus has no limit); per instance: user.haul.restore-timeout. */
     restoreTimeoutMs: number,
     inFlight: InFlight,
   ) {
     mkdirSync(cacheDir, { recursive: true, mode: 0o700 });
-    this.context = { incus, cacheDir, records, log, criuVersion, criuBinary, inFlight };
+    this.context = { incus, cacheDir, records, log, criuBinary, inFlight };
     this.incoming = new IncomingMigrations(this.context, restoreTimeoutMs);
   }
 
@@ -121,7 +120,7 @@ export class DestinationRole {
         await entry.lazyPages.close(); // unused in pre-copy
       } else {
         try {
-          lazy = (await serveLazyRestore(this.context, entry, dir)).delivered;
+          lazy = (await serveLazyRestore(entry, dir)).delivered;
         } catch (error) {
           const reason = `haul: could not start the lazy restore of migration ${id}: ${error instanceof Error ? error.message : String(error)}`;
           if (entry.session.isOpen) entry.session.abort(reason);

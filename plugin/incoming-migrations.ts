@@ -129,7 +129,7 @@ export class IncomingMigrations {
     const { context } = this;
     const dir = join(context.cacheDir, `${Date.now()}-${++this.sessions}`);
     // before any await: the source's channels are announced at once
-    const migration = DestinationMigration.begin(session, dir);
+    const migration = DestinationMigration.begin(session, dir, context.criuBinary ? { criuBinary: context.criuBinary } : {});
     const { store, lazyPages } = migration;
     void (async () => {
       let start;

@@ -1,4 +1,4 @@
-import type { DestinationContext, Incoming } from './destination-context.js';
+import type { Incoming } from './destination-context.js';
 
 /**
  * Starts `criu lazy-pages` for a lazy restore in `dir`, served by haul from the link. Resolves
@@ -6,10 +6,10 @@ import type { DestinationContext, Incoming } from './destination-context.js';
  * source has then heard that the migration is complete). If the link fails first, the daemon is
  * ended.
  */
-export async function serveLazyRestore(context: DestinationContext, entry: Incoming, dir: string): Promise<{ readonly delivered: Promise<number> }> {
+export async function serveLazyRestore(entry: Incoming, dir: string): Promise<{ readonly delivered: Promise<number> }> {
   const lazyPages = entry.lazyPages;
   // Incus shows a container the guard ended as stopped
-  const service = await entry.migration.serveLazy({ restoreDir: dir, ...(context.criuBinary ? { criuBinary: context.criuBinary } : {}), criuVersion: await context.criuVersion(), restored: () => entry.restored });
+  const service = await entry.migration.serveLazy({ restoreDir: dir, restored: () => entry.restored });
   const { guard } = service;
   entry.guard = guard;
   const delivered = (async () => {

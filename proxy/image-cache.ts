@@ -64,7 +64,7 @@ export class ImageCache {
 
   private async serve(session: LinkSession): Promise<void> {
     const id = `${new Date().toISOString().replace(/[:.]/g, '-')}-${++this.migrations}`;
-    const migration = DestinationMigration.begin(session, join(this.options.dir, id));
+    const migration = DestinationMigration.begin(session, join(this.options.dir, id), this.options.criuBinary ? { criuBinary: this.options.criuBinary } : {});
     const { dir, store } = migration;
     const lazyPages = migration.lazyPages;
     this.options.onEvent?.({ kind: 'migration', id, dir });
@@ -98,7 +98,7 @@ export class ImageCache {
       }
       // lazy: the restore starts before the memory is here; criu lazy-pages asks haul, haul asks the source
       let restoring: RestoredTree | undefined;
-      const service = await migration.serveLazy({ restoreDir: dir, ...(this.options.criuBinary ? { criuBinary: this.options.criuBinary } : {}), restored: () => restoring });
+      const service = await migration.serveLazy({ restoreDir: dir, restored: () => restoring });
       const { guard } = service;
       try {
         await runCriu('restore', ['--lazy-pages', '-D', dir, '-d', '--pidfile', pidFile], { logFile: join(dir, 'restore.log'), cwd: dir, ...criuBinary });

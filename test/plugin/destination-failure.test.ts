@@ -47,7 +47,7 @@ describe('the destination agent failing a restore', () => {
     const log = (line: string): void => void lines.push(line);
     const inFlight = new InFlight(join(scratch.path, 'in-flight.json'));
     cleanups.push(() => inFlight.close());
-    const role = new DestinationRole(fakeIncus(), join(scratch.path, 'incoming'), new MigrationRecords(records(scratch.path), 'dst', log), log, async () => ({ major: 4, minor: 1, patch: 1 }), undefined, restoreTimeoutMs, inFlight);
+    const role = new DestinationRole(fakeIncus(), join(scratch.path, 'incoming'), new MigrationRecords(records(scratch.path), 'dst', log), log, undefined, restoreTimeoutMs, inFlight);
     const sessionId = randomBytes(16);
     const source = new LinkSession('dialer', sessionId);
     const destination = new LinkSession('listener', sessionId);

@@ -44,7 +44,7 @@ function destination() {
     server: async () => Promise.reject(new Error('no incusd in this test')),
   } as unknown as IncusClient;
   const lines: string[] = [];
-  const role = new DestinationRole(incus, cacheDir, new MigrationRecords(join(scratch.path, 'records.jsonl')), (line) => lines.push(line), async () => ({ major: 4, minor: 1, patch: 1 }), undefined, 5000, new InFlight(join(scratch.path, 'in-flight.json')));
+  const role = new DestinationRole(incus, cacheDir, new MigrationRecords(join(scratch.path, 'records.jsonl')), (line) => lines.push(line), undefined, 5000, new InFlight(join(scratch.path, 'in-flight.json')));
   return { root: scratch.path, cacheDir, role, askedAbout, lines };
 }
 
