@@ -130,7 +130,7 @@ describe('disk changes: what a container wrote after the snapshot reaches the de
       stream.resume();
       stream.on('end', next);
     });
-    const extracted = new Promise((resolve, reject) => extract.on('finish', resolve).on('error', reject));
+    const extracted = new Promise<void>((resolve, reject) => extract.on('finish', () => resolve()).on('error', reject));
     packed.tar.pipe(extract as unknown as NodeJS.WritableStream);
     await Promise.all([packed.done, extracted]);
     expect(names).toContain('kept');
