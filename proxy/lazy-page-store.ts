@@ -204,8 +204,8 @@ export class LazyPageStore implements PageSource {
       this.heldBytes -= PAGE_SIZE;
       this.state.setPage(pid, page, SPILLED);
       this.spilledAt.setPage(pid, page, offset + i * PAGE_SIZE);
+      this.evicted++;
     });
-    this.evicted += moving.length;
   }
 
   private async spillPages(pid: number, first: number, bytes: Buffer): Promise<void> {
