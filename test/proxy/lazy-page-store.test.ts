@@ -29,6 +29,15 @@ afterAll(() => scratch.remove());
 let spills = 0;
 const spillPath = (): string => join(scratch.path, `spill-${spills++}`);
 
+/** Reads pages 0 to `pages` as criu lazy-pages would, the rest each time, checking each answer's bytes. */
+async function readsBackEveryPage(store: LazyPageStore, pages: number): Promise<void> {
+  for (let taken = 0; taken < pages;) {
+    const answer = await store.read(PID, at(taken), pages - taken);
+    expect(await collect(answer.pages)).toEqual(pagesOf(at(taken), answer.nrPages));
+    taken += answer.nrPages;
+  }
+}
+
 const settledWithin = async (promise: Promise<unknown>, ms: number): Promise<boolean> =>
   Promise.race([promise.then(() => true), new Promise<boolean>((resolve) => setTimeout(() => resolve(false), ms))]);
 
@@ -90,12 +99,7 @@ describe('the lazy page store of a destination', () => {
     // a fault's answer never waits for room: criu lazy-pages may be waiting on it
     await store.add({ pid: PID, vaddr: at(100), nrPages: 16 }, arriving(100, 16, 4 * PAGE_SIZE));
     expect(await collect((await store.read(PID, at(100), 16)).pages)).toEqual(pagesOf(at(100), 16));
-    let taken = 0;
-    while (taken < 32) {
-      const answer = await store.read(PID, at(taken), 32 - taken);
-      expect(await collect(answer.pages)).toEqual(pagesOf(at(taken), answer.nrPages));
-      taken += answer.nrPages;
-    }
+    await readsBackEveryPage(store, 32);
     await pushing;
     expect(store.received).toBe(48);
   });
@@ -111,12 +115,7 @@ describe('the lazy page store of a destination', () => {
     expect(await collect(wanted.pages)).toEqual(pagesOf(at(40), wanted.nrPages));
     expect(existsSync(path)).toBe(true);
     // what went to the spill file and what stayed in memory read back the same
-    let taken = 0;
-    while (taken < 40) {
-      const answer = await store.read(PID, at(taken), 40 - taken);
-      expect(await collect(answer.pages)).toEqual(pagesOf(at(taken), answer.nrPages));
-      taken += answer.nrPages;
-    }
+    await readsBackEveryPage(store, 40);
     await store.close();
   });
 
@@ -129,12 +128,7 @@ describe('the lazy page store of a destination', () => {
     expect(store.evicted).toBeGreaterThanOrEqual(8);
     expect(existsSync(path)).toBe(true);
     // every page reads back the same, from disk or memory
-    let taken = 0;
-    while (taken < 12) {
-      const answer = await store.read(PID, at(taken), 12 - taken);
-      expect(await collect(answer.pages)).toEqual(pagesOf(at(taken), answer.nrPages));
-      taken += answer.nrPages;
-    }
+    await readsBackEveryPage(store, 12);
     await store.close();
   });
 
