@@ -39,6 +39,8 @@ const BAD_HEADER = Buffer.from([0xff]);
 export class LazyDump {
   private client: LazyPagesClient | undefined;
   private socket: Socket | undefined;
+  /** The guard's release, begun once haul is CRIU's client. */
+  private releasing: Promise<void> | undefined;
 
   private constructor(private readonly guard: LoopbackGuard) {}
 
@@ -70,7 +72,10 @@ export class LazyDump {
     const socket = (this.socket = await this.guard.connect());
     socket.on('error', () => {}); // a reset shows in the checks and reads below, not as a crash
     await expectPeerProcess(socket, criu);
-    await this.guard.release();
+    // CRIU takes no second client, so the guard may go while the pages move: awaited, its nft run
+    // (some 30 ms, more on a busy core) held the restore's first fault at the destination.
+    // releaseWhenGone waits for it.
+    this.releasing = this.guard.release();
     return (this.client = new LazyPagesClient(socket, layout));
   }
 
@@ -98,11 +103,15 @@ export class LazyDump {
   /**
    * Lets the port go once CRIU has: it may still be on its way to listening (a failure came first,
    * and it goes on to its lazy page server all the same), and would take any client then. Released
-   * already once haul was seen connected to CRIU; else by the guard's own timeout.
+   * already (or on its way) once haul was seen connected to CRIU, and waited for here; else by the
+   * guard's own timeout.
    */
   async releaseWhenGone(criu: ProcessIdentity | undefined): Promise<'released' | 'criu-runs'> {
     if (criu) await hasEnded(criu, 200, LAZY_SERVER_MS + 30_000);
-    if (criu && isRunning(criu)) return 'criu-runs';
+    if (criu && isRunning(criu)) {
+      await this.releasing;
+      return this.releasing ? 'released' : 'criu-runs';
+    }
     await this.guard.release();
     return 'released';
   }

@@ -23,7 +23,10 @@ export interface LoopbackGuard {
    * guard admits, so that this is the connection that gets through once only admitted clients may.
    */
   connect(): Promise<Socket>;
-  /** Lets everyone connect again; never throws (the elements also expire by themselves). */
+  /**
+   * Lets everyone connect again; never throws (the elements also expire by themselves). Every call
+   * resolves when the first one's removal is done.
+   */
   release(): Promise<void>;
 }
 
@@ -68,10 +71,23 @@ export async function guardLoopbackPort(port: number, options: LoopbackGuardOpti
   if (!isPort(port)) throw new LoopbackGuardError(`no such TCP port: ${port}`);
   const nft = options.nft ?? 'nft';
   const expiry = options.expireAfterSeconds ?? DEFAULT_EXPIRY_S;
+  // the client port of the first `connect`, admitted in the same transaction: admitting it then
+  // would be one more nft run between CRIU listening and haul reaching it, inside the freeze
+  const clientAhead = options.ownClientsOnly ? (await pickPrivilegedLoopbackPort('client', pickOptions(options))).port : undefined;
   // create, not add: a port another guard holds is refused, never shared (its release would end both)
-  await runNft(nft, ['-f', '-'], [...guardScript(), `create element ${TABLE} ${PORTS} { ${port} timeout ${expiry}s }`, ...(options.ownClientsOnly ? [`add element ${TABLE} ${OWN_CLIENTS_ONLY} { ${port} timeout ${expiry}s }`] : [])].join('\n'));
-  const added: string[] = [`${PORTS} { ${port} }`, ...(options.ownClientsOnly ? [`${OWN_CLIENTS_ONLY} { ${port} }`] : [])];
-  let released = false;
+  await runNft(nft, ['-f', '-'], [
+    ...guardScript(),
+    `create element ${TABLE} ${PORTS} { ${port} timeout ${expiry}s }`,
+    ...(options.ownClientsOnly ? [`add element ${TABLE} ${OWN_CLIENTS_ONLY} { ${port} timeout ${expiry}s }`] : []),
+    ...(clientAhead !== undefined ? [`add element ${TABLE} ${ADMITTED} { ${port} . ${clientAhead} timeout ${expiry}s }`] : []),
+  ].join('\n'));
+  const added: string[] = [
+    `${PORTS} { ${port} }`,
+    ...(options.ownClientsOnly ? [`${OWN_CLIENTS_ONLY} { ${port} }`] : []),
+    ...(clientAhead !== undefined ? [`${ADMITTED} { ${port} . ${clientAhead} }`] : []),
+  ];
+  let unusedClientPort = clientAhead;
+  let released: Promise<void> | undefined;
   const admit = async (clientPort: number): Promise<void> => {
     await runNft(nft, ['-f', '-'], `add element ${TABLE} ${ADMITTED} { ${port} . ${clientPort} timeout ${expiry}s }`);
     added.push(`${ADMITTED} { ${port} . ${clientPort} }`);
@@ -88,13 +104,17 @@ export async function guardLoopbackPort(port: number, options: LoopbackGuardOpti
       let lastError: unknown;
       const tried = new Set<number>();
       for (let attempt = 0; attempt < CONNECT_TRIES; attempt++) {
-        // below ip_unprivileged_port_start where the host has such ports; any free one otherwise
-        // (the admitting rule wants a root socket all the same)
-        const picked = await pickPrivilegedLoopbackPort('client', { excluding: tried, ...(options.unprivilegedPortStart ? { unprivilegedPortStart: options.unprivilegedPortStart } : {}) });
-        tried.add(picked.port);
-        await admit(picked.port);
+        let clientPort = unusedClientPort;
+        unusedClientPort = undefined;
+        if (clientPort === undefined) {
+          // below ip_unprivileged_port_start where the host has such ports; any free one otherwise
+          // (the admitting rule wants a root socket all the same)
+          clientPort = (await pickPrivilegedLoopbackPort('client', pickOptions(options, tried))).port;
+          await admit(clientPort);
+        }
+        tried.add(clientPort);
         try {
-          return await connectFrom(port, picked.port);
+          return await connectFrom(port, clientPort);
         } catch (error) {
           lastError = error;
           // the client port was taken between the pick and the bind
@@ -103,10 +123,16 @@ export async function guardLoopbackPort(port: number, options: LoopbackGuardOpti
       }
       throw new LoopbackGuardError(`no free client port to reach port ${port} from`, { cause: lastError });
     },
-    async release() {
-      released = true;
-      // one transaction per element: one that expired already must not keep the others
-      for (const element of added.splice(0)) await runNft(nft, ['delete', 'element', ...TABLE.split(' '), ...element.split(' ')], '').catch(() => {});
+    release() {
+      // every call has the same end: the first call's, still on its way or not
+      released ??= (async () => {
+        const elements = added.splice(0);
+        // one transaction for all (each nft run deleting takes some 30 ms here); where it fails,
+        // one per element, so that one already expired does not keep the others
+        const all = await runNft(nft, ['-f', '-'], elements.map((element) => `delete element ${TABLE} ${element}`).join('\n')).then(() => true, () => false);
+        if (!all) for (const element of elements) await runNft(nft, ['delete', 'element', ...TABLE.split(' '), ...element.split(' ')], '').catch(() => {});
+      })();
+      return released;
     },
   };
 }
@@ -120,7 +146,7 @@ export async function guardNewLoopbackPort(options: LoopbackGuardOptions = {}): 
   const tried = new Set<number>();
   let lastError: unknown;
   for (let attempt = 0; attempt < GUARD_TRIES; attempt++) {
-    const picked = await pickPrivilegedLoopbackPort('listener', { excluding: tried, ...(options.unprivilegedPortStart ? { unprivilegedPortStart: options.unprivilegedPortStart } : {}) });
+    const picked = await pickPrivilegedLoopbackPort('listener', pickOptions(options, tried));
     tried.add(picked.port);
     try {
       const guard = await guardLoopbackPort(picked.port, options);
@@ -164,6 +190,10 @@ function guardScript(): string[] {
     `add rule ${TABLE} loopback_input iifname != "lo" ip daddr 127.0.0.0/8 tcp dport @${PORTS} drop`,
     `add rule ${TABLE} loopback_input iifname != "lo" ip6 daddr ::1 tcp dport @${PORTS} drop`,
   ];
+}
+
+function pickOptions(options: LoopbackGuardOptions, excluding: ReadonlySet<number> = new Set()): { excluding: ReadonlySet<number>; unprivilegedPortStart?: string } {
+  return { excluding, ...(options.unprivilegedPortStart ? { unprivilegedPortStart: options.unprivilegedPortStart } : {}) };
 }
 
 function isPort(port: number): boolean {

@@ -69,6 +69,47 @@ describeOnHost('who may connect to the loopback listeners of a migration', ['roo
     expect((await connectFromAnotherProcess(port, 0)).connected).toBe(true);
   });
 
+  it("admits its first own client when it is set up, and releases every element in one nft run, or one at a time where one is gone", async () => {
+    // inside a lazy migration's freeze: CRIU listens, haul connects and lets the guard go; each nft
+    // run there was some 30 ms before the restore's first fault could be answered
+    const dir = mkdtempSync(join(tmpdir(), 'haul-nft-'));
+    const calls = join(dir, 'calls');
+    const nft = join(dir, 'nft');
+    writeFileSync(nft, `#!/bin/sh\necho "$*" >> ${calls}\nexec nft "$@"\n`);
+    chmodSync(nft, 0o755);
+    const runs = (): string[] => readFileSync(calls, 'utf8').trim().split('\n');
+    const elementsOf = async (port: number): Promise<number> => {
+      const listing = await new Promise<string>((resolve, reject) => {
+        const child = spawn('nft', ['list', 'table', 'inet', 'haul'], { stdio: ['ignore', 'pipe', 'inherit'] });
+        let text = '';
+        child.stdout!.on('data', (chunk: Buffer) => (text += chunk.toString()));
+        child.on('error', reject).on('exit', () => resolve(text));
+      });
+      return listing.split(/[\s,{}]+/).filter((word) => word === String(port)).length;
+    };
+    try {
+      for (const goneFirst of [false, true]) {
+        writeFileSync(calls, '');
+        const { port, accepted } = await listening();
+        const guard = await guardLoopbackPort(port, { nft, ownClientsOnly: true });
+        expect(runs()).toHaveLength(1);
+        const own = await guard.connect();
+        sockets.push(own);
+        expect(runs()).toHaveLength(1);
+        await new Promise((resolve) => setTimeout(resolve, 50));
+        expect(accepted.map((socket) => socket.remotePort)).toContain(own.localPort);
+        expect(await elementsOf(port)).toBe(3);
+        if (goneFirst) await new Promise((resolve) => spawn('nft', ['delete', 'element', 'inet', 'haul', 'own_clients_only_ports', `{ ${port} }`]).on('exit', resolve));
+        await Promise.all([guard.release(), guard.release()]);
+        expect(runs()).toHaveLength(goneFirst ? 2 + 3 : 2);
+        expect(await elementsOf(port)).toBe(0);
+        expect((await connectFromAnotherProcess(port, 0)).connected).toBe(true);
+      }
+    } finally {
+      rmSync(dir, { recursive: true, force: true });
+    }
+  });
+
   it('never lets two guards share a port: the second is refused, a new guard picks another, and one release leaves the other', async () => {
     const first = await guardNewLoopbackPort();
     try {
