@@ -50,15 +50,34 @@ export class FaultQueue {
   }
 }
 
-/** The lazy runs cut into requests of at most PUSH_PAGES pages, for CRIU's lazy page server. */
-function pushRequests(lazyRuns: readonly PageRun[]): PageRun[] {
+/**
+ * Runs of at most this many pages are pushed first, and while the push waits for the restore: a
+ * process touches its stack, its data and its small allocations as soon as it runs, each a fault
+ * through the source otherwise; its bulk memory lies in large runs.
+ */
+const AHEAD_RUN_PAGES = 64;
+/** At most this many pages of such runs go ahead (a tree of many processes has many small runs). */
+const AHEAD_PAGES = 1024;
+
+/**
+ * The lazy runs cut into requests of at most PUSH_PAGES pages, for CRIU's lazy page server, the
+ * smaller runs first; `ahead`: how many of the first requests may go while the push waits.
+ */
+function pushRequests(lazyRuns: readonly PageRun[]): { readonly runs: PageRun[]; readonly ahead: number } {
   const runs: PageRun[] = [];
-  for (const run of lazyRuns) {
+  let ahead = 0;
+  let aheadPages = 0;
+  // sort is stable: runs of one size keep CRIU's order (by pid, then by address)
+  for (const run of [...lazyRuns].sort((a, b) => a.nrPages - b.nrPages)) {
+    if (run.nrPages <= AHEAD_RUN_PAGES && aheadPages + run.nrPages <= AHEAD_PAGES && ahead === runs.length) {
+      ahead++;
+      aheadPages += run.nrPages;
+    }
     for (let at = 0; at < run.nrPages; at += PUSH_PAGES) {
       runs.push({ pid: run.pid, vaddr: run.vaddr + BigInt(at * PAGE_SIZE), nrPages: Math.min(PUSH_PAGES, run.nrPages - at) });
     }
   }
-  return runs;
+  return { runs, ahead };
 }
 
 /**
@@ -66,8 +85,8 @@ function pushRequests(lazyRuns: readonly PageRun[]): PageRun[] {
  * destination: faults first, on the LAZY_ANSWERS channel the link sends ahead of bulk traffic, and
  * every other page behind them on a push channel, never asking CRIU for a page twice. Resolves with
  * the number of pages moved once every page of `lazyRuns` has; `stop()` returning a reason ends it
- * early. With `pushFrom`, only faults are answered until it settles: the pushing would take CPU
- * and link from the restore it is meant to speed up, while the restore runs.
+ * early. With `pushFrom`, only faults and the small runs are served until it settles: pushing the
+ * rest would take CPU and link from the restore it is meant to speed up, while the restore runs.
  */
 export async function moveLazyPages(
   session: LinkSession,
@@ -92,7 +111,7 @@ export async function moveLazyPages(
     () => void (pushing = true),
     () => void (pushing = true),
   );
-  const runs = pushRequests(lazyRuns);
+  const { runs, ahead } = pushRequests(lazyRuns);
   let served = options.servesUntil === undefined;
   const servedOrFailed = (options.servesUntil ?? Promise.resolve()).then(
     () => void (served = true),
@@ -142,9 +161,11 @@ export async function moveLazyPages(
     }
     let run = next?.run;
     const fault = run !== undefined;
-    // background pages wait while the push channel is full, so faults never queue behind them
-    if (!run && (!pushing || pushes.writable.writableNeedDrain)) return undefined;
-    while (!run && background < runs.length) {
+    // background pages wait while the push channel is full, so faults never queue behind them;
+    // while the push waits, only the requests that go ahead
+    const pushable = pushing ? runs.length : ahead;
+    if (!run && (background >= pushable || pushes.writable.writableNeedDrain)) return undefined;
+    while (!run && background < pushable) {
       // a run may be partly asked for already (by a fault, or before a short answer)
       const candidate = runs[background]!;
       const from = firstUnasked(candidate);

@@ -42,8 +42,9 @@ export interface LazySourceSeams {
   /** Why to stop moving pages, from the manager's side (its own restore step failed). */
   readonly managerFailure?: () => string | undefined;
   /**
-   * Only the destination's faults are answered until the restore is reported, or this settles,
-   * or at most `atMostMs`; without it, every page is pushed from the start.
+   * Only the destination's faults and the small runs (moveLazyPages) are served until the restore
+   * is reported, or this settles, or at most `atMostMs`; without it, every page is pushed from the
+   * start.
    */
   readonly holdPush?: { readonly hint?: Promise<unknown>; readonly atMostMs: number };
   /** Once every page is on the destination and restored there: the manager's verdict; rejects to resume the source. */
@@ -118,7 +119,7 @@ export async function runLazySource(migration: SourceMigration, dump: LazyDump, 
       stop: () => seams.managerFailure?.() ?? restoreFailure ?? storeFailure,
       // while the destination restores, its faults alone: pushing the rest then (a whole
       // container's memory at 1 GiB) slowed the restore and Incus' own steps on the way to it
-      ...(hold ? { pushFrom: Promise.race([restoreReported, hold.hint ?? new Promise(() => {}), sleep(hold.atMostMs)]) } : {}),
+      ...(hold ? { pushFrom: Promise.race([restoreReported, hold.hint ?? new Promise(() => {}), sleep(hold.atMostMs, undefined, { ref: false })]) } : {}),
     });
     await stored;
     // the restore's report first: a failed restore ends the destination's answers without lazy_complete
