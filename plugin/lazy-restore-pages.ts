@@ -4,9 +4,9 @@ import type { Incoming } from './destination-context.js';
  * Starts `criu lazy-pages` for a lazy restore in `dir`, served by haul from the link. Resolves
  * once it listens; `delivered` settles when the daemon has delivered every page (their count: the
  * source has then heard that the migration is complete). If the link fails first, the daemon is
- * ended.
+ * ended; `stop` ends it when no restore will come.
  */
-export async function serveLazyRestore(entry: Incoming, dir: string): Promise<{ readonly delivered: Promise<number> }> {
+export async function serveLazyRestore(entry: Incoming, dir: string): Promise<{ readonly delivered: Promise<number>; stop(): Promise<void> }> {
   const lazyPages = entry.lazyPages;
   // Incus shows a container the guard ended as stopped
   const service = await entry.migration.serveLazy({ restoreDir: dir, restored: () => entry.restored });
@@ -27,5 +27,12 @@ export async function serveLazyRestore(entry: Incoming, dir: string): Promise<{ 
     }
   })();
   delivered.catch(() => {});
-  return { delivered }; // wrapped: a promise returned from an async function would be awaited
+  // wrapped: a promise returned from an async function would be awaited
+  return {
+    delivered,
+    async stop() {
+      service.kill();
+      await guard.release();
+    },
+  };
 }
