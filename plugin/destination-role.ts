@@ -93,13 +93,14 @@ export class DestinationRole {
     // lazy: criu lazy-pages starts while the pages are placed and the disk brought up (it reads
     // only the process tree's image, from Incus' own copy, until a restore connects): started after
     // them, its start (CRIU's probes of the kernel) was some 40 ms of the container's downtime
-    const lazyStart = entry.mode === 'lazy' ? serveLazyRestore(entry, dir) : undefined;
+    const lazyStart = entry.mode === 'lazy' && entry.session.isOpen ? serveLazyRestore(entry, dir) : undefined;
     lazyStart?.catch(() => {}); // awaited below, where a failure refuses the restore
     // contain first (Incus' migration cut, incusd let go), record after: a record that cannot be
     // written must not leave incusd waiting, or free to report the failure as a success
     const refuse = async (failed: Incoming, reason: string): Promise<HookReply> => {
-      // no restore will connect to the lazy-pages daemon: it would wait for one for good
-      await (await lazyStart?.catch(() => undefined))?.stop();
+      // no restore will connect to the lazy-pages daemon: it would wait for one for good (ended
+      // once it has started, without holding up the cut)
+      void lazyStart?.then((started) => started.stop()).catch(() => {});
       await cutIncusMigration(this.context, failed); // the hook fails the restore once this returns
       (await gating.catch(() => undefined))?.gate.release();
       await (await watching.catch(() => undefined))?.discard().catch(() => {});
@@ -127,7 +128,8 @@ export class DestinationRole {
         await entry.lazyPages.close(); // unused in pre-copy
       } else {
         try {
-          lazy = (await lazyStart!).delivered;
+          if (!lazyStart) throw new Error('the link to the source failed before the restore');
+          lazy = (await lazyStart).delivered;
         } catch (error) {
           const reason = `haul: could not start the lazy restore of migration ${id}: ${error instanceof Error ? error.message : String(error)}`;
           if (entry.session.isOpen) entry.session.abort(reason);

@@ -12,6 +12,7 @@ export async function serveLazyRestore(entry: Incoming, dir: string): Promise<{ 
   const service = await entry.migration.serveLazy({ restoreDir: dir, restored: () => entry.restored });
   const { guard } = service;
   entry.guard = guard;
+  let stopped = false;
   const delivered = (async () => {
     try {
       return await entry.migration.lazyDelivered(service, async () => {
@@ -20,7 +21,8 @@ export async function serveLazyRestore(entry: Incoming, dir: string): Promise<{ 
       });
     } catch (error) {
       const reason = error instanceof Error ? error.message : String(error);
-      if (entry.session.isOpen) entry.session.abort(`lazy pages could not all be delivered: ${reason}`);
+      // stopped: the restore was refused, and the refusal says why
+      if (entry.session.isOpen && !stopped) entry.session.abort(`lazy pages could not all be delivered: ${reason}`);
       throw error;
     } finally {
       await lazyPages.close().catch(() => {});
@@ -31,6 +33,7 @@ export async function serveLazyRestore(entry: Incoming, dir: string): Promise<{ 
   return {
     delivered,
     async stop() {
+      stopped = true;
       service.kill();
       await guard.release();
     },

@@ -72,8 +72,11 @@ export async function guardLoopbackPort(port: number, options: LoopbackGuardOpti
   const nft = options.nft ?? 'nft';
   const expiry = options.expireAfterSeconds ?? DEFAULT_EXPIRY_S;
   // the client port of the first `connect`, admitted in the same transaction: admitting it then
-  // would be one more nft run between CRIU listening and haul reaching it, inside the freeze
-  const clientAhead = options.ownClientsOnly ? (await pickPrivilegedLoopbackPort('client', pickOptions(options))).port : undefined;
+  // would be one more nft run between CRIU listening and haul reaching it, inside the freeze. Only
+  // a port no user may bind and no forkproxy picks as its source: admitted but not yet bound, any
+  // root socket from it gets in; a port any user may bind is admitted only as haul connects
+  const pick = options.ownClientsOnly ? await pickPrivilegedLoopbackPort('client', pickOptions(options)) : undefined;
+  const clientAhead = pick && pick.bindableByAnyone === undefined ? pick.port : undefined;
   // create, not add: a port another guard holds is refused, never shared (its release would end both)
   await runNft(nft, ['-f', '-'], [
     ...guardScript(),
@@ -81,16 +84,24 @@ export async function guardLoopbackPort(port: number, options: LoopbackGuardOpti
     ...(options.ownClientsOnly ? [`add element ${TABLE} ${OWN_CLIENTS_ONLY} { ${port} timeout ${expiry}s }`] : []),
     ...(clientAhead !== undefined ? [`add element ${TABLE} ${ADMITTED} { ${port} . ${clientAhead} timeout ${expiry}s }`] : []),
   ].join('\n'));
+  const admitted = (clientPort: number): string => `${ADMITTED} { ${port} . ${clientPort} }`;
   const added: string[] = [
     `${PORTS} { ${port} }`,
     ...(options.ownClientsOnly ? [`${OWN_CLIENTS_ONLY} { ${port} }`] : []),
-    ...(clientAhead !== undefined ? [`${ADMITTED} { ${port} . ${clientAhead} }`] : []),
+    ...(clientAhead !== undefined ? [admitted(clientAhead)] : []),
   ];
   let unusedClientPort = clientAhead;
   let released: Promise<void> | undefined;
+  const drop = async (element: string): Promise<void> => {
+    const at = added.indexOf(element);
+    if (at >= 0) added.splice(at, 1);
+    await runNft(nft, ['delete', 'element', ...TABLE.split(' '), ...element.split(' ')], '').catch(() => {});
+  };
   const admit = async (clientPort: number): Promise<void> => {
     await runNft(nft, ['-f', '-'], `add element ${TABLE} ${ADMITTED} { ${port} . ${clientPort} timeout ${expiry}s }`);
-    added.push(`${ADMITTED} { ${port} . ${clientPort} }`);
+    added.push(admitted(clientPort));
+    // released meanwhile: that release did not see this element
+    if (released) await drop(admitted(clientPort));
   };
   return {
     port,
@@ -117,8 +128,10 @@ export async function guardLoopbackPort(port: number, options: LoopbackGuardOpti
           return await connectFrom(port, clientPort);
         } catch (error) {
           lastError = error;
-          // the client port was taken between the pick and the bind
+          // the client port was taken between the pick (or the set-up) and the bind: the sockets
+          // of whoever holds it must not stay admitted
           if ((error as NodeJS.ErrnoException).code !== 'EADDRINUSE') throw error;
+          await drop(admitted(clientPort));
         }
       }
       throw new LoopbackGuardError(`no free client port to reach port ${port} from`, { cause: lastError });

@@ -92,15 +92,20 @@ describeOnHost('who may connect to the loopback listeners of a migration', ['roo
         writeFileSync(calls, '');
         const { port, accepted } = await listening();
         const guard = await guardLoopbackPort(port, { nft, ownClientsOnly: true });
-        expect(runs()).toHaveLength(1);
-        const own = await guard.connect();
-        sockets.push(own);
-        expect(runs()).toHaveLength(1);
-        await new Promise((resolve) => setTimeout(resolve, 50));
-        expect(accepted.map((socket) => socket.remotePort)).toContain(own.localPort);
-        expect(await elementsOf(port)).toBe(3);
-        if (goneFirst) await new Promise((resolve) => spawn('nft', ['delete', 'element', 'inet', 'haul', 'own_clients_only_ports', `{ ${port} }`]).on('exit', resolve));
-        await Promise.all([guard.release(), guard.release()]);
+        try {
+          expect(runs()).toHaveLength(1);
+          // admitted ahead, the client port lets no other root socket in
+          expect((await connectFromAnotherProcess(port, 0)).connected).toBe(false);
+          const own = await guard.connect();
+          sockets.push(own);
+          expect(runs()).toHaveLength(1);
+          await new Promise((resolve) => setTimeout(resolve, 50));
+          expect(accepted.map((socket) => socket.remotePort)).toContain(own.localPort);
+          expect(await elementsOf(port)).toBe(3);
+          if (goneFirst) await new Promise((resolve) => spawn('nft', ['delete', 'element', 'inet', 'haul', 'own_clients_only_ports', `{ ${port} }`]).on('exit', resolve));
+        } finally {
+          await Promise.all([guard.release(), guard.release()]);
+        }
         expect(runs()).toHaveLength(goneFirst ? 2 + 3 : 2);
         expect(await elementsOf(port)).toBe(0);
         expect((await connectFromAnotherProcess(port, 0)).connected).toBe(true);

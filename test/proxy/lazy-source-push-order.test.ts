@@ -28,12 +28,17 @@ describe('the lazy source pushing pages nobody asked for', () => {
     const stack = { pid: 7, vaddr: 0x7ffd00000000n, nrPages: 3 };
     let restored = (): void => {};
     const pushFrom = new Promise<void>((resolve) => (restored = resolve));
-    const moved = moveLazyPages(source, client, [heap, bulk, stack], faults, { pushFrom });
-    await sleep(50);
-    expect(asked).toEqual([{ vaddr: stack.vaddr, nrPages: 3 }, { vaddr: heap.vaddr, nrPages: 34 }]);
-    restored();
-    expect(await moved).toBe(4096 + 34 + 3);
-    expect(asked.slice(2).every((request) => request.vaddr >= bulk.vaddr && request.vaddr < stack.vaddr)).toBe(true);
-    source.abort('test over');
+    try {
+      const moved = moveLazyPages(source, client, [heap, bulk, stack], faults, { pushFrom });
+      await sleep(50);
+      expect(asked).toEqual([{ vaddr: stack.vaddr, nrPages: 3 }, { vaddr: heap.vaddr, nrPages: 34 }]);
+      restored();
+      expect(await moved).toBe(4096 + 34 + 3);
+      const bulkRequests = asked.slice(2);
+      expect(bulkRequests.length).toBeGreaterThan(0);
+      expect(bulkRequests.every((request) => request.vaddr >= bulk.vaddr && request.vaddr < stack.vaddr)).toBe(true);
+    } finally {
+      source.abort('test over');
+    }
   });
 });
