@@ -109,8 +109,9 @@ export class LazyDump {
   async releaseWhenGone(criu: ProcessIdentity | undefined): Promise<'released' | 'criu-runs'> {
     if (criu) await hasEnded(criu, 200, LAZY_SERVER_MS + 30_000);
     if (criu && isRunning(criu)) {
+      if (!this.releasing) return 'criu-runs';
       await this.releasing;
-      return this.releasing ? 'released' : 'criu-runs';
+      return 'released';
     }
     await this.guard.release();
     return 'released';

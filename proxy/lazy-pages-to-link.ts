@@ -68,7 +68,7 @@ function pushRequests(lazyRuns: readonly PageRun[]): { readonly runs: PageRun[];
   let ahead = 0;
   let aheadPages = 0;
   // sort is stable: runs of one size keep CRIU's order (by pid, then by address)
-  for (const run of [...lazyRuns].filter((run) => run.nrPages > 0).sort((a, b) => a.nrPages - b.nrPages)) {
+  for (const run of lazyRuns.filter((run) => run.nrPages > 0).sort((a, b) => a.nrPages - b.nrPages)) {
     if (run.nrPages <= AHEAD_RUN_PAGES && aheadPages + run.nrPages <= AHEAD_PAGES && ahead === runs.length) {
       ahead++;
       aheadPages += run.nrPages;

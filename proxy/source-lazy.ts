@@ -117,8 +117,8 @@ export async function runLazySource(migration: SourceMigration, dump: LazyDump, 
       onPages: (moved) => seams.onPages?.(moved),
       onAllSent: () => seams.onPhase?.('awaiting-last-page', { eagerPages, lazyPages: total }),
       stop: () => seams.managerFailure?.() ?? restoreFailure ?? storeFailure,
-      // while the destination restores, its faults and the small runs alone: pushing the rest then (a whole
-      // container's memory at 1 GiB) slowed the restore and Incus' own steps on the way to it
+      // while the destination restores, its faults and the small runs alone: pushing the rest
+      // then (a whole container's memory at 1 GiB) slowed the restore and Incus' own steps
       ...(hold ? { pushFrom: Promise.race([restoreReported, hold.hint ?? new Promise(() => {}), sleep(hold.atMostMs, undefined, { ref: false })]) } : {}),
     });
     await stored;

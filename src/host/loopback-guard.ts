@@ -92,10 +92,11 @@ export async function guardLoopbackPort(port: number, options: LoopbackGuardOpti
   ];
   let unusedClientPort = clientAhead;
   let released: Promise<void> | undefined;
+  const deleteElement = (element: string): Promise<void> => runNft(nft, ['delete', 'element', ...TABLE.split(' '), ...element.split(' ')], '').catch(() => {});
   const drop = async (element: string): Promise<void> => {
     const at = added.indexOf(element);
     if (at >= 0) added.splice(at, 1);
-    await runNft(nft, ['delete', 'element', ...TABLE.split(' '), ...element.split(' ')], '').catch(() => {});
+    await deleteElement(element);
   };
   const admit = async (clientPort: number): Promise<void> => {
     await runNft(nft, ['-f', '-'], `add element ${TABLE} ${ADMITTED} { ${port} . ${clientPort} timeout ${expiry}s }`);
@@ -143,7 +144,7 @@ export async function guardLoopbackPort(port: number, options: LoopbackGuardOpti
         // one transaction for all (each nft run deleting takes some 30 ms here); where it fails,
         // one per element, so that one already expired does not keep the others
         const all = await runNft(nft, ['-f', '-'], elements.map((element) => `delete element ${TABLE} ${element}`).join('\n')).then(() => true, () => false);
-        if (!all) for (const element of elements) await runNft(nft, ['delete', 'element', ...TABLE.split(' '), ...element.split(' ')], '').catch(() => {});
+        if (!all) for (const element of elements) await deleteElement(element);
       })();
       return released;
     },
