@@ -88,7 +88,10 @@ export class LocalAttacker {
       encodeHeader({ cmd: Command.CLOSE, nrPages: 0n, vaddr: 0n, dstId: 0n }, 'criu-4.1'),
       encodeHeader({ cmd: Command.GET, nrPages: 1n, vaddr: 0x400000n, dstId: 0n }, 'criu-4.1'),
     ]);
-    const child = spawn('setpriv', [`--reuid=${ATTACKER_UID}`, `--regid=${ATTACKER_UID}`, '--clear-groups', process.execPath, script, commands.toString('hex')], {
+    // favoured by the scheduler (set as root, before it drops to the user): CRIU's lazy page server
+    // listens only from its status-ready action until haul's client is accepted, a few ms, and an
+    // attacker on a busy 2-core machine could sleep through it; one with cores to spin on would not
+    const child = spawn('nice', ['-n', '-10', 'setpriv', `--reuid=${ATTACKER_UID}`, `--regid=${ATTACKER_UID}`, '--clear-groups', process.execPath, script, commands.toString('hex')], {
       stdio: ['ignore', 'pipe', 'inherit'],
       cwd: dir,
     });
