@@ -125,7 +125,9 @@ describe('the action script haul writes', () => {
       const script = spawn('/bin/sh', [path], { env: { ...process.env, CRTOOLS_SCRIPT_ACTION: 'post-dump' }, stdio: 'ignore' });
       const [code] = (await once(script, 'exit')) as [number];
       expect(code).toBe(1);
-      expect(Date.now() - started).toBeLessThan(2000);
+      // at once: waiting for a haul that is gone would be for good (a busy machine's sh and perl
+      // take a second or two to start)
+      expect(Date.now() - started).toBeLessThan(10_000);
     } finally {
       scratch.remove();
     }

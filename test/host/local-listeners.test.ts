@@ -61,8 +61,7 @@ describeOnHost('who may connect to the loopback listeners of a migration', ['roo
       const own = await guard.connect();
       sockets.push(own);
       expect(own.localPort).toBeLessThan(1024);
-      await new Promise((resolve) => setTimeout(resolve, 50));
-      expect(accepted.map((socket) => socket.remotePort)).toContain(own.localPort);
+      await expect.poll(() => accepted.map((socket) => socket.remotePort), { timeout: 10_000 }).toContain(own.localPort);
     } finally {
       await guard.release();
     }
@@ -99,8 +98,7 @@ describeOnHost('who may connect to the loopback listeners of a migration', ['roo
           const own = await guard.connect();
           sockets.push(own);
           expect(runs()).toHaveLength(1);
-          await new Promise((resolve) => setTimeout(resolve, 50));
-          expect(accepted.map((socket) => socket.remotePort)).toContain(own.localPort);
+          await expect.poll(() => accepted.map((socket) => socket.remotePort), { timeout: 10_000 }).toContain(own.localPort);
           expect(await elementsOf(port)).toBe(3);
           if (goneFirst) await new Promise((resolve) => spawn('nft', ['delete', 'element', 'inet', 'haul', 'own_clients_only_ports', `{ ${port} }`]).on('exit', resolve));
         } finally {
@@ -166,7 +164,7 @@ describeOnHost('who may connect to the loopback listeners of a migration', ['roo
       sockets.push(early);
       await once(early, 'connect');
       await guard.admitOnlyOwnClients();
-      await new Promise((resolve) => setTimeout(resolve, 50));
+      await expect.poll(() => accepted.length, { timeout: 10_000 }).toBe(1);
       const received = once(accepted[0]!, 'data');
       early.write('still here');
       const [data] = (await received) as [Buffer];
@@ -205,7 +203,7 @@ describeOnHost('who may connect to the loopback listeners of a migration', ['roo
   it('tells the process holding the other end of a connection from any other', async () => {
     const { port, accepted } = await listening();
     const peer = await connectFromAnotherProcess(port);
-    await new Promise((resolve) => setTimeout(resolve, 100));
+    await expect.poll(() => accepted.length, { timeout: 10_000 }).toBe(1);
     const socket = accepted[0]!;
     await expect(expectPeerProcess(socket, processOf(peer.pid))).resolves.toBeUndefined();
     const refusal = await expectPeerProcess(socket, processOf(process.pid)).catch((error: unknown) => error);

@@ -1,4 +1,3 @@
-import { setTimeout as sleep } from 'node:timers/promises';
 import { describe, expect, it } from 'vitest';
 import WebSocket from 'ws';
 import { LinkListener } from '../../src/link/listener.js';
@@ -17,8 +16,7 @@ describe('a link listener and a peer that breaks the WebSocket protocol', () => 
       // with an 'error' on the listener's side of the connection
       (peer as unknown as { _socket: import('node:net').Socket })._socket.write(Buffer.from([0x83, 0x80, 0, 0, 0, 0]));
       await new Promise((resolve) => peer.once('close', resolve));
-      await sleep(50);
-      expect(refused.length).toBeGreaterThan(0);
+      await expect.poll(() => refused.length, { timeout: 10_000 }).toBeGreaterThan(0);
       const next = new WebSocket(`ws://127.0.0.1:${listener.port}`);
       next.on('error', () => {});
       await expect(new Promise((resolve, reject) => next.once('open', resolve).once('error', reject))).resolves.toBeUndefined();

@@ -197,14 +197,20 @@ describe('the link when the connection drops', () => {
     const accepted = nextSession(listener);
     const { session } = await dialLink(`ws://127.0.0.1:${proxy.port}`, { insecure: true, application: hostApp('source'), keepaliveMs: 200 });
     const remote = await accepted;
-    const received = new Promise<Buffer>((resolve) => remote.once('channel', (channel) => resolve(collect(channel))));
+    let arrived = 0;
+    const received = new Promise<Buffer>((resolve) => remote.once('channel', (channel) => {
+      channel.readable.on('data', (chunk: Buffer) => (arrived += chunk.length));
+      resolve(collect(channel));
+    }));
     const data = randomBytes(20_000_000);
     const written = new Promise<void>((resolve) => openChannel(session, ChannelKind.PAGES, 'pages').writable.end(data, resolve));
-    await sleep(30);
+    // silent in the middle of the transfer, however fast or slow this machine moves it
+    while (arrived === 0) await sleep(1);
     expect(proxy.freeze()).toBeGreaterThan(0);
     await written;
     expect((await received).equals(data)).toBe(true);
-    expect(proxy.connections).toBe(2);
+    // at least one more: a stall of this process past the keepalive may find the new one silent too
+    expect(proxy.connections).toBeGreaterThanOrEqual(2);
     session.close();
   }, 30_000);
 

@@ -124,7 +124,7 @@ describe('the lazy page store of a destination', () => {
     const path = spillPath();
     const store = new LazyPageStore(new PassThrough(), path, 4 * PAGE_SIZE);
     const pushing = store.add({ pid: PID, vaddr: at(0), nrPages: 12 }, arriving(0, 12, 2 * PAGE_SIZE), { pushed: true });
-    expect(await settledWithin(pushing, 2000)).toBe(true);
+    await pushing; // with no read at all (the test's own timeout bounds it)
     expect(store.evicted).toBeGreaterThanOrEqual(8);
     expect(existsSync(path)).toBe(true);
     // every page reads back the same, from disk or memory
@@ -151,7 +151,7 @@ describe('the lazy page store of a destination', () => {
     const pushing = store.add({ pid: PID, vaddr: at(0), nrPages: 64 }, arriving(0, 64, PAGE_SIZE), { pushed: true });
     expect(await settledWithin(pushing, 50)).toBe(false);
     store.allServed();
-    expect(await settledWithin(pushing, 1000)).toBe(true);
+    await pushing;
   });
 
   it('fails a read waiting for the source once the source is gone', async () => {

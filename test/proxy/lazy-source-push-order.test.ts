@@ -30,6 +30,8 @@ describe('the lazy source pushing pages nobody asked for', () => {
     const pushFrom = new Promise<void>((resolve) => (restored = resolve));
     try {
       const moved = moveLazyPages(source, client, [heap, bulk, stack], faults, { pushFrom });
+      // the small runs go at once (however busy the machine); the bulk does not follow while held
+      await expect.poll(() => asked.length, { timeout: 10_000 }).toBe(2);
       await sleep(50);
       expect(asked).toEqual([{ vaddr: stack.vaddr, nrPages: 3 }, { vaddr: heap.vaddr, nrPages: 34 }]);
       restored();

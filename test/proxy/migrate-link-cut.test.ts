@@ -10,8 +10,11 @@ import { useMigrationScenes, type MigrationScene } from '../support/migration-sc
 import { CRIU_ON_SECOND_HOST, holdRestoredProcesses } from '../support/second-host.js';
 import { realtimeNs } from '../support/workload.js';
 
-/** Shorter than the default 30 s, so that an outage longer than it fits in a test. */
-const RESUME_WINDOW_MS = 1000;
+/**
+ * Shorter than the default 30 s, so that an outage longer than it fits in a test; long enough that
+ * a busy machine's stalls do not use it up before the test has seen the restored copy held.
+ */
+const RESUME_WINDOW_MS = 3000;
 
 /** Processes running the scene's workload (its command line names the scene's own directory). */
 function copiesOf(scene: MigrationScene): number[] {
@@ -64,7 +67,7 @@ async function eventually<T>(what: () => T, accept: (value: T) => boolean, ms = 
   const deadline = Date.now() + ms;
   let value = what();
   while (!accept(value) && Date.now() < deadline) {
-    await sleep(50);
+    await sleep(10);
     value = what();
   }
   return value;
