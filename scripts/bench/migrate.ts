@@ -26,12 +26,12 @@ import { Command } from 'commander';
 import { DEFAULT_CRIU, acceptOne, runCriu, startCriu } from '../../src/criu/index.js';
 import { realtimeNs, reportFrom, type WorkloadReport } from '../../test/support/workload.js';
 import { endSecondHost } from '../../test/support/second-host.js';
+import { HAUL_COMMAND } from './haul-command.js';
 import { ratio, spread, type Spread } from './spread.js';
 
 const WORKLOAD = '/usr/local/bin/haul-workload';
 const REPO = fileURLToPath(new URL('../../..', import.meta.url));
 const CRIU_ON_SECOND_HOST = join(REPO, 'test/support/criu-in-pid-namespace.sh');
-const HAUL_CLI = join(REPO, 'dist/cli/haul.js');
 const WORK = '/var/tmp/haul-bench-migrate';
 const progress = (line: string): void => void process.stderr.write(`[migrate] ${line}\n`);
 const execFileAsync = promisify(execFile);
@@ -263,7 +263,7 @@ const LAST_EVENTS = new Set(['restored', 'lazy-complete', 'failed', 'in-doubt'])
 async function haul(work: string, mib: number, placement: Placement, touch?: Touch): Promise<Run> {
   mkdirSync(work, { recursive: true });
   const lazy = touch !== undefined;
-  const [command, args] = onSide(placement, 'destination', 'unshare', ['--pid', '--fork', '--kill-child', '--mount-proc', process.execPath, HAUL_CLI, 'cache', '--listen', '127.0.0.1:0', '--dir', join(work, 'cache'), '--insecure']);
+  const [command, args] = onSide(placement, 'destination', 'unshare', ['--pid', '--fork', '--kill-child', '--mount-proc', process.execPath, ...HAUL_COMMAND, 'cache', '--listen', '127.0.0.1:0', '--dir', join(work, 'cache'), '--insecure']);
   const cache = spawn(command, args, { stdio: ['ignore', 'pipe', 'inherit'] });
   let pid: number | undefined;
   try {
@@ -287,7 +287,7 @@ async function haul(work: string, mib: number, placement: Placement, touch?: Tou
     const since = realtimeNs();
     const started = Date.now();
     const deadline = runDeadlineMs(mib);
-    const [migrateCommand, migrateArgs] = onSide(placement, 'source', process.execPath, [HAUL_CLI, 'migrate', String(pid), '--to', `127.0.0.1:${port}`, '--insecure', '--json', ...(lazy ? ['--lazy'] : [])]);
+    const [migrateCommand, migrateArgs] = onSide(placement, 'source', process.execPath, [...HAUL_COMMAND, 'migrate', String(pid), '--to', `127.0.0.1:${port}`, '--insecure', '--json', ...(lazy ? ['--lazy'] : [])]);
     const { stdout } = await within(deadline, 'haul migrate', execFileAsync(migrateCommand, migrateArgs, { encoding: 'utf8' }));
     const totalMs = Date.now() - started;
     const last = await within(deadline, 'haul cache', event((kind) => (lazy ? kind !== 'restored' : true) && LAST_EVENTS.has(kind)));

@@ -60,6 +60,9 @@ apply_runtime_settings() {
   fi
 }
 
+# The Node flags every haul process runs with (cli/node-flags), space-separated.
+haul_node_flags() { grep -v -e '^#' -e '^$' "$HAUL_ROOT/cli/node-flags" | tr '\n' ' '; }
+
 # Node.js 20+ and the locked npm dependencies; npm ci runs only when the lock file changed.
 install_node_dependencies() {
   local node_major lock_sum

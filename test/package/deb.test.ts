@@ -33,8 +33,10 @@ describeOnHost('the Debian package (npm run package)', ['root'], () => {
     const haul = (...args: string[]): string => execFileSync(join(root, 'usr/lib/haul/node'), [join(root, 'usr/lib/haul/app/dist/cli/haul.js'), ...args], { env, encoding: 'utf8' });
     expect(haul('--version').trim()).toBe(packageJson.version);
     expect(haul('--state-dir', join(scratch.path, 'state'), 'trust', 'list', '-f', 'json').trim()).toBe('[]');
-    // the wrapper on the PATH runs that runtime, not the host's
-    expect(readFileSync(join(root, 'usr/bin/haul'), 'utf8')).toMatch(/^exec \/usr\/lib\/haul\/node \/usr\/lib\/haul\/app\/dist\/cli\/haul\.js "\$@"$/m);
+    // the wrapper on the PATH runs that runtime, not the host's, with haul's Node flags
+    const flags = readFileSync(join(REPO, 'cli/node-flags'), 'utf8').split('\n').filter((line) => line !== '' && !line.startsWith('#'));
+    expect(flags.length).toBeGreaterThan(0);
+    expect(readFileSync(join(root, 'usr/bin/haul'), 'utf8').split('\n')).toContain(`exec /usr/lib/haul/node ${flags.join(' ')} /usr/lib/haul/app/dist/cli/haul.js "$@"`);
   });
 
   it('installs the agent as a service after incus that comes back after a failure, and its configuration as a conffile', () => {
