@@ -26,7 +26,7 @@ import { Command } from 'commander';
 import { DEFAULT_CRIU, acceptOne, runCriu, startCriu } from '../../src/criu/index.js';
 import { realtimeNs, reportFrom, type WorkloadReport } from '../../test/support/workload.js';
 import { endSecondHost } from '../../test/support/second-host.js';
-import { HAUL_COMMAND } from './haul-command.js';
+import { HAUL_COMMAND } from '../../test/support/build-cli.js';
 import { ratio, spread, type Spread } from './spread.js';
 
 const WORKLOAD = '/usr/local/bin/haul-workload';

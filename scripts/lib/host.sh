@@ -60,8 +60,12 @@ apply_runtime_settings() {
   fi
 }
 
-# The Node flags every haul process runs with (cli/node-flags), space-separated.
-haul_node_flags() { grep -v -e '^#' -e '^$' "$HAUL_ROOT/cli/node-flags" | tr '\n' ' '; }
+# The Node flags every haul process runs with (cli/node-flags: a flag a line, blank lines and lines
+# from a # left out; test/support/build-cli.ts reads it the same way), each followed by a space.
+haul_node_flags() {
+  [ -r "$HAUL_ROOT/cli/node-flags" ] || die "$HAUL_ROOT/cli/node-flags is missing"
+  sed -e 's/^[[:space:]]*//' -e 's/[[:space:]]*$//' -e '/^#/d' -e '/^$/d' "$HAUL_ROOT/cli/node-flags" | tr '\n' ' '
+}
 
 # Node.js 20+ and the locked npm dependencies; npm ci runs only when the lock file changed.
 install_node_dependencies() {

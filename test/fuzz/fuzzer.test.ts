@@ -30,7 +30,7 @@ async function kindsFound(target: FuzzTarget, iterations = 300, timeoutMs = 5000
 
 describe('the fuzzer tells each way a decoder can fail', () => {
   it('accepts a decoder that only returns or refuses with its own error', async () => {
-    const report = await fuzzTarget(flawedTarget(() => Promise.reject(new Refused('bad'))), { iterations: 300 });
+    const report = await fuzzTarget(flawedTarget(() => Promise.reject(new Refused('bad'))), { iterations: 300, timeoutMs: 5000 });
     expect(report.failures).toBe(0);
     expect(report.accepted).toBeGreaterThan(0);
     expect(report.rejected).toBeGreaterThan(0);
@@ -59,7 +59,7 @@ describe('the fuzzer tells each way a decoder can fail', () => {
 
   it('a leak: a file descriptor left open', async () => {
     const opened: number[] = [];
-    const report = await fuzzTarget(flawedTarget(() => opened.push(openSync('/dev/null', 'r'))), { iterations: 600 });
+    const report = await fuzzTarget(flawedTarget(() => opened.push(openSync('/dev/null', 'r'))), { iterations: 600, timeoutMs: 5000 });
     opened.forEach((fd) => closeSync(fd));
     expect(new Set(report.findings.map((finding) => finding.kind))).toEqual(new Set(['leak']));
   });

@@ -26,6 +26,10 @@ describeOnHost('a local user racing haul to its loopback listeners during incus 
       // come out intact, and one at least must have run the race
       const hosts = ['dst', 'src', 'dst'] as const;
       for (const [attempt, to] of hosts.entries()) {
+        const from = to === 'dst' ? 'src' : 'dst';
+        const records = new MigrationRecords(`/var/lib/haul-testbed/${from}/haul/agent/migrations.jsonl`);
+        const sourceRecords = async (): Promise<Array<{ result: string }>> => (await records.all()).filter((r) => r.instance === container.name && r.role === 'source');
+        const recordsBefore = (await sourceRecords()).length;
         attacker = await LocalAttacker.start();
         const movedAt = realtimeNs();
         await container.moveTo(to);
@@ -37,9 +41,8 @@ describeOnHost('a local user racing haul to its loopback listeners during incus 
         expect(after.pid).toBe(before.pid);
         expect(after.checksum).toBe(before.checksum);
         expect(after.tick).toBeGreaterThan(before.tick);
-        const from = to === 'dst' ? 'src' : 'dst';
-        const records = new MigrationRecords(`/var/lib/haul-testbed/${from}/haul/agent/migrations.jsonl`);
-        await expect.poll(async () => (await records.all()).filter((r) => r.instance === container.name && r.role === 'source').at(-1)?.result, { timeout: 30_000 }).toBe('moved');
+        // this move's own record (an earlier move from the same host left one before it)
+        await expect.poll(async () => { const all = await sourceRecords(); return all.length > recordsBefore ? all.at(-1)?.result : 'not recorded yet'; }, { timeout: 30_000 }).toBe('moved');
         if (mode === 'pre-copy') break;
         if (attack.portsSeen.length > 0) {
           // CRIU's lazy page server listened on loopback, and the attacker went for it

@@ -205,7 +205,7 @@ describe('the link when the connection drops', () => {
     const data = randomBytes(20_000_000);
     const written = new Promise<void>((resolve) => openChannel(session, ChannelKind.PAGES, 'pages').writable.end(data, resolve));
     // silent in the middle of the transfer, however fast or slow this machine moves it
-    while (arrived === 0) await sleep(1);
+    for (const deadline = Date.now() + 10_000; arrived === 0; await sleep(1)) if (Date.now() > deadline) throw new Error('no page data arrived');
     expect(proxy.freeze()).toBeGreaterThan(0);
     await written;
     expect((await received).equals(data)).toBe(true);

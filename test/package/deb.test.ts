@@ -5,6 +5,7 @@ import { join } from 'node:path';
 import { afterAll, beforeAll, expect, it } from 'vitest';
 import packageJson from '../../package.json' with { type: 'json' };
 import { describeOnHost } from '../support/host.js';
+import { HAUL_NODE_FLAGS } from '../support/build-cli.js';
 import { REPO } from '../support/paths.js';
 import { scratchDir } from '../support/scratch.js';
 
@@ -34,9 +35,8 @@ describeOnHost('the Debian package (npm run package)', ['root'], () => {
     expect(haul('--version').trim()).toBe(packageJson.version);
     expect(haul('--state-dir', join(scratch.path, 'state'), 'trust', 'list', '-f', 'json').trim()).toBe('[]');
     // the wrapper on the PATH runs that runtime, not the host's, with haul's Node flags
-    const flags = readFileSync(join(REPO, 'cli/node-flags'), 'utf8').split('\n').filter((line) => line !== '' && !line.startsWith('#'));
-    expect(flags.length).toBeGreaterThan(0);
-    expect(readFileSync(join(root, 'usr/bin/haul'), 'utf8').split('\n')).toContain(`exec /usr/lib/haul/node ${flags.join(' ')} /usr/lib/haul/app/dist/cli/haul.js "$@"`);
+    expect(HAUL_NODE_FLAGS.length).toBeGreaterThan(0);
+    expect(readFileSync(join(root, 'usr/bin/haul'), 'utf8').split('\n')).toContain(`exec /usr/lib/haul/node ${HAUL_NODE_FLAGS.join(' ')} /usr/lib/haul/app/dist/cli/haul.js "$@"`);
   });
 
   it('installs the agent as a service after incus that comes back after a failure, and its configuration as a conffile', () => {

@@ -41,8 +41,9 @@ describe("the action script of a lazy Incus dump (haul's own image directory)", 
   }
 
   it("at post-dump moves every image but the page data into Incus' directory, then starts Incus' step without waiting for it", async () => {
-    // Incus' step goes on until the test lets it: act() returning before that is the proof
-    const { dir, dumpDir, checkpointDir, incusScript } = setUp('while [ ! -e "$dir/go" ]; do sleep 0.02; done; exit 3');
+    // Incus' step goes on until the test lets it (or its directory is gone): act() returning
+    // before that is the proof
+    const { dir, dumpDir, checkpointDir, incusScript } = setUp('while [ -d "$dir" ] && [ ! -e "$dir/go" ]; do sleep 0.02; done; exit 3');
     for (const name of ['inventory.img', 'pstree.img', 'pages-1.img', 'pages-2.img', 'name with space.img']) writeFileSync(`${dumpDir}/${name}`, name);
     // pagemaps as CRIU 4.2 writes them (the count in nr_pages): they leave in the form CRIU 4.1 reads too
     const head = Entries.pagemapHead.encode({ pages_id: 1 });

@@ -3,7 +3,7 @@ import { mkdirSync, readdirSync } from 'node:fs';
 import { createInterface } from 'node:readline';
 import { promisify } from 'node:util';
 import { expect, it } from 'vitest';
-import { HAUL_CLI } from '../support/build-cli.js';
+import { HAUL_COMMAND } from '../support/build-cli.js';
 import { describeOnHost } from '../support/host.js';
 import { useMigrationScenes } from '../support/migration-scene.js';
 import { endSecondHost } from '../support/second-host.js';
@@ -23,7 +23,7 @@ interface CacheLine {
  * and mount namespace, where the restored process gets its own pid back.
  */
 async function cacheOnSecondHost(dir: string, defer: (cleanup: () => void) => void): Promise<{ port: number; lines: CacheLine[]; next(kind: string): Promise<CacheLine> }> {
-  const child = spawn('unshare', ['--pid', '--fork', '--kill-child', '--mount-proc', process.execPath, HAUL_CLI, 'cache', '--listen', '127.0.0.1:0', '--dir', dir, '--insecure'], {
+  const child = spawn('unshare', ['--pid', '--fork', '--kill-child', '--mount-proc', process.execPath, ...HAUL_COMMAND, 'cache', '--listen', '127.0.0.1:0', '--dir', dir, '--insecure'], {
     stdio: ['ignore', 'pipe', 'inherit'],
   });
   defer(() => endSecondHost(child));
@@ -77,7 +77,7 @@ describeOnHost('haul migrate and haul cache, as commands, between two hosts on l
         mkdirSync(workDir);
 
         const frozenAt = realtimeNs();
-        const args = [HAUL_CLI, 'migrate', String(scene.workload.pid), '--to', `127.0.0.1:${cache.port}`, '--insecure', '--json', '--work-dir', workDir, ...(mode === 'lazy' ? ['--lazy'] : [])];
+        const args = [...HAUL_COMMAND, 'migrate', String(scene.workload.pid), '--to', `127.0.0.1:${cache.port}`, '--insecure', '--json', '--work-dir', workDir, ...(mode === 'lazy' ? ['--lazy'] : [])];
         const { stdout } = await promisify(execFile)(process.execPath, args, { maxBuffer: 1024 * 1024 });
         const summary = JSON.parse(stdout.trim().split('\n').pop()!) as MigrateSummary;
         expect(summary).toMatchObject({ mode, result: 'restored', restoredPid: scene.workload.pid });

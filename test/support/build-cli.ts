@@ -1,10 +1,22 @@
 import { execFileSync } from 'node:child_process';
-import { existsSync, readdirSync, statSync, writeFileSync } from 'node:fs';
+import { existsSync, readdirSync, readFileSync, statSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { REPO } from './paths.js';
 
 /** The compiled `haul` command, as users run it; tests that start it as a process use this. */
 export const HAUL_CLI = join(REPO, 'dist/cli/haul.js');
+
+/** haul's Node flags (cli/node-flags): a flag a line, blank lines and lines from a # left out. */
+export const HAUL_NODE_FLAGS: readonly string[] = readFileSync(join(REPO, 'cli/node-flags'), 'utf8')
+  .split('\n')
+  .map((line) => line.trim())
+  .filter((line) => line !== '' && !line.startsWith('#'));
+
+/**
+ * What follows node to run haul as it is installed (the Debian package's /usr/bin/haul and the test
+ * bed's agents run with the same flags): for tests and benchmarks that start it to move pages.
+ */
+export const HAUL_COMMAND: readonly string[] = [...HAUL_NODE_FLAGS, HAUL_CLI];
 const STAMP = join(REPO, 'dist/.built');
 
 function newestSource(dir: string): number {
