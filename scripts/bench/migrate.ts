@@ -21,17 +21,14 @@ import { createInterface } from 'node:readline';
 import { join } from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { promisify } from 'node:util';
-import { fileURLToPath } from 'node:url';
 import { Command } from 'commander';
 import { DEFAULT_CRIU, acceptOne, runCriu, startCriu } from '../../src/criu/index.js';
 import { realtimeNs, reportFrom, type WorkloadReport } from '../../test/support/workload.js';
-import { endSecondHost } from '../../test/support/second-host.js';
+import { CRIU_ON_SECOND_HOST, endSecondHost } from '../../test/support/second-host.js';
 import { HAUL_COMMAND } from '../../test/support/build-cli.js';
 import { ratio, spread, type Spread } from './spread.js';
 
 const WORKLOAD = '/usr/local/bin/haul-workload';
-const REPO = fileURLToPath(new URL('../../..', import.meta.url));
-const CRIU_ON_SECOND_HOST = join(REPO, 'test/support/criu-in-pid-namespace.sh');
 const WORK = '/var/tmp/haul-bench-migrate';
 const progress = (line: string): void => void process.stderr.write(`[migrate] ${line}\n`);
 const execFileAsync = promisify(execFile);

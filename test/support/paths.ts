@@ -1,4 +1,4 @@
-import { basename } from 'node:path';
+import { basename, dirname, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
 
 /** The CRIU builds scripts/setup-host installs (scripts/lib/host.sh), by version. */
@@ -23,5 +23,6 @@ export const CRIU = buildOf(CRIU_VERSION, 'HAUL_TEST_CRIU_SOURCE');
 export const DESTINATION_CRIU_VERSION = process.env['HAUL_TEST_CRIU_DESTINATION'] || CRIU_VERSION;
 export const DESTINATION_CRIU = buildOf(DESTINATION_CRIU_VERSION, 'HAUL_TEST_CRIU_DESTINATION');
 export const WORKLOAD = '/usr/local/bin/haul-workload';
+const TWO_UP = resolve(fileURLToPath(new URL('../..', import.meta.url)));
 /** The checkout: two up from here, three from the compiled copy in dist/ (the benchmarks run that). */
-export const REPO = fileURLToPath(new URL(basename(fileURLToPath(new URL('../..', import.meta.url))) === 'dist' ? '../../..' : '../..', import.meta.url));
+export const REPO = basename(TWO_UP) === 'dist' ? dirname(TWO_UP) : TWO_UP;
