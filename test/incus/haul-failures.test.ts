@@ -1,5 +1,5 @@
 import { execFile } from 'node:child_process';
-import { existsSync, readdirSync, readFileSync, writeFileSync } from 'node:fs';
+import { existsSync, readdirSync, readFileSync, statSync, writeFileSync } from 'node:fs';
 import { promisify } from 'node:util';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { afterAll, afterEach, expect, it } from 'vitest';
@@ -30,19 +30,42 @@ async function expectSameWorkload(container: TestContainer, before: WorkloadRepo
 }
 
 /**
- * A container on src with the 256 MiB workload in /run/big, moving to dst in `mode`, once src's
- * agent shows the move in progress as `underWay` says (the move not awaited: the caller decides).
+ * Bytes of pages the destination's agent has stored so far for migrations that arrived since
+ * `sinceMs` (they grow as pages come in, and go once placed for the restore). Read from the files
+ * themselves: in-flight.json is written at most twice a second, which a fast move can slip between.
  */
-async function moveUnderWay(mode: 'pre-copy' | 'lazy', containers: TestContainer[], underWay: (move: MigrationProgress) => boolean) {
+function pageBytesArrived(host: TestHost, sinceMs: number): number {
+  const incoming = `/var/lib/haul-testbed/${host}/haul/agent/incoming`;
+  let bytes = 0;
+  try {
+    for (const dir of readdirSync(incoming).filter((name) => Number(name.split('-')[0]) >= sinceMs)) {
+      for (const name of readdirSync(`${incoming}/${dir}`).filter((file) => /^pages-\d+\.img$/.test(file))) bytes += statSync(`${incoming}/${dir}/${name}`).size;
+    }
+  } catch {
+    // not there yet, or placed for the restore meanwhile: look again
+  }
+  return bytes;
+}
+
+/**
+ * A container on src with the 256 MiB workload in /run/big, moving to dst in `mode`, once
+ * `underWay` says the move is far enough along (the move not awaited: the caller decides).
+ */
+async function moveUnderWay(mode: 'pre-copy' | 'lazy', containers: TestContainer[], underWay: (container: TestContainer, sinceMs: number) => boolean) {
   const container = await TestContainer.launch('busybox', 'src', '/tmp/counter', ['--config', `user.haul.mode=${mode}`]);
   containers.push(container);
   await container.exec(['haul-workload', 'start', '--dir', '/run/big', '--mib', '256']);
   const before = await container.workloadReport('/run/big');
   const since = realtimeNs();
+  const sinceMs = Date.now();
   const move = container.moveTo('dst');
   move.catch(() => {});
+  let settled = false;
+  move.then(() => (settled = true), () => (settled = true));
   const deadline = Date.now() + 60_000;
-  while (!inFlight('src').some((m) => m.instance === container.name && underWay(m)) && Date.now() < deadline) await sleep(20);
+  let seen = false;
+  while (!(seen = underWay(container, sinceMs)) && !settled && Date.now() < deadline) await sleep(5);
+  if (!seen) throw new Error(`the move of ${container.name} ${settled ? 'ended' : 'was still not'} before it was seen under way`);
   return { container, before, since, move };
 }
 
@@ -90,7 +113,7 @@ describeOnHost('incus move when haul is missing or fails', ['root', 'criu', 'tes
   }, 600_000);
 
   it('lets a move in progress finish when its source agent is stopped (systemctl stop, a package upgrade), and only then ends', async () => {
-    const { container, before, since, move } = await moveUnderWay('lazy', containers, () => true);
+    const { container, before, since, move } = await moveUnderWay('lazy', containers, (container) => inFlight('src').some((m) => m.instance === container.name));
     const pid = agentPid('src');
     const logged = readFileSync('/var/lib/haul-testbed/src/log/agent.log', 'utf8').length;
     process.kill(pid, 'SIGTERM');
@@ -106,8 +129,8 @@ describeOnHost('incus move when haul is missing or fails', ['root', 'criu', 'tes
   }, 600_000);
 
   it("keeps the source running with its memory when the destination's agent dies in the middle of a move, and a later move succeeds", async () => {
-    // the middle: pages are on their way through haul
-    const { container, before, since, move } = await moveUnderWay('pre-copy', containers, (m) => m.pages > 1000);
+    // the middle: pages are on their way through haul, 4 MiB of them stored at the destination
+    const { container, before, since, move } = await moveUnderWay('pre-copy', containers, (_, sinceMs) => pageBytesArrived('dst', sinceMs) > 4 * 1024 * 1024);
     await killAgent('dst');
     await expect(move).rejects.toThrow();
     expect((await container.whereabouts()).src).toBe('RUNNING');
