@@ -7,7 +7,6 @@ import { FIRST_PAGES_ID, PagemapWriter, PAGE_SIZE, criuImageName } from '../src/
 import { type IncomingChannel, type LinkSession } from '../src/link/index.js';
 import { DEFAULT_MAX_DISK_CHANGES_BYTES, DiskChangesError } from './disk-changes-format.js';
 import { DEFAULT_DISK_RESERVE_BYTES, watchDiskReserve, type DiskReserveWatch } from './disk-reserve.js';
-import { LAZY_PUSH_CHANNEL } from './lazy-wire.js';
 import { readPageRecords, targetOfPageChannel } from './page-stream.js';
 import { ControlInbox, ChannelKind, type ImagesComplete } from './wire/index.js';
 
@@ -83,7 +82,6 @@ export class CacheStore {
   private async take(channel: IncomingChannel): Promise<void> {
     switch (channel.kind) {
       case ChannelKind.PAGES: {
-        if (channel.name === LAZY_PUSH_CHANNEL) return; // lazy pages pushed ahead: the image-cache's
         const target = targetOfPageChannel(channel.name);
         const writer = await PagemapWriter.create(this.dir, target, this.nextPagesId++);
         try {
@@ -117,6 +115,7 @@ export class CacheStore {
       case ChannelKind.CONTROL:
         return; // the control inbox reads it
       case ChannelKind.LAZY_ANSWERS:
+      case ChannelKind.LAZY_PUSH:
         return; // lazy pages are the image-cache's own business, not part of the image set
       default:
         throw new Error(`the cache does not take ${channel.name} (kind ${channel.kind})`);

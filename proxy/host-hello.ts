@@ -1,5 +1,6 @@
 import type { ApplicationHandshake } from '../src/link/index.js';
 import { decodeHostHello, encodeHostHello, type HostHello } from './wire/messages.js';
+import { CRC_FREE_KINDS } from './wire/channels.js';
 
 export type { HostHello };
 
@@ -60,6 +61,7 @@ export function hostHandshake(host: HostSelf): ApplicationHandshake {
   const self = helloOf(host);
   return {
     hello: encodeHostHello(self),
+    crcFreeKinds: CRC_FREE_KINDS,
     check(peerHello, side) {
       let peer: HostHello;
       try {

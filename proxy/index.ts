@@ -4,7 +4,7 @@
  */
 export { MODES, parseMode, type Mode } from './mode.js';
 export { compatibilityProblem, helloOf, hostHandshake, peerHost, shownWord, MIGRATION_PROTOCOL, type HostHello, type HostSelf } from './host-hello.js';
-export { ChannelKind, openChannel } from './wire/index.js';
+export { CRC_FREE_KINDS, ChannelKind, openChannel } from './wire/index.js';
 export { migrateLazy, migratePreCopy, type MigrateOptions, type MigrationSummary } from './image-proxy.js';
 export { MigrationFailedError, MigrationInDoubtError } from './migration-errors.js';
 export { ImageCache, type CacheEvent, type CacheOptions } from './image-cache.js';

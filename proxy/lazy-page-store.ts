@@ -97,7 +97,7 @@ export class LazyPageStore implements PageSource {
     const store = new LazyPageStore(openChannel(session, ChannelKind.LAZY_REQUESTS, 'lazy-requests').writable, spillPath, holdBytes);
     session.on('channel', (channel) => {
       const answers = channel.kind === ChannelKind.LAZY_ANSWERS;
-      const pushed = channel.kind === ChannelKind.PAGES && channel.name === LAZY_PUSH_CHANNEL;
+      const pushed = channel.kind === ChannelKind.LAZY_PUSH && channel.name === LAZY_PUSH_CHANNEL;
       if (!answers && !pushed) return;
       void (async () => {
         for await (const { run, pages } of readPages(channel.readable)) await store.add(run, pages!, { pushed });

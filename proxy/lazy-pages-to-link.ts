@@ -119,7 +119,7 @@ export async function moveLazyPages(
   );
   let allSent = false;
   const answers = openChannel(session, ChannelKind.LAZY_ANSWERS, 'lazy-answers');
-  const pushes = openChannel(session, ChannelKind.PAGES, LAZY_PUSH_CHANNEL);
+  const pushes = openChannel(session, ChannelKind.LAZY_PUSH, LAZY_PUSH_CHANNEL);
   const fetched = new PageTable();
   // one wait for the push channel's drain, however many faults wake the loop meanwhile: a drain
   // listener per wake-up piled up on the channel while it stayed full

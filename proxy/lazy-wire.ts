@@ -7,7 +7,7 @@ import { pageRunRecord, readPageRun } from './wire/page-records.js';
 /**
  * Lazy mode on the link. The cache asks for pages on a LAZY_REQUESTS channel; the proxy sends the
  * pages asked for on a LAZY_ANSWERS channel, which the link sends ahead of bulk traffic, and every
- * other page on a PAGES channel named LAZY_PUSH_CHANNEL, behind them. All use migration.proto's
+ * other page on a LAZY_PUSH channel named LAZY_PUSH_CHANNEL, behind them. All use migration.proto's
  * PageRun record (proxy/wire/page-records.ts) with its pid set; where pages travel, they follow it.
  */
 export const LAZY_PUSH_CHANNEL = 'lazy-push';

@@ -8,6 +8,8 @@ export const ChannelKind = {
   LAZY_REQUESTS: 4,
   LAZY_ANSWERS: 5,
   FILESYSTEM_TAR: 6,
+  /** The lazy pages the source pushes ahead of faults (proxy/lazy-wire.ts): CRIU takes them as they come. */
+  LAZY_PUSH: 7,
 } as const;
 export type ChannelKind = (typeof ChannelKind)[keyof typeof ChannelKind];
 
@@ -23,7 +25,15 @@ const PRIORITY: Readonly<Record<ChannelKind, ChannelPriority>> = {
   [ChannelKind.IMAGE_FILE]: ChannelPriority.SECOND,
   [ChannelKind.PAGES]: ChannelPriority.LAST,
   [ChannelKind.FILESYSTEM_TAR]: ChannelPriority.LAST,
+  [ChannelKind.LAZY_PUSH]: ChannelPriority.LAST,
 };
+
+/**
+ * The kinds whose bytes the destination uses only once the image set is complete, every channel's
+ * digest checked (proxy/cache-store.ts): on a plain link their data goes without a frame CRC. Not
+ * control, nor lazy requests, answers and pushes, which are acted on as they come.
+ */
+export const CRC_FREE_KINDS: ReadonlySet<ChannelKind> = new Set([ChannelKind.IMAGE_FILE, ChannelKind.PAGES, ChannelKind.FILESYSTEM_TAR]);
 
 /** Opens a channel of `kind` on the session, at the priority its kind has. */
 export function openChannel(session: LinkSession, kind: ChannelKind, name: string): OutgoingChannel {

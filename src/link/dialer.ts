@@ -101,7 +101,7 @@ export async function dialLink(url: string, options: EndpointOptions, dial: { re
   const { hostname } = new URL(url);
   const secure = requireSecurity(options, hostname);
   if (url.startsWith('ws:') && !options.insecure) throw new Error(`${url} is plain WebSocket: use wss://, or --insecure on loopback`);
-  const session = new LinkSession('dialer', randomBytes(16), !secure.identity, options.limits);
+  const session = new LinkSession('dialer', randomBytes(16), !secure.identity, options.limits, options.application.crcFreeKinds);
   const keepaliveMs = options.keepaliveMs ?? DEFAULT_KEEPALIVE_MS;
   // a resume must reach the same listener: the certificate this first connection presented
   const { ws, socket, fingerprint: pinned } = await connectOnce(url, secure, dial.peerName);

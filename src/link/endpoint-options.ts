@@ -12,6 +12,11 @@ export interface ApplicationHandshake {
   readonly hello: Uint8Array;
   /** `side`: which end of the link this one is. Undefined to go on, else why the two cannot work together. */
   check(peerHello: Buffer, side: 'dialer' | 'listener'): string | undefined;
+  /**
+   * Channel kinds whose bytes the application uses only once the channel's end digest matched: on a
+   * plain link their DATA frames go without a CRC (frame.ts). Both ends must say the same.
+   */
+  readonly crcFreeKinds?: ReadonlySet<number>;
 }
 
 /** What both ends of a link are configured with. */

@@ -15,7 +15,10 @@ import { LinkProtocolError } from './link-errors.js';
  * data. Sending a large payload as a message of its own spares the sender a copy of every page
  * behind the header (and the fresh memory that copy needs). The CRC guards frames on plain links;
  * over TLS every record is already authenticated, and computing it would cost nearly as much as
- * hashing the stream, so TLS links leave it out.
+ * hashing the stream, so TLS links leave it out. Plain links leave it out too on the DATA frames of
+ * the kinds the application says it uses only once the channel's end digest matched (crcFreeKinds):
+ * a damaged byte there is found by that digest before anything reads it, and the CRC of every page
+ * would only cost a pass over it on each end.
  */
 export const FRAME_HEADER_SIZE = 24;
 export const MAX_FRAME_PAYLOAD = 1024 * 1024;
@@ -46,8 +49,9 @@ export type FrameTypeCode = (typeof FrameType)[keyof typeof FrameType];
 const TYPES = new Set<number>(Object.values(FrameType));
 
 /**
- * What a channel carries, as its application tags it (1-255, said once in its OPEN frame); the link
- * carries it and does not read it. 0 marks the frames of the session itself.
+ * What a channel carries, as its application tags it (1-255, in its OPEN frame and on its data); the link
+ * carries it and reads it only to know whether a plain link's DATA frame needs its CRC (crcFreeKinds).
+ * 0 marks the frames of the session itself.
  */
 export type ChannelKindCode = number;
 
@@ -66,6 +70,14 @@ const PAYLOAD_FOLLOWS = 2;
 
 /** Payloads from this size on go as a message of their own (below it, copying costs less than a message). */
 export const SEPARATE_PAYLOAD_MIN = 16 * 1024;
+
+/** No channel kind is exempt from a plain link's CRC unless the application says so. */
+export const NO_CRC_FREE_KINDS: ReadonlySet<ChannelKindCode> = new Set();
+
+/** Whether `frame` carries a CRC on a link whose frames have one (`linkCrc`). */
+export function frameHasCrc(frame: Pick<Frame, 'type' | 'kind'>, linkCrc: boolean, crcFreeKinds: ReadonlySet<ChannelKindCode>): boolean {
+  return linkCrc && !(frame.type === FrameType.DATA && crcFreeKinds.has(frame.kind));
+}
 
 /** A frame as one message, header and payload together. */
 export function encodeFrame(frame: Frame, withCrc = true): Buffer {
@@ -108,8 +120,11 @@ function frameCrc(header: Buffer, payload: Buffer): number {
 export class FrameReader {
   private header: Buffer | undefined;
 
-  /** `requireCrc`: a plain link's reader refuses frames without a CRC. */
-  constructor(private readonly requireCrc = true) {}
+  /** `requireCrc`: a plain link's reader refuses frames without a CRC, but DATA frames of `crcFreeKinds`. */
+  constructor(
+    private readonly requireCrc = true,
+    private readonly crcFreeKinds = NO_CRC_FREE_KINDS,
+  ) {}
 
   /** The frame this message completes, or undefined when it is a header whose payload comes next. */
   read(message: Buffer): Frame | undefined {
@@ -118,7 +133,7 @@ export class FrameReader {
       this.header = undefined;
       const length = header.readUInt32LE(16);
       if (message.length !== length) throw new LinkProtocolError(`${message.length < length ? 'truncated' : 'overlong'} frame: a ${message.length}-byte payload message for a ${length}-byte payload`);
-      return checkedFrame(header, message, this.requireCrc);
+      return checkedFrame(header, message, this.requireCrc, this.crcFreeKinds);
     }
     if (message.length >= FRAME_HEADER_SIZE && message.readUInt16LE(2) & PAYLOAD_FOLLOWS) {
       if (message.length !== FRAME_HEADER_SIZE) throw new LinkProtocolError(`a ${message.length}-byte frame header whose payload is to follow, the header alone is ${FRAME_HEADER_SIZE}`);
@@ -129,15 +144,15 @@ export class FrameReader {
       this.header = message;
       return undefined;
     }
-    return decodeFrame(message, this.requireCrc);
+    return decodeFrame(message, this.requireCrc, this.crcFreeKinds);
   }
 }
 
 /**
  * Decodes one whole frame (one WebSocket message), or says exactly what is wrong with it. A link
- * that requires CRCs (a plain one) refuses a frame without.
+ * that requires CRCs (a plain one) refuses a frame without, but a DATA frame of `crcFreeKinds`.
  */
-export function decodeFrame(bytes: Buffer, requireCrc = true): Frame {
+export function decodeFrame(bytes: Buffer, requireCrc = true, crcFreeKinds = NO_CRC_FREE_KINDS): Frame {
   if (bytes.length < FRAME_HEADER_SIZE) throw new LinkProtocolError(`truncated frame: ${bytes.length} bytes, the header alone is ${FRAME_HEADER_SIZE}`);
   const length = bytes.readUInt32LE(16);
   if (length > MAX_FRAME_PAYLOAD) throw new LinkProtocolError(`oversize frame: ${length} bytes of payload, at most ${MAX_FRAME_PAYLOAD}`);
@@ -145,19 +160,19 @@ export function decodeFrame(bytes: Buffer, requireCrc = true): Frame {
     throw new LinkProtocolError(`${bytes.length < FRAME_HEADER_SIZE + length ? 'truncated' : 'overlong'} frame: ${bytes.length} bytes for a ${length}-byte payload`);
   }
   if (bytes.readUInt16LE(2) & PAYLOAD_FOLLOWS) throw new LinkProtocolError('a frame header whose payload is to follow, read as a whole frame');
-  return checkedFrame(bytes, bytes.subarray(FRAME_HEADER_SIZE), requireCrc);
+  return checkedFrame(bytes, bytes.subarray(FRAME_HEADER_SIZE), requireCrc, crcFreeKinds);
 }
 
-function checkedFrame(header: Buffer, payload: Buffer, requireCrc: boolean): Frame {
+function checkedFrame(header: Buffer, payload: Buffer, requireCrc: boolean, crcFreeKinds: ReadonlySet<ChannelKindCode>): Frame {
   const flags = header.readUInt16LE(2);
+  const type = header.readUInt8(0);
+  const kind = header.readUInt8(1);
   if (flags & ~(CRC_PRESENT | PAYLOAD_FOLLOWS)) throw new LinkProtocolError('reserved frame bits set');
   if (flags & CRC_PRESENT) {
     if (header.readUInt32LE(20) !== frameCrc(header, payload)) throw new LinkProtocolError('corrupted frame: CRC mismatch');
-  } else if (requireCrc) {
+  } else if (requireCrc && !(type === FrameType.DATA && crcFreeKinds.has(kind))) {
     throw new LinkProtocolError('frame without a CRC on a link that needs one (a plain link)');
   }
-  const type = header.readUInt8(0);
-  const kind = header.readUInt8(1);
   if (!TYPES.has(type)) throw new LinkProtocolError(`unknown frame type 0x${type.toString(16)}`);
   return { type: type as FrameTypeCode, kind, channel: header.readUInt32LE(4), offset: header.readBigUInt64LE(8), payload };
 }

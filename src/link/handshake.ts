@@ -7,9 +7,11 @@ import { Messages, type Hello, type HelloReply } from './messages.js';
  * 2: a channel opens with INITIAL_CHANNEL_WINDOW of credit, not CHANNEL_WINDOW; a version-1 sender
  * would overrun it. 3: the handshake carries the application's hello as opaque bytes (checked by
  * its own callback), and the migration's messages moved with it (proxy/wire/migration.proto).
- * 4: a large payload goes as a message of its own behind its header (frame.ts).
+ * 4: a large payload goes as a message of its own behind its header (frame.ts). 5: on a plain link,
+ * DATA frames of the application's crcFreeKinds go without a CRC, and lazy pushes have a kind of
+ * their own (proxy/wire/channels.ts).
  */
-export const PROTOCOL_VERSION = 4;
+export const PROTOCOL_VERSION = 5;
 
 export function helloFrame(hello: Hello): Buffer {
   return encodeFrame({ type: FrameType.HELLO, kind: 0, channel: 0, offset: 0n, payload: Messages.hello.encode(hello) });

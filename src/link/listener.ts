@@ -147,7 +147,7 @@ export class LinkListener extends EventEmitter<ListenerEvents> {
     // the same pinned certificate as the connection that started it, or someone else's session
     if (known && known.fingerprint !== fingerprint) return refuse('that session belongs to another peer', 'HAUL_LINK_FOREIGN_PEER');
 
-    const entry = known ?? { session: new LinkSession('listener', hello.session_id, !this.options.identity || Boolean(this.options.insecure), this.options.limits), fingerprint };
+    const entry = known ?? { session: new LinkSession('listener', hello.session_id, !this.options.identity || Boolean(this.options.insecure), this.options.limits, this.options.application.crcFreeKinds), fingerprint };
     if (!known) this.track(key, entry);
     const transport = webSocketTransport(ws, socket, this.options.keepaliveMs ?? DEFAULT_KEEPALIVE_MS);
     const reply = { protocol_version: PROTOCOL_VERSION, resumed: Boolean(known), application: Buffer.from(this.options.application.hello), received: entry.session.progress(), refusal: '' };

@@ -1,5 +1,5 @@
 import { EventEmitter } from 'node:events';
-import { FrameReader, FrameType, encodeFrameMessages, type ChannelKindCode, type Frame } from './frame.js';
+import { FrameReader, FrameType, NO_CRC_FREE_KINDS, encodeFrameMessages, frameHasCrc, type ChannelKindCode, type Frame } from './frame.js';
 import { ChannelPriority, IncomingChannel, OutgoingChannel, WindowPool, type ChannelCredit } from './channels.js';
 
 const PRIORITIES = Object.values(ChannelPriority);
@@ -128,12 +128,16 @@ export class LinkSession extends EventEmitter<SessionEvents> {
   /**
    * `frameCrc`: guard every frame with a CRC. Plain links need it; over TLS each record is already
    * authenticated, so a TLS link turns it off (both ends decide alike from the same URL scheme).
+   * `crcFreeKinds`: channel kinds whose DATA frames go without it all the same, because the
+   * application reads none of their bytes before the channel's end digest matched (both ends take
+   * them from the same ApplicationHandshake).
    */
   constructor(
     readonly role: 'dialer' | 'listener',
     readonly sessionId: Buffer,
     private readonly frameCrc = true,
     limits: Partial<LinkLimits> = {},
+    private readonly crcFreeKinds: ReadonlySet<ChannelKindCode> = NO_CRC_FREE_KINDS,
   ) {
     super();
     this.limits = resolveLinkLimits(limits);
@@ -198,7 +202,7 @@ export class LinkSession extends EventEmitter<SessionEvents> {
     this.transport = transport;
     this.attachCount++;
     this.inFlight = 0;
-    const reader = new FrameReader(this.frameCrc);
+    const reader = new FrameReader(this.frameCrc, this.crcFreeKinds);
     transport.deliverTo({
       frame: (bytes) => this.receive(reader, bytes, transport),
       closed: (reason) => {
@@ -305,8 +309,13 @@ export class LinkSession extends EventEmitter<SessionEvents> {
         this.emit('channel', channel);
         return;
       }
-      case FrameType.DATA:
-        return this.incomingChannel(frame).data(frame.offset, frame.payload);
+      case FrameType.DATA: {
+        const channel = this.incomingChannel(frame);
+        // the kind decides whether a plain link's frame may go without its CRC: a frame that names
+        // another kind than its channel's OPEN did is damaged or forged, never data
+        if (frame.kind !== channel.kind) throw new LinkProtocolError(`data of kind ${frame.kind} for channel ${frame.channel}, which opened as kind ${channel.kind}`);
+        return channel.data(frame.offset, frame.payload);
+      }
       case FrameType.END:
         if (frame.payload.length !== STREAM_DIGEST_SIZE) throw new LinkProtocolError(`channel ${frame.channel} ended with a ${frame.payload.length}-byte digest`);
         return this.incomingChannel(frame).finish(frame.offset, frame.payload);
@@ -388,7 +397,7 @@ export class LinkSession extends EventEmitter<SessionEvents> {
     while (this.transport === transport && this.inFlight < MAX_IN_FLIGHT) {
       const frame = this.control.shift() ?? this.nextChannelFrame();
       if (!frame) return;
-      const messages = encodeFrameMessages(frame, this.frameCrc);
+      const messages = encodeFrameMessages(frame, frameHasCrc(frame, this.frameCrc, this.crcFreeKinds));
       const bytes = messages.reduce((sum, message) => sum + message.length, 0);
       this.inFlight += bytes;
       sendFrame(transport, messages, () => {

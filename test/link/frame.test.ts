@@ -1,5 +1,5 @@
 import { describe, expect, it } from 'vitest';
-import { FRAME_HEADER_SIZE, FrameReader, FrameType, LinkProtocolError, MAX_FRAME_PAYLOAD, SEPARATE_PAYLOAD_MIN, decodeFrame, encodeFrame, encodeFrameMessages, type Frame } from '../../src/link/frame.js';
+import { FRAME_HEADER_SIZE, FrameReader, FrameType, LinkProtocolError, MAX_FRAME_PAYLOAD, SEPARATE_PAYLOAD_MIN, decodeFrame, encodeFrame, encodeFrameMessages, frameHasCrc, type Frame } from '../../src/link/frame.js';
 import { ChannelKind } from '../../proxy/wire/index.js';
 
 const frame: Frame = { type: FrameType.DATA, kind: ChannelKind.PAGES, channel: 7, offset: 123456789012n, payload: Buffer.from('pages') };
@@ -19,6 +19,22 @@ describe('link frames', () => {
     const unknownType = encodeFrame(frame, false);
     unknownType.writeUInt8(0x7f, 0);
     expect(() => decodeFrame(unknownType, false)).toThrow(/unknown frame type 0x7f/);
+  });
+
+  it('let the data of the kinds the application checks by their end digest alone go without a CRC on a plain link, and nothing else', () => {
+    const crcFree = new Set<number>([ChannelKind.PAGES]);
+    expect(frameHasCrc(frame, true, crcFree)).toBe(false);
+    expect(decodeFrame(encodeFrame(frame, false), true, crcFree)).toEqual(frame);
+    // a lazy push reaches CRIU as it comes: its frames keep their CRC, and one without is refused
+    const push: Frame = { ...frame, kind: ChannelKind.LAZY_PUSH };
+    expect(frameHasCrc(push, true, crcFree)).toBe(true);
+    expect(() => decodeFrame(encodeFrame(push, false), true, crcFree)).toThrow(/without a CRC on a link that needs one/);
+    // only DATA: a page stream's OPEN and END keep theirs
+    const end: Frame = { ...frame, type: FrameType.END, payload: Buffer.alloc(32) };
+    expect(frameHasCrc(end, true, crcFree)).toBe(true);
+    expect(() => decodeFrame(encodeFrame(end, false), true, crcFree)).toThrow(/without a CRC/);
+    // a TLS link has none anywhere
+    expect(frameHasCrc(push, false, crcFree)).toBe(false);
   });
 
   it("carry a channel's kind as the application tagged it, without reading it", () => {

@@ -147,6 +147,19 @@ describe('a session caps what its peer can make it hold', () => {
       send(frame(FrameType.OPEN, 1, 0n, Buffer.alloc(64 * 1024, 'a')));
       expect((await aborted).reasonCode).toBe('HAUL_LINK_PROTOCOL');
     });
+
+    it("refuses data that names another kind than its channel's (on a plain link, the kind decides whether it needs a CRC)", async () => {
+      const { session, send } = rawDialer({});
+      const aborted = nextAbort(session);
+      const delivered: Buffer[] = [];
+      session.on('channel', (channel) => channel.readable.on('data', (chunk: Buffer) => delivered.push(chunk)));
+      send({ ...frame(FrameType.OPEN, 1, 0n, Buffer.from('lazy-push')), kind: ChannelKind.LAZY_PUSH });
+      send(frame(FrameType.DATA, 1, 0n, Buffer.from('not a lazy page')));
+      const error = await aborted;
+      expect(error.reasonCode).toBe('HAUL_LINK_PROTOCOL');
+      expect(error.message).toMatch(/data of kind 3 for channel 1, which opened as kind 7/);
+      expect(delivered).toEqual([]);
+    });
   });
 
   describe('credit', () => {
