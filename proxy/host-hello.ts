@@ -9,8 +9,10 @@ export type { HostHello };
  * control messages and when each is sent). 2: the destination of `haul migrate` reports its
  * image set stored, as the plugin's always did, and the source waits for it. 3: a lazy request may
  * say `again` (the destination no longer keeps pages it handed over), and the source answers it.
+ * 4: lazy pushes are a LAZY_PUSH channel, no longer PAGES, and on a plain link the frames of
+ * CRC_FREE_KINDS have a CRC of their header only (proxy/wire/channels.ts).
  */
-export const MIGRATION_PROTOCOL = 3;
+export const MIGRATION_PROTOCOL = 4;
 
 /** What a host says of itself; the migration protocol is filled in by the handshake, and no Incus is ''. */
 export type HostSelf = Omit<HostHello, 'migration_protocol' | 'incus_version'> & { readonly incus_version?: string };

@@ -13,8 +13,10 @@ export interface ApplicationHandshake {
   /** `side`: which end of the link this one is. Undefined to go on, else why the two cannot work together. */
   check(peerHello: Buffer, side: 'dialer' | 'listener'): string | undefined;
   /**
-   * Channel kinds whose bytes the application uses only once the channel's end digest matched: on a
-   * plain link their DATA frames go without a CRC (frame.ts). Both ends must say the same.
+   * Channel kinds whose bytes the application acts on only once the channel's end digest matched
+   * (it may store them as they come): on a plain link the CRC of their DATA frames covers the header
+   * alone (frame.ts). Both ends must say the same; the application's own protocol version keeps
+   * ends that do not apart.
    */
   readonly crcFreeKinds?: ReadonlySet<number>;
 }

@@ -6,7 +6,8 @@ import { LinkProtocolError } from './link-errors.js';
  *
  *   0  u8  type          4  u32 channel       16 u32 payload length
  *   1  u8  channel kind  8  u64 offset        20 u32 crc32 of bytes 0..19 and the payload (or 0)
- *   2  u16 flags: bit 0 = the CRC is present, bit 1 = the payload is the next message
+ *   2  u16 flags: bit 0 = the CRC is present, bit 1 = the payload is the next message,
+ *                 bit 2 = the CRC covers bytes 0..19 only (the header's own fields)
  *
  * A frame is one WebSocket message, header and payload; or, for a payload of SEPARATE_PAYLOAD_MIN
  * bytes or more, two: the header alone with bit 1 set, then the payload alone. WebSocket messages
@@ -15,10 +16,11 @@ import { LinkProtocolError } from './link-errors.js';
  * data. Sending a large payload as a message of its own spares the sender a copy of every page
  * behind the header (and the fresh memory that copy needs). The CRC guards frames on plain links;
  * over TLS every record is already authenticated, and computing it would cost nearly as much as
- * hashing the stream, so TLS links leave it out. Plain links leave it out too on the DATA frames of
- * the kinds the application says it uses only once the channel's end digest matched (crcFreeKinds):
- * a damaged byte there is found by that digest before anything reads it, and the CRC of every page
- * would only cost a pass over it on each end.
+ * hashing the stream, so TLS links leave it out. On the DATA frames of the kinds the application
+ * acts on only once the channel's end digest matched (crcFreeKinds), a plain link's CRC covers the
+ * header alone: a damaged payload byte there fails that digest before the bytes are used, so the CRC
+ * of every page would only cost a pass over it on each end, while a damaged header field (a channel,
+ * an offset, a length) is still found at once instead of misrouting or stalling a channel.
  */
 export const FRAME_HEADER_SIZE = 24;
 export const MAX_FRAME_PAYLOAD = 1024 * 1024;
@@ -67,6 +69,7 @@ export { LinkProtocolError };
 
 const CRC_PRESENT = 1;
 const PAYLOAD_FOLLOWS = 2;
+const CRC_HEADER_ONLY = 4;
 
 /** Payloads from this size on go as a message of their own (below it, copying costs less than a message). */
 export const SEPARATE_PAYLOAD_MIN = 16 * 1024;
@@ -74,26 +77,35 @@ export const SEPARATE_PAYLOAD_MIN = 16 * 1024;
 /** No channel kind is exempt from a plain link's CRC unless the application says so. */
 export const NO_CRC_FREE_KINDS: ReadonlySet<ChannelKindCode> = new Set();
 
-/** Whether `frame` carries a CRC on a link whose frames have one (`linkCrc`). */
-export function frameHasCrc(frame: Pick<Frame, 'type' | 'kind'>, linkCrc: boolean, crcFreeKinds: ReadonlySet<ChannelKindCode>): boolean {
-  return linkCrc && !(frame.type === FrameType.DATA && crcFreeKinds.has(frame.kind));
+/** What a frame's CRC covers: header and payload, the header alone, or nothing (a TLS link). */
+export type FrameCrc = 'whole' | 'header' | 'none';
+
+/** What `frame`'s CRC covers on a link whose frames have one (`linkCrc`) or not. */
+export function frameCrcOf(frame: Pick<Frame, 'type' | 'kind'>, linkCrc: boolean, crcFreeKinds: ReadonlySet<ChannelKindCode>): FrameCrc {
+  if (!linkCrc) return 'none';
+  return frame.type === FrameType.DATA && crcFreeKinds.has(frame.kind) ? 'header' : 'whole';
 }
 
+const crcOption = (crc: boolean | FrameCrc): FrameCrc => (crc === true ? 'whole' : crc === false ? 'none' : crc);
+const CRC_FLAGS: Readonly<Record<FrameCrc, number>> = { whole: CRC_PRESENT, header: CRC_PRESENT | CRC_HEADER_ONLY, none: 0 };
+
 /** A frame as one message, header and payload together. */
-export function encodeFrame(frame: Frame, withCrc = true): Buffer {
+export function encodeFrame(frame: Frame, crc: boolean | FrameCrc = true): Buffer {
+  const covers = crcOption(crc);
   const bytes = Buffer.allocUnsafe(FRAME_HEADER_SIZE + frame.payload.length);
-  writeHeader(bytes, frame, withCrc ? CRC_PRESENT : 0);
+  writeHeader(bytes, frame, CRC_FLAGS[covers]);
   frame.payload.copy(bytes, FRAME_HEADER_SIZE);
-  if (withCrc) bytes.writeUInt32LE(frameCrc(bytes, frame.payload), 20);
+  if (covers !== 'none') bytes.writeUInt32LE(frameCrc(bytes, covers === 'whole' ? frame.payload : undefined), 20);
   return bytes;
 }
 
 /** A frame as the messages it goes in: one, or the header and then the payload (SEPARATE_PAYLOAD_MIN). */
-export function encodeFrameMessages(frame: Frame, withCrc = true): Buffer[] {
-  if (frame.payload.length < SEPARATE_PAYLOAD_MIN) return [encodeFrame(frame, withCrc)];
+export function encodeFrameMessages(frame: Frame, crc: boolean | FrameCrc = true): Buffer[] {
+  if (frame.payload.length < SEPARATE_PAYLOAD_MIN) return [encodeFrame(frame, crc)];
+  const covers = crcOption(crc);
   const header = Buffer.allocUnsafe(FRAME_HEADER_SIZE);
-  writeHeader(header, frame, PAYLOAD_FOLLOWS | (withCrc ? CRC_PRESENT : 0));
-  if (withCrc) header.writeUInt32LE(frameCrc(header, frame.payload), 20);
+  writeHeader(header, frame, PAYLOAD_FOLLOWS | CRC_FLAGS[covers]);
+  if (covers !== 'none') header.writeUInt32LE(frameCrc(header, covers === 'whole' ? frame.payload : undefined), 20);
   return [header, frame.payload];
 }
 
@@ -108,8 +120,10 @@ function writeHeader(bytes: Buffer, frame: Frame, flags: number): void {
   bytes.writeUInt32LE(0, 20);
 }
 
-function frameCrc(header: Buffer, payload: Buffer): number {
-  return crc32(payload, crc32(header.subarray(0, 20)));
+/** The CRC of bytes 0..19 of the header, and of the payload unless it covers the header alone. */
+function frameCrc(header: Buffer, payload: Buffer | undefined): number {
+  const ofHeader = crc32(header.subarray(0, 20));
+  return payload ? crc32(payload, ofHeader) : ofHeader;
 }
 
 /**
@@ -167,11 +181,17 @@ function checkedFrame(header: Buffer, payload: Buffer, requireCrc: boolean, crcF
   const flags = header.readUInt16LE(2);
   const type = header.readUInt8(0);
   const kind = header.readUInt8(1);
-  if (flags & ~(CRC_PRESENT | PAYLOAD_FOLLOWS)) throw new LinkProtocolError('reserved frame bits set');
+  if (flags & ~(CRC_PRESENT | PAYLOAD_FOLLOWS | CRC_HEADER_ONLY)) throw new LinkProtocolError('reserved frame bits set');
+  const headerOnly = (flags & CRC_HEADER_ONLY) !== 0;
+  if (headerOnly && !(flags & CRC_PRESENT)) throw new LinkProtocolError('a frame whose CRC covers its header only, without a CRC');
   if (flags & CRC_PRESENT) {
-    if (header.readUInt32LE(20) !== frameCrc(header, payload)) throw new LinkProtocolError('corrupted frame: CRC mismatch');
-  } else if (requireCrc && !(type === FrameType.DATA && crcFreeKinds.has(kind))) {
+    if (header.readUInt32LE(20) !== frameCrc(header, headerOnly ? undefined : payload)) throw new LinkProtocolError('corrupted frame: CRC mismatch');
+  } else if (requireCrc) {
     throw new LinkProtocolError('frame without a CRC on a link that needs one (a plain link)');
+  }
+  // the payload may go unchecked only where the application checks it by the channel's digest
+  if (headerOnly && requireCrc && !(type === FrameType.DATA && crcFreeKinds.has(kind))) {
+    throw new LinkProtocolError(`a frame of type 0x${type.toString(16)} and kind ${kind} whose CRC leaves its payload out, on a link that needs it covered`);
   }
   if (!TYPES.has(type)) throw new LinkProtocolError(`unknown frame type 0x${type.toString(16)}`);
   return { type: type as FrameTypeCode, kind, channel: header.readUInt32LE(4), offset: header.readBigUInt64LE(8), payload };

@@ -1,5 +1,5 @@
 import { EventEmitter } from 'node:events';
-import { FrameReader, FrameType, NO_CRC_FREE_KINDS, encodeFrameMessages, frameHasCrc, type ChannelKindCode, type Frame } from './frame.js';
+import { FrameReader, FrameType, NO_CRC_FREE_KINDS, encodeFrameMessages, frameCrcOf, type ChannelKindCode, type Frame } from './frame.js';
 import { ChannelPriority, IncomingChannel, OutgoingChannel, WindowPool, type ChannelCredit } from './channels.js';
 
 const PRIORITIES = Object.values(ChannelPriority);
@@ -128,9 +128,9 @@ export class LinkSession extends EventEmitter<SessionEvents> {
   /**
    * `frameCrc`: guard every frame with a CRC. Plain links need it; over TLS each record is already
    * authenticated, so a TLS link turns it off (both ends decide alike from the same URL scheme).
-   * `crcFreeKinds`: channel kinds whose DATA frames go without it all the same, because the
-   * application reads none of their bytes before the channel's end digest matched (both ends take
-   * them from the same ApplicationHandshake).
+   * `crcFreeKinds`: channel kinds whose DATA frames have a CRC of their header only, because the
+   * application acts on their bytes only once the channel's end digest matched (both ends take them
+   * from the same ApplicationHandshake).
    */
   constructor(
     readonly role: 'dialer' | 'listener',
@@ -164,8 +164,9 @@ export class LinkSession extends EventEmitter<SessionEvents> {
   private attachCount = 0;
 
   /**
-   * A new channel: `kind` is the application's tag for what it carries (1-255, read by nothing
-   * here), `priority` how its frames compete with other channels' for the connection.
+   * A new channel: `kind` is the application's tag for what it carries (1-255; read here only to
+   * know what a plain link's CRC covers), `priority` how its frames compete with other channels'
+   * for the connection.
    */
   openChannel(kind: ChannelKindCode, name: string, priority: ChannelPriority): OutgoingChannel {
     if (this.state !== 'open') throw new LinkAbortedError(`cannot open ${name}: the session has ended`, 'local');
@@ -397,7 +398,7 @@ export class LinkSession extends EventEmitter<SessionEvents> {
     while (this.transport === transport && this.inFlight < MAX_IN_FLIGHT) {
       const frame = this.control.shift() ?? this.nextChannelFrame();
       if (!frame) return;
-      const messages = encodeFrameMessages(frame, frameHasCrc(frame, this.frameCrc, this.crcFreeKinds));
+      const messages = encodeFrameMessages(frame, frameCrcOf(frame, this.frameCrc, this.crcFreeKinds));
       const bytes = messages.reduce((sum, message) => sum + message.length, 0);
       this.inFlight += bytes;
       sendFrame(transport, messages, () => {

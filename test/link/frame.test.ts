@@ -1,5 +1,5 @@
 import { describe, expect, it } from 'vitest';
-import { FRAME_HEADER_SIZE, FrameReader, FrameType, LinkProtocolError, MAX_FRAME_PAYLOAD, SEPARATE_PAYLOAD_MIN, decodeFrame, encodeFrame, encodeFrameMessages, frameHasCrc, type Frame } from '../../src/link/frame.js';
+import { FRAME_HEADER_SIZE, FrameReader, FrameType, LinkProtocolError, MAX_FRAME_PAYLOAD, SEPARATE_PAYLOAD_MIN, decodeFrame, encodeFrame, encodeFrameMessages, frameCrcOf, type Frame } from '../../src/link/frame.js';
 import { ChannelKind } from '../../proxy/wire/index.js';
 
 const frame: Frame = { type: FrameType.DATA, kind: ChannelKind.PAGES, channel: 7, offset: 123456789012n, payload: Buffer.from('pages') };
@@ -21,20 +21,33 @@ describe('link frames', () => {
     expect(() => decodeFrame(unknownType, false)).toThrow(/unknown frame type 0x7f/);
   });
 
-  it('let the data of the kinds the application checks by their end digest alone go without a CRC on a plain link, and nothing else', () => {
+  it('check only the header of the data of kinds the application checks by their end digest, on a plain link, and nothing else', () => {
     const crcFree = new Set<number>([ChannelKind.PAGES]);
-    expect(frameHasCrc(frame, true, crcFree)).toBe(false);
-    expect(decodeFrame(encodeFrame(frame, false), true, crcFree)).toEqual(frame);
-    // a lazy push reaches CRIU as it comes: its frames keep their CRC, and one without is refused
+    expect(frameCrcOf(frame, true, crcFree)).toBe('header');
+    expect(decodeFrame(encodeFrame(frame, 'header'), true, crcFree)).toEqual(frame);
+    // the payload is not covered (its digest is), a damaged header is still found at once
+    const payloadFlipped = encodeFrame(frame, 'header');
+    payloadFlipped.writeUInt8(payloadFlipped.readUInt8(FRAME_HEADER_SIZE) ^ 1, FRAME_HEADER_SIZE);
+    expect(decodeFrame(payloadFlipped, true, crcFree).payload[0]).toBe('pages'.charCodeAt(0) ^ 1);
+    const channelFlipped = encodeFrame(frame, 'header');
+    channelFlipped.writeUInt8(channelFlipped.readUInt8(4) ^ 1, 4);
+    expect(() => decodeFrame(channelFlipped, true, crcFree)).toThrow(/CRC mismatch/);
+    const [header, payload] = encodeFrameMessages({ ...frame, payload: Buffer.alloc(SEPARATE_PAYLOAD_MIN) }, 'header');
+    header!.writeUInt8(header!.readUInt8(8) ^ 1, 8); // the offset
+    const reader = new FrameReader(true, crcFree);
+    expect(reader.read(header!)).toBeUndefined();
+    expect(() => reader.read(payload!)).toThrow(/CRC mismatch/);
+    // a lazy push reaches CRIU as it comes: its frames keep a whole CRC, and one without is refused
     const push: Frame = { ...frame, kind: ChannelKind.LAZY_PUSH };
-    expect(frameHasCrc(push, true, crcFree)).toBe(true);
+    expect(frameCrcOf(push, true, crcFree)).toBe('whole');
+    expect(() => decodeFrame(encodeFrame(push, 'header'), true, crcFree)).toThrow(/whose CRC leaves its payload out/);
     expect(() => decodeFrame(encodeFrame(push, false), true, crcFree)).toThrow(/without a CRC on a link that needs one/);
-    // only DATA: a page stream's OPEN and END keep theirs
+    // only DATA: a page stream's OPEN and END keep theirs whole
     const end: Frame = { ...frame, type: FrameType.END, payload: Buffer.alloc(32) };
-    expect(frameHasCrc(end, true, crcFree)).toBe(true);
-    expect(() => decodeFrame(encodeFrame(end, false), true, crcFree)).toThrow(/without a CRC/);
+    expect(frameCrcOf(end, true, crcFree)).toBe('whole');
+    expect(() => decodeFrame(encodeFrame(end, 'header'), true, crcFree)).toThrow(/whose CRC leaves its payload out/);
     // a TLS link has none anywhere
-    expect(frameHasCrc(push, false, crcFree)).toBe(false);
+    expect(frameCrcOf(push, false, crcFree)).toBe('none');
   });
 
   it("carry a channel's kind as the application tagged it, without reading it", () => {

@@ -6,7 +6,7 @@ import { Messages } from '../../../src/link/messages.js';
 import { TruncatedStreamError } from '../../../src/streams/stream-reader.js';
 import { InvariantBroken, type FuzzTarget } from '../fuzzer.js';
 import { chunked, type Random } from '../mutations.js';
-import { receiveControl, sendControl, ChannelKind, type Control } from '../../../proxy/wire/index.js';
+import { CRC_FREE_KINDS, receiveControl, sendControl, ChannelKind, type Control } from '../../../proxy/wire/index.js';
 import { MigrationMessageError, decodeControl, decodeHostHello, encodeControl, encodeHostHello, type HostHello } from '../../../proxy/wire/messages.js';
 import { MIGRATION_PROTOCOL } from '../../../proxy/host-hello.js';
 
@@ -34,17 +34,23 @@ function repairFrame(input: Buffer, random: Random): Buffer {
   if (input.length < FRAME_HEADER_SIZE) return input;
   const copy = Buffer.from(input);
   if (random.chance(0.8)) copy.writeUInt32LE(copy.length - FRAME_HEADER_SIZE, 16);
-  if (copy.readUInt16LE(2) & 1) copy.writeUInt32LE(crc32(copy.subarray(FRAME_HEADER_SIZE), crc32(copy.subarray(0, 20))), 20);
+  if (copy.readUInt16LE(2) & 1) copy.writeUInt32LE(crcOf(copy, copy.subarray(FRAME_HEADER_SIZE)), 20);
   return copy;
+}
+
+/** The CRC a header's flags ask for: of bytes 0..19 and the payload, or of the header alone (bit 2). */
+function crcOf(header: Buffer, payload: Buffer): number {
+  const ofHeader = crc32(header.subarray(0, 20));
+  return header.readUInt16LE(2) & 4 ? ofHeader : crc32(payload, ofHeader);
 }
 
 function frameSeeds(): Buffer[] {
   const frames: Buffer[] = [];
   const payloads = [Buffer.alloc(0), Buffer.from('pagemap-1234'), Buffer.alloc(8, 0xff), Buffer.alloc(32, 0x5a), Buffer.alloc(300, 1)];
   for (const type of Object.values(FrameType)) {
-    for (const withCrc of [true, false]) {
+    for (const crc of ['whole', 'header', 'none'] as const) {
       const kind = type === FrameType.OPEN ? ChannelKind.PAGES : type === FrameType.DATA ? ChannelKind.IMAGE_FILE : 0;
-      frames.push(encodeFrame({ type, kind, channel: type * 2 + 1, offset: BigInt(type) << 20n, payload: payloads[type % payloads.length]! }, withCrc));
+      frames.push(encodeFrame({ type, kind, channel: type * 2 + 1, offset: BigInt(type) << 20n, payload: payloads[type % payloads.length]! }, crc));
     }
   }
   return frames;
@@ -69,7 +75,7 @@ export const linkFrame: FuzzTarget = {
   seeds: frameSeeds,
   repair: repairFrame,
   run(input, random) {
-    const frame = decodeFrame(input, random.chance(0.5));
+    const frame = decodeFrame(input, random.chance(0.5), random.chance(0.5) ? CRC_FREE_KINDS : undefined);
     if (frame.payload.length > MAX_FRAME_PAYLOAD || frame.payload.length !== input.length - FRAME_HEADER_SIZE) {
       throw new InvariantBroken(`a ${frame.payload.length}-byte payload from a ${input.length}-byte frame`);
     }
@@ -106,14 +112,16 @@ export const linkFrameMessages: FuzzTarget = {
   decoder: "src/link/frame.ts FrameReader (a connection's messages in order, large payloads in a message of their own)",
   expected: [LinkProtocolError],
   seeds: () => {
-    const frame = (payload: number, offset: bigint, withCrc = true): Buffer[] =>
-      encodeFrameMessages({ type: FrameType.DATA, kind: ChannelKind.PAGES, channel: 3, offset, payload: Buffer.alloc(payload, Number(offset & 0xffn)) }, withCrc);
+    const frame = (payload: number, offset: bigint, crc: 'whole' | 'header' | 'none' = 'whole'): Buffer[] =>
+      encodeFrameMessages({ type: FrameType.DATA, kind: ChannelKind.PAGES, channel: 3, offset, payload: Buffer.alloc(payload, Number(offset & 0xffn)) }, crc);
     return [
       joinMessages([...frame(SEPARATE_PAYLOAD_MIN, 0n)]),
       joinMessages([...frame(100, 0n), ...frame(SEPARATE_PAYLOAD_MIN + 4096, 100n), ...frame(SEPARATE_PAYLOAD_MIN - 1, 20580n)]),
       joinMessages([...frame(SEPARATE_PAYLOAD_MIN, 0n), ...frame(SEPARATE_PAYLOAD_MIN, 16384n)]),
       // a TLS link's frames carry no CRC
-      joinMessages([...frame(SEPARATE_PAYLOAD_MIN, 0n, false), ...frame(300, 16384n, false)]),
+      joinMessages([...frame(SEPARATE_PAYLOAD_MIN, 0n, 'none'), ...frame(300, 16384n, 'none')]),
+      // a page stream's data on a plain link: a CRC of the header alone
+      joinMessages([...frame(SEPARATE_PAYLOAD_MIN, 0n, 'header'), ...frame(300, 16384n, 'header')]),
     ];
   },
   // each message made to agree with itself (a whole frame), or a header with the message after it:
@@ -129,14 +137,15 @@ export const linkFrameMessages: FuzzTarget = {
       }
       if (i + 1 >= messages.length || header.length !== FRAME_HEADER_SIZE || !random.chance(0.8)) continue;
       header.writeUInt32LE(messages[i + 1]!.length, 16);
-      if (header.readUInt16LE(2) & 1) header.writeUInt32LE(crc32(messages[i + 1]!, crc32(header.subarray(0, 20))), 20);
+      if (header.readUInt16LE(2) & 1) header.writeUInt32LE(crcOf(header, messages[i + 1]!), 20);
       i++;
     }
     return joinMessages(messages);
   },
   run(input, random) {
     const requireCrc = random.chance(0.5);
-    const reader = new FrameReader(requireCrc);
+    const crcFree = random.chance(0.5) ? CRC_FREE_KINDS : undefined;
+    const reader = new FrameReader(requireCrc, crcFree);
     const frames = [];
     let header: Buffer | undefined;
     for (const message of splitMessages(input)) {
@@ -154,7 +163,10 @@ export const linkFrameMessages: FuzzTarget = {
       if (frame.payload.length !== head.readUInt32LE(16)) throw new InvariantBroken('a payload of another length than its header says');
       if (frame.type !== head[0] || frame.kind !== head[1] || frame.channel !== head.readUInt32LE(4) || frame.offset !== head.readBigUInt64LE(8)) throw new InvariantBroken("a frame whose fields are not its header's");
       const flags = head.readUInt16LE(2);
-      if (requireCrc && (!(flags & 1) || head.readUInt32LE(20) !== crc32(payload, crc32(head.subarray(0, 20))))) throw new InvariantBroken('a plain link took a frame without a good CRC');
+      // a plain link: a good CRC of the whole frame, or of its header alone on data of a kind whose digest checks it
+      const headerOnly = (flags & 4) !== 0;
+      if (requireCrc && headerOnly && !(frame.type === FrameType.DATA && crcFree?.has(frame.kind as ChannelKind))) throw new InvariantBroken('a plain link took a frame whose payload its CRC left out');
+      if (requireCrc && (!(flags & 1) || head.readUInt32LE(20) !== crcOf(head, payload))) throw new InvariantBroken('a plain link took a frame without a good CRC');
       frames.push(frame);
     }
     return frames;
