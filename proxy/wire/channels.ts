@@ -30,7 +30,7 @@ const PRIORITY: Readonly<Record<ChannelKind, ChannelPriority>> = {
 
 /**
  * The kinds whose bytes the destination uses only once the image set is complete, every channel's
- * digest checked (proxy/cache-store.ts): on a plain link their data goes without a frame CRC. Not
+ * digest checked (proxy/cache-store.ts): on a plain link their DATA frames' CRC covers the header only. Not
  * control, nor lazy requests, answers and pushes, which are acted on as they come.
  */
 export const CRC_FREE_KINDS: ReadonlySet<ChannelKind> = new Set([ChannelKind.IMAGE_FILE, ChannelKind.PAGES, ChannelKind.FILESYSTEM_TAR]);

@@ -5,7 +5,8 @@ import { LinkProtocolError } from './link-errors.js';
  * The haul link's frame: a fixed header and a payload.
  *
  *   0  u8  type          4  u32 channel       16 u32 payload length
- *   1  u8  channel kind  8  u64 offset        20 u32 crc32 of bytes 0..19 and the payload (or 0)
+ *   1  u8  channel kind  8  u64 offset        20 u32 crc32 of bytes 0..19 and the payload (the
+ *                                                   payload left out with bit 2; 0 on TLS links)
  *   2  u16 flags: bit 0 = the CRC is present, bit 1 = the payload is the next message,
  *                 bit 2 = the CRC covers bytes 0..19 only (the header's own fields)
  *
@@ -52,7 +53,7 @@ const TYPES = new Set<number>(Object.values(FrameType));
 
 /**
  * What a channel carries, as its application tags it (1-255, in its OPEN frame and on its data); the link
- * carries it and reads it only to know whether a plain link's DATA frame needs its CRC (crcFreeKinds).
+ * carries it and reads it only to know what a plain link's DATA frame's CRC covers (crcFreeKinds).
  * 0 marks the frames of the session itself.
  */
 export type ChannelKindCode = number;
@@ -134,7 +135,10 @@ function frameCrc(header: Buffer, payload: Buffer | undefined): number {
 export class FrameReader {
   private header: Buffer | undefined;
 
-  /** `requireCrc`: a plain link's reader refuses frames without a CRC, but DATA frames of `crcFreeKinds`. */
+  /**
+   * `requireCrc`: a plain link's reader refuses frames without a CRC, and frames whose CRC covers the
+   * header alone (bit 2) unless they are DATA frames of `crcFreeKinds`.
+   */
   constructor(
     private readonly requireCrc = true,
     private readonly crcFreeKinds = NO_CRC_FREE_KINDS,
@@ -164,7 +168,8 @@ export class FrameReader {
 
 /**
  * Decodes one whole frame (one WebSocket message), or says exactly what is wrong with it. A link
- * that requires CRCs (a plain one) refuses a frame without, but a DATA frame of `crcFreeKinds`.
+ * that requires CRCs (a plain one) refuses a frame without, and a CRC of the header alone but on a
+ * DATA frame of `crcFreeKinds`.
  */
 export function decodeFrame(bytes: Buffer, requireCrc = true, crcFreeKinds = NO_CRC_FREE_KINDS): Frame {
   if (bytes.length < FRAME_HEADER_SIZE) throw new LinkProtocolError(`truncated frame: ${bytes.length} bytes, the header alone is ${FRAME_HEADER_SIZE}`);

@@ -8,8 +8,8 @@ import { Messages, type Hello, type HelloReply } from './messages.js';
  * would overrun it. 3: the handshake carries the application's hello as opaque bytes (checked by
  * its own callback), and the migration's messages moved with it (proxy/wire/migration.proto).
  * 4: a large payload goes as a message of its own behind its header (frame.ts). 5: on a plain link,
- * DATA frames of the application's crcFreeKinds go without a CRC, and lazy pushes have a kind of
- * their own (proxy/wire/channels.ts).
+ * DATA frames of the application's crcFreeKinds carry a CRC of their 20 header bytes only (flag
+ * bit 2), and a DATA frame must name its channel's kind.
  */
 export const PROTOCOL_VERSION = 5;
 

@@ -312,7 +312,7 @@ export class LinkSession extends EventEmitter<SessionEvents> {
       }
       case FrameType.DATA: {
         const channel = this.incomingChannel(frame);
-        // the kind decides whether a plain link's frame may go without its CRC: a frame that names
+        // the kind decides what a plain link's CRC of the frame covers (crcFreeKinds): a frame that names
         // another kind than its channel's OPEN did is damaged or forged, never data
         if (frame.kind !== channel.kind) throw new LinkProtocolError(`data of kind ${frame.kind} for channel ${frame.channel}, which opened as kind ${channel.kind}`);
         return channel.data(frame.offset, frame.payload);
