@@ -96,7 +96,7 @@ export function encodeFrame(frame: Frame, crc: boolean | FrameCrc = true): Buffe
   const bytes = Buffer.allocUnsafe(FRAME_HEADER_SIZE + frame.payload.length);
   writeHeader(bytes, frame, CRC_FLAGS[covers]);
   frame.payload.copy(bytes, FRAME_HEADER_SIZE);
-  if (covers !== 'none') bytes.writeUInt32LE(frameCrc(bytes, covers === 'whole' ? frame.payload : undefined), 20);
+  writeCrc(bytes, frame.payload, covers);
   return bytes;
 }
 
@@ -106,7 +106,7 @@ export function encodeFrameMessages(frame: Frame, crc: boolean | FrameCrc = true
   const covers = crcOption(crc);
   const header = Buffer.allocUnsafe(FRAME_HEADER_SIZE);
   writeHeader(header, frame, PAYLOAD_FOLLOWS | CRC_FLAGS[covers]);
-  if (covers !== 'none') header.writeUInt32LE(frameCrc(header, covers === 'whole' ? frame.payload : undefined), 20);
+  writeCrc(header, frame.payload, covers);
   return [header, frame.payload];
 }
 
@@ -119,6 +119,11 @@ function writeHeader(bytes: Buffer, frame: Frame, flags: number): void {
   bytes.writeBigUInt64LE(frame.offset, 8);
   bytes.writeUInt32LE(frame.payload.length, 16);
   bytes.writeUInt32LE(0, 20);
+}
+
+/** Into a header whose flags are written: the CRC `covers` asks for. */
+function writeCrc(header: Buffer, payload: Buffer, covers: FrameCrc): void {
+  if (covers !== 'none') header.writeUInt32LE(frameCrc(header, covers === 'whole' ? payload : undefined), 20);
 }
 
 /** The CRC of bytes 0..19 of the header, and of the payload unless it covers the header alone. */

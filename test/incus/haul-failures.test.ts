@@ -59,9 +59,8 @@ async function moveUnderWay(mode: 'pre-copy' | 'lazy', containers: TestContainer
   const since = realtimeNs();
   const sinceMs = Date.now();
   const move = container.moveTo('dst');
-  move.catch(() => {});
   let settled = false;
-  move.then(() => (settled = true), () => (settled = true));
+  move.then(() => (settled = true), () => (settled = true)); // handles its rejection until the caller awaits it
   const deadline = Date.now() + 60_000;
   let seen = false;
   while (!(seen = underWay(container, sinceMs)) && !settled && Date.now() < deadline) await sleep(5);
